@@ -1,0 +1,121 @@
+"""HTTP plumbing shared by the router and the node: request ids, bounded bodies, errors."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llmlb.common.errors import InvalidJSON, LlmlbError, PayloadTooLarge, error_body
+from llmlb.common.logs import new_request_id, request_id_var
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+class ORJSONResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class RequestIdMiddleware:
+    """Take ``X-Request-Id`` from the client (or make one), log with it, echo it back."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = ""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")[:128]
+                break
+        request_id = request_id or new_request_id()
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+
+        started = time.monotonic()
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            log.info(
+                "%s %s %d %.1f ms", scope["method"], scope["path"], status,
+                (time.monotonic() - started) * 1000,
+            )  # fmt: skip
+            request_id_var.reset(token)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body as JSON, refusing bodies over ``limit`` bytes before reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        raise InvalidJSON("the request body is empty; send a JSON object")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"the request body is not valid JSON: {exc}") from exc
+
+
+def error_response(exc: LlmlbError) -> Response:
+    return ORJSONResponse(exc.to_dict(), status_code=exc.status, headers=exc.headers)
+
+
+async def handle_llmlb_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, LlmlbError)
+    if exc.status >= 500:
+        log.warning("%s %s failed: %s", request.method, request.url.path, exc.message)
+    return error_response(exc)
+
+
+async def handle_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    return ORJSONResponse(
+        error_body(str(exc.detail), kind, code=code), status_code=exc.status_code
+    )
+
+
+async def handle_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return ORJSONResponse(
+        error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500
+    )
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    LlmlbError: handle_llmlb_error,
+    HTTPException: handle_http_error,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,154 @@
+"""The one error tree of llmlb.
+
+Every error a client can see is an :class:`LlmlbError`. Each class carries the HTTP status and
+the OpenAI error ``type`` it maps to, so handlers never choose a status by hand and every
+response body has OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class LlmlbError(Exception):
+    """Base class: a failure with a status code and an OpenAI-shaped body."""
+
+    status: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers = headers or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return error_body(self.message, self.error_type, param=self.param, code=self.code)
+
+
+def error_body(
+    message: str, error_type: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error envelope."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+class BadRequest(LlmlbError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class InvalidJSON(BadRequest):
+    default_code = "invalid_json"
+
+
+class ContextLengthExceeded(BadRequest):
+    default_code = "context_length_exceeded"
+
+
+class AuthenticationFailed(LlmlbError):
+    status = 401
+    error_type = "authentication_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDenied(LlmlbError):
+    status = 403
+    error_type = "permission_error"
+
+
+class NotFound(LlmlbError):
+    status = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    default_code = "model_not_found"
+
+
+class Conflict(LlmlbError):
+    status = 409
+    error_type = "invalid_request_error"
+    default_code = "conflict"
+
+
+class PayloadTooLarge(LlmlbError):
+    status = 413
+    error_type = "invalid_request_error"
+    default_code = "payload_too_large"
+
+
+class Overloaded(LlmlbError):
+    status = 429
+    error_type = "rate_limit_error"
+    default_code = "overloaded"
+
+
+class ModelLoadFailed(LlmlbError):
+    """The model file exists but the engine cannot load it (not GGUF, truncated, corrupt)."""
+
+    status = 500
+    error_type = "server_error"
+    default_code = "model_load_failed"
+
+
+class NotImplementedByEngine(LlmlbError):
+    status = 501
+    error_type = "invalid_request_error"
+    default_code = "not_supported"
+
+
+class UpstreamFailed(LlmlbError):
+    status = 502
+    error_type = "upstream_error"
+    default_code = "bad_gateway"
+
+
+class Unavailable(LlmlbError):
+    status = 503
+    error_type = "service_unavailable"
+    default_code = "unavailable"
+
+
+class InsufficientMemory(Unavailable):
+    default_code = "insufficient_memory"
+
+
+class UpstreamTimeout(LlmlbError):
+    status = 504
+    error_type = "timeout_error"
+    default_code = "timeout"
+
+
+_ENGINE_TYPES: dict[str, type[LlmlbError]] = {
+    "exceed_context_size_error": ContextLengthExceeded,
+    "invalid_request_error": BadRequest,
+    "not_supported_error": NotImplementedByEngine,
+    "unavailable_error": Unavailable,
+    "authentication_error": AuthenticationFailed,
+    "permission_error": PermissionDenied,
+    "not_found_error": NotFound,
+}
+
+
+def from_engine_error(payload: dict[str, Any]) -> LlmlbError:
+    """Map llama.cpp's server error object (``{"code", "message", "type"}``) onto our tree."""
+    message = str(payload.get("message") or "the engine failed")
+    engine_type = str(payload.get("type") or "")
+    cls = _ENGINE_TYPES.get(engine_type)
+    if cls is None:
+        status = int(payload.get("code") or 500)
+        cls = BadRequest if 400 <= status < 500 else LlmlbError
+    if cls is ContextLengthExceeded:
+        return ContextLengthExceeded(message, param="messages")
+    return cls(message)

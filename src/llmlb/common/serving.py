@@ -1,0 +1,60 @@
+"""Running an ASGI app on uvicorn: bind first (port 0 works), announce the URL, stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+
+import uvicorn
+from starlette.types import ASGIApp
+
+log = logging.getLogger(__name__)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def make_server(app: ASGIApp, grace_seconds: float) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(grace_seconds),
+        timeout_keep_alive=30,
+        lifespan="on",
+    )
+    return uvicorn.Server(config)
+
+
+async def serve(
+    app: ASGIApp,
+    sock: socket.socket,
+    grace_seconds: float,
+    on_started: Callable[[str], Awaitable[None] | None] | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM; in-flight requests get ``grace_seconds`` to finish."""
+    server = make_server(app, grace_seconds)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.02)
+    if server.started and on_started is not None:
+        result = on_started(url_of(sock))
+        if result is not None:
+            await result
+    await task

@@ -1,0 +1,136 @@
+"""Settings: one source of truth with one precedence.
+
+CLI flags > ``LLMLB_*`` environment > TOML file > defaults.
+
+The TOML file is ``--config``, else ``$LLMLB_CONFIG``, else ``<home>/config.toml``. Its top
+level holds keys shared by every part; a ``[node]`` (or ``[router]``) table overrides them for
+that part. Sizes accept plain bytes or units: ``"8GiB"``, ``"512MB"``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+from pydantic import BeforeValidator, Field
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+DEFAULT_ROUTER_PORT = 32768
+DEFAULT_NODE_PORT = 32769
+
+_UNITS = {
+    "": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
+    "gb": 1000**3, "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2,
+    "gib": 1024**3, "tib": 1024**4,
+}  # fmt: skip
+
+
+def parse_size(value: object) -> object:
+    """``"8GiB"`` -> 8589934592; ints and ``None`` pass through; anything else is left to pydantic."""
+    if not isinstance(value, str):
+        return value
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", value)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a size: {value!r} (use bytes or e.g. 512MiB, 8GiB)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+ByteSize = Annotated[int, BeforeValidator(parse_size)]
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("LLMLB_HOME") or Path.home() / ".llmlb").expanduser()
+
+
+# The TOML values of the settings object being built right now (see load_settings).
+_toml_values: ContextVar[dict[str, Any]] = ContextVar("llmlb_toml_values", default={})
+
+
+class CommonSettings(BaseSettings):
+    """Keys every llmlb process understands."""
+
+    model_config = SettingsConfigDict(env_prefix="LLMLB_", extra="ignore")
+    section: ClassVar[str] = ""
+
+    home: Path = Field(default_factory=default_home, description="State and model store folder")
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = InitSettingsSource(settings_cls, init_kwargs=_toml_values.get())
+        return (init_settings, env_settings, toml)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+
+class NodeSettings(CommonSettings):
+    section: ClassVar[str] = "node"
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_NODE_PORT
+    allow_cpu: bool = False
+    memory_budget: ByteSize | None = Field(
+        default=None, description="Bytes of model memory; default: GPU memory, else 80% of RAM"
+    )
+    parallel: int = Field(default=4, ge=1, le=256, description="Slots per model")
+    ctx_size: int = Field(default=4096, ge=64, description="Context tokens per model (shared)")
+    threads: int | None = Field(default=None, ge=1, description="CPU threads per model")
+    gpu_layers: int = Field(default=-1, description="Layers to offload to the GPU (-1 = all)")
+    max_body_bytes: ByteSize = 8 * 1024 * 1024
+    load_wait_seconds: float = Field(
+        default=120.0, description="How long a request waits for memory held by busy models"
+    )
+    shutdown_grace_seconds: float = 30.0
+
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+def config_path(cli_config: Path | None) -> Path:
+    if cli_config is not None:
+        return cli_config
+    env = os.environ.get("LLMLB_CONFIG")
+    return Path(env) if env else default_home() / "config.toml"
+
+
+def read_toml(path: Path, section: str) -> dict[str, Any]:
+    """The top-level keys of ``path`` overlaid by its ``[section]`` table; {} if absent."""
+    if not path.is_file():
+        return {}
+    with path.open("rb") as stream:
+        data = tomllib.load(stream)
+    merged = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    table = data.get(section)
+    if isinstance(table, dict):
+        merged.update(table)
+    return {key.replace("-", "_"): value for key, value in merged.items()}
+
+
+def load_settings(cls: type[S], cli: dict[str, Any], config: Path | None = None) -> S:
+    """Build settings from CLI values (``None`` means "not given"), env, TOML and defaults."""
+    toml = read_toml(config_path(config), cls.section)
+    given = {key: value for key, value in cli.items() if value is not None}
+    token = _toml_values.set(toml)
+    try:
+        return cls(**given)
+    finally:
+        _toml_values.reset(token)

@@ -1,0 +1,143 @@
+"""The model store: ``<home>/models/<name>/model.gguf`` plus ``metadata.json``.
+
+The same layout serves the router and every node. Names are validated before any path is
+built, so a name can never reach outside the models folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from llmlb.common.errors import BadRequest
+
+MODEL_FILE = "model.gguf"
+METADATA_FILE = "metadata.json"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class InvalidModelName(BadRequest):
+    default_code = "invalid_model_name"
+
+
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a safe single path component, else raise InvalidModelName."""
+    if not _NAME.fullmatch(name) or ".." in name:
+        raise InvalidModelName(
+            f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' "
+            "(at most 128, no '..', no '/')",
+            param="model",
+        )
+    return name
+
+
+def sha256_file(path: Path, chunk: int = 4 * 1024 * 1024) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while block := stream.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    name: str
+    path: Path
+    size_bytes: int
+    metadata: dict[str, Any]
+
+    @property
+    def sha256(self) -> str | None:
+        value = self.metadata.get("sha256")
+        return str(value) if value else None
+
+
+class ModelStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def folder(self, name: str) -> Path:
+        return self.root / validate_name(name)
+
+    def get(self, name: str) -> StoredModel | None:
+        folder = self.folder(name)
+        path = folder / MODEL_FILE
+        if not path.is_file():
+            return None
+        return StoredModel(name, path, path.stat().st_size, self._metadata(folder))
+
+    def list(self) -> list[StoredModel]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for entry in sorted(self.root.iterdir()):
+            if entry.is_dir() and _NAME.fullmatch(entry.name) and ".." not in entry.name:
+                model = self.get(entry.name)
+                if model is not None:
+                    found.append(model)
+        return found
+
+    def add(
+        self,
+        name: str,
+        source: Path,
+        *,
+        link: bool = True,
+        sha256: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> StoredModel:
+        """Put ``source`` into the store as ``name``: hard-link when possible, else copy.
+
+        The file lands under a temporary name and is renamed into place, so a reader never
+        sees half a model.
+        """
+        folder = self.folder(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / MODEL_FILE
+        staging = folder / (MODEL_FILE + ".partial")
+        staging.unlink(missing_ok=True)
+        linked = False
+        if link:
+            try:
+                os.link(source, staging)
+                linked = True
+            except OSError:
+                linked = False
+        if not linked:
+            shutil.copyfile(source, staging)
+        digest = sha256 or sha256_file(staging)
+        os.replace(staging, target)
+        meta = {**(metadata or {}), "name": name, "sha256": digest}
+        meta["size_bytes"] = target.stat().st_size
+        self.write_metadata(name, meta)
+        stored = self.get(name)
+        assert stored is not None
+        return stored
+
+    def write_metadata(self, name: str, metadata: dict[str, Any]) -> None:
+        folder = self.folder(name)
+        staging = folder / (METADATA_FILE + ".tmp")
+        staging.write_bytes(orjson.dumps(metadata, option=orjson.OPT_INDENT_2))
+        os.replace(staging, folder / METADATA_FILE)
+
+    def remove(self, name: str) -> bool:
+        folder = self.folder(name)
+        if not folder.exists():
+            return False
+        shutil.rmtree(folder)
+        return True
+
+    @staticmethod
+    def _metadata(folder: Path) -> dict[str, Any]:
+        try:
+            data = orjson.loads((folder / METADATA_FILE).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}

@@ -1,0 +1,102 @@
+"""The node's HTTP API (Starlette): parse, call the service, answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from llmlb.common.asgi import (
+    EXCEPTION_HANDLERS,
+    ORJSONResponse,
+    RequestIdMiddleware,
+    read_json,
+)
+from llmlb.common.errors import LlmlbError
+from llmlb.node.engine import Endpoint
+from llmlb.node.service import NodeService
+from llmlb.node.validation import require_object
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def create_app(service: NodeService) -> Starlette:
+    limit = service.settings.max_body_bytes
+
+    async def _body(request: Request) -> dict[str, Any]:
+        return require_object(await read_json(request, limit))
+
+    def _generation(endpoint: Endpoint) -> Any:
+        async def handler(request: Request) -> Response:
+            body = await _body(request)
+            label = str(body.get("model"))
+            try:
+                if body.get("stream") is True:
+                    frames = await service.open_stream(endpoint, body)
+                    response: Response = StreamingResponse(
+                        frames, media_type="text/event-stream", headers=SSE_HEADERS
+                    )
+                else:
+                    response = ORJSONResponse(await service.complete(endpoint, body))
+            except LlmlbError as exc:
+                service.metrics.errors.labels(exc.code or exc.error_type).inc()
+                service.metrics.requests.labels(endpoint, label, str(exc.status)).inc()
+                raise
+            service.metrics.requests.labels(endpoint, label, "200").inc()
+            return response
+
+        return handler
+
+    async def embeddings(request: Request) -> Response:
+        body = await _body(request)
+        try:
+            result = await service.embeddings(body)
+        except LlmlbError as exc:
+            service.metrics.errors.labels(exc.code or exc.error_type).inc()
+            raise
+        service.metrics.requests.labels("embeddings", str(body.get("model")), "200").inc()
+        return ORJSONResponse(result)
+
+    async def models(request: Request) -> Response:
+        return ORJSONResponse({"object": "list", "data": service.list_models()})
+
+    async def health(request: Request) -> Response:
+        return ORJSONResponse(service.health())
+
+    async def startup(request: Request) -> Response:
+        ready = service.state != "initializing"
+        return ORJSONResponse({"state": service.state}, status_code=200 if ready else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        service.state = "ready"
+        try:
+            yield
+        finally:
+            service.state = "draining"
+            await service.pool.close()
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", _generation("chat"), methods=["POST"]),
+            Route("/v1/completions", _generation("completion"), methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/health", health, methods=["GET"]),
+            Route("/startup", startup, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )

@@ -1,0 +1,255 @@
+"""One loaded model: llama.cpp's server context running in this process through xllamacpp.
+
+llama.cpp does the batching: every request handed to it joins the running batch in a free slot
+(continuous batching). Its handler calls block the calling thread until the response is done,
+releasing the GIL, so each engine owns a thread pool with one thread per slot and the event loop
+never waits on llama.cpp. Streams come back through a callback on that thread; returning True
+from it tells llama.cpp to stop, which frees the slot when a client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from llmlb.common.errors import LlmlbError, ModelLoadFailed, from_engine_error
+from llmlb.common.gguf import GGUFError, read_gguf
+from llmlb.node.templates import ChatTemplate
+
+log = logging.getLogger(__name__)
+
+Purpose = Literal["generate", "embed"]
+Endpoint = Literal["chat", "completion"]
+_END = object()
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    name: str
+    path: Path
+    purpose: Purpose
+    memory_bytes: int
+    template: ChatTemplate
+    ctx_size: int
+    parallel: int
+    threads: int
+    gpu_layers: int = -1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, Purpose]:
+        return (self.name, self.purpose)
+
+
+def _engine_params(spec: EngineSpec) -> Any:
+    import xllamacpp
+
+    params = xllamacpp.CommonParams()
+    params.model.path = str(spec.path)
+    params.model_alias = {spec.name}
+    params.n_ctx = spec.ctx_size
+    params.n_parallel = spec.parallel
+    # One KV cache shared by all slots: any one request may use the whole context.
+    params.kv_unified = True
+    params.cont_batching = True
+    params.n_gpu_layers = spec.gpu_layers
+    params.cpuparams.n_threads = spec.threads
+    params.cpuparams_batch.n_threads = spec.threads
+    params.endpoint_metrics = True
+    params.verbosity = -1
+    # xllamacpp also starts llama.cpp's own HTTP server; keep it on loopback only.
+    params.hostnames = ["127.0.0.1"]
+    params.port = 0
+    if spec.purpose == "embed":
+        params.embedding = True
+        params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
+        params.n_parallel = 1
+    if spec.template.jinja is not None:
+        params.use_jinja = True
+        params.chat_template = spec.template.jinja
+    return params
+
+
+class LlamaEngine:
+    """A loaded model. Build it with :meth:`load` (blocking: call it off the event loop)."""
+
+    def __init__(self, spec: EngineSpec, server: Any) -> None:
+        self.spec = spec
+        self._server = server
+        self._executor = ThreadPoolExecutor(
+            max_workers=spec.parallel, thread_name_prefix=f"engine-{spec.name}"
+        )
+        self._cancel_all = threading.Event()
+        self._slots = asyncio.Semaphore(spec.parallel)
+        self.busy = 0
+        self.waiting = 0
+
+    @property
+    def internal_url(self) -> str:
+        """llama.cpp's own HTTP server for this model (loopback; used by the benchmark)."""
+        return str(self._server.listening_address)
+
+    @classmethod
+    def load(cls, spec: EngineSpec) -> LlamaEngine:
+        try:
+            read_gguf(spec.path)
+        except (GGUFError, OSError) as exc:
+            raise ModelLoadFailed(f"cannot load model {spec.name!r}: {exc}") from exc
+        import xllamacpp
+
+        try:
+            server = xllamacpp.Server(_engine_params(spec))
+        except RuntimeError as exc:
+            raise ModelLoadFailed(
+                f"cannot load model {spec.name!r} from {spec.path}: llama.cpp rejected it ({exc})"
+            ) from exc
+        return cls(spec, server)
+
+    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+        """A whole (non-streaming) chat or text completion."""
+        payload = orjson.dumps(body)
+        results: list[bytes] = []
+
+        def collect(data: bytes) -> bool:
+            results.append(data)
+            return False
+
+        handler = self._handler(endpoint)
+        async with self._slot():
+            await self._run(handler, payload, collect)
+        if not results:
+            raise LlmlbError(f"model {self.spec.name!r} returned nothing")
+        response = _parse_or_raise(results[-1])
+        return response
+
+    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """Raw JSON chunks as llama.cpp emits them. Closing the iterator frees the slot.
+
+        An error before the first chunk is raised; after it, the error chunk is yielded as is
+        (the caller turns it into an SSE error event).
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        cancelled = threading.Event()
+        cancel_all = self._cancel_all
+
+        def on_chunk(data: bytes) -> bool:
+            loop.call_soon_threadsafe(queue.put_nowait, data)
+            return cancelled.is_set() or cancel_all.is_set()
+
+        handler = self._handler(endpoint)
+        async with self._slot():
+            future = asyncio.ensure_future(self._run(handler, orjson.dumps(body), on_chunk))
+            future.add_done_callback(lambda _: queue.put_nowait(_END))
+            first = True
+            try:
+                while (item := await queue.get()) is not _END:
+                    assert isinstance(item, bytes)
+                    if first and _is_error(item):
+                        raise from_engine_error(_error_payload(item))
+                    first = False
+                    yield item
+                future.result()
+            finally:
+                # A client that went away: the next callback answers True, llama.cpp stops
+                # and frees the slot.
+                cancelled.set()
+                if not future.done():
+                    future.add_done_callback(_consume_exception)
+
+    async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        payload = orjson.dumps(body)
+        async with self._slot():
+            raw = await loop.run_in_executor(
+                self._executor, self._server.handle_embeddings, payload
+            )
+        return _parse_or_raise(raw)
+
+    def metrics_text(self) -> str:
+        return str(self._server.handle_metrics())
+
+    def close(self) -> None:
+        """Stop streams at their next token, wait for the slots' threads, free the model."""
+        self._cancel_all.set()
+        self._executor.shutdown(wait=True)
+        server, self._server = self._server, None
+        del server
+
+    def _handler(self, endpoint: Endpoint) -> Callable[..., Any]:
+        if endpoint == "chat":
+            return self._server.handle_chat_completions  # type: ignore[no-any-return]
+        return self._server.handle_completions  # type: ignore[no-any-return]
+
+    @asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """Counts requests waiting for and holding one of the engine's slots."""
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.busy += 1
+        try:
+            yield
+        finally:
+            self.busy -= 1
+            self._slots.release()
+
+    async def _run(self, handler: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, handler, *args)
+
+
+def _is_error(chunk: bytes) -> bool:
+    return chunk[:12].lstrip().startswith(b'{"error"')
+
+
+def _error_payload(chunk: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(chunk)
+    except orjson.JSONDecodeError:
+        return {"message": chunk.decode(errors="replace")}
+    error = data.get("error", data) if isinstance(data, dict) else {}
+    return error if isinstance(error, dict) else {"message": str(error)}
+
+
+def _parse_or_raise(raw: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise LlmlbError(f"the engine returned invalid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise LlmlbError("the engine returned a non-object response")
+    if "error" in data:
+        raise from_engine_error(_error_payload(raw))
+    return data
+
+
+def _consume_exception(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def restore_signal_handlers() -> None:
+    """llama.cpp installs its own SIGINT/SIGTERM handlers when a model loads; put ours back.
+
+    Python's handlers stay registered at the Python level, so re-installing them restores the
+    C-level trampoline. Only the main thread may do this.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler is not None:
+            signal.signal(sig, handler)

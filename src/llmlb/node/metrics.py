@@ -1,0 +1,82 @@
+"""Prometheus metrics of a node, in a registry of its own (no global state)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+
+
+class _PoolCollector(Collector):
+    """Slots, loaded models and memory, read from the pool at scrape time."""
+
+    def __init__(self, read: Callable[[], dict[str, Any]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._read()
+        busy = GaugeMetricFamily("llmlb_node_slots_busy", "Slots generating now", labels=["model"])
+        total = GaugeMetricFamily("llmlb_node_slots_total", "Slots of loaded models", labels=["model"])
+        queued = GaugeMetricFamily(
+            "llmlb_node_requests_queued", "Requests waiting for a slot", labels=["model"]
+        )
+        for model in state["models"]:
+            busy.add_metric([model["name"]], model["slots_busy"])
+            total.add_metric([model["name"]], model["slots_total"])
+            queued.add_metric([model["name"]], model["queued"])
+        yield busy
+        yield total
+        yield queued
+        yield GaugeMetricFamily(
+            "llmlb_node_models_loaded", "Engines loaded", value=len(state["models"])
+        )
+        yield GaugeMetricFamily(
+            "llmlb_node_memory_used_bytes", "Model memory in use", value=state["memory_used"]
+        )
+        yield GaugeMetricFamily(
+            "llmlb_node_memory_budget_bytes", "Model memory budget", value=state["memory_budget"]
+        )
+
+
+class NodeMetrics:
+    def __init__(self, read_pool: Callable[[], dict[str, Any]]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "llmlb_node_requests", "Requests served", ["endpoint", "model", "status"], registry=r
+        )
+        self.errors = Counter("llmlb_node_errors", "Failed requests", ["type"], registry=r)
+        self.tokens = Counter(
+            "llmlb_node_tokens", "Tokens processed", ["model", "direction"], registry=r
+        )
+        self.tokens_per_second = Gauge(
+            "llmlb_node_tokens_per_second", "Generation speed of the last request", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "llmlb_node_time_to_first_token_seconds", "Time to first token", ["model"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "llmlb_node_request_duration_seconds", "Request duration", ["endpoint", "model"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.model_events = Counter(
+            "llmlb_node_model_events", "Model loads and evictions", ["model", "event"], registry=r
+        )
+        r.register(_PoolCollector(read_pool))
+
+    def record_usage(self, model: str, usage: dict[str, Any], timings: dict[str, Any]) -> None:
+        self.tokens.labels(model, "in").inc(int(usage.get("prompt_tokens") or 0))
+        self.tokens.labels(model, "out").inc(int(usage.get("completion_tokens") or 0))
+        speed = timings.get("predicted_per_second")
+        if speed:
+            self.tokens_per_second.labels(model).set(float(speed))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

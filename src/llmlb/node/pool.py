@@ -1,0 +1,214 @@
+"""The engine pool: which models are loaded, loading on demand, and LRU eviction.
+
+A model loads on its first request; concurrent first requests share one load. Loading another
+model evicts least-recently-used idle engines until the new one fits the memory budget. An
+engine with requests in flight or queued is never evicted: a request that needs its memory
+waits until it is idle (bounded by ``wait_seconds``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Hashable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+from llmlb.common.errors import InsufficientMemory
+
+log = logging.getLogger(__name__)
+
+
+class Spec(Protocol):
+    @property
+    def key(self) -> Hashable: ...
+
+    @property
+    def memory_bytes(self) -> int: ...
+
+
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=Spec)
+E = TypeVar("E", bound=Closeable)
+
+
+@dataclass
+class Resident:
+    """What the eviction policy knows of a loaded engine."""
+
+    key: Hashable
+    memory_bytes: int
+    in_use: int
+    last_used: float
+
+
+def choose_evictions(
+    residents: list[Resident], reserved: int, incoming: int, budget: int
+) -> list[Hashable] | None:
+    """Keys to evict, least recently used first, so that ``incoming`` bytes fit.
+
+    ``reserved`` is memory held by loads still in progress. Returns [] when it fits already,
+    and None when it cannot fit even after evicting every idle engine (the caller waits).
+    """
+    used = reserved + sum(r.memory_bytes for r in residents)
+    if used + incoming <= budget:
+        return []
+    victims: list[Hashable] = []
+    for resident in sorted(residents, key=lambda r: r.last_used):
+        if resident.in_use:
+            continue
+        victims.append(resident.key)
+        used -= resident.memory_bytes
+        if used + incoming <= budget:
+            return victims
+    return None
+
+
+@dataclass
+class _Entry(Generic[E]):
+    engine: E
+    memory_bytes: int
+    in_use: int = 0
+    last_used: float = 0.0
+
+
+class EnginePool(Generic[S, E]):
+    def __init__(
+        self,
+        budget_bytes: int,
+        load: Callable[[S], E],
+        *,
+        wait_seconds: float = 120.0,
+        on_change: Callable[[str, Hashable], None] | None = None,
+    ) -> None:
+        self.budget_bytes = budget_bytes
+        self._load = load
+        self._wait_seconds = wait_seconds
+        self._on_change = on_change or (lambda event, key: None)
+        self._loaded: dict[Hashable, _Entry[E]] = {}
+        self._loading: dict[Hashable, asyncio.Future[None]] = {}
+        self._reserved = 0
+        self._cond = asyncio.Condition()
+
+    @property
+    def used_bytes(self) -> int:
+        return self._reserved + sum(e.memory_bytes for e in self._loaded.values())
+
+    def loaded(self) -> dict[Hashable, E]:
+        return {key: entry.engine for key, entry in self._loaded.items()}
+
+    def in_use(self, key: Hashable) -> int:
+        entry = self._loaded.get(key)
+        return entry.in_use if entry else 0
+
+    @asynccontextmanager
+    async def lease(self, spec: S) -> AsyncIterator[E]:
+        """The engine for ``spec``, loaded if needed, protected from eviction while held."""
+        entry = await self._acquire(spec)
+        try:
+            yield entry.engine
+        finally:
+            async with self._cond:
+                entry.in_use -= 1
+                entry.last_used = time.monotonic()
+                self._cond.notify_all()
+
+    async def _acquire(self, spec: S) -> _Entry[E]:
+        if spec.memory_bytes > self.budget_bytes:
+            raise InsufficientMemory(
+                f"model {spec.key!r} needs {spec.memory_bytes} bytes but the node's memory "
+                f"budget is {self.budget_bytes} bytes"
+            )
+        deadline = time.monotonic() + self._wait_seconds
+        async with self._cond:
+            while True:
+                entry = self._loaded.get(spec.key)
+                if entry is not None:
+                    entry.in_use += 1
+                    entry.last_used = time.monotonic()
+                    return entry
+                pending = self._loading.get(spec.key)
+                if pending is not None:
+                    self._cond.release()
+                    try:
+                        await asyncio.shield(pending)
+                    finally:
+                        await self._cond.acquire()
+                    continue
+                victims = choose_evictions(
+                    [Resident(k, e.memory_bytes, e.in_use, e.last_used)
+                     for k, e in self._loaded.items()],
+                    self._reserved, spec.memory_bytes, self.budget_bytes,
+                )  # fmt: skip
+                if victims is not None:
+                    break
+                await self._wait(deadline, spec)
+            evicted = [self._loaded.pop(key) for key in victims]
+            self._reserved += spec.memory_bytes
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._loading[spec.key] = done
+        return await self._load_with(spec, evicted, victims, done)
+
+    async def _wait(self, deadline: float, spec: S) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise InsufficientMemory(
+                f"model {spec.key!r} cannot be loaded: the models holding the memory budget "
+                f"stayed busy for {self._wait_seconds:.0f} s",
+                headers={"Retry-After": "5"},
+            )
+        try:
+            await asyncio.wait_for(self._cond.wait(), remaining)
+        except TimeoutError:
+            pass
+
+    async def _load_with(
+        self, spec: S, evicted: list[_Entry[E]], keys: list[Hashable], done: asyncio.Future[None]
+    ) -> _Entry[E]:
+        try:
+            for key, victim in zip(keys, evicted, strict=True):
+                log.info("evicting model %s to make room for %s", key, spec.key)
+                await asyncio.to_thread(victim.engine.close)
+                self._on_change("evicted", key)
+            log.info("loading model %s (%d bytes)", spec.key, spec.memory_bytes)
+            started = time.monotonic()
+            engine = await asyncio.to_thread(self._load, spec)
+        except BaseException as exc:
+            async with self._cond:
+                self._reserved -= spec.memory_bytes
+                self._loading.pop(spec.key, None)
+                self._cond.notify_all()
+            if not done.done():
+                done.set_exception(exc) if isinstance(exc, Exception) else done.cancel()
+                done.exception() if not done.cancelled() else None  # mark retrieved
+            raise
+        log.info("loaded model %s in %.1f s", spec.key, time.monotonic() - started)
+        self._on_change("loaded", spec.key)
+        entry = _Entry(engine, spec.memory_bytes, in_use=1, last_used=time.monotonic())
+        async with self._cond:
+            self._reserved -= spec.memory_bytes
+            self._loaded[spec.key] = entry
+            self._loading.pop(spec.key, None)
+            self._cond.notify_all()
+        done.set_result(None)
+        return entry
+
+    async def close(self) -> None:
+        """Free every engine (shutdown)."""
+        async with self._cond:
+            entries = list(self._loaded.items())
+            self._loaded.clear()
+        for key, entry in entries:
+            await asyncio.to_thread(entry.engine.close)
+            log.info("unloaded model %s", key)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [
+            {"key": key, "memory_bytes": e.memory_bytes, "in_use": e.in_use}
+            for key, e in self._loaded.items()
+        ]

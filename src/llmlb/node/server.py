@@ -1,0 +1,64 @@
+"""``llmlb node``: probe the hardware, build the service and app, serve."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import psutil
+
+from llmlb.common.devices import Device
+from llmlb.common.errors import LlmlbError
+from llmlb.common.serving import bind, serve
+from llmlb.common.settings import NodeSettings
+from llmlb.node.app import create_app
+from llmlb.node.gpu import cpu_device, probe_gpus
+from llmlb.node.service import NodeService
+
+log = logging.getLogger(__name__)
+
+
+class NoGPU(LlmlbError):
+    """The node found no GPU and was not told it may run on the CPU."""
+
+
+def detect_devices(allow_cpu: bool) -> list[Device]:
+    gpus = probe_gpus()
+    if gpus:
+        for gpu in gpus:
+            log.info("GPU: %s (%s), %d MiB", gpu.name, gpu.kind, gpu.memory_total // 2**20)
+        return gpus
+    if not allow_cpu:
+        raise NoGPU(
+            "no GPU found (looked for NVIDIA via NVML, AMD via amdsmi/rocm-smi, Apple via "
+            "system_profiler). Run with --allow-cpu (or LLMLB_ALLOW_CPU=1) to serve on the CPU."
+        )
+    cpu = cpu_device()
+    log.warning("no GPU found: running on the CPU (%s) as --allow-cpu asks", cpu.name)
+    return [cpu]
+
+
+def build_service(settings: NodeSettings) -> NodeService:
+    devices = detect_devices(settings.allow_cpu)
+    return NodeService(settings, devices, psutil.virtual_memory().total)
+
+
+async def run_node(settings: NodeSettings) -> None:
+    service = build_service(settings)
+    app = create_app(service)
+    sock = bind(settings.host, settings.port)
+
+    def announce(url: str) -> None:
+        models = ", ".join(m.name for m in service.store.list()) or "none yet"
+        budget_mib = service.pool.budget_bytes // 2**20
+        log.info("models in %s: %s; memory budget %d MiB", settings.models_dir, models, budget_mib)
+        # Tests and scripts read this line to find the port when started with --port 0.
+        print(f"llmlb node listening on {url}", flush=True)
+
+    await serve(app, sock, settings.shutdown_grace_seconds, announce)
+
+
+def main(settings: NodeSettings) -> None:
+    from llmlb.cli import run_async
+
+    run_async(run_node(settings))

@@ -1,0 +1,279 @@
+"""The node's core: models from the store, engines from the pool, requests to engines.
+
+No web framework here: the HTTP layer (``node.app``) parses and answers, this module decides.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from llmlb import __version__
+from llmlb.common.devices import Device
+from llmlb.common.errors import LlmlbError, ModelLoadFailed, ModelNotFound, error_body
+from llmlb.common.gguf import GGUFError, GGUFInfo, read_gguf
+from llmlb.common.settings import NodeSettings
+from llmlb.common.store import ModelStore, StoredModel, validate_name
+from llmlb.node.engine import (
+    Endpoint,
+    EngineSpec,
+    LlamaEngine,
+    Purpose,
+    restore_signal_handlers,
+)
+from llmlb.node.metrics import NodeMetrics
+from llmlb.node.pool import EnginePool
+from llmlb.node.templates import resolve_template, with_stops
+from llmlb.node.validation import model_name, validate_embeddings, validate_generation
+
+log = logging.getLogger(__name__)
+
+NodeState = Literal["initializing", "ready", "draining"]
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+def default_memory_budget(devices: list[Device], ram_total: int) -> int:
+    """All GPU memory when there are GPUs; otherwise 80% of the machine's RAM."""
+    gpu_total = sum(d.memory_total for d in devices if d.is_gpu)
+    return gpu_total if gpu_total else int(ram_total * 0.8)
+
+
+def estimate_memory(model: StoredModel, info: GGUFInfo, ctx_size: int) -> int:
+    """Weights plus an f16 KV cache for ``ctx_size`` tokens plus 10% for compute buffers.
+
+    ``required_memory_bytes`` in the model's metadata overrides the estimate.
+    """
+    configured = model.metadata.get("required_memory_bytes")
+    if isinstance(configured, int) and configured > 0:
+        return configured
+    layers = int(info.arch_value("block_count") or 0)
+    kv_heads = int(info.arch_value("attention.head_count_kv") or 0)
+    key_len = int(info.arch_value("attention.key_length") or 0)
+    value_len = int(info.arch_value("attention.value_length") or 0)
+    if not (key_len and value_len):
+        heads = int(info.arch_value("attention.head_count") or 1)
+        key_len = value_len = int(info.embedding_length or 0) // max(heads, 1)
+    kv_cache = ctx_size * layers * kv_heads * (key_len + value_len) * 2
+    return int(model.size_bytes * 1.1) + kv_cache
+
+
+def sse(data: bytes) -> bytes:
+    return b"data: " + data + b"\n\n"
+
+
+@dataclass
+class _ModelInfo:
+    mtime: float
+    info: GGUFInfo
+
+
+class NodeService:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        devices: list[Device],
+        ram_total: int,
+        load: Callable[[EngineSpec], LlamaEngine] = LlamaEngine.load,
+    ) -> None:
+        self.settings = settings
+        self.devices = devices
+        self.store = ModelStore(settings.models_dir)
+        self.state: NodeState = "initializing"
+        self.started_at = time.time()
+        budget = settings.memory_budget or default_memory_budget(devices, ram_total)
+        self.pool: EnginePool[EngineSpec, LlamaEngine] = EnginePool(
+            budget, load, wait_seconds=settings.load_wait_seconds, on_change=self._model_event
+        )
+        self.metrics = NodeMetrics(self.pool_state)
+        self._gguf: dict[str, _ModelInfo] = {}
+        self._threads = settings.threads or os.cpu_count() or 1
+
+    # -- models ---------------------------------------------------------------------------
+
+    def _model(self, name: str) -> StoredModel:
+        validate_name(name)
+        model = self.store.get(name)
+        if model is None:
+            raise ModelNotFound(f"model {name!r} is not on this node", param="model")
+        return model
+
+    def _gguf_info(self, model: StoredModel) -> GGUFInfo:
+        mtime = model.path.stat().st_mtime
+        cached = self._gguf.get(model.name)
+        if cached is None or cached.mtime != mtime:
+            try:
+                cached = _ModelInfo(mtime, read_gguf(model.path))
+            except GGUFError as exc:
+                raise ModelLoadFailed(f"cannot load model {model.name!r}: {exc}") from exc
+            self._gguf[model.name] = cached
+        return cached.info
+
+    def spec_for(self, name: str, purpose: Purpose) -> EngineSpec:
+        model = self._model(name)
+        info = self._gguf_info(model)
+        try:
+            template = resolve_template(name, model.metadata, info.metadata)
+        except ValueError as exc:
+            raise ModelLoadFailed(str(exc)) from exc
+        ctx = self.settings.ctx_size
+        if info.context_length:
+            ctx = min(ctx, info.context_length)
+        return EngineSpec(
+            name=name,
+            path=model.path,
+            purpose=purpose,
+            memory_bytes=estimate_memory(model, info, ctx),
+            template=template,
+            ctx_size=ctx,
+            parallel=self.settings.parallel,
+            threads=self._threads,
+            gpu_layers=self.settings.gpu_layers,
+        )
+
+    def list_models(self) -> list[dict[str, Any]]:
+        loaded = {key[0] for key in self.pool.loaded()}
+        return [
+            {
+                "id": model.name,
+                "object": "model",
+                "created": int(model.path.stat().st_mtime),
+                "owned_by": "llmlb",
+                "size_bytes": model.size_bytes,
+                "sha256": model.sha256,
+                "loaded": model.name in loaded,
+            }
+            for model in self.store.list()
+        ]
+
+    def _model_event(self, event: str, key: Any) -> None:
+        if event == "loaded":
+            restore_signal_handlers()
+        self.metrics.model_events.labels(str(key[0]), event).inc()
+
+    def pool_state(self) -> dict[str, Any]:
+        models = []
+        for key, engine in self.pool.loaded().items():
+            models.append(
+                {
+                    "name": key[0],
+                    "purpose": key[1],
+                    "slots_busy": engine.busy,
+                    "slots_total": engine.spec.parallel,
+                    "queued": engine.waiting,
+                }
+            )
+        return {
+            "models": models,
+            "memory_used": self.pool.used_bytes,
+            "memory_budget": self.pool.budget_bytes,
+        }
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "state": self.state,
+            "version": __version__,
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "devices": [d.to_dict() for d in self.devices],
+            **self.pool_state(),
+        }
+
+    # -- requests -------------------------------------------------------------------------
+
+    def prepare(self, endpoint: Endpoint, body: dict[str, Any]) -> tuple[EngineSpec, dict[str, Any]]:
+        name = model_name(body)
+        spec = self.spec_for(name, "generate")
+        validate_generation(body, endpoint, spec.ctx_size, spec.parallel)
+        if endpoint == "chat":
+            body = with_stops(body, spec.template)
+        return spec, body
+
+    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+        spec, body = self.prepare(endpoint, body)
+        started = time.monotonic()
+        async with self.pool.lease(spec) as engine:
+            response = await engine.complete(endpoint, {**body, "stream": False})
+        timings = response.get("timings") or {}
+        self.metrics.record_usage(spec.name, response.get("usage") or {}, timings)
+        if "prompt_ms" in timings:
+            self.metrics.ttft.labels(spec.name).observe(float(timings["prompt_ms"]) / 1000)
+        self.metrics.latency.labels(endpoint, spec.name).observe(time.monotonic() - started)
+        return response
+
+    async def open_stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """Start a stream; errors up to the first chunk raise (so they get a status code).
+
+        Returns SSE frames; a failure after the first frame ends the stream with one error
+        event and ``[DONE]``.
+        """
+        spec, body = self.prepare(endpoint, body)
+        options = body.get("stream_options") or {}
+        wants_usage = bool(options.get("include_usage"))
+        # Always ask for usage so the metrics see token counts; drop it if the client did not.
+        body = {**body, "stream": True, "stream_options": {**options, "include_usage": True}}
+        started = time.monotonic()
+        stack = AsyncExitStack()
+        try:
+            engine = await stack.enter_async_context(self.pool.lease(spec))
+            chunks = engine.stream(endpoint, body)
+            stack.push_async_callback(chunks.aclose)
+            first = await anext(chunks)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self.metrics.ttft.labels(spec.name).observe(time.monotonic() - started)
+        return self._frames(spec.name, endpoint, first, chunks, stack, wants_usage, started)
+
+    async def _frames(
+        self,
+        model: str,
+        endpoint: Endpoint,
+        first: bytes,
+        chunks: AsyncIterator[bytes],
+        stack: AsyncExitStack,
+        wants_usage: bool,
+        started: float,
+    ) -> AsyncIterator[bytes]:
+        async with stack:
+            try:
+                yield sse(first)
+                async for chunk in chunks:
+                    if b'"error"' in chunk[:16]:
+                        yield sse(chunk)
+                        break
+                    if b'"usage"' in chunk and self._is_usage_chunk(model, chunk):
+                        if not wants_usage:
+                            continue
+                    yield sse(chunk)
+            except LlmlbError as exc:
+                yield sse(orjson.dumps(exc.to_dict()))
+            except Exception as exc:  # the stream has begun: report in-band, never re-raise
+                log.exception("stream failed")
+                yield sse(orjson.dumps(error_body(f"stream failed: {exc}", "server_error")))
+            yield DONE_EVENT
+        self.metrics.latency.labels(endpoint, model).observe(time.monotonic() - started)
+
+    def _is_usage_chunk(self, model: str, chunk: bytes) -> bool:
+        data = orjson.loads(chunk)
+        usage = data.get("usage")
+        if not isinstance(usage, dict):
+            return False
+        self.metrics.record_usage(model, usage, data.get("timings") or {})
+        return not data.get("choices")
+
+    async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = model_name(body)
+        validate_embeddings(body)
+        spec = self.spec_for(name, "embed")
+        async with self.pool.lease(spec) as engine:
+            response = await engine.embed(body)
+        usage = response.get("usage") or {}
+        self.metrics.tokens.labels(name, "in").inc(int(usage.get("prompt_tokens") or 0))
+        return response
