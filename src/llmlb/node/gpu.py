@@ -63,7 +63,9 @@ def probe_amd() -> list[Device]:
             info = amdsmi.amdsmi_get_gpu_asic_info(handle)
             total = amdsmi.amdsmi_get_gpu_memory_total(handle, amdsmi.AmdSmiMemoryType.VRAM)
             used = amdsmi.amdsmi_get_gpu_memory_usage(handle, amdsmi.AmdSmiMemoryType.VRAM)
-            devices.append(Device("rocm", str(info.get("market_name", "AMD GPU")), total, total - used))
+            devices.append(
+                Device("rocm", str(info.get("market_name", "AMD GPU")), total, total - used)
+            )
         return devices
     finally:
         amdsmi.amdsmi_shut_down()

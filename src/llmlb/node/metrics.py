@@ -21,7 +21,9 @@ class _PoolCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         state = self._read()
         busy = GaugeMetricFamily("llmlb_node_slots_busy", "Slots generating now", labels=["model"])
-        total = GaugeMetricFamily("llmlb_node_slots_total", "Slots of loaded models", labels=["model"])
+        total = GaugeMetricFamily(
+            "llmlb_node_slots_total", "Slots of loaded models", labels=["model"]
+        )
         queued = GaugeMetricFamily(
             "llmlb_node_requests_queued", "Requests waiting for a slot", labels=["model"]
         )

@@ -9,6 +9,7 @@ waits until it is idle (bounded by ``wait_seconds``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Hashable
@@ -162,10 +163,8 @@ class EnginePool(Generic[S, E]):
                 f"stayed busy for {self._wait_seconds:.0f} s",
                 headers={"Retry-After": "5"},
             )
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._cond.wait(), remaining)
-        except TimeoutError:
-            pass
 
     async def _load_with(
         self, spec: S, evicted: list[_Entry[E]], keys: list[Hashable], done: asyncio.Future[None]
@@ -183,9 +182,11 @@ class EnginePool(Generic[S, E]):
                 self._reserved -= spec.memory_bytes
                 self._loading.pop(spec.key, None)
                 self._cond.notify_all()
-            if not done.done():
-                done.set_exception(exc) if isinstance(exc, Exception) else done.cancel()
-                done.exception() if not done.cancelled() else None  # mark retrieved
+            if isinstance(exc, Exception):
+                done.set_exception(exc)
+                done.exception()  # waiters re-raise it; nobody else needs to retrieve it
+            else:
+                done.cancel()
             raise
         log.info("loaded model %s in %.1f s", spec.key, time.monotonic() - started)
         self._on_change("loaded", spec.key)

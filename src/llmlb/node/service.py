@@ -138,7 +138,7 @@ class NodeService:
         )
 
     def list_models(self) -> list[dict[str, Any]]:
-        loaded = {key[0] for key in self.pool.loaded()}
+        loaded = {engine.spec.name for engine in self.pool.loaded().values()}
         return [
             {
                 "id": model.name,
@@ -159,11 +159,11 @@ class NodeService:
 
     def pool_state(self) -> dict[str, Any]:
         models = []
-        for key, engine in self.pool.loaded().items():
+        for engine in self.pool.loaded().values():
             models.append(
                 {
-                    "name": key[0],
-                    "purpose": key[1],
+                    "name": engine.spec.name,
+                    "purpose": engine.spec.purpose,
                     "slots_busy": engine.busy,
                     "slots_total": engine.spec.parallel,
                     "queued": engine.waiting,
@@ -187,7 +187,9 @@ class NodeService:
 
     # -- requests -------------------------------------------------------------------------
 
-    def prepare(self, endpoint: Endpoint, body: dict[str, Any]) -> tuple[EngineSpec, dict[str, Any]]:
+    def prepare(
+        self, endpoint: Endpoint, body: dict[str, Any]
+    ) -> tuple[EngineSpec, dict[str, Any]]:
         name = model_name(body)
         spec = self.spec_for(name, "generate")
         validate_generation(body, endpoint, spec.ctx_size, spec.parallel)
@@ -248,9 +250,9 @@ class NodeService:
                     if b'"error"' in chunk[:16]:
                         yield sse(chunk)
                         break
-                    if b'"usage"' in chunk and self._is_usage_chunk(model, chunk):
-                        if not wants_usage:
-                            continue
+                    usage_only = b'"usage"' in chunk and self._is_usage_chunk(model, chunk)
+                    if usage_only and not wants_usage:
+                        continue
                     yield sse(chunk)
             except LlmlbError as exc:
                 yield sse(orjson.dumps(exc.to_dict()))

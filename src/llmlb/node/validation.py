@@ -95,6 +95,4 @@ def validate_embeddings(body: dict[str, Any]) -> None:
         isinstance(value, list) and value and all(isinstance(v, str | int | list) for v in value)
     )
     if not ok:
-        raise BadRequest(
-            "'input' must be a string or a non-empty array of strings", param="input"
-        )
+        raise BadRequest("'input' must be a string or a non-empty array of strings", param="input")

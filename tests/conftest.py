@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llmlb.common.smallmodel import SMALL_MODEL_NAME, install_small_model
+from llmlb.common.store import ModelStore
+from tests.support import Process, start_node
+
+
+@pytest.fixture(scope="session")
+def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An llmlb home whose store holds the small real model (assembled once per session)."""
+    home = tmp_path_factory.mktemp("home")
+    install_small_model(ModelStore(home / "models"))
+    return home
+
+
+@pytest.fixture(scope="session")
+def small_model_path(model_home: Path) -> Path:
+    return model_home / "models" / SMALL_MODEL_NAME / "model.gguf"
+
+
+@pytest.fixture(scope="session")
+def node(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """One real node with the real small model, shared by the whole session."""
+    process = start_node(model_home, tmp_path_factory.mktemp("logs"), "--parallel", "4")
+    yield process
+    process.stop()

@@ -1,0 +1,95 @@
+"""The ``llmlb`` command as a user runs it: a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from llmlb.node.gpu import probe_gpus
+from tests.support import start_node
+
+
+def llmlb(*args: str, home: Path, check: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LLMLB_HOME": str(home)}
+    env.pop("LLMLB_ALLOW_CPU", None)
+    return subprocess.run(
+        [sys.executable, "-m", "llmlb", *args],
+        capture_output=True, text=True, env=env, timeout=120, check=check,
+    )  # fmt: skip
+
+
+def test_help_shows_defaults(tmp_path: Path) -> None:
+    out = llmlb("node", "--help", home=tmp_path, check=True).stdout
+    assert "32769" in out
+    assert "--allow-cpu" in out
+    assert "default: 4" in out
+
+
+@pytest.mark.skipif(bool(probe_gpus()), reason="this machine has a GPU, so the node would start")
+def test_node_without_gpu_refuses_to_start_without_allow_cpu(tmp_path: Path) -> None:
+    result = llmlb("node", "--port", "0", home=tmp_path)
+    assert result.returncode == 1
+    assert "no GPU found" in result.stderr
+    assert "--allow-cpu" in result.stderr
+
+
+def test_models_add_and_list(tmp_path: Path, small_model_path: Path) -> None:
+    home = tmp_path / "home"
+    added = llmlb("models", "add", "my-model", str(small_model_path), home=home, check=True)
+    assert "my-model" in added.stderr
+    listed = json.loads(llmlb("models", "list", "--json", home=home, check=True).stdout)
+    assert [m["name"] for m in listed] == ["my-model"]
+    assert listed[0]["size_bytes"] == small_model_path.stat().st_size
+    assert len(listed[0]["sha256"]) == 64
+
+
+def test_models_add_refuses_a_file_that_is_not_gguf(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_text("hello")
+    result = llmlb("models", "add", "bogus", str(bogus), home=tmp_path)
+    assert result.returncode == 1
+    assert "not a GGUF file" in result.stderr
+    assert not (tmp_path / "models" / "bogus").exists()
+
+
+def test_models_add_refuses_a_bad_name(tmp_path: Path, small_model_path: Path) -> None:
+    result = llmlb("models", "add", "../evil", str(small_model_path), home=tmp_path)
+    assert result.returncode == 1
+    assert "invalid model name" in result.stderr
+
+
+def test_sigterm_finishes_in_flight_requests_then_exits(model_home: Path, tmp_path: Path) -> None:
+    node = start_node(model_home, tmp_path, "--log-format", "json")
+    body = {"model": "gemma-3-270m", "prompt": "Once upon a time", "max_tokens": 40,
+            "ignore_eos": True, "temperature": 0}  # fmt: skip
+    result: dict[str, httpx.Response] = {}
+
+    def request() -> None:
+        with httpx.Client(base_url=node.url, timeout=60) as http:
+            result["response"] = http.post("/v1/completions", json=body)
+
+    worker = threading.Thread(target=request)
+    worker.start()
+    time.sleep(1.5)  # model loaded, request generating
+    node.proc.send_signal(signal.SIGTERM)
+    worker.join()
+    assert node.stop() == 0
+    response = result["response"]
+    assert response.status_code == 200
+    assert response.json()["usage"]["completion_tokens"] == 40
+    # JSON log lines carry the request id.
+    lines = [
+        json.loads(line) for line in node.log_path.read_text().splitlines() if line.startswith("{")
+    ]
+    served = [line for line in lines if "/v1/completions 200" in line["msg"]]
+    assert served and served[0]["request_id"] != "-"
+    assert any("unloaded model" in line["msg"] for line in lines)

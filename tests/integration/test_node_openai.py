@@ -1,0 +1,204 @@
+"""The real node with the real small model, driven by the official ``openai`` client."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from openai import OpenAI
+from openai.types.chat import ChatCompletionMessageParam
+
+from tests.support import Process
+
+MODEL = "gemma-3-270m"
+FRANCE: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is the capital of France?"}
+]
+
+
+@pytest.fixture(scope="module")
+def client(node: Process) -> OpenAI:
+    return OpenAI(base_url=node.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_chat_answers_paris(client: OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL,
+        messages=FRANCE,
+        max_tokens=16,
+        temperature=0,
+    )
+    content = reply.choices[0].message.content or ""
+    assert "Paris" in content
+    # The Q/A transcript's stop sequence ends the answer before the model asks itself more.
+    assert "Q:" not in content
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.model == MODEL
+    assert reply.usage is not None and reply.usage.completion_tokens > 0
+
+
+def test_text_completion(client: OpenAI) -> None:
+    reply = client.completions.create(
+        model=MODEL, prompt="Q: What is the capital of France?\nA:", max_tokens=4, temperature=0
+    )
+    assert "Paris" in reply.choices[0].text
+    assert reply.usage is not None and reply.usage.prompt_tokens > 0
+
+
+def test_streaming_chunks_arrive_one_by_one_with_usage_last(client: OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Count from 1 to 10."}],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    arrivals: list[float] = []
+    pieces: list[str] = []
+    usage = None
+    for chunk in stream:
+        arrivals.append(time.monotonic())
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+        if chunk.usage is not None:
+            usage = chunk.usage
+            assert chunk.choices == []
+    assert len(pieces) >= 10
+    assert "1, 2, 3" in "".join(pieces)
+    # Tokens were sent as they were made, not buffered: the stream took time to arrive.
+    assert arrivals[-1] - arrivals[0] > 0.1
+    assert usage is not None and usage.completion_tokens == 24
+
+
+def test_stream_without_include_usage_has_no_usage_chunk(client: OpenAI) -> None:
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=FRANCE,
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+        )
+    )
+    assert chunks
+    assert all(chunk.usage is None for chunk in chunks)
+    assert "Paris" in "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_embeddings_have_the_models_dimension_and_are_deterministic(client: OpenAI) -> None:
+    first = client.embeddings.create(model=MODEL, input=["hello world", "the sky is blue"])
+    again = client.embeddings.create(model=MODEL, input="hello world")
+    assert len(first.data) == 2
+    assert len(first.data[0].embedding) == 640  # gemma3.embedding_length of the GGUF
+    assert first.data[0].embedding == pytest.approx(again.data[0].embedding, abs=1e-6)
+    assert first.data[0].embedding != pytest.approx(first.data[1].embedding, abs=1e-3)
+
+
+def test_models_lists_the_store(client: OpenAI) -> None:
+    ids = [model.id for model in client.models.list()]
+    assert MODEL in ids
+
+
+def test_four_concurrent_chats_are_batched(client: OpenAI) -> None:
+    def count() -> tuple[str, float]:
+        started = time.monotonic()
+        reply = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Count from 1 to 10."}],
+            max_tokens=32,
+            temperature=0,
+        )
+        return reply.choices[0].message.content or "", time.monotonic() - started
+
+    count()  # warm the prompt cache so both measurements start alike
+    singles = sorted(count()[1] for _ in range(3))
+    single = singles[1]
+    started = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: count()[0], range(4)))
+    together = time.monotonic() - started
+    for answer in answers:
+        assert "1, 2, 3, 4, 5, 6, 7, 8, 9, 10" in answer
+    # Sequential would be 4x; continuous batching on 2 cores measures about 1.7x here.
+    assert together < 3.0 * single, f"4 concurrent took {together:.2f}s vs {single:.2f}s for one"
+
+
+def test_health_answers_fast_while_every_slot_generates(node: Process) -> None:
+    body = {
+        "model": MODEL,
+        "prompt": "Once upon a time",
+        "max_tokens": 64,
+        "ignore_eos": True,
+        "temperature": 0,
+    }
+    with ThreadPoolExecutor(4) as pool, node.client() as http:
+        futures = [pool.submit(http.post, "/v1/completions", json=body) for _ in range(4)]
+        time.sleep(0.5)
+        latencies = []
+        for _ in range(5):
+            started = time.monotonic()
+            assert http.get("/health").status_code == 200
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.05)
+        busy = http.get("/health").json()["models"]
+        assert all(f.result().status_code == 200 for f in futures)
+    assert sorted(latencies)[2] < 0.1, latencies
+    assert any(m["slots_busy"] > 0 for m in busy)
+
+
+def test_client_disconnect_frees_the_slot(node: Process) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell me a very long story."}],
+        "max_tokens": 2000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with node.client() as http:
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            lines = response.iter_lines()
+            received = [next(lines) for _ in range(6)]
+            assert any(line.startswith("data: ") for line in received)
+        # The client hung up after a few tokens; the slot must be free within a moment.
+        deadline = time.monotonic() + 2.0
+        busy = -1
+        while time.monotonic() < deadline:
+            models = http.get("/health").json()["models"]
+            busy = sum(m["slots_busy"] for m in models)
+            if busy == 0:
+                break
+            time.sleep(0.05)
+        assert busy == 0
+        metrics = http.get("/metrics").text
+        assert 'llmlb_node_slots_busy{model="gemma-3-270m"} 0.0' in metrics
+
+
+def test_startup_and_metrics(node: Process) -> None:
+    with node.client() as http:
+        assert http.get("/startup").status_code == 200
+        http.post(
+            "/v1/chat/completions",
+            json={"model": MODEL, "messages": FRANCE, "max_tokens": 4},
+        )
+        text = http.get("/metrics").text
+    for name in (
+        "llmlb_node_requests_total",
+        "llmlb_node_tokens_total",
+        "llmlb_node_time_to_first_token_seconds_bucket",
+        "llmlb_node_tokens_per_second",
+        "llmlb_node_slots_total",
+        "llmlb_node_models_loaded",
+        "llmlb_node_memory_used_bytes",
+    ):
+        assert name in text
+    assert 'llmlb_node_requests_total{endpoint="chat",model="gemma-3-270m",status="200"}' in text
+
+
+def test_request_id_is_echoed(node: Process) -> None:
+    with httpx.Client(base_url=node.url) as http:
+        response = http.get("/health", headers={"X-Request-Id": "abc123"})
+        assert response.headers["x-request-id"] == "abc123"
+        assert len(http.get("/health").headers["x-request-id"]) == 16

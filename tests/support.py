@@ -1,0 +1,62 @@
+"""Helpers for tests that start real llmlb processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+
+class Process:
+    """An ``llmlb`` subprocess on 127.0.0.1:0 that announces its URL on stdout."""
+
+    def __init__(self, args: list[str], home: Path, log_path: Path, env: dict[str, str]) -> None:
+        self.log_path = log_path
+        self._log: IO[bytes] = log_path.open("ab")
+        full_env = {**os.environ, "LLMLB_HOME": str(home), "PYTHONUNBUFFERED": "1", **env}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llmlb", *args],
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=full_env,
+        )
+        self.url = self._wait_for_url()
+
+    def _wait_for_url(self, timeout: float = 90.0) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline().decode()
+            if not line and self.proc.poll() is not None:
+                raise RuntimeError(f"process exited early:\n{self.log_tail()}")
+            if " listening on " in line:
+                return line.rsplit(" ", 1)[1].strip()
+        raise RuntimeError(f"no URL announced within {timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def client(self, timeout: float = 120.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+def start_node(home: Path, log_dir: Path, *extra: str, name: str = "node") -> Process:
+    args = ["node", "--host", "127.0.0.1", "--port", "0", "--allow-cpu", *extra]
+    return Process(args, home, log_dir / f"{name}.log", {})

@@ -1,0 +1,114 @@
+"""The engine pool with stand-in engines: one load per model, waits for busy memory."""
+
+import asyncio
+import threading
+from dataclasses import dataclass
+
+import pytest
+
+from llmlb.common.errors import InsufficientMemory, ModelLoadFailed
+from llmlb.node.pool import EnginePool
+
+
+@dataclass(frozen=True)
+class FakeSpec:
+    key: str
+    memory_bytes: int
+
+
+class FakeEngine:
+    def __init__(self, spec: FakeSpec) -> None:
+        self.spec = spec
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Loader:
+    def __init__(self, fail: set[str] | None = None) -> None:
+        self.loads: list[str] = []
+        self.fail = fail or set()
+        self._lock = threading.Lock()
+
+    def __call__(self, spec: FakeSpec) -> FakeEngine:
+        with self._lock:
+            self.loads.append(spec.key)
+        threading.Event().wait(0.05)  # loading takes a while
+        if spec.key in self.fail:
+            raise ModelLoadFailed(f"cannot load {spec.key}")
+        return FakeEngine(spec)
+
+
+async def test_concurrent_first_requests_load_the_model_once() -> None:
+    loader = Loader()
+    pool: EnginePool[FakeSpec, FakeEngine] = EnginePool(100, loader)
+    spec = FakeSpec("a", 40)
+
+    async def use() -> FakeEngine:
+        async with pool.lease(spec) as engine:
+            return engine
+
+    engines = await asyncio.gather(*(use() for _ in range(5)))
+    assert loader.loads == ["a"]
+    assert len({id(e) for e in engines}) == 1
+
+
+async def test_a_second_model_evicts_the_first_only_when_idle() -> None:
+    loader = Loader()
+    pool: EnginePool[FakeSpec, FakeEngine] = EnginePool(100, loader, wait_seconds=5)
+    first, second = FakeSpec("a", 60), FakeSpec("b", 60)
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def hold_first() -> None:
+        async with pool.lease(first) as engine:
+            order.append("a-start")
+            await release.wait()
+            assert not engine.closed
+            order.append("a-end")
+
+    holder = asyncio.create_task(hold_first())
+    await asyncio.sleep(0.1)
+
+    async def use_second() -> None:
+        async with pool.lease(second):
+            order.append("b")
+
+    waiter = asyncio.create_task(use_second())
+    await asyncio.sleep(0.2)
+    assert "b" not in order  # still waiting: "a" is busy
+    release.set()
+    await asyncio.gather(holder, waiter)
+    assert order == ["a-start", "a-end", "b"]
+    assert set(pool.loaded()) == {"b"}
+
+
+async def test_waiting_for_busy_memory_is_bounded() -> None:
+    pool: EnginePool[FakeSpec, FakeEngine] = EnginePool(100, Loader(), wait_seconds=0.2)
+    async with pool.lease(FakeSpec("a", 80)):
+        with pytest.raises(InsufficientMemory, match="stayed busy"):
+            async with pool.lease(FakeSpec("b", 80)):
+                pass
+
+
+async def test_a_model_larger_than_the_budget_is_refused_at_once() -> None:
+    pool: EnginePool[FakeSpec, FakeEngine] = EnginePool(100, Loader())
+    with pytest.raises(InsufficientMemory, match="budget is 100 bytes"):
+        async with pool.lease(FakeSpec("huge", 101)):
+            pass
+
+
+async def test_a_failed_load_frees_its_reservation_and_reports_to_every_waiter() -> None:
+    loader = Loader(fail={"broken"})
+    pool: EnginePool[FakeSpec, FakeEngine] = EnginePool(100, loader)
+
+    async def use() -> None:
+        async with pool.lease(FakeSpec("broken", 90)):
+            pass
+
+    results = await asyncio.gather(use(), use(), return_exceptions=True)
+    assert all(isinstance(r, ModelLoadFailed) for r in results)
+    assert pool.used_bytes == 0
+    async with pool.lease(FakeSpec("ok", 90)) as engine:
+        assert engine.spec.key == "ok"

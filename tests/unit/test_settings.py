@@ -1,0 +1,77 @@
+"""Settings precedence: CLI > LLMLB_* environment > TOML file > defaults."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from llmlb.common.settings import NodeSettings, load_settings, parse_size
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text('log_level = "warning"\nparallel = 3\n[node]\nport = 40000\nctx-size = 2048\n')
+    return path
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for key in ("LLMLB_PORT", "LLMLB_PARALLEL", "LLMLB_CONFIG", "LLMLB_CTX_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("LLMLB_HOME", str(tmp_path / "home"))
+
+
+def test_defaults_apply_without_any_source(tmp_path: Path) -> None:
+    settings = load_settings(NodeSettings, {}, tmp_path / "missing.toml")
+    assert settings.port == 32769
+    assert settings.parallel == 4
+    assert settings.home == tmp_path / "home"
+
+
+def test_toml_overrides_defaults_and_node_table_overrides_top_level(config: Path) -> None:
+    settings = load_settings(NodeSettings, {}, config)
+    assert settings.port == 40000
+    assert settings.ctx_size == 2048  # dashes in TOML keys work too
+    assert settings.parallel == 3
+    assert settings.log_level == "warning"
+
+
+def test_env_overrides_toml(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMLB_PORT", "41000")
+    settings = load_settings(NodeSettings, {}, config)
+    assert settings.port == 41000
+    assert settings.ctx_size == 2048
+
+
+def test_cli_overrides_env_and_none_means_not_given(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LLMLB_PORT", "41000")
+    settings = load_settings(NodeSettings, {"port": 42000, "parallel": None}, config)
+    assert settings.port == 42000
+    assert settings.parallel == 3
+
+
+def test_config_file_found_through_env(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMLB_CONFIG", str(config))
+    assert load_settings(NodeSettings, {}).port == 40000
+
+
+def test_allow_cpu_from_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LLMLB_ALLOW_CPU", "1")
+    assert load_settings(NodeSettings, {}, tmp_path / "none.toml").allow_cpu is True
+
+
+def test_sizes_accept_units(tmp_path: Path) -> None:
+    settings = load_settings(NodeSettings, {"memory_budget": "1.5GiB"}, tmp_path / "x.toml")
+    assert settings.memory_budget == int(1.5 * 2**30)
+    assert parse_size("512MB") == 512_000_000
+    assert parse_size(1024) == 1024
+
+
+def test_bad_values_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="not a size"):
+        load_settings(NodeSettings, {"memory_budget": "lots"}, tmp_path / "x.toml")
+    with pytest.raises(ValidationError):
+        load_settings(NodeSettings, {"parallel": 0}, tmp_path / "x.toml")
