@@ -119,7 +119,8 @@ def main() -> None:
                   f"{PARALLEL} slots, median of {args.rounds} alternating rounds")  # fmt: skip
             print(f"{'streams':>7} {'node tok/s':>11} {'direct tok/s':>13} {'node/direct':>12}")
             for concurrency in (int(c) for c in args.concurrency.split(",")):
-                node_runs, direct_runs = [], []
+                node_runs: list[float] = []
+                direct_runs: list[float] = []
                 for round_index in range(args.rounds):
                     # ABBA order: neither side always runs first (caches, clocks, neighbours).
                     sides = [(node.url, node_runs), (direct_url, direct_runs)]
