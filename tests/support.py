@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import IO
 
 import httpx
@@ -60,3 +61,43 @@ class Process:
 def start_node(home: Path, log_dir: Path, *extra: str, name: str = "node") -> Process:
     args = ["node", "--host", "127.0.0.1", "--port", "0", "--allow-cpu", *extra]
     return Process(args, home, log_dir / f"{name}.log", {})
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (for processes that must come back on the same one)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_router(
+    home: Path, log_dir: Path, *extra: str, port: int = 0, env: dict[str, str] | None = None,
+    name: str = "router",
+) -> Process:  # fmt: skip
+    args = ["serve", "--host", "127.0.0.1", "--port", str(port), *extra]
+    return Process(args, home, log_dir / f"{name}.log", env or {})
+
+
+def node_token(router_home: Path) -> str:
+    return (router_home / "node_token").read_text().strip()
+
+
+def start_fleet_node(
+    model_home: Path, log_dir: Path, router: Process, router_home: Path, name: str,
+    *extra: str, port: int = 0,
+) -> Process:  # fmt: skip
+    args = ["node", "--host", "127.0.0.1", "--port", str(port), "--allow-cpu",
+            "--router", router.url, "--name", name, *extra]  # fmt: skip
+    return Process(args, model_home, log_dir / f"{name}.log",
+                   {"LLMLB_NODE_TOKEN": node_token(router_home)})  # fmt: skip
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, step: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(step)
+    raise AssertionError(f"condition not met within {timeout} s")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,7 +19,14 @@ from rich.table import Table
 from llmlb import __version__
 from llmlb.common.errors import LlmlbError
 from llmlb.common.logs import configure_logging
-from llmlb.common.settings import DEFAULT_NODE_PORT, NodeSettings, load_settings
+from llmlb.common.settings import (
+    DEFAULT_NODE_PORT,
+    DEFAULT_ROUTER_PORT,
+    CommonSettings,
+    NodeSettings,
+    RouterSettings,
+    load_settings,
+)
 from llmlb.common.smallmodel import install_small_model
 from llmlb.common.store import ModelStore
 
@@ -61,6 +70,35 @@ def exit_quietly_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def router_options(func: F) -> F:
+    decorators = [
+        click.option("--host", default=None, help="Address to bind  [default: 127.0.0.1]"),
+        click.option("--port", type=int, default=None, help=f"Port (0 = any)  [default: {DEFAULT_ROUTER_PORT}]"),
+        click.option("--database-url", default=None, help="SQLAlchemy URL  [default: SQLite $LLMLB_HOME/llmlb.db]"),
+        click.option("--allow-cpu-nodes", is_flag=True, default=None, help="Accept nodes without a GPU"),
+        click.option("--require-node-approval", is_flag=True, default=None, help="New nodes wait as pending until approved"),
+        click.option("--no-auth", is_flag=True, default=None, help="Serve everyone without keys"),
+        click.option("--balancer", type=click.Choice(["load", "round_robin", "least_busy", "prefix_affinity"]), default=None, help="Node choice  [default: load]"),
+        click.option("--heartbeat-interval", type=float, default=None, help="Seconds between node heartbeats  [default: 10]"),
+        click.option("--request-timeout", type=float, default=None, help="Seconds per proxied request  [default: 600]"),
+        click.option("--log-bodies", is_flag=True, default=None, help="Keep request and response bodies in the history"),
+    ]  # fmt: skip
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def remote_options(func: F) -> F:
+    decorators = [
+        click.option("--router", default=None, help="Router URL; without it, work on the local state"),
+        click.option("--admin-password", envvar="LLMLB_ADMIN_PASSWORD", default=None, help="Admin password (LLMLB_ADMIN_PASSWORD)"),
+        click.option("--api-key", envvar="LLMLB_API_KEY", default=None, help="Admin API key (LLMLB_API_KEY)"),
+    ]  # fmt: skip
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
 def fail(message: str) -> None:
     console.print(f"[red]error:[/red] {message}")
     sys.exit(1)
@@ -99,6 +137,16 @@ def main() -> None:
     "--gpu-layers", type=int, default=None, help="Layers on the GPU, -1 = all  [default: -1]"
 )
 @click.option("--max-body-bytes", default=None, help="Largest request body  [default: 8MiB]")
+@click.option("--router", default=None, help="Router URL to register with  [default: none]")
+@click.option(
+    "--token", "node_token", default=None, help="Router key of scope node (LLMLB_NODE_TOKEN)"
+)
+@click.option("--name", "node_name", default=None, help="Name in the fleet  [default: hostname]")
+@click.option(
+    "--advertise-url",
+    default=None,
+    help="URL the router reaches this node at  [default: bound address]",
+)
 def node(config: Path | None, **cli: Any) -> None:
     """Run a node: serve the models in the store through an OpenAI-compatible API."""
     settings = _settings(NodeSettings, cli, config)
@@ -111,6 +159,201 @@ def node(config: Path | None, **cli: Any) -> None:
         fail(exc.message)
     except KeyboardInterrupt:
         pass
+
+
+@main.command()
+@common_options
+@router_options
+def serve(config: Path | None, **cli: Any) -> None:
+    """Run the router: one OpenAI-compatible endpoint over the registered nodes."""
+    settings = _settings(RouterSettings, cli, config)
+    from llmlb.router.server import run_router
+
+    exit_quietly_on_sigterm()
+    with contextlib.suppress(KeyboardInterrupt):
+        run_async(run_router(settings))
+
+
+@main.command()
+@common_options
+@router_options
+@click.option("--node-port", type=int, default=DEFAULT_NODE_PORT, help="Port of the local node")
+def up(config: Path | None, node_port: int, **cli: Any) -> None:
+    """Run a router and one local node serving the small bundled model."""
+    cli["allow_cpu_nodes"] = True if cli.get("allow_cpu_nodes") is None else cli["allow_cpu_nodes"]
+    settings = _settings(RouterSettings, cli, config)
+    from llmlb.up import run_up
+
+    exit_quietly_on_sigterm()
+    try:
+        run_async(run_up(settings, node_port))
+    except LlmlbError as exc:
+        fail(exc.message)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@remote_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON")
+def status(
+    router: str | None, admin_password: str | None, api_key: str | None, as_json: bool
+) -> None:
+    """Router health, nodes and their models."""
+    from llmlb.admin import RemoteAdmin
+
+    url = router or f"http://127.0.0.1:{DEFAULT_ROUTER_PORT}"
+
+    async def gather() -> dict[str, Any]:
+        admin = RemoteAdmin(url, admin_password, api_key)
+        try:
+            return {"router": url, "health": await admin.health(), "nodes": await admin.nodes()}
+        finally:
+            await admin.close()
+
+    try:
+        report = run_async(gather())
+    except LlmlbError as exc:
+        fail(exc.message)
+    if as_json:
+        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return
+    console_out = Console()
+    console_out.print(f"router [bold]{url}[/bold]: {report['health']['status']} "
+                      f"(version {report['health']['version']})")  # fmt: skip
+    table = Table("id", "name", "status", "url", "loaded", "on disk", "slots busy/total")
+    for node in report["nodes"]:
+        table.add_row(
+            node["id"][:8], node["name"], node["status"], node["base_url"],
+            ", ".join(node["models_loaded"]), ", ".join(node["models_on_disk"]),
+            f"{node['slots_busy']}/{node['slots_total']}",
+        )  # fmt: skip
+    console_out.print(table)
+
+
+@main.group()
+def nodes() -> None:
+    """List and manage the router's nodes."""
+
+
+def _admin(router: str | None, admin_password: str | None, api_key: str | None) -> Any:
+    from llmlb.admin import LocalAdmin, RemoteAdmin
+
+    if router:
+        return RemoteAdmin(router, admin_password, api_key)
+    return LocalAdmin(_settings(RouterSettings, {}, None, quiet=True))
+
+
+def _run_admin(router: str | None, password: str | None, key: str | None, call: Any) -> Any:
+    async def go() -> Any:
+        admin = _admin(router, password, key)
+        try:
+            return await call(admin)
+        finally:
+            await admin.close()
+
+    try:
+        return run_async(go())
+    except LlmlbError as exc:
+        fail(exc.message)
+
+
+@nodes.command("list")
+@remote_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON")
+def nodes_list(
+    router: str | None, admin_password: str | None, api_key: str | None, as_json: bool
+) -> None:
+    """List nodes."""
+    found = _run_admin(router, admin_password, api_key, lambda a: a.nodes())
+    if as_json:
+        click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table("id", "name", "status", "url", "models")
+    for node in found:
+        models_text = ", ".join(sorted({*node["models_loaded"], *node["models_on_disk"]}))
+        table.add_row(node["id"], node["name"], node["status"], node["base_url"], models_text)
+    Console().print(table)
+
+
+def _node_command(action: str, help_text: str) -> None:
+    @nodes.command(action, help=help_text)
+    @click.argument("node_id")
+    @remote_options
+    def command(
+        node_id: str, router: str | None, admin_password: str | None, api_key: str | None
+    ) -> None:
+        result = _run_admin(
+            router, admin_password, api_key, lambda a: a.node_action(node_id, action)
+        )
+        click.echo(f"{action}: {node_id}" + (f" ({result['status']})" if result else ""))
+
+
+_node_command("drain", "Stop sending new requests to a node; in-flight ones finish.")
+_node_command("undrain", "Send requests to a drained node again.")
+_node_command("approve", "Let a pending node (--require-node-approval) take traffic.")
+_node_command("remove", "Forget a node (it registers again if it is still running).")
+
+
+@main.group()
+def keys() -> None:
+    """API keys (scopes: api, node, admin)."""
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    default=["api"],
+    type=click.Choice(["api", "node", "admin"]),
+    help="Repeat for several",
+)
+@click.option("--expires-in-days", type=float, default=None, help="Expiry  [default: never]")
+@remote_options
+def keys_create(name: str, scopes: tuple[str, ...], expires_in_days: float | None,
+                router: str | None, admin_password: str | None, api_key: str | None) -> None:  # fmt: skip
+    """Create a key; its secret is printed once."""
+    expires = time.time() + expires_in_days * 86400 if expires_in_days else None
+    key = _run_admin(router, admin_password, api_key,
+                     lambda a: a.create_key(name, list(scopes), expires))  # fmt: skip
+    console.print(f"created key [bold]{key['id']}[/bold] ({', '.join(key['scopes'])}); "
+                  "the secret is shown only now:")  # fmt: skip
+    click.echo(key["secret"])
+
+
+@keys.command("list")
+@remote_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON")
+def keys_list(
+    router: str | None, admin_password: str | None, api_key: str | None, as_json: bool
+) -> None:
+    """List keys (never their secrets)."""
+    found = _run_admin(router, admin_password, api_key, lambda a: a.keys())
+    if as_json:
+        click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table("id", "name", "scopes", "prefix", "expires", "revoked")
+    for key in found:
+        table.add_row(key["id"], key["name"], ",".join(key["scopes"]), key["prefix"],
+                      _when(key["expires_at"]), _when(key["revoked_at"]))  # fmt: skip
+    Console().print(table)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@remote_options
+def keys_revoke(
+    key_id: str, router: str | None, admin_password: str | None, api_key: str | None
+) -> None:
+    """Revoke a key."""
+    _run_admin(router, admin_password, api_key, lambda a: a.revoke_key(key_id))
+    click.echo(f"revoked {key_id}")
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
 
 
 @main.group()
@@ -174,10 +417,10 @@ def models_list(as_json: bool, home: Path | None) -> None:
     Console().print(table)
 
 
-S = TypeVar("S", bound=NodeSettings)
+S = TypeVar("S", bound=CommonSettings)
 
 
-def _settings(cls: type[S], cli: dict[str, Any], config: Path | None) -> S:
+def _settings(cls: type[S], cli: dict[str, Any], config: Path | None, quiet: bool = False) -> S:
     from pydantic import ValidationError
 
     try:
@@ -186,7 +429,8 @@ def _settings(cls: type[S], cli: dict[str, Any], config: Path | None) -> S:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         fail(f"invalid settings: {problems}")
         raise
-    configure_logging(settings.log_level, settings.log_format)
+    if not quiet:
+        configure_logging(settings.log_level, settings.log_format)
     return settings
 
 

@@ -66,8 +66,8 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The request body as JSON, refusing bodies over ``limit`` bytes before reading them all."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing bodies over ``limit`` bytes before reading them all."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
@@ -78,9 +78,13 @@ async def read_json(request: Request, limit: int) -> Any:
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw:
+    if not chunks:
         raise InvalidJSON("the request body is empty; send a JSON object")
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    raw = await read_body(request, limit)
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -57,6 +57,8 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
+    # One line per outgoing request would drown the log (heartbeats); keep them at debug only.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     # Access lines duplicate our own request log; keep them at debug only.
     logging.getLogger("uvicorn.access").setLevel(
         logging.DEBUG if level == "debug" else logging.WARNING

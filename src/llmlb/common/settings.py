@@ -100,6 +100,48 @@ class NodeSettings(CommonSettings):
         default=120.0, description="How long a request waits for memory held by busy models"
     )
     shutdown_grace_seconds: float = 30.0
+    # Joining a router (issue: the fleet). Without ``router`` the node serves on its own.
+    router: str | None = Field(default=None, description="Router URL to register with")
+    node_token: str | None = Field(default=None, description="Router key of scope 'node'")
+    node_name: str | None = Field(default=None, description="Name in the fleet (default: hostname)")
+    advertise_url: str | None = Field(
+        default=None, description="URL the router uses to reach this node (default: bound address)"
+    )
+
+
+BalancerStrategy = Literal["load", "round_robin", "least_busy", "prefix_affinity"]
+
+
+class RouterSettings(CommonSettings):
+    section: ClassVar[str] = "router"
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_ROUTER_PORT
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL (default: SQLite file <home>/llmlb.db)"
+    )
+    allow_cpu_nodes: bool = False
+    require_node_approval: bool = False
+    no_auth: bool = False
+    admin_password: str | None = None
+    heartbeat_interval: float = Field(default=10.0, gt=0)
+    balancer: BalancerStrategy = "load"
+    request_timeout: float = Field(default=600.0, gt=0, description="Seconds per proxied request")
+    connect_timeout: float = Field(default=5.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, description="Nodes tried per request")
+    node_max_concurrency: int | None = Field(
+        default=None, ge=1, description="Requests in flight per node (default: its slots x 2)"
+    )
+    queue_size: int = Field(default=256, ge=0, description="Requests that may wait for a node")
+    queue_timeout: float = Field(default=60.0, gt=0)
+    history_days: float = Field(default=7.0, gt=0)
+    log_bodies: bool = False
+    max_body_bytes: ByteSize = 8 * 1024 * 1024
+    shutdown_grace_seconds: float = 30.0
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.home / 'llmlb.db'}"
 
 
 S = TypeVar("S", bound=CommonSettings)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,13 +23,14 @@ from llmlb.common.asgi import (
 )
 from llmlb.common.errors import LlmlbError
 from llmlb.node.engine import Endpoint
+from llmlb.node.registration import RouterLink
 from llmlb.node.service import NodeService
 from llmlb.node.validation import require_object
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-def create_app(service: NodeService) -> Starlette:
+def create_app(service: NodeService, link: RouterLink | None = None) -> Starlette:
     limit = service.settings.max_body_bytes
 
     async def _body(request: Request) -> dict[str, Any]:
@@ -80,10 +83,16 @@ def create_app(service: NodeService) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service.state = "ready"
+        link_task = asyncio.create_task(link.run()) if link is not None else None
         try:
             yield
         finally:
             service.state = "draining"
+            if link is not None and link_task is not None:
+                link_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await link_task
+                await link.goodbye()
             await service.pool.close()
 
     return Starlette(

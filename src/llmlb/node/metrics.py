@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -72,6 +73,7 @@ class NodeMetrics:
             "llmlb_node_model_events", "Model loads and evictions", ["model", "event"], registry=r
         )
         r.register(_PoolCollector(read_pool))
+        self._recent_speed: dict[str, tuple[float, float]] = {}
 
     def record_usage(self, model: str, usage: dict[str, Any], timings: dict[str, Any]) -> None:
         self.tokens.labels(model, "in").inc(int(usage.get("prompt_tokens") or 0))
@@ -79,6 +81,12 @@ class NodeMetrics:
         speed = timings.get("predicted_per_second")
         if speed:
             self.tokens_per_second.labels(model).set(float(speed))
+            self._recent_speed[model] = (float(speed), time.monotonic())
+
+    def recent_tokens_per_second(self, window: float = 30.0) -> float:
+        """Sum over models of the generation speed of their last request in ``window`` s."""
+        now = time.monotonic()
+        return sum(speed for speed, at in self._recent_speed.values() if now - at < window)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import psutil
 
 from llmlb.common.devices import Device
 from llmlb.common.errors import LlmlbError
-from llmlb.common.serving import bind, serve
+from llmlb.common.serving import bind, serve, url_of
 from llmlb.common.settings import NodeSettings
 from llmlb.node.app import create_app
 from llmlb.node.gpu import cpu_device, probe_gpus
+from llmlb.node.registration import RouterLink
 from llmlb.node.service import NodeService
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,13 @@ def build_service(settings: NodeSettings) -> NodeService:
 
 async def run_node(settings: NodeSettings) -> None:
     service = build_service(settings)
-    app = create_app(service)
     sock = bind(settings.host, settings.port)
+    link = None
+    if settings.router:
+        public_url = settings.advertise_url or url_of(sock)
+        name = settings.node_name or socket.gethostname()
+        link = RouterLink(service, settings.router, settings.node_token, name, public_url)
+    app = create_app(service, link)
 
     def announce(url: str) -> None:
         models = ", ".join(m.name for m in service.store.list()) or "none yet"

@@ -152,6 +152,9 @@ class NodeService:
             for model in self.store.list()
         ]
 
+    def recent_tokens_per_second(self) -> float:
+        return self.metrics.recent_tokens_per_second()
+
     def _model_event(self, event: str, key: Any) -> None:
         if event == "loaded":
             restore_signal_handlers()
@@ -252,6 +255,8 @@ class NodeService:
                         break
                     usage_only = b'"usage"' in chunk and self._is_usage_chunk(model, chunk)
                     if usage_only and not wants_usage:
+                        # An SSE comment: clients skip it, the router reads token counts from it.
+                        yield b": usage " + chunk + b"\n\n"
                         continue
                     yield sse(chunk)
             except LlmlbError as exc:

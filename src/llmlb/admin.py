@@ -1,0 +1,150 @@
+"""Management operations for the CLI: on the router host's state, or remotely over HTTP.
+
+``LocalAdmin`` works on the database directly (same ``LLMLB_HOME`` or ``LLMLB_DATABASE_URL``);
+a running router sees the changes within a few seconds. ``RemoteAdmin`` calls a router's
+admin API with the admin password or an admin key.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import httpx
+
+from llmlb.common.errors import LlmlbError
+from llmlb.common.settings import RouterSettings
+from llmlb.router.db import open_database
+from llmlb.router.keys import KeyStore
+from llmlb.router.registry import Registry
+
+
+class Admin(Protocol):
+    async def nodes(self) -> list[dict[str, Any]]: ...
+    async def node_action(self, node_id: str, action: str) -> dict[str, Any] | None: ...
+    async def keys(self) -> list[dict[str, Any]]: ...
+    async def create_key(
+        self, name: str, scopes: list[str], expires_at: float | None
+    ) -> dict[str, Any]: ...
+    async def revoke_key(self, key_id: str) -> dict[str, Any]: ...
+    async def close(self) -> None: ...
+
+
+class LocalAdmin:
+    def __init__(self, settings: RouterSettings) -> None:
+        self._settings = settings
+
+    async def _open(self) -> tuple[Any, Registry, KeyStore]:
+        engine = await open_database(self._settings.db_url)
+        registry = Registry(
+            engine,
+            heartbeat_interval=self._settings.heartbeat_interval,
+            allow_cpu_nodes=True,
+            require_approval=False,
+            node_max_concurrency=None,
+        )
+        await registry.load()
+        return engine, registry, KeyStore(engine)
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        engine, registry, _ = await self._open()
+        try:
+            now = time.time()
+            return [n.to_dict(now, self._settings.heartbeat_interval) for n in registry.all()]
+        finally:
+            await engine.dispose()
+
+    async def node_action(self, node_id: str, action: str) -> dict[str, Any] | None:
+        engine, registry, _ = await self._open()
+        try:
+            if action == "remove":
+                await registry.remove(node_id)
+                return None
+            flags = {"drain": {"draining": True}, "undrain": {"draining": False},
+                     "approve": {"approved": True}}[action]  # fmt: skip
+            node = await registry.set_flags(node_id, **flags)
+            return node.to_dict(time.time(), self._settings.heartbeat_interval)
+        finally:
+            await engine.dispose()
+
+    async def keys(self) -> list[dict[str, Any]]:
+        engine, _, keys = await self._open()
+        try:
+            return [k.to_dict() for k in await keys.list()]
+        finally:
+            await engine.dispose()
+
+    async def create_key(
+        self, name: str, scopes: list[str], expires_at: float | None
+    ) -> dict[str, Any]:
+        engine, _, keys = await self._open()
+        try:
+            key, secret = await keys.create(name, scopes, expires_at)
+            return {**key.to_dict(), "secret": secret}
+        finally:
+            await engine.dispose()
+
+    async def revoke_key(self, key_id: str) -> dict[str, Any]:
+        engine, _, keys = await self._open()
+        try:
+            return (await keys.revoke(key_id)).to_dict()
+        finally:
+            await engine.dispose()
+
+    async def close(self) -> None:
+        return None
+
+
+class RemoteError(LlmlbError):
+    pass
+
+
+class RemoteAdmin:
+    def __init__(self, url: str, password: str | None, api_key: str | None) -> None:
+        headers = {}
+        if api_key or password:
+            headers["authorization"] = f"Bearer {api_key or password}"
+        self._client = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=30)
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = await self._client.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise RemoteError(f"cannot reach the router at {self._client.base_url}: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:200]
+            raise RemoteError(f"router answered {response.status_code}: {message}")
+        return response.json() if response.content else None
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        return list((await self._call("GET", "/api/nodes"))["data"])
+
+    async def node_action(self, node_id: str, action: str) -> dict[str, Any] | None:
+        if action == "remove":
+            await self._call("DELETE", f"/api/nodes/{node_id}")
+            return None
+        return dict(await self._call("POST", f"/api/nodes/{node_id}/{action}"))
+
+    async def keys(self) -> list[dict[str, Any]]:
+        return list((await self._call("GET", "/api/keys"))["data"])
+
+    async def create_key(
+        self, name: str, scopes: list[str], expires_at: float | None
+    ) -> dict[str, Any]:
+        body = {"name": name, "scopes": scopes, "expires_at": expires_at}
+        return dict(await self._call("POST", "/api/keys", json=body))
+
+    async def revoke_key(self, key_id: str) -> dict[str, Any]:
+        return dict(await self._call("DELETE", f"/api/keys/{key_id}"))
+
+    async def health(self) -> dict[str, Any]:
+        return dict(await self._call("GET", "/health"))
+
+    async def models(self) -> list[dict[str, Any]]:
+        return list((await self._call("GET", "/v1/models"))["data"])
+
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,47 @@
+"""Messages between nodes and the router (register, heartbeat), validated on both sides."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+NodeReportedState = Literal["initializing", "ready", "draining"]
+
+
+class DeviceInfo(BaseModel):
+    kind: Literal["cuda", "rocm", "metal", "cpu"]
+    name: str
+    memory_total: int = Field(ge=0)
+    memory_free: int = Field(ge=0)
+
+
+class NodeLoad(BaseModel):
+    """What a node says about itself in every heartbeat."""
+
+    state: NodeReportedState = "ready"
+    models_loaded: list[str] = Field(default_factory=list)
+    models_on_disk: list[str] = Field(default_factory=list)
+    active_requests: int = Field(default=0, ge=0)
+    queued_requests: int = Field(default=0, ge=0)
+    slots_busy: int = Field(default=0, ge=0)
+    slots_total: int = Field(default=0, ge=0)
+    tokens_per_second: float = Field(default=0.0, ge=0)
+    cpu_percent: float = Field(default=0.0, ge=0)
+    ram_percent: float = Field(default=0.0, ge=0)
+    gpu_percent: float = Field(default=0.0, ge=0)
+
+
+class RegisterRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    base_url: str = Field(min_length=8, max_length=500, pattern=r"^https?://")
+    version: str = ""
+    devices: list[DeviceInfo] = Field(default_factory=list)
+    load: NodeLoad = Field(default_factory=NodeLoad)
+
+
+class RegisterResponse(BaseModel):
+    node_id: str
+    heartbeat_interval: float
+    status: str
+    assigned_models: list[str] = Field(default_factory=list)

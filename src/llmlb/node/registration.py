@@ -1,0 +1,125 @@
+"""The node's link to its router: register, heartbeat, re-register when the router forgets it.
+
+The node keeps serving whatever happens to the router; the link retries with backoff and
+registers again (keeping its id: the router keys nodes by name + URL) after a router restart
+or a heartbeat the router does not recognise (404).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+import psutil
+
+from llmlb import __version__
+from llmlb.common.wire import DeviceInfo, NodeLoad, RegisterRequest
+from llmlb.node.service import NodeService
+
+log = logging.getLogger(__name__)
+
+
+class RouterLink:
+    def __init__(
+        self, service: NodeService, router_url: str, token: str | None, name: str, public_url: str
+    ) -> None:
+        self._service = service
+        self._router = router_url.rstrip("/")
+        self._headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._name = name
+        self._public_url = public_url
+        self.node_id: str | None = None
+        self.interval = 10.0
+        self.registered = asyncio.Event()
+
+    def load(self) -> NodeLoad:
+        service = self._service
+        engines = [e for e in service.pool.loaded().values() if e.spec.purpose == "generate"]
+        return NodeLoad(
+            state=service.state,
+            models_loaded=sorted({e.spec.name for e in engines}),
+            models_on_disk=[m.name for m in service.store.list()],
+            active_requests=sum(e.busy for e in engines),
+            queued_requests=sum(e.waiting for e in engines),
+            slots_busy=sum(e.busy for e in engines),
+            slots_total=service.settings.parallel,
+            tokens_per_second=service.recent_tokens_per_second(),
+            cpu_percent=psutil.cpu_percent(None),
+            ram_percent=psutil.virtual_memory().percent,
+        )
+
+    def _registration(self) -> dict[str, Any]:
+        request = RegisterRequest(
+            name=self._name,
+            base_url=self._public_url,
+            version=__version__,
+            devices=[DeviceInfo.model_validate(d.to_dict()) for d in self._service.devices],
+            load=self.load(),
+        )
+        return request.model_dump()
+
+    async def run(self) -> None:
+        backoff = 1.0
+        async with httpx.AsyncClient(timeout=10.0, headers=self._headers) as client:
+            while True:
+                try:
+                    if self.node_id is None:
+                        await self._register(client)
+                    await self._heartbeat(client)
+                    backoff = 1.0
+                    await asyncio.sleep(self.interval)
+                except httpx.TransportError as exc:
+                    log.warning("router %s unreachable (%s); retrying in %.0f s",
+                                self._router, type(exc).__name__, backoff)  # fmt: skip
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, self.interval)
+                except _Refused as exc:
+                    log.error("router refused this node: %s", exc)
+                    await asyncio.sleep(max(self.interval, 5.0))
+
+    async def _register(self, client: httpx.AsyncClient) -> None:
+        response = await client.post(self._router + "/api/nodes", json=self._registration())
+        if response.status_code != 201:
+            raise _Refused(f"{response.status_code} {_message(response)}")
+        answer = response.json()
+        self.node_id = answer["node_id"]
+        self.interval = float(answer["heartbeat_interval"])
+        log.info("registered with router %s as node %s (%s)",
+                 self._router, self.node_id, answer["status"])  # fmt: skip
+        self.registered.set()
+
+    async def _heartbeat(self, client: httpx.AsyncClient) -> None:
+        url = f"{self._router}/api/nodes/{self.node_id}/heartbeat"
+        response = await client.post(url, json=self.load().model_dump())
+        if response.status_code == 404:
+            log.info("router does not know node %s; registering again", self.node_id)
+            self.node_id = None
+            await self._register(client)
+        elif response.status_code != 200:
+            raise _Refused(f"{response.status_code} {_message(response)}")
+
+    async def goodbye(self) -> None:
+        """Tell the router we are draining, so it sends nothing new while we finish."""
+        if self.node_id is None:
+            return
+        try:
+            async with httpx.AsyncClient(timeout=2.0, headers=self._headers) as client:
+                await client.post(
+                    f"{self._router}/api/nodes/{self.node_id}/heartbeat",
+                    json=self.load().model_dump(),
+                )
+        except httpx.HTTPError:
+            pass
+
+
+class _Refused(Exception):
+    pass
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:200]

@@ -1,0 +1,237 @@
+"""The router's HTTP API (Starlette): the client API, node API and admin API."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from llmlb.common.asgi import (
+    EXCEPTION_HANDLERS,
+    ORJSONResponse,
+    RequestIdMiddleware,
+    read_body,
+    read_json,
+)
+from llmlb.common.errors import BadRequest, LlmlbError
+from llmlb.common.wire import NodeLoad, RegisterRequest
+from llmlb.router.auth import Principal
+from llmlb.router.keys import Scope
+from llmlb.router.proxy import NodeAnswered
+from llmlb.router.service import RouterService
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _validated(model: type[BaseModel], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BadRequest(f"{where}: {first['msg']}", param=where or None) from exc
+
+
+def _float_param(request: Request, name: str) -> float | None:
+    value = request.query_params.get(name)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise BadRequest(f"query parameter {name!r} must be a number", param=name) from None
+
+
+def create_app(service: RouterService) -> Starlette:
+    settings = service.settings
+
+    async def authorize(request: Request, scope: Scope) -> Principal:
+        client = request.client.host if request.client else None
+        return await service.auth.require(
+            scope,
+            request.headers.get("authorization"),
+            request.headers.get("x-api-key"),
+            client,
+        )
+
+    def guarded(scope: Scope, handler: Handler) -> Handler:
+        async def wrapper(request: Request) -> Response:
+            await authorize(request, scope)
+            return await handler(request)
+
+        return wrapper
+
+    # -- client API ------------------------------------------------------------------------
+
+    def _proxied(endpoint: str, path: str) -> Handler:
+        async def handler(request: Request) -> Response:
+            principal = await authorize(request, "api")
+            raw = await read_body(request, settings.max_body_bytes)
+            routed = service.route(endpoint, path, raw)
+            request_id = request.scope["state"]["request_id"]
+            headers = {"x-request-id": request_id}
+            for name in ("traceparent", "tracestate"):
+                if name in request.headers:
+                    headers[name] = request.headers[name]
+            try:
+                answer = await service.forward(routed, headers, principal.key_id, request_id)
+            except NodeAnswered as exc:
+                answer = exc.answer
+            extra = {
+                "x-llmlb-node": answer.node.name,
+                "x-llmlb-attempts": str(answer.attempts),
+            }
+            if answer.queue_wait_ms >= 1:
+                extra["x-llmlb-queue-wait-ms"] = str(round(answer.queue_wait_ms))
+            if answer.chunks is not None:
+                extra.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
+                return StreamingResponse(
+                    answer.chunks, status_code=answer.status, media_type=answer.content_type,
+                    headers=extra,
+                )  # fmt: skip
+            return Response(
+                answer.body, status_code=answer.status, media_type=answer.content_type,
+                headers=extra,
+            )  # fmt: skip
+
+        return handler
+
+    async def models(request: Request) -> Response:
+        await authorize(request, "api")
+        return ORJSONResponse({"object": "list", "data": service.models()})
+
+    # -- node API --------------------------------------------------------------------------
+
+    async def register(request: Request) -> Response:
+        await authorize(request, "node")
+        payload = _validated(RegisterRequest, await read_json(request, 1024 * 1024))
+        answer = await service.register_node(payload)
+        return ORJSONResponse(answer.model_dump(), status_code=201)
+
+    async def heartbeat(request: Request) -> Response:
+        await authorize(request, "node")
+        load = _validated(NodeLoad, await read_json(request, 1024 * 1024))
+        return ORJSONResponse(await service.heartbeat(request.path_params["node_id"], load))
+
+    # -- admin API -------------------------------------------------------------------------
+
+    async def list_nodes(request: Request) -> Response:
+        return ORJSONResponse({"data": service.nodes()})
+
+    async def show_node(request: Request) -> Response:
+        return ORJSONResponse(service.node(request.path_params["node_id"]))
+
+    def _node_flag(**flags: bool) -> Handler:
+        async def handler(request: Request) -> Response:
+            node_id = request.path_params["node_id"]
+            await service.registry.set_flags(node_id, **flags)
+            return ORJSONResponse(service.node(node_id))
+
+        return handler
+
+    async def remove_node(request: Request) -> Response:
+        await service.registry.remove(request.path_params["node_id"])
+        return Response(status_code=204)
+
+    async def list_keys(request: Request) -> Response:
+        return ORJSONResponse({"data": [k.to_dict() for k in await service.keys.list()]})
+
+    async def create_key(request: Request) -> Response:
+        body = await read_json(request, 64 * 1024)
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object")
+        scopes = body.get("scopes", ["api"])
+        expires_at = body.get("expires_at")
+        if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+            raise BadRequest("'scopes' must be an array of strings", param="scopes")
+        if expires_at is not None and not isinstance(expires_at, int | float):
+            raise BadRequest("'expires_at' must be a Unix time", param="expires_at")
+        key, secret = await service.keys.create(
+            str(body.get("name") or "unnamed"), scopes, expires_at
+        )
+        return ORJSONResponse({**key.to_dict(), "secret": secret}, status_code=201)
+
+    async def revoke_key(request: Request) -> Response:
+        key = await service.keys.revoke(request.path_params["key_id"])
+        return ORJSONResponse(key.to_dict())
+
+    async def list_requests(request: Request) -> Response:
+        q = request.query_params
+        try:
+            limit = min(int(q.get("limit", 100)), 1000)
+            offset = int(q.get("offset", 0))
+            status = int(q["status"]) if "status" in q else None
+        except ValueError:
+            raise BadRequest("limit, offset and status must be integers") from None
+        total, rows = await service.history.query(
+            model=q.get("model"), node_id=q.get("node_id"), key_id=q.get("key_id"),
+            status=status, since=_float_param(request, "since"),
+            until=_float_param(request, "until"), limit=limit, offset=offset,
+        )  # fmt: skip
+        return ORJSONResponse({"total": total, "limit": limit, "offset": offset, "data": rows})
+
+    # -- operations ------------------------------------------------------------------------
+
+    async def health(request: Request) -> Response:
+        return ORJSONResponse({"status": "ok", "version": service.version(), "time": time.time()})
+
+    async def ready(request: Request) -> Response:
+        ok = await service.ready()
+        return ORJSONResponse(
+            {"database": "ok" if ok else "unreachable"}, status_code=200 if ok else 503
+        )
+
+    async def metrics(request: Request) -> Response:
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.close()
+
+    def admin(handler: Handler) -> Handler:
+        return guarded("admin", handler)
+
+    post, get, delete = ["POST"], ["GET"], ["DELETE"]
+    routes = [
+        Route("/v1/chat/completions", _proxied("chat", "/v1/chat/completions"), methods=post),
+        Route("/v1/completions", _proxied("completion", "/v1/completions"), methods=post),
+        Route("/v1/embeddings", _proxied("embeddings", "/v1/embeddings"), methods=post),
+        Route("/v1/models", models, methods=get),
+        Route("/api/nodes", register, methods=post),
+        Route("/api/nodes/{node_id}/heartbeat", heartbeat, methods=post),
+        Route("/api/nodes", admin(list_nodes), methods=get),
+        Route("/api/nodes/{node_id}", admin(show_node), methods=get),
+        Route("/api/nodes/{node_id}", admin(remove_node), methods=delete),
+        Route("/api/nodes/{node_id}/drain", admin(_node_flag(draining=True)), methods=post),
+        Route("/api/nodes/{node_id}/undrain", admin(_node_flag(draining=False)), methods=post),
+        Route("/api/nodes/{node_id}/approve", admin(_node_flag(approved=True)), methods=post),
+        Route("/api/keys", admin(list_keys), methods=get),
+        Route("/api/keys", admin(create_key), methods=post),
+        Route("/api/keys/{key_id}", admin(revoke_key), methods=delete),
+        Route("/api/requests", admin(list_requests), methods=get),
+        Route("/health", health, methods=get),
+        Route("/ready", ready, methods=get),
+        Route("/metrics", metrics, methods=get),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+
+
+__all__ = ["LlmlbError", "create_app"]

@@ -1,0 +1,118 @@
+"""Choosing nodes for a request: a pure function of node snapshots.
+
+``rank`` returns every node that can serve the model, best first; the proxy tries them in
+that order (failover never repeats a node). Eligible: ready, approved, not draining, not
+offline, holding the model (loaded or on disk), below its concurrency limit.
+
+Strategies:
+
+``load`` (default)
+    Nodes with the model loaded before nodes with it only on disk; within a tier, lowest
+    score first, where ::
+
+        score = (active + queued) / slots  +  0.25 * gpu_use  -  0.05 * min(tokens_per_s / 100, 1)
+
+    ``active`` counts the router's own requests in flight to the node (fresher than the
+    heartbeat), ``queued`` comes from the heartbeat, ``gpu_use`` is 0..1. The small
+    throughput bonus breaks ties toward nodes that generate faster.
+``least_busy``
+    Fewest requests in flight + queued, then the ``load`` order.
+``round_robin``
+    Rotates over the eligible nodes (tiers ignored) with a counter the caller keeps.
+``prefix_affinity``
+    Requests with the same prompt prefix (system prompt and first user turn) go to the same
+    node, chosen by rendezvous hashing, so llama.cpp's prompt cache is reused; when that node
+    has no free slot, the rest follow in ``load`` order (spill).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class NodeSnapshot:
+    id: str
+    name: str
+    url: str
+    models_loaded: frozenset[str]
+    models_on_disk: frozenset[str]
+    active: int
+    queued: int
+    slots: int
+    limit: int
+    tokens_per_second: float = 0.0
+    gpu_use: float = 0.0
+    serving: bool = True  # ready, approved, not draining, not offline, reachable
+
+    def has(self, model: str) -> bool:
+        return model in self.models_loaded or model in self.models_on_disk
+
+    @property
+    def saturated(self) -> bool:
+        return self.active >= self.limit
+
+    @property
+    def free_slots(self) -> int:
+        return self.slots - self.active - self.queued
+
+
+def score(node: NodeSnapshot) -> float:
+    utilisation = (node.active + node.queued) / max(node.slots, 1)
+    speed_bonus = 0.05 * min(node.tokens_per_second / 100.0, 1.0)
+    return utilisation + 0.25 * node.gpu_use - speed_bonus
+
+
+def _load_order(nodes: list[NodeSnapshot], model: str) -> list[NodeSnapshot]:
+    return sorted(nodes, key=lambda n: (model not in n.models_loaded, score(n), n.id))
+
+
+def _affinity(node_id: str, prefix_key: str) -> bytes:
+    return hashlib.blake2b(f"{node_id}\0{prefix_key}".encode(), digest_size=8).digest()
+
+
+def rank(
+    nodes: list[NodeSnapshot],
+    model: str,
+    strategy: str = "load",
+    *,
+    rotation: int = 0,
+    prefix_key: str | None = None,
+    exclude: frozenset[str] = frozenset(),
+) -> list[NodeSnapshot]:
+    """Nodes that can take the request now, best first ([] when none can)."""
+    eligible = [
+        n for n in nodes
+        if n.serving and n.has(model) and not n.saturated and n.id not in exclude
+    ]  # fmt: skip
+    if not eligible:
+        return []
+    ordered = _load_order(eligible, model)
+    if strategy == "least_busy":
+        return sorted(ordered, key=lambda n: n.active + n.queued)  # stable: load order ties
+    if strategy == "round_robin":
+        by_id = sorted(eligible, key=lambda n: n.id)
+        start = rotation % len(by_id)
+        return by_id[start:] + by_id[:start]
+    if strategy == "prefix_affinity" and prefix_key is not None:
+        home = max(eligible, key=lambda n: _affinity(n.id, prefix_key))
+        if home.free_slots > 0:
+            return [home] + [n for n in ordered if n.id != home.id]
+        return [n for n in ordered if n.id != home.id] + [home]
+    return ordered
+
+
+def prefix_key_of(model: str, body: dict[str, object]) -> str | None:
+    """The part of a request that identifies its conversation: system prompt + first turn."""
+    messages = body.get("messages")
+    if isinstance(messages, list) and messages:
+        head = []
+        for message in messages[:2]:
+            if isinstance(message, dict):
+                head.append(f"{message.get('role')}:{message.get('content')}")
+        return model + "\0" + "\0".join(head)
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return model + "\0" + prompt[:512]
+    return None

@@ -1,0 +1,118 @@
+"""The router's state: SQLAlchemy Core tables on SQLite (default) or PostgreSQL.
+
+The schema is created and upgraded by Alembic (``router/migrations``) at start; the tables
+here mirror the migrations and are what queries use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+metadata = MetaData()
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("base_url", String(500), nullable=False),
+    Column("version", String(50), nullable=False, default=""),
+    Column("devices", JSON, nullable=False),
+    Column("approved", Boolean, nullable=False, default=True),
+    Column("draining", Boolean, nullable=False, default=False),
+    Column("registered_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("load", JSON, nullable=False),
+    UniqueConstraint("name", "base_url", name="uq_nodes_name_url"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("scopes", String(100), nullable=False),
+    Column("secret_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(20), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+)
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("request_id", String(128), nullable=False),
+    Column("key_id", String(36), nullable=True),
+    Column("endpoint", String(50), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("node_id", String(36), nullable=True),
+    Column("status", Integer, nullable=False),
+    Column("latency_ms", Float, nullable=False),
+    Column("ttft_ms", Float, nullable=True),
+    Column("tokens_in", Integer, nullable=True),
+    Column("tokens_out", Integer, nullable=True),
+    Column("attempts", Integer, nullable=False, default=1),
+    Column("error", Text, nullable=True),
+    Column("request_body", Text, nullable=True),
+    Column("response_body", Text, nullable=True),
+    Index("ix_requests_ts", "ts"),
+    Index("ix_requests_model_ts", "model", "ts"),
+)
+
+_MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    return config
+
+
+def _upgrade(connection: Connection) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def open_database(url: str) -> AsyncEngine:
+    """Connect and bring the schema to the newest migration."""
+    if url.startswith("sqlite"):
+        Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+    async with engine.begin() as connection:
+        if url.startswith("sqlite"):
+            # WAL: readers (management CLI, dashboards) never block the router's writes.
+            await connection.execute(text("PRAGMA journal_mode=WAL"))
+        await connection.run_sync(_upgrade)
+    return engine
+
+
+async def ping(engine: AsyncEngine) -> bool:
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception:
+        return False
+    return True

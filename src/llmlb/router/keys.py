@@ -1,0 +1,138 @@
+"""API keys: scoped, optionally expiring, stored hashed; the secret is shown once.
+
+Lookups happen on every request, so verified keys are held in memory and the table is only
+read again when this router changes a key or the cache is older than ``refresh_seconds``
+(another router, or the management CLI, may have revoked one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from llmlb.common.errors import BadRequest, NotFound
+from llmlb.router.db import api_keys
+
+Scope = Literal["api", "node", "admin"]
+SCOPES: tuple[Scope, ...] = ("api", "node", "admin")
+SECRET_PREFIX = "llmlb_"
+
+
+def hash_secret(secret: str) -> str:
+    # Secrets are 256 random bits, so a plain SHA-256 is enough (no password stretching).
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    scopes: frozenset[str]
+    prefix: str
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
+
+    def usable(self, now: float) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "scopes": sorted(self.scopes),
+            "prefix": self.prefix,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
+def _from_row(row: Any) -> ApiKey:
+    return ApiKey(
+        row.id, row.name, frozenset(row.scopes.split(",")), row.prefix,
+        row.created_at, row.expires_at, row.revoked_at,
+    )  # fmt: skip
+
+
+class KeyStore:
+    def __init__(self, engine: AsyncEngine, refresh_seconds: float = 5.0) -> None:
+        self._engine = engine
+        self._refresh_seconds = refresh_seconds
+        self._by_hash: dict[str, ApiKey] = {}
+        self._loaded_at = 0.0
+
+    async def create(
+        self, name: str, scopes: list[str], expires_at: float | None = None
+    ) -> tuple[ApiKey, str]:
+        unknown = set(scopes) - set(SCOPES)
+        if not scopes or unknown:
+            raise BadRequest(f"scopes must be a non-empty subset of {list(SCOPES)}", param="scopes")
+        if expires_at is not None and expires_at <= time.time():
+            raise BadRequest("expires_at must be in the future", param="expires_at")
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        key = ApiKey(
+            str(uuid.uuid4()), name, frozenset(scopes), secret[:12], time.time(), expires_at, None
+        )
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                insert(api_keys).values(
+                    id=key.id, name=name, scopes=",".join(sorted(key.scopes)),
+                    secret_hash=hash_secret(secret), prefix=key.prefix,
+                    created_at=key.created_at, expires_at=expires_at,
+                )
+            )  # fmt: skip
+        self._loaded_at = 0.0
+        return key, secret
+
+    async def list(self) -> list[ApiKey]:
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(select(api_keys).order_by(api_keys.c.created_at))
+            return [_from_row(row) for row in rows]
+
+    async def revoke(self, key_id: str) -> ApiKey:
+        async with self._engine.begin() as connection:
+            result = await connection.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+            if result.rowcount == 0:
+                row = (
+                    await connection.execute(select(api_keys).where(api_keys.c.id == key_id))
+                ).first()
+                if row is None:
+                    raise NotFound(f"no API key with id {key_id!r}")
+        self._loaded_at = 0.0
+        return next(k for k in await self.list() if k.id == key_id)
+
+    async def verify(self, secret: str) -> ApiKey | None:
+        """The usable key with this secret, or None."""
+        now = time.time()
+        digest = hash_secret(secret)
+        age = now - self._loaded_at
+        # Re-read when stale, or on a miss (a key just made elsewhere), at most once a second.
+        if age > self._refresh_seconds or (digest not in self._by_hash and age > 1.0):
+            await self._reload(now)
+        key = self._by_hash.get(digest)
+        return key if key is not None and key.usable(now) else None
+
+    async def _reload(self, now: float) -> None:
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(select(api_keys))
+            self._by_hash = {row.secret_hash: _from_row(row) for row in rows}
+        self._loaded_at = now
+
+    async def has_scope(self, scope: Scope) -> bool:
+        """Whether any usable key of this scope exists."""
+        now = time.time()
+        if now - self._loaded_at > self._refresh_seconds:
+            await self._reload(now)
+        return any(scope in k.scopes and k.usable(now) for k in self._by_hash.values())

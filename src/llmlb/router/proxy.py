@@ -1,0 +1,285 @@
+"""Forwarding client requests to nodes: choice, queueing, failover, streaming passthrough.
+
+Bodies travel as the bytes the client sent; the router reads only ``model`` and ``stream``
+(plus the prompt head for ``prefix_affinity``). A connect error, a 5xx or a timeout before the
+first byte of the answer moves the request to the next node (never the same one twice);
+after the first byte has gone to the client, a failure ends the stream with one error event.
+When every node that could serve is at its concurrency limit the request waits in a bounded
+queue: a full queue answers 429, a wait past ``queue_timeout`` 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import orjson
+
+from llmlb.common.errors import (
+    LlmlbError,
+    ModelNotFound,
+    Overloaded,
+    Unavailable,
+    UpstreamFailed,
+    UpstreamTimeout,
+    error_body,
+)
+from llmlb.common.settings import RouterSettings
+from llmlb.router.balancer import rank
+from llmlb.router.metrics import RouterMetrics
+from llmlb.router.registry import NodeRecord, Registry
+
+log = logging.getLogger(__name__)
+
+_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
+_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
+_FORWARDED_HEADERS = ("x-request-id", "traceparent", "tracestate")
+# Failures before the first byte that another node may not have (TimeoutError: asyncio.timeout).
+_RETRYABLE = (httpx.TransportError, TimeoutError)
+
+
+@dataclass
+class Routed:
+    """What the router knows of a client request."""
+
+    endpoint: str
+    path: str
+    model: str
+    stream: bool
+    body: bytes
+    prefix_key: str | None = None
+
+
+@dataclass
+class Answer:
+    """A node's answer, ready to relay: a whole body or a stream of raw bytes."""
+
+    status: int
+    node: NodeRecord
+    content_type: str
+    body: bytes = b""
+    chunks: AsyncIterator[bytes] | None = None
+    attempts: int = 1
+    queue_wait_ms: float = 0.0
+    usage: dict[str, int] = field(default_factory=dict)
+    first_byte_at: float | None = None
+
+
+def usage_of(data: bytes) -> dict[str, int]:
+    """Token counts found in a response (the last ``usage`` object wins); {} when none."""
+    usage = {}
+    prompt = _PROMPT_TOKENS.findall(data)
+    completion = _COMPLETION_TOKENS.findall(data)
+    if prompt:
+        usage["prompt_tokens"] = int(prompt[-1])
+    if completion:
+        usage["completion_tokens"] = int(completion[-1])
+    return usage
+
+
+def traceparent() -> str:
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+class Proxy:
+    def __init__(
+        self,
+        registry: Registry,
+        settings: RouterSettings,
+        client: httpx.AsyncClient,
+        metrics: RouterMetrics,
+    ) -> None:
+        self._registry = registry
+        self._settings = settings
+        self._client = client
+        self._metrics = metrics
+        self._capacity = asyncio.Condition()
+        self._waiting = 0
+        self._rotation = 0
+
+    # -- choosing a node -------------------------------------------------------------------
+
+    async def _pick(self, routed: Routed, tried: frozenset[str]) -> tuple[NodeRecord, float]:
+        """The best node for the request, waiting (bounded) while all are busy."""
+        started = time.monotonic()
+        deadline = started + self._settings.queue_timeout
+        queued = False
+        try:
+            async with self._capacity:
+                while True:
+                    snapshots = self._registry.snapshots()
+                    self._rotation += 1
+                    ranked = rank(
+                        snapshots, routed.model, self._settings.balancer,
+                        rotation=self._rotation, prefix_key=routed.prefix_key, exclude=tried,
+                    )  # fmt: skip
+                    if ranked:
+                        node = self._registry.get(ranked[0].id)
+                        node.active += 1
+                        return node, (time.monotonic() - started) * 1000
+                    able = [
+                        s for s in snapshots
+                        if s.serving and s.has(routed.model) and s.id not in tried
+                    ]  # fmt: skip
+                    if not able:
+                        raise self._no_node(routed.model, tried)
+                    if not queued:
+                        if self._waiting >= self._settings.queue_size:
+                            raise Overloaded(
+                                f"every node serving {routed.model!r} is busy and the queue "
+                                f"is full ({self._settings.queue_size})",
+                                headers={"Retry-After": "1"},
+                            )
+                        queued = True
+                        self._waiting += 1
+                        self._metrics.queue_depth.set(self._waiting)
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise UpstreamTimeout(
+                            f"waited {self._settings.queue_timeout:.0f} s for a free node "
+                            f"serving {routed.model!r}",
+                            code="queue_timeout",
+                        )
+                    try:
+                        await asyncio.wait_for(self._capacity.wait(), remaining)
+                    except TimeoutError:
+                        continue
+        finally:
+            if queued:
+                self._waiting -= 1
+                self._metrics.queue_depth.set(self._waiting)
+
+    def _no_node(self, model: str, tried: frozenset[str]) -> LlmlbError:
+        if tried:
+            return Unavailable(
+                f"no other healthy node can serve {model!r}", headers={"Retry-After": "5"}
+            )
+        if model not in self._registry.fleet_models():
+            return ModelNotFound(f"model {model!r} is not served by any node", param="model")
+        return Unavailable(
+            f"no ready node can serve {model!r} right now (offline, draining or pending)",
+            code="no_healthy_node",
+            headers={"Retry-After": "5"},
+        )
+
+    async def _release(self, node: NodeRecord) -> None:
+        node.active -= 1
+        async with self._capacity:
+            self._capacity.notify()
+
+    # -- forwarding ------------------------------------------------------------------------
+
+    def _headers(self, incoming: dict[str, str]) -> dict[str, str]:
+        headers = {"content-type": "application/json"}
+        for name in _FORWARDED_HEADERS:
+            if name in incoming:
+                headers[name] = incoming[name]
+        headers.setdefault("traceparent", traceparent())
+        return headers
+
+    async def forward(self, routed: Routed, incoming: dict[str, str]) -> Answer:
+        headers = self._headers(incoming)
+        tried: set[str] = set()
+        last_error: LlmlbError | None = None
+        queue_wait = 0.0
+        for attempt in range(1, self._settings.max_attempts + 1):
+            try:
+                node, waited = await self._pick(routed, frozenset(tried))
+            except LlmlbError as exc:
+                if last_error is not None and isinstance(exc, Unavailable | ModelNotFound):
+                    raise last_error from exc
+                raise
+            queue_wait += waited
+            tried.add(node.id)
+            if attempt > 1:
+                self._metrics.retries.inc()
+            try:
+                answer = await self._attempt(node, routed, headers)
+            except _RETRYABLE as exc:
+                await self._release(node)
+                if not isinstance(exc, httpx.TimeoutException | TimeoutError):
+                    self._registry.mark_unreachable(node.id)
+                last_error = _upstream_error(node, exc)
+                log.warning("attempt %d on %s failed: %s", attempt, node.name, last_error.message)
+                continue
+            except BaseException:
+                await self._release(node)
+                raise
+            if answer.status >= 500 and answer.chunks is None:
+                await self._release(node)
+                last_error = NodeAnswered(answer)
+                log.warning("attempt %d on %s answered %d", attempt, node.name, answer.status)
+                continue
+            answer.attempts = attempt
+            answer.queue_wait_ms = queue_wait
+            if answer.chunks is None:
+                await self._release(node)
+            return answer
+        assert last_error is not None
+        raise last_error
+
+    async def _attempt(self, node: NodeRecord, routed: Routed, headers: dict[str, str]) -> Answer:
+        request = self._client.build_request(
+            "POST", node.base_url + routed.path, content=routed.body, headers=headers
+        )
+        async with asyncio.timeout(self._settings.request_timeout):
+            response = await self._client.send(request, stream=True)
+            try:
+                content_type = response.headers.get("content-type", "application/json")
+                if not routed.stream or response.status_code != 200:
+                    body = await response.aread()
+                    await response.aclose()
+                    return Answer(response.status_code, node, content_type, body=body,
+                                  usage=usage_of(body), first_byte_at=time.monotonic())  # fmt: skip
+                chunks = response.aiter_raw()
+                first = await anext(chunks)
+            except BaseException:
+                await response.aclose()
+                raise
+        answer = Answer(200, node, content_type, first_byte_at=time.monotonic())
+        answer.chunks = self._relay(answer, first, chunks, response)
+        return answer
+
+    async def _relay(
+        self, answer: Answer, first: bytes, chunks: AsyncIterator[bytes], response: httpx.Response
+    ) -> AsyncIterator[bytes]:
+        tail = first[-4096:]
+        try:
+            yield first
+            async for chunk in chunks:
+                tail = (tail + chunk)[-4096:]
+                yield chunk
+        except _RETRYABLE as exc:
+            self._registry.mark_unreachable(answer.node.id)
+            message = f"node {answer.node.name} failed mid-stream: {_describe(exc)}"
+            log.warning(message)
+            yield b"data: " + orjson.dumps(error_body(message, "upstream_error")) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        finally:
+            answer.usage = usage_of(tail)
+            await response.aclose()
+            await self._release(answer.node)
+
+
+class NodeAnswered(LlmlbError):
+    """A node's own 5xx answer, relayed as is when no other node could do better."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(f"node {answer.node.name} answered {answer.status}")
+        self.answer = answer
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _upstream_error(node: NodeRecord, exc: BaseException) -> LlmlbError:
+    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+        return UpstreamTimeout(f"node {node.name} did not answer in time ({_describe(exc)})")
+    return UpstreamFailed(f"node {node.name} failed: {_describe(exc)}")

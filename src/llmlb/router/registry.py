@@ -1,0 +1,243 @@
+"""The node registry: who is in the fleet, what each node holds, and whether it may serve.
+
+The hot copy lives in memory (the balancer reads it on every request); every change is
+written through to the database, and operator flags (approved, draining, removed) are read
+back from it periodically, so the management CLI and other routers sharing the database are
+seen within a few seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from llmlb.common.errors import NotFound, PermissionDenied
+from llmlb.common.wire import DeviceInfo, NodeLoad, RegisterRequest
+from llmlb.router.balancer import NodeSnapshot
+from llmlb.router.db import nodes
+
+log = logging.getLogger(__name__)
+
+MISSED_HEARTBEATS_OFFLINE = 3
+
+
+@dataclass
+class NodeRecord:
+    id: str
+    name: str
+    base_url: str
+    version: str
+    devices: list[DeviceInfo]
+    approved: bool
+    draining: bool
+    registered_at: float
+    last_seen: float
+    load: NodeLoad
+    active: int = 0  # the router's own requests in flight to this node
+    unreachable: bool = field(default=False)
+
+    def status(self, now: float, interval: float) -> str:
+        if not self.approved:
+            return "pending"
+        if now - self.last_seen > MISSED_HEARTBEATS_OFFLINE * interval or self.unreachable:
+            return "offline"
+        if self.draining or self.load.state == "draining":
+            return "draining"
+        return self.load.state
+
+    def to_dict(self, now: float, interval: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "base_url": self.base_url,
+            "version": self.version,
+            "status": self.status(now, interval),
+            "approved": self.approved,
+            "draining": self.draining,
+            "devices": [d.model_dump() for d in self.devices],
+            "registered_at": self.registered_at,
+            "last_seen": self.last_seen,
+            "active_requests": self.active,
+            **self.load.model_dump(),
+        }
+
+
+def _record(row: Any) -> NodeRecord:
+    return NodeRecord(
+        id=row.id,
+        name=row.name,
+        base_url=row.base_url,
+        version=row.version,
+        devices=[DeviceInfo.model_validate(d) for d in row.devices],
+        approved=row.approved,
+        draining=row.draining,
+        registered_at=row.registered_at,
+        last_seen=row.last_seen,
+        load=NodeLoad.model_validate(row.load),
+    )
+
+
+class Registry:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        heartbeat_interval: float,
+        allow_cpu_nodes: bool,
+        require_approval: bool,
+        node_max_concurrency: int | None,
+    ) -> None:
+        self._engine = engine
+        self.heartbeat_interval = heartbeat_interval
+        self._allow_cpu = allow_cpu_nodes
+        self._require_approval = require_approval
+        self._max_concurrency = node_max_concurrency
+        self._nodes: dict[str, NodeRecord] = {}
+
+    async def load(self) -> None:
+        """Fill the memory copy from the database (start, and the periodic sync)."""
+        async with self._engine.connect() as connection:
+            rows = list(await connection.execute(select(nodes)))
+        seen = set()
+        for row in rows:
+            seen.add(row.id)
+            current = self._nodes.get(row.id)
+            if current is None:
+                self._nodes[row.id] = _record(row)
+            else:  # keep live fields; take operator flags and newer heartbeats
+                current.approved, current.draining = row.approved, row.draining
+                if row.last_seen > current.last_seen:
+                    current.last_seen = row.last_seen
+                    current.load = NodeLoad.model_validate(row.load)
+        for node_id in set(self._nodes) - seen:
+            del self._nodes[node_id]
+
+    def get(self, node_id: str) -> NodeRecord:
+        node = self._nodes.get(node_id)
+        if node is None:
+            raise NotFound(f"no node with id {node_id!r}", code="node_not_found")
+        return node
+
+    def all(self) -> list[NodeRecord]:
+        return sorted(self._nodes.values(), key=lambda n: (n.name, n.id))
+
+    async def register(self, request: RegisterRequest) -> NodeRecord:
+        has_gpu = any(d.kind != "cpu" for d in request.devices)
+        if not has_gpu and not self._allow_cpu:
+            raise PermissionDenied(
+                f"node {request.name!r} has no GPU; start the router with --allow-cpu-nodes "
+                "to accept CPU-only nodes",
+                code="cpu_node_refused",
+            )
+        now = time.time()
+        existing = next(
+            (n for n in self._nodes.values()
+             if n.name == request.name and n.base_url == request.base_url),
+            None,
+        )  # fmt: skip
+        values = {
+            "version": request.version,
+            "devices": [d.model_dump() for d in request.devices],
+            "last_seen": now,
+            "load": request.load.model_dump(),
+        }
+        async with self._engine.begin() as connection:
+            if existing is not None:
+                await connection.execute(
+                    update(nodes).where(nodes.c.id == existing.id).values(**values)
+                )
+                node_id = existing.id
+            else:
+                node_id = str(uuid.uuid4())
+                await connection.execute(
+                    insert(nodes).values(
+                        id=node_id, name=request.name, base_url=request.base_url,
+                        approved=not self._require_approval, draining=False,
+                        registered_at=now, **values,
+                    )
+                )  # fmt: skip
+        if existing is not None:
+            existing.version, existing.devices = request.version, request.devices
+            existing.last_seen, existing.load, existing.unreachable = now, request.load, False
+            log.info("node %s (%s) re-registered as %s", request.name, request.base_url, node_id)
+            return existing
+        record = NodeRecord(
+            node_id, request.name, request.base_url, request.version, request.devices,
+            approved=not self._require_approval, draining=False, registered_at=now,
+            last_seen=now, load=request.load,
+        )  # fmt: skip
+        self._nodes[node_id] = record
+        log.info("node %s (%s) registered as %s", request.name, request.base_url, node_id)
+        return record
+
+    async def heartbeat(self, node_id: str, load: NodeLoad) -> NodeRecord:
+        node = self.get(node_id)
+        now = time.time()
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(nodes)
+                .where(nodes.c.id == node_id)
+                .values(last_seen=now, load=load.model_dump())
+            )
+        if node.unreachable:
+            log.info("node %s is reachable again", node.name)
+        node.last_seen, node.load, node.unreachable = now, load, False
+        return node
+
+    async def set_flags(self, node_id: str, **flags: bool) -> NodeRecord:
+        node = self.get(node_id)
+        async with self._engine.begin() as connection:
+            await connection.execute(update(nodes).where(nodes.c.id == node_id).values(**flags))
+        for name, value in flags.items():
+            setattr(node, name, value)
+        return node
+
+    async def remove(self, node_id: str) -> None:
+        self.get(node_id)
+        async with self._engine.begin() as connection:
+            await connection.execute(delete(nodes).where(nodes.c.id == node_id))
+        del self._nodes[node_id]
+
+    def mark_unreachable(self, node_id: str) -> None:
+        """A connection to the node failed: no traffic until its next heartbeat."""
+        node = self._nodes.get(node_id)
+        if node is not None and not node.unreachable:
+            log.warning("node %s is unreachable; no traffic until it heartbeats", node.name)
+            node.unreachable = True
+
+    def snapshots(self) -> list[NodeSnapshot]:
+        now = time.time()
+        out = []
+        for node in self._nodes.values():
+            slots = max(node.load.slots_total, 1)
+            out.append(
+                NodeSnapshot(
+                    id=node.id,
+                    name=node.name,
+                    url=node.base_url,
+                    models_loaded=frozenset(node.load.models_loaded),
+                    models_on_disk=frozenset(node.load.models_on_disk),
+                    active=node.active,
+                    queued=node.load.queued_requests,
+                    slots=slots,
+                    limit=self._max_concurrency or slots * 2,
+                    tokens_per_second=node.load.tokens_per_second,
+                    gpu_use=node.load.gpu_percent / 100.0,
+                    serving=node.status(now, self.heartbeat_interval) == "ready",
+                )
+            )
+        return out
+
+    def fleet_models(self) -> dict[str, list[str]]:
+        """Every model any node holds -> the ids of the nodes that hold it."""
+        held: dict[str, list[str]] = {}
+        for node in self._nodes.values():
+            for model in {*node.load.models_loaded, *node.load.models_on_disk}:
+                held.setdefault(model, []).append(node.id)
+        return held

@@ -1,0 +1,257 @@
+"""The router's core, built from settings: state, registry, keys, history, proxy.
+
+No web framework here: ``router.app`` parses HTTP and calls these methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from llmlb import __version__
+from llmlb.common.errors import BadRequest, InvalidJSON, LlmlbError
+from llmlb.common.settings import RouterSettings
+from llmlb.common.wire import NodeLoad, RegisterRequest, RegisterResponse
+from llmlb.router.auth import Authenticator
+from llmlb.router.balancer import prefix_key_of
+from llmlb.router.db import open_database, ping
+from llmlb.router.history import History, RequestRecord
+from llmlb.router.keys import KeyStore
+from llmlb.router.metrics import RouterMetrics
+from llmlb.router.proxy import Answer, Proxy, Routed
+from llmlb.router.registry import Registry
+
+log = logging.getLogger(__name__)
+
+NODE_TOKEN_FILE = "node_token"
+_BODY_LOG_LIMIT = 64 * 1024
+
+
+class RouterService:
+    def __init__(self, settings: RouterSettings, engine: AsyncEngine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.keys = KeyStore(engine)
+        self.auth = Authenticator(
+            self.keys, admin_password=settings.admin_password, no_auth=settings.no_auth
+        )
+        self.registry = Registry(
+            engine,
+            heartbeat_interval=settings.heartbeat_interval,
+            allow_cpu_nodes=settings.allow_cpu_nodes,
+            require_approval=settings.require_node_approval,
+            node_max_concurrency=settings.node_max_concurrency,
+        )
+        self.history = History(engine, settings.history_days)
+        self.metrics = RouterMetrics(self.registry.all, settings.heartbeat_interval)
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.request_timeout, connect=settings.connect_timeout),
+            limits=httpx.Limits(max_connections=4096, max_keepalive_connections=512),
+        )
+        self.proxy = Proxy(self.registry, settings, self.client, self.metrics)
+        self.node_token_path: Path = settings.home / NODE_TOKEN_FILE
+        self._sync_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(cls, settings: RouterSettings) -> RouterService:
+        engine = await open_database(settings.db_url)
+        return cls(settings, engine)
+
+    async def start(self) -> None:
+        await self.registry.load()
+        await self.ensure_node_token()
+        self.history.start()
+        self._sync_task = asyncio.create_task(self._sync_loop())
+
+    async def close(self) -> None:
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
+        await self.history.stop()
+        await self.client.aclose()
+        await self.engine.dispose()
+
+    async def _sync_loop(self) -> None:
+        """Pick up operator changes made by the CLI or by other routers on the same database."""
+        while True:
+            await asyncio.sleep(2.0)
+            try:
+                await self.registry.load()
+            except Exception:
+                log.exception("reading the node table failed")
+
+    async def ensure_node_token(self) -> None:
+        """On first start, create a ``node`` key and keep its secret in the home folder."""
+        path = self.node_token_path
+        if path.exists() and await self.keys.verify(path.read_text().strip()) is not None:
+            return
+        _, secret = await self.keys.create("default node token", ["node"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as stream:
+            stream.write(secret + "\n")
+        log.info("created a node token (scope 'node'); it is stored in %s", path)
+
+    async def ready(self) -> bool:
+        return await ping(self.engine)
+
+    # -- nodes -----------------------------------------------------------------------------
+
+    async def register_node(self, request: RegisterRequest) -> RegisterResponse:
+        node = await self.registry.register(request)
+        return RegisterResponse(
+            node_id=node.id,
+            heartbeat_interval=self.settings.heartbeat_interval,
+            status=node.status(time.time(), self.settings.heartbeat_interval),
+        )
+
+    async def heartbeat(self, node_id: str, load: NodeLoad) -> dict[str, Any]:
+        node = await self.registry.heartbeat(node_id, load)
+        return {"status": node.status(time.time(), self.settings.heartbeat_interval)}
+
+    def nodes(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [n.to_dict(now, self.settings.heartbeat_interval) for n in self.registry.all()]
+
+    def node(self, node_id: str) -> dict[str, Any]:
+        return self.registry.get(node_id).to_dict(time.time(), self.settings.heartbeat_interval)
+
+    def models(self) -> list[dict[str, Any]]:
+        loaded: dict[str, list[str]] = {}
+        for node in self.registry.all():
+            for model in node.load.models_loaded:
+                loaded.setdefault(model, []).append(node.id)
+        return [
+            {
+                "id": model,
+                "object": "model",
+                "created": 0,
+                "owned_by": "llmlb",
+                "nodes": sorted(holders),
+                "loaded_on": sorted(loaded.get(model, [])),
+            }
+            for model, holders in sorted(self.registry.fleet_models().items())
+        ]
+
+    # -- client requests -------------------------------------------------------------------
+
+    def route(self, endpoint: str, path: str, raw: bytes) -> Routed:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidJSON(f"the request body is not valid JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise InvalidJSON("the request body must be a JSON object")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("'model' is required and must be a non-empty string", param="model")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise BadRequest("'stream' must be a boolean", param="stream")
+        prefix = prefix_key_of(model, body) if self.settings.balancer == "prefix_affinity" else None
+        return Routed(endpoint, path, model, stream, raw, prefix)
+
+    async def forward(
+        self, routed: Routed, headers: dict[str, str], key_id: str | None, request_id: str
+    ) -> Answer:
+        started = time.monotonic()
+        try:
+            answer = await self.proxy.forward(routed, headers)
+        except LlmlbError as exc:
+            self._record(routed, request_id, key_id, started, None, exc.status, error=exc.message)
+            raise
+        if answer.chunks is not None:
+            answer.chunks = self._recorded_stream(
+                routed, answer, answer.chunks, request_id, key_id, started
+            )
+        else:
+            self._record(routed, request_id, key_id, started, answer, answer.status)
+        return answer
+
+    async def _recorded_stream(
+        self,
+        routed: Routed,
+        answer: Answer,
+        chunks: AsyncIterator[bytes],
+        request_id: str,
+        key_id: str | None,
+        started: float,
+    ) -> AsyncIterator[bytes]:
+        kept: list[bytes] = []
+        size = 0
+        status = 200
+        try:
+            async for chunk in chunks:
+                if self.settings.log_bodies and size < _BODY_LOG_LIMIT:
+                    kept.append(chunk)
+                    size += len(chunk)
+                yield chunk
+        except BaseException:
+            status = 499  # the client went away
+            raise
+        finally:
+            if not answer.body:
+                answer.body = b"".join(kept)
+            self._record(routed, request_id, key_id, started, answer, status)
+
+    def _record(
+        self,
+        routed: Routed,
+        request_id: str,
+        key_id: str | None,
+        started: float,
+        answer: Answer | None,
+        status: int,
+        error: str | None = None,
+    ) -> None:
+        latency = time.monotonic() - started
+        self.metrics.requests.labels(routed.endpoint, routed.model, str(status)).inc()
+        self.metrics.latency.labels(routed.endpoint).observe(latency)
+        usage = answer.usage if answer else {}
+        if usage:
+            self.metrics.tokens.labels(routed.model, "in").inc(usage.get("prompt_tokens", 0))
+            self.metrics.tokens.labels(routed.model, "out").inc(usage.get("completion_tokens", 0))
+        ttft = None
+        if answer is not None and answer.first_byte_at is not None:
+            ttft = (answer.first_byte_at - started) * 1000
+            self.metrics.ttft.labels(routed.endpoint).observe(ttft / 1000)
+        if error is not None or status >= 400:
+            self.metrics.errors.labels(str(status)).inc()
+        log_bodies = self.settings.log_bodies
+        self.history.add(
+            RequestRecord(
+                ts=time.time(),
+                request_id=request_id,
+                key_id=key_id,
+                endpoint=routed.endpoint,
+                model=routed.model,
+                node_id=answer.node.id if answer else None,
+                status=status,
+                latency_ms=round(latency * 1000, 2),
+                ttft_ms=round(ttft, 2) if ttft is not None else None,
+                tokens_in=usage.get("prompt_tokens"),
+                tokens_out=usage.get("completion_tokens"),
+                attempts=answer.attempts if answer else 1,
+                error=error,
+                request_body=routed.body[:_BODY_LOG_LIMIT].decode(errors="replace")
+                if log_bodies
+                else None,
+                response_body=answer.body[:_BODY_LOG_LIMIT].decode(errors="replace")
+                if log_bodies and answer
+                else None,
+            )
+        )
+
+    def version(self) -> str:
+        return __version__
