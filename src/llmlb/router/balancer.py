@@ -28,6 +28,7 @@ Strategies:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -103,7 +104,7 @@ def rank(
     return ordered
 
 
-def prefix_key_of(model: str, body: dict[str, object]) -> str | None:
+def prefix_key_of(model: str, body: Mapping[str, object]) -> str | None:
     """The part of a request that identifies its conversation: system prompt + first turn."""
     messages = body.get("messages")
     if isinstance(messages, list) and messages:

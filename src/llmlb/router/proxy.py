@@ -213,6 +213,7 @@ class Proxy:
                 raise
             if answer.status >= 500 and answer.chunks is None:
                 await self._release(node)
+                answer.attempts, answer.queue_wait_ms = attempt, queue_wait
                 last_error = NodeAnswered(answer)
                 log.warning("attempt %d on %s answered %d", attempt, node.name, answer.status)
                 continue

@@ -28,7 +28,7 @@ from llmlb.router.db import open_database, ping
 from llmlb.router.history import History, RequestRecord
 from llmlb.router.keys import KeyStore
 from llmlb.router.metrics import RouterMetrics
-from llmlb.router.proxy import Answer, Proxy, Routed
+from llmlb.router.proxy import Answer, NodeAnswered, Proxy, Routed
 from llmlb.router.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,10 @@ class RouterService:
         started = time.monotonic()
         try:
             answer = await self.proxy.forward(routed, headers)
+        except NodeAnswered as exc:  # every node failed; the last one's answer is relayed
+            answer = exc.answer
+            self._record(routed, request_id, key_id, started, answer, answer.status)
+            raise
         except LlmlbError as exc:
             self._record(routed, request_id, key_id, started, None, exc.status, error=exc.message)
             raise

@@ -1,0 +1,153 @@
+"""A scriptable fake node for faults a real node cannot produce on demand.
+
+It speaks the node's wire format (OpenAI JSON and SSE chunks as llama.cpp emits them),
+registers with a router as a GPU node and heartbeats, and does what the test sets in
+``behaviour``: answer after a delay, answer 5xx, or drop a stream after some chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from llmlb.common.serving import bind, url_of
+
+
+@dataclass
+class Behaviour:
+    delay: float = 0.0  # seconds before the answer starts
+    status: int = 200  # non-200: answer this status with an OpenAI error body
+    chunks: int = 5  # content chunks in a stream
+    chunk_delay: float = 0.01
+    drop_after: int | None = None  # close the connection after this many stream chunks
+
+
+@dataclass
+class FakeNode:
+    name: str
+    model: str = "fake-model"
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    requests: int = 0
+    streams_cancelled: int = 0
+    url: str = ""
+    node_id: str | None = None
+    _server: uvicorn.Server | None = None
+    _thread: threading.Thread | None = None
+    _stop_heartbeats: threading.Event = field(default_factory=threading.Event)
+
+    def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", self.model),
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": f"hello from {self.name}"},
+                }
+            ],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+        }
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        chunk = {
+            "choices": [{"finish_reason": finish, "index": 0, "delta": delta}],
+            "created": int(time.time()),
+            "id": "chatcmpl-fake",
+            "model": self.model,
+            "object": "chat.completion.chunk",
+        }
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    async def _chat(self, request: Request) -> Response:
+        self.requests += 1
+        body = orjson.loads(await request.body())
+        behaviour = self.behaviour
+        await asyncio.sleep(behaviour.delay)
+        if behaviour.status != 200:
+            error = {"error": {"message": f"{self.name} failed on purpose", "type": "server_error",
+                               "param": None, "code": None}}  # fmt: skip
+            return Response(orjson.dumps(error), behaviour.status, media_type="application/json")
+        if not body.get("stream"):
+            return Response(orjson.dumps(self._completion(body)), media_type="application/json")
+
+        async def frames() -> Any:
+            finished = False
+            try:
+                yield self._chunk({"role": "assistant", "content": None})
+                for index in range(behaviour.chunks):
+                    if behaviour.drop_after is not None and index >= behaviour.drop_after:
+                        raise ConnectionResetError("fake node drops the stream")
+                    await asyncio.sleep(behaviour.chunk_delay)
+                    yield self._chunk({"content": f"tok{index} "})
+                yield self._chunk({}, "stop")
+                yield b"data: [DONE]\n\n"
+                finished = True
+            finally:
+                if not finished and behaviour.drop_after is None:
+                    self.streams_cancelled += 1
+
+        return StreamingResponse(frames(), media_type="text/event-stream")
+
+    def start(self) -> FakeNode:
+        app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
+        sock = bind("127.0.0.1", 0)
+        self.url = url_of(sock)
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
+        self._server = uvicorn.Server(config)
+        server = self._server
+
+        def run() -> None:
+            asyncio.run(server.serve(sockets=[sock]))
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        while not server.started:
+            time.sleep(0.01)
+        return self
+
+    def load(self) -> dict[str, Any]:
+        return {"state": "ready", "models_loaded": [self.model], "models_on_disk": [self.model],
+                "slots_total": 4}  # fmt: skip
+
+    def join(self, router_url: str, token: str, interval: float = 0.5) -> None:
+        """Register with the router and heartbeat from a thread until stopped."""
+        headers = {"authorization": f"Bearer {token}"}
+        registration = {
+            "name": self.name, "base_url": self.url, "version": "fake",
+            "devices": [{"kind": "cuda", "name": "Fake GPU", "memory_total": 8 << 30,
+                         "memory_free": 8 << 30}],
+            "load": self.load(),
+        }  # fmt: skip
+        answer = httpx.post(router_url + "/api/nodes", json=registration, headers=headers)
+        answer.raise_for_status()
+        self.node_id = answer.json()["node_id"]
+
+        def beat() -> None:
+            while not self._stop_heartbeats.wait(interval):
+                httpx.post(
+                    f"{router_url}/api/nodes/{self.node_id}/heartbeat",
+                    json=self.load(), headers=headers,
+                )  # fmt: skip
+
+        threading.Thread(target=beat, daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop_heartbeats.set()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(5)

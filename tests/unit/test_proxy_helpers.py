@@ -1,0 +1,27 @@
+"""Reading token counts from answers without parsing them, and trace ids."""
+
+import re
+
+from llmlb.router.proxy import traceparent, usage_of
+
+
+def test_usage_from_a_whole_answer() -> None:
+    body = b'{"choices":[],"usage":{"completion_tokens":4,"prompt_tokens":12,"total_tokens":16}}'
+    assert usage_of(body) == {"prompt_tokens": 12, "completion_tokens": 4}
+
+
+def test_usage_from_the_tail_of_a_stream_takes_the_last_one() -> None:
+    tail = (
+        b'data: {"choices":[{"delta":{"content":"prompt_tokens"}}]}\n\n'
+        b': usage {"choices":[],"usage":{"completion_tokens":6,"prompt_tokens":9}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    assert usage_of(tail) == {"prompt_tokens": 9, "completion_tokens": 6}
+
+
+def test_no_usage() -> None:
+    assert usage_of(b'data: {"choices":[]}\n\n') == {}
+
+
+def test_traceparent_is_w3c_shaped() -> None:
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", traceparent())
