@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 import orjson
 
 from llmlb.common.errors import (
@@ -41,7 +41,7 @@ _PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 _FORWARDED_HEADERS = ("x-request-id", "traceparent", "tracestate")
 # Failures before the first byte that another node may not have (TimeoutError: asyncio.timeout).
-_RETRYABLE = (httpx.TransportError, TimeoutError)
+_RETRYABLE = (aiohttp.ClientError, TimeoutError)
 
 
 @dataclass
@@ -92,12 +92,12 @@ class Proxy:
         self,
         registry: Registry,
         settings: RouterSettings,
-        client: httpx.AsyncClient,
+        session: aiohttp.ClientSession,
         metrics: RouterMetrics,
     ) -> None:
         self._registry = registry
         self._settings = settings
-        self._client = client
+        self._session = session
         self._metrics = metrics
         self._capacity = asyncio.Condition()
         self._waiting = 0
@@ -203,7 +203,7 @@ class Proxy:
                 answer = await self._attempt(node, routed, headers)
             except _RETRYABLE as exc:
                 await self._release(node)
-                if not isinstance(exc, httpx.TimeoutException | TimeoutError):
+                if not isinstance(exc, TimeoutError):
                     self._registry.mark_unreachable(node.id)
                 last_error = _upstream_error(node, exc)
                 log.warning("attempt %d on %s failed: %s", attempt, node.name, last_error.message)
@@ -226,34 +226,33 @@ class Proxy:
         raise last_error
 
     async def _attempt(self, node: NodeRecord, routed: Routed, headers: dict[str, str]) -> Answer:
-        request = self._client.build_request(
-            "POST", node.base_url + routed.path, content=routed.body, headers=headers
-        )
+        url = node.base_url + routed.path
         async with asyncio.timeout(self._settings.request_timeout):
-            response = await self._client.send(request, stream=True)
+            response = await self._session.post(url, data=routed.body, headers=headers)
             try:
                 content_type = response.headers.get("content-type", "application/json")
-                if not routed.stream or response.status_code != 200:
-                    body = await response.aread()
-                    await response.aclose()
-                    return Answer(response.status_code, node, content_type, body=body,
+                if not routed.stream or response.status != 200:
+                    body = await response.read()
+                    response.release()
+                    return Answer(response.status, node, content_type, body=body,
                                   usage=usage_of(body), first_byte_at=time.monotonic())  # fmt: skip
-                chunks = response.aiter_raw()
-                first = await anext(chunks)
+                first = await response.content.readany()
+                if not first:
+                    raise aiohttp.ServerDisconnectedError("the node closed an empty stream")
             except BaseException:
-                await response.aclose()
+                response.close()
                 raise
         answer = Answer(200, node, content_type, first_byte_at=time.monotonic())
-        answer.chunks = self._relay(answer, first, chunks, response)
+        answer.chunks = self._relay(answer, first, response)
         return answer
 
     async def _relay(
-        self, answer: Answer, first: bytes, chunks: AsyncIterator[bytes], response: httpx.Response
+        self, answer: Answer, first: bytes, response: aiohttp.ClientResponse
     ) -> AsyncIterator[bytes]:
         tail = first[-4096:]
         try:
             yield first
-            async for chunk in chunks:
+            while chunk := await response.content.readany():
                 tail = (tail + chunk)[-4096:]
                 yield chunk
         except _RETRYABLE as exc:
@@ -264,7 +263,12 @@ class Proxy:
             yield b"data: [DONE]\n\n"
         finally:
             answer.usage = usage_of(tail)
-            await response.aclose()
+            # Closing (not releasing) drops the connection when the client left early, which
+            # is how the node learns to stop generating.
+            if response.content.at_eof():
+                response.release()
+            else:
+                response.close()
             await self._release(answer.node)
 
 
@@ -281,6 +285,6 @@ def _describe(exc: BaseException) -> str:
 
 
 def _upstream_error(node: NodeRecord, exc: BaseException) -> LlmlbError:
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
+    if isinstance(exc, TimeoutError):
         return UpstreamTimeout(f"node {node.name} did not answer in time ({_describe(exc)})")
     return UpstreamFailed(f"node {node.name} failed: {_describe(exc)}")

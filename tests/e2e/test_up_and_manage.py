@@ -1,0 +1,97 @@
+"""``llmlb up`` and the management commands, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tests.support import Process, wait_until
+
+
+def llmlb(
+    home: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmlb", *args], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "LLMLB_HOME": str(home), **(env or {})},
+    )  # fmt: skip
+
+
+def test_up_serves_the_small_model_and_management_commands_work(
+    model_home: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    up = Process(["up", "--port", "0", "--node-port", "0"], home, tmp_path / "up.log",
+                 {"LLMLB_ADMIN_PASSWORD": "s3cret"})  # fmt: skip
+    try:
+        assert up.proc.stdout is not None
+        lines = []
+        while not any("try:" in line for line in lines):
+            line = up.proc.stdout.readline().decode()
+            assert line, up.log_tail()
+            lines.append(line)
+        curl = up.proc.stdout.readline().decode().strip()
+        assert any(f"llmlb is up: {up.url}" in line for line in lines)
+        assert curl.startswith(f"curl -s {up.url}/v1/chat/completions")
+        # The printed curl line works as printed (run it through a shell, as a user pastes it).
+        answer = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=60)
+        assert "choices" in json.loads(answer.stdout)
+
+        with httpx.Client(base_url=up.url, timeout=60) as http:
+            reply = http.post("/v1/chat/completions", json={
+                "model": "gemma-3-270m", "max_tokens": 8, "temperature": 0,
+                "messages": [{"role": "user", "content": "What is the capital of France?"}]})  # fmt: skip
+            assert "Paris" in reply.json()["choices"][0]["message"]["content"]
+
+        remote = ["--router", up.url]
+        status = json.loads(
+            llmlb(home, "status", *remote, "--json", env={"LLMLB_ADMIN_PASSWORD": "s3cret"}).stdout
+        )
+        assert status["health"]["status"] == "ok"
+        [node] = status["nodes"]
+        assert node["status"] == "ready" and node["name"] == "local"
+        assert "gemma-3-270m" in node["models_on_disk"]
+
+        denied = llmlb(home, "nodes", "list", *remote)  # no admin password
+        assert denied.returncode == 1 and "401" in denied.stderr
+
+        # Local management works on the router's state; the running router sees it.
+        drained = llmlb(home, "nodes", "drain", node["id"])
+        assert drained.returncode == 0, drained.stderr
+        with httpx.Client(base_url=up.url, auth=("admin", "s3cret")) as http:
+            wait_until(
+                lambda: http.get(f"/api/nodes/{node['id']}").json()["status"] == "draining", 10
+            )
+        llmlb(home, "nodes", "undrain", node["id"])
+
+        created = llmlb(home, "keys", "create", "ci", "--scope", "api")
+        assert created.returncode == 0, created.stderr
+        secret = created.stdout.strip()
+        assert secret.startswith("llmlb_")
+        listed = json.loads(llmlb(home, "keys", "list", "--json").stdout)
+        assert {"ci", "default node token"} <= {k["name"] for k in listed}
+        assert secret not in json.dumps(listed)
+        with httpx.Client(base_url=up.url, timeout=60) as http:
+            wait_until(lambda: http.get("/v1/models").status_code == 401, 10)
+            ok = http.get("/v1/models", headers={"authorization": f"Bearer {secret}"})
+            assert ok.status_code == 200
+        key_id = next(k["id"] for k in listed if k["name"] == "ci")
+        assert llmlb(home, "keys", "revoke", key_id).returncode == 0
+
+        children = psutil.Process(up.proc.pid).children(recursive=True)
+        assert children, "llmlb up runs its node as a child process"
+    finally:
+        code = up.stop(signal.SIGTERM)
+    assert code == 0
+    assert not any(
+        child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children
+    )
+    assert shlex.split(curl)[0] == "curl"
