@@ -25,15 +25,13 @@ def llmlb(
     )  # fmt: skip
 
 
-def test_up_serves_the_small_model_and_management_commands_work(
-    model_home: Path, tmp_path: Path
-) -> None:
+def test_up_serves_the_small_model_and_management_commands_work(tmp_path: Path) -> None:
     home = tmp_path / "home"
     up = Process(["up", "--port", "0", "--node-port", "0"], home, tmp_path / "up.log",
                  {"LLMLB_ADMIN_PASSWORD": "s3cret"})  # fmt: skip
     try:
         assert up.proc.stdout is not None
-        lines = []
+        lines: list[str] = []
         while not any("try:" in line for line in lines):
             line = up.proc.stdout.readline().decode()
             assert line, up.log_tail()
@@ -46,9 +44,14 @@ def test_up_serves_the_small_model_and_management_commands_work(
         assert "choices" in json.loads(answer.stdout)
 
         with httpx.Client(base_url=up.url, timeout=60) as http:
-            reply = http.post("/v1/chat/completions", json={
-                "model": "gemma-3-270m", "max_tokens": 8, "temperature": 0,
-                "messages": [{"role": "user", "content": "What is the capital of France?"}]})  # fmt: skip
+            question = [{"role": "user", "content": "What is the capital of France?"}]
+            body = {
+                "model": "gemma-3-270m",
+                "max_tokens": 8,
+                "temperature": 0,
+                "messages": question,
+            }
+            reply = http.post("/v1/chat/completions", json=body)
             assert "Paris" in reply.json()["choices"][0]["message"]["content"]
 
         remote = ["--router", up.url]
