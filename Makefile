@@ -15,10 +15,9 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# A node serving the small bundled model on http://127.0.0.1:32769 (CPU allowed).
+# A router on http://127.0.0.1:32768 with one local node serving the small bundled model.
 run: setup
-	$(BIN)/llmlb models install-small
-	exec $(BIN)/llmlb node --allow-cpu
+	exec $(BIN)/llmlb up
 
 test: setup
 	$(BIN)/pytest -q $(PYTEST_ARGS)
@@ -34,6 +33,7 @@ fmt: setup
 
 bench: setup
 	$(BIN)/python bench/node_throughput.py
+	$(BIN)/python bench/router_overhead.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -40,6 +40,7 @@ class FakeNode:
     model: str = "fake-model"
     behaviour: Behaviour = field(default_factory=Behaviour)
     requests: int = 0
+    last_headers: dict[str, str] = field(default_factory=dict)
     streams_cancelled: int = 0
     url: str = ""
     node_id: str | None = None
@@ -75,6 +76,7 @@ class FakeNode:
 
     async def _chat(self, request: Request) -> Response:
         self.requests += 1
+        self.last_headers = dict(request.headers)
         body = orjson.loads(await request.body())
         behaviour = self.behaviour
         await asyncio.sleep(behaviour.delay)

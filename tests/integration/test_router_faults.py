@@ -262,3 +262,26 @@ def test_require_node_approval(tmp_path: Path) -> None:
     finally:
         fake.stop()
         router.stop()
+
+
+def test_request_id_and_traceparent_reach_the_node(
+    http: httpx.Client, fakes: dict[str, FakeNode]
+) -> None:
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    response = http.post(
+        "/v1/chat/completions", json=BODY,
+        headers={"x-request-id": "req-123", "traceparent": trace},
+    )  # fmt: skip
+    served = fakes[response.headers["x-llmlb-node"]]
+    assert response.headers["x-request-id"] == "req-123"
+    assert served.last_headers["x-request-id"] == "req-123"
+    assert served.last_headers["traceparent"] == trace
+    generated = http.post("/v1/chat/completions", json=BODY)
+    node_headers = fakes[generated.headers["x-llmlb-node"]].last_headers
+    assert node_headers["x-request-id"] == generated.headers["x-request-id"]
+    assert node_headers["traceparent"].startswith("00-")
+
+
+def test_health_and_ready(http: httpx.Client) -> None:
+    assert http.get("/health").json()["status"] == "ok"
+    assert http.get("/ready").json() == {"database": "ok"}

@@ -48,6 +48,27 @@ def probe_nvidia() -> list[Device]:
         pynvml.nvmlShutdown()
 
 
+def nvidia_utilization() -> float:
+    """Mean GPU busy percentage over NVIDIA devices (0 where NVML is absent)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return 0.0
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        busy = [
+            pynvml.nvmlDeviceGetUtilizationRates(pynvml.nvmlDeviceGetHandleByIndex(i)).gpu
+            for i in range(count)
+        ]
+        return float(sum(busy) / len(busy)) if busy else 0.0
+    except Exception:
+        return 0.0
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def probe_amd() -> list[Device]:
     try:
         import amdsmi

@@ -16,6 +16,7 @@ import psutil
 
 from llmlb import __version__
 from llmlb.common.wire import DeviceInfo, NodeLoad, RegisterRequest
+from llmlb.node.gpu import nvidia_utilization
 from llmlb.node.service import NodeService
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,13 @@ class RouterLink:
             tokens_per_second=service.recent_tokens_per_second(),
             cpu_percent=psutil.cpu_percent(None),
             ram_percent=psutil.virtual_memory().percent,
+            gpu_percent=self._gpu_use(),
         )
+
+    def _gpu_use(self) -> float:
+        if any(d.kind == "cuda" for d in self._service.devices):
+            return nvidia_utilization()
+        return 0.0
 
     def _registration(self) -> dict[str, Any]:
         request = RegisterRequest(
