@@ -140,6 +140,13 @@ class RemoteAdmin:
     async def revoke_key(self, key_id: str) -> dict[str, Any]:
         return dict(await self._call("DELETE", f"/api/keys/{key_id}"))
 
+    async def distribute(self, model: str, target: str, node_ids: list[str] | None) -> list[str]:
+        body = {"model": model, "target": target, "node_ids": node_ids}
+        return list((await self._call("POST", "/api/models/distribute", json=body))["task_ids"])
+
+    async def task(self, task_id: str) -> dict[str, Any]:
+        return dict(await self._call("GET", f"/api/tasks/{task_id}"))
+
     async def health(self) -> dict[str, Any]:
         return dict(await self._call("GET", "/health"))
 

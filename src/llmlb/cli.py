@@ -25,6 +25,7 @@ from llmlb.common.settings import (
     CommonSettings,
     NodeSettings,
     RouterSettings,
+    default_home,
     load_settings,
 )
 from llmlb.common.smallmodel import install_small_model
@@ -82,6 +83,7 @@ def router_options(func: F) -> F:
         click.option("--heartbeat-interval", type=float, default=None, help="Seconds between node heartbeats  [default: 10]"),
         click.option("--request-timeout", type=float, default=None, help="Seconds per proxied request  [default: 600]"),
         click.option("--log-bodies", is_flag=True, default=None, help="Keep request and response bodies in the history"),
+        click.option("--auto-distribute", type=click.Choice(["none", "recommended", "all-that-fit"]), default=None, help="Models assigned to new nodes  [default: recommended]"),
     ]  # fmt: skip
     for decorator in reversed(decorators):
         func = decorator(func)
@@ -146,6 +148,27 @@ def main() -> None:
     "--advertise-url",
     default=None,
     help="URL the router reaches this node at  [default: bound address]",
+)
+@click.option(
+    "--shared-models-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Read-only model folder used in place  [default: none]",
+)
+@click.option(
+    "--origin-access",
+    is_flag=True,
+    default=None,
+    help="May download models from their origin (hub/URL)",
+)
+@click.option(
+    "--download-wait-seconds",
+    type=float,
+    default=None,
+    help="How long a request waits for its model's download  [default: 600]",
+)
+@click.option(
+    "--download-bandwidth", default=None, help="Download speed cap, e.g. 50MB  [default: none]"
 )
 def node(config: Path | None, **cli: Any) -> None:
     """Run a node: serve the models in the store through an OpenAI-compatible API."""
@@ -398,6 +421,85 @@ def models_install_small(home: Path | None) -> None:
     console.print(f"[bold]{model.name}[/bold] is in the store ({model.size_bytes / 2**20:.0f} MiB)")
 
 
+@models.command("pull")
+@click.argument("name")
+@click.option("--home", type=click.Path(path_type=Path), default=None)
+def models_pull(name: str, home: Path | None) -> None:
+    """Fetch a catalog model from its origin into this host's store, with progress."""
+    from llmlb.pull import pull_with_progress
+
+    try:
+        stored = run_async(pull_with_progress(name, home or default_home(), console))
+    except LlmlbError as exc:
+        fail(exc.message)
+    console.print(
+        f"[bold]{stored.name}[/bold] is in the store ({stored.size_bytes / 2**20:.0f} MiB)"
+    )
+
+
+@models.command("distribute")
+@click.argument("name")
+@click.option(
+    "--to", "targets", multiple=True, default=["all"], help="all, auto, or node ids (repeat)"
+)
+@remote_options
+def models_distribute(
+    name: str,
+    targets: tuple[str, ...],
+    router: str | None,
+    admin_password: str | None,
+    api_key: str | None,
+) -> None:
+    """Send a model to nodes through the router and follow the tasks."""
+    from llmlb.admin import RemoteAdmin
+    from llmlb.pull import follow_tasks
+
+    url = router or f"http://127.0.0.1:{DEFAULT_ROUTER_PORT}"
+    target = targets[0] if len(targets) == 1 and targets[0] in ("all", "auto") else "specific"
+    node_ids = None if target != "specific" else list(targets)
+
+    async def go() -> list[dict[str, Any]]:
+        admin = RemoteAdmin(url, admin_password, api_key)
+        try:
+            task_ids = await admin.distribute(name, target, node_ids)
+            return await follow_tasks(admin, task_ids, console)
+        finally:
+            await admin.close()
+
+    try:
+        finished = run_async(go())
+    except LlmlbError as exc:
+        fail(exc.message)
+    failed = [t for t in finished if t["state"] == "failed"]
+    for task in failed:
+        console.print(f"[red]failed[/red] on {task['node_id']}: {task['error']}")
+    if failed:
+        sys.exit(1)
+
+
+@models.command("import-ollama")
+@click.option(
+    "--ollama-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Ollama's models folder  [default: ~/.ollama/models]",
+)
+@click.option("--home", type=click.Path(path_type=Path), default=None)
+def models_import_ollama(ollama_dir: Path | None, home: Path | None) -> None:
+    """Link the GGUF models of an Ollama store into llmlb's store, under readable names."""
+    from llmlb.common.ollama import import_ollama
+
+    source = ollama_dir or Path.home() / ".ollama" / "models"
+    try:
+        imported = import_ollama(source, _store(home))
+    except LlmlbError as exc:
+        fail(exc.message)
+    for name in imported:
+        console.print(f"imported [bold]{name}[/bold]")
+    if not imported:
+        console.print(f"no GGUF models found in {source}")
+
+
 @models.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON")
 @click.option("--home", type=click.Path(path_type=Path), default=None)
@@ -435,6 +537,4 @@ def _settings(cls: type[S], cli: dict[str, Any], config: Path | None, quiet: boo
 
 
 def _store(home: Path | None) -> ModelStore:
-    from llmlb.common.settings import default_home
-
     return ModelStore((home or default_home()) / "models")

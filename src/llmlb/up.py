@@ -34,7 +34,7 @@ class NodeFailed(LlmlbError):
 def curl_line(url: str) -> str:
     body = (
         '{"model": "' + SMALL_MODEL_NAME + '", "messages": [{"role": "user", '
-        '"content": "What is the capital of France?"}]}'
+        '"content": "What is the capital of France?"}], "max_tokens": 32, "temperature": 0}'
     )
     return f"curl -s {url}/v1/chat/completions -H 'content-type: application/json' -d '{body}'"
 

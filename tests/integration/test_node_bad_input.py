@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -39,14 +40,16 @@ def test_body_that_is_not_an_object(http: httpx.Client) -> None:
     assert_error(http.post(CHAT, json=[1, 2]), 400, "invalid_json")
 
 
-def test_unknown_model_is_404(http: httpx.Client) -> None:
+def test_unknown_model_is_404_at_once(http: httpx.Client) -> None:
+    started = time.monotonic()
     error = assert_error(
         http.post(
             CHAT, json={"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}
         ),
         404,
-        "model_not_found",
+        "model_not_supported",
     )
+    assert time.monotonic() - started < 1.0
     assert "no-such-model" in error["message"]
 
 

@@ -16,6 +16,7 @@ from tests.support import Process, node_token, start_router, wait_until
 MODEL = "fake-model"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 ROUTER_ENV = {
+    "LLMLB_AUTO_DISTRIBUTE": "none",
     "LLMLB_NODE_MAX_CONCURRENCY": "1",
     "LLMLB_QUEUE_SIZE": "1",
     "LLMLB_QUEUE_TIMEOUT": "1",
@@ -174,9 +175,11 @@ def test_no_ready_node_is_503_with_retry_after(
 
 
 def test_dead_node_url_is_skipped_and_marked_offline(
-    router: tuple[Process, Path], http: httpx.Client
+    router: tuple[Process, Path], http: httpx.Client, fakes: dict[str, FakeNode]
 ) -> None:
     process, home = router
+    for node in fakes.values():
+        node.behaviour = Behaviour(delay=0.3)  # busy enough that the ghost gets a request
     ghost = FakeNode("ghost").start()
     ghost.join(process.url, node_token(home), interval=3600)  # registers, then never beats
     ghost.stop()  # its URL now refuses connections

@@ -107,6 +107,14 @@ class NodeSettings(CommonSettings):
     advertise_url: str | None = Field(
         default=None, description="URL the router uses to reach this node (default: bound address)"
     )
+    shared_models_dir: Path | None = Field(
+        default=None, description="Read-only folder of models used in place (<name>/model.gguf)"
+    )
+    origin_access: bool = Field(default=False, description="May download from model origins")
+    download_wait_seconds: float = Field(
+        default=600.0, ge=0, description="How long a request waits for its model to download"
+    )
+    download_bandwidth: ByteSize | None = Field(default=None, description="Bytes/s cap")
 
 
 BalancerStrategy = Literal["load", "round_robin", "least_busy", "prefix_affinity"]
@@ -138,6 +146,9 @@ class RouterSettings(CommonSettings):
     log_bodies: bool = False
     max_body_bytes: ByteSize = 8 * 1024 * 1024
     shutdown_grace_seconds: float = 30.0
+    auto_distribute: Literal["none", "recommended", "all-that-fit"] = "recommended"
+    recommended_models: list[str] = Field(default_factory=lambda: ["gemma-3-270m"])
+    max_concurrent_downloads: int = Field(default=10, ge=1)
 
     @property
     def db_url(self) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -30,6 +30,7 @@ class NodeLoad(BaseModel):
     cpu_percent: float = Field(default=0.0, ge=0)
     ram_percent: float = Field(default=0.0, ge=0)
     gpu_percent: float = Field(default=0.0, ge=0)
+    downloads: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class RegisterRequest(BaseModel):

@@ -21,7 +21,8 @@ from llmlb.common.asgi import (
     RequestIdMiddleware,
     read_json,
 )
-from llmlb.common.errors import LlmlbError
+from llmlb.common.errors import BadRequest, LlmlbError, NotFound
+from llmlb.common.store import validate_name
 from llmlb.node.engine import Endpoint
 from llmlb.node.registration import RouterLink
 from llmlb.node.service import NodeService
@@ -70,6 +71,28 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
     async def models(request: Request) -> Response:
         return ORJSONResponse({"object": "list", "data": service.list_models()})
 
+    async def pull(request: Request) -> Response:
+        body = await _body(request)
+        name = body.get("model")
+        if not isinstance(name, str):
+            raise BadRequest("'model' is required", param="model")
+        return ORJSONResponse(await service.pull(name), status_code=202)
+
+    async def downloads(request: Request) -> Response:
+        return ORJSONResponse({"data": service.resolver.active_progress()})
+
+    async def download(request: Request) -> Response:
+        name = request.path_params["name"]
+        validate_name(name)
+        progress = service.resolver.progress_of(name)
+        if progress is None:
+            raise NotFound(f"no download of {name!r} and it is not here", code="not_found")
+        return ORJSONResponse(progress)
+
+    async def delete_model(request: Request) -> Response:
+        await service.delete_model(request.path_params["name"])
+        return Response(status_code=204)
+
     async def health(request: Request) -> Response:
         return ORJSONResponse(service.health())
 
@@ -94,6 +117,7 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
                     await link_task
                 await link.goodbye()
             await service.pool.close()
+            await service.resolver.close()
 
     return Starlette(
         routes=[
@@ -101,6 +125,10 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
             Route("/v1/completions", _generation("completion"), methods=["POST"]),
             Route("/v1/embeddings", embeddings, methods=["POST"]),
             Route("/v1/models", models, methods=["GET"]),
+            Route("/api/pull", pull, methods=["POST"]),
+            Route("/api/downloads", downloads, methods=["GET"]),
+            Route("/api/downloads/{name}", download, methods=["GET"]),
+            Route("/api/models/{name}", delete_model, methods=["DELETE"]),
             Route("/health", health, methods=["GET"]),
             Route("/startup", startup, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from llmlb.common.errors import InsufficientMemory
+from llmlb.common.errors import Conflict, InsufficientMemory
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ def choose_evictions(
 
 
 @dataclass
-class _Entry(Generic[E]):
+class _Entry(Generic[S, E]):
+    spec: S
     engine: E
     memory_bytes: int
     in_use: int = 0
@@ -91,7 +92,7 @@ class EnginePool(Generic[S, E]):
         self._load = load
         self._wait_seconds = wait_seconds
         self._on_change = on_change or (lambda event, key: None)
-        self._loaded: dict[Hashable, _Entry[E]] = {}
+        self._loaded: dict[Hashable, _Entry[S, E]] = {}
         self._loading: dict[Hashable, asyncio.Future[None]] = {}
         self._reserved = 0
         self._cond = asyncio.Condition()
@@ -119,7 +120,7 @@ class EnginePool(Generic[S, E]):
                 entry.last_used = time.monotonic()
                 self._cond.notify_all()
 
-    async def _acquire(self, spec: S) -> _Entry[E]:
+    async def _acquire(self, spec: S) -> _Entry[S, E]:
         if spec.memory_bytes > self.budget_bytes:
             raise InsufficientMemory(
                 f"model {spec.key!r} needs {spec.memory_bytes} bytes but the node's memory "
@@ -167,8 +168,8 @@ class EnginePool(Generic[S, E]):
             await asyncio.wait_for(self._cond.wait(), remaining)
 
     async def _load_with(
-        self, spec: S, evicted: list[_Entry[E]], keys: list[Hashable], done: asyncio.Future[None]
-    ) -> _Entry[E]:
+        self, spec: S, evicted: list[_Entry[S, E]], keys: list[Hashable], done: asyncio.Future[None]
+    ) -> _Entry[S, E]:
         try:
             for key, victim in zip(keys, evicted, strict=True):
                 log.info("evicting model %s to make room for %s", key, spec.key)
@@ -190,7 +191,7 @@ class EnginePool(Generic[S, E]):
             raise
         log.info("loaded model %s in %.1f s", spec.key, time.monotonic() - started)
         self._on_change("loaded", spec.key)
-        entry = _Entry(engine, spec.memory_bytes, in_use=1, last_used=time.monotonic())
+        entry = _Entry(spec, engine, spec.memory_bytes, in_use=1, last_used=time.monotonic())
         async with self._cond:
             self._reserved -= spec.memory_bytes
             self._loaded[spec.key] = entry
@@ -198,6 +199,18 @@ class EnginePool(Generic[S, E]):
             self._cond.notify_all()
         done.set_result(None)
         return entry
+
+    async def unload(self, match: Callable[[S], bool]) -> None:
+        """Free the engines whose spec matches; Conflict (409) if one is in use."""
+        async with self._cond:
+            keys = [key for key, entry in self._loaded.items() if match(entry.spec)]
+            busy = [key for key in keys if self._loaded[key].in_use]
+            if busy:
+                raise Conflict(f"model {busy[0]!r} is serving requests; try again when idle")
+            entries = [self._loaded.pop(key) for key in keys]
+        for entry in entries:
+            await asyncio.to_thread(entry.engine.close)
+            self._on_change("evicted", entry.spec.key)
 
     async def close(self) -> None:
         """Free every engine (shutdown)."""

@@ -15,6 +15,7 @@ import httpx
 import psutil
 
 from llmlb import __version__
+from llmlb.common.errors import LlmlbError
 from llmlb.common.wire import DeviceInfo, NodeLoad, RegisterRequest
 from llmlb.node.gpu import nvidia_utilization
 from llmlb.node.service import NodeService
@@ -39,9 +40,10 @@ class RouterLink:
         service = self._service
         engines = [e for e in service.pool.loaded().values() if e.spec.purpose == "generate"]
         return NodeLoad(
-            state=service.state,
+            state=service.reported_state(),
             models_loaded=sorted({e.spec.name for e in engines}),
-            models_on_disk=[m.name for m in service.store.list()],
+            models_on_disk=[m.name for m in service.resolver.all_local()],
+            downloads=service.resolver.active_progress(),
             active_requests=sum(e.busy for e in engines),
             queued_requests=sum(e.waiting for e in engines),
             slots_busy=sum(e.busy for e in engines),
@@ -93,9 +95,22 @@ class RouterLink:
         answer = response.json()
         self.node_id = answer["node_id"]
         self.interval = float(answer["heartbeat_interval"])
+        await self._pull_assigned(answer.get("assigned_models") or [])
         log.info("registered with router %s as node %s (%s)",
                  self._router, self.node_id, answer["status"])  # fmt: skip
         self.registered.set()
+
+    async def _pull_assigned(self, models: list[str]) -> None:
+        """Fetch what the router assigned; the node says ``initializing`` until it is here."""
+        service = self._service
+        for name in models:
+            if service.resolver.local(name) is None:
+                service.assigned.add(name)
+                try:
+                    await service.resolver.pull(name)
+                except LlmlbError as exc:
+                    log.warning("cannot pull assigned model %s: %s", name, exc.message)
+                    service.assigned.discard(name)
 
     async def _heartbeat(self, client: httpx.AsyncClient) -> None:
         url = f"{self._router}/api/nodes/{self.node_id}/heartbeat"

@@ -17,7 +17,7 @@ import orjson
 
 from llmlb import __version__
 from llmlb.common.devices import Device
-from llmlb.common.errors import LlmlbError, ModelLoadFailed, ModelNotFound, error_body
+from llmlb.common.errors import LlmlbError, ModelLoadFailed, NotFound, error_body
 from llmlb.common.gguf import GGUFError, GGUFInfo, read_gguf
 from llmlb.common.settings import NodeSettings
 from llmlb.common.store import ModelStore, StoredModel, validate_name
@@ -30,6 +30,7 @@ from llmlb.node.engine import (
 )
 from llmlb.node.metrics import NodeMetrics
 from llmlb.node.pool import EnginePool
+from llmlb.node.resolver import ModelResolver
 from llmlb.node.templates import resolve_template, with_stops
 from llmlb.node.validation import model_name, validate_embeddings, validate_generation
 
@@ -93,16 +94,15 @@ class NodeService:
         )
         self.metrics = NodeMetrics(self.pool_state)
         self._gguf: dict[str, _ModelInfo] = {}
+        self.resolver = ModelResolver(settings, self.store)
+        self.assigned: set[str] = set()  # models the router asked for at registration
         self._threads = settings.threads or os.cpu_count() or 1
 
     # -- models ---------------------------------------------------------------------------
 
-    def _model(self, name: str) -> StoredModel:
-        validate_name(name)
-        model = self.store.get(name)
-        if model is None:
-            raise ModelNotFound(f"model {name!r} is not on this node", param="model")
-        return model
+    async def _model(self, name: str) -> StoredModel:
+        """The model's file: here already, or fetched (bounded by download_wait_seconds)."""
+        return await self.resolver.ensure(name, self.settings.download_wait_seconds)
 
     def _gguf_info(self, model: StoredModel) -> GGUFInfo:
         mtime = model.path.stat().st_mtime
@@ -115,8 +115,8 @@ class NodeService:
             self._gguf[model.name] = cached
         return cached.info
 
-    def spec_for(self, name: str, purpose: Purpose) -> EngineSpec:
-        model = self._model(name)
+    async def spec_for(self, name: str, purpose: Purpose) -> EngineSpec:
+        model = await self._model(name)
         info = self._gguf_info(model)
         try:
             template = resolve_template(name, model.metadata, info.metadata)
@@ -149,8 +149,31 @@ class NodeService:
                 "sha256": model.sha256,
                 "loaded": model.name in loaded,
             }
-            for model in self.store.list()
+            for model in self.resolver.all_local()
         ]
+
+    def reported_state(self) -> NodeState:
+        """``initializing`` while models the router assigned are still downloading."""
+        if self.state == "ready" and any(
+            self.resolver.downloads.active(name) is not None for name in self.assigned
+        ):
+            return "initializing"
+        return self.state
+
+    async def pull(self, name: str) -> dict[str, Any]:
+        if self.resolver.local(name) is None:
+            await self.resolver.pull(name)
+        progress = self.resolver.progress_of(name)
+        assert progress is not None
+        return progress
+
+    async def delete_model(self, name: str) -> None:
+        """Unload and delete a model from the store; never while it serves requests."""
+        validate_name(name)
+        await self.pool.unload(lambda spec: spec.name == name)
+        if not self.store.remove(name):
+            raise NotFound(f"model {name!r} is not in this node's store", code="model_not_found")
+        self._gguf.pop(name, None)
 
     def recent_tokens_per_second(self) -> float:
         return self.metrics.recent_tokens_per_second()
@@ -181,7 +204,7 @@ class NodeService:
     def health(self) -> dict[str, Any]:
         return {
             "status": "ok",
-            "state": self.state,
+            "state": self.reported_state(),
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "devices": [d.to_dict() for d in self.devices],
@@ -190,18 +213,18 @@ class NodeService:
 
     # -- requests -------------------------------------------------------------------------
 
-    def prepare(
+    async def prepare(
         self, endpoint: Endpoint, body: dict[str, Any]
     ) -> tuple[EngineSpec, dict[str, Any]]:
         name = model_name(body)
-        spec = self.spec_for(name, "generate")
+        spec = await self.spec_for(name, "generate")
         validate_generation(body, endpoint, spec.ctx_size, spec.parallel)
         if endpoint == "chat":
             body = with_stops(body, spec.template)
         return spec, body
 
     async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
-        spec, body = self.prepare(endpoint, body)
+        spec, body = await self.prepare(endpoint, body)
         started = time.monotonic()
         async with self.pool.lease(spec) as engine:
             response = await engine.complete(endpoint, {**body, "stream": False})
@@ -218,7 +241,7 @@ class NodeService:
         Returns SSE frames; a failure after the first frame ends the stream with one error
         event and ``[DONE]``.
         """
-        spec, body = self.prepare(endpoint, body)
+        spec, body = await self.prepare(endpoint, body)
         options = body.get("stream_options") or {}
         wants_usage = bool(options.get("include_usage"))
         # Always ask for usage so the metrics see token counts; drop it if the client did not.
@@ -278,7 +301,7 @@ class NodeService:
     async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
         name = model_name(body)
         validate_embeddings(body)
-        spec = self.spec_for(name, "embed")
+        spec = await self.spec_for(name, "embed")
         async with self.pool.lease(spec) as engine:
             response = await engine.embed(body)
         usage = response.get("usage") or {}

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from llmlb.common.asgi import (
@@ -49,6 +51,15 @@ def _float_param(request: Request, name: str) -> float | None:
         return float(value)
     except ValueError:
         raise BadRequest(f"query parameter {name!r} must be a number", param=name) from None
+
+
+def _range_start(header: str | None) -> int:
+    """The start of a ``bytes=N-`` range (what resuming downloaders send); 0 otherwise."""
+    if header and header.startswith("bytes=") and header.endswith("-"):
+        start = header[6:-1]
+        if start.isdigit():
+            return int(start)
+    return 0
 
 
 def create_app(service: RouterService) -> Starlette:
@@ -107,7 +118,7 @@ def create_app(service: RouterService) -> Starlette:
 
     async def models(request: Request) -> Response:
         await authorize(request, "api")
-        return ORJSONResponse({"object": "list", "data": service.models()})
+        return ORJSONResponse({"object": "list", "data": service.model_list()})
 
     # -- node API --------------------------------------------------------------------------
 
@@ -179,6 +190,100 @@ def create_app(service: RouterService) -> Starlette:
         )  # fmt: skip
         return ORJSONResponse({"total": total, "limit": limit, "offset": offset, "data": rows})
 
+    # -- models ----------------------------------------------------------------------------
+
+    async def catalog_for_nodes(request: Request) -> Response:
+        await authorize(request, "node")
+        base = str(request.base_url).rstrip("/")
+        return ORJSONResponse({"data": service.models.listing(base)})
+
+    async def blob(request: Request) -> Response:
+        await authorize(request, "node")
+        name = request.path_params["name"]
+        service.metrics.blob_requests.labels(name).inc()
+        stored = service.models.held(name)
+        if stored is not None:
+            headers = {"etag": f'"{stored.sha256}"'} if stored.sha256 else {}
+            return FileResponse(stored.path, headers=headers, media_type="application/octet-stream")
+        start = _range_start(request.headers.get("range"))
+        stream = await service.models.pull_through(name, start)
+        headers = {"content-length": str(stream.total - start), "accept-ranges": "bytes"}
+        if stream.sha256:
+            headers["etag"] = f'"{stream.sha256}"'
+        if start:
+            headers["content-range"] = f"bytes {start}-{stream.total - 1}/{stream.total}"
+        return StreamingResponse(stream.chunks, status_code=206 if start else 200,
+                                 media_type="application/octet-stream",
+                                 headers=headers)  # fmt: skip
+
+    async def pull_to_router(request: Request) -> Response:
+        name = request.path_params["name"]
+        service.models.entry(name)  # 404 model_not_supported before a task exists
+        task = await service.tasks.create("router_pull", name, None)
+        return ORJSONResponse({"task_id": task["id"], "task": task}, status_code=202)
+
+    async def available(request: Request) -> Response:
+        return ORJSONResponse({"data": service.distributor.available()})
+
+    async def distribute(request: Request) -> Response:
+        body = await read_json(request, 64 * 1024)
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise BadRequest("'model' is required", param="model")
+        node_ids = body.get("node_ids")
+        if node_ids is not None and not (
+            isinstance(node_ids, list) and all(isinstance(n, str) for n in node_ids)
+        ):
+            raise BadRequest("'node_ids' must be an array of node ids", param="node_ids")
+        created = await service.distributor.distribute(
+            body["model"], str(body.get("target", "all")), node_ids
+        )
+        return ORJSONResponse(
+            {"task_ids": [t["id"] for t in created], "tasks": created}, status_code=202
+        )
+
+    async def pull_to_node(request: Request) -> Response:
+        body = await read_json(request, 64 * 1024)
+        model = body.get("model") if isinstance(body, dict) else None
+        if not isinstance(model, str):
+            raise BadRequest("'model' is required", param="model")
+        node_id = request.path_params["node_id"]
+        created = await service.distributor.distribute(model, "specific", [node_id])
+        return ORJSONResponse({"task_id": created[0]["id"], "task": created[0]}, status_code=202)
+
+    async def remove_model_from_node(request: Request) -> Response:
+        await service.distributor.remove_from_node(
+            request.path_params["node_id"], request.path_params["name"]
+        )
+        return Response(status_code=204)
+
+    async def list_tasks(request: Request) -> Response:
+        return ORJSONResponse({"data": await service.tasks.list(request.query_params.get("state"))})
+
+    async def show_task(request: Request) -> Response:
+        return ORJSONResponse(await service.tasks.get(request.path_params["task_id"]))
+
+    async def events(request: Request) -> Response:
+        async def frames() -> AsyncIterator[bytes]:
+            yield b": connected\n\n"
+            subscription = service.events.subscribe()
+            waiter = asyncio.ensure_future(anext(subscription))
+            try:
+                while True:
+                    done, _ = await asyncio.wait({waiter}, timeout=15)
+                    if not done:
+                        yield b": keep-alive\n\n"
+                        continue
+                    event = waiter.result()
+                    waiter = asyncio.ensure_future(anext(subscription))
+                    kind = str(event.get("type", "message")).encode()
+                    yield b"event: " + kind + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+            finally:
+                waiter.cancel()
+                await subscription.aclose()
+
+        return StreamingResponse(frames(), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache"})  # fmt: skip
+
     # -- operations ------------------------------------------------------------------------
 
     async def health(request: Request) -> Response:
@@ -222,6 +327,16 @@ def create_app(service: RouterService) -> Starlette:
         Route("/api/keys", admin(create_key), methods=post),
         Route("/api/keys/{key_id}", admin(revoke_key), methods=delete),
         Route("/api/requests", admin(list_requests), methods=get),
+        Route("/v0/models", catalog_for_nodes, methods=get),
+        Route("/v0/models/blob/{name}", blob, methods=["GET", "HEAD"]),
+        Route("/api/models/available", admin(available), methods=get),
+        Route("/api/models/distribute", admin(distribute), methods=post),
+        Route("/api/models/{name}/pull", admin(pull_to_router), methods=post),
+        Route("/api/nodes/{node_id}/models/pull", admin(pull_to_node), methods=post),
+        Route("/api/nodes/{node_id}/models/{name}", admin(remove_model_from_node), methods=delete),
+        Route("/api/tasks", admin(list_tasks), methods=get),
+        Route("/api/tasks/{task_id}", admin(show_task), methods=get),
+        Route("/api/events", admin(events), methods=get),
         Route("/health", health, methods=get),
         Route("/ready", ready, methods=get),
         Route("/metrics", metrics, methods=get),

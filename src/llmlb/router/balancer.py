@@ -4,6 +4,9 @@
 that order (failover never repeats a node). Eligible: ready, approved, not draining, not
 offline, holding the model (loaded or on disk), below its concurrency limit.
 
+A model in the catalog that no eligible node holds may go to any eligible node, which
+fetches it first (the last tier of ``load``).
+
 Strategies:
 
 ``load`` (default)
@@ -65,8 +68,15 @@ def score(node: NodeSnapshot) -> float:
     return utilisation + 0.25 * node.gpu_use - speed_bonus
 
 
+def _tier(node: NodeSnapshot, model: str) -> int:
+    """0: model loaded, 1: on disk, 2: the node would have to fetch it first."""
+    if model in node.models_loaded:
+        return 0
+    return 1 if model in node.models_on_disk else 2
+
+
 def _load_order(nodes: list[NodeSnapshot], model: str) -> list[NodeSnapshot]:
-    return sorted(nodes, key=lambda n: (model not in n.models_loaded, score(n), n.id))
+    return sorted(nodes, key=lambda n: (_tier(n, model), score(n), n.id))
 
 
 def _affinity(node_id: str, prefix_key: str) -> bytes:
@@ -81,11 +91,15 @@ def rank(
     rotation: int = 0,
     prefix_key: str | None = None,
     exclude: frozenset[str] = frozenset(),
+    fetchable: bool = False,
 ) -> list[NodeSnapshot]:
-    """Nodes that can take the request now, best first ([] when none can)."""
+    """Nodes that can take the request now, best first ([] when none can).
+
+    ``fetchable``: the model is in the catalog, so a node without it may fetch it (last tier).
+    """
     eligible = [
         n for n in nodes
-        if n.serving and n.has(model) and not n.saturated and n.id not in exclude
+        if n.serving and (fetchable or n.has(model)) and not n.saturated and n.id not in exclude
     ]  # fmt: skip
     if not eligible:
         return []

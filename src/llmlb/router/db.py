@@ -12,6 +12,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     Connection,
@@ -79,6 +80,24 @@ requests = Table(
     Column("response_body", Text, nullable=True),
     Index("ix_requests_ts", "ts"),
     Index("ix_requests_model_ts", "model", "ts"),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(20), nullable=False),  # node_pull, router_pull
+    Column("model", String(200), nullable=False),
+    Column("node_id", String(36), nullable=True),
+    Column("state", String(20), nullable=False),  # pending, in_progress, completed, failed
+    Column("bytes_done", BigInteger, nullable=False, default=0),
+    Column("bytes_total", BigInteger, nullable=True),
+    Column("speed", Float, nullable=False, default=0.0),
+    Column("eta_seconds", Float, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_tasks_state", "state"),
 )
 
 _MIGRATIONS = Path(__file__).parent / "migrations"

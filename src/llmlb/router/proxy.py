@@ -15,7 +15,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -94,7 +94,9 @@ class Proxy:
         settings: RouterSettings,
         session: aiohttp.ClientSession,
         metrics: RouterMetrics,
+        in_catalog: Callable[[str], bool] = lambda model: False,
     ) -> None:
+        self._in_catalog = in_catalog
         self._registry = registry
         self._settings = settings
         self._session = session
@@ -110,6 +112,7 @@ class Proxy:
         started = time.monotonic()
         deadline = started + self._settings.queue_timeout
         queued = False
+        fetchable = self._in_catalog(routed.model)
         try:
             async with self._capacity:
                 while True:
@@ -118,6 +121,7 @@ class Proxy:
                     ranked = rank(
                         snapshots, routed.model, self._settings.balancer,
                         rotation=self._rotation, prefix_key=routed.prefix_key, exclude=tried,
+                        fetchable=fetchable,
                     )  # fmt: skip
                     if ranked:
                         node = self._registry.get(ranked[0].id)
@@ -125,7 +129,7 @@ class Proxy:
                         return node, (time.monotonic() - started) * 1000
                     able = [
                         s for s in snapshots
-                        if s.serving and s.has(routed.model) and s.id not in tried
+                        if s.serving and (fetchable or s.has(routed.model)) and s.id not in tried
                     ]  # fmt: skip
                     if not able:
                         raise self._no_node(routed.model, tried)
@@ -160,8 +164,12 @@ class Proxy:
             return Unavailable(
                 f"no other healthy node can serve {model!r}", headers={"Retry-After": "5"}
             )
-        if model not in self._registry.fleet_models():
-            return ModelNotFound(f"model {model!r} is not served by any node", param="model")
+        if model not in self._registry.fleet_models() and not self._in_catalog(model):
+            return ModelNotFound(
+                f"model {model!r} is not supported: no node holds it and it is not in the catalog",
+                param="model",
+                code="model_not_supported",
+            )
         return Unavailable(
             f"no ready node can serve {model!r} right now (offline, draining or pending)",
             code="no_healthy_node",

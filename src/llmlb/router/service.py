@@ -19,17 +19,21 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmlb import __version__
+from llmlb.common.catalog import Catalog
 from llmlb.common.errors import BadRequest, InvalidJSON, LlmlbError
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import NodeLoad, RegisterRequest, RegisterResponse
 from llmlb.router.auth import Authenticator
 from llmlb.router.balancer import prefix_key_of
 from llmlb.router.db import open_database, ping
+from llmlb.router.distributor import Distributor
 from llmlb.router.history import History, RequestRecord
 from llmlb.router.keys import KeyStore
 from llmlb.router.metrics import RouterMetrics
+from llmlb.router.models import RouterModels
 from llmlb.router.proxy import Answer, NodeAnswered, Proxy, Routed
 from llmlb.router.registry import Registry
+from llmlb.router.tasks import EventBus, TaskManager
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,19 @@ class RouterService:
             connector=aiohttp.TCPConnector(limit=4096, keepalive_timeout=30),
             auto_decompress=False,
         )
-        self.proxy = Proxy(self.registry, settings, self.session, self.metrics)
+        self.catalog = Catalog.load(settings.home)
+        self.models = RouterModels(settings.home, self.catalog, self.session)
+        self.proxy = Proxy(
+            self.registry, settings, self.session, self.metrics, lambda m: m in self.catalog
+        )
+        self.events = EventBus()
+        self.tasks = TaskManager(
+            engine, self.registry, self.models, self.session, self.events,
+            max_concurrent=settings.max_concurrent_downloads,
+        )  # fmt: skip
+        self.distributor = Distributor(
+            settings, self.registry, self.models, self.tasks, self.session
+        )
         self.node_token_path: Path = settings.home / NODE_TOKEN_FILE
         self._sync_task: asyncio.Task[None] | None = None
 
@@ -77,12 +93,15 @@ class RouterService:
         await self.ensure_node_token()
         self.history.start()
         self._sync_task = asyncio.create_task(self._sync_loop())
+        await self.tasks.resume()
 
     async def close(self) -> None:
         if self._sync_task is not None:
             self._sync_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sync_task
+        await self.tasks.close()
+        await self.models.downloads.close()
         await self.history.stop()
         await self.session.close()
         await self.engine.dispose()
@@ -115,10 +134,12 @@ class RouterService:
 
     async def register_node(self, request: RegisterRequest) -> RegisterResponse:
         node = await self.registry.register(request)
+        assigned = await self.distributor.assign_on_registration(node)
         return RegisterResponse(
             node_id=node.id,
             heartbeat_interval=self.settings.heartbeat_interval,
             status=node.status(time.time(), self.settings.heartbeat_interval),
+            assigned_models=assigned,
         )
 
     async def heartbeat(self, node_id: str, load: NodeLoad) -> dict[str, Any]:
@@ -132,21 +153,24 @@ class RouterService:
     def node(self, node_id: str) -> dict[str, Any]:
         return self.registry.get(node_id).to_dict(time.time(), self.settings.heartbeat_interval)
 
-    def models(self) -> list[dict[str, Any]]:
+    def model_list(self) -> list[dict[str, Any]]:
+        """What the fleet can serve: models on nodes, and catalog models (fetched on demand)."""
         loaded: dict[str, list[str]] = {}
         for node in self.registry.all():
             for model in node.load.models_loaded:
                 loaded.setdefault(model, []).append(node.id)
+        held = self.registry.fleet_models()
         return [
             {
                 "id": model,
                 "object": "model",
                 "created": 0,
                 "owned_by": "llmlb",
-                "nodes": sorted(holders),
+                "nodes": sorted(held.get(model, [])),
                 "loaded_on": sorted(loaded.get(model, [])),
+                "in_catalog": model in self.catalog,
             }
-            for model, holders in sorted(self.registry.fleet_models().items())
+            for model in sorted(set(held) | set(self.catalog.names()))
         ]
 
     # -- client requests -------------------------------------------------------------------

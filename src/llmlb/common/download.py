@@ -1,0 +1,368 @@
+"""Resumable, verified model downloads with live progress; one per model at a time.
+
+A download writes ``<store>/<name>/model.gguf.partial``, resumes it with an HTTP Range
+request after an interruption or a restart, hashes while it writes (the partial prefix is
+hashed once on resume), checks the GGUF magic and the sha256, and only then renames the file
+into place. A corrupt result is deleted; the caller moves on to its next source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from llmlb.common.errors import LlmlbError, UpstreamFailed
+from llmlb.common.gguf import GGUF_MAGIC
+from llmlb.common.store import MODEL_FILE, ModelStore, StoredModel
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+PARTIAL_SUFFIX = ".partial"
+
+
+class InsufficientStorage(LlmlbError):
+    status = 507
+    error_type = "insufficient_storage"
+    default_code = "insufficient_storage"
+
+
+class CorruptDownload(LlmlbError):
+    status = 502
+    error_type = "upstream_error"
+    default_code = "corrupt_download"
+
+
+@dataclass
+class Source:
+    """Somewhere a model file can be fetched from over HTTP."""
+
+    label: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Progress:
+    model: str
+    state: str = "pending"  # pending, downloading, verifying, completed, failed
+    source: str = ""
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    speed: float = 0.0  # bytes/s, smoothed
+    error: str | None = None
+    started_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if not self.bytes_total or self.speed <= 0:
+            return None
+        return max(self.bytes_total - self.bytes_done, 0) / self.speed
+
+    @property
+    def percent(self) -> float | None:
+        if not self.bytes_total:
+            return None
+        return round(100.0 * self.bytes_done / self.bytes_total, 1)
+
+    def touch(self) -> None:
+        self.updated_at = time.time()
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "state": self.state,
+            "source": self.source,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+            "percent": self.percent,
+            "speed_bytes_per_s": round(self.speed),
+            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
+            "error": self.error,
+            "started_at": self.started_at,
+            "updated_at": self.updated_at,
+        }
+
+
+def partial_path(store: ModelStore, name: str) -> Path:
+    return store.folder(name) / (MODEL_FILE + PARTIAL_SUFFIX)
+
+
+def check_space(folder: Path, needed: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise InsufficientStorage(
+            f"not enough disk space in {folder}: the download needs {needed} more bytes, "
+            f"{free} are free"
+        )
+
+
+async def _hash_prefix(path: Path) -> tuple[Any, int]:
+    def run() -> tuple[Any, int]:
+        digest = hashlib.sha256()
+        size = 0
+        with path.open("rb") as stream:
+            while block := stream.read(8 * CHUNK):
+                digest.update(block)
+                size += len(block)
+        return digest, size
+
+    return await asyncio.to_thread(run)
+
+
+async def download(
+    session: aiohttp.ClientSession,
+    store: ModelStore,
+    name: str,
+    source: Source,
+    progress: Progress,
+    *,
+    sha256: str | None,
+    size_hint: int | None,
+    bandwidth: int | None = None,
+) -> StoredModel:
+    """One source, resumed from any partial file; raises on failure (the partial stays)."""
+    partial = partial_path(store, name)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    digest, offset = await _hash_prefix(partial) if partial.exists() else (hashlib.sha256(), 0)
+    headers = dict(source.headers)
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    progress.state, progress.source = "downloading", source.label
+    async with session.get(source.url, headers=headers) as response:
+        if response.status == 416 and offset:  # the partial is already complete
+            total = offset
+        elif response.status not in (200, 206):
+            text = (await response.text())[:200]
+            raise UpstreamFailed(f"{source.label} answered {response.status}: {text}")
+        else:
+            if response.status == 200 and offset:  # no resume support: start again
+                digest, offset = hashlib.sha256(), 0
+            length = response.content_length
+            total = offset + length if length is not None else (size_hint or 0)
+            progress.bytes_total = total or None
+            progress.bytes_done = offset
+            if total:
+                check_space(partial.parent, total - offset)
+            await _receive(response, partial, offset, digest, progress, bandwidth)
+    return await _finish(store, name, partial, digest, sha256, progress, source)
+
+
+async def _receive(
+    response: aiohttp.ClientResponse,
+    partial: Path,
+    offset: int,
+    digest: Any,
+    progress: Progress,
+    bandwidth: int | None,
+) -> None:
+    mode = "r+b" if offset else "wb"
+    window_start, window_bytes = time.monotonic(), 0
+    with partial.open(mode) as stream:
+        if offset:
+            stream.truncate(offset)
+        stream.seek(offset)
+        buffer: list[bytes] = []
+        buffered = 0
+
+        def write(blocks: list[bytes]) -> None:
+            for block in blocks:
+                stream.write(block)
+                digest.update(block)
+            stream.flush()
+
+        async for block in response.content.iter_chunked(CHUNK):
+            buffer.append(block)
+            buffered += len(block)
+            if buffered >= 4 * CHUNK:
+                await asyncio.to_thread(write, buffer)
+                progress.bytes_done += buffered
+                window_bytes += buffered
+                buffer, buffered = [], 0
+                window_start, window_bytes = _account(progress, window_start, window_bytes)
+                if bandwidth:
+                    await _throttle(progress, bandwidth)
+        if buffer:
+            await asyncio.to_thread(write, buffer)
+            progress.bytes_done += buffered
+            progress.touch()
+
+
+def _account(progress: Progress, window_start: float, window_bytes: int) -> tuple[float, int]:
+    elapsed = time.monotonic() - window_start
+    if elapsed >= 0.5:
+        rate = window_bytes / elapsed
+        progress.speed = rate if progress.speed == 0 else 0.7 * progress.speed + 0.3 * rate
+        window_start, window_bytes = time.monotonic(), 0
+    progress.touch()
+    return window_start, window_bytes
+
+
+async def _throttle(progress: Progress, bandwidth: int) -> None:
+    elapsed = time.time() - progress.started_at
+    ahead = progress.bytes_done / bandwidth - elapsed
+    if ahead > 0:
+        await asyncio.sleep(ahead)
+
+
+async def _finish(
+    store: ModelStore,
+    name: str,
+    partial: Path,
+    digest: Any,
+    sha256: str | None,
+    progress: Progress,
+    source: Source,
+) -> StoredModel:
+    progress.state = "verifying"
+    progress.touch()
+    with partial.open("rb") as stream:
+        magic = stream.read(4)
+    actual = digest.hexdigest()
+    problem = None
+    if magic != GGUF_MAGIC:
+        problem = "is not a GGUF file"
+    elif sha256 and actual != sha256:
+        problem = f"has sha256 {actual}, expected {sha256}"
+    if problem:
+        partial.unlink(missing_ok=True)  # noqa: ASYNC240 (one unlink)
+        raise CorruptDownload(f"the file from {source.label} {problem}; it was deleted")
+    target = store.folder(name) / MODEL_FILE
+    os.replace(partial, target)
+    store.write_metadata(
+        name,
+        {
+            "name": name,
+            "sha256": actual,
+            "size_bytes": target.stat().st_size,
+            "source": source.label,
+            "downloaded_at": time.time(),
+        },
+    )
+    stored = store.get(name)
+    assert stored is not None
+    return stored
+
+
+class Downloads:
+    """Single-flight downloads per model: concurrent callers share one transfer."""
+
+    def __init__(self) -> None:
+        self.progress: dict[str, Progress] = {}
+        self._tasks: dict[str, asyncio.Task[StoredModel]] = {}
+
+    def active(self, name: str) -> asyncio.Task[StoredModel] | None:
+        task = self._tasks.get(name)
+        return task if task is not None and not task.done() else None
+
+    def start(
+        self, name: str, run: Callable[[Progress], Awaitable[StoredModel]]
+    ) -> asyncio.Task[StoredModel]:
+        """The running download of ``name``, or a new one made by ``run``."""
+        current = self.active(name)
+        if current is not None:
+            return current
+        progress = Progress(name)
+        self.progress[name] = progress
+
+        async def guarded() -> StoredModel:
+            try:
+                stored = await run(progress)
+            except asyncio.CancelledError:
+                progress.state, progress.error = "failed", "cancelled"
+                progress.touch()
+                raise
+            except Exception as exc:
+                progress.state = "failed"
+                progress.error = exc.message if isinstance(exc, LlmlbError) else str(exc)
+                progress.touch()
+                log.warning("download of %s failed: %s", name, progress.error)
+                raise
+            progress.state = "completed"
+            progress.bytes_done = progress.bytes_total = stored.size_bytes
+            progress.touch()
+            log.info("downloaded %s (%d bytes) from %s", name, stored.size_bytes, progress.source)
+            return stored
+
+        task = asyncio.create_task(guarded())
+        task.add_done_callback(_retrieve)
+        self._tasks[name] = task
+        return task
+
+    async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        for task in self._tasks.values():
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def _retrieve(task: asyncio.Task[StoredModel]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def download_with_retries(
+    session: aiohttp.ClientSession,
+    store: ModelStore,
+    name: str,
+    sources: list[Source],
+    progress: Progress,
+    *,
+    sha256: str | None,
+    size_hint: int | None,
+    bandwidth: int | None = None,
+    attempts: int = 3,
+) -> StoredModel:
+    """Try each source in turn, each a few times with backoff; errors name every source."""
+    failures: list[str] = []
+    for source in sources:
+        for attempt in range(1, attempts + 1):
+            try:
+                return await download(
+                    session,
+                    store,
+                    name,
+                    source,
+                    progress,
+                    sha256=sha256,
+                    size_hint=size_hint,
+                    bandwidth=bandwidth,
+                )
+            except InsufficientStorage:
+                raise
+            except CorruptDownload as exc:
+                failures.append(exc.message)
+                break  # the same source would send the same bytes: next source
+            except (aiohttp.ClientError, TimeoutError, UpstreamFailed, OSError) as exc:
+                message = (
+                    exc.message if isinstance(exc, LlmlbError) else f"{type(exc).__name__}: {exc}"
+                )
+                log.warning(
+                    "download of %s from %s failed (attempt %d): %s",
+                    name,
+                    source.label,
+                    attempt,
+                    message,
+                )
+                if attempt == attempts or (isinstance(exc, UpstreamFailed) and "404" in message):
+                    failures.append(f"{source.label}: {message}")
+                    break
+                await asyncio.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
+    raise UpstreamFailed(f"could not download {name!r}: " + "; ".join(failures or ["no source"]))

