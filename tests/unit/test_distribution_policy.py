@@ -1,0 +1,43 @@
+"""The auto-distribution policy and the choice of targets for ``auto``."""
+
+from llmlb.common.catalog import CatalogEntry
+from llmlb.router.distribution import assign_models, pick_auto_targets
+
+
+def entry(name: str, size: int, memory: int | None = None) -> CatalogEntry:
+    return CatalogEntry.model_validate(
+        {
+            "name": name,
+            "origin": {"url": "https://x/y"},
+            "size_bytes": size,
+            "required_memory_bytes": memory,
+        }
+    )
+
+
+CATALOG = [entry("big", 8000), entry("small", 100), entry("mid", 1000, memory=3000)]
+
+
+def test_none_assigns_nothing() -> None:
+    assert assign_models(CATALOG, 10**9, [], "none", ["small"]) == []
+
+
+def test_recommended_assigns_only_recommended_models_that_fit() -> None:
+    assert assign_models(CATALOG, 5000, [], "recommended", ["small", "big"]) == ["small"]
+
+
+def test_all_that_fit_smallest_first_by_memory_needed() -> None:
+    # "mid" needs 3000 (its own figure), "big" 1.2 x 8000 = 9600.
+    assert assign_models(CATALOG, 3000, [], "all-that-fit") == ["small", "mid"]
+    assert assign_models(CATALOG, 10_000, [], "all-that-fit") == ["small", "mid", "big"]
+
+
+def test_models_on_disk_are_not_assigned_again() -> None:
+    assert assign_models(CATALOG, 10_000, ["small"], "all-that-fit") == ["mid", "big"]
+
+
+def test_auto_targets_most_free_memory_that_fits() -> None:
+    free = {"a": 1000, "b": 5000, "c": 3000}
+    assert pick_auto_targets(free, 2000) == ["b"]
+    assert pick_auto_targets(free, 2000, count=2) == ["b", "c"]
+    assert pick_auto_targets(free, 9000) == []
