@@ -34,6 +34,7 @@ fmt: setup
 bench: setup
 	$(BIN)/python bench/node_throughput.py
 	$(BIN)/python bench/router_overhead.py
+	$(BIN)/python bench/distribution.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -185,8 +185,9 @@ async def _receive(
             for block in blocks:
                 stream.write(block)
                 digest.update(block)
-            stream.flush()
 
+        # Whatever has arrived, in batches of a few MiB: the thread writes and hashes one
+        # batch while the event loop receives the next.
         async for block in response.content.iter_chunked(CHUNK):
             buffer.append(block)
             buffered += len(block)

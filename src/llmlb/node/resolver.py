@@ -27,6 +27,7 @@ from llmlb.common.store import MODEL_FILE, ModelStore, StoredModel, validate_nam
 log = logging.getLogger(__name__)
 
 CATALOG_TTL = 10.0
+READ_BUFFER = 8 << 20
 
 
 class ModelNotSupported(ModelNotFound):
@@ -106,7 +107,10 @@ class ModelResolver:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=60)
+                timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=60),
+                # aiohttp pauses the socket past 2 x read_bufsize (64 KiB by default); model
+                # files want big reads (bench/distribution.py).
+                read_bufsize=READ_BUFFER,
             )
         return self._session
 

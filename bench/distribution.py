@@ -1,0 +1,159 @@
+"""Moving a model from the router's store to a node: llmlb's own path vs plain curl.
+
+A 1 GiB model file sits in a real router's store; a real node (empty store) pulls it by
+llmlb's path (``POST {node}/api/pull`` -> resumable, sha256-verified download of the router's
+blob -> atomic rename), side by side with ``curl`` fetching the same blob URL into a file on
+the same disk. Rounds alternate (ABBA). Prints median seconds, MB/s and the ratio
+llmlb/curl speed, plus the peak resident memory of the router and the node during llmlb's
+transfers.
+
+    .venv/bin/python bench/distribution.py [--size-mib 1024] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from llmlb.common.store import ModelStore  # noqa: E402
+from tests.support import (  # noqa: E402
+    node_token,
+    start_fleet_node,
+    start_router,
+    wait_until,
+)
+
+MODEL = "bench-blob"
+
+
+def make_model(path: Path, size: int) -> str:
+    """A file that passes the node's checks (GGUF magic, sha256) without being a real model."""
+    digest = hashlib.sha256()
+    block = (b"GGUF" + bytes(range(256)) * 4096)[: 1 << 20]
+    with path.open("wb") as stream:
+        written = 0
+        while written < size:
+            piece = block[: min(len(block), size - written)]
+            stream.write(piece)
+            digest.update(piece)
+            written += len(piece)
+    return digest.hexdigest()
+
+
+class PeakMemory:
+    """Samples the resident memory of some processes every 20 ms."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.peak = dict.fromkeys(pids, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, proc in self._procs.items():
+                self.peak[name] = max(self.peak[name], proc.memory_info().rss)
+            time.sleep(0.02)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def llmlb_transfer(node_url: str) -> float:
+    with httpx.Client(base_url=node_url, timeout=600) as http:
+        started = time.perf_counter()
+        assert http.post("/api/pull", json={"model": MODEL}).status_code == 202
+        while True:
+            state = http.get(f"/api/downloads/{MODEL}").json()
+            if state["state"] in ("completed", "failed"):
+                break
+            time.sleep(0.025)
+        elapsed = time.perf_counter() - started
+        assert state["state"] == "completed", state
+        assert http.delete(f"/api/models/{MODEL}").status_code == 204
+    return elapsed
+
+
+def curl_transfer(blob_url: str, token: str, target: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        ["curl", "-sf", "-o", str(target), "-H", f"authorization: Bearer {token}", blob_url],
+        check=True,
+    )
+    elapsed = time.perf_counter() - started
+    target.unlink()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    size = args.size_mib << 20
+    with tempfile.TemporaryDirectory(prefix="llmlb-bench-", dir=ROOT) as scratch:
+        base = Path(scratch)
+        router_home, node_home = base / "router", base / "node"
+        router_home.mkdir()
+        source = base / "model.bin"
+        sha = make_model(source, size)
+        ModelStore(router_home / "models").add(MODEL, source, sha256=sha)
+        catalog = [{"name": MODEL, "origin": {"url": "https://example.invalid/m.gguf"},
+                    "size_bytes": size, "sha256": sha}]  # fmt: skip
+        (router_home / "supported_models.json").write_text(json.dumps(catalog))
+        router = start_router(router_home, base, "--allow-cpu-nodes", "--log-level", "warning",
+                              env={"LLMLB_AUTO_DISTRIBUTE": "none"})  # fmt: skip
+        node = start_fleet_node(node_home, base, router, router_home, "bench-node",
+                                "--log-level", "warning")  # fmt: skip
+        token = node_token(router_home)
+        try:
+            with httpx.Client(base_url=router.url) as http:
+                wait_until(lambda: bool(http.get("/api/nodes").json()["data"]))
+            blob_url = f"{router.url}/v0/models/blob/{MODEL}"
+            times: dict[str, list[float]] = {"llmlb": [], "curl": []}
+            pids = {"router": router.proc.pid, "node": node.proc.pid}
+            idle = {name: psutil.Process(pid).memory_info().rss for name, pid in pids.items()}
+            with PeakMemory(pids) as memory:
+                for index in range(args.rounds * 2):
+                    order = ["llmlb", "curl"] if index % 2 == 0 else ["curl", "llmlb"]
+                    for side in order:
+                        if side == "llmlb":
+                            times["llmlb"].append(llmlb_transfer(node.url))
+                        else:
+                            times["curl"].append(curl_transfer(blob_url, token, base / "c.bin"))
+            llmlb_s, curl_s = statistics.median(times["llmlb"]), statistics.median(times["curl"])
+            mib = size / (1 << 20)
+            print(f"{mib:.0f} MiB, median of {len(times['curl'])} alternating runs each")
+            print(f"curl : {curl_s:6.2f} s  {mib / curl_s:7.0f} MiB/s")
+            print(f"llmlb: {llmlb_s:6.2f} s  {mib / llmlb_s:7.0f} MiB/s  "
+                  f"(pull request -> verified file in place)")  # fmt: skip
+            print(f"speed ratio llmlb/curl: {curl_s / llmlb_s:.2f}")
+            for name in pids:
+                print(f"peak RSS {name}: {memory.peak[name] / 2**20:.0f} MiB "
+                      f"(idle {idle[name] / 2**20:.0f} MiB)")  # fmt: skip
+        finally:
+            node.stop()
+            router.stop()
+
+
+if __name__ == "__main__":
+    main()
