@@ -29,13 +29,14 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from llmlb.common.store import ModelStore  # noqa: E402
 from tests.support import (  # noqa: E402
     node_token,
     start_fleet_node,
     start_router,
     wait_until,
 )
+
+from llmlb.common.store import ModelStore  # noqa: E402
 
 MODEL = "bench-blob"
 
