@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from llmlb.common.errors import LlmlbError, UpstreamFailed
+from llmlb.common.errors import CorruptDownload, InsufficientStorage, LlmlbError, UpstreamFailed
 from llmlb.common.gguf import GGUF_MAGIC
 from llmlb.common.store import MODEL_FILE, ModelStore, StoredModel
 
@@ -30,18 +30,6 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 PARTIAL_SUFFIX = ".partial"
-
-
-class InsufficientStorage(LlmlbError):
-    status = 507
-    error_type = "insufficient_storage"
-    default_code = "insufficient_storage"
-
-
-class CorruptDownload(LlmlbError):
-    status = 502
-    error_type = "upstream_error"
-    default_code = "corrupt_download"
 
 
 @dataclass

@@ -76,6 +76,12 @@ class ModelNotFound(NotFound):
     default_code = "model_not_found"
 
 
+class ModelNotSupported(ModelNotFound):
+    """Neither in the catalog nor on a node: refused at once."""
+
+    default_code = "model_not_supported"
+
+
 class Conflict(LlmlbError):
     status = 409
     error_type = "invalid_request_error"
@@ -114,6 +120,12 @@ class UpstreamFailed(LlmlbError):
     default_code = "bad_gateway"
 
 
+class CorruptDownload(UpstreamFailed):
+    """A downloaded file failed its GGUF or sha256 check (and was deleted)."""
+
+    default_code = "corrupt_download"
+
+
 class Unavailable(LlmlbError):
     status = 503
     error_type = "service_unavailable"
@@ -128,6 +140,12 @@ class UpstreamTimeout(LlmlbError):
     status = 504
     error_type = "timeout_error"
     default_code = "timeout"
+
+
+class InsufficientStorage(LlmlbError):
+    status = 507
+    error_type = "insufficient_storage"
+    default_code = "insufficient_storage"
 
 
 _ENGINE_TYPES: dict[str, type[LlmlbError]] = {

@@ -19,7 +19,7 @@ import orjson
 
 from llmlb.common.catalog import Catalog, CatalogEntry
 from llmlb.common.download import Downloads, Progress, Source, download_with_retries
-from llmlb.common.errors import ModelNotFound, Unavailable, UpstreamFailed
+from llmlb.common.errors import ModelNotSupported, Unavailable, UpstreamFailed
 from llmlb.common.origins import install_package, origin_source
 from llmlb.common.settings import NodeSettings
 from llmlb.common.store import MODEL_FILE, ModelStore, StoredModel, validate_name
@@ -28,10 +28,6 @@ log = logging.getLogger(__name__)
 
 CATALOG_TTL = 10.0
 READ_BUFFER = 8 << 20
-
-
-class ModelNotSupported(ModelNotFound):
-    default_code = "model_not_supported"
 
 
 class ModelResolver:

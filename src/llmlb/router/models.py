@@ -20,17 +20,13 @@ import aiohttp
 
 from llmlb.common.catalog import Catalog, CatalogEntry
 from llmlb.common.download import Downloads, Progress, download_with_retries, partial_path
-from llmlb.common.errors import NotFound, UpstreamFailed
+from llmlb.common.errors import ModelNotSupported, UpstreamFailed
 from llmlb.common.origins import install_package, origin_source
 from llmlb.common.store import ModelStore, StoredModel, validate_name
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 1 << 20
-
-
-class ModelNotSupported(NotFound):
-    default_code = "model_not_supported"
 
 
 @dataclass

@@ -21,7 +21,7 @@ import aiohttp
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from llmlb.common.errors import LlmlbError, NotFound
+from llmlb.common.errors import LlmlbError, NotFound, UpstreamFailed
 from llmlb.router.db import tasks
 from llmlb.router.models import RouterModels
 from llmlb.router.registry import Registry
@@ -184,20 +184,22 @@ class TaskManager:
             f"{base}/api/pull", json={"model": task["model"]}, headers=self._node_headers
         ) as response:
             if response.status not in (200, 202):
-                raise _NodeRefused(f"node {node.name} refused the pull: {await _message(response)}")
+                raise UpstreamFailed(
+                    f"node {node.name} refused the pull: {await _message(response)}"
+                )
         lost_since: float | None = None
         while True:
             await asyncio.sleep(POLL_SECONDS)
             try:
                 async with self._session.get(f"{base}/api/downloads/{task['model']}") as response:
                     if response.status != 200:
-                        raise _NodeRefused(await _message(response))
+                        raise UpstreamFailed(await _message(response))
                     progress = await response.json()
                 lost_since = None
             except (aiohttp.ClientError, TimeoutError) as exc:
                 lost_since = lost_since or time.monotonic()
                 if time.monotonic() - lost_since > NODE_LOST_SECONDS:
-                    raise _NodeRefused(f"node {node.name} unreachable: {exc}") from exc
+                    raise UpstreamFailed(f"node {node.name} unreachable: {exc}") from exc
                 continue
             state = progress.get("state")
             if state == "completed":
@@ -211,7 +213,7 @@ class TaskManager:
                 )
                 return
             if state == "failed":
-                raise _NodeRefused(f"node {node.name}: {progress.get('error')}")
+                raise UpstreamFailed(f"node {node.name}: {progress.get('error')}")
             await self._save_progress(task, progress)
 
     async def _save_progress(self, task: dict[str, Any], progress: dict[str, Any]) -> None:
@@ -222,11 +224,6 @@ class TaskManager:
             speed=float(progress.get("speed_bytes_per_s") or 0.0),
             eta_seconds=progress.get("eta_seconds"),
         )
-
-
-class _NodeRefused(LlmlbError):
-    status = 502
-    error_type = "upstream_error"
 
 
 async def _message(response: aiohttp.ClientResponse) -> str:
