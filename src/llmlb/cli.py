@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
 import time
@@ -193,8 +192,12 @@ def serve(config: Path | None, **cli: Any) -> None:
     from llmlb.router.server import run_router
 
     exit_quietly_on_sigterm()
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         run_async(run_router(settings))
+    except LlmlbError as exc:
+        fail(exc.message)
+    except KeyboardInterrupt:
+        pass
 
 
 @main.command()

@@ -93,3 +93,13 @@ def test_sigterm_finishes_in_flight_requests_then_exits(model_home: Path, tmp_pa
     served = [line for line in lines if "/v1/completions 200" in line["msg"]]
     assert served and served[0]["request_id"] != "-"
     assert any("unloaded model" in line["msg"] for line in lines)
+
+
+def test_serve_refuses_a_broken_catalog_naming_the_entry(tmp_path: Path) -> None:
+    (tmp_path / "supported_models.json").write_text(
+        '[{"name": "ok", "origin": {"url": "https://a/b.gguf"}}, {"name": "bad one", "origin": {}}]'
+    )
+    result = llmlb("serve", "--port", "0", home=tmp_path)
+    assert result.returncode == 1
+    assert "model #1 ('bad one')" in result.stderr
+    assert "Traceback" not in result.stderr

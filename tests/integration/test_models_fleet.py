@@ -25,6 +25,7 @@ from llmlb.common.store import ModelStore
 from tests.fakehub import FakeHub
 from tests.support import (
     Process,
+    free_port,
     node_token,
     start_fleet_node,
     start_router,
@@ -34,6 +35,13 @@ from tests.support import (
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 GEMMA_SHA = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+
+
+ROUTER_ARGS = ("--allow-cpu-nodes", "--heartbeat-interval", "1")
+
+
+def router_env(hub: FakeHub) -> dict[str, str]:
+    return {"HF_ENDPOINT": hub.url, "LLMLB_AUTO_DISTRIBUTE": "none"}
 
 
 @dataclass
@@ -63,6 +71,18 @@ class ModelsFleet:
                 if line.startswith(f'llmlb_blob_requests_total{{model="{model}"}}'):
                     return float(line.rsplit(" ", 1)[1])
         return 0.0
+
+    def restart_router_after_crash(self) -> None:
+        port = int(self.router.url.rsplit(":", 1)[1])
+        self.router.stop(signal.SIGKILL)
+        self.router = start_router(
+            self.router_home,
+            self.logs,
+            *ROUTER_ARGS,
+            port=port,
+            env=router_env(self.hub),
+            name="router-again",
+        )
 
     def start_node(self, name: str, *extra: str) -> None:
         self.nodes[name] = start_fleet_node(
@@ -107,6 +127,7 @@ def fleet(
     hub.add("test/slow", "model.gguf", tiny["t3"], bytes_per_second=3 << 20)
     hub.add("test/resume", "model.gguf", tiny["t4"], bytes_per_second=2 << 20)
     hub.add("test/huge", "model.gguf", tiny["t5"], declared_length=10**15)
+    hub.add("test/restart", "model.gguf", tiny["t2"] + b"", bytes_per_second=2 << 20)
     router_home = tmp_path_factory.mktemp("models-router")
     catalog = [
         {
@@ -130,19 +151,15 @@ def fleet(
         hub_entry("tiny-resume", "test/resume", tiny["t4"]),
         hub_entry("tiny-huge", "test/huge", tiny["t5"]),
         hub_entry("tiny-missing", "test/missing", tiny["t6"]),
+        hub_entry("tiny-restart", "test/restart", tiny["t2"]),
+        {"name": "tiny-unreachable", "origin": {"url": "http://127.0.0.1:9/model.gguf"}},
     ]
     (router_home / "supported_models.json").write_text(json.dumps({"models": catalog}))
     store = ModelStore(router_home / "models")
     for name in ("gemma-on-router", "gemma-five"):
         store.add(name, small_model_path, sha256=GEMMA_SHA, metadata={"chat_template": "qa"})
-    router = start_router(
-        router_home,
-        logs,
-        "--allow-cpu-nodes",
-        "--heartbeat-interval",
-        "1",
-        env={"HF_ENDPOINT": hub.url, "LLMLB_AUTO_DISTRIBUTE": "none"},
-    )
+    port = free_port()
+    router = start_router(router_home, logs, *ROUTER_ARGS, port=port, env=router_env(hub))
     homes = {name: tmp_path_factory.mktemp(name) for name in ("node-a", "node-b", "node-c")}
     fleet = ModelsFleet(router, router_home, hub, {}, homes, logs, tiny)
     fleet.start_node("node-a", "--origin-access")
@@ -460,3 +477,30 @@ def test_new_node_gets_recommended_models_and_is_initializing_until_they_arrive(
     finally:
         node.stop()
         router.stop()
+
+
+def test_a_router_crash_mid_distribution_is_resumed(fleet: ModelsFleet) -> None:
+    node_b = fleet.node_id("node-b")
+    with fleet.http() as http:
+        answer = http.post(
+            "/api/models/distribute",
+            json={"model": "tiny-restart", "target": "specific", "node_ids": [node_b]},
+        )
+        task_id = answer.json()["task_ids"][0]
+        wait_until(
+            lambda: (http.get(f"/api/tasks/{task_id}").json()["bytes_done"] or 0) > 2 << 20, 20
+        )
+    fleet.restart_router_after_crash()
+    with fleet.http() as http:
+        wait_until(lambda: http.get(f"/api/tasks/{task_id}").json()["state"] == "completed", 60)
+    data = (fleet.homes["node-b"] / "models" / "tiny-restart" / "model.gguf").read_bytes()
+    assert data == fleet.tiny["t2"]
+    # The router's own origin download resumed too instead of starting over.
+    assert max(fleet.hub.range_starts["test/restart/model.gguf"]) > 0
+
+
+def test_an_unreachable_origin_fails_with_a_clear_error(fleet: ModelsFleet) -> None:
+    progress = pull_on(fleet, "node-a", "tiny-unreachable")
+    assert progress["state"] == "failed"
+    assert "origin url http://127.0.0.1:9/model.gguf" in progress["error"]
+    assert "Connect" in progress["error"]

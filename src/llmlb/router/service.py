@@ -45,6 +45,7 @@ class RouterService:
     def __init__(self, settings: RouterSettings, engine: AsyncEngine) -> None:
         self.settings = settings
         self.engine = engine
+        self.catalog = Catalog.load(settings.home)  # first: a broken catalog stops the start
         self.keys = KeyStore(engine)
         self.auth = Authenticator(
             self.keys, admin_password=settings.admin_password, no_auth=settings.no_auth
@@ -67,7 +68,6 @@ class RouterService:
             connector=aiohttp.TCPConnector(limit=4096, keepalive_timeout=30),
             auto_decompress=False,
         )
-        self.catalog = Catalog.load(settings.home)
         self.models = RouterModels(settings.home, self.catalog, self.session)
         self.proxy = Proxy(
             self.registry, settings, self.session, self.metrics, lambda m: m in self.catalog
