@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -103,3 +104,30 @@ def test_serve_refuses_a_broken_catalog_naming_the_entry(tmp_path: Path) -> None
     assert result.returncode == 1
     assert "model #1 ('bad one')" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_models_pull_from_a_hub_with_progress(tmp_path: Path) -> None:
+    from tests.fakehub import FakeHub
+    from tests.support import write_tiny_gguf
+
+    data = write_tiny_gguf(tmp_path / "t.gguf", 4).read_bytes()
+    hub = FakeHub().start()
+    try:
+        hub.add("org/tiny", "tiny.gguf", data)
+        home = tmp_path / "home"
+        home.mkdir()
+        (home / "supported_models.json").write_text(
+            json.dumps(
+                [{"name": "tiny", "origin": {"hub": {"repo": "org/tiny", "file": "tiny.gguf"}}}]
+            )
+        )
+        env = {**os.environ, "LLMLB_HOME": str(home), "HF_ENDPOINT": hub.url}
+        result = subprocess.run([sys.executable, "-m", "llmlb", "models", "pull", "tiny"],
+                                capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    finally:
+        hub.stop()
+    assert result.returncode == 0, result.stderr
+    assert "tiny is in the store" in result.stderr
+    assert (home / "models" / "tiny" / "model.gguf").read_bytes() == data
+    listed = json.loads(llmlb("models", "list", "--json", home=home).stdout)
+    assert listed[0]["sha256"] == hashlib.sha256(data).hexdigest()

@@ -10,6 +10,8 @@ import hashlib
 import itertools
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -504,3 +506,38 @@ def test_an_unreachable_origin_fails_with_a_clear_error(fleet: ModelsFleet) -> N
     assert progress["state"] == "failed"
     assert "origin url http://127.0.0.1:9/model.gguf" in progress["error"]
     assert "Connect" in progress["error"]
+
+
+def test_router_blob_supports_range_and_etag(fleet: ModelsFleet, small_model_path: Path) -> None:
+    token = {"authorization": f"Bearer {node_token(fleet.router_home)}"}
+    url = "/v0/models/blob/gemma-on-router"
+    with fleet.http() as http:
+        head = http.head(url, headers=token)
+        assert head.headers["content-length"] == "253113024"
+        assert head.headers["etag"] == f'"{GEMMA_SHA}"'
+        part = http.get(url, headers={**token, "range": "bytes=1000-1999"})
+        assert part.status_code == 206
+        assert part.headers["content-range"] == "bytes 1000-1999/253113024"
+        with small_model_path.open("rb") as stream:
+            stream.seek(1000)
+            assert part.content == stream.read(1000)
+        assert http.get(url).status_code == 401  # nodes only
+
+
+def test_cli_distribute_follows_the_tasks(fleet: ModelsFleet) -> None:
+    node_c = fleet.node_id("node-c")
+    result = subprocess.run(
+        [sys.executable, "-m", "llmlb", "models", "distribute", "tiny-slow", "--to", node_c,
+         "--router", fleet.router.url],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = (fleet.homes["node-c"] / "models" / "tiny-slow" / "model.gguf").read_bytes()
+    assert data == fleet.tiny["t3"]
+    offline = subprocess.run(
+        [sys.executable, "-m", "llmlb", "models", "distribute", "not-a-model", "--to", "all",
+         "--router", fleet.router.url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert offline.returncode == 1
+    assert "not supported" in offline.stderr

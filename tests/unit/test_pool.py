@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from llmlb.common.errors import InsufficientMemory, ModelLoadFailed
+from llmlb.common.errors import Conflict, InsufficientMemory, ModelLoadFailed
 from llmlb.node.pool import EnginePool
 
 
@@ -112,3 +112,14 @@ async def test_a_failed_load_frees_its_reservation_and_reports_to_every_waiter()
     assert pool.used_bytes == 0
     async with pool.lease(FakeSpec("ok", 90)) as engine:
         assert engine.spec.key == "ok"
+
+
+async def test_unloading_a_busy_model_is_a_conflict() -> None:
+    pool: EnginePool[FakeSpec, FakeEngine] = EnginePool(100, Loader())
+    spec = FakeSpec("a", 10)
+    async with pool.lease(spec) as engine:
+        with pytest.raises(Conflict, match="serving requests"):
+            await pool.unload(lambda s: s.key == "a")
+    await pool.unload(lambda s: s.key == "a")
+    assert engine.closed
+    assert pool.loaded() == {}
