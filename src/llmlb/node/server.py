@@ -9,7 +9,7 @@ import psutil
 
 from llmlb.common.devices import Device
 from llmlb.common.errors import LlmlbError
-from llmlb.common.serving import bind, serve, url_of
+from llmlb.common.serving import bind, run_async, serve, url_of
 from llmlb.common.settings import NodeSettings
 from llmlb.node.app import create_app
 from llmlb.node.gpu import cpu_device, probe_gpus
@@ -65,6 +65,4 @@ async def run_node(settings: NodeSettings) -> None:
 
 
 def main(settings: NodeSettings) -> None:
-    from llmlb.cli import run_async
-
     run_async(run_node(settings))

@@ -1,0 +1,113 @@
+"""Shared pieces of the ``llmlb`` command: the group, option sets, settings, exits."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from llmlb import __version__
+from llmlb.common.logs import configure_logging
+from llmlb.common.settings import (
+    DEFAULT_ROUTER_PORT,
+    CommonSettings,
+    default_home,
+    load_settings,
+)
+from llmlb.common.store import ModelStore
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+console = Console(stderr=True)
+
+
+def common_options(func: F) -> F:
+    decorators = [
+        click.option("--config", type=click.Path(path_type=Path), default=None,
+                     help="TOML settings file  [default: $LLMLB_HOME/config.toml]"),
+        click.option("--home", type=click.Path(path_type=Path), default=None,
+                     help="State and model folder  [default: $LLMLB_HOME or ~/.llmlb]"),
+        click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+                     help="Log line format  [default: text]"),
+        click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+                     default=None, help="Log level  [default: info]"),
+    ]  # fmt: skip
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def exit_quietly_on_sigterm() -> None:
+    """uvicorn re-raises SIGTERM after its graceful shutdown; make that a clean exit (0)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def router_options(func: F) -> F:
+    decorators = [
+        click.option("--host", default=None, help="Address to bind  [default: 127.0.0.1]"),
+        click.option("--port", type=int, default=None, help=f"Port (0 = any)  [default: {DEFAULT_ROUTER_PORT}]"),
+        click.option("--database-url", default=None, help="SQLAlchemy URL  [default: SQLite $LLMLB_HOME/llmlb.db]"),
+        click.option("--allow-cpu-nodes", is_flag=True, default=None, help="Accept nodes without a GPU"),
+        click.option("--require-node-approval", is_flag=True, default=None, help="New nodes wait as pending until approved"),
+        click.option("--no-auth", is_flag=True, default=None, help="Serve everyone without keys"),
+        click.option("--balancer", type=click.Choice(["load", "round_robin", "least_busy", "prefix_affinity"]), default=None, help="Node choice  [default: load]"),
+        click.option("--heartbeat-interval", type=float, default=None, help="Seconds between node heartbeats  [default: 10]"),
+        click.option("--request-timeout", type=float, default=None, help="Seconds per proxied request  [default: 600]"),
+        click.option("--log-bodies", is_flag=True, default=None, help="Keep request and response bodies in the history"),
+        click.option("--auto-distribute", type=click.Choice(["none", "recommended", "all-that-fit"]), default=None, help="Models assigned to new nodes  [default: recommended]"),
+    ]  # fmt: skip
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def remote_options(func: F) -> F:
+    decorators = [
+        click.option("--router", default=None, help="Router URL; without it, work on the local state"),
+        click.option("--admin-password", envvar="LLMLB_ADMIN_PASSWORD", default=None, help="Admin password (LLMLB_ADMIN_PASSWORD)"),
+        click.option("--api-key", envvar="LLMLB_API_KEY", default=None, help="Admin API key (LLMLB_API_KEY)"),
+    ]  # fmt: skip
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="llmlb")
+def main() -> None:
+    """llmlb: one OpenAI-compatible endpoint in front of a fleet of local-LLM nodes."""
+
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+def cli_settings(cls: type[S], cli: dict[str, Any], config: Path | None, quiet: bool = False) -> S:
+    from pydantic import ValidationError
+
+    try:
+        settings = load_settings(cls, cli, config)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        fail(f"invalid settings: {problems}")
+        raise
+    if not quiet:
+        configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def store_at(home: Path | None) -> ModelStore:
+    return ModelStore((home or default_home()) / "models")

@@ -1,0 +1,175 @@
+"""``llmlb node``, ``serve``, ``up`` and ``status``: running and watching the system."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from llmlb.cli.base import (
+    cli_settings,
+    common_options,
+    exit_quietly_on_sigterm,
+    fail,
+    main,
+    remote_options,
+    router_options,
+)
+from llmlb.common.errors import LlmlbError
+from llmlb.common.serving import run_async
+from llmlb.common.settings import (
+    DEFAULT_NODE_PORT,
+    DEFAULT_ROUTER_PORT,
+    NodeSettings,
+    RouterSettings,
+)
+
+
+@main.command()
+@common_options
+@click.option("--host", default=None, help="Address to bind  [default: 127.0.0.1]")
+@click.option(
+    "--port", type=int, default=None, help=f"Port (0 = any)  [default: {DEFAULT_NODE_PORT}]"
+)
+@click.option(
+    "--allow-cpu", is_flag=True, default=None, help="Serve on the CPU when no GPU is found"
+)
+@click.option(
+    "--memory-budget",
+    default=None,
+    help="Model memory, e.g. 8GiB  [default: GPU memory, else 80% of RAM]",
+)
+@click.option(
+    "--parallel", type=int, default=None, help="Slots per model (continuous batching)  [default: 4]"
+)
+@click.option(
+    "--ctx-size", type=int, default=None, help="Context tokens per model  [default: 4096]"
+)
+@click.option(
+    "--threads", type=int, default=None, help="CPU threads per model  [default: all cores]"
+)
+@click.option(
+    "--gpu-layers", type=int, default=None, help="Layers on the GPU, -1 = all  [default: -1]"
+)
+@click.option("--max-body-bytes", default=None, help="Largest request body  [default: 8MiB]")
+@click.option("--router", default=None, help="Router URL to register with  [default: none]")
+@click.option(
+    "--token", "node_token", default=None, help="Router key of scope node (LLMLB_NODE_TOKEN)"
+)
+@click.option("--name", "node_name", default=None, help="Name in the fleet  [default: hostname]")
+@click.option(
+    "--advertise-url",
+    default=None,
+    help="URL the router reaches this node at  [default: bound address]",
+)
+@click.option(
+    "--shared-models-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Read-only model folder used in place  [default: none]",
+)
+@click.option(
+    "--origin-access",
+    is_flag=True,
+    default=None,
+    help="May download models from their origin (hub/URL)",
+)
+@click.option(
+    "--download-wait-seconds",
+    type=float,
+    default=None,
+    help="How long a request waits for its model's download  [default: 600]",
+)
+@click.option(
+    "--download-bandwidth", default=None, help="Download speed cap, e.g. 50MB  [default: none]"
+)
+def node(config: Path | None, **cli: Any) -> None:
+    """Run a node: serve the models in the store through an OpenAI-compatible API."""
+    settings = cli_settings(NodeSettings, cli, config)
+    from llmlb.node.server import main as run_node
+
+    exit_quietly_on_sigterm()
+    try:
+        run_node(settings)
+    except LlmlbError as exc:
+        fail(exc.message)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@common_options
+@router_options
+def serve(config: Path | None, **cli: Any) -> None:
+    """Run the router: one OpenAI-compatible endpoint over the registered nodes."""
+    settings = cli_settings(RouterSettings, cli, config)
+    from llmlb.router.server import run_router
+
+    exit_quietly_on_sigterm()
+    try:
+        run_async(run_router(settings))
+    except LlmlbError as exc:
+        fail(exc.message)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@common_options
+@router_options
+@click.option("--node-port", type=int, default=DEFAULT_NODE_PORT, help="Port of the local node")
+def up(config: Path | None, node_port: int, **cli: Any) -> None:
+    """Run a router and one local node serving the small bundled model."""
+    cli["allow_cpu_nodes"] = True if cli.get("allow_cpu_nodes") is None else cli["allow_cpu_nodes"]
+    settings = cli_settings(RouterSettings, cli, config)
+    from llmlb.up import run_up
+
+    exit_quietly_on_sigterm()
+    try:
+        run_async(run_up(settings, node_port))
+    except LlmlbError as exc:
+        fail(exc.message)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@remote_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON")
+def status(
+    router: str | None, admin_password: str | None, api_key: str | None, as_json: bool
+) -> None:
+    """Router health, nodes and their models."""
+    from llmlb.admin import RemoteAdmin
+
+    url = router or f"http://127.0.0.1:{DEFAULT_ROUTER_PORT}"
+
+    async def gather() -> dict[str, Any]:
+        admin = RemoteAdmin(url, admin_password, api_key)
+        try:
+            return {"router": url, "health": await admin.health(), "nodes": await admin.nodes()}
+        finally:
+            await admin.close()
+
+    try:
+        report = run_async(gather())
+    except LlmlbError as exc:
+        fail(exc.message)
+    if as_json:
+        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return
+    console_out = Console()
+    console_out.print(f"router [bold]{url}[/bold]: {report['health']['status']} "
+                      f"(version {report['health']['version']})")  # fmt: skip
+    table = Table("id", "name", "status", "url", "loaded", "on disk", "slots busy/total")
+    for node in report["nodes"]:
+        table.add_row(
+            node["id"][:8], node["name"], node["status"], node["base_url"],
+            ", ".join(node["models_loaded"]), ", ".join(node["models_on_disk"]),
+            f"{node['slots_busy']}/{node['slots_total']}",
+        )  # fmt: skip
+    console_out.print(table)
