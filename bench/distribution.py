@@ -123,8 +123,12 @@ def main() -> None:
         (router_home / "supported_models.json").write_text(json.dumps(catalog))
         router = start_router(router_home, base, "--allow-cpu-nodes", "--log-level", "warning",
                               env={"LLMLB_AUTO_DISTRIBUTE": "none"})  # fmt: skip
-        node = start_fleet_node(node_home, base, router, router_home, "bench-node",
-                                "--log-level", "warning")  # fmt: skip
+        try:
+            node = start_fleet_node(node_home, base, router, router_home, "bench-node",
+                                    "--log-level", "warning")  # fmt: skip
+        except BaseException:
+            router.stop()
+            raise
         token = node_token(router_home)
         try:
             with httpx.Client(base_url=router.url) as http:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -52,7 +53,7 @@ async def run_up(settings: RouterSettings, node_port: int) -> None:
             [sys.executable, "-m", "llmlb", "node", "--router", url, "--allow-cpu",
              "--host", "127.0.0.1", "--port", str(node_port), "--name", "local",
              "--log-format", settings.log_format, "--log-level", settings.log_level],
-            env=env, stdout=subprocess.DEVNULL,
+            env=env, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent,
         )  # fmt: skip
         watcher = asyncio.create_task(_announce_when_ready(url, service, node))
 
@@ -67,6 +68,15 @@ async def run_up(settings: RouterSettings, node_port: int) -> None:
                 await asyncio.to_thread(node.wait, 30)
             except subprocess.TimeoutExpired:
                 node.kill()
+
+
+def _die_with_parent() -> None:
+    """In the child: if ``llmlb up`` is killed outright, the node goes with it (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 async def _announce_when_ready(

@@ -98,3 +98,16 @@ def test_up_serves_the_small_model_and_management_commands_work(tmp_path: Path) 
         child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children
     )
     assert shlex.split(curl)[0] == "curl"
+
+
+def test_up_killed_outright_takes_its_node_along(tmp_path: Path) -> None:
+    up = Process(
+        ["up", "--port", "0", "--node-port", "0"], tmp_path / "home", tmp_path / "up.log", {}
+    )
+    assert up.proc.stdout is not None
+    while "llmlb is up" not in (line := up.proc.stdout.readline().decode()):
+        assert line, up.log_tail()
+    [node] = psutil.Process(up.proc.pid).children()
+    up.stop(signal.SIGKILL)
+    node.wait(10)
+    assert not node.is_running()

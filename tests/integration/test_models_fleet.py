@@ -172,7 +172,7 @@ def fleet(
     yield fleet
     for node in fleet.nodes.values():
         node.stop()
-    router.stop()
+    fleet.router.stop()  # the router may have been restarted by a test
     hub.stop()
 
 
