@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -12,7 +12,9 @@ import click
 from rich.console import Console
 
 from llmlb import __version__
+from llmlb.common.errors import LlmlbError
 from llmlb.common.logs import configure_logging
+from llmlb.common.serving import run_async
 from llmlb.common.settings import (
     DEFAULT_ROUTER_PORT,
     CommonSettings,
@@ -79,6 +81,17 @@ def remote_options(func: F) -> F:
     for decorator in reversed(decorators):
         func = decorator(func)
     return func
+
+
+def serve_until_stopped(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a server until SIGINT/SIGTERM; its startup errors end the process with status 1."""
+    exit_quietly_on_sigterm()
+    try:
+        run_async(coro)
+    except LlmlbError as exc:
+        fail(exc.message)
+    except KeyboardInterrupt:
+        pass
 
 
 def fail(message: str) -> None:

@@ -13,11 +13,11 @@ from rich.table import Table
 from llmlb.cli.base import (
     cli_settings,
     common_options,
-    exit_quietly_on_sigterm,
     fail,
     main,
     remote_options,
     router_options,
+    serve_until_stopped,
 )
 from llmlb.common.errors import LlmlbError
 from llmlb.common.serving import run_async
@@ -90,15 +90,9 @@ from llmlb.common.settings import (
 def node(config: Path | None, **cli: Any) -> None:
     """Run a node: serve the models in the store through an OpenAI-compatible API."""
     settings = cli_settings(NodeSettings, cli, config)
-    from llmlb.node.server import main as run_node
+    from llmlb.node.server import run_node
 
-    exit_quietly_on_sigterm()
-    try:
-        run_node(settings)
-    except LlmlbError as exc:
-        fail(exc.message)
-    except KeyboardInterrupt:
-        pass
+    serve_until_stopped(run_node(settings))
 
 
 @main.command()
@@ -109,13 +103,7 @@ def serve(config: Path | None, **cli: Any) -> None:
     settings = cli_settings(RouterSettings, cli, config)
     from llmlb.router.server import run_router
 
-    exit_quietly_on_sigterm()
-    try:
-        run_async(run_router(settings))
-    except LlmlbError as exc:
-        fail(exc.message)
-    except KeyboardInterrupt:
-        pass
+    serve_until_stopped(run_router(settings))
 
 
 @main.command()
@@ -128,13 +116,7 @@ def up(config: Path | None, node_port: int, **cli: Any) -> None:
     settings = cli_settings(RouterSettings, cli, config)
     from llmlb.up import run_up
 
-    exit_quietly_on_sigterm()
-    try:
-        run_async(run_up(settings, node_port))
-    except LlmlbError as exc:
-        fail(exc.message)
-    except KeyboardInterrupt:
-        pass
+    serve_until_stopped(run_up(settings, node_port))
 
 
 @main.command()

@@ -9,7 +9,7 @@ import psutil
 
 from llmlb.common.devices import Device
 from llmlb.common.errors import LlmlbError
-from llmlb.common.serving import bind, run_async, serve, url_of
+from llmlb.common.serving import bind, serve, url_of
 from llmlb.common.settings import NodeSettings
 from llmlb.node.app import create_app
 from llmlb.node.gpu import cpu_device, probe_gpus
@@ -62,7 +62,3 @@ async def run_node(settings: NodeSettings) -> None:
         print(f"llmlb node listening on {url}", flush=True)
 
     await serve(app, sock, settings.shutdown_grace_seconds, announce)
-
-
-def main(settings: NodeSettings) -> None:
-    run_async(run_node(settings))
