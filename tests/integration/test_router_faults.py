@@ -20,7 +20,7 @@ ROUTER_ENV = {
     "LLMLB_NODE_MAX_CONCURRENCY": "1",
     "LLMLB_QUEUE_SIZE": "1",
     "LLMLB_QUEUE_TIMEOUT": "1",
-    "LLMLB_REQUEST_TIMEOUT": "1.5",
+    "LLMLB_REQUEST_TIMEOUT": "2.5",
     "LLMLB_HEARTBEAT_INTERVAL": "0.5",
 }
 
@@ -90,7 +90,7 @@ def test_timeout_before_the_first_byte_retries(
     http: httpx.Client, fakes: dict[str, FakeNode]
 ) -> None:
     first = preferred(http)
-    fakes[first].behaviour = Behaviour(delay=3.0)
+    fakes[first].behaviour = Behaviour(delay=4.0)
     response = http.post("/v1/chat/completions", json=BODY)
     assert response.status_code == 200
     assert response.headers["x-llmlb-node"] != first
