@@ -79,8 +79,9 @@ class PeakMemory:
         self._thread.join()
 
 
-def llmlb_transfer(node_url: str) -> float:
-    with httpx.Client(base_url=node_url, timeout=600) as http:
+def llmlb_transfer(node_url: str, token: str) -> float:
+    auth = {"authorization": f"Bearer {token}"}  # what the router sends to its nodes
+    with httpx.Client(base_url=node_url, timeout=600, headers=auth) as http:
         started = time.perf_counter()
         assert http.post("/api/pull", json={"model": MODEL}).status_code == 202
         while True:
@@ -142,7 +143,7 @@ def main() -> None:
                     order = ["llmlb", "curl"] if index % 2 == 0 else ["curl", "llmlb"]
                     for side in order:
                         if side == "llmlb":
-                            times["llmlb"].append(llmlb_transfer(node.url))
+                            times["llmlb"].append(llmlb_transfer(node.url, token))
                         else:
                             times["curl"].append(curl_transfer(blob_url, token, base / "c.bin"))
             llmlb_s, curl_s = statistics.median(times["llmlb"]), statistics.median(times["curl"])

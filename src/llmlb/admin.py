@@ -42,6 +42,7 @@ class LocalAdmin:
             allow_cpu_nodes=True,
             require_approval=False,
             node_max_concurrency=None,
+            started_at=0.0,  # judge nodes by their last heartbeat alone
         )
         await registry.load()
         return engine, registry, KeyStore(engine)

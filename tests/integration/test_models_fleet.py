@@ -60,7 +60,9 @@ class ModelsFleet:
         return httpx.Client(base_url=self.router.url, timeout=120)
 
     def node_http(self, name: str) -> httpx.Client:
-        return httpx.Client(base_url=self.nodes[name].url, timeout=120)
+        """A client holding the node key, as the router does (nodes serve their router only)."""
+        token = {"authorization": f"Bearer {node_token(self.router_home)}"}
+        return httpx.Client(base_url=self.nodes[name].url, timeout=120, headers=token)
 
     def node_id(self, name: str) -> str:
         with self.http() as http:
@@ -541,3 +543,16 @@ def test_cli_distribute_follows_the_tasks(fleet: ModelsFleet) -> None:
     )  # fmt: skip
     assert offline.returncode == 1
     assert "not supported" in offline.stderr
+
+
+def test_a_fleet_node_serves_only_holders_of_the_node_key(fleet: ModelsFleet) -> None:
+    url = fleet.nodes["node-b"].url
+    for headers in ({}, {"authorization": "Bearer wrong"}):
+        for method, path in (("GET", "/v1/models"), ("POST", "/api/pull"),
+                             ("DELETE", "/api/models/tiny-slow")):  # fmt: skip
+            answer = httpx.request(method, url + path, headers=headers, json={"model": "x"})
+            assert answer.status_code == 401
+            assert answer.json()["error"]["type"] == "authentication_error"
+    assert httpx.get(url + "/health").status_code == 200  # probes stay open
+    with fleet.node_http("node-b") as http:
+        assert http.get("/v1/models").status_code == 200

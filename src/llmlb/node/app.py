@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,7 +22,7 @@ from llmlb.common.asgi import (
     RequestIdMiddleware,
     read_json,
 )
-from llmlb.common.errors import BadRequest, LlmlbError, NotFound
+from llmlb.common.errors import AuthenticationFailed, BadRequest, LlmlbError, NotFound
 from llmlb.common.store import validate_name
 from llmlb.node.engine import Endpoint
 from llmlb.node.registration import RouterLink
@@ -33,6 +34,22 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 def create_app(service: NodeService, link: RouterLink | None = None) -> Starlette:
     limit = service.settings.max_body_bytes
+    token = service.settings.node_token
+
+    def guarded(handler: Any) -> Any:
+        """With a router, only callers holding the node's key (the router) get in."""
+        if not token:
+            return handler
+
+        async def check(request: Request) -> Response:
+            scheme, _, offered = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(offered.strip(), token):
+                raise AuthenticationFailed(
+                    "this node serves its router only: send the node key as a bearer token"
+                )
+            return await handler(request)  # type: ignore[no-any-return]
+
+        return check
 
     async def _body(request: Request) -> dict[str, Any]:
         return require_object(await read_json(request, limit))
@@ -121,14 +138,14 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
 
     return Starlette(
         routes=[
-            Route("/v1/chat/completions", _generation("chat"), methods=["POST"]),
-            Route("/v1/completions", _generation("completion"), methods=["POST"]),
-            Route("/v1/embeddings", embeddings, methods=["POST"]),
-            Route("/v1/models", models, methods=["GET"]),
-            Route("/api/pull", pull, methods=["POST"]),
-            Route("/api/downloads", downloads, methods=["GET"]),
-            Route("/api/downloads/{name}", download, methods=["GET"]),
-            Route("/api/models/{name}", delete_model, methods=["DELETE"]),
+            Route("/v1/chat/completions", guarded(_generation("chat")), methods=["POST"]),
+            Route("/v1/completions", guarded(_generation("completion")), methods=["POST"]),
+            Route("/v1/embeddings", guarded(embeddings), methods=["POST"]),
+            Route("/v1/models", guarded(models), methods=["GET"]),
+            Route("/api/pull", guarded(pull), methods=["POST"]),
+            Route("/api/downloads", guarded(downloads), methods=["GET"]),
+            Route("/api/downloads/{name}", guarded(download), methods=["GET"]),
+            Route("/api/models/{name}", guarded(delete_model), methods=["DELETE"]),
             Route("/health", health, methods=["GET"]),
             Route("/startup", startup, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),

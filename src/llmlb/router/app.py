@@ -122,16 +122,21 @@ def create_app(service: RouterService) -> Starlette:
 
     # -- node API --------------------------------------------------------------------------
 
+    def _bearer(request: Request) -> str | None:
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        return value.strip() or None if scheme.lower() == "bearer" else None
+
     async def register(request: Request) -> Response:
         await authorize(request, "node")
         payload = _validated(RegisterRequest, await read_json(request, 1024 * 1024))
-        answer = await service.register_node(payload)
+        answer = await service.register_node(payload, _bearer(request))
         return ORJSONResponse(answer.model_dump(), status_code=201)
 
     async def heartbeat(request: Request) -> Response:
         await authorize(request, "node")
         load = _validated(NodeLoad, await read_json(request, 1024 * 1024))
-        return ORJSONResponse(await service.heartbeat(request.path_params["node_id"], load))
+        node_id = request.path_params["node_id"]
+        return ORJSONResponse(await service.heartbeat(node_id, load, _bearer(request)))
 
     # -- admin API -------------------------------------------------------------------------
 

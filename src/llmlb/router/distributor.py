@@ -95,7 +95,7 @@ class Distributor:
         node = self._registry.get(node_id)
         url = f"{node.base_url}/api/models/{model}"
         try:
-            async with self._session.delete(url) as response:
+            async with self._session.delete(url, headers=node.auth_headers()) as response:
                 if response.status == 409:
                     raise Conflict(f"node {node.name} is serving {model!r} right now; try later")
                 if response.status not in (200, 204):

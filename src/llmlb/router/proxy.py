@@ -235,6 +235,8 @@ class Proxy:
 
     async def _attempt(self, node: NodeRecord, routed: Routed, headers: dict[str, str]) -> Answer:
         url = node.base_url + routed.path
+        if node.token:
+            headers = {**headers, "authorization": f"Bearer {node.token}"}
         async with asyncio.timeout(self._settings.request_timeout):
             response = await self._session.post(url, data=routed.body, headers=headers)
             try:

@@ -41,11 +41,20 @@ class NodeRecord:
     load: NodeLoad
     active: int = 0  # the router's own requests in flight to this node
     unreachable: bool = field(default=False)
+    # The node's own key (memory only): the router presents it when it calls the node.
+    # None until the node registers or heartbeats to this router process.
+    token: str | None = field(default=None, repr=False)
+    live: bool = field(default=False)
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"} if self.token else {}
 
     def status(self, now: float, interval: float) -> str:
         if not self.approved:
             return "pending"
-        if now - self.last_seen > MISSED_HEARTBEATS_OFFLINE * interval or self.unreachable:
+        stale = now - self.last_seen > MISSED_HEARTBEATS_OFFLINE * interval
+        # After a router restart a node counts once it has spoken to this process again.
+        if stale or self.unreachable or not self.live:
             return "offline"
         if self.draining or self.load.state == "draining":
             return "draining"
@@ -92,7 +101,10 @@ class Registry:
         allow_cpu_nodes: bool,
         require_approval: bool,
         node_max_concurrency: int | None,
+        started_at: float | None = None,
     ) -> None:
+        # Heartbeats older than this process are not proof that a node is there now.
+        self._started_at = time.time() if started_at is None else started_at
         self._engine = engine
         self.heartbeat_interval = heartbeat_interval
         self._allow_cpu = allow_cpu_nodes
@@ -109,12 +121,14 @@ class Registry:
             seen.add(row.id)
             current = self._nodes.get(row.id)
             if current is None:
-                self._nodes[row.id] = _record(row)
+                current = self._nodes[row.id] = _record(row)
+                current.live = row.last_seen >= self._started_at
             else:  # keep live fields; take operator flags and newer heartbeats
                 current.approved, current.draining = row.approved, row.draining
                 if row.last_seen > current.last_seen:
                     current.last_seen = row.last_seen
                     current.load = NodeLoad.model_validate(row.load)
+                    current.live = current.live or row.last_seen >= self._started_at
         for node_id in set(self._nodes) - seen:
             del self._nodes[node_id]
 
@@ -127,7 +141,7 @@ class Registry:
     def all(self) -> list[NodeRecord]:
         return sorted(self._nodes.values(), key=lambda n: (n.name, n.id))
 
-    async def register(self, request: RegisterRequest) -> NodeRecord:
+    async def register(self, request: RegisterRequest, token: str | None = None) -> NodeRecord:
         has_gpu = any(d.kind != "cpu" for d in request.devices)
         if not has_gpu and not self._allow_cpu:
             raise PermissionDenied(
@@ -165,18 +179,19 @@ class Registry:
         if existing is not None:
             existing.version, existing.devices = request.version, request.devices
             existing.last_seen, existing.load, existing.unreachable = now, request.load, False
+            existing.token, existing.live = token, True
             log.info("node %s (%s) re-registered as %s", request.name, request.base_url, node_id)
             return existing
         record = NodeRecord(
             node_id, request.name, request.base_url, request.version, request.devices,
             approved=not self._require_approval, draining=False, registered_at=now,
-            last_seen=now, load=request.load,
+            last_seen=now, load=request.load, token=token, live=True,
         )  # fmt: skip
         self._nodes[node_id] = record
         log.info("node %s (%s) registered as %s", request.name, request.base_url, node_id)
         return record
 
-    async def heartbeat(self, node_id: str, load: NodeLoad) -> NodeRecord:
+    async def heartbeat(self, node_id: str, load: NodeLoad, token: str | None = None) -> NodeRecord:
         node = self.get(node_id)
         now = time.time()
         async with self._engine.begin() as connection:
@@ -188,6 +203,7 @@ class Registry:
         if node.unreachable:
             log.info("node %s is reachable again", node.name)
         node.last_seen, node.load, node.unreachable = now, load, False
+        node.token, node.live = token, True
         return node
 
     async def set_flags(self, node_id: str, **flags: bool) -> NodeRecord:

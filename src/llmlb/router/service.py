@@ -132,8 +132,8 @@ class RouterService:
 
     # -- nodes -----------------------------------------------------------------------------
 
-    async def register_node(self, request: RegisterRequest) -> RegisterResponse:
-        node = await self.registry.register(request)
+    async def register_node(self, request: RegisterRequest, token: str | None) -> RegisterResponse:
+        node = await self.registry.register(request, token)
         assigned = await self.distributor.assign_on_registration(node)
         return RegisterResponse(
             node_id=node.id,
@@ -142,8 +142,8 @@ class RouterService:
             assigned_models=assigned,
         )
 
-    async def heartbeat(self, node_id: str, load: NodeLoad) -> dict[str, Any]:
-        node = await self.registry.heartbeat(node_id, load)
+    async def heartbeat(self, node_id: str, load: NodeLoad, token: str | None) -> dict[str, Any]:
+        node = await self.registry.heartbeat(node_id, load, token)
         return {"status": node.status(time.time(), self.settings.heartbeat_interval)}
 
     def nodes(self) -> list[dict[str, Any]]:

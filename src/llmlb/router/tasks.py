@@ -68,7 +68,6 @@ class TaskManager:
         bus: EventBus,
         *,
         max_concurrent: int,
-        node_headers: dict[str, str] | None = None,
     ) -> None:
         self._engine = engine
         self._registry = registry
@@ -77,7 +76,6 @@ class TaskManager:
         self._bus = bus
         self._slots = asyncio.Semaphore(max_concurrent)
         self._running: dict[str, asyncio.Task[None]] = {}
-        self._node_headers = node_headers or {}
 
     async def create(self, kind: str, model: str, node_id: str | None) -> dict[str, Any]:
         now = time.time()
@@ -180,8 +178,14 @@ class TaskManager:
     async def _follow_node_pull(self, task: dict[str, Any]) -> None:
         node = self._registry.get(task["node_id"])
         base = node.base_url
+        waited = 0.0
+        while not node.live:  # after a router restart: until the node has heartbeated again
+            if waited > NODE_LOST_SECONDS:
+                raise UpstreamFailed(f"node {node.name} has not been seen since the router started")
+            await asyncio.sleep(POLL_SECONDS)
+            waited += POLL_SECONDS
         async with self._session.post(
-            f"{base}/api/pull", json={"model": task["model"]}, headers=self._node_headers
+            f"{base}/api/pull", json={"model": task["model"]}, headers=node.auth_headers()
         ) as response:
             if response.status not in (200, 202):
                 raise UpstreamFailed(
@@ -191,7 +195,8 @@ class TaskManager:
         while True:
             await asyncio.sleep(POLL_SECONDS)
             try:
-                async with self._session.get(f"{base}/api/downloads/{task['model']}") as response:
+                url = f"{base}/api/downloads/{task['model']}"
+                async with self._session.get(url, headers=node.auth_headers()) as response:
                     if response.status != 200:
                         raise UpstreamFailed(await _message(response))
                     progress = await response.json()
