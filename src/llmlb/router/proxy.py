@@ -24,6 +24,7 @@ import orjson
 from llmlb.common.errors import (
     LlmlbError,
     ModelNotFound,
+    ModelNotSupported,
     Overloaded,
     Unavailable,
     UpstreamFailed,
@@ -165,10 +166,9 @@ class Proxy:
                 f"no other healthy node can serve {model!r}", headers={"Retry-After": "5"}
             )
         if model not in self._registry.fleet_models() and not self._in_catalog(model):
-            return ModelNotFound(
+            return ModelNotSupported(
                 f"model {model!r} is not supported: no node holds it and it is not in the catalog",
                 param="model",
-                code="model_not_supported",
             )
         return Unavailable(
             f"no ready node can serve {model!r} right now (offline, draining or pending)",
