@@ -208,6 +208,10 @@ def test_model_only_on_the_router_reaches_a_node_by_blob_then_serves_chat(
     served_by = reply.headers["x-llmlb-node"]
     stored = fleet.homes[served_by] / "models" / "gemma-on-router" / "model.gguf"
     assert stored.stat().st_size == 253113024
+    # The catalog's serving facts travel with the file (this base model chats as Q/A).
+    metadata = json.loads((stored.parent / "metadata.json").read_text())
+    assert metadata["chat_template"] == "qa"
+    assert metadata["sha256"] == GEMMA_SHA
     assert fleet.blob_requests("gemma-on-router") == 1
 
 

