@@ -288,3 +288,22 @@ def test_request_id_and_traceparent_reach_the_node(
 def test_health_and_ready(http: httpx.Client) -> None:
     assert http.get("/health").json()["status"] == "ok"
     assert http.get("/ready").json() == {"database": "ok"}
+
+
+def test_distributing_to_an_offline_node_is_refused_naming_it(
+    router: tuple[Process, Path], http: httpx.Client
+) -> None:
+    process, home = router
+    ghost = FakeNode("silent-node").start()
+    ghost.join(process.url, node_token(home), interval=3600)  # registers, then falls silent
+    try:
+        wait_until(lambda: http.get(f"/api/nodes/{ghost.node_id}").json()["status"] == "offline")
+        answer = http.post(
+            "/api/models/distribute",
+            json={"model": "gemma-3-270m", "target": "specific", "node_ids": [ghost.node_id]},
+        )
+        assert answer.status_code == 503
+        assert "silent-node" in answer.json()["error"]["message"]
+    finally:
+        ghost.stop()
+        http.delete(f"/api/nodes/{ghost.node_id}")

@@ -239,8 +239,11 @@ def create_app(service: RouterService) -> Starlette:
             isinstance(node_ids, list) and all(isinstance(n, str) for n in node_ids)
         ):
             raise BadRequest("'node_ids' must be an array of node ids", param="node_ids")
+        count = body.get("count", 1)
+        if not isinstance(count, int) or count < 1:
+            raise BadRequest("'count' must be a positive integer", param="count")
         created = await service.distributor.distribute(
-            body["model"], str(body.get("target", "all")), node_ids
+            body["model"], str(body.get("target", "all")), node_ids, count
         )
         return ORJSONResponse(
             {"task_ids": [t["id"] for t in created], "tasks": created}, status_code=202

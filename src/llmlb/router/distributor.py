@@ -59,7 +59,7 @@ class Distributor:
         return models
 
     async def distribute(
-        self, model: str, target: str, node_ids: list[str] | None
+        self, model: str, target: str, node_ids: list[str] | None, count: int = 1
     ) -> list[dict[str, Any]]:
         entry = self._models.entry(model)
         now = time.time()
@@ -73,7 +73,7 @@ class Distributor:
         elif target == "auto":
             ready = {n.id: node_memory(n, free=True) for n in self._registry.all()
                      if n.status(now, interval) in ("ready", "initializing")}  # fmt: skip
-            picked = pick_auto_targets(ready, entry.memory_needed())
+            picked = pick_auto_targets(ready, entry.memory_needed(), count)
             if not picked:
                 raise Unavailable(f"no ready node has the free GPU memory {model!r} needs")
             chosen = [self._registry.get(node_id) for node_id in picked]
