@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -92,6 +92,23 @@ def serve_until_stopped(coro: Coroutine[Any, Any, None]) -> None:
         fail(exc.message)
     except KeyboardInterrupt:
         pass
+
+
+def with_admin(make: Callable[[], Any], call: Callable[[Any], Awaitable[T]]) -> T:
+    """Open an admin client (local or remote), run ``call`` on it, close it; errors exit 1."""
+
+    async def go() -> T:
+        admin = make()
+        try:
+            return await call(admin)
+        finally:
+            await admin.close()
+
+    try:
+        return run_async(go())
+    except LlmlbError as exc:
+        fail(exc.message)
+        raise  # unreachable: fail exits
 
 
 def fail(message: str) -> None:

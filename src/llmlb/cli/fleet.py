@@ -13,12 +13,10 @@ from rich.table import Table
 from llmlb.cli.base import (
     cli_settings,
     console,
-    fail,
     main,
     remote_options,
+    with_admin,
 )
-from llmlb.common.errors import LlmlbError
-from llmlb.common.serving import run_async
 from llmlb.common.settings import (
     RouterSettings,
 )
@@ -38,17 +36,7 @@ def _admin(router: str | None, admin_password: str | None, api_key: str | None) 
 
 
 def _run_admin(router: str | None, password: str | None, key: str | None, call: Any) -> Any:
-    async def go() -> Any:
-        admin = _admin(router, password, key)
-        try:
-            return await call(admin)
-        finally:
-            await admin.close()
-
-    try:
-        return run_async(go())
-    except LlmlbError as exc:
-        fail(exc.message)
+    return with_admin(lambda: _admin(router, password, key), call)
 
 
 @nodes.command("list")

@@ -17,6 +17,7 @@ from llmlb.cli.base import (
     main,
     remote_options,
     store_at,
+    with_admin,
 )
 from llmlb.common.errors import LlmlbError
 from llmlb.common.serving import run_async
@@ -106,18 +107,11 @@ def models_distribute(
     target = targets[0] if len(targets) == 1 and targets[0] in ("all", "auto") else "specific"
     node_ids = None if target != "specific" else list(targets)
 
-    async def go() -> list[dict[str, Any]]:
-        admin = RemoteAdmin(url, admin_password, api_key)
-        try:
-            task_ids = await admin.distribute(name, target, node_ids)
-            return await follow_tasks(admin, task_ids, console)
-        finally:
-            await admin.close()
+    async def distribute(admin: RemoteAdmin) -> list[dict[str, Any]]:
+        task_ids = await admin.distribute(name, target, node_ids)
+        return await follow_tasks(admin, task_ids, console)
 
-    try:
-        finished = run_async(go())
-    except LlmlbError as exc:
-        fail(exc.message)
+    finished = with_admin(lambda: RemoteAdmin(url, admin_password, api_key), distribute)
     failed = [t for t in finished if t["state"] == "failed"]
     for task in failed:
         console.print(f"[red]failed[/red] on {task['node_id']}: {task['error']}")

@@ -13,14 +13,12 @@ from rich.table import Table
 from llmlb.cli.base import (
     cli_settings,
     common_options,
-    fail,
     main,
     remote_options,
     router_options,
     serve_until_stopped,
+    with_admin,
 )
-from llmlb.common.errors import LlmlbError
-from llmlb.common.serving import run_async
 from llmlb.common.settings import (
     DEFAULT_NODE_PORT,
     DEFAULT_ROUTER_PORT,
@@ -130,17 +128,10 @@ def status(
 
     url = router or f"http://127.0.0.1:{DEFAULT_ROUTER_PORT}"
 
-    async def gather() -> dict[str, Any]:
-        admin = RemoteAdmin(url, admin_password, api_key)
-        try:
-            return {"router": url, "health": await admin.health(), "nodes": await admin.nodes()}
-        finally:
-            await admin.close()
+    async def gather(admin: RemoteAdmin) -> dict[str, Any]:
+        return {"router": url, "health": await admin.health(), "nodes": await admin.nodes()}
 
-    try:
-        report = run_async(gather())
-    except LlmlbError as exc:
-        fail(exc.message)
+    report = with_admin(lambda: RemoteAdmin(url, admin_password, api_key), gather)
     if as_json:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return

@@ -12,8 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmlb.common.errors import InvalidJSON, LlmlbError, PayloadTooLarge, error_body
+from llmlb.common.errors import LlmlbError, PayloadTooLarge, error_body
 from llmlb.common.logs import new_request_id, request_id_var
+from llmlb.common.wire import parse_object
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +79,12 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    if not chunks:
-        raise InvalidJSON("the request body is empty; send a JSON object")
     return b"".join(chunks)
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    raw = await read_body(request, limit)
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidJSON(f"the request body is not valid JSON: {exc}") from exc
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The request body as a JSON object (400 for anything else, 413 over ``limit``)."""
+    return parse_object(await read_body(request, limit))
 
 
 def error_response(exc: LlmlbError) -> Response:

@@ -4,7 +4,24 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, Field
+
+from llmlb.common.errors import InvalidJSON
+
+
+def parse_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object; InvalidJSON (400) otherwise."""
+    if not raw:
+        raise InvalidJSON("the request body is empty; send a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidJSON(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidJSON("the request body must be a JSON object")
+    return body
+
 
 NodeReportedState = Literal["initializing", "ready", "draining"]
 

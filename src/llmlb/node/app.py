@@ -27,7 +27,6 @@ from llmlb.common.store import validate_name
 from llmlb.node.engine import Endpoint
 from llmlb.node.registration import RouterLink
 from llmlb.node.service import NodeService
-from llmlb.node.validation import require_object
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -52,7 +51,7 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
         return check
 
     async def _body(request: Request) -> dict[str, Any]:
-        return require_object(await read_json(request, limit))
+        return await read_json(request, limit)
 
     def _generation(endpoint: Endpoint) -> Any:
         async def handler(request: Request) -> Response:

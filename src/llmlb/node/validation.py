@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmlb.common.errors import BadRequest, InvalidJSON
+from llmlb.common.errors import BadRequest
 
 _NUMBER_RANGES: dict[str, tuple[float, float]] = {
     "temperature": (0.0, 2.0),
@@ -17,12 +17,6 @@ _NUMBER_RANGES: dict[str, tuple[float, float]] = {
     "presence_penalty": (-2.0, 2.0),
     "frequency_penalty": (-2.0, 2.0),
 }
-
-
-def require_object(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise InvalidJSON("the request body must be a JSON object")
-    return body
 
 
 def model_name(body: dict[str, Any]) -> str:

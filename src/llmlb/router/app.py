@@ -163,8 +163,6 @@ def create_app(service: RouterService) -> Starlette:
 
     async def create_key(request: Request) -> Response:
         body = await read_json(request, 64 * 1024)
-        if not isinstance(body, dict):
-            raise BadRequest("the request body must be a JSON object")
         scopes = body.get("scopes", ["api"])
         expires_at = body.get("expires_at")
         if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
@@ -232,7 +230,7 @@ def create_app(service: RouterService) -> Starlette:
 
     async def distribute(request: Request) -> Response:
         body = await read_json(request, 64 * 1024)
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        if not isinstance(body.get("model"), str):
             raise BadRequest("'model' is required", param="model")
         node_ids = body.get("node_ids")
         if node_ids is not None and not (
@@ -251,7 +249,7 @@ def create_app(service: RouterService) -> Starlette:
 
     async def pull_to_node(request: Request) -> Response:
         body = await read_json(request, 64 * 1024)
-        model = body.get("model") if isinstance(body, dict) else None
+        model = body.get("model")
         if not isinstance(model, str):
             raise BadRequest("'model' is required", param="model")
         node_id = request.path_params["node_id"]

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmlb import __version__
 from llmlb.common.catalog import Catalog
-from llmlb.common.errors import BadRequest, InvalidJSON, LlmlbError
+from llmlb.common.errors import BadRequest, LlmlbError
 from llmlb.common.settings import RouterSettings
-from llmlb.common.wire import NodeLoad, RegisterRequest, RegisterResponse
+from llmlb.common.wire import NodeLoad, RegisterRequest, RegisterResponse, parse_object
 from llmlb.router.auth import Authenticator
 from llmlb.router.balancer import prefix_key_of
 from llmlb.router.db import open_database, ping
@@ -176,12 +175,7 @@ class RouterService:
     # -- client requests -------------------------------------------------------------------
 
     def route(self, endpoint: str, path: str, raw: bytes) -> Routed:
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidJSON(f"the request body is not valid JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise InvalidJSON("the request body must be a JSON object")
+        body = parse_object(raw)
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("'model' is required and must be a non-empty string", param="model")
