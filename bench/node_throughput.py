@@ -43,7 +43,9 @@ from llmlb.node.templates import BUILTIN
 import xllamacpp
 spec = EngineSpec(name="{name}", path=Path(r"{path}"), purpose="generate", memory_bytes=0,
                   template=BUILTIN["qa"], ctx_size={ctx}, parallel={parallel}, threads={threads})
-server = xllamacpp.Server(_engine_params(spec))
+params = _engine_params(spec)
+params.api_keys = []  # the baseline is llama.cpp's server as people run it: open on loopback
+server = xllamacpp.Server(params)
 print("direct listening on", server.listening_address, flush=True)
 while True:
     time.sleep(3600)

@@ -151,6 +151,13 @@ class FakeNode:
 
         threading.Thread(target=beat, daemon=True).start()
 
+    def stop_serving(self) -> None:
+        """Close the HTTP server but keep heartbeating: a node that died behind its agent."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(5)
+
     def stop(self) -> None:
         self._stop_heartbeats.set()
         if self._server is not None:

@@ -43,7 +43,7 @@ class Fleet:
     def start_node(self, name: str) -> None:
         self.nodes[name] = start_fleet_node(
             self.model_home, self.logs, self.router, self.router_home, name,
-            "--parallel", "2", port=self.ports[name],
+            "--parallel", "4", port=self.ports[name],
         )  # fmt: skip
         wait_until(lambda: self.status_of(name) == "ready")
 
@@ -111,8 +111,13 @@ def test_openai_client_streams_through_the_router(fleet: Fleet) -> None:
 
 
 def test_concurrent_requests_spread_over_both_nodes(fleet: Fleet) -> None:
-    with fleet.http() as http, ThreadPoolExecutor(4) as pool:
-        responses = list(pool.map(lambda _: ask(http, max_tokens=16), range(6)))
+    """Two nodes of 4 slots, 8 requests at once: one node's slots run out, the other serves.
+
+    Whichever node holds the model loaded, the other (on disk at worst) takes what does not
+    fit in the first one's free slots.
+    """
+    with fleet.http() as http, ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: ask(http, max_tokens=16), range(8)))
     assert all(r.status_code == 200 for r in responses)
     assert {r.headers["x-llmlb-node"] for r in responses} == {"node-a", "node-b"}
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 
-from llmlb.router.balancer import NodeSnapshot, prefix_key_of, rank, score
+from llmlb.router.balancer import (
+    DEFAULT_LOAD_SECONDS,
+    NodeSnapshot,
+    expected_start_seconds,
+    prefix_key_of,
+    rank,
+    score,
+)
 
 M = "m"
 
@@ -12,13 +19,16 @@ M = "m"
 def node(
     node_id: str, *, loaded: bool = True, on_disk: bool = True, active: int = 0, queued: int = 0,
     slots: int = 4, limit: int = 8, tps: float = 0.0, gpu: float = 0.0, serving: bool = True,
+    load_seconds: float | None = None, request_seconds: float = 0.0,
 ) -> NodeSnapshot:  # fmt: skip
     return NodeSnapshot(
-        id=node_id, name=node_id, url=f"http://{node_id}",
+        id=node_id, name=node_id,
         models_loaded=frozenset({M} if loaded else set()),
         models_on_disk=frozenset({M} if on_disk else set()),
         active=active, queued=queued, slots=slots, limit=limit, tokens_per_second=tps,
         gpu_use=gpu, serving=serving,
+        load_seconds={} if load_seconds is None else {M: load_seconds},
+        request_seconds=request_seconds,
     )  # fmt: skip
 
 
@@ -37,13 +47,59 @@ def test_only_serving_nodes_that_hold_the_model_and_have_room() -> None:
     assert rank(nodes, "unknown") == []
 
 
-def test_load_prefers_loaded_over_on_disk_then_lowest_score() -> None:
+def test_load_prefers_loaded_nodes_while_they_have_a_free_slot() -> None:
     nodes = [
         node("disk-idle", loaded=False),
         node("loaded-busy", active=3),
         node("loaded-idle", active=1),
     ]
     assert ids(rank(nodes, M)) == ["loaded-idle", "loaded-busy", "disk-idle"]
+
+
+def test_a_single_request_goes_to_the_node_with_the_model_loaded() -> None:
+    nodes = [node("disk-idle", loaded=False, load_seconds=0.2), node("loaded-idle")]
+    assert ids(rank(nodes, M)) == ["loaded-idle", "disk-idle"]
+
+
+def test_an_idle_node_with_the_model_on_disk_wins_once_the_loaded_node_is_full() -> None:
+    """The review's finding: a busy loaded node must not starve an idle one (4 slots each)."""
+    disk = node("disk-idle", loaded=False, load_seconds=30.0)
+    for active in range(4):
+        assert rank([node("loaded", active=active), disk], M)[0].id == "loaded"
+    assert rank([node("loaded", active=4), disk], M)[0].id == "disk-idle"
+    assert rank([node("loaded", active=2, queued=2), disk], M)[0].id == "disk-idle"
+
+
+def test_eight_requests_over_two_nodes_of_four_slots_use_both() -> None:
+    """The proxy's loop: pick, count the request in flight, pick again."""
+    counts = {"a": 0, "b": 0}
+    for _ in range(8):
+        nodes = [node("a", active=counts["a"]), node("b", loaded=False, active=counts["b"])]
+        counts[rank(nodes, M)[0].id] += 1
+    assert counts == {"a": 4, "b": 4}
+
+
+def test_when_every_node_is_full_waiting_beats_loading_only_while_it_is_shorter() -> None:
+    # Three requests queued beyond 4 slots of 2 s each: a slot in about 2 s.
+    loaded_full = node("loaded", active=7, request_seconds=2.0)
+    # Just full: a slot in about 0.5 s, plus the load.
+    quick_load = node("disk", loaded=False, active=4, request_seconds=2.0, load_seconds=0.1)
+    slow_load = node("disk", loaded=False, active=4, request_seconds=2.0, load_seconds=20.0)
+    assert expected_start_seconds(loaded_full, M) == 2.0
+    assert expected_start_seconds(quick_load, M) == 0.6
+    assert rank([loaded_full, slow_load], M)[0].id == "loaded"
+    assert rank([loaded_full, quick_load], M)[0].id == "disk"
+
+
+def test_unknown_load_time_uses_the_default() -> None:
+    assert expected_start_seconds(node("disk", loaded=False), M) == DEFAULT_LOAD_SECONDS
+    assert expected_start_seconds(node("loaded"), M) == 0.0
+
+
+def test_a_node_that_must_download_the_model_comes_last_even_when_others_are_full() -> None:
+    fetching = node("fetch", loaded=False, on_disk=False)
+    full = node("full", active=7, request_seconds=60.0)
+    assert ids(rank([fetching, full], M, fetchable=True)) == ["full", "fetch"]
 
 
 def test_score_formula() -> None:

@@ -42,7 +42,11 @@ class NodeLoad(BaseModel):
     active_requests: int = Field(default=0, ge=0)
     queued_requests: int = Field(default=0, ge=0)
     slots_busy: int = Field(default=0, ge=0)
-    slots_total: int = Field(default=0, ge=0)
+    slots_total: int = Field(default=0, ge=0)  # slots of the loaded generation engines
+    slots_per_model: int = Field(default=0, ge=0)  # slots a model gets when it loads
+    # Seconds the node's last load of each model took (the balancer weighs them against waits).
+    load_seconds: dict[str, float] = Field(default_factory=dict)
+    request_seconds: float = Field(default=0.0, ge=0)  # recent mean request duration
     tokens_per_second: float = Field(default=0.0, ge=0)
     cpu_percent: float = Field(default=0.0, ge=0)
     ram_percent: float = Field(default=0.0, ge=0)

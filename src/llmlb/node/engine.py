@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import signal
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -65,15 +66,16 @@ def _engine_params(spec: EngineSpec) -> Any:
     params.n_gpu_layers = spec.gpu_layers
     params.cpuparams.n_threads = spec.threads
     params.cpuparams_batch.n_threads = spec.threads
-    params.endpoint_metrics = True
     params.verbosity = -1
-    # xllamacpp also starts llama.cpp's own HTTP server; keep it on loopback only.
+    # xllamacpp always starts llama.cpp's own HTTP server as well. The node never uses it:
+    # loopback only, behind a random key nobody is told, so no local process can reach the
+    # model around the node's own key.
     params.hostnames = ["127.0.0.1"]
     params.port = 0
+    params.api_keys = [secrets.token_urlsafe(32)]
     if spec.purpose == "embed":
         params.embedding = True
         params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
-        params.n_parallel = 1
     if spec.template.jinja is not None:
         params.use_jinja = True
         params.chat_template = spec.template.jinja
@@ -96,7 +98,7 @@ class LlamaEngine:
 
     @property
     def internal_url(self) -> str:
-        """llama.cpp's own HTTP server for this model (loopback; used by the benchmark)."""
+        """llama.cpp's own HTTP server (loopback, behind a key only this object knew)."""
         return str(self._server.listening_address)
 
     @classmethod
@@ -175,9 +177,6 @@ class LlamaEngine:
                 self._executor, self._server.handle_embeddings, payload
             )
         return _parse_or_raise(raw)
-
-    def metrics_text(self) -> str:
-        return str(self._server.handle_metrics())
 
     def close(self) -> None:
         """Stop streams at their next token, wait for the slots' threads, free the model."""

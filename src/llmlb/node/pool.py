@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from llmlb.common.errors import Conflict, InsufficientMemory
 
@@ -94,19 +94,20 @@ class EnginePool(Generic[S, E]):
         self._on_change = on_change or (lambda event, key: None)
         self._loaded: dict[Hashable, _Entry[S, E]] = {}
         self._loading: dict[Hashable, asyncio.Future[None]] = {}
-        self._reserved = 0
+        self._reserved = 0  # memory of loads in progress
+        # Memory of evicted engines still being freed: it counts until close() returns, or a
+        # load could start while the victim is still resident (an out-of-memory on a GPU).
+        self._releasing = 0
         self._cond = asyncio.Condition()
+        self.load_seconds: dict[Hashable, float] = {}  # how long each key's last load took
 
     @property
     def used_bytes(self) -> int:
-        return self._reserved + sum(e.memory_bytes for e in self._loaded.values())
+        held = self._reserved + self._releasing
+        return held + sum(e.memory_bytes for e in self._loaded.values())
 
     def loaded(self) -> dict[Hashable, E]:
         return {key: entry.engine for key, entry in self._loaded.items()}
-
-    def in_use(self, key: Hashable) -> int:
-        entry = self._loaded.get(key)
-        return entry.in_use if entry else 0
 
     @asynccontextmanager
     async def lease(self, spec: S) -> AsyncIterator[E]:
@@ -145,12 +146,13 @@ class EnginePool(Generic[S, E]):
                 victims = choose_evictions(
                     [Resident(k, e.memory_bytes, e.in_use, e.last_used)
                      for k, e in self._loaded.items()],
-                    self._reserved, spec.memory_bytes, self.budget_bytes,
+                    self._reserved + self._releasing, spec.memory_bytes, self.budget_bytes,
                 )  # fmt: skip
                 if victims is not None:
                     break
                 await self._wait(deadline, spec)
             evicted = [self._loaded.pop(key) for key in victims]
+            self._releasing += sum(entry.memory_bytes for entry in evicted)
             self._reserved += spec.memory_bytes
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._loading[spec.key] = done
@@ -173,7 +175,7 @@ class EnginePool(Generic[S, E]):
         try:
             for key, victim in zip(keys, evicted, strict=True):
                 log.info("evicting model %s to make room for %s", key, spec.key)
-                await asyncio.to_thread(victim.engine.close)
+                await self._free(victim)
                 self._on_change("evicted", key)
             log.info("loading model %s (%d bytes)", spec.key, spec.memory_bytes)
             started = time.monotonic()
@@ -189,7 +191,8 @@ class EnginePool(Generic[S, E]):
             else:
                 done.cancel()
             raise
-        log.info("loaded model %s in %.1f s", spec.key, time.monotonic() - started)
+        self.load_seconds[spec.key] = seconds = time.monotonic() - started
+        log.info("loaded model %s in %.1f s", spec.key, seconds)
         self._on_change("loaded", spec.key)
         entry = _Entry(spec, engine, spec.memory_bytes, in_use=1, last_used=time.monotonic())
         async with self._cond:
@@ -208,9 +211,19 @@ class EnginePool(Generic[S, E]):
             if busy:
                 raise Conflict(f"model {busy[0]!r} is serving requests; try again when idle")
             entries = [self._loaded.pop(key) for key in keys]
+            self._releasing += sum(entry.memory_bytes for entry in entries)
         for entry in entries:
-            await asyncio.to_thread(entry.engine.close)
+            await self._free(entry)
             self._on_change("evicted", entry.spec.key)
+
+    async def _free(self, entry: _Entry[S, E]) -> None:
+        """Close an engine already out of ``_loaded``; its memory counts until it is closed."""
+        try:
+            await asyncio.to_thread(entry.engine.close)
+        finally:
+            async with self._cond:
+                self._releasing -= entry.memory_bytes
+                self._cond.notify_all()
 
     async def close(self) -> None:
         """Free every engine (shutdown)."""
@@ -220,9 +233,3 @@ class EnginePool(Generic[S, E]):
         for key, entry in entries:
             await asyncio.to_thread(entry.engine.close)
             log.info("unloaded model %s", key)
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        return [
-            {"key": key, "memory_bytes": e.memory_bytes, "in_use": e.in_use}
-            for key, e in self._loaded.items()
-        ]

@@ -97,6 +97,7 @@ class NodeService:
         self.resolver = ModelResolver(settings, self.store)
         self.assigned: set[str] = set()  # models the router asked for at registration
         self._threads = settings.threads or os.cpu_count() or 1
+        self._request_seconds = 0.0  # moving average of request durations (heartbeats)
 
     # -- models ---------------------------------------------------------------------------
 
@@ -132,7 +133,8 @@ class NodeService:
             memory_bytes=estimate_memory(model, info, ctx),
             template=template,
             ctx_size=ctx,
-            parallel=self.settings.parallel,
+            # An embedding engine runs one sequence at a time (llama.cpp pools per slot).
+            parallel=self.settings.parallel if purpose == "generate" else 1,
             threads=self._threads,
             gpu_layers=self.settings.gpu_layers,
         )
@@ -177,6 +179,24 @@ class NodeService:
 
     def recent_tokens_per_second(self) -> float:
         return self.metrics.recent_tokens_per_second()
+
+    def recent_request_seconds(self) -> float:
+        """A moving average of how long generation requests take (0 before the first)."""
+        return self._request_seconds
+
+    def model_load_seconds(self) -> dict[str, float]:
+        """How long the last load of each generation model took."""
+        return {
+            str(key[0]): round(seconds, 3)
+            for key, seconds in self.pool.load_seconds.items()
+            if isinstance(key, tuple) and key[1] == "generate"
+        }
+
+    def _finished(self, endpoint: Endpoint, model: str, started: float) -> None:
+        seconds = time.monotonic() - started
+        self.metrics.latency.labels(endpoint, model).observe(seconds)
+        previous = self._request_seconds
+        self._request_seconds = seconds if not previous else 0.8 * previous + 0.2 * seconds
 
     def _model_event(self, event: str, key: Any) -> None:
         if event == "loaded":
@@ -232,7 +252,7 @@ class NodeService:
         self.metrics.record_usage(spec.name, response.get("usage") or {}, timings)
         if "prompt_ms" in timings:
             self.metrics.ttft.labels(spec.name).observe(float(timings["prompt_ms"]) / 1000)
-        self.metrics.latency.labels(endpoint, spec.name).observe(time.monotonic() - started)
+        self._finished(endpoint, spec.name, started)
         return response
 
     async def open_stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[bytes]:
@@ -288,7 +308,7 @@ class NodeService:
                 log.exception("stream failed")
                 yield sse(orjson.dumps(error_body(f"stream failed: {exc}", "server_error")))
             yield DONE_EVENT
-        self.metrics.latency.labels(endpoint, model).observe(time.monotonic() - started)
+        self._finished(endpoint, model, started)
 
     def _is_usage_chunk(self, model: str, chunk: bytes) -> bool:
         data = orjson.loads(chunk)

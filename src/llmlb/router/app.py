@@ -28,7 +28,6 @@ from llmlb.common.errors import BadRequest, LlmlbError
 from llmlb.common.wire import NodeLoad, RegisterRequest
 from llmlb.router.auth import Principal
 from llmlb.router.keys import Scope
-from llmlb.router.proxy import NodeAnswered
 from llmlb.router.service import RouterService
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -93,10 +92,7 @@ def create_app(service: RouterService) -> Starlette:
             for name in ("traceparent", "tracestate"):
                 if name in request.headers:
                     headers[name] = request.headers[name]
-            try:
-                answer = await service.forward(routed, headers, principal.key_id, request_id)
-            except NodeAnswered as exc:
-                answer = exc.answer
+            answer = await service.forward(routed, headers, principal.key_id, request_id)
             extra = {
                 "x-llmlb-node": answer.node.name,
                 "x-llmlb-attempts": str(answer.attempts),

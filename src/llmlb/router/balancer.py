@@ -5,23 +5,29 @@ that order (failover never repeats a node). Eligible: ready, approved, not drain
 offline, holding the model (loaded or on disk), below its concurrency limit.
 
 A model in the catalog that no eligible node holds may go to any eligible node, which
-fetches it first (the last tier of ``load``).
+fetches it first (always the last resort: a download takes minutes).
 
 Strategies:
 
 ``load`` (default)
-    Nodes with the model loaded before nodes with it only on disk; within a tier, lowest
-    score first, where ::
+    The node where the request is expected to start soonest. Sort key, in order:
 
-        score = (active + queued) / slots  +  0.25 * gpu_use  -  0.05 * min(tokens_per_s / 100, 1)
+    1. needs a download (last resort);
+    2. no free slot (a node with a free slot starts the request now);
+    3. expected seconds until the request starts: the model's load time when it is only on
+       disk (the node reports how long its loads took), plus, when every slot is taken, the
+       wait for one: ``(overflow + 1) / slots * request_seconds``;
+    4. ``score``: utilisation plus GPU use, minus a small bonus for fast nodes.
 
+    So a node with the model loaded wins while it has a free slot; once its slots run out an
+    idle node with the model on disk takes the next request, and among nodes that are all
+    full, waiting wins over loading only while the expected wait is shorter than the load.
     ``active`` counts the router's own requests in flight to the node (fresher than the
-    heartbeat), ``queued`` comes from the heartbeat, ``gpu_use`` is 0..1. The small
-    throughput bonus breaks ties toward nodes that generate faster.
+    heartbeat), ``queued`` comes from the heartbeat.
 ``least_busy``
     Fewest requests in flight + queued, then the ``load`` order.
 ``round_robin``
-    Rotates over the eligible nodes (tiers ignored) with a counter the caller keeps.
+    Rotates over the eligible nodes (model state ignored) with a counter the caller keeps.
 ``prefix_affinity``
     Requests with the same prompt prefix (system prompt and first user turn) go to the same
     node, chosen by rendezvous hashing, so llama.cpp's prompt cache is reused; when that node
@@ -32,14 +38,19 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from llmlb.common.settings import BalancerStrategy
+
+# Used until a node has reported a figure of its own.
+DEFAULT_LOAD_SECONDS = 5.0
+DEFAULT_REQUEST_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
 class NodeSnapshot:
     id: str
     name: str
-    url: str
     models_loaded: frozenset[str]
     models_on_disk: frozenset[str]
     active: int
@@ -49,6 +60,8 @@ class NodeSnapshot:
     tokens_per_second: float = 0.0
     gpu_use: float = 0.0
     serving: bool = True  # ready, approved, not draining, not offline, reachable
+    load_seconds: Mapping[str, float] = field(default_factory=dict)  # the node's last loads
+    request_seconds: float = 0.0  # the node's recent mean request duration; 0: unknown
 
     def has(self, model: str) -> bool:
         return model in self.models_loaded or model in self.models_on_disk
@@ -68,15 +81,30 @@ def score(node: NodeSnapshot) -> float:
     return utilisation + 0.25 * node.gpu_use - speed_bonus
 
 
-def _tier(node: NodeSnapshot, model: str) -> int:
-    """0: model loaded, 1: on disk, 2: the node would have to fetch it first."""
-    if model in node.models_loaded:
-        return 0
-    return 1 if model in node.models_on_disk else 2
+def expected_start_seconds(node: NodeSnapshot, model: str) -> float:
+    """Seconds until a new request for ``model`` would start generating on ``node``."""
+    load = 0.0
+    if model not in node.models_loaded:
+        load = node.load_seconds.get(model, DEFAULT_LOAD_SECONDS)
+    if node.free_slots > 0:
+        return load
+    overflow = node.active + node.queued - node.slots
+    per_request = node.request_seconds or DEFAULT_REQUEST_SECONDS
+    return load + (overflow + 1) / max(node.slots, 1) * per_request
+
+
+def _load_key(node: NodeSnapshot, model: str) -> tuple[bool, bool, float, float, str]:
+    return (
+        not node.has(model),
+        node.free_slots <= 0,
+        expected_start_seconds(node, model),
+        score(node),
+        node.id,
+    )
 
 
 def _load_order(nodes: list[NodeSnapshot], model: str) -> list[NodeSnapshot]:
-    return sorted(nodes, key=lambda n: (_tier(n, model), score(n), n.id))
+    return sorted(nodes, key=lambda n: _load_key(n, model))
 
 
 def _affinity(node_id: str, prefix_key: str) -> bytes:
@@ -86,7 +114,7 @@ def _affinity(node_id: str, prefix_key: str) -> bytes:
 def rank(
     nodes: list[NodeSnapshot],
     model: str,
-    strategy: str = "load",
+    strategy: BalancerStrategy = "load",
     *,
     rotation: int = 0,
     prefix_key: str | None = None,

@@ -11,11 +11,13 @@ queue: a full queue answers 429, a wait past ``queue_timeout`` 504.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -57,19 +59,44 @@ class Routed:
     prefix_key: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Answer:
-    """A node's answer, ready to relay: a whole body or a stream of raw bytes."""
+    """A node's answer, ready to relay: a whole body or a stream of raw bytes.
+
+    A value: ``forward`` returns it whole, and layers above wrap it with ``replace``.
+    """
 
     status: int
     node: NodeRecord
     content_type: str
     body: bytes = b""
-    chunks: AsyncIterator[bytes] | None = None
+    chunks: AsyncGenerator[bytes, None] | None = None
     attempts: int = 1
     queue_wait_ms: float = 0.0
     usage: dict[str, int] = field(default_factory=dict)
     first_byte_at: float | None = None
+
+
+class Capacity:
+    """Wakes every queued request when capacity may have appeared.
+
+    A slot freed on one node can serve a request for a model another waiter does not want,
+    and capacity also appears without any release (a node registers, turns ready, is
+    approved or undrained, loads a model): so every change wakes every waiter, and each one
+    ranks the fleet again. Waiters are bounded by the queue size, so this stays cheap.
+    """
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def changed(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, seconds: float) -> None:
+        """Until the next change or ``seconds``, whichever comes first."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), seconds)
 
 
 def usage_of(data: bytes) -> dict[str, int]:
@@ -95,6 +122,7 @@ class Proxy:
         settings: RouterSettings,
         session: aiohttp.ClientSession,
         metrics: RouterMetrics,
+        capacity: Capacity,
         in_catalog: Callable[[str], bool] = lambda model: False,
     ) -> None:
         self._in_catalog = in_catalog
@@ -102,7 +130,7 @@ class Proxy:
         self._settings = settings
         self._session = session
         self._metrics = metrics
-        self._capacity = asyncio.Condition()
+        self._capacity = capacity
         self._waiting = 0
         self._rotation = 0
 
@@ -115,46 +143,42 @@ class Proxy:
         queued = False
         fetchable = self._in_catalog(routed.model)
         try:
-            async with self._capacity:
-                while True:
-                    snapshots = self._registry.snapshots()
-                    self._rotation += 1
-                    ranked = rank(
-                        snapshots, routed.model, self._settings.balancer,
-                        rotation=self._rotation, prefix_key=routed.prefix_key, exclude=tried,
-                        fetchable=fetchable,
-                    )  # fmt: skip
-                    if ranked:
-                        node = self._registry.get(ranked[0].id)
-                        node.active += 1
-                        return node, (time.monotonic() - started) * 1000
-                    able = [
-                        s for s in snapshots
-                        if s.serving and (fetchable or s.has(routed.model)) and s.id not in tried
-                    ]  # fmt: skip
-                    if not able:
-                        raise self._no_node(routed.model, tried)
-                    if not queued:
-                        if self._waiting >= self._settings.queue_size:
-                            raise Overloaded(
-                                f"every node serving {routed.model!r} is busy and the queue "
-                                f"is full ({self._settings.queue_size})",
-                                headers={"Retry-After": "1"},
-                            )
-                        queued = True
-                        self._waiting += 1
-                        self._metrics.queue_depth.set(self._waiting)
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise UpstreamTimeout(
-                            f"waited {self._settings.queue_timeout:.0f} s for a free node "
-                            f"serving {routed.model!r}",
-                            code="queue_timeout",
+            while True:
+                snapshots = self._registry.snapshots()
+                self._rotation += 1
+                ranked = rank(
+                    snapshots, routed.model, self._settings.balancer,
+                    rotation=self._rotation, prefix_key=routed.prefix_key, exclude=tried,
+                    fetchable=fetchable,
+                )  # fmt: skip
+                if ranked:
+                    node = self._registry.get(ranked[0].id)
+                    node.active += 1
+                    return node, (time.monotonic() - started) * 1000
+                able = [
+                    s for s in snapshots
+                    if s.serving and (fetchable or s.has(routed.model)) and s.id not in tried
+                ]  # fmt: skip
+                if not able:
+                    raise self._no_node(routed.model, tried)
+                if not queued:
+                    if self._waiting >= self._settings.queue_size:
+                        raise Overloaded(
+                            f"every node serving {routed.model!r} is busy and the queue "
+                            f"is full ({self._settings.queue_size})",
+                            headers={"Retry-After": "1"},
                         )
-                    try:
-                        await asyncio.wait_for(self._capacity.wait(), remaining)
-                    except TimeoutError:
-                        continue
+                    queued = True
+                    self._waiting += 1
+                    self._metrics.queue_depth.set(self._waiting)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise UpstreamTimeout(
+                        f"waited {self._settings.queue_timeout:.0f} s for a free node "
+                        f"serving {routed.model!r}",
+                        code="queue_timeout",
+                    )
+                await self._capacity.wait(remaining)
         finally:
             if queued:
                 self._waiting -= 1
@@ -176,10 +200,9 @@ class Proxy:
             headers={"Retry-After": "5"},
         )
 
-    async def _release(self, node: NodeRecord) -> None:
+    def _release(self, node: NodeRecord) -> None:
         node.active -= 1
-        async with self._capacity:
-            self._capacity.notify()
+        self._capacity.changed()
 
     # -- forwarding ------------------------------------------------------------------------
 
@@ -192,17 +215,22 @@ class Proxy:
         return headers
 
     async def forward(self, routed: Routed, incoming: dict[str, str]) -> Answer:
+        """The first good answer; else the last node's own error answer, relayed as is.
+
+        Raises LlmlbError only when no node answered at all (none could serve, the queue
+        was full or timed out, every attempt failed to connect).
+        """
         headers = self._headers(incoming)
         tried: set[str] = set()
-        last_error: LlmlbError | None = None
+        last: Answer | LlmlbError | None = None
         queue_wait = 0.0
         for attempt in range(1, self._settings.max_attempts + 1):
             try:
                 node, waited = await self._pick(routed, frozenset(tried))
-            except LlmlbError as exc:
-                if last_error is not None and isinstance(exc, Unavailable | ModelNotFound):
-                    raise last_error from exc
-                raise
+            except (Unavailable, ModelNotFound) as exc:
+                if last is None:
+                    raise
+                return _final(last, exc)
             queue_wait += waited
             tried.add(node.id)
             if attempt > 1:
@@ -210,28 +238,25 @@ class Proxy:
             try:
                 answer = await self._attempt(node, routed, headers)
             except _RETRYABLE as exc:
-                await self._release(node)
+                self._release(node)
                 if not isinstance(exc, TimeoutError):
                     self._registry.mark_unreachable(node.id)
-                last_error = _upstream_error(node, exc)
-                log.warning("attempt %d on %s failed: %s", attempt, node.name, last_error.message)
+                last = _upstream_error(node, exc)
+                log.warning("attempt %d on %s failed: %s", attempt, node.name, last.message)
                 continue
             except BaseException:
-                await self._release(node)
+                self._release(node)
                 raise
-            if answer.status >= 500 and answer.chunks is None:
-                await self._release(node)
-                answer.attempts, answer.queue_wait_ms = attempt, queue_wait
-                last_error = NodeAnswered(answer)
-                log.warning("attempt %d on %s answered %d", attempt, node.name, answer.status)
-                continue
-            answer.attempts = attempt
-            answer.queue_wait_ms = queue_wait
+            answer = dataclasses.replace(answer, attempts=attempt, queue_wait_ms=queue_wait)
             if answer.chunks is None:
-                await self._release(node)
+                self._release(node)
+                if answer.status >= 500:
+                    last = answer
+                    log.warning("attempt %d on %s answered %d", attempt, node.name, answer.status)
+                    continue
             return answer
-        assert last_error is not None
-        raise last_error
+        assert last is not None
+        return _final(last, None)
 
     async def _attempt(self, node: NodeRecord, routed: Routed, headers: dict[str, str]) -> Answer:
         url = node.base_url + routed.path
@@ -252,42 +277,40 @@ class Proxy:
             except BaseException:
                 response.close()
                 raise
-        answer = Answer(200, node, content_type, first_byte_at=time.monotonic())
-        answer.chunks = self._relay(answer, first, response)
-        return answer
+        chunks = self._relay(node, first, response)
+        return Answer(200, node, content_type, chunks=chunks, first_byte_at=time.monotonic())
 
     async def _relay(
-        self, answer: Answer, first: bytes, response: aiohttp.ClientResponse
-    ) -> AsyncIterator[bytes]:
-        tail = first[-4096:]
+        self, node: NodeRecord, first: bytes, response: aiohttp.ClientResponse
+    ) -> AsyncGenerator[bytes, None]:
+        """The node's stream as it comes; whoever iterates it must close it (``aclosing``)."""
         try:
             yield first
             while chunk := await response.content.readany():
-                tail = (tail + chunk)[-4096:]
                 yield chunk
         except _RETRYABLE as exc:
-            self._registry.mark_unreachable(answer.node.id)
-            message = f"node {answer.node.name} failed mid-stream: {_describe(exc)}"
+            self._registry.mark_unreachable(node.id)
+            message = f"node {node.name} failed mid-stream: {_describe(exc)}"
             log.warning(message)
             yield b"data: " + orjson.dumps(error_body(message, "upstream_error")) + b"\n\n"
             yield b"data: [DONE]\n\n"
         finally:
-            answer.usage = usage_of(tail)
             # Closing (not releasing) drops the connection when the client left early, which
             # is how the node learns to stop generating.
             if response.content.at_eof():
                 response.release()
             else:
                 response.close()
-            await self._release(answer.node)
+            self._release(node)
 
 
-class NodeAnswered(LlmlbError):
-    """A node's own 5xx answer, relayed as is when no other node could do better."""
-
-    def __init__(self, answer: Answer) -> None:
-        super().__init__(f"node {answer.node.name} answered {answer.status}")
-        self.answer = answer
+def _final(last: Answer | LlmlbError, reason: LlmlbError | None) -> Answer:
+    """After the last attempt: a node's own answer is relayed, an error raised."""
+    if isinstance(last, Answer):
+        return last
+    if reason is not None:
+        raise last from reason
+    raise last
 
 
 def _describe(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,8 +73,10 @@ class NodeRecord:
             "devices": [d.model_dump() for d in self.devices],
             "registered_at": self.registered_at,
             "last_seen": self.last_seen,
-            "active_requests": self.active,
+            # What the node said in its last heartbeat (active_requests, queued_requests,
+            # slots, ...) and, beside it, what this router has in flight to it right now.
             **self.load.model_dump(),
+            "router_in_flight": self.active,
         }
 
 
@@ -102,7 +105,11 @@ class Registry:
         require_approval: bool,
         node_max_concurrency: int | None,
         started_at: float | None = None,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
+        # Called whenever capacity may have appeared (a node registered, heartbeated, was
+        # approved or undrained): queued requests look again.
+        self._on_change = on_change
         # Heartbeats older than this process are not proof that a node is there now.
         self._started_at = time.time() if started_at is None else started_at
         self._engine = engine
@@ -114,6 +121,9 @@ class Registry:
 
     async def load(self) -> None:
         """Fill the memory copy from the database (start, and the periodic sync)."""
+        # A node that registers while the SELECT runs is not in its rows: only records that
+        # were here before it started can have been removed by someone else.
+        known_before = set(self._nodes)
         async with self._engine.connect() as connection:
             rows = list(await connection.execute(select(nodes)))
         seen = set()
@@ -129,8 +139,25 @@ class Registry:
                     current.last_seen = row.last_seen
                     current.load = NodeLoad.model_validate(row.load)
                     current.live = current.live or row.last_seen >= self._started_at
-        for node_id in set(self._nodes) - seen:
-            del self._nodes[node_id]
+        for node_id in known_before - seen:
+            self._nodes.pop(node_id, None)
+        self._on_change()
+
+    async def purge_offline(self, max_age: float) -> list[str]:
+        """Forget nodes not seen for ``max_age`` seconds; the names of those removed."""
+        cutoff = time.time() - max_age
+        stale = [n for n in self._nodes.values() if n.last_seen < cutoff]
+        if not stale:
+            return []
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                delete(nodes).where(nodes.c.id.in_([n.id for n in stale]))
+                .where(nodes.c.last_seen < cutoff)
+            )  # fmt: skip
+        for node in stale:
+            self._nodes.pop(node.id, None)
+            log.info("forgot node %s: offline since %s", node.name, time.ctime(node.last_seen))
+        return [n.name for n in stale]
 
     def get(self, node_id: str) -> NodeRecord:
         node = self._nodes.get(node_id)
@@ -181,6 +208,7 @@ class Registry:
             existing.last_seen, existing.load, existing.unreachable = now, request.load, False
             existing.token, existing.live = token, True
             log.info("node %s (%s) re-registered as %s", request.name, request.base_url, node_id)
+            self._on_change()
             return existing
         record = NodeRecord(
             node_id, request.name, request.base_url, request.version, request.devices,
@@ -189,6 +217,7 @@ class Registry:
         )  # fmt: skip
         self._nodes[node_id] = record
         log.info("node %s (%s) registered as %s", request.name, request.base_url, node_id)
+        self._on_change()
         return record
 
     async def heartbeat(self, node_id: str, load: NodeLoad, token: str | None = None) -> NodeRecord:
@@ -204,6 +233,7 @@ class Registry:
             log.info("node %s is reachable again", node.name)
         node.last_seen, node.load, node.unreachable = now, load, False
         node.token, node.live = token, True
+        self._on_change()
         return node
 
     async def set_flags(self, node_id: str, **flags: bool) -> NodeRecord:
@@ -212,6 +242,7 @@ class Registry:
             await connection.execute(update(nodes).where(nodes.c.id == node_id).values(**flags))
         for name, value in flags.items():
             setattr(node, name, value)
+        self._on_change()
         return node
 
     async def remove(self, node_id: str) -> None:
@@ -231,21 +262,23 @@ class Registry:
         now = time.time()
         out = []
         for node in self._nodes.values():
-            slots = max(node.load.slots_total, 1)
+            load = node.load
+            slots = max(load.slots_total, load.slots_per_model, 1)
             out.append(
                 NodeSnapshot(
                     id=node.id,
                     name=node.name,
-                    url=node.base_url,
-                    models_loaded=frozenset(node.load.models_loaded),
-                    models_on_disk=frozenset(node.load.models_on_disk),
+                    models_loaded=frozenset(load.models_loaded),
+                    models_on_disk=frozenset(load.models_on_disk),
                     active=node.active,
-                    queued=node.load.queued_requests,
+                    queued=load.queued_requests,
                     slots=slots,
                     limit=self._max_concurrency or slots * 2,
-                    tokens_per_second=node.load.tokens_per_second,
-                    gpu_use=node.load.gpu_percent / 100.0,
+                    tokens_per_second=load.tokens_per_second,
+                    gpu_use=load.gpu_percent / 100.0,
                     serving=node.status(now, self.heartbeat_interval) == "ready",
+                    load_seconds=load.load_seconds,
+                    request_seconds=load.request_seconds,
                 )
             )
         return out

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from llmlb.router.history import History, RequestRecord
 from llmlb.router.keys import KeyStore
 from llmlb.router.metrics import RouterMetrics
 from llmlb.router.models import RouterModels
-from llmlb.router.proxy import Answer, NodeAnswered, Proxy, Routed
+from llmlb.router.proxy import Answer, Capacity, Proxy, Routed, usage_of
 from llmlb.router.registry import Registry
 from llmlb.router.tasks import EventBus, TaskManager
 
@@ -38,6 +39,12 @@ log = logging.getLogger(__name__)
 
 NODE_TOKEN_FILE = "node_token"
 _BODY_LOG_LIMIT = 64 * 1024
+# The usage object of a stream is in its last event; this much of the tail always holds it.
+_USAGE_TAIL = 4096
+# Requests for models nobody knows count under this one label (clients choose model names).
+UNKNOWN_MODEL_LABEL = "unknown"
+# The history column's width: longer names are refused before they reach a node or a row.
+MAX_MODEL_NAME = 200
 
 
 class RouterService:
@@ -49,8 +56,10 @@ class RouterService:
         self.auth = Authenticator(
             self.keys, admin_password=settings.admin_password, no_auth=settings.no_auth
         )
+        capacity = Capacity()
         self.registry = Registry(
             engine,
+            on_change=capacity.changed,
             heartbeat_interval=settings.heartbeat_interval,
             allow_cpu_nodes=settings.allow_cpu_nodes,
             require_approval=settings.require_node_approval,
@@ -69,8 +78,9 @@ class RouterService:
         )
         self.models = RouterModels(settings.home, self.catalog, self.session)
         self.proxy = Proxy(
-            self.registry, settings, self.session, self.metrics, lambda m: m in self.catalog
-        )
+            self.registry, settings, self.session, self.metrics, capacity,
+            lambda m: m in self.catalog,
+        )  # fmt: skip
         self.events = EventBus()
         self.tasks = TaskManager(
             engine, self.registry, self.models, self.session, self.events,
@@ -179,6 +189,8 @@ class RouterService:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise BadRequest("'model' is required and must be a non-empty string", param="model")
+        if len(model) > MAX_MODEL_NAME:
+            raise BadRequest(f"'model' is longer than {MAX_MODEL_NAME} characters", param="model")
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise BadRequest("'stream' must be a boolean", param="stream")
@@ -188,49 +200,54 @@ class RouterService:
     async def forward(
         self, routed: Routed, headers: dict[str, str], key_id: str | None, request_id: str
     ) -> Answer:
+        """The node's answer, recorded in history and metrics once it is complete."""
         started = time.monotonic()
         try:
             answer = await self.proxy.forward(routed, headers)
-        except NodeAnswered as exc:  # every node failed; the last one's answer is relayed
-            answer = exc.answer
-            self._record(routed, request_id, key_id, started, answer, answer.status)
-            raise
         except LlmlbError as exc:
             self._record(routed, request_id, key_id, started, None, exc.status, error=exc.message)
             raise
-        if answer.chunks is not None:
-            answer.chunks = self._recorded_stream(
-                routed, answer, answer.chunks, request_id, key_id, started
-            )
-        else:
+        if answer.chunks is None:
             self._record(routed, request_id, key_id, started, answer, answer.status)
-        return answer
+            return answer
+        chunks = self._recorded_stream(routed, answer, answer.chunks, request_id, key_id, started)
+        return dataclasses.replace(answer, chunks=chunks)
 
     async def _recorded_stream(
         self,
         routed: Routed,
         answer: Answer,
-        chunks: AsyncIterator[bytes],
+        chunks: AsyncGenerator[bytes, None],
         request_id: str,
         key_id: str | None,
         started: float,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
+        """Relays the stream; when it ends (or the client leaves) closes the node's side at
+        once and records what was seen, usage included."""
         kept: list[bytes] = []
         size = 0
+        tail = b""
         status = 200
         try:
-            async for chunk in chunks:
-                if self.settings.log_bodies and size < _BODY_LOG_LIMIT:
-                    kept.append(chunk)
-                    size += len(chunk)
-                yield chunk
+            async with contextlib.aclosing(chunks) as relay:
+                async for chunk in relay:
+                    tail = (tail + chunk)[-_USAGE_TAIL:]
+                    if self.settings.log_bodies and size < _BODY_LOG_LIMIT:
+                        kept.append(chunk)
+                        size += len(chunk)
+                    yield chunk
         except BaseException:
             status = 499  # the client went away
             raise
         finally:
-            if not answer.body:
-                answer.body = b"".join(kept)
-            self._record(routed, request_id, key_id, started, answer, status)
+            seen = dataclasses.replace(answer, body=b"".join(kept), usage=usage_of(tail))
+            self._record(routed, request_id, key_id, started, seen, status)
+
+    def _model_label(self, model: str) -> str:
+        """A metric label: a model the fleet or the catalog knows, or one fixed label."""
+        if model in self.catalog or model in self.registry.fleet_models():
+            return model
+        return UNKNOWN_MODEL_LABEL
 
     def _record(
         self,
@@ -243,12 +260,13 @@ class RouterService:
         error: str | None = None,
     ) -> None:
         latency = time.monotonic() - started
-        self.metrics.requests.labels(routed.endpoint, routed.model, str(status)).inc()
+        label = self._model_label(routed.model)
+        self.metrics.requests.labels(routed.endpoint, label, str(status)).inc()
         self.metrics.latency.labels(routed.endpoint).observe(latency)
         usage = answer.usage if answer else {}
         if usage:
-            self.metrics.tokens.labels(routed.model, "in").inc(usage.get("prompt_tokens", 0))
-            self.metrics.tokens.labels(routed.model, "out").inc(usage.get("completion_tokens", 0))
+            self.metrics.tokens.labels(label, "in").inc(usage.get("prompt_tokens", 0))
+            self.metrics.tokens.labels(label, "out").inc(usage.get("completion_tokens", 0))
         ttft = None
         if answer is not None and answer.first_byte_at is not None:
             ttft = (answer.first_byte_at - started) * 1000
@@ -262,7 +280,7 @@ class RouterService:
                 request_id=request_id,
                 key_id=key_id,
                 endpoint=routed.endpoint,
-                model=routed.model,
+                model=routed.model[:MAX_MODEL_NAME],
                 node_id=answer.node.id if answer else None,
                 status=status,
                 latency_ms=round(latency * 1000, 2),
