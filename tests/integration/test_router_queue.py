@@ -144,3 +144,56 @@ def test_attempts_count_only_nodes_actually_tried(
         again = chat(url, "model-e")
         assert again.headers["x-llmlb-node"] == "live-e"
         assert again.headers["x-llmlb-attempts"] == "1"
+
+
+def test_an_abandoned_stream_is_settled_at_once_with_its_usage(
+    router: tuple[Process, str], fakes: list[FakeNode]
+) -> None:
+    """The router closes the node's stream when the client leaves, and history counts what
+    was generated up to then."""
+    url = router[0].url
+    fake = join(router, fakes, "stream-f", "model-f")
+    fake.behaviour = Behaviour(chunks=500, chunk_delay=0.02)
+    body = {"model": "model-f", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    read = 0
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=30) as response:
+        request_id = response.headers["x-request-id"]
+        for line in response.iter_lines():
+            if '"content":"' in line:
+                read += 1
+            if read == 5:
+                break
+    wait_until(lambda: node_row(url, "stream-f")["router_in_flight"] == 0, timeout=5)
+    wait_until(lambda: fake.streams_cancelled == 1, timeout=5)
+
+    def row() -> dict[str, Any] | None:
+        rows = httpx.get(url + "/api/requests", params={"model": "model-f"}).json()["data"]
+        return next((r for r in rows if r["request_id"] == request_id), None)
+
+    wait_until(lambda: row() is not None, timeout=5)
+    recorded = row()
+    assert recorded is not None
+    assert recorded["status"] == 499
+    assert 5 <= recorded["tokens_out"] < 500
+
+
+def test_an_event_stream_client_that_leaves_is_cleaned_up(
+    router: tuple[Process, str],
+) -> None:
+    process, _ = router
+    url = process.url
+
+    def open_streams() -> float:
+        for line in httpx.get(url + "/metrics").text.splitlines():
+            if line.startswith("llmlb_event_streams "):
+                return float(line.split()[1])
+        raise AssertionError("no llmlb_event_streams metric")
+
+    with httpx.stream("GET", url + "/api/events", timeout=30) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()  # held: dropping it would close the connection
+        assert next(lines) == ": connected"
+        wait_until(lambda: open_streams() == 1, timeout=5)
+    wait_until(lambda: open_streams() == 0, timeout=5)
+    log = process.log_path.read_text(errors="replace")
+    assert "Traceback" not in log and "already running" not in log

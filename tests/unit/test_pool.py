@@ -123,3 +123,39 @@ async def test_unloading_a_busy_model_is_a_conflict() -> None:
     await pool.unload(lambda s: s.key == "a")
     assert engine.closed
     assert pool.loaded() == {}
+
+
+async def test_an_evicted_engine_counts_until_its_memory_is_freed() -> None:
+    """Review finding: a third load must not start while an evicted engine is still resident."""
+    release = threading.Event()
+    closed: list[str] = []
+    loaded_while_resident: list[str] = []
+
+    class SlowToFree(FakeEngine):
+        def close(self) -> None:
+            release.wait(10)  # a GPU engine takes a while to free its memory
+            closed.append(self.spec.key)
+
+    def load(spec: FakeSpec) -> FakeEngine:
+        if "a" not in closed and spec.key != "a" and spec.key != "b":
+            loaded_while_resident.append(spec.key)
+        return SlowToFree(spec)
+
+    pool: EnginePool[FakeSpec, FakeEngine] = EnginePool(100, load, wait_seconds=5)
+    async with pool.lease(FakeSpec("a", 60)):
+        pass
+
+    async def use(spec: FakeSpec) -> None:
+        async with pool.lease(spec):
+            pass
+
+    b = asyncio.create_task(use(FakeSpec("b", 60)))  # evicts a; a's close blocks
+    while pool.used_bytes < 120:  # b reserved + a still being freed
+        await asyncio.sleep(0.01)
+    c = asyncio.create_task(use(FakeSpec("c", 30)))
+    await asyncio.sleep(0.2)
+    assert not c.done()  # waits: 60 (b) + 60 (a, still resident) + 30 > 100
+    release.set()
+    await asyncio.wait_for(asyncio.gather(b, c), 10)
+    assert loaded_while_resident == []
+    assert pool.used_bytes <= 100

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmlb.common.errors import LlmlbError, PayloadTooLarge, error_body
@@ -24,6 +25,25 @@ REQUEST_ID_HEADER = "x-request-id"
 class ORJSONResponse(JSONResponse):
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that closes its generator as soon as the response ends.
+
+    Starlette only stops iterating when the client leaves; the generator is then finalised
+    by the garbage collector, whenever that runs. Its ``finally`` blocks release a node's
+    slot, an upstream connection and the request's history row, so close it now.
+    """
+
+    def __init__(self, content: AsyncGenerator[bytes, None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._generator = content
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._generator.aclose()
 
 
 class RequestIdMiddleware:

@@ -108,6 +108,14 @@ class ModelLoadFailed(LlmlbError):
     default_code = "model_load_failed"
 
 
+class CorruptMetadata(LlmlbError):
+    """A model's ``metadata.json`` is not a JSON object: the operator must fix or remove it."""
+
+    status = 500
+    error_type = "server_error"
+    default_code = "corrupt_metadata"
+
+
 class NotImplementedByEngine(LlmlbError):
     status = 501
     error_type = "invalid_request_error"

@@ -7,6 +7,7 @@ built, so a name can never reach outside the models folder.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -16,7 +17,9 @@ from typing import Any
 
 import orjson
 
-from llmlb.common.errors import BadRequest
+from llmlb.common.errors import BadRequest, CorruptMetadata
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.gguf"
 METADATA_FILE = "metadata.json"
@@ -62,6 +65,8 @@ class StoredModel:
 class ModelStore:
     def __init__(self, root: Path) -> None:
         self.root = root
+        # metadata.json read once per change (requests look models up on the event loop).
+        self._metadata_cache: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
 
     def folder(self, name: str) -> Path:
         return self.root / validate_name(name)
@@ -79,7 +84,11 @@ class ModelStore:
         found = []
         for entry in sorted(self.root.iterdir()):
             if entry.is_dir() and _NAME.fullmatch(entry.name) and ".." not in entry.name:
-                model = self.get(entry.name)
+                try:
+                    model = self.get(entry.name)
+                except CorruptMetadata as exc:  # one broken folder must not hide the rest
+                    log.warning("%s", exc.message)
+                    continue
                 if model is not None:
                     found.append(model)
         return found
@@ -144,10 +153,24 @@ class ModelStore:
         shutil.rmtree(folder)
         return True
 
-    @staticmethod
-    def _metadata(folder: Path) -> dict[str, Any]:
+    def _metadata(self, folder: Path) -> dict[str, Any]:
+        """The folder's metadata.json ({} when there is none); CorruptMetadata naming it."""
+        path = folder / METADATA_FILE
         try:
-            data = orjson.loads((folder / METADATA_FILE).read_bytes())
-        except (OSError, orjson.JSONDecodeError):
+            stat = path.stat()
+        except FileNotFoundError:
             return {}
-        return data if isinstance(data, dict) else {}
+        version = (stat.st_mtime_ns, stat.st_size)
+        cached = self._metadata_cache.get(path)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        try:
+            data = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise CorruptMetadata(f"cannot read {path}: {exc}; fix or delete the file") from exc
+        if not isinstance(data, dict):
+            raise CorruptMetadata(f"{path} must hold a JSON object; fix or delete the file")
+        self._metadata_cache[path] = (version, data)
+        return data

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,15 +12,17 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from llmlb.common.asgi import (
     EXCEPTION_HANDLERS,
+    ClosingStreamingResponse,
     ORJSONResponse,
     RequestIdMiddleware,
     read_json,
 )
+from llmlb.common.credentials import bearer_token, same_secret
 from llmlb.common.errors import AuthenticationFailed, BadRequest, LlmlbError, NotFound
 from llmlb.common.store import validate_name
 from llmlb.node.engine import Endpoint
@@ -41,8 +42,8 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
             return handler
 
         async def check(request: Request) -> Response:
-            scheme, _, offered = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(offered.strip(), token):
+            offered = bearer_token(request.headers.get("authorization"))
+            if offered is None or not same_secret(offered, token):
                 raise AuthenticationFailed(
                     "this node serves its router only: send the node key as a bearer token"
                 )
@@ -56,20 +57,20 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
     def _generation(endpoint: Endpoint) -> Any:
         async def handler(request: Request) -> Response:
             body = await _body(request)
-            label = str(body.get("model"))
             try:
                 if body.get("stream") is True:
                     frames = await service.open_stream(endpoint, body)
-                    response: Response = StreamingResponse(
+                    response: Response = ClosingStreamingResponse(
                         frames, media_type="text/event-stream", headers=SSE_HEADERS
                     )
                 else:
                     response = ORJSONResponse(await service.complete(endpoint, body))
             except LlmlbError as exc:
                 service.metrics.errors.labels(exc.code or exc.error_type).inc()
+                label = service.model_label(body)
                 service.metrics.requests.labels(endpoint, label, str(exc.status)).inc()
                 raise
-            service.metrics.requests.labels(endpoint, label, "200").inc()
+            service.metrics.requests.labels(endpoint, service.model_label(body), "200").inc()
             return response
 
         return handler
@@ -81,7 +82,7 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
         except LlmlbError as exc:
             service.metrics.errors.labels(exc.code or exc.error_type).inc()
             raise
-        service.metrics.requests.labels("embeddings", str(body.get("model")), "200").inc()
+        service.metrics.requests.labels("embeddings", service.model_label(body), "200").inc()
         return ORJSONResponse(result)
 
     async def models(request: Request) -> Response:
@@ -110,11 +111,24 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
         return Response(status_code=204)
 
     async def health(request: Request) -> Response:
-        return ORJSONResponse(service.health())
+        health = service.health()
+        if link is not None:
+            health["router"] = link.status()
+            if not health["router"]["connected"]:
+                health["status"] = "degraded"  # serving, but the router does not hear us
+        return ORJSONResponse(health)
 
     async def startup(request: Request) -> Response:
-        ready = service.state != "initializing"
-        return ORJSONResponse({"state": service.state}, status_code=200 if ready else 503)
+        """503 until the node can do its job: registered (with a router) and the models the
+        router assigned are on disk."""
+        state = service.reported_state()
+        waiting_for = []
+        if state == "initializing":
+            waiting_for.append("assigned models")
+        if link is not None and link.node_id is None:
+            waiting_for.append("registration with the router")
+        body = {"state": state, "waiting_for": waiting_for}
+        return ORJSONResponse(body, status_code=503 if waiting_for else 200)
 
     async def metrics(request: Request) -> Response:
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
@@ -131,7 +145,7 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
                 link_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await link_task
-                await link.goodbye()
+                await link.goodbye()  # the link never dies with an error: see RouterLink.run
             await service.pool.close()
             await service.resolver.close()
 

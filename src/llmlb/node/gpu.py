@@ -6,6 +6,7 @@ wins. Parsing is split from the calls so it can be tested on recorded output.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
@@ -48,25 +49,41 @@ def probe_nvidia() -> list[Device]:
         pynvml.nvmlShutdown()
 
 
-def nvidia_utilization() -> float:
-    """Mean GPU busy percentage over NVIDIA devices (0 where NVML is absent)."""
-    try:
-        import pynvml
+class NvidiaMeter:
+    """GPU busy percentage for heartbeats. NVML is initialised once, not per heartbeat."""
 
-        pynvml.nvmlInit()
-    except Exception:
-        return 0.0
-    try:
-        count = pynvml.nvmlDeviceGetCount()
-        busy = [
-            pynvml.nvmlDeviceGetUtilizationRates(pynvml.nvmlDeviceGetHandleByIndex(i)).gpu
-            for i in range(count)
-        ]
+    def __init__(self) -> None:
+        self._nvml: Any = None
+        self._failed = False
+
+    def utilization(self) -> float:
+        """Mean busy percentage over NVIDIA devices (0 where NVML is absent)."""
+        if self._nvml is None and not self._failed:
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                self._nvml = pynvml
+            except Exception:
+                self._failed = True
+        if self._nvml is None:
+            return 0.0
+        nvml = self._nvml
+        try:
+            count = nvml.nvmlDeviceGetCount()
+            busy = [
+                nvml.nvmlDeviceGetUtilizationRates(nvml.nvmlDeviceGetHandleByIndex(i)).gpu
+                for i in range(count)
+            ]
+        except Exception:
+            return 0.0
         return float(sum(busy) / len(busy)) if busy else 0.0
-    except Exception:
-        return 0.0
-    finally:
-        pynvml.nvmlShutdown()
+
+    def close(self) -> None:
+        if self._nvml is not None:
+            with contextlib.suppress(Exception):
+                self._nvml.nvmlShutdown()
+            self._nvml = None
 
 
 def probe_amd() -> list[Device]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import httpx
@@ -17,7 +18,7 @@ import psutil
 from llmlb import __version__
 from llmlb.common.errors import LlmlbError
 from llmlb.common.wire import DeviceInfo, NodeLoad, RegisterRequest
-from llmlb.node.gpu import nvidia_utilization
+from llmlb.node.gpu import NvidiaMeter
 from llmlb.node.service import NodeService
 
 log = logging.getLogger(__name__)
@@ -25,16 +26,35 @@ log = logging.getLogger(__name__)
 
 class RouterLink:
     def __init__(
-        self, service: NodeService, router_url: str, token: str | None, name: str, public_url: str
+        self,
+        service: NodeService,
+        router_url: str,
+        token: str | None,
+        name: str,
+        public_url: str,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._service = service
         self._router = router_url.rstrip("/")
         self._headers = {"authorization": f"Bearer {token}"} if token else {}
         self._name = name
         self._public_url = public_url
+        self._transport = transport  # tests put a scripted router here
+        self._gpu_meter = NvidiaMeter()
         self.node_id: str | None = None
         self.interval = 10.0
-        self.registered = asyncio.Event()
+        self.last_contact: float | None = None  # time of the last exchange the router accepted
+        self.last_error: str | None = None  # why the last exchange failed; None after a good one
+
+    def status(self) -> dict[str, Any]:
+        """For ``/health``: whether the router hears this node."""
+        return {
+            "url": self._router,
+            "node_id": self.node_id,
+            "connected": self.last_error is None and self.last_contact is not None,
+            "last_contact": self.last_contact,
+            "error": self.last_error,
+        }
 
     def load(self) -> NodeLoad:
         service = self._service
@@ -59,7 +79,7 @@ class RouterLink:
 
     def _gpu_use(self) -> float:
         if any(d.kind == "cuda" for d in self._service.devices):
-            return nvidia_utilization()
+            return self._gpu_meter.utilization()
         return 0.0
 
     def _registration(self) -> dict[str, Any]:
@@ -73,23 +93,34 @@ class RouterLink:
         return request.model_dump()
 
     async def run(self) -> None:
+        """Register, then heartbeat forever. Survives every error: log, back off, retry."""
         backoff = 1.0
-        async with httpx.AsyncClient(timeout=10.0, headers=self._headers) as client:
+        async with httpx.AsyncClient(
+            timeout=10.0, headers=self._headers, transport=self._transport
+        ) as client:
             while True:
                 try:
                     if self.node_id is None:
                         await self._register(client)
                     await self._heartbeat(client)
+                except httpx.TransportError as exc:
+                    self._failed(f"router unreachable ({type(exc).__name__})", backoff)
+                except _Refused as exc:
+                    self._failed(f"router refused this node: {exc}", backoff, logging.ERROR)
+                except Exception as exc:  # a broken answer, a bug: the link must not die
+                    log.exception("router link failed")
+                    self._failed(f"{type(exc).__name__}: {exc}", backoff)
+                else:
+                    self.last_contact, self.last_error = time.time(), None
                     backoff = 1.0
                     await asyncio.sleep(self.interval)
-                except httpx.TransportError as exc:
-                    log.warning("router %s unreachable (%s); retrying in %.0f s",
-                                self._router, type(exc).__name__, backoff)  # fmt: skip
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, self.interval)
-                except _Refused as exc:
-                    log.error("router refused this node: %s", exc)
-                    await asyncio.sleep(max(self.interval, 5.0))
+                    continue
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, max(self.interval, 5.0))
+
+    def _failed(self, reason: str, retry_in: float, level: int = logging.WARNING) -> None:
+        self.last_error = reason
+        log.log(level, "%s; retrying in %.0f s", reason, retry_in)
 
     async def _register(self, client: httpx.AsyncClient) -> None:
         response = await client.post(self._router + "/api/nodes", json=self._registration())
@@ -101,7 +132,6 @@ class RouterLink:
         await self._pull_assigned(answer.get("assigned_models") or [])
         log.info("registered with router %s as node %s (%s)",
                  self._router, self.node_id, answer["status"])  # fmt: skip
-        self.registered.set()
 
     async def _pull_assigned(self, models: list[str]) -> None:
         """Fetch what the router assigned; the node says ``initializing`` until it is here."""
@@ -127,6 +157,7 @@ class RouterLink:
 
     async def goodbye(self) -> None:
         """Tell the router we are draining, so it sends nothing new while we finish."""
+        self._gpu_meter.close()
         if self.node_id is None:
             return
         try:

@@ -5,10 +5,12 @@ No web framework here: the HTTP layer (``node.app``) parses and answers, this mo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 
 NodeState = Literal["initializing", "ready", "draining"]
 DONE_EVENT = b"data: [DONE]\n\n"
+UNKNOWN_MODEL_LABEL = "unknown"
 
 
 def default_memory_budget(devices: list[Device], ram_total: int) -> int:
@@ -105,12 +108,14 @@ class NodeService:
         """The model's file: here already, or fetched (bounded by download_wait_seconds)."""
         return await self.resolver.ensure(name, self.settings.download_wait_seconds)
 
-    def _gguf_info(self, model: StoredModel) -> GGUFInfo:
+    async def _gguf_info(self, model: StoredModel) -> GGUFInfo:
+        """The model's GGUF header, read once per file change and off the event loop (a
+        large vocabulary takes about 100 ms to parse)."""
         mtime = model.path.stat().st_mtime
         cached = self._gguf.get(model.name)
         if cached is None or cached.mtime != mtime:
             try:
-                cached = _ModelInfo(mtime, read_gguf(model.path))
+                cached = _ModelInfo(mtime, await asyncio.to_thread(read_gguf, model.path))
             except GGUFError as exc:
                 raise ModelLoadFailed(f"cannot load model {model.name!r}: {exc}") from exc
             self._gguf[model.name] = cached
@@ -118,7 +123,7 @@ class NodeService:
 
     async def spec_for(self, name: str, purpose: Purpose) -> EngineSpec:
         model = await self._model(name)
-        info = self._gguf_info(model)
+        info = await self._gguf_info(model)
         try:
             template = resolve_template(name, model.metadata, info.metadata)
         except ValueError as exc:
@@ -153,6 +158,15 @@ class NodeService:
             }
             for model in self.resolver.all_local()
         ]
+
+    def model_label(self, body: dict[str, Any]) -> str:
+        """A metric label for a request's model: a model this node has, else one fixed label."""
+        model = body.get("model")
+        if isinstance(model, str):
+            with contextlib.suppress(LlmlbError):
+                if self.resolver.local(model) is not None:
+                    return model
+        return UNKNOWN_MODEL_LABEL
 
     def reported_state(self) -> NodeState:
         """``initializing`` while models the router assigned are still downloading."""
@@ -255,7 +269,9 @@ class NodeService:
         self._finished(endpoint, spec.name, started)
         return response
 
-    async def open_stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def open_stream(
+        self, endpoint: Endpoint, body: dict[str, Any]
+    ) -> AsyncGenerator[bytes, None]:
         """Start a stream; errors up to the first chunk raise (so they get a status code).
 
         Returns SSE frames; a failure after the first frame ends the stream with one error
@@ -288,7 +304,7 @@ class NodeService:
         stack: AsyncExitStack,
         wants_usage: bool,
         started: float,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         async with stack:
             try:
                 yield sse(first)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, overload
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -14,23 +14,28 @@ from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from llmlb.common.asgi import (
     EXCEPTION_HANDLERS,
+    ClosingStreamingResponse,
     ORJSONResponse,
     RequestIdMiddleware,
     read_body,
     read_json,
 )
-from llmlb.common.errors import BadRequest, LlmlbError
+from llmlb.common.credentials import bearer_token
+from llmlb.common.errors import BadRequest, LlmlbError, NotFound
 from llmlb.common.wire import NodeLoad, RegisterRequest
 from llmlb.router.auth import Principal
 from llmlb.router.keys import Scope
-from llmlb.router.service import RouterService
+from llmlb.router.service import UNKNOWN_MODEL_LABEL, RouterService
 
 Handler = Callable[[Request], Awaitable[Response]]
+HISTORY_PAGE_MAX = 1000  # rows per page of /api/requests
+# An idle event stream sends a comment this often, so proxies and clients see it alive.
+EVENTS_KEEPALIVE_SECONDS = 15.0
 
 
 def _validated(model: type[BaseModel], data: Any) -> Any:
@@ -50,6 +55,23 @@ def _float_param(request: Request, name: str) -> float | None:
         return float(value)
     except ValueError:
         raise BadRequest(f"query parameter {name!r} must be a number", param=name) from None
+
+
+@overload
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int: ...
+@overload
+def _int_param(request: Request, name: str, default: None, low: int, high: int) -> int | None: ...
+def _int_param(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    """An integer query parameter within [low, high]; 400 naming it otherwise."""
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    if not (value.isascii() and value.lstrip("-").isdigit() and len(value) <= 20):
+        raise BadRequest(f"query parameter {name!r} must be an integer", param=name)
+    number = int(value)
+    if not low <= number <= high:
+        raise BadRequest(f"query parameter {name!r} must be between {low} and {high}", param=name)
+    return number
 
 
 def _range_start(header: str | None) -> int:
@@ -101,7 +123,7 @@ def create_app(service: RouterService) -> Starlette:
                 extra["x-llmlb-queue-wait-ms"] = str(round(answer.queue_wait_ms))
             if answer.chunks is not None:
                 extra.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
-                return StreamingResponse(
+                return ClosingStreamingResponse(
                     answer.chunks, status_code=answer.status, media_type=answer.content_type,
                     headers=extra,
                 )  # fmt: skip
@@ -119,8 +141,7 @@ def create_app(service: RouterService) -> Starlette:
     # -- node API --------------------------------------------------------------------------
 
     def _bearer(request: Request) -> str | None:
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        return value.strip() or None if scheme.lower() == "bearer" else None
+        return bearer_token(request.headers.get("authorization"))
 
     async def register(request: Request) -> Response:
         await authorize(request, "node")
@@ -176,12 +197,9 @@ def create_app(service: RouterService) -> Starlette:
 
     async def list_requests(request: Request) -> Response:
         q = request.query_params
-        try:
-            limit = min(int(q.get("limit", 100)), 1000)
-            offset = int(q.get("offset", 0))
-            status = int(q["status"]) if "status" in q else None
-        except ValueError:
-            raise BadRequest("limit, offset and status must be integers") from None
+        limit = _int_param(request, "limit", 100, 1, HISTORY_PAGE_MAX)
+        offset = _int_param(request, "offset", 0, 0, 2**53)
+        status = _int_param(request, "status", None, 100, 599)
         total, rows = await service.history.query(
             model=q.get("model"), node_id=q.get("node_id"), key_id=q.get("key_id"),
             status=status, since=_float_param(request, "since"),
@@ -199,11 +217,17 @@ def create_app(service: RouterService) -> Starlette:
     async def blob(request: Request) -> Response:
         await authorize(request, "node")
         name = request.path_params["name"]
-        service.metrics.blob_requests.labels(name).inc()
         stored = service.models.held(name)
+        known = stored is not None or name in service.catalog
+        service.metrics.blob_requests.labels(name if known else UNKNOWN_MODEL_LABEL).inc()
         if stored is not None:
             headers = {"etag": f'"{stored.sha256}"'} if stored.sha256 else {}
             return FileResponse(stored.path, headers=headers, media_type="application/octet-stream")
+        if request.method == "HEAD":  # a look must not start a download from the origin
+            raise NotFound(
+                f"model {name!r} is not in the router's store (a GET pulls it through)",
+                code="model_not_on_router",
+            )
         start = _range_start(request.headers.get("range"))
         stream = await service.models.pull_through(name, start)
         headers = {"content-length": str(stream.total - start), "accept-ranges": "bytes"}
@@ -211,7 +235,7 @@ def create_app(service: RouterService) -> Starlette:
             headers["etag"] = f'"{stream.sha256}"'
         if start:
             headers["content-range"] = f"bytes {start}-{stream.total - 1}/{stream.total}"
-        return StreamingResponse(stream.chunks, status_code=206 if start else 200,
+        return ClosingStreamingResponse(stream.chunks, status_code=206 if start else 200,
                                  media_type="application/octet-stream",
                                  headers=headers)  # fmt: skip
 
@@ -265,25 +289,19 @@ def create_app(service: RouterService) -> Starlette:
         return ORJSONResponse(await service.tasks.get(request.path_params["task_id"]))
 
     async def events(request: Request) -> Response:
-        async def frames() -> AsyncIterator[bytes]:
+        async def frames() -> AsyncGenerator[bytes, None]:
             yield b": connected\n\n"
-            subscription = service.events.subscribe()
-            waiter = asyncio.ensure_future(anext(subscription))
-            try:
+            with service.events.subscribe() as queue:
                 while True:
-                    done, _ = await asyncio.wait({waiter}, timeout=15)
-                    if not done:
+                    try:
+                        event = await asyncio.wait_for(queue.get(), EVENTS_KEEPALIVE_SECONDS)
+                    except TimeoutError:
                         yield b": keep-alive\n\n"
                         continue
-                    event = waiter.result()
-                    waiter = asyncio.ensure_future(anext(subscription))
                     kind = str(event.get("type", "message")).encode()
                     yield b"event: " + kind + b"\ndata: " + orjson.dumps(event) + b"\n\n"
-            finally:
-                waiter.cancel()
-                await subscription.aclose()
 
-        return StreamingResponse(frames(), media_type="text/event-stream",
+        return ClosingStreamingResponse(frames(), media_type="text/event-stream",
                                  headers={"cache-control": "no-cache"})  # fmt: skip
 
     # -- operations ------------------------------------------------------------------------

@@ -11,10 +11,10 @@
 from __future__ import annotations
 
 import base64
-import hmac
 import ipaddress
 from dataclasses import dataclass
 
+from llmlb.common.credentials import bearer_token, same_secret
 from llmlb.common.errors import AuthenticationFailed, PermissionDenied
 from llmlb.router.keys import KeyStore, Scope
 
@@ -40,7 +40,7 @@ def _credentials(authorization: str | None) -> tuple[str | None, str | None]:
         return None, None
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer":
-        return value.strip() or None, None
+        return bearer_token(authorization), None
     if scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(value.strip()).decode()
@@ -63,7 +63,7 @@ class Authenticator:
         token = bearer or x_api_key
         if scope == "admin" and self._admin_password:
             offered = password or token
-            if offered and hmac.compare_digest(offered, self._admin_password):
+            if offered and same_secret(offered, self._admin_password):
                 return Principal("admin_password")
         key = await self._keys.verify(token) if token else None
         if key is not None:

@@ -58,6 +58,9 @@ class RouterMetrics:
         self.tokens = Counter("llmlb_tokens", "Tokens", ["model", "direction"], registry=r)
         self.retries = Counter("llmlb_retries", "Requests retried on another node", registry=r)
         self.queue_depth = Gauge("llmlb_queue_depth", "Requests waiting for a node", registry=r)
+        self.event_streams = Gauge(
+            "llmlb_event_streams", "Open /api/events streams (dashboards)", registry=r
+        )
         self.blob_requests = Counter(
             "llmlb_blob_requests", "Model file requests from nodes", ["model"], registry=r
         )

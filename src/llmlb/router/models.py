@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -36,7 +36,7 @@ class BlobStream:
     total: int
     start: int
     sha256: str | None
-    chunks: AsyncIterator[bytes]
+    chunks: AsyncGenerator[bytes, None]
 
 
 class RouterModels:
@@ -126,7 +126,7 @@ class RouterModels:
         total: int,
         task: asyncio.Task[StoredModel],
         progress: Progress,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         # The descriptor stays valid when the finished file is renamed into place.
         stream: BinaryIO = await asyncio.to_thread(path.open, "rb")
         try:

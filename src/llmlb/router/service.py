@@ -82,6 +82,7 @@ class RouterService:
             lambda m: m in self.catalog,
         )  # fmt: skip
         self.events = EventBus()
+        self.metrics.event_streams.set_function(lambda: self.events.subscribers)
         self.tasks = TaskManager(
             engine, self.registry, self.models, self.session, self.events,
             max_concurrent=settings.max_concurrent_downloads,
@@ -227,11 +228,13 @@ class RouterService:
         kept: list[bytes] = []
         size = 0
         tail = b""
+        pieces = 0  # generated pieces seen: the token count when the stream ends early
         status = 200
         try:
             async with contextlib.aclosing(chunks) as relay:
                 async for chunk in relay:
                     tail = (tail + chunk)[-_USAGE_TAIL:]
+                    pieces += chunk.count(b'"content":"') + chunk.count(b'"text":"')
                     if self.settings.log_bodies and size < _BODY_LOG_LIMIT:
                         kept.append(chunk)
                         size += len(chunk)
@@ -240,7 +243,10 @@ class RouterService:
             status = 499  # the client went away
             raise
         finally:
-            seen = dataclasses.replace(answer, body=b"".join(kept), usage=usage_of(tail))
+            # llama.cpp sends one piece per token; the usage event, when the stream got that
+            # far, has the exact counts.
+            usage = {"completion_tokens": pieces, **usage_of(tail)}
+            seen = dataclasses.replace(answer, body=b"".join(kept), usage=usage)
             self._record(routed, request_id, key_id, started, seen, status)
 
     def _model_label(self, model: str) -> str:

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -39,17 +39,22 @@ class EventBus:
     def __init__(self) -> None:
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
 
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
     def publish(self, event: dict[str, Any]) -> None:
         for queue in self._subscribers:
             if queue.qsize() < 1000:  # a stalled reader loses events, never memory
                 queue.put_nowait(event)
 
-    async def subscribe(self) -> AsyncGenerator[dict[str, Any], None]:
+    @contextlib.contextmanager
+    def subscribe(self) -> Iterator[asyncio.Queue[dict[str, Any]]]:
+        """A queue of the events published while the ``with`` block runs."""
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._subscribers.add(queue)
         try:
-            while True:
-                yield await queue.get()
+            yield queue
         finally:
             self._subscribers.discard(queue)
 

@@ -1,0 +1,96 @@
+"""Router rules checked in process: auth, validation, labels and error shapes."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.inproc.conftest import REMOTE, InProcessRouter
+
+CHAT = "/v1/chat/completions"
+
+
+def error_of(response: httpx.Response) -> dict[str, object]:
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) >= {"message", "type", "param", "code"}
+    return dict(body["error"])
+
+
+async def test_a_non_ascii_bearer_token_is_a_401_not_a_500(router: InProcessRouter) -> None:
+    await router.service.keys.create("client", ["api"])
+    async with router.client(REMOTE) as client:
+        for token in ("Bearer \xe9\xe9", "Bearer \xff\x00x"):
+            response = await client.get("/v1/models", headers={"authorization": token.encode(
+                "latin-1")})  # fmt: skip
+            assert response.status_code == 401
+            assert error_of(response)["type"] == "authentication_error"
+
+
+async def test_a_non_ascii_admin_password_attempt_is_a_401(router: InProcessRouter) -> None:
+    router.service.auth._admin_password = "secret"  # as --admin-password sets it
+    async with router.client(REMOTE) as client:
+        response = await client.get("/api/nodes", headers={"authorization": "Bearer \xe9".encode(
+            "latin-1")})  # fmt: skip
+    assert response.status_code == 401
+
+
+async def test_unknown_model_names_never_become_metric_labels(router: InProcessRouter) -> None:
+    names = ["evil\x00name", "x" * 150, "a\nb", *(f"random-{i}" for i in range(20))]
+    async with router.client() as client:
+        for name in names:
+            response = await client.post(CHAT, json={"model": name, "messages": []})
+            assert response.status_code == 404, response.text
+        too_long = await client.post(CHAT, json={"model": "y" * 201, "messages": []})
+        assert too_long.status_code == 400
+        assert error_of(too_long)["param"] == "model"
+        metrics = (await client.get("/metrics")).text
+    assert 'model="unknown"' in metrics
+    assert "random-" not in metrics and "evil" not in metrics and "xxxx" not in metrics
+    # Prometheus can still parse every line: no NUL or raw newline reached a label.
+    assert "\x00" not in metrics
+
+
+async def test_history_paging_parameters_are_bounded(router: InProcessRouter) -> None:
+    async with router.client() as client:
+        for query in ("limit=-1", "limit=0", "limit=1001", "offset=-5",
+                      "status=99999999999999999999", "offset=1e3", "limit=abc"):  # fmt: skip
+            response = await client.get("/api/requests?" + query)
+            assert response.status_code == 400, query
+            assert error_of(response)["type"] == "invalid_request_error"
+        ok = await client.get("/api/requests?limit=1000&offset=0&status=200")
+    assert ok.status_code == 200
+
+
+async def test_a_head_on_a_blob_the_router_lacks_starts_no_download(
+    router: InProcessRouter,
+) -> None:
+    name = next(n for n in router.service.catalog.names() if n != "gemma-3-270m")
+    token = router.service.node_token_path.read_text().strip()
+    async with router.client() as client:
+        response = await client.head(
+            f"/v0/models/blob/{name}", headers={"authorization": f"Bearer {token}"}
+        )
+    assert response.status_code == 404
+    assert router.service.models.downloads.active(name) is None
+    tasks = await router.service.tasks.list(None)
+    assert tasks == []
+
+
+@pytest.mark.parametrize("path", ["/api/nodes", "/api/keys", "/api/requests", "/api/tasks"])
+async def test_admin_routes_refuse_remote_callers_without_credentials(
+    router: InProcessRouter, path: str
+) -> None:
+    await router.service.keys.create("admin", ["admin"])
+    async with router.client(REMOTE) as client:
+        response = await client.get(path)
+    assert response.status_code == 401
+    assert error_of(response)["type"] == "authentication_error"
+
+
+async def test_a_node_key_cannot_reach_the_admin_api(router: InProcessRouter) -> None:
+    _, secret = await router.service.keys.create("node", ["node"])
+    async with router.client(REMOTE) as client:
+        response = await client.get("/api/nodes", headers={"authorization": f"Bearer {secret}"})
+    assert response.status_code == 403
+    assert error_of(response)["code"] == "insufficient_scope"
