@@ -21,8 +21,8 @@ async def test_a_non_ascii_bearer_token_is_a_401_not_a_500(router: InProcessRout
     await router.service.keys.create("client", ["api"])
     async with router.client(REMOTE) as client:
         for token in ("Bearer \xe9\xe9", "Bearer \xff\x00x"):
-            response = await client.get("/v1/models", headers={"authorization": token.encode(
-                "latin-1")})  # fmt: skip
+            header = {b"authorization": token.encode("latin-1")}
+            response = await client.get("/v1/models", headers=header)
             assert response.status_code == 401
             assert error_of(response)["type"] == "authentication_error"
 
@@ -30,8 +30,8 @@ async def test_a_non_ascii_bearer_token_is_a_401_not_a_500(router: InProcessRout
 async def test_a_non_ascii_admin_password_attempt_is_a_401(router: InProcessRouter) -> None:
     router.service.auth._admin_password = "secret"  # as --admin-password sets it
     async with router.client(REMOTE) as client:
-        response = await client.get("/api/nodes", headers={"authorization": "Bearer \xe9".encode(
-            "latin-1")})  # fmt: skip
+        header = {b"authorization": "Bearer \xe9".encode("latin-1")}
+        response = await client.get("/api/nodes", headers=header)
     assert response.status_code == 401
 
 

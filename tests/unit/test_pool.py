@@ -128,11 +128,14 @@ async def test_unloading_a_busy_model_is_a_conflict() -> None:
 async def test_an_evicted_engine_counts_until_its_memory_is_freed() -> None:
     """Review finding: a third load must not start while an evicted engine is still resident."""
     release = threading.Event()
+    closing = asyncio.Event()
+    loop = asyncio.get_running_loop()
     closed: list[str] = []
     loaded_while_resident: list[str] = []
 
     class SlowToFree(FakeEngine):
         def close(self) -> None:
+            loop.call_soon_threadsafe(closing.set)
             release.wait(10)  # a GPU engine takes a while to free its memory
             closed.append(self.spec.key)
 
@@ -150,8 +153,8 @@ async def test_an_evicted_engine_counts_until_its_memory_is_freed() -> None:
             pass
 
     b = asyncio.create_task(use(FakeSpec("b", 60)))  # evicts a; a's close blocks
-    while pool.used_bytes < 120:  # b reserved + a still being freed
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(closing.wait(), 10)
+    assert pool.used_bytes == 120  # b reserved + a still being freed
     c = asyncio.create_task(use(FakeSpec("c", 30)))
     await asyncio.sleep(0.2)
     assert not c.done()  # waits: 60 (b) + 60 (a, still resident) + 30 > 100
