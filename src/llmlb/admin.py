@@ -141,9 +141,12 @@ class RemoteAdmin:
     async def revoke_key(self, key_id: str) -> dict[str, Any]:
         return dict(await self._call("DELETE", f"/api/keys/{key_id}"))
 
-    async def distribute(self, model: str, target: str, node_ids: list[str] | None) -> list[str]:
+    async def distribute(
+        self, model: str, target: str, node_ids: list[str] | None
+    ) -> dict[str, Any]:
+        """The router's answer: ``task_ids``, and ``skipped`` nodes (offline or pending)."""
         body = {"model": model, "target": target, "node_ids": node_ids}
-        return list((await self._call("POST", "/api/models/distribute", json=body))["task_ids"])
+        return dict(await self._call("POST", "/api/models/distribute", json=body))
 
     async def task(self, task_id: str) -> dict[str, Any]:
         return dict(await self._call("GET", f"/api/tasks/{task_id}"))

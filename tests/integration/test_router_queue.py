@@ -6,8 +6,12 @@ for a model waits in the router's queue until capacity appears.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,10 +32,10 @@ ROUTER_ENV = {
 
 
 @pytest.fixture(scope="module")
-def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, str]]:
+def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process, str, Path]]:
     home = tmp_path_factory.mktemp("queue-router")
     process = start_router(home, home, env=ROUTER_ENV)
-    yield process, node_token(home)
+    yield process, node_token(home), home
     process.stop()
 
 
@@ -44,7 +48,7 @@ def fakes() -> Iterator[list[FakeNode]]:
         fake.stop()
 
 
-def join(router: tuple[Process, str], fakes: list[FakeNode], name: str, model: str,
+def join(router: tuple[Process, str, Path], fakes: list[FakeNode], name: str, model: str,
          delay: float = 0.0) -> FakeNode:  # fmt: skip
     fake = FakeNode(name, model=model, behaviour=Behaviour(delay=delay)).start()
     fake.join(router[0].url, router[1], interval=5)
@@ -63,7 +67,7 @@ def node_row(url: str, name: str) -> dict[str, Any]:
 
 
 def test_capacity_freed_for_one_model_reaches_its_waiters_not_the_other_models(
-    router: tuple[Process, str], fakes: list[FakeNode]
+    router: tuple[Process, str, Path], fakes: list[FakeNode]
 ) -> None:
     """Requests for model-b wait first in the queue; model-a's node frees up over and over.
 
@@ -95,7 +99,7 @@ def test_capacity_freed_for_one_model_reaches_its_waiters_not_the_other_models(
 
 
 def test_a_node_that_joins_serves_a_request_already_waiting(
-    router: tuple[Process, str], fakes: list[FakeNode]
+    router: tuple[Process, str, Path], fakes: list[FakeNode]
 ) -> None:
     """Capacity that appears without a release (a registration) wakes the queue."""
     url = router[0].url
@@ -114,7 +118,7 @@ def test_a_node_that_joins_serves_a_request_already_waiting(
 
 
 def test_nodes_list_shows_router_in_flight_beside_the_node_report(
-    router: tuple[Process, str], fakes: list[FakeNode]
+    router: tuple[Process, str, Path], fakes: list[FakeNode]
 ) -> None:
     url = router[0].url
     join(router, fakes, "report-d", "model-d", delay=1.0)
@@ -128,7 +132,7 @@ def test_nodes_list_shows_router_in_flight_beside_the_node_report(
 
 
 def test_attempts_count_only_nodes_actually_tried(
-    router: tuple[Process, str], fakes: list[FakeNode]
+    router: tuple[Process, str, Path], fakes: list[FakeNode]
 ) -> None:
     url = router[0].url
     dead = join(router, fakes, "dead-e", "model-e")
@@ -147,7 +151,7 @@ def test_attempts_count_only_nodes_actually_tried(
 
 
 def test_an_abandoned_stream_is_settled_at_once_with_its_usage(
-    router: tuple[Process, str], fakes: list[FakeNode]
+    router: tuple[Process, str, Path], fakes: list[FakeNode]
 ) -> None:
     """The router closes the node's stream when the client leaves, and history counts what
     was generated up to then."""
@@ -178,9 +182,9 @@ def test_an_abandoned_stream_is_settled_at_once_with_its_usage(
 
 
 def test_an_event_stream_client_that_leaves_is_cleaned_up(
-    router: tuple[Process, str],
+    router: tuple[Process, str, Path],
 ) -> None:
-    process, _ = router
+    process = router[0]
     url = process.url
 
     def open_streams() -> float:
@@ -197,3 +201,44 @@ def test_an_event_stream_client_that_leaves_is_cleaned_up(
     wait_until(lambda: open_streams() == 0, timeout=5)
     log = process.log_path.read_text(errors="replace")
     assert "Traceback" not in log and "already running" not in log
+
+
+def test_distributing_to_all_skips_offline_nodes_and_says_so(
+    router: tuple[Process, str, Path], fakes: list[FakeNode]
+) -> None:
+    url = router[0].url
+    join(router, fakes, "up-g", "model-g")
+    gone = join(router, fakes, "gone-g", "model-g2")
+    gone.stop_serving()
+    assert chat(url, "model-g2").status_code == 502  # found dead: offline from now on
+    wait_until(lambda: node_row(url, "gone-g")["status"] == "offline", timeout=5)
+    answer = httpx.post(
+        url + "/api/models/distribute", json={"model": "gemma-3-270m", "target": "all"}
+    )
+    assert answer.status_code == 202, answer.text
+    body = answer.json()
+    assert "gone-g" in {s["node"] for s in body["skipped"]}
+    assert {s["status"] for s in body["skipped"] if s["node"] == "gone-g"} == {"offline"}
+    targets = {t["node_id"] for t in body["tasks"]}
+    assert node_row(url, "up-g")["id"] in targets
+    assert node_row(url, "gone-g")["id"] not in targets
+
+
+def llmlb_cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LLMLB_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "llmlb", *args], capture_output=True, text=True, env=env,
+        timeout=60,
+    )  # fmt: skip
+
+
+def test_the_cli_finds_the_router_running_from_its_home(
+    router: tuple[Process, str, Path], tmp_path: Path
+) -> None:
+    found = llmlb_cli("status", "--json", home=router[2])
+    assert found.returncode == 0, found.stderr
+    assert router[0].url in found.stdout
+    lost = llmlb_cli("status", home=tmp_path)
+    assert lost.returncode == 1
+    assert "no running router found" in lost.stderr
+    assert "--router" in lost.stderr

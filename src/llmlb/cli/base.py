@@ -6,7 +6,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
@@ -17,6 +17,7 @@ from llmlb.common.logs import configure_logging
 from llmlb.common.serving import run_async
 from llmlb.common.settings import (
     DEFAULT_ROUTER_PORT,
+    ROUTER_URL_FILE,
     CommonSettings,
     default_home,
     load_settings,
@@ -42,6 +43,20 @@ def common_options(func: F) -> F:
     for decorator in reversed(decorators):
         func = decorator(func)
     return func
+
+
+def router_url(given: str | None) -> str:
+    """The router to talk to: ``--router``, else the one running from this home folder."""
+    if given:
+        return given.rstrip("/")
+    path = default_home() / ROUTER_URL_FILE
+    try:
+        return path.read_text().strip()
+    except OSError:
+        fail(
+            f"no running router found: {path} does not exist (a router writes it when it "
+            "starts with this LLMLB_HOME); pass --router URL"
+        )
 
 
 def exit_quietly_on_sigterm() -> None:
@@ -111,7 +126,7 @@ def with_admin(make: Callable[[], Any], call: Callable[[Any], Awaitable[T]]) -> 
         raise  # unreachable: fail exits
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     console.print(f"[red]error:[/red] {message}")
     sys.exit(1)
 

@@ -16,13 +16,13 @@ from llmlb.cli.base import (
     fail,
     main,
     remote_options,
+    router_url,
     store_at,
     with_admin,
 )
 from llmlb.common.errors import LlmlbError
 from llmlb.common.serving import run_async
 from llmlb.common.settings import (
-    DEFAULT_ROUTER_PORT,
     default_home,
 )
 from llmlb.common.smallmodel import install_small_model
@@ -103,13 +103,15 @@ def models_distribute(
     from llmlb.admin import RemoteAdmin
     from llmlb.pull import follow_tasks
 
-    url = router or f"http://127.0.0.1:{DEFAULT_ROUTER_PORT}"
+    url = router_url(router)
     target = targets[0] if len(targets) == 1 and targets[0] in ("all", "auto") else "specific"
     node_ids = None if target != "specific" else list(targets)
 
     async def distribute(admin: RemoteAdmin) -> list[dict[str, Any]]:
-        task_ids = await admin.distribute(name, target, node_ids)
-        return await follow_tasks(admin, task_ids, console)
+        answer = await admin.distribute(name, target, node_ids)
+        for node in answer.get("skipped", []):
+            console.print(f"[yellow]skipped[/yellow] {node['node']}: {node['status']}")
+        return await follow_tasks(admin, list(answer["task_ids"]), console)
 
     finished = with_admin(lambda: RemoteAdmin(url, admin_password, api_key), distribute)
     failed = [t for t in finished if t["state"] == "failed"]

@@ -16,12 +16,12 @@ from llmlb.cli.base import (
     main,
     remote_options,
     router_options,
+    router_url,
     serve_until_stopped,
     with_admin,
 )
 from llmlb.common.settings import (
     DEFAULT_NODE_PORT,
-    DEFAULT_ROUTER_PORT,
     NodeSettings,
     RouterSettings,
 )
@@ -126,7 +126,7 @@ def status(
     """Router health, nodes and their models."""
     from llmlb.admin import RemoteAdmin
 
-    url = router or f"http://127.0.0.1:{DEFAULT_ROUTER_PORT}"
+    url = router_url(router)
 
     async def gather(admin: RemoteAdmin) -> dict[str, Any]:
         return {"router": url, "health": await admin.health(), "nodes": await admin.nodes()}

@@ -26,6 +26,8 @@ from pydantic_settings import (
 
 DEFAULT_ROUTER_PORT = 32768
 DEFAULT_NODE_PORT = 32769
+# A running router writes its URL here (in its home) so that the CLI on the same host finds it.
+ROUTER_URL_FILE = "router_url"
 
 _UNITS = {
     "": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3,
@@ -149,6 +151,9 @@ class RouterSettings(CommonSettings):
     auto_distribute: Literal["none", "recommended", "all-that-fit"] = "recommended"
     recommended_models: list[str] = Field(default_factory=lambda: ["gemma-3-270m"])
     max_concurrent_downloads: int = Field(default=10, ge=1)
+    offline_node_expiry: float = Field(
+        default=24 * 3600.0, gt=0, description="Seconds after which an offline node is forgotten"
+    )
 
     @property
     def db_url(self) -> str:

@@ -260,11 +260,13 @@ def create_app(service: RouterService) -> Starlette:
         count = body.get("count", 1)
         if not isinstance(count, int) or count < 1:
             raise BadRequest("'count' must be a positive integer", param="count")
-        created = await service.distributor.distribute(
+        result = await service.distributor.distribute(
             body["model"], str(body.get("target", "all")), node_ids, count
         )
+        tasks = result.tasks
         return ORJSONResponse(
-            {"task_ids": [t["id"] for t in created], "tasks": created}, status_code=202
+            {"task_ids": [t["id"] for t in tasks], "tasks": tasks, "skipped": result.skipped},
+            status_code=202,
         )
 
     async def pull_to_node(request: Request) -> Response:
@@ -273,8 +275,8 @@ def create_app(service: RouterService) -> Starlette:
         if not isinstance(model, str):
             raise BadRequest("'model' is required", param="model")
         node_id = request.path_params["node_id"]
-        created = await service.distributor.distribute(model, "specific", [node_id])
-        return ORJSONResponse({"task_id": created[0]["id"], "task": created[0]}, status_code=202)
+        task = (await service.distributor.distribute(model, "specific", [node_id])).tasks[0]
+        return ORJSONResponse({"task_id": task["id"], "task": task}, status_code=202)
 
     async def remove_model_from_node(request: Request) -> Response:
         await service.distributor.remove_from_node(

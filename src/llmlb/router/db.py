@@ -6,6 +6,7 @@ here mirror the migrations and are what queries use.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from alembic import command
@@ -27,6 +28,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from llmlb.common.files import private_folder
 
 metadata = MetaData()
 
@@ -115,10 +118,18 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
+def _private_database_file(path: Path) -> None:
+    """Key hashes and request history: readable by this user only. SQLite gives its -wal
+    and -shm files the database file's mode."""
+    private_folder(path.parent)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    path.chmod(0o600)
+
+
 async def open_database(url: str) -> AsyncEngine:
     """Connect and bring the schema to the newest migration."""
     if url.startswith("sqlite"):
-        Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+        _private_database_file(Path(url.split("///", 1)[1]))
     engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
     async with engine.begin() as connection:
         if url.startswith("sqlite"):

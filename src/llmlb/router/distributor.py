@@ -4,17 +4,24 @@ the fleet-wide view of where every model is."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
-from llmlb.common.errors import BadRequest, Conflict, LlmlbError, Unavailable, UpstreamFailed
+from llmlb.common.errors import BadRequest, Conflict, Unavailable, UpstreamFailed
 from llmlb.common.settings import RouterSettings
 from llmlb.common.store import validate_name
 from llmlb.router.distribution import assign_models, pick_auto_targets
 from llmlb.router.models import RouterModels
 from llmlb.router.registry import NodeRecord, Registry
 from llmlb.router.tasks import TaskManager
+
+
+@dataclass(frozen=True)
+class Distribution:
+    tasks: list[dict[str, Any]]
+    skipped: list[dict[str, str]]  # nodes ``all`` left out, with their status
 
 
 def node_memory(node: NodeRecord, free: bool = False) -> int:
@@ -60,12 +67,21 @@ class Distributor:
 
     async def distribute(
         self, model: str, target: str, node_ids: list[str] | None, count: int = 1
-    ) -> list[dict[str, Any]]:
+    ) -> Distribution:
+        """Pull tasks for the chosen nodes. ``all`` means every node that can take one now;
+        the others are reported in ``skipped``. Named nodes that cannot are an error."""
         entry = self._models.entry(model)
         now = time.time()
         interval = self._settings.heartbeat_interval
+        skipped: list[dict[str, str]] = []
         if target == "all":
-            chosen = [n for n in self._registry.all() if n.approved]
+            chosen = []
+            for node in self._registry.all():
+                status = node.status(now, interval)
+                if status in ("offline", "pending"):
+                    skipped.append({"node_id": node.id, "node": node.name, "status": status})
+                else:
+                    chosen.append(node)
         elif target == "specific":
             if not node_ids:
                 raise BadRequest("target 'specific' needs node_ids", param="node_ids")
@@ -87,8 +103,10 @@ class Distributor:
                 headers={"Retry-After": "10"},
             )
         if not chosen:
-            raise Unavailable("there are no nodes to distribute to", code="no_nodes")
-        return [await self._tasks.create("node_pull", model, node.id) for node in chosen]
+            reason = f" ({len(skipped)} offline or pending)" if skipped else ""
+            raise Unavailable(f"there are no nodes to distribute to{reason}", code="no_nodes")
+        tasks = [await self._tasks.create("node_pull", model, node.id) for node in chosen]
+        return Distribution(tasks, skipped)
 
     async def remove_from_node(self, node_id: str, model: str) -> None:
         validate_name(model)
@@ -137,6 +155,3 @@ def _state_on(node: NodeRecord, model: str) -> dict[str, Any]:
     if download and download.get("state") in ("pending", "downloading", "verifying"):
         return {"state": "downloading", "percent": download.get("percent")}
     return {"state": "absent"}
-
-
-__all__ = ["Distributor", "LlmlbError", "node_memory"]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from llmlb.common.serving import bind, serve
-from llmlb.common.settings import RouterSettings
+from llmlb.common.files import write_private
+from llmlb.common.serving import bind, serve, url_of
+from llmlb.common.settings import ROUTER_URL_FILE, RouterSettings
 from llmlb.router.app import create_app
 from llmlb.router.service import RouterService
 
@@ -21,11 +23,20 @@ async def run_router(
     app = create_app(service)
     sock = bind(settings.host, settings.port)
 
+    url_file = settings.home / ROUTER_URL_FILE
+
     async def announce(url: str) -> None:
+        write_private(url_file, url + "\n")
         print(f"llmlb router listening on {url}", flush=True)
         if on_started is not None:
             result = on_started(url, service)
             if result is not None:
                 await result
 
-    await serve(app, sock, settings.shutdown_grace_seconds, announce)
+    try:
+        await serve(app, sock, settings.shutdown_grace_seconds, announce)
+    finally:
+        # Only our own URL: another router may have started on this home since.
+        with contextlib.suppress(OSError):
+            if url_file.read_text().strip() == url_of(sock):
+                url_file.unlink()

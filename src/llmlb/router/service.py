@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -21,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llmlb import __version__
 from llmlb.common.catalog import Catalog
 from llmlb.common.errors import BadRequest, LlmlbError
+from llmlb.common.files import write_private
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import NodeLoad, RegisterRequest, RegisterResponse, parse_object
 from llmlb.router.auth import Authenticator
@@ -122,6 +122,7 @@ class RouterService:
             await asyncio.sleep(2.0)
             try:
                 await self.registry.load()
+                await self.registry.purge_offline(self.settings.offline_node_expiry)
             except Exception:
                 log.exception("reading the node table failed")
 
@@ -131,10 +132,7 @@ class RouterService:
         if path.exists() and await self.keys.verify(path.read_text().strip()) is not None:
             return
         _, secret = await self.keys.create("default node token", ["node"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as stream:
-            stream.write(secret + "\n")
+        write_private(path, secret + "\n")
         log.info("created a node token (scope 'node'); it is stored in %s", path)
 
     async def ready(self) -> bool:
