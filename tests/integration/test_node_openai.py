@@ -202,3 +202,23 @@ def test_request_id_is_echoed(node: Process) -> None:
         response = http.get("/health", headers={"X-Request-Id": "abc123"})
         assert response.headers["x-request-id"] == "abc123"
         assert len(http.get("/health").headers["x-request-id"]) == 16
+
+
+def test_an_embedding_engine_reports_its_one_slot(client: OpenAI, node: Process) -> None:
+    client.embeddings.create(model=MODEL, input="hello")
+    with node.client() as http:
+        engines = http.get("/health").json()["models"]
+    embed = next(e for e in engines if e["purpose"] == "embed")
+    assert embed["slots_total"] == 1
+    assert all(e["slots_total"] == 4 for e in engines if e["purpose"] == "generate")
+
+
+def test_unknown_model_names_never_become_node_metric_labels(node: Process) -> None:
+    names = ["no-such-model-7", "bad\x01name", "../etc/passwd", "z" * 300]
+    with node.client() as http:
+        for name in names:
+            answer = http.post("/v1/chat/completions", json={"model": name, "messages": FRANCE})
+            assert 400 <= answer.status_code < 500, answer.text
+        text = http.get("/metrics").text
+    assert 'model="unknown"' in text
+    assert "no-such-model-7" not in text and "zzzz" not in text and "passwd" not in text

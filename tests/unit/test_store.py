@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from llmlb.common.errors import CorruptMetadata
 from llmlb.common.store import InvalidModelName, ModelStore, sha256_file, validate_name
 
 BAD_NAMES = ["../etc", "..", "a/b", "/abs", "a\x00b", ".hidden", "a..b", "", "x" * 129, "a\\b"]
@@ -42,3 +43,28 @@ def test_a_partial_file_is_not_a_model(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "models")
     assert store.get("half") is None
     assert store.list() == []
+
+
+def test_a_corrupt_metadata_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    for name in ("good", "broken"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.gguf").write_bytes(b"GGUF")
+    (tmp_path / "good" / "metadata.json").write_text('{"sha256": "abc"}')
+    (tmp_path / "broken" / "metadata.json").write_text("{not json")
+    with pytest.raises(CorruptMetadata) as raised:
+        store.get("broken")
+    assert str(tmp_path / "broken" / "metadata.json") in raised.value.message
+    # One broken folder does not hide the others from the listing.
+    assert [m.name for m in store.list()] == ["good"]
+    assert store.get("good").sha256 == "abc"  # type: ignore[union-attr]
+
+
+def test_metadata_changes_are_seen(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.gguf").write_bytes(b"GGUF")
+    store.write_metadata("m", {"sha256": "one"})
+    assert store.get("m").sha256 == "one"  # type: ignore[union-attr]
+    store.write_metadata("m", {"sha256": "two", "extra": 1})
+    assert store.get("m").sha256 == "two"  # type: ignore[union-attr]
