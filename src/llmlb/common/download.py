@@ -162,6 +162,7 @@ async def _receive(
 ) -> None:
     mode = "r+b" if offset else "wb"
     window_start, window_bytes = time.monotonic(), 0
+    throttle = Throttle(bandwidth) if bandwidth else None
     with partial.open(mode) as stream:
         if offset:
             stream.truncate(offset)
@@ -183,14 +184,16 @@ async def _receive(
                 await asyncio.to_thread(write, buffer)
                 progress.bytes_done += buffered
                 window_bytes += buffered
+                if throttle is not None:
+                    await throttle.took(buffered)
                 buffer, buffered = [], 0
                 window_start, window_bytes = _account(progress, window_start, window_bytes)
-                if bandwidth:
-                    await _throttle(progress, bandwidth)
         if buffer:
             await asyncio.to_thread(write, buffer)
             progress.bytes_done += buffered
             progress.touch()
+            if throttle is not None:
+                await throttle.took(buffered)
 
 
 def _account(progress: Progress, window_start: float, window_bytes: int) -> tuple[float, int]:
@@ -203,11 +206,23 @@ def _account(progress: Progress, window_start: float, window_bytes: int) -> tupl
     return window_start, window_bytes
 
 
-async def _throttle(progress: Progress, bandwidth: int) -> None:
-    elapsed = time.time() - progress.started_at
-    ahead = progress.bytes_done / bandwidth - elapsed
-    if ahead > 0:
-        await asyncio.sleep(ahead)
+class Throttle:
+    """Holds one transfer to ``bandwidth`` bytes/s.
+
+    Counts only the bytes of this transfer: a resumed download's earlier bytes were paid
+    for by an earlier transfer (counting them made a resume sleep for them again).
+    """
+
+    def __init__(self, bandwidth: int) -> None:
+        self._bandwidth = bandwidth
+        self._started = time.monotonic()
+        self._bytes = 0
+
+    async def took(self, size: int) -> None:
+        self._bytes += size
+        ahead = self._bytes / self._bandwidth - (time.monotonic() - self._started)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
 
 
 async def _finish(

@@ -1,0 +1,41 @@
+"""--download-bandwidth holds a transfer to its cap, a resumed one included (loopback origin)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import aiohttp
+
+from llmlb.common.download import Progress, Source, download, partial_path
+from llmlb.common.store import ModelStore
+from tests.fakehub import FakeHub
+from tests.support import write_tiny_gguf
+
+MiB = 1 << 20
+
+
+async def test_a_resumed_download_runs_at_the_cap_not_slower(tmp_path: Path) -> None:
+    data = write_tiny_gguf(tmp_path / "source.gguf", megabytes=32).read_bytes()
+    hub = FakeHub().start()
+    try:
+        hub.add("test/capped", "model.gguf", data)
+        store = ModelStore(tmp_path / "models")
+        partial = partial_path(store, "capped")
+        partial.parent.mkdir(parents=True)
+        already = 16 * MiB  # an earlier transfer got this far
+        partial.write_bytes(data[:already])
+        cap = 8 * MiB
+        source = Source("origin", f"{hub.url}/test/capped/resolve/main/model.gguf")
+        async with aiohttp.ClientSession() as session:
+            started = time.monotonic()
+            stored = await download(
+                session, store, "capped", source, Progress("capped"),
+                sha256=None, size_hint=len(data), bandwidth=cap,
+            )  # fmt: skip
+            elapsed = time.monotonic() - started
+        assert stored.path.read_bytes() == data
+        rate = (len(data) - already) / elapsed
+        assert 0.75 * cap <= rate <= 1.25 * cap, f"{rate / MiB:.2f} MiB/s against a cap of 8"
+    finally:
+        hub.stop()
