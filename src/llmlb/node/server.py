@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -39,6 +40,35 @@ def detect_devices(allow_cpu: bool) -> list[Device]:
     return [cpu]
 
 
+class NoAdvertiseUrl(LlmlbError):
+    """Bound to every interface, and no way to tell which address the router can reach."""
+
+
+def advertised_url(sock: socket.socket, router: str) -> str:
+    """The URL the router should use to reach this node.
+
+    Bound to one address: that address. Bound to every interface (0.0.0.0 or ::): the
+    address of the interface that routes to the router (found by connecting a UDP socket,
+    which sends nothing).
+    """
+    host, port = sock.getsockname()[:2]
+    if host not in ("0.0.0.0", "::"):
+        return url_of(sock)
+    target = urlsplit(router)
+    try:
+        infos = socket.getaddrinfo(target.hostname, target.port or 80, type=socket.SOCK_DGRAM)
+        family, _, _, _, address = infos[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(address)
+            local = probe.getsockname()[0]
+    except (OSError, IndexError, UnicodeError) as exc:
+        raise NoAdvertiseUrl(
+            f"the node listens on every interface ({host}) and cannot tell which address "
+            f"router {router} reaches it at ({exc}); pass --advertise-url http://HOST:{port}"
+        ) from exc
+    return f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
+
+
 def build_service(settings: NodeSettings) -> NodeService:
     devices = detect_devices(settings.allow_cpu)
     return NodeService(settings, devices, psutil.virtual_memory().total)
@@ -49,7 +79,8 @@ async def run_node(settings: NodeSettings) -> None:
     sock = bind(settings.host, settings.port)
     link = None
     if settings.router:
-        public_url = settings.advertise_url or url_of(sock)
+        public_url = settings.advertise_url or advertised_url(sock, settings.router)
+        log.info("the router will reach this node at %s", public_url)
         name = settings.node_name or socket.gethostname()
         link = RouterLink(service, settings.router, settings.node_token, name, public_url)
     app = create_app(service, link)
