@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 
 from llmlb.common.errors import CorruptDownload, InsufficientStorage, LlmlbError, UpstreamFailed
-from llmlb.common.gguf import GGUF_MAGIC
+from llmlb.common.gguf import GGUF_MAGIC, GGUFError, read_gguf
 from llmlb.common.store import MODEL_FILE, ModelStore, StoredModel
 
 log = logging.getLogger(__name__)
@@ -225,6 +225,18 @@ class Throttle:
             await asyncio.sleep(ahead)
 
 
+def _gguf_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole GGUF model, or None when it is."""
+    with path.open("rb") as stream:
+        if stream.read(4) != GGUF_MAGIC:
+            return "is not a GGUF file"
+    try:
+        read_gguf(path)
+    except GGUFError as exc:
+        return f"is not a whole GGUF model ({exc})"
+    return None
+
+
 async def _finish(
     store: ModelStore,
     name: str,
@@ -236,14 +248,14 @@ async def _finish(
 ) -> StoredModel:
     progress.state = "verifying"
     progress.touch()
-    with partial.open("rb") as stream:
-        magic = stream.read(4)
     actual = digest.hexdigest()
     problem = None
-    if magic != GGUF_MAGIC:
-        problem = "is not a GGUF file"
-    elif sha256 and actual != sha256:
+    if sha256 and actual != sha256:
         problem = f"has sha256 {actual}, expected {sha256}"
+    else:
+        # Without a catalog sha256 (the hub's own figure is recorded below) the file must at
+        # least be a whole GGUF: a header that parses and tensor data that fits in the file.
+        problem = await asyncio.to_thread(_gguf_problem, partial)
     if problem:
         partial.unlink(missing_ok=True)  # noqa: ASYNC240 (one unlink)
         raise CorruptDownload(f"the file from {source.label} {problem}; it was deleted")

@@ -1,13 +1,16 @@
-"""--download-bandwidth holds a transfer to its cap, a resumed one included (loopback origin)."""
+"""Downloads from a loopback origin: what counts as a model, and the bandwidth cap."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from llmlb.common.download import Progress, Source, download, partial_path
+from llmlb.common.errors import CorruptDownload
 from llmlb.common.store import ModelStore
 from tests.fakehub import FakeHub
 from tests.support import write_tiny_gguf
@@ -37,5 +40,30 @@ async def test_a_resumed_download_runs_at_the_cap_not_slower(tmp_path: Path) -> 
         assert stored.path.read_bytes() == data
         rate = (len(data) - already) / elapsed
         assert 0.75 * cap <= rate <= 1.25 * cap, f"{rate / MiB:.2f} MiB/s against a cap of 8"
+    finally:
+        hub.stop()
+
+
+async def fetch(hub: FakeHub, store: ModelStore, name: str, data: bytes) -> object:
+    hub.add(f"test/{name}", "model.gguf", data)
+    source = Source("origin", f"{hub.url}/test/{name}/resolve/main/model.gguf")
+    async with aiohttp.ClientSession() as session:
+        return await download(
+            session, store, name, source, Progress(name), sha256=None, size_hint=None
+        )
+
+
+async def test_without_a_catalog_sha256_a_truncated_gguf_is_refused(tmp_path: Path) -> None:
+    whole = write_tiny_gguf(tmp_path / "whole.gguf", megabytes=4).read_bytes()
+    store = ModelStore(tmp_path / "models")
+    hub = FakeHub().start()
+    try:
+        with pytest.raises(CorruptDownload) as raised:
+            await fetch(hub, store, "cut", whole[: len(whole) // 2])  # header fine, data short
+        assert "truncated" in raised.value.message
+        assert store.get("cut") is None
+        assert not partial_path(store, "cut").exists()
+        stored = await fetch(hub, store, "whole", whole)
+        assert stored.sha256 == hashlib.sha256(whole).hexdigest()  # type: ignore[attr-defined]
     finally:
         hub.stop()
