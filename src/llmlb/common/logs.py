@@ -39,6 +39,17 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+# Control characters in a message (a client's model or node name, say) would forge or break
+# log lines: written as escapes instead.
+_CONTROL = {code: f"\\x{code:02x}" for code in (*range(32), 127)}
+
+
+class TextFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.translate(_CONTROL)
+        return super().formatMessage(record)
+
+
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"
 
 
@@ -49,7 +60,7 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JSONFormatter())
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT, "%Y-%m-%d %H:%M:%S"))
+        handler.setFormatter(TextFormatter(TEXT_FORMAT, "%Y-%m-%d %H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -59,6 +70,8 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
         logger.propagate = True
     # One line per outgoing request would drown the log (heartbeats); keep them at debug only.
     logging.getLogger("httpx").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    # Alembic narrates every plugin it sets up; llmlb logs the migration it ran (router.db).
+    logging.getLogger("alembic").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     # Access lines duplicate our own request log; keep them at debug only.
     logging.getLogger("uvicorn.access").setLevel(
         logging.DEBUG if level == "debug" else logging.WARNING

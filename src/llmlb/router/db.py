@@ -6,11 +6,13 @@ here mirror the migrations and are what queries use.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -30,6 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from llmlb.common.files import private_folder
+
+log = logging.getLogger(__name__)
 
 metadata = MetaData()
 
@@ -115,7 +119,11 @@ def alembic_config() -> Config:
 def _upgrade(connection: Connection) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
+    before = MigrationContext.configure(connection).get_current_revision()
     command.upgrade(config, "head")
+    after = MigrationContext.configure(connection).get_current_revision()
+    if after != before:
+        log.info("database schema migrated from %s to %s", before or "empty", after)
 
 
 def _private_database_file(path: Path) -> None:
