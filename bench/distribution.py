@@ -36,7 +36,7 @@ from tests.support import (  # noqa: E402
     wait_until,
 )
 
-from llmlb.common.store import ModelStore  # noqa: E402
+from llmlb.models.store import ModelStore  # noqa: E402
 
 MODEL = "bench-blob"
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 import orjson
 
-from llmlb.common.smallmodel import SMALL_MODEL_NAME, install_small_model
-from llmlb.common.store import ModelStore
+from llmlb.models.smallmodel import SMALL_MODEL_NAME, install_small_model
+from llmlb.models.store import ModelStore
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

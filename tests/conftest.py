@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from llmlb.common.smallmodel import SMALL_MODEL_NAME, install_small_model
-from llmlb.common.store import ModelStore
+from llmlb.models.smallmodel import SMALL_MODEL_NAME, install_small_model
+from llmlb.models.store import ModelStore
 from tests.support import Process, start_node
 
 

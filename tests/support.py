@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -27,17 +28,32 @@ class Process:
             stderr=self._log,
             env=full_env,
         )
-        self.url = self._wait_for_url()
+        try:
+            self.url = self._wait_for_url()
+        except BaseException:
+            self.stop(signal.SIGKILL)  # never leave a child behind that we gave up on
+            raise
 
     def _wait_for_url(self, timeout: float = 90.0) -> str:
+        """The URL from the child's "listening on" line; waits at most ``timeout`` seconds,
+        whether or not the child writes anything (selectors, not a blocking readline)."""
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline().decode()
-            if not line and self.proc.poll() is not None:
-                raise RuntimeError(f"process exited early:\n{self.log_tail()}")
-            if " listening on " in line:
-                return line.rsplit(" ", 1)[1].strip()
+        pending = b""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            while (remaining := deadline - time.monotonic()) > 0:
+                if not selector.select(remaining):
+                    break
+                data = os.read(self.proc.stdout.fileno(), 65536)
+                if not data:
+                    self.proc.wait(5)
+                    raise RuntimeError(f"process exited early:\n{self.log_tail()}")
+                pending += data
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if b" listening on " in line:
+                        return line.decode().rsplit(" ", 1)[1].strip()
         raise RuntimeError(f"no URL announced within {timeout} s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 40) -> str:

@@ -18,8 +18,8 @@ from rich.progress import (
 )
 
 from llmlb.admin import RemoteAdmin
-from llmlb.common.catalog import Catalog
-from llmlb.common.store import StoredModel
+from llmlb.models.catalog import Catalog
+from llmlb.models.store import StoredModel
 from llmlb.router.models import RouterModels
 
 

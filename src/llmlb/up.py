@@ -18,8 +18,8 @@ import time
 
 from llmlb.common.errors import LlmlbError
 from llmlb.common.settings import RouterSettings
-from llmlb.common.smallmodel import SMALL_MODEL_NAME, install_small_model
-from llmlb.common.store import ModelStore
+from llmlb.models.smallmodel import SMALL_MODEL_NAME, install_small_model
+from llmlb.models.store import ModelStore
 from llmlb.router.server import run_router
 from llmlb.router.service import RouterService
 

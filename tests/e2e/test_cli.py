@@ -9,14 +9,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from llmlb.node.gpu import probe_gpus
-from tests.support import start_node
+from tests.support import start_node, wait_until
 
 
 def llmlb(*args: str, home: Path, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -80,7 +79,8 @@ def test_sigterm_finishes_in_flight_requests_then_exits(model_home: Path, tmp_pa
 
     worker = threading.Thread(target=request)
     worker.start()
-    time.sleep(1.5)  # model loaded, request generating
+    with httpx.Client(base_url=node.url) as probe:  # model loaded, request generating
+        wait_until(lambda: any(m["slots_busy"] for m in probe.get("/health").json()["models"]))
     node.proc.send_signal(signal.SIGTERM)
     worker.join()
     assert node.stop() == 0

@@ -9,9 +9,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from llmlb.common.download import Progress, Source, download, partial_path
 from llmlb.common.errors import CorruptDownload
-from llmlb.common.store import ModelStore
+from llmlb.models.download import Progress, Source, download, partial_path
+from llmlb.models.store import ModelStore
 from tests.fakehub import FakeHub
 from tests.support import write_tiny_gguf
 

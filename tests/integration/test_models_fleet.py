@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from llmlb.common.store import ModelStore
+from llmlb.models.store import ModelStore
 from tests.fakehub import FakeHub
 from tests.support import (
     Process,
@@ -74,6 +74,13 @@ class ModelsFleet:
             for line in http.get("/metrics").text.splitlines():
                 if line.startswith(f'llmlb_blob_requests_total{{model="{model}"}}'):
                     return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def event_streams(self) -> float:
+        with self.http() as http:
+            for line in http.get("/metrics").text.splitlines():
+                if line.startswith("llmlb_event_streams "):
+                    return float(line.split()[1])
         return 0.0
 
     def restart_router_after_crash(self) -> None:
@@ -300,7 +307,7 @@ def test_distribution_shows_progress_in_tasks_and_events(fleet: ModelsFleet) -> 
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    time.sleep(0.3)
+    wait_until(lambda: fleet.event_streams() >= 1, 10)
     node_b = fleet.node_id("node-b")
     with fleet.http() as http:
         answer = http.post(
@@ -310,7 +317,8 @@ def test_distribution_shows_progress_in_tasks_and_events(fleet: ModelsFleet) -> 
         assert answer.status_code == 202
         task_id = answer.json()["task_ids"][0]
         seen: list[dict[str, Any]] = []
-        while True:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             task = http.get(f"/api/tasks/{task_id}").json()
             seen.append(task)
             if task["state"] in ("completed", "failed"):

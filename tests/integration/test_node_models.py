@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llmlb.common.store import ModelStore
-from tests.support import Process, start_node
+from llmlb.models.store import ModelStore
+from tests.support import Process, start_node, wait_until
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -70,7 +70,9 @@ def test_second_model_evicts_the_first_only_when_idle(two_model_node: Process) -
 
         streamer = threading.Thread(target=stream_first)
         streamer.start()
-        time.sleep(0.5)  # the stream on "first" is running
+        wait_until(lambda: any(  # the stream on "first" is generating
+            m["name"] == "first" and m["slots_busy"] for m in http.get("/health").json()["models"]
+        ))  # fmt: skip
         reply = http.post("/v1/chat/completions", json={"model": "second", **ask})
         finished["second"] = time.monotonic()
         streamer.join()

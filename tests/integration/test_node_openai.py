@@ -10,7 +10,7 @@ import pytest
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
-from tests.support import Process
+from tests.support import Process, wait_until
 
 MODEL = "gemma-3-270m"
 FRANCE: list[ChatCompletionMessageParam] = [
@@ -136,7 +136,7 @@ def test_health_answers_fast_while_every_slot_generates(node: Process) -> None:
     }
     with ThreadPoolExecutor(4) as pool, node.client() as http:
         futures = [pool.submit(http.post, "/v1/completions", json=body) for _ in range(4)]
-        time.sleep(0.5)
+        wait_until(lambda: any(m["slots_busy"] for m in http.get("/health").json()["models"]))
         latencies = []
         for _ in range(5):
             started = time.monotonic()

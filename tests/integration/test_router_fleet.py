@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -207,7 +206,9 @@ def test_node_killed_mid_run_then_restarted(fleet: Fleet) -> None:
         ids_before = {n["name"]: n["id"] for n in fleet.node_list()}
         with ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(ask, http, max_tokens=24) for _ in range(6)]
-            time.sleep(0.4)
+            wait_until(lambda: any(  # node-b has some of them in flight
+                n["name"] == "node-b" and n["router_in_flight"] for n in fleet.node_list()
+            ), 10)  # fmt: skip
             fleet.nodes["node-b"].stop(signal.SIGKILL)
             results = [f.result() for f in futures]
         assert [r.status_code for r in results] == [200] * 6

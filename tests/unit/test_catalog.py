@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from llmlb.common.catalog import Catalog, CatalogError
+from llmlb.models.catalog import Catalog, CatalogError
 
 
 def test_shipped_catalog_is_valid_and_has_the_small_model() -> None:

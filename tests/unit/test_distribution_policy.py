@@ -1,6 +1,6 @@
 """The auto-distribution policy and the choice of targets for ``auto``."""
 
-from llmlb.common.catalog import CatalogEntry
+from llmlb.models.catalog import CatalogEntry
 from llmlb.router.distribution import assign_models, pick_auto_targets
 
 

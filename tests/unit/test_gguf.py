@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from gguf import GGUFWriter
 
-from llmlb.common.gguf import GGUFError, read_gguf
+from llmlb.models.gguf import GGUFError, read_gguf
 
 
 def write_tiny(path: Path, tokens: int = 1000) -> Path:

@@ -1,6 +1,6 @@
 """GPU probe parsers on recorded tool output."""
 
-from llmlb.common.devices import Device
+from llmlb.common.wire import Device
 from llmlb.node.gpu import parse_rocm_smi, parse_system_profiler
 from llmlb.node.service import default_memory_budget
 
@@ -26,17 +26,27 @@ SYSTEM_PROFILER = {
 
 def test_rocm_smi_json() -> None:
     assert parse_rocm_smi(ROCM_SMI) == [
-        Device("rocm", "AMD Instinct MI210", 68702699520, 68702699520 - 10960896)
+        Device(
+            kind="rocm",
+            name="AMD Instinct MI210",
+            memory_total=68702699520,
+            memory_free=68702699520 - 10960896,
+        )
     ]
 
 
 def test_system_profiler_reports_unified_memory() -> None:
     devices = parse_system_profiler(SYSTEM_PROFILER, ram_total=64 * 2**30, ram_free=40 * 2**30)
-    assert devices == [Device("metal", "Apple M2 Max", 64 * 2**30, 40 * 2**30)]
+    assert devices == [
+        Device(kind="metal", name="Apple M2 Max", memory_total=64 * 2**30, memory_free=40 * 2**30)
+    ]
 
 
 def test_default_budget_is_gpu_memory_else_most_of_ram() -> None:
-    gpus = [Device("cuda", "A", 24 * 2**30, 20 * 2**30), Device("cuda", "B", 24 * 2**30, 1)]
+    gpus = [
+        Device(kind="cuda", name="A", memory_total=24 * 2**30, memory_free=20 * 2**30),
+        Device(kind="cuda", name="B", memory_total=24 * 2**30, memory_free=1),
+    ]
     assert default_memory_budget(gpus, ram_total=10**12) == 48 * 2**30
-    cpu = [Device("cpu", "x86_64", 100, 50)]
+    cpu = [Device(kind="cpu", name="x86_64", memory_total=100, memory_free=50)]
     assert default_memory_budget(cpu, ram_total=1000) == 800

@@ -4,8 +4,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from llmlb.common.ollama import import_ollama
-from llmlb.common.store import ModelStore
+from llmlb.models.ollama import import_ollama
+from llmlb.models.store import ModelStore
 
 
 def make_ollama(root: Path, model: str, tag: str, data: bytes) -> None:

@@ -10,11 +10,11 @@ from typing import Any
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from llmlb.common.wire import DeviceInfo, RegisterRequest
+from llmlb.common.wire import Device, RegisterRequest
 from llmlb.router.db import nodes, open_database
 from llmlb.router.registry import Registry
 
-GPU = DeviceInfo(kind="cuda", name="GPU", memory_total=8 << 30, memory_free=8 << 30)
+GPU = Device(kind="cuda", name="GPU", memory_total=8 << 30, memory_free=8 << 30)
 
 
 def request(name: str) -> RegisterRequest:

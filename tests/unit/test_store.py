@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from llmlb.common.errors import CorruptMetadata
-from llmlb.common.store import InvalidModelName, ModelStore, sha256_file, validate_name
+from llmlb.models.store import InvalidModelName, ModelStore, sha256_file, validate_name
 
 BAD_NAMES = ["../etc", "..", "a/b", "/abs", "a\x00b", ".hidden", "a..b", "", "x" * 129, "a\\b"]
 

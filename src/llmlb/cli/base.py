@@ -6,7 +6,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, get_args
 
 import click
 from rich.console import Console
@@ -18,11 +18,13 @@ from llmlb.common.serving import run_async
 from llmlb.common.settings import (
     DEFAULT_ROUTER_PORT,
     ROUTER_URL_FILE,
+    AutoDistribute,
+    BalancerStrategy,
     CommonSettings,
     default_home,
     load_settings,
 )
-from llmlb.common.store import ModelStore
+from llmlb.models.store import ModelStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -76,11 +78,11 @@ def router_options(func: F) -> F:
         click.option("--allow-cpu-nodes", is_flag=True, default=None, help="Accept nodes without a GPU"),
         click.option("--require-node-approval", is_flag=True, default=None, help="New nodes wait as pending until approved"),
         click.option("--no-auth", is_flag=True, default=None, help="Serve everyone without keys"),
-        click.option("--balancer", type=click.Choice(["load", "round_robin", "least_busy", "prefix_affinity"]), default=None, help="Node choice  [default: load]"),
+        click.option("--balancer", type=click.Choice(get_args(BalancerStrategy)), default=None, help="Node choice  [default: load]"),
         click.option("--heartbeat-interval", type=float, default=None, help="Seconds between node heartbeats  [default: 10]"),
         click.option("--request-timeout", type=float, default=None, help="Seconds per proxied request  [default: 600]"),
         click.option("--log-bodies", is_flag=True, default=None, help="Keep request and response bodies in the history"),
-        click.option("--auto-distribute", type=click.Choice(["none", "recommended", "all-that-fit"]), default=None, help="Models assigned to new nodes  [default: recommended]"),
+        click.option("--auto-distribute", type=click.Choice(get_args(AutoDistribute)), default=None, help="Models assigned to new nodes  [default: recommended]"),
     ]  # fmt: skip
     for decorator in reversed(decorators):
         func = decorator(func)

@@ -25,7 +25,7 @@ from llmlb.common.serving import run_async
 from llmlb.common.settings import (
     default_home,
 )
-from llmlb.common.smallmodel import install_small_model
+from llmlb.models.smallmodel import install_small_model
 
 
 @main.group()
@@ -45,7 +45,7 @@ def models_add(
     name: str, path: Path, copy: bool, chat_template: str | None, home: Path | None
 ) -> None:
     """Put the GGUF file PATH into the store as NAME."""
-    from llmlb.common.gguf import GGUFError, read_gguf
+    from llmlb.models.gguf import GGUFError, read_gguf
 
     try:
         read_gguf(path)
@@ -131,7 +131,7 @@ def models_distribute(
 @click.option("--home", type=click.Path(path_type=Path), default=None)
 def models_import_ollama(ollama_dir: Path | None, home: Path | None) -> None:
     """Link the GGUF models of an Ollama store into llmlb's store, under readable names."""
-    from llmlb.common.ollama import import_ollama
+    from llmlb.models.ollama import import_ollama
 
     source = ollama_dir or Path.home() / ".ollama" / "models"
     try:

@@ -120,6 +120,7 @@ class NodeSettings(CommonSettings):
 
 
 BalancerStrategy = Literal["load", "round_robin", "least_busy", "prefix_affinity"]
+AutoDistribute = Literal["none", "recommended", "all-that-fit"]
 
 
 class RouterSettings(CommonSettings):
@@ -148,7 +149,7 @@ class RouterSettings(CommonSettings):
     log_bodies: bool = False
     max_body_bytes: ByteSize = 8 * 1024 * 1024
     shutdown_grace_seconds: float = 30.0
-    auto_distribute: Literal["none", "recommended", "all-that-fit"] = "recommended"
+    auto_distribute: AutoDistribute = "recommended"
     recommended_models: list[str] = Field(default_factory=lambda: ["gemma-3-270m"])
     max_concurrent_downloads: int = Field(default=10, ge=1)
     offline_node_expiry: float = Field(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from llmlb.common.errors import InvalidJSON
 
@@ -23,20 +23,37 @@ def parse_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-NodeReportedState = Literal["initializing", "ready", "draining"]
+def error_message(body: bytes, limit: int = 200) -> str:
+    """The message of an OpenAI-shaped error body, else the body's first characters."""
+    try:
+        return str(orjson.loads(body)["error"]["message"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return body[:limit].decode(errors="replace")
 
 
-class DeviceInfo(BaseModel):
+# What a node says it is doing (the router adds pending and offline: see Registry).
+NodeState = Literal["initializing", "ready", "draining"]
+
+
+class Device(BaseModel):
+    """A compute device as a node probes it and reports it to the router."""
+
+    model_config = ConfigDict(frozen=True)
+
     kind: Literal["cuda", "rocm", "metal", "cpu"]
     name: str
     memory_total: int = Field(ge=0)
     memory_free: int = Field(ge=0)
 
+    @property
+    def is_gpu(self) -> bool:
+        return self.kind != "cpu"
+
 
 class NodeLoad(BaseModel):
     """What a node says about itself in every heartbeat."""
 
-    state: NodeReportedState = "ready"
+    state: NodeState = "ready"
     models_loaded: list[str] = Field(default_factory=list)
     models_on_disk: list[str] = Field(default_factory=list)
     active_requests: int = Field(default=0, ge=0)
@@ -58,7 +75,7 @@ class RegisterRequest(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     base_url: str = Field(min_length=8, max_length=500, pattern=r"^https?://")
     version: str = ""
-    devices: list[DeviceInfo] = Field(default_factory=list)
+    devices: list[Device] = Field(default_factory=list)
     load: NodeLoad = Field(default_factory=NodeLoad)
 
 

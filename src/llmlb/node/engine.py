@@ -24,7 +24,7 @@ from typing import Any, Literal
 import orjson
 
 from llmlb.common.errors import LlmlbError, ModelLoadFailed, from_engine_error
-from llmlb.common.gguf import GGUFError, read_gguf
+from llmlb.models.gguf import GGUFError, read_gguf
 from llmlb.node.templates import ChatTemplate
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from llmlb.common.devices import Device
+from llmlb.common.wire import Device
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,10 @@ def probe_nvidia() -> list[Device]:
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
             devices.append(
                 Device(
-                    "cuda",
-                    name.decode() if isinstance(name, bytes) else str(name),
-                    int(memory.total),
-                    int(memory.free),
+                    kind="cuda",
+                    name=name.decode() if isinstance(name, bytes) else str(name),
+                    memory_total=int(memory.total),
+                    memory_free=int(memory.free),
                 )
             )
         return devices
@@ -102,7 +102,12 @@ def probe_amd() -> list[Device]:
             total = amdsmi.amdsmi_get_gpu_memory_total(handle, amdsmi.AmdSmiMemoryType.VRAM)
             used = amdsmi.amdsmi_get_gpu_memory_usage(handle, amdsmi.AmdSmiMemoryType.VRAM)
             devices.append(
-                Device("rocm", str(info.get("market_name", "AMD GPU")), total, total - used)
+                Device(
+                    kind="rocm",
+                    name=str(info.get("market_name", "AMD GPU")),
+                    memory_total=total,
+                    memory_free=total - used,
+                )
             )
         return devices
     finally:
@@ -130,7 +135,7 @@ def parse_rocm_smi(data: dict[str, Any]) -> list[Device]:
         total = int(fields.get("VRAM Total Memory (B)", 0))
         used = int(fields.get("VRAM Total Used Memory (B)", 0))
         name = str(fields.get("Card Series") or fields.get("Card series") or "AMD GPU")
-        devices.append(Device("rocm", name, total, total - used))
+        devices.append(Device(kind="rocm", name=name, memory_total=total, memory_free=total - used))
     return devices
 
 
@@ -154,13 +159,18 @@ def parse_system_profiler(data: dict[str, Any], ram_total: int, ram_free: int) -
     for gpu in data.get("SPDisplaysDataType", []):
         name = str(gpu.get("sppci_model") or gpu.get("_name") or "Apple GPU")
         if "Apple" in name or gpu.get("sppci_vendor", "").endswith("apple"):
-            devices.append(Device("metal", name, ram_total, ram_free))
+            devices.append(
+                Device(kind="metal", name=name, memory_total=ram_total, memory_free=ram_free)
+            )
     return devices
 
 
 def cpu_device() -> Device:
     memory = psutil.virtual_memory()
-    return Device("cpu", platform.processor() or platform.machine(), memory.total, memory.available)
+    return Device(
+        kind="cpu", name=platform.processor() or platform.machine(),
+        memory_total=memory.total, memory_free=memory.available,
+    )  # fmt: skip
 
 
 def probe_gpus() -> list[Device]:

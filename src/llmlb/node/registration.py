@@ -17,7 +17,7 @@ import psutil
 
 from llmlb import __version__
 from llmlb.common.errors import LlmlbError
-from llmlb.common.wire import DeviceInfo, NodeLoad, RegisterRequest
+from llmlb.common.wire import NodeLoad, RegisterRequest, error_message
 from llmlb.node.gpu import NvidiaMeter
 from llmlb.node.service import NodeService
 
@@ -87,7 +87,7 @@ class RouterLink:
             name=self._name,
             base_url=self._public_url,
             version=__version__,
-            devices=[DeviceInfo.model_validate(d.to_dict()) for d in self._service.devices],
+            devices=self._service.devices,
             load=self.load(),
         )
         return request.model_dump()
@@ -125,7 +125,7 @@ class RouterLink:
     async def _register(self, client: httpx.AsyncClient) -> None:
         response = await client.post(self._router + "/api/nodes", json=self._registration())
         if response.status_code != 201:
-            raise _Refused(f"{response.status_code} {_message(response)}")
+            raise _Refused(f"{response.status_code} {error_message(response.content)}")
         answer = response.json()
         self.node_id = answer["node_id"]
         self.interval = float(answer["heartbeat_interval"])
@@ -153,7 +153,7 @@ class RouterLink:
             self.node_id = None
             await self._register(client)
         elif response.status_code != 200:
-            raise _Refused(f"{response.status_code} {_message(response)}")
+            raise _Refused(f"{response.status_code} {error_message(response.content)}")
 
     async def goodbye(self) -> None:
         """Tell the router we are draining, so it sends nothing new while we finish."""
@@ -172,10 +172,3 @@ class RouterLink:
 
 class _Refused(Exception):
     pass
-
-
-def _message(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return response.text[:200]

@@ -17,12 +17,12 @@ from typing import Any
 import aiohttp
 import orjson
 
-from llmlb.common.catalog import Catalog, CatalogEntry, serving_metadata
-from llmlb.common.download import Downloads, Progress, Source, download_with_retries
 from llmlb.common.errors import ModelNotSupported, Unavailable, UpstreamFailed
-from llmlb.common.origins import install_package, origin_source
 from llmlb.common.settings import NodeSettings
-from llmlb.common.store import MODEL_FILE, ModelStore, StoredModel, validate_name
+from llmlb.models.catalog import Catalog, CatalogEntry, serving_metadata
+from llmlb.models.download import Downloads, Progress, Source, download_with_retries
+from llmlb.models.origins import install_package, origin_source
+from llmlb.models.store import MODEL_FILE, ModelStore, StoredModel, validate_name
 
 log = logging.getLogger(__name__)
 

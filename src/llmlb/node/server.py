@@ -8,10 +8,10 @@ from urllib.parse import urlsplit
 
 import psutil
 
-from llmlb.common.devices import Device
 from llmlb.common.errors import LlmlbError
 from llmlb.common.serving import bind, serve, url_of
 from llmlb.common.settings import NodeSettings
+from llmlb.common.wire import Device
 from llmlb.node.app import create_app
 from llmlb.node.gpu import cpu_device, probe_gpus
 from llmlb.node.registration import RouterLink

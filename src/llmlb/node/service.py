@@ -13,16 +13,16 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 from llmlb import __version__
-from llmlb.common.devices import Device
 from llmlb.common.errors import LlmlbError, ModelLoadFailed, NotFound, error_body
-from llmlb.common.gguf import GGUFError, GGUFInfo, read_gguf
 from llmlb.common.settings import NodeSettings
-from llmlb.common.store import ModelStore, StoredModel, validate_name
+from llmlb.common.wire import Device, NodeState
+from llmlb.models.gguf import GGUFError, GGUFInfo, read_gguf
+from llmlb.models.store import ModelStore, StoredModel, validate_name
 from llmlb.node.engine import (
     Endpoint,
     EngineSpec,
@@ -38,7 +38,6 @@ from llmlb.node.validation import model_name, validate_embeddings, validate_gene
 
 log = logging.getLogger(__name__)
 
-NodeState = Literal["initializing", "ready", "draining"]
 DONE_EVENT = b"data: [DONE]\n\n"
 UNKNOWN_MODEL_LABEL = "unknown"
 
@@ -241,7 +240,7 @@ class NodeService:
             "state": self.reported_state(),
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started_at, 1),
-            "devices": [d.to_dict() for d in self.devices],
+            "devices": [d.model_dump() for d in self.devices],
             **self.pool_state(),
         }
 

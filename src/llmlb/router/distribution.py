@@ -15,11 +15,9 @@ allowed). Models already on the node are not assigned again.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
 
-from llmlb.common.catalog import CatalogEntry
-
-AutoDistribute = Literal["none", "recommended", "all-that-fit"]
+from llmlb.common.settings import AutoDistribute
+from llmlb.models.catalog import CatalogEntry
 
 
 def assign_models(

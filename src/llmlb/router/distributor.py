@@ -11,7 +11,7 @@ import aiohttp
 
 from llmlb.common.errors import BadRequest, Conflict, Unavailable, UpstreamFailed
 from llmlb.common.settings import RouterSettings
-from llmlb.common.store import validate_name
+from llmlb.models.store import validate_name
 from llmlb.router.distribution import assign_models, pick_auto_targets
 from llmlb.router.models import RouterModels
 from llmlb.router.registry import NodeRecord, Registry

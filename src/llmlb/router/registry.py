@@ -19,7 +19,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmlb.common.errors import NotFound, PermissionDenied
-from llmlb.common.wire import DeviceInfo, NodeLoad, RegisterRequest
+from llmlb.common.wire import Device, NodeLoad, RegisterRequest
 from llmlb.router.balancer import NodeSnapshot
 from llmlb.router.db import nodes
 
@@ -34,7 +34,7 @@ class NodeRecord:
     name: str
     base_url: str
     version: str
-    devices: list[DeviceInfo]
+    devices: list[Device]
     approved: bool
     draining: bool
     registered_at: float
@@ -86,7 +86,7 @@ def _record(row: Any) -> NodeRecord:
         name=row.name,
         base_url=row.base_url,
         version=row.version,
-        devices=[DeviceInfo.model_validate(d) for d in row.devices],
+        devices=[Device.model_validate(d) for d in row.devices],
         approved=row.approved,
         draining=row.draining,
         registered_at=row.registered_at,

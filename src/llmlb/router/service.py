@@ -18,11 +18,11 @@ import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmlb import __version__
-from llmlb.common.catalog import Catalog
 from llmlb.common.errors import BadRequest, LlmlbError
 from llmlb.common.files import write_private
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import NodeLoad, RegisterRequest, RegisterResponse, parse_object
+from llmlb.models.catalog import Catalog
 from llmlb.router.auth import Authenticator
 from llmlb.router.balancer import prefix_key_of
 from llmlb.router.db import open_database, ping

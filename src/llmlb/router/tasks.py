@@ -22,6 +22,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmlb.common.errors import LlmlbError, NotFound, UpstreamFailed
+from llmlb.common.wire import error_message
 from llmlb.router.db import tasks
 from llmlb.router.models import RouterModels
 from llmlb.router.registry import Registry
@@ -237,7 +238,4 @@ class TaskManager:
 
 
 async def _message(response: aiohttp.ClientResponse) -> str:
-    try:
-        return str((await response.json())["error"]["message"])
-    except (ValueError, KeyError, TypeError, aiohttp.ContentTypeError):
-        return f"{response.status} {(await response.text())[:200]}"
+    return f"{response.status} {error_message(await response.read())}"

@@ -23,8 +23,8 @@ from typing import Any
 import aiohttp
 
 from llmlb.common.errors import CorruptDownload, InsufficientStorage, LlmlbError, UpstreamFailed
-from llmlb.common.gguf import GGUF_MAGIC, GGUFError, read_gguf
-from llmlb.common.store import MODEL_FILE, ModelStore, StoredModel
+from llmlb.models.gguf import GGUF_MAGIC, GGUFError, read_gguf
+from llmlb.models.store import MODEL_FILE, ModelStore, StoredModel
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ import importlib
 import tempfile
 from pathlib import Path
 
-from llmlb.common.catalog import CatalogEntry
-from llmlb.common.download import Progress, Source
 from llmlb.common.errors import UpstreamFailed
-from llmlb.common.store import ModelStore, StoredModel
+from llmlb.models.catalog import CatalogEntry
+from llmlb.models.download import Progress, Source
+from llmlb.models.store import ModelStore, StoredModel
 
 
 def origin_source(entry: CatalogEntry) -> Source | None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 
 from llmlb.common.errors import BadRequest
-from llmlb.common.gguf import GGUF_MAGIC
-from llmlb.common.store import ModelStore
+from llmlb.models.gguf import GGUF_MAGIC
+from llmlb.models.store import ModelStore
 
 MODEL_LAYER = "application/vnd.ollama.image.model"
 

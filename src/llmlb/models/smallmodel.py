@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from llmlb.common.store import ModelStore, StoredModel
+from llmlb.models.store import ModelStore, StoredModel
 
 SMALL_MODEL_NAME = "gemma-3-270m"
 
