@@ -8,7 +8,7 @@ admin API with the admin password or an admin key.
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
@@ -17,17 +17,6 @@ from llmlb.common.settings import RouterSettings
 from llmlb.router.db import open_database
 from llmlb.router.keys import KeyStore
 from llmlb.router.registry import Registry
-
-
-class Admin(Protocol):
-    async def nodes(self) -> list[dict[str, Any]]: ...
-    async def node_action(self, node_id: str, action: str) -> dict[str, Any] | None: ...
-    async def keys(self) -> list[dict[str, Any]]: ...
-    async def create_key(
-        self, name: str, scopes: list[str], expires_at: float | None
-    ) -> dict[str, Any]: ...
-    async def revoke_key(self, key_id: str) -> dict[str, Any]: ...
-    async def close(self) -> None: ...
 
 
 class LocalAdmin:

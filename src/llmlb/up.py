@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 
-from llmlb.common.errors import LlmlbError
 from llmlb.common.settings import RouterSettings
 from llmlb.models.smallmodel import SMALL_MODEL_NAME, install_small_model
 from llmlb.models.store import ModelStore
@@ -26,10 +25,6 @@ from llmlb.router.service import RouterService
 log = logging.getLogger(__name__)
 
 NODE_READY_TIMEOUT = 120.0
-
-
-class NodeFailed(LlmlbError):
-    pass
 
 
 def curl_line(url: str) -> str:
@@ -87,7 +82,7 @@ async def _announce_when_ready(
         if node.poll() is not None:
             log.error("the local node exited with status %s", node.returncode)
             return
-        if any(n["status"] == "ready" for n in service.nodes()):
+        if any(n["status"] == "ready" for n in service.fleet.nodes()):
             print(f"\nllmlb is up: {url} (OpenAI-compatible, model {SMALL_MODEL_NAME})", flush=True)
             print(f"try:\n  {curl_line(url)}\n", flush=True)
             return

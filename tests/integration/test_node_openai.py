@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -222,3 +223,18 @@ def test_unknown_model_names_never_become_node_metric_labels(node: Process) -> N
         text = http.get("/metrics").text
     assert 'model="unknown"' in text
     assert "no-such-model-7" not in text and "zzzz" not in text and "passwd" not in text
+
+
+def test_a_stream_without_include_usage_carries_usage_as_an_sse_comment(node: Process) -> None:
+    """The node-router contract (README, architecture): clients skip comments; the router
+    reads token counts from this one without re-serialising the stream."""
+    body = {"model": MODEL, "messages": FRANCE, "max_tokens": 5, "stream": True}
+    with node.client() as http, http.stream("POST", "/v1/chat/completions", json=body) as r:
+        lines = [line for line in r.iter_lines() if line]
+    comments = [line for line in lines if line.startswith(": usage ")]
+    assert len(comments) == 1
+    usage = json.loads(comments[0][len(": usage ") :])["usage"]
+    assert 1 <= usage["completion_tokens"] <= 5 and usage["prompt_tokens"] > 0
+    events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    assert all("usage" not in e or e["usage"] is None for e in events)
+    assert lines[-1] == "data: [DONE]"

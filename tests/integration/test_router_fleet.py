@@ -241,3 +241,17 @@ def test_router_restart_keeps_keys_and_history_and_nodes_rejoin(fleet: Fleet) ->
         )
         assert authed.status_code == 200
         http.delete(f"/api/keys/{created['id']}")
+
+
+def test_history_has_the_token_counts_of_a_stream_without_include_usage(fleet: Fleet) -> None:
+    """The router reads them from the node's ``: usage`` SSE comment (README, architecture)."""
+    body = {"model": MODEL, "messages": FRANCE, "max_tokens": 6, "stream": True}
+    with fleet.http() as http:
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            request_id = response.headers["x-request-id"]
+            text = "".join(response.iter_text())
+        assert text.endswith("data: [DONE]\n\n")
+        rows = http.get("/api/requests", params={"model": MODEL, "limit": 50}).json()["data"]
+    row = next(r for r in rows if r["request_id"] == request_id)
+    assert 1 <= row["tokens_out"] <= 6
+    assert row["tokens_in"] and row["tokens_in"] > 0  # only the usage comment has this

@@ -1,11 +1,18 @@
 """Settings precedence: CLI > LLMLB_* environment > TOML file > defaults."""
 
+import re
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from llmlb.common.settings import NodeSettings, load_settings, parse_size
+from llmlb.common.settings import (
+    NodeSettings,
+    RouterSettings,
+    UnknownSetting,
+    load_settings,
+    parse_size,
+)
 
 
 @pytest.fixture
@@ -17,7 +24,8 @@ def config(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for key in ("LLMLB_PORT", "LLMLB_PARALLEL", "LLMLB_CONFIG", "LLMLB_CTX_SIZE"):
+    for key in ("LLMLB_PORT", "LLMLB_NODE_PORT", "LLMLB_ROUTER_PORT", "LLMLB_PARALLEL",
+                "LLMLB_CONFIG", "LLMLB_CTX_SIZE"):  # fmt: skip
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("LLMLB_HOME", str(tmp_path / "home"))
 
@@ -38,7 +46,7 @@ def test_toml_overrides_defaults_and_node_table_overrides_top_level(config: Path
 
 
 def test_env_overrides_toml(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LLMLB_PORT", "41000")
+    monkeypatch.setenv("LLMLB_NODE_PORT", "41000")
     settings = load_settings(NodeSettings, {}, config)
     assert settings.port == 41000
     assert settings.ctx_size == 2048
@@ -47,7 +55,7 @@ def test_env_overrides_toml(config: Path, monkeypatch: pytest.MonkeyPatch) -> No
 def test_cli_overrides_env_and_none_means_not_given(
     config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("LLMLB_PORT", "41000")
+    monkeypatch.setenv("LLMLB_NODE_PORT", "41000")
     settings = load_settings(NodeSettings, {"port": 42000, "parallel": None}, config)
     assert settings.port == 42000
     assert settings.parallel == 3
@@ -75,3 +83,43 @@ def test_bad_values_are_refused(tmp_path: Path) -> None:
         load_settings(NodeSettings, {"memory_budget": "lots"}, tmp_path / "x.toml")
     with pytest.raises(ValidationError):
         load_settings(NodeSettings, {"parallel": 0}, tmp_path / "x.toml")
+
+
+def test_one_port_variable_never_reaches_both_parts(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Review finding: LLMLB_PORT gave the router and the node of `llmlb up` the same port."""
+    none = tmp_path / "none.toml"
+    monkeypatch.setenv("LLMLB_PORT", "41000")
+    assert load_settings(NodeSettings, {}, none).port == 32769
+    assert load_settings(RouterSettings, {}, none).port == 32768
+    monkeypatch.setenv("LLMLB_ROUTER_PORT", "41001")
+    monkeypatch.setenv("LLMLB_NODE_HOST", "0.0.0.0")
+    assert load_settings(RouterSettings, {}, none).port == 41001
+    assert load_settings(NodeSettings, {}, none).host == "0.0.0.0"
+    assert load_settings(RouterSettings, {}, none).host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("paralel = 3\n", "'paralel' at the top level"),
+        ("[node]\nheartbeat_interval = 3\n", "'heartbeat_interval' at [node]"),
+        ("[router]\nctx-size = 3\n", "'ctx-size' at [router]"),
+        ("port = 1\n", "put it in [node] or [router]"),
+        ("[nodes]\nport = 1\n", "unknown table [nodes]"),
+    ],
+)
+def test_unknown_toml_keys_are_refused_by_name(tmp_path: Path, text: str, named: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(UnknownSetting, match=re.escape(named)):
+        load_settings(NodeSettings, {}, path)
+
+
+def test_shared_keys_work_for_both_parts(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('log_level = "debug"\nparallel = 2\nqueue_size = 5\n')
+    assert load_settings(NodeSettings, {}, path).parallel == 2
+    assert load_settings(RouterSettings, {}, path).queue_size == 5
+    assert load_settings(RouterSettings, {}, path).log_level == "debug"

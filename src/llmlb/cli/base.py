@@ -21,6 +21,7 @@ from llmlb.common.settings import (
     AutoDistribute,
     BalancerStrategy,
     CommonSettings,
+    UnknownSetting,
     default_home,
     load_settings,
 )
@@ -150,7 +151,8 @@ def cli_settings(cls: type[S], cli: dict[str, Any], config: Path | None, quiet: 
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         fail(f"invalid settings: {problems}")
-        raise
+    except UnknownSetting as exc:
+        fail(str(exc))
     if not quiet:
         configure_logging(settings.log_level, settings.log_format)
     return settings

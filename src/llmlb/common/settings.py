@@ -4,7 +4,11 @@ CLI flags > ``LLMLB_*`` environment > TOML file > defaults.
 
 The TOML file is ``--config``, else ``$LLMLB_CONFIG``, else ``<home>/config.toml``. Its top
 level holds keys shared by every part; a ``[node]`` (or ``[router]``) table overrides them for
-that part. Sizes accept plain bytes or units: ``"8GiB"``, ``"512MB"``.
+that part. A key that no part knows is an error naming it (a typo must not pass silently).
+Sizes accept plain bytes or units: ``"8GiB"``, ``"512MB"``.
+
+Where router and node differ (``host``, ``port``), each has its own environment variables,
+``LLMLB_ROUTER_PORT`` and ``LLMLB_NODE_PORT``: one ``LLMLB_PORT`` would give both the same.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from pydantic import BeforeValidator, Field
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
@@ -53,6 +58,28 @@ def default_home() -> Path:
     return Path(os.environ.get("LLMLB_HOME") or Path.home() / ".llmlb").expanduser()
 
 
+# Keys whose value differs between router and node: only LLMLB_ROUTER_* / LLMLB_NODE_* set them.
+PART_SPECIFIC = frozenset({"host", "port"})
+
+
+class _SharedEnv(EnvSettingsSource):
+    """``LLMLB_*`` variables, except the part-specific keys."""
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in super().__call__().items() if k not in PART_SPECIFIC}
+
+
+class _PartEnv(EnvSettingsSource):
+    """``LLMLB_NODE_*`` or ``LLMLB_ROUTER_*`` variables, for the part-specific keys only."""
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in super().__call__().items() if k in PART_SPECIFIC}
+
+
+class UnknownSetting(ValueError):
+    """A TOML key that no part of llmlb reads."""
+
+
 # The TOML values of the settings object being built right now (see load_settings).
 _toml_values: ContextVar[dict[str, Any] | None] = ContextVar("llmlb_toml_values", default=None)
 
@@ -77,7 +104,11 @@ class CommonSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml = InitSettingsSource(settings_cls, init_kwargs=_toml_values.get() or {})
-        return (init_settings, env_settings, toml)
+        shared = _SharedEnv(settings_cls, env_prefix="LLMLB_")
+        if not cls.section:
+            return (init_settings, shared, toml)
+        part = _PartEnv(settings_cls, env_prefix=f"LLMLB_{cls.section.upper()}_")
+        return (init_settings, part, shared, toml)
 
     @property
     def models_dir(self) -> Path:
@@ -147,7 +178,15 @@ class RouterSettings(CommonSettings):
     queue_timeout: float = Field(default=60.0, gt=0)
     history_days: float = Field(default=7.0, gt=0)
     log_bodies: bool = False
-    max_body_bytes: ByteSize = 8 * 1024 * 1024
+    max_body_bytes: ByteSize = Field(
+        default=8 * 1024 * 1024, description="Largest client request body"
+    )
+    max_node_report_bytes: ByteSize = Field(
+        default=1024 * 1024, description="Largest node registration or heartbeat"
+    )
+    max_admin_body_bytes: ByteSize = Field(
+        default=64 * 1024, description="Largest admin API request body"
+    )
     shutdown_grace_seconds: float = 30.0
     auto_distribute: AutoDistribute = "recommended"
     recommended_models: list[str] = Field(default_factory=lambda: ["gemma-3-270m"])
@@ -171,17 +210,40 @@ def config_path(cli_config: Path | None) -> Path:
     return Path(env) if env else default_home() / "config.toml"
 
 
+def _known_keys() -> dict[str, frozenset[str]]:
+    """Keys each TOML table may hold: a part's own table, or the top level (shared)."""
+    node, router = frozenset(NodeSettings.model_fields), frozenset(RouterSettings.model_fields)
+    return {"node": node, "router": router, "": (node | router) - PART_SPECIFIC}
+
+
 def read_toml(path: Path, section: str) -> dict[str, Any]:
-    """The top-level keys of ``path`` overlaid by its ``[section]`` table; {} if absent."""
+    """The top-level keys of ``path`` overlaid by its ``[section]`` table; {} if absent.
+
+    Raises UnknownSetting for a key or table that no part reads.
+    """
     if not path.is_file():
         return {}
     with path.open("rb") as stream:
         data = tomllib.load(stream)
-    merged = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    table = data.get(section)
-    if isinstance(table, dict):
-        merged.update(table)
-    return {key.replace("-", "_"): value for key, value in merged.items()}
+    known = _known_keys()
+    for table in (k for k, v in data.items() if isinstance(v, dict)):
+        if table not in ("node", "router"):
+            raise UnknownSetting(f"{path}: unknown table [{table}] (use [node] or [router])")
+    merged = {}
+    for table, values in [("", data), ("node", data.get("node")), ("router", data.get("router"))]:
+        if not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            if isinstance(value, dict) and not table:
+                continue
+            name = key.replace("-", "_")
+            if name not in known[table]:
+                where = f"[{table}]" if table else "the top level"
+                hint = " (put it in [node] or [router])" if name in PART_SPECIFIC else ""
+                raise UnknownSetting(f"{path}: unknown setting {key!r} at {where}{hint}")
+            if table in ("", section):
+                merged[name] = value
+    return merged
 
 
 def load_settings(cls: type[S], cli: dict[str, Any], config: Path | None = None) -> S:

@@ -15,6 +15,7 @@ import orjson
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from llmlb.common.errors import LlmlbError
+from llmlb.models.memory import memory_needed
 from llmlb.models.store import validate_name
 
 CATALOG_FILE = "supported_models.json"
@@ -67,10 +68,8 @@ class CatalogEntry(BaseModel):
             raise ValueError(exc.message) from exc
 
     def memory_needed(self) -> int:
-        """Memory to plan with: the entry's own figure, else 1.2 x the file."""
-        if self.required_memory_bytes:
-            return self.required_memory_bytes
-        return int((self.size_bytes or 0) * 1.2)
+        """Memory to plan with (models.memory): the entry's own figure, else an estimate."""
+        return memory_needed(self.size_bytes or 0, required=self.required_memory_bytes)
 
     def public(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)

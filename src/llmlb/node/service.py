@@ -22,6 +22,7 @@ from llmlb.common.errors import LlmlbError, ModelLoadFailed, NotFound, error_bod
 from llmlb.common.settings import NodeSettings
 from llmlb.common.wire import Device, NodeState
 from llmlb.models.gguf import GGUFError, GGUFInfo, read_gguf
+from llmlb.models.memory import kv_cache_bytes, memory_needed
 from llmlb.models.store import ModelStore, StoredModel, validate_name
 from llmlb.node.engine import (
     Endpoint,
@@ -49,13 +50,9 @@ def default_memory_budget(devices: list[Device], ram_total: int) -> int:
 
 
 def estimate_memory(model: StoredModel, info: GGUFInfo, ctx_size: int) -> int:
-    """Weights plus an f16 KV cache for ``ctx_size`` tokens plus 10% for compute buffers.
-
-    ``required_memory_bytes`` in the model's metadata overrides the estimate.
-    """
+    """What the engine will take (models.memory): weights, compute buffers and the KV cache
+    for ``ctx_size`` tokens; ``required_memory_bytes`` in the model's metadata overrides it."""
     configured = model.metadata.get("required_memory_bytes")
-    if isinstance(configured, int) and configured > 0:
-        return configured
     layers = int(info.arch_value("block_count") or 0)
     kv_heads = int(info.arch_value("attention.head_count_kv") or 0)
     key_len = int(info.arch_value("attention.key_length") or 0)
@@ -63,8 +60,9 @@ def estimate_memory(model: StoredModel, info: GGUFInfo, ctx_size: int) -> int:
     if not (key_len and value_len):
         heads = int(info.arch_value("attention.head_count") or 1)
         key_len = value_len = int(info.embedding_length or 0) // max(heads, 1)
-    kv_cache = ctx_size * layers * kv_heads * (key_len + value_len) * 2
-    return int(model.size_bytes * 1.1) + kv_cache
+    kv_cache = kv_cache_bytes(ctx_size, layers, kv_heads, key_len, value_len)
+    required = configured if isinstance(configured, int) and configured > 0 else None
+    return memory_needed(model.size_bytes, kv_cache=kv_cache, required=required)
 
 
 def sse(data: bytes) -> bytes:

@@ -21,7 +21,8 @@ from llmlb.router.keys import KeyStore, Scope
 
 @dataclass(frozen=True)
 class Principal:
-    kind: str  # "key", "admin_password", "loopback", "open"
+    """Who a request is: the id of the API key it presented (None without a key)."""
+
     key_id: str | None = None
 
 
@@ -64,22 +65,22 @@ class Authenticator:
         if scope == "admin" and self._admin_password:
             offered = password or token
             if offered and same_secret(offered, self._admin_password):
-                return Principal("admin_password")
+                return Principal()
         key = await self._keys.verify(token) if token else None
         if key is not None:
             if scope in key.scopes or "admin" in key.scopes:
-                return Principal("key", key.id)
+                return Principal(key.id)
             raise PermissionDenied(
                 f"this key's scopes ({', '.join(sorted(key.scopes))}) do not include {scope!r}",
                 code="insufficient_scope",
             )
         if self._no_auth:
-            return Principal("open")
+            return Principal()
         configured = await self._configured(scope)
         # Clients such as the OpenAI SDK always send some key; before any key of this scope
         # exists, loopback callers are let in whatever they send.
         if not configured and is_loopback(client):
-            return Principal("loopback")
+            return Principal()
         if token:
             raise AuthenticationFailed("invalid, expired or revoked API key")
         hint = "" if configured else "; with no such key configured only loopback clients may call"

@@ -1,0 +1,180 @@
+"""The admin API: nodes, keys, request history, models and their distribution, tasks, events.
+
+Every handler here is wrapped in ``admin`` by the route table (``router.app``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from llmlb.common.asgi import ClosingStreamingResponse, ORJSONResponse, read_json
+from llmlb.common.errors import BadRequest
+from llmlb.router.api.common import Handler, float_param, int_param, service_of
+
+HISTORY_PAGE_MAX = 1000  # rows per page of /api/requests
+# An idle event stream sends a comment this often, so proxies and clients see it alive.
+EVENTS_KEEPALIVE_SECONDS = 15.0
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    return await read_json(request, service_of(request).settings.max_admin_body_bytes)
+
+
+# -- nodes ----------------------------------------------------------------------------------
+
+
+async def list_nodes(request: Request) -> Response:
+    return ORJSONResponse({"data": service_of(request).fleet.nodes()})
+
+
+async def show_node(request: Request) -> Response:
+    return ORJSONResponse(service_of(request).fleet.node(request.path_params["node_id"]))
+
+
+def node_flag(**flags: bool) -> Handler:
+    """A handler that sets operator flags (approved, draining) on a node."""
+
+    async def handler(request: Request) -> Response:
+        fleet = service_of(request).fleet
+        node_id = request.path_params["node_id"]
+        await fleet.registry.set_flags(node_id, **flags)
+        return ORJSONResponse(fleet.node(node_id))
+
+    return handler
+
+
+async def remove_node(request: Request) -> Response:
+    await service_of(request).registry.remove(request.path_params["node_id"])
+    return Response(status_code=204)
+
+
+# -- keys and history ------------------------------------------------------------------------
+
+
+async def list_keys(request: Request) -> Response:
+    keys = await service_of(request).keys.list()
+    return ORJSONResponse({"data": [k.to_dict() for k in keys]})
+
+
+async def create_key(request: Request) -> Response:
+    body = await _body(request)
+    scopes = body.get("scopes", ["api"])
+    expires_at = body.get("expires_at")
+    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+        raise BadRequest("'scopes' must be an array of strings", param="scopes")
+    if expires_at is not None and not isinstance(expires_at, int | float):
+        raise BadRequest("'expires_at' must be a Unix time", param="expires_at")
+    name = str(body.get("name") or "unnamed")
+    key, secret = await service_of(request).keys.create(name, scopes, expires_at)
+    return ORJSONResponse({**key.to_dict(), "secret": secret}, status_code=201)
+
+
+async def revoke_key(request: Request) -> Response:
+    key = await service_of(request).keys.revoke(request.path_params["key_id"])
+    return ORJSONResponse(key.to_dict())
+
+
+async def list_requests(request: Request) -> Response:
+    q = request.query_params
+    limit = int_param(request, "limit", 100, 1, HISTORY_PAGE_MAX)
+    offset = int_param(request, "offset", 0, 0, 2**53)
+    status = int_param(request, "status", None, 100, 599)
+    total, rows = await service_of(request).history.query(
+        model=q.get("model"), node_id=q.get("node_id"), key_id=q.get("key_id"),
+        status=status, since=float_param(request, "since"),
+        until=float_param(request, "until"), limit=limit, offset=offset,
+    )  # fmt: skip
+    return ORJSONResponse({"total": total, "limit": limit, "offset": offset, "data": rows})
+
+
+# -- models -----------------------------------------------------------------------------------
+
+
+async def available(request: Request) -> Response:
+    return ORJSONResponse({"data": service_of(request).distributor.available()})
+
+
+async def pull_to_router(request: Request) -> Response:
+    service = service_of(request)
+    name = request.path_params["name"]
+    service.models.entry(name)  # 404 model_not_supported before a task exists
+    task = await service.tasks.create("router_pull", name, None)
+    return ORJSONResponse({"task_id": task["id"], "task": task}, status_code=202)
+
+
+async def distribute(request: Request) -> Response:
+    body = await _body(request)
+    if not isinstance(body.get("model"), str):
+        raise BadRequest("'model' is required", param="model")
+    node_ids = body.get("node_ids")
+    if node_ids is not None and not (
+        isinstance(node_ids, list) and all(isinstance(n, str) for n in node_ids)
+    ):
+        raise BadRequest("'node_ids' must be an array of node ids", param="node_ids")
+    count = body.get("count", 1)
+    if not isinstance(count, int) or count < 1:
+        raise BadRequest("'count' must be a positive integer", param="count")
+    result = await service_of(request).distributor.distribute(
+        body["model"], str(body.get("target", "all")), node_ids, count
+    )
+    tasks = result.tasks
+    return ORJSONResponse(
+        {"task_ids": [t["id"] for t in tasks], "tasks": tasks, "skipped": result.skipped},
+        status_code=202,
+    )
+
+
+async def pull_to_node(request: Request) -> Response:
+    body = await _body(request)
+    model = body.get("model")
+    if not isinstance(model, str):
+        raise BadRequest("'model' is required", param="model")
+    node_id = request.path_params["node_id"]
+    distributor = service_of(request).distributor
+    task = (await distributor.distribute(model, "specific", [node_id])).tasks[0]
+    return ORJSONResponse({"task_id": task["id"], "task": task}, status_code=202)
+
+
+async def remove_model_from_node(request: Request) -> Response:
+    await service_of(request).distributor.remove_from_node(
+        request.path_params["node_id"], request.path_params["name"]
+    )
+    return Response(status_code=204)
+
+
+# -- tasks and live events ----------------------------------------------------------------------
+
+
+async def list_tasks(request: Request) -> Response:
+    tasks = await service_of(request).tasks.list(request.query_params.get("state"))
+    return ORJSONResponse({"data": tasks})
+
+
+async def show_task(request: Request) -> Response:
+    return ORJSONResponse(await service_of(request).tasks.get(request.path_params["task_id"]))
+
+
+async def events(request: Request) -> Response:
+    bus = service_of(request).events
+
+    async def frames() -> AsyncGenerator[bytes, None]:
+        yield b": connected\n\n"
+        with bus.subscribe() as queue:
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), EVENTS_KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                kind = str(event.get("type", "message")).encode()
+                yield b"event: " + kind + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+
+    return ClosingStreamingResponse(
+        frames(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+    )

@@ -1,0 +1,76 @@
+"""What every handler module needs: the service, authorization, parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, overload
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from llmlb.common.errors import BadRequest
+from llmlb.router.auth import Principal
+from llmlb.router.keys import Scope
+from llmlb.router.service import RouterService
+
+Handler = Callable[[Request], Awaitable[Response]]
+M = TypeVar("M", bound=BaseModel)
+
+
+def service_of(request: Request) -> RouterService:
+    service: RouterService = request.app.state.service
+    return service
+
+
+async def authorize(request: Request, scope: Scope) -> Principal:
+    client = request.client.host if request.client else None
+    return await service_of(request).auth.require(
+        scope, request.headers.get("authorization"), request.headers.get("x-api-key"), client
+    )
+
+
+def admin(handler: Handler) -> Handler:
+    """The handler behind the admin login (password or admin key)."""
+
+    async def guarded(request: Request) -> Response:
+        await authorize(request, "admin")
+        return await handler(request)
+
+    return guarded
+
+
+def validated(model: type[M], data: Any) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BadRequest(f"{where}: {first['msg']}", param=where or None) from exc
+
+
+def float_param(request: Request, name: str) -> float | None:
+    value = request.query_params.get(name)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise BadRequest(f"query parameter {name!r} must be a number", param=name) from None
+
+
+@overload
+def int_param(request: Request, name: str, default: int, low: int, high: int) -> int: ...
+@overload
+def int_param(request: Request, name: str, default: None, low: int, high: int) -> int | None: ...
+def int_param(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    """An integer query parameter within [low, high]; 400 naming it otherwise."""
+    value = request.query_params.get(name)
+    if value is None:
+        return default
+    if not (value.isascii() and value.lstrip("-").isdigit() and len(value) <= 20):
+        raise BadRequest(f"query parameter {name!r} must be an integer", param=name)
+    number = int(value)
+    if not low <= number <= high:
+        raise BadRequest(f"query parameter {name!r} must be between {low} and {high}", param=name)
+    return number

@@ -1,0 +1,77 @@
+"""The node API: registration, heartbeats, the catalog as nodes see it, model files."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+
+from llmlb.common.asgi import ClosingStreamingResponse, ORJSONResponse, read_json
+from llmlb.common.credentials import bearer_token
+from llmlb.common.errors import NotFound
+from llmlb.common.wire import NodeLoad, RegisterRequest
+from llmlb.router.api.common import authorize, service_of, validated
+from llmlb.router.forwarding import UNKNOWN_MODEL_LABEL
+
+
+async def register(request: Request) -> Response:
+    await authorize(request, "node")
+    service = service_of(request)
+    body = await read_json(request, service.settings.max_node_report_bytes)
+    payload = validated(RegisterRequest, body)
+    token = bearer_token(request.headers.get("authorization"))
+    answer = await service.fleet.register_node(payload, token)
+    return ORJSONResponse(answer.model_dump(), status_code=201)
+
+
+async def heartbeat(request: Request) -> Response:
+    await authorize(request, "node")
+    service = service_of(request)
+    load = validated(NodeLoad, await read_json(request, service.settings.max_node_report_bytes))
+    token = bearer_token(request.headers.get("authorization"))
+    node_id = request.path_params["node_id"]
+    return ORJSONResponse(await service.fleet.heartbeat(node_id, load, token))
+
+
+async def catalog(request: Request) -> Response:
+    await authorize(request, "node")
+    base = str(request.base_url).rstrip("/")
+    return ORJSONResponse({"data": service_of(request).models.listing(base)})
+
+
+def _range_start(header: str | None) -> int:
+    """The start of a ``bytes=N-`` range (what resuming downloaders send); 0 otherwise."""
+    if header and header.startswith("bytes=") and header.endswith("-"):
+        start = header[6:-1]
+        if start.isdigit():
+            return int(start)
+    return 0
+
+
+async def blob(request: Request) -> Response:
+    """A model file: from the router's store (Range, ETag), or pulled through from its
+    origin while it downloads."""
+    await authorize(request, "node")
+    service = service_of(request)
+    name = request.path_params["name"]
+    stored = service.models.held(name)
+    known = stored is not None or name in service.catalog
+    service.metrics.blob_requests.labels(name if known else UNKNOWN_MODEL_LABEL).inc()
+    if stored is not None:
+        headers = {"etag": f'"{stored.sha256}"'} if stored.sha256 else {}
+        return FileResponse(stored.path, headers=headers, media_type="application/octet-stream")
+    if request.method == "HEAD":  # a look must not start a download from the origin
+        raise NotFound(
+            f"model {name!r} is not in the router's store (a GET pulls it through)",
+            code="model_not_on_router",
+        )
+    start = _range_start(request.headers.get("range"))
+    stream = await service.models.pull_through(name, start)
+    headers = {"content-length": str(stream.total - start), "accept-ranges": "bytes"}
+    if stream.sha256:
+        headers["etag"] = f'"{stream.sha256}"'
+    if start:
+        headers["content-range"] = f"bytes {start}-{stream.total - 1}/{stream.total}"
+    return ClosingStreamingResponse(
+        stream.chunks, status_code=206 if start else 200,
+        media_type="application/octet-stream", headers=headers,
+    )  # fmt: skip

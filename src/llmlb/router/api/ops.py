@@ -1,0 +1,28 @@
+"""Probes and metrics: open to anyone who can reach the router."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import Response
+
+from llmlb import __version__
+from llmlb.common.asgi import ORJSONResponse
+from llmlb.router.api.common import service_of
+
+
+async def health(request: Request) -> Response:
+    return ORJSONResponse({"status": "ok", "version": __version__, "time": time.time()})
+
+
+async def ready(request: Request) -> Response:
+    ok = await service_of(request).ready()
+    return ORJSONResponse(
+        {"database": "ok" if ok else "unreachable"}, status_code=200 if ok else 503
+    )
+
+
+async def metrics(request: Request) -> Response:
+    return Response(service_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,71 @@
+"""The fleet as the API sees it: nodes joining and reporting, and what they can serve."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from llmlb.common.settings import RouterSettings
+from llmlb.common.wire import NodeLoad, RegisterRequest, RegisterResponse
+from llmlb.models.catalog import Catalog
+from llmlb.router.distributor import Distributor
+from llmlb.router.registry import Registry
+
+
+class Fleet:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        registry: Registry,
+        distributor: Distributor,
+        catalog: Catalog,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.distributor = distributor
+        self.catalog = catalog
+
+    def knows(self, model: str) -> bool:
+        """Whether the catalog lists the model or some node holds it."""
+        return model in self.catalog or model in self.registry.fleet_models()
+
+    async def register_node(self, request: RegisterRequest, token: str | None) -> RegisterResponse:
+        node = await self.registry.register(request, token)
+        assigned = await self.distributor.assign_on_registration(node)
+        return RegisterResponse(
+            node_id=node.id,
+            heartbeat_interval=self.settings.heartbeat_interval,
+            status=node.status(time.time(), self.settings.heartbeat_interval),
+            assigned_models=assigned,
+        )
+
+    async def heartbeat(self, node_id: str, load: NodeLoad, token: str | None) -> dict[str, Any]:
+        node = await self.registry.heartbeat(node_id, load, token)
+        return {"status": node.status(time.time(), self.settings.heartbeat_interval)}
+
+    def nodes(self) -> list[dict[str, Any]]:
+        now = time.time()
+        return [n.to_dict(now, self.settings.heartbeat_interval) for n in self.registry.all()]
+
+    def node(self, node_id: str) -> dict[str, Any]:
+        return self.registry.get(node_id).to_dict(time.time(), self.settings.heartbeat_interval)
+
+    def model_list(self) -> list[dict[str, Any]]:
+        """What the fleet can serve: models on nodes, and catalog models (fetched on demand)."""
+        loaded: dict[str, list[str]] = {}
+        for node in self.registry.all():
+            for model in node.load.models_loaded:
+                loaded.setdefault(model, []).append(node.id)
+        held = self.registry.fleet_models()
+        return [
+            {
+                "id": model,
+                "object": "model",
+                "created": 0,
+                "owned_by": "llmlb",
+                "nodes": sorted(held.get(model, [])),
+                "loaded_on": sorted(loaded.get(model, [])),
+                "in_catalog": model in self.catalog,
+            }
+            for model in sorted(set(held) | set(self.catalog.names()))
+        ]

@@ -1,0 +1,161 @@
+"""Client requests through the router: read what routing needs, forward, record.
+
+The proxy picks nodes and moves bytes; this module decides what a request is (model,
+stream, prefix) and writes what happened to history and metrics once it is over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncGenerator, Callable
+
+from llmlb.common.errors import BadRequest, LlmlbError
+from llmlb.common.settings import RouterSettings
+from llmlb.common.wire import parse_object
+from llmlb.router.balancer import prefix_key_of
+from llmlb.router.history import History, RequestRecord
+from llmlb.router.metrics import RouterMetrics
+from llmlb.router.proxy import Answer, Proxy, Routed, usage_of
+
+_BODY_LOG_LIMIT = 64 * 1024
+# The usage object of a stream is in its last event; this much of the tail always holds it.
+_USAGE_TAIL = 4096
+# Requests for models nobody knows count under this one label (clients choose model names).
+UNKNOWN_MODEL_LABEL = "unknown"
+# The history column's width: longer names are refused before they reach a node or a row.
+MAX_MODEL_NAME = 200
+
+
+class Forwarder:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        proxy: Proxy,
+        history: History,
+        metrics: RouterMetrics,
+        known_model: Callable[[str], bool],
+    ) -> None:
+        self.settings = settings
+        self.proxy = proxy
+        self.history = history
+        self.metrics = metrics
+        self._known_model = known_model
+
+    def route(self, endpoint: str, path: str, raw: bytes) -> Routed:
+        body = parse_object(raw)
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("'model' is required and must be a non-empty string", param="model")
+        if len(model) > MAX_MODEL_NAME:
+            raise BadRequest(f"'model' is longer than {MAX_MODEL_NAME} characters", param="model")
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise BadRequest("'stream' must be a boolean", param="stream")
+        prefix = prefix_key_of(model, body) if self.settings.balancer == "prefix_affinity" else None
+        return Routed(endpoint, path, model, stream, raw, prefix)
+
+    async def forward(
+        self, routed: Routed, headers: dict[str, str], key_id: str | None, request_id: str
+    ) -> Answer:
+        """The node's answer, recorded in history and metrics once it is complete."""
+        started = time.monotonic()
+        try:
+            answer = await self.proxy.forward(routed, headers)
+        except LlmlbError as exc:
+            self._record(routed, request_id, key_id, started, None, exc.status, error=exc.message)
+            raise
+        if answer.chunks is None:
+            self._record(routed, request_id, key_id, started, answer, answer.status)
+            return answer
+        chunks = self._recorded_stream(routed, answer, answer.chunks, request_id, key_id, started)
+        return dataclasses.replace(answer, chunks=chunks)
+
+    async def _recorded_stream(
+        self,
+        routed: Routed,
+        answer: Answer,
+        chunks: AsyncGenerator[bytes, None],
+        request_id: str,
+        key_id: str | None,
+        started: float,
+    ) -> AsyncGenerator[bytes, None]:
+        """Relays the stream; when it ends (or the client leaves) closes the node's side at
+        once and records what was seen, usage included."""
+        kept: list[bytes] = []
+        size = 0
+        tail = b""
+        pieces = 0  # generated pieces seen: the token count when the stream ends early
+        status = 200
+        try:
+            async with contextlib.aclosing(chunks) as relay:
+                async for chunk in relay:
+                    tail = (tail + chunk)[-_USAGE_TAIL:]
+                    pieces += chunk.count(b'"content":"') + chunk.count(b'"text":"')
+                    if self.settings.log_bodies and size < _BODY_LOG_LIMIT:
+                        kept.append(chunk)
+                        size += len(chunk)
+                    yield chunk
+        except BaseException:
+            status = 499  # the client went away
+            raise
+        finally:
+            # llama.cpp sends one piece per token; the usage event, when the stream got that
+            # far, has the exact counts.
+            usage = {"completion_tokens": pieces, **usage_of(tail)}
+            seen = dataclasses.replace(answer, body=b"".join(kept), usage=usage)
+            self._record(routed, request_id, key_id, started, seen, status)
+
+    def _model_label(self, model: str) -> str:
+        """A metric label: a model the fleet or the catalog knows, or one fixed label."""
+        return model if self._known_model(model) else UNKNOWN_MODEL_LABEL
+
+    def _record(
+        self,
+        routed: Routed,
+        request_id: str,
+        key_id: str | None,
+        started: float,
+        answer: Answer | None,
+        status: int,
+        error: str | None = None,
+    ) -> None:
+        latency = time.monotonic() - started
+        label = self._model_label(routed.model)
+        self.metrics.requests.labels(routed.endpoint, label, str(status)).inc()
+        self.metrics.latency.labels(routed.endpoint).observe(latency)
+        usage = answer.usage if answer else {}
+        if usage:
+            self.metrics.tokens.labels(label, "in").inc(usage.get("prompt_tokens", 0))
+            self.metrics.tokens.labels(label, "out").inc(usage.get("completion_tokens", 0))
+        ttft = None
+        if answer is not None and answer.first_byte_at is not None:
+            ttft = (answer.first_byte_at - started) * 1000
+            self.metrics.ttft.labels(routed.endpoint).observe(ttft / 1000)
+        if error is not None or status >= 400:
+            self.metrics.errors.labels(str(status)).inc()
+        log_bodies = self.settings.log_bodies
+        self.history.add(
+            RequestRecord(
+                ts=time.time(),
+                request_id=request_id,
+                key_id=key_id,
+                endpoint=routed.endpoint,
+                model=routed.model[:MAX_MODEL_NAME],
+                node_id=answer.node.id if answer else None,
+                status=status,
+                latency_ms=round(latency * 1000, 2),
+                ttft_ms=round(ttft, 2) if ttft is not None else None,
+                tokens_in=usage.get("prompt_tokens"),
+                tokens_out=usage.get("completion_tokens"),
+                attempts=answer.attempts if answer else 1,
+                error=error,
+                request_body=routed.body[:_BODY_LOG_LIMIT].decode(errors="replace")
+                if log_bodies
+                else None,
+                response_body=answer.body[:_BODY_LOG_LIMIT].decode(errors="replace")
+                if log_bodies and answer
+                else None,
+            )
+        )
