@@ -79,7 +79,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits(model_home: Path, tmp_pa
 
     worker = threading.Thread(target=request)
     worker.start()
-    with httpx.Client(base_url=node.url) as probe:  # model loaded, request generating
+    with httpx.Client(base_url=node.url, timeout=30) as probe:  # model loaded, generating
         wait_until(lambda: any(m["slots_busy"] for m in probe.get("/health").json()["models"]))
     node.proc.send_signal(signal.SIGTERM)
     worker.join()

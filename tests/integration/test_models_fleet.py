@@ -136,6 +136,7 @@ def fleet(
     hub.add("test/shared", "model.gguf", tiny["t1"], bytes_per_second=4 << 20)
     hub.add("test/corrupt", "model.gguf", tiny["t2"])
     hub.add("test/slow", "model.gguf", tiny["t3"], bytes_per_second=3 << 20)
+    hub.add("test/progress", "model.gguf", tiny["t3"], bytes_per_second=3 << 20)
     hub.add("test/resume", "model.gguf", tiny["t4"], bytes_per_second=2 << 20)
     hub.add("test/huge", "model.gguf", tiny["t5"], declared_length=10**15)
     hub.add("test/restart", "model.gguf", tiny["t2"] + b"", bytes_per_second=2 << 20)
@@ -166,6 +167,7 @@ def fleet(
         hub_entry("tiny-shared", "test/shared", tiny["t1"]),
         {**hub_entry("tiny-corrupt", "test/corrupt", tiny["t2"]), "sha256": "0" * 64},
         hub_entry("tiny-slow", "test/slow", tiny["t3"]),
+        hub_entry("tiny-progress", "test/progress", tiny["t3"]),  # only for the progress test
         hub_entry("tiny-resume", "test/resume", tiny["t4"]),
         hub_entry("tiny-huge", "test/huge", tiny["t5"]),
         hub_entry("tiny-missing", "test/missing", tiny["t6"]),
@@ -300,7 +302,7 @@ def test_distribution_shows_progress_in_tasks_and_events(fleet: ModelsFleet) -> 
                 if line.startswith("data: "):
                     events.append(json.loads(line[6:]))
                     if (
-                        events[-1].get("model") == "tiny-slow"
+                        events[-1].get("model") == "tiny-progress"
                         and events[-1]["state"] == "completed"
                     ):
                         return
@@ -312,7 +314,7 @@ def test_distribution_shows_progress_in_tasks_and_events(fleet: ModelsFleet) -> 
     with fleet.http() as http:
         answer = http.post(
             "/api/models/distribute",
-            json={"model": "tiny-slow", "target": "specific", "node_ids": [node_b]},
+            json={"model": "tiny-progress", "target": "specific", "node_ids": [node_b]},
         )
         assert answer.status_code == 202
         task_id = answer.json()["task_ids"][0]
@@ -348,6 +350,7 @@ def test_available_shows_where_each_model_is(fleet: ModelsFleet) -> None:
     def slow_state(node: str) -> str:
         return str(next(n["state"] for n in rows_now()["tiny-slow"]["nodes"] if n["node"] == node))
 
+    assert pull_on(fleet, "node-b", "tiny-slow")["state"] == "completed"
     wait_until(lambda: slow_state("node-b") == "on_disk", 5)  # as of the next heartbeat
     rows = rows_now()
     with fleet.http() as http:

@@ -67,7 +67,7 @@ def test_model_names_cannot_escape_the_store(http: httpx.Client, name: str) -> N
     [
         ({"messages": [{"role": "user", "content": "x"}]}, "model"),
         ({"model": MODEL, "messages": "hello"}, "messages"),
-        ({"model": MODEL, "messages": [{"content": "x"}]}, "messages[0]"),
+        ({"model": MODEL, "messages": [{"content": "x"}]}, "messages.0.role"),
         (
             {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
             "max_tokens",
@@ -130,3 +130,77 @@ def test_node_still_serves_after_bad_requests(http: httpx.Client) -> None:
     response = http.post(CHAT, json=body)
     assert response.status_code == 200
     assert "Paris" in response.json()["choices"][0]["message"]["content"]
+
+
+USER = [{"role": "user", "content": "x"}]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        # Shapes llama.cpp used to meet as exceptions (500s) in the fuzzer's run.
+        (CHAT, {"model": MODEL, "messages": [{"role": "user"}]}, "messages.0"),
+        (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": 5}]}, None),
+        (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": {"a": 1}}]}, None),
+        (CHAT, {"model": MODEL, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, None),
+        (CHAT, {"model": MODEL, "messages": USER, "tools": False}, "tools"),
+        (CHAT, {"model": MODEL, "messages": USER, "tools": [{"type": "function"}]}, None),
+        (CHAT, {"model": MODEL, "messages": USER, "parallel_tool_calls": []}, None),
+        (CHAT, {"model": MODEL, "messages": USER, "top_logprobs": 3}, "top_logprobs"),
+        (CHAT, {"model": MODEL, "messages": USER, "n_probs": 1000000}, "n_probs"),
+        (CHAT, {"model": MODEL, "messages": USER, "n_predict": 10**9}, "n_predict"),
+        (CHAT, {"model": MODEL, "messages": USER, "logit_bias": {str(i): 1 for i in range(5000)}},
+         "logit_bias"),
+        (CHAT, {"model": MODEL, "messages": USER, "n": 1000}, "n"),
+        ("/v1/completions", {"model": MODEL, "prompt": [1.5, "x"]}, None),
+        ("/v1/completions", {"model": MODEL, "prompt": [[1], "x"]}, None),
+        ("/v1/completions", {"model": MODEL, "prompt": "x", "logprobs": 1000}, "logprobs"),
+        ("/v1/embeddings", {"model": MODEL, "input": "x", "encoding_format": None},
+         "encoding_format"),
+        ("/v1/embeddings", {"model": MODEL, "input": [[1, [2]]]}, None),
+        ("/v1/embeddings", {"model": MODEL, "input": ["x"] * 3000}, "input"),
+        ("/v1/embeddings", {"model": MODEL, "input": []}, None),
+    ],
+)  # fmt: skip
+def test_request_shapes_the_engine_cannot_take_are_400_naming_the_field(
+    http: httpx.Client, path: str, body: dict[str, Any], param: str | None
+) -> None:
+    error = assert_error(http.post(path, json=body), 400)
+    if param is not None:
+        assert error["param"] == param, error
+        assert param.split(".")[0] in error["message"]
+
+
+def test_json_nested_too_deep_is_400_on_every_endpoint(http: httpx.Client) -> None:
+    deep = b"[" * 300 + b"]" * 300
+    for path in (CHAT, "/v1/completions", "/v1/embeddings"):
+        body = b'{"model": "gemma-3-270m", "extra": ' + deep + b"}"
+        assert_error(http.post(path, content=body), 400, "invalid_json")
+
+
+def test_a_huge_prompt_is_refused_before_tokenizing(http: httpx.Client) -> None:
+    body = {"model": MODEL, "prompt": "word " * (7 * 1024 * 1024 // 5)}
+    started = time.monotonic()
+    error = assert_error(http.post("/v1/completions", json=body), 400, "context_length_exceeded")
+    assert time.monotonic() - started < 5.0  # tokenizing it took 32 s
+    assert "4096" in error["message"]
+
+
+def test_a_large_embedding_request_does_not_starve_a_small_one(http: httpx.Client) -> None:
+    big = {"model": MODEL, "input": [f"sentence number {i} about the sky" for i in range(256)]}
+    small = {"model": MODEL, "input": "hello"}
+    with httpx.Client(base_url=str(http.base_url), timeout=120) as other:
+        done: dict[str, float] = {}
+
+        def run(name: str, body: dict[str, Any], client: httpx.Client) -> None:
+            assert client.post("/v1/embeddings", json=body).status_code == 200
+            done[name] = time.monotonic()
+
+        import threading
+
+        worker = threading.Thread(target=run, args=("big", big, other))
+        worker.start()
+        run("small", small, http)
+        worker.join()
+    assert done["small"] < done["big"]

@@ -148,6 +148,14 @@ class NodeSettings(CommonSettings):
         default=600.0, ge=0, description="How long a request waits for its model to download"
     )
     download_bandwidth: ByteSize | None = Field(default=None, description="Bytes/s cap")
+    # Bounds on what one client request may ask of the node.
+    default_max_tokens: int = Field(
+        default=1024, ge=1, description="Output limit of requests that set none"
+    )
+    max_embedding_inputs: int = Field(default=256, ge=1, description="Items per embedding request")
+    max_embedding_bytes: ByteSize = Field(
+        default=1024 * 1024, description="Input bytes per embedding request"
+    )
 
 
 BalancerStrategy = Literal["load", "round_robin", "least_busy", "prefix_affinity"]

@@ -9,6 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmlb.common.errors import InvalidJSON
 
+# Deeper JSON than this is refused: orjson reads 1024 levels but writes only 254, and no
+# OpenAI request needs more than a few (a tool's JSON schema a dozen or so).
+MAX_JSON_DEPTH = 64
+
 
 def parse_object(raw: bytes) -> dict[str, Any]:
     """A request body that must be a JSON object; InvalidJSON (400) otherwise."""
@@ -20,7 +24,24 @@ def parse_object(raw: bytes) -> dict[str, Any]:
         raise InvalidJSON(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidJSON("the request body must be a JSON object")
+    if _too_deep(body, MAX_JSON_DEPTH):
+        raise InvalidJSON(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
     return body
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether containers nest more than ``limit`` levels (iterative: no recursion limit)."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for container in level
+            for child in (container.values() if isinstance(container, dict) else container)
+            if isinstance(child, dict | list)
+        ]
+        if not level:
+            return False
+    return True
 
 
 def error_message(body: bytes, limit: int = 200) -> str:

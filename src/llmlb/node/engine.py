@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import orjson
 
-from llmlb.common.errors import LlmlbError, ModelLoadFailed, from_engine_error
+from llmlb.common.errors import BadRequest, LlmlbError, ModelLoadFailed, from_engine_error
 from llmlb.models.gguf import GGUFError, read_gguf
 from llmlb.node.templates import ChatTemplate
 
@@ -170,12 +170,9 @@ class LlamaEngine:
                     future.add_done_callback(_consume_exception)
 
     async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
         payload = orjson.dumps(body)
         async with self._slot():
-            raw = await loop.run_in_executor(
-                self._executor, self._server.handle_embeddings, payload
-            )
+            raw = await self._run(self._server.handle_embeddings, payload)
         return _parse_or_raise(raw)
 
     def close(self) -> None:
@@ -207,7 +204,24 @@ class LlamaEngine:
 
     async def _run(self, handler: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, handler, *args)
+        try:
+            return await loop.run_in_executor(self._executor, handler, *args)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise engine_exception(exc) from exc
+
+
+# What llama.cpp's JSON library and request parsing say when a request has the wrong shape
+# (nlohmann's type_error.302 and friends): the client's mistake, so a 400.
+_REQUEST_SHAPE_ERRORS = ("type_error", "parse_error", "out_of_range", "invalid_argument",
+                         "[json.exception", "invalid", "must be", "expected")  # fmt: skip
+
+
+def engine_exception(exc: Exception) -> LlmlbError:
+    """An exception from inside llama.cpp's handler, as an error a client can read."""
+    message = str(exc) or type(exc).__name__
+    if any(marker in message.lower() for marker in _REQUEST_SHAPE_ERRORS):
+        return BadRequest(f"the engine rejected the request: {message}")
+    return LlmlbError(f"the engine failed: {message}")
 
 
 def _is_error(chunk: bytes) -> bool:

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 DONE_EVENT = b"data: [DONE]\n\n"
 UNKNOWN_MODEL_LABEL = "unknown"
+EMBED_BATCH = 16  # inputs per engine call of an embedding request
 
 
 def default_memory_budget(devices: list[Device], ram_total: int) -> int:
@@ -249,7 +250,7 @@ class NodeService:
     ) -> tuple[EngineSpec, dict[str, Any]]:
         name = model_name(body)
         spec = await self.spec_for(name, "generate")
-        validate_generation(body, endpoint, spec.ctx_size, spec.parallel)
+        body = validate_generation(body, endpoint, spec.ctx_size, spec.parallel, self.settings)
         if endpoint == "chat":
             body = with_stops(body, spec.template)
         return spec, body
@@ -332,11 +333,22 @@ class NodeService:
         return not data.get("choices")
 
     async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Embeddings, computed ``EMBED_BATCH`` inputs at a time: the engine's one slot is
+        released between batches, so a large request does not starve small ones."""
         name = model_name(body)
-        validate_embeddings(body)
+        items = validate_embeddings(body, self.settings)
         spec = await self.spec_for(name, "embed")
+        data: list[dict[str, Any]] = []
+        prompt_tokens = 0
+        response: dict[str, Any] = {}
         async with self.pool.lease(spec) as engine:
-            response = await engine.embed(body)
-        usage = response.get("usage") or {}
-        self.metrics.tokens.labels(name, "in").inc(int(usage.get("prompt_tokens") or 0))
-        return response
+            for start in range(0, len(items), EMBED_BATCH):
+                batch = items[start : start + EMBED_BATCH]
+                response = await engine.embed({**body, "input": batch})
+                for row in response.get("data") or []:
+                    data.append({**row, "index": start + int(row.get("index", 0))})
+                usage = response.get("usage") or {}
+                prompt_tokens += int(usage.get("prompt_tokens") or 0)
+        self.metrics.tokens.labels(name, "in").inc(prompt_tokens)
+        usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+        return {**response, "data": data, "usage": usage}

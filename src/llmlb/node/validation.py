@@ -1,22 +1,140 @@
-"""Checks on client requests the node can answer before touching an engine.
+"""Client requests, checked before they reach an engine.
 
-llama.cpp validates a lot itself; these checks give clear OpenAI-style errors (naming the
-field) for the mistakes clients make most, and keep bad values away from the engine.
+A typed model of each endpoint's request (open to extra fields llama.cpp understands), plus
+bounds on every field that multiplies work, memory or output: a client's mistake or excess
+is a 400 naming the field and the limit, never an engine exception (a 500) and never a
+request that runs away with the node.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from llmlb.common.errors import BadRequest
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-_NUMBER_RANGES: dict[str, tuple[float, float]] = {
-    "temperature": (0.0, 2.0),
-    "top_p": (0.0, 1.0),
-    "min_p": (0.0, 1.0),
-    "presence_penalty": (-2.0, 2.0),
-    "frequency_penalty": (-2.0, 2.0),
-}
+from llmlb.common.errors import BadRequest, ContextLengthExceeded
+from llmlb.common.settings import NodeSettings
+
+# Bounds that do not depend on the node's settings (OpenAI's own, where it has one).
+MAX_TOP_LOGPROBS = 20
+MAX_N_PROBS = 20
+MAX_LOGIT_BIAS = 1024
+MAX_STOP_SEQUENCES = 16
+MAX_STOP_LENGTH = 512
+MAX_TOOLS = 128
+MAX_GRAMMAR_BYTES = 64 * 1024  # grammar, json_schema, response_format, each
+# A prompt longer than this many bytes per context token cannot fit, whatever the text:
+# refused before the (slow) tokenizer sees it.
+MAX_BYTES_PER_TOKEN = 32
+
+
+class _Open(BaseModel):
+    # Strict: "5" is not a number and "yes" is not a boolean, as in OpenAI's API.
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class TextPart(_Open):
+    type: Literal["text"]
+    text: str
+
+
+class FunctionCall(_Open):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Open):
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(_Open):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # Text only: the node's engines take no images or audio.
+    content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _has_content(self) -> Message:
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("'content' is required (only an assistant turn with tool_calls "
+                             "may leave it out)")  # fmt: skip
+        return self
+
+
+class FunctionDefinition(_Open):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(_Open):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class StreamOptions(_Open):
+    include_usage: bool = False
+
+
+Tokens = Annotated[int, Field(ge=1)]
+
+
+class _Generation(_Open):
+    model: str
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: Tokens | None = None
+    max_completion_tokens: Tokens | None = None
+    n_predict: int | None = None  # llama.cpp's name; -1 means "until the context is full"
+    n: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: str | Annotated[list[Annotated[str, Field(max_length=MAX_STOP_LENGTH)]],
+                          Field(max_length=MAX_STOP_SEQUENCES)] | None = None  # fmt: skip
+    logprobs: bool | int | None = None  # chat: bool; completions: an int (top count)
+    top_logprobs: Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    n_probs: Annotated[int, Field(ge=0, le=MAX_N_PROBS)] | None = None
+    logit_bias: Annotated[dict[str, float], Field(max_length=MAX_LOGIT_BIAS)] | Annotated[
+        list[Any], Field(max_length=MAX_LOGIT_BIAS)] | None = None  # fmt: skip
+    grammar: Annotated[str, Field(max_length=MAX_GRAMMAR_BYTES)] | None = None
+    json_schema: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+
+class ChatRequest(_Generation):
+    messages: Annotated[list[Message], Field(min_length=1)]
+
+
+# A string, strings, token ids, or lists of token ids (never empty).
+Inputs = (
+    str
+    | Annotated[list[str], Field(min_length=1)]
+    | Annotated[list[int], Field(min_length=1)]
+    | Annotated[list[list[int]], Field(min_length=1)]
+)
+
+
+class CompletionRequest(_Generation):
+    prompt: Inputs
+
+
+class EmbeddingsRequest(_Open):
+    model: str
+    input: Inputs
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1)] | None = None
 
 
 def model_name(body: dict[str, Any]) -> str:
@@ -26,67 +144,101 @@ def model_name(body: dict[str, Any]) -> str:
     return model
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _parse(model: type[BaseModel], body: dict[str, Any]) -> BaseModel:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        # A union reports one error per branch, its type in the location: keep field names.
+        where = ".".join(str(p) for p in first["loc"] if _is_field(p))
+        raise BadRequest(f"'{where}': {first['msg']}", param=where or None) from None
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
-def validate_generation(body: dict[str, Any], endpoint: str, ctx_size: int, slots: int) -> None:
-    """Raise BadRequest naming the first bad field of a chat or text completion request."""
-    if endpoint == "chat":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise BadRequest("'messages' must be a non-empty array", param="messages")
-        for index, message in enumerate(messages):
-            if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-                raise BadRequest(
-                    f"messages[{index}] must be an object with a string 'role'",
-                    param=f"messages[{index}]",
-                )
-    else:
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str | list) or (isinstance(prompt, list) and not prompt):
-            raise BadRequest("'prompt' must be a string or a non-empty array", param="prompt")
-    for field in ("max_tokens", "max_completion_tokens"):
-        value = body.get(field)
-        if value is None:
-            continue
-        if not _is_int(value) or not 1 <= value <= ctx_size:
+def _is_field(part: str | int) -> bool:
+    return isinstance(part, int) or (
+        part.isidentifier() and part not in _TYPE_TAGS and not part.startswith("constrained")
+    )
+
+
+def _size(value: Any) -> int:
+    return len(orjson.dumps(value)) if value is not None else 0
+
+
+def _prompt_bytes(request: BaseModel) -> int:
+    if isinstance(request, ChatRequest):
+        return sum(_size(m.content) for m in request.messages)
+    if isinstance(request, CompletionRequest):
+        return _size(request.prompt)
+    return 0
+
+
+def validate_generation(
+    body: dict[str, Any], endpoint: str, ctx_size: int, slots: int, settings: NodeSettings
+) -> dict[str, Any]:
+    """The request body with its bounds applied; BadRequest naming the first bad field.
+
+    A request that sets no output limit gets ``default_max_tokens`` (the OpenAI SDK sends
+    none: without it a request would run until the context is full).
+    """
+    request = _parse(ChatRequest if endpoint == "chat" else CompletionRequest, body)
+    assert isinstance(request, _Generation)
+    limits = {
+        "max_tokens": request.max_tokens,
+        "max_completion_tokens": request.max_completion_tokens,
+        "n_predict": request.n_predict,
+    }
+    for field, value in limits.items():
+        if value is not None and not 1 <= value <= ctx_size:
             raise BadRequest(
                 f"'{field}' must be an integer from 1 to {ctx_size} (the model's context "
                 f"length on this node), got {value!r}",
                 param=field,
             )
-    for field, (low, high) in _NUMBER_RANGES.items():
-        value = body.get(field)
-        if value is not None and (not _is_number(value) or not low <= value <= high):
-            raise BadRequest(f"'{field}' must be a number from {low} to {high}", param=field)
-    for field in ("top_k", "seed"):
-        value = body.get(field)
-        if value is not None and not _is_int(value):
-            raise BadRequest(f"'{field}' must be an integer", param=field)
-    n = body.get("n")
-    if n is not None and (not _is_int(n) or not 1 <= n <= slots):
+    if request.n is not None and request.n > slots:
         raise BadRequest(f"'n' must be an integer from 1 to {slots}", param="n")
-    stop = body.get("stop")
-    if stop is not None and not (
-        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
-    ):
-        raise BadRequest("'stop' must be a string or an array of strings", param="stop")
-    if not isinstance(body.get("stream", False), bool):
-        raise BadRequest("'stream' must be a boolean", param="stream")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise BadRequest("'stream_options' must be an object", param="stream_options")
+    if request.top_logprobs and not request.logprobs:
+        raise BadRequest("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    logprobs = request.logprobs
+    if type(logprobs) is int and not 0 <= logprobs <= MAX_TOP_LOGPROBS:
+        raise BadRequest(f"'logprobs' must be from 0 to {MAX_TOP_LOGPROBS}", param="logprobs")
+    for field in ("json_schema", "response_format"):
+        if _size(getattr(request, field)) > MAX_GRAMMAR_BYTES:
+            raise BadRequest(f"'{field}' is larger than {MAX_GRAMMAR_BYTES} bytes", param=field)
+    prompt_bytes = _prompt_bytes(request)
+    if prompt_bytes > ctx_size * MAX_BYTES_PER_TOKEN:
+        raise ContextLengthExceeded(
+            f"the prompt is {prompt_bytes} bytes; it cannot fit the model's context of "
+            f"{ctx_size} tokens on this node",
+            param="messages" if endpoint == "chat" else "prompt",
+        )
+    if all(value is None for value in limits.values()):
+        return {**body, "max_tokens": min(settings.default_max_tokens, ctx_size)}
+    return body
 
 
-def validate_embeddings(body: dict[str, Any]) -> None:
-    value = body.get("input")
-    ok = isinstance(value, str) or (
-        isinstance(value, list) and value and all(isinstance(v, str | int | list) for v in value)
-    )
-    if not ok:
-        raise BadRequest("'input' must be a string or a non-empty array of strings", param="input")
+def validate_embeddings(body: dict[str, Any], settings: NodeSettings) -> list[Any]:
+    """The request's inputs as a list; BadRequest naming the field and the limit."""
+    request = _parse(EmbeddingsRequest, body)
+    assert isinstance(request, EmbeddingsRequest)
+    value = request.input
+    # One string, or one pre-tokenised input (a flat list of ints), is a single item.
+    items: list[Any] = [value] if isinstance(value, str) or _flat_ints(value) else list(value)
+    if len(items) > settings.max_embedding_inputs:
+        raise BadRequest(
+            f"'input' has {len(items)} items; the limit is {settings.max_embedding_inputs} "
+            "per request", param="input",
+        )  # fmt: skip
+    total = sum(len(item) if isinstance(item, str) else len(item) * 4 for item in items)
+    if total > settings.max_embedding_bytes:
+        raise BadRequest(
+            f"'input' holds {total} bytes; the limit is {settings.max_embedding_bytes} "
+            "per request", param="input",
+        )  # fmt: skip
+    return items
+
+
+def _flat_ints(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], int)
