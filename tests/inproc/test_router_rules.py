@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -10,7 +12,11 @@ from tests.inproc.conftest import REMOTE, InProcessRouter
 CHAT = "/v1/chat/completions"
 
 
-def error_of(response: httpx.Response) -> dict[str, object]:
+def node_auth(router: InProcessRouter) -> dict[str, str]:
+    return {"authorization": f"Bearer {router.service.node_token_path.read_text().strip()}"}
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
     body = response.json()
     assert set(body) == {"error"}
     assert set(body["error"]) >= {"message", "type", "param", "code"}
@@ -94,3 +100,89 @@ async def test_a_node_key_cannot_reach_the_admin_api(router: InProcessRouter) ->
         response = await client.get("/api/nodes", headers={"authorization": f"Bearer {secret}"})
     assert response.status_code == 403
     assert error_of(response)["code"] == "insufficient_scope"
+
+
+async def test_request_ids_are_taken_only_when_short_and_safe(router: InProcessRouter) -> None:
+    async with router.client() as client:
+        kept = await client.get("/health", headers={"x-request-id": "abc-123.x:y"})
+        assert kept.headers["x-request-id"] == "abc-123.x:y"
+        for offered in ("a" * 129, "evil\tid", "spaces here", "<script>"):
+            answer = await client.get("/health", headers={"x-request-id": offered})
+            assert answer.headers["x-request-id"] != offered
+            assert len(answer.headers["x-request-id"]) == 16
+
+
+NODE = {"name": "n1", "base_url": "http://10.9.9.9:9000", "version": "t",
+        "devices": [{"kind": "cuda", "name": "G", "memory_total": 1 << 33,
+                     "memory_free": 1 << 33}]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    [
+        "http://user:pw@10.9.9.9:9000", "http://10.9.9.9:9000/#frag", "http://10.9.9.9:9000/?x=",
+        "http://10.9.9.9:9000/api/pull?x=", "http://10.9.9.9:70000", "http://10.9.9.9",
+        "http://10.9.9.9:9000/a\r\nb", "http://10.9.9.9:9000/\x00", "ftp://10.9.9.9:21",
+        "http://10.9.9.9:9000/../x",
+    ],
+)  # fmt: skip
+async def test_node_urls_are_only_scheme_host_port_and_path(
+    router: InProcessRouter, base_url: str
+) -> None:
+    async with router.client() as client:
+        answer = await client.post("/api/nodes", json={**NODE, "base_url": base_url},
+                                   headers=node_auth(router))  # fmt: skip
+    assert answer.status_code == 400, answer.text
+    assert "base_url" in error_of(answer)["message"]
+
+
+async def test_a_node_cannot_point_at_the_router_itself(router: InProcessRouter) -> None:
+    router.service.fleet.own_port = 32768
+    async with router.client() as client:
+        for url in ("http://127.0.0.1:32768", "http://localhost:32768/v1"):
+            answer = await client.post("/api/nodes", json={**NODE, "base_url": url},
+                                       headers=node_auth(router))  # fmt: skip
+            assert answer.status_code == 400
+            assert "own address" in error_of(answer)["message"]
+
+
+async def test_a_heartbeat_is_accepted_only_from_the_registering_credential(
+    router: InProcessRouter,
+) -> None:
+    _, other = await router.service.keys.create("another node", ["node"])
+    async with router.client() as client:
+        joined = await client.post("/api/nodes", json=NODE, headers=node_auth(router))
+        assert joined.status_code == 201
+        node_id = joined.json()["node_id"]
+        forged = await client.post(f"/api/nodes/{node_id}/heartbeat", json={"state": "draining"},
+                                   headers={"authorization": f"Bearer {other}"})  # fmt: skip
+        assert forged.status_code == 403
+        assert error_of(forged)["code"] == "node_credential_mismatch"
+        assert router.service.registry.get(node_id).load.state == "ready"
+        assert router.service.registry.get(node_id).token != other
+        real = await client.post(f"/api/nodes/{node_id}/heartbeat", json={"state": "ready"},
+                                 headers=node_auth(router))  # fmt: skip
+        assert real.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "load",
+    [
+        {"models_on_disk": [".."]},
+        {"models_loaded": ["a/b"]},
+        {"models_on_disk": [f"m{i}" for i in range(1001)]},
+        {"load_seconds": {"../x": 1.0}},
+        {"downloads": {f"m{i}": {} for i in range(101)}},
+    ],
+)
+async def test_heartbeat_contents_are_validated_and_bounded(
+    router: InProcessRouter, load: dict[str, object]
+) -> None:
+    async with router.client() as client:
+        node_id = (await client.post("/api/nodes", json=NODE, headers=node_auth(router))).json()[
+            "node_id"
+        ]
+        answer = await client.post(f"/api/nodes/{node_id}/heartbeat", json=load,
+                                   headers=node_auth(router))  # fmt: skip
+        assert answer.status_code == 400
+        assert (await client.get("/api/models/available")).status_code == 200

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from llmlb.common.errors import CorruptMetadata
-from llmlb.models.store import InvalidModelName, ModelStore, sha256_file, validate_name
+from llmlb.common.names import InvalidModelName, validate_name
+from llmlb.models.store import ModelStore, sha256_file
 
 BAD_NAMES = ["../etc", "..", "a/b", "/abs", "a\x00b", ".hidden", "a..b", "", "x" * 129, "a\\b"]
 

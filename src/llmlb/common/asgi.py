@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -20,6 +21,7 @@ from llmlb.common.wire import parse_object
 log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
+_SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
 class ORJSONResponse(JSONResponse):
@@ -59,7 +61,9 @@ class RequestIdMiddleware:
         request_id = ""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
-                request_id = value.decode("latin-1")[:128]
+                # Echoed, logged and stored: only a short id of safe characters is taken.
+                if _SAFE_REQUEST_ID.fullmatch(value):
+                    request_id = value.decode("ascii")
                 break
         request_id = request_id or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id

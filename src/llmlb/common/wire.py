@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from llmlb.common.errors import InvalidJSON
+from llmlb.common.names import is_model_name
 
 # Deeper JSON than this is refused: orjson reads 1024 levels but writes only 254, and no
 # OpenAI request needs more than a few (a tool's JSON schema a dozen or so).
@@ -62,7 +64,7 @@ class Device(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     kind: Literal["cuda", "rocm", "metal", "cpu"]
-    name: str
+    name: str = Field(max_length=200)
     memory_total: int = Field(ge=0)
     memory_free: int = Field(ge=0)
 
@@ -71,32 +73,76 @@ class Device(BaseModel):
         return self.kind != "cpu"
 
 
+def _model_name(value: str) -> str:
+    if not is_model_name(value):
+        raise ValueError(f"not a model name: {value[:80]!r}")
+    return value
+
+
+ModelName = Annotated[str, AfterValidator(_model_name)]
+# Bounds on what one node may report: a heartbeat is read on every one and must stay small.
+MAX_REPORTED_MODELS = 1000
+MAX_REPORTED_DOWNLOADS = 100
+MAX_DEVICES = 64
+Models = Annotated[list[ModelName], Field(max_length=MAX_REPORTED_MODELS)]
+
+
 class NodeLoad(BaseModel):
     """What a node says about itself in every heartbeat."""
 
     state: NodeState = "ready"
-    models_loaded: list[str] = Field(default_factory=list)
-    models_on_disk: list[str] = Field(default_factory=list)
+    models_loaded: Models = Field(default_factory=list)
+    models_on_disk: Models = Field(default_factory=list)
     active_requests: int = Field(default=0, ge=0)
     queued_requests: int = Field(default=0, ge=0)
     slots_busy: int = Field(default=0, ge=0)
     slots_total: int = Field(default=0, ge=0)  # slots of the loaded generation engines
     slots_per_model: int = Field(default=0, ge=0)  # slots a model gets when it loads
     # Seconds the node's last load of each model took (the balancer weighs them against waits).
-    load_seconds: dict[str, float] = Field(default_factory=dict)
+    load_seconds: Annotated[dict[ModelName, float], Field(max_length=MAX_REPORTED_MODELS)] = Field(
+        default_factory=dict
+    )
     request_seconds: float = Field(default=0.0, ge=0)  # recent mean request duration
     tokens_per_second: float = Field(default=0.0, ge=0)
     cpu_percent: float = Field(default=0.0, ge=0)
     ram_percent: float = Field(default=0.0, ge=0)
     gpu_percent: float = Field(default=0.0, ge=0)
-    downloads: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    downloads: Annotated[
+        dict[ModelName, dict[str, Any]], Field(max_length=MAX_REPORTED_DOWNLOADS)
+    ] = Field(default_factory=dict)
+
+
+def node_base_url(value: str) -> str:
+    """``http(s)://host:port`` with an optional path prefix, and nothing else: no user or
+    password, no query or fragment, no spaces or control characters, a real port."""
+    if any(ord(c) < 33 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain spaces or control characters")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be http(s)://host:port")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry a user or password")
+    if parts.query or parts.fragment or value.endswith(("?", "#")):
+        raise ValueError("must not have a query or a fragment")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    if port is None or not 1 <= port <= 65535:
+        raise ValueError("must name its port (1-65535)")
+    if ".." in parts.path.split("/"):
+        raise ValueError("must not have '..' in its path")
+    return value.rstrip("/")
+
+
+NodeName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\w .@:+-]+$")]
 
 
 class RegisterRequest(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    base_url: str = Field(min_length=8, max_length=500, pattern=r"^https?://")
-    version: str = ""
-    devices: list[Device] = Field(default_factory=list)
+    name: NodeName
+    base_url: Annotated[str, Field(max_length=500), AfterValidator(node_base_url)]
+    version: str = Field(default="", max_length=100)
+    devices: list[Device] = Field(default_factory=list, max_length=MAX_DEVICES)
     load: NodeLoad = Field(default_factory=NodeLoad)
 
 

@@ -15,8 +15,8 @@ import orjson
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from llmlb.common.errors import LlmlbError
+from llmlb.common.names import validate_name
 from llmlb.models.memory import memory_needed
-from llmlb.models.store import validate_name
 
 CATALOG_FILE = "supported_models.json"
 Capability = Literal["chat", "completion", "embedding"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,28 +16,13 @@ from typing import Any
 
 import orjson
 
-from llmlb.common.errors import BadRequest, CorruptMetadata
+from llmlb.common.errors import CorruptMetadata
+from llmlb.common.names import InvalidModelName, is_model_name, validate_name
 
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.gguf"
 METADATA_FILE = "metadata.json"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-
-class InvalidModelName(BadRequest):
-    default_code = "invalid_model_name"
-
-
-def validate_name(name: str) -> str:
-    """Return ``name`` if it is a safe single path component, else raise InvalidModelName."""
-    if not _NAME.fullmatch(name) or ".." in name:
-        raise InvalidModelName(
-            f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' "
-            "(at most 128, no '..', no '/')",
-            param="model",
-        )
-    return name
 
 
 def sha256_file(path: Path, chunk: int = 4 * 1024 * 1024) -> str:
@@ -83,7 +67,7 @@ class ModelStore:
             return []
         found = []
         for entry in sorted(self.root.iterdir()):
-            if entry.is_dir() and _NAME.fullmatch(entry.name) and ".." not in entry.name:
+            if entry.is_dir() and is_model_name(entry.name):
                 try:
                     model = self.get(entry.name)
                 except CorruptMetadata as exc:  # one broken folder must not hide the rest

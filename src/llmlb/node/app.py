@@ -24,7 +24,7 @@ from llmlb.common.asgi import (
 )
 from llmlb.common.credentials import bearer_token, same_secret
 from llmlb.common.errors import AuthenticationFailed, BadRequest, LlmlbError, NotFound
-from llmlb.models.store import validate_name
+from llmlb.common.names import validate_name
 from llmlb.node.engine import Endpoint
 from llmlb.node.registration import RouterLink
 from llmlb.node.service import NodeService

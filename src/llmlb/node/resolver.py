@@ -18,11 +18,12 @@ import aiohttp
 import orjson
 
 from llmlb.common.errors import ModelNotSupported, Unavailable, UpstreamFailed
+from llmlb.common.names import validate_name
 from llmlb.common.settings import NodeSettings
 from llmlb.models.catalog import Catalog, CatalogEntry, serving_metadata
 from llmlb.models.download import Downloads, Progress, Source, download_with_retries
 from llmlb.models.origins import install_package, origin_source
-from llmlb.models.store import MODEL_FILE, ModelStore, StoredModel, validate_name
+from llmlb.models.store import MODEL_FILE, ModelStore, StoredModel
 
 log = logging.getLogger(__name__)
 

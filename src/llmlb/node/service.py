@@ -19,11 +19,12 @@ import orjson
 
 from llmlb import __version__
 from llmlb.common.errors import LlmlbError, ModelLoadFailed, NotFound, error_body
+from llmlb.common.names import validate_name
 from llmlb.common.settings import NodeSettings
 from llmlb.common.wire import Device, NodeState
 from llmlb.models.gguf import GGUFError, GGUFInfo, read_gguf
 from llmlb.models.memory import kv_cache_bytes, memory_needed
-from llmlb.models.store import ModelStore, StoredModel, validate_name
+from llmlb.models.store import ModelStore, StoredModel
 from llmlb.node.engine import (
     Endpoint,
     EngineSpec,

@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 
 from llmlb.common.errors import BadRequest, Conflict, Unavailable, UpstreamFailed
+from llmlb.common.names import validate_name
 from llmlb.common.settings import RouterSettings
-from llmlb.models.store import validate_name
 from llmlb.router.distribution import assign_models, pick_auto_targets
 from llmlb.router.models import RouterModels
 from llmlb.router.registry import NodeRecord, Registry

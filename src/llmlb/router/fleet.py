@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
+from llmlb.common.errors import BadRequest
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import NodeLoad, RegisterRequest, RegisterResponse
 from llmlb.models.catalog import Catalog
@@ -24,12 +26,23 @@ class Fleet:
         self.registry = registry
         self.distributor = distributor
         self.catalog = catalog
+        self.own_port: int | None = None  # the router's listening port, once it listens
+
+    def _refuse_own_address(self, base_url: str) -> None:
+        """A node URL that points at this router would make it forward requests to itself."""
+        parts = urlsplit(base_url)
+        if self.own_port is None or parts.port != self.own_port:
+            return
+        own_hosts = {self.settings.host, "localhost", "127.0.0.1", "::1", "0.0.0.0", "::"}
+        if parts.hostname in own_hosts or (parts.hostname or "").startswith("127."):
+            raise BadRequest(f"base_url {base_url} is this router's own address", param="base_url")
 
     def knows(self, model: str) -> bool:
         """Whether the catalog lists the model or some node holds it."""
         return model in self.catalog or model in self.registry.fleet_models()
 
     async def register_node(self, request: RegisterRequest, token: str | None) -> RegisterResponse:
+        self._refuse_own_address(request.base_url)
         node = await self.registry.register(request, token)
         assigned = await self.distributor.assign_on_registration(node)
         return RegisterResponse(

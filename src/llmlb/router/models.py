@@ -19,10 +19,11 @@ from typing import Any, BinaryIO
 import aiohttp
 
 from llmlb.common.errors import ModelNotSupported, UpstreamFailed
+from llmlb.common.names import validate_name
 from llmlb.models.catalog import Catalog, CatalogEntry, serving_metadata
 from llmlb.models.download import Downloads, Progress, download_with_retries, partial_path
 from llmlb.models.origins import install_package, origin_source
-from llmlb.models.store import ModelStore, StoredModel, validate_name
+from llmlb.models.store import ModelStore, StoredModel
 
 log = logging.getLogger(__name__)
 

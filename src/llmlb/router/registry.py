@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llmlb.common.credentials import same_secret
 from llmlb.common.errors import NotFound, PermissionDenied
 from llmlb.common.wire import Device, NodeLoad, RegisterRequest
 from llmlb.router.balancer import NodeSnapshot
@@ -182,6 +183,8 @@ class Registry:
              if n.name == request.name and n.base_url == request.base_url),
             None,
         )  # fmt: skip
+        if existing is not None and existing.status(now, self.heartbeat_interval) != "offline":
+            self._check_credential(existing, token)
         values = {
             "version": request.version,
             "devices": [d.model_dump() for d in request.devices],
@@ -222,6 +225,7 @@ class Registry:
 
     async def heartbeat(self, node_id: str, load: NodeLoad, token: str | None = None) -> NodeRecord:
         node = self.get(node_id)
+        self._check_credential(node, token)
         now = time.time()
         async with self._engine.begin() as connection:
             await connection.execute(
@@ -235,6 +239,18 @@ class Registry:
         node.token, node.live = token, True
         self._on_change()
         return node
+
+    @staticmethod
+    def _check_credential(node: NodeRecord, token: str | None) -> None:
+        """A node id speaks only with the credential it registered with (once this router
+        process has seen one: after a restart the first heartbeat binds it again)."""
+        if node.token is None:
+            return
+        if token is None or not same_secret(token, node.token):
+            raise PermissionDenied(
+                f"node {node.name} ({node.id}) is bound to the credential it registered with",
+                code="node_credential_mismatch",
+            )
 
     async def set_flags(self, node_id: str, **flags: bool) -> NodeRecord:
         node = self.get(node_id)

@@ -26,6 +26,7 @@ async def run_router(
     url_file = settings.home / ROUTER_URL_FILE
 
     async def announce(url: str) -> None:
+        service.fleet.own_port = sock.getsockname()[1]
         write_private(url_file, url + "\n")
         print(f"llmlb router listening on {url}", flush=True)
         if on_started is not None:
