@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from llmlb.common.asgi import EXCEPTION_HANDLERS
 from llmlb.common.serving import bind, url_of
 
 
@@ -32,6 +33,8 @@ class Behaviour:
     chunks: int = 5  # content chunks in a stream
     chunk_delay: float = 0.01
     drop_after: int | None = None  # close the connection after this many stream chunks
+    crash: bool = False  # raise inside the app: uvicorn answers 500 and drops the connection
+    padding: int = 0  # bytes of filler in a whole answer (a huge answer)
 
 
 @dataclass
@@ -80,12 +83,17 @@ class FakeNode:
         body = orjson.loads(await request.body())
         behaviour = self.behaviour
         await asyncio.sleep(behaviour.delay)
+        if behaviour.crash:
+            raise RuntimeError("fake node crashes on purpose")
         if behaviour.status != 200:
             error = {"error": {"message": f"{self.name} failed on purpose", "type": "server_error",
                                "param": None, "code": None}}  # fmt: skip
             return Response(orjson.dumps(error), behaviour.status, media_type="application/json")
         if not body.get("stream"):
-            return Response(orjson.dumps(self._completion(body)), media_type="application/json")
+            answer = self._completion(body)
+            if behaviour.padding:
+                answer["padding"] = "x" * behaviour.padding
+            return Response(orjson.dumps(answer), media_type="application/json")
 
         async def frames() -> Any:
             finished = False
@@ -105,8 +113,20 @@ class FakeNode:
 
         return StreamingResponse(frames(), media_type="text/event-stream")
 
+    async def _health(self, request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
     def start(self) -> FakeNode:
-        app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
+        # The node's own exception handlers: Starlette sends their 500 and then re-raises,
+        # and uvicorn drops the connection without a "Connection: close" (a stale pooled
+        # connection for the router).
+        app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/health", self._health, methods=["GET"]),
+            ],
+            exception_handlers=EXCEPTION_HANDLERS,
+        )
         sock = bind("127.0.0.1", 0)
         self.url = url_of(sock)
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")

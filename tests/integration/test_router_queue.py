@@ -28,6 +28,7 @@ ROUTER_ENV = {
     # wake-up shows as a 504 rather than a hung test.
     "LLMLB_QUEUE_TIMEOUT": "20",
     "LLMLB_HEARTBEAT_INTERVAL": "10",
+    "LLMLB_MAX_BUFFERED_ANSWER": "1MiB",
 }
 
 
@@ -242,3 +243,43 @@ def test_the_cli_finds_the_router_running_from_its_home(
     assert lost.returncode == 1
     assert "no running router found" in lost.stderr
     assert "--router" in lost.stderr
+
+
+def test_a_node_that_crashed_on_one_request_keeps_serving_the_next(
+    router: tuple[Process, str, Path], fakes: list[FakeNode]
+) -> None:
+    """The node drops its connection after a 500; the router's next request must not meet
+    that stale pooled connection as a dead node (it was a 503 for everyone until the next
+    heartbeat)."""
+    url = router[0].url
+    fake = join(router, fakes, "crashy-h", "model-h")
+    for _ in range(5):
+        fake.behaviour = Behaviour(crash=True)
+        assert chat(url, "model-h").status_code == 500
+        fake.behaviour = Behaviour()
+        answer = chat(url, "model-h")
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-llmlb-node"] == "crashy-h"
+    assert node_row(url, "crashy-h")["status"] == "ready"
+
+
+def test_a_node_refusing_the_routers_key_moves_the_request_on(
+    router: tuple[Process, str, Path], fakes: list[FakeNode]
+) -> None:
+    url = router[0].url
+    join(router, fakes, "locked-i", "model-i").behaviour = Behaviour(status=401, delay=0.2)
+    join(router, fakes, "open-i", "model-i", delay=0.2)
+    with ThreadPoolExecutor(4) as pool:  # both nodes get requests (one at a time each)
+        answers = list(pool.map(lambda _: chat(url, "model-i"), range(4)))
+    assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+    assert {a.headers["x-llmlb-node"] for a in answers} == {"open-i"}
+
+
+def test_an_answer_larger_than_the_router_holds_is_streamed_through(
+    router: tuple[Process, str, Path], fakes: list[FakeNode]
+) -> None:
+    url = router[0].url
+    join(router, fakes, "huge-j", "model-j").behaviour = Behaviour(padding=3 << 20)
+    answer = chat(url, "model-j")
+    assert answer.status_code == 200
+    assert len(answer.json()["padding"]) == 3 << 20  # whole, though over the 1 MiB it holds

@@ -192,6 +192,9 @@ class RouterSettings(CommonSettings):
     max_node_report_bytes: ByteSize = Field(
         default=1024 * 1024, description="Largest node registration or heartbeat"
     )
+    max_buffered_answer: ByteSize = Field(
+        default=16 * 1024 * 1024, description="Largest whole answer held; larger ones stream"
+    )
     max_admin_body_bytes: ByteSize = Field(
         default=64 * 1024, description="Largest admin API request body"
     )

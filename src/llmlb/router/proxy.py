@@ -34,6 +34,7 @@ from llmlb.common.errors import (
     error_body,
 )
 from llmlb.common.settings import RouterSettings
+from llmlb.common.wire import error_message
 from llmlb.router.balancer import rank
 from llmlb.router.metrics import RouterMetrics
 from llmlb.router.registry import NodeRecord, Registry
@@ -124,7 +125,10 @@ class Proxy:
         metrics: RouterMetrics,
         capacity: Capacity,
         in_catalog: Callable[[str], bool] = lambda model: False,
+        fresh: aiohttp.ClientSession | None = None,
     ) -> None:
+        # Connections of their own, for a second try after a pooled one turned out stale.
+        self._fresh = fresh or session
         self._in_catalog = in_catalog
         self._registry = registry
         self._settings = settings
@@ -239,7 +243,8 @@ class Proxy:
                 answer = await self._attempt(node, routed, headers)
             except _RETRYABLE as exc:
                 self._release(node)
-                if not isinstance(exc, TimeoutError):
+                if isinstance(exc, aiohttp.ClientConnectorError):
+                    # A fresh connection failed: no traffic until a probe gets through.
                     self._registry.mark_unreachable(node.id)
                 last = _upstream_error(node, exc)
                 log.warning("attempt %d on %s failed: %s", attempt, node.name, last.message)
@@ -254,31 +259,62 @@ class Proxy:
                     last = answer
                     log.warning("attempt %d on %s answered %d", attempt, node.name, answer.status)
                     continue
+                if _node_side_refusal(answer):
+                    last = UpstreamFailed(
+                        f"node {node.name} refused the request ({answer.status}): "
+                        f"{error_message(answer.body)}"
+                    )
+                    log.warning("attempt %d on %s: %s", attempt, node.name, last.message)
+                    continue
             return answer
         assert last is not None
         return _final(last, None)
 
     async def _attempt(self, node: NodeRecord, routed: Routed, headers: dict[str, str]) -> Answer:
+        try:
+            return await self._send(self._session, node, routed, headers)
+        except aiohttp.ClientConnectorError:
+            raise
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            # Most likely a pooled keep-alive connection the node had already closed (it does
+            # after an error answer): not a dead node. Once more, on a connection of its own.
+            log.info("retrying on a fresh connection to %s (%s)", node.name, _describe(exc))
+            return await self._send(self._fresh, node, routed, headers)
+
+    async def _send(
+        self,
+        session: aiohttp.ClientSession,
+        node: NodeRecord,
+        routed: Routed,
+        headers: dict[str, str],
+    ) -> Answer:
         url = node.base_url + routed.path
         if node.token:
             headers = {**headers, "authorization": f"Bearer {node.token}"}
         async with asyncio.timeout(self._settings.request_timeout):
-            response = await self._session.post(url, data=routed.body, headers=headers)
+            response = await session.post(url, data=routed.body, headers=headers)
             try:
                 content_type = response.headers.get("content-type", "application/json")
-                if not routed.stream or response.status != 200:
-                    body = await response.read()
-                    response.release()
-                    return Answer(response.status, node, content_type, body=body,
-                                  usage=usage_of(body), first_byte_at=time.monotonic())  # fmt: skip
-                first = await response.content.readany()
-                if not first:
-                    raise aiohttp.ServerDisconnectedError("the node closed an empty stream")
+                if routed.stream and response.status == 200:
+                    first = await response.content.readany()
+                    if not first:
+                        raise aiohttp.ServerDisconnectedError("the node closed an empty stream")
+                else:
+                    first, whole = await _read_up_to(response, self._settings.max_buffered_answer)
+                    if whole:
+                        response.release()
+                        return Answer(
+                            response.status, node, content_type, body=first,
+                            usage=usage_of(first), first_byte_at=time.monotonic(),
+                        )  # fmt: skip
+                    # Larger than the router will hold: relayed as it comes instead.
             except BaseException:
                 response.close()
                 raise
         chunks = self._relay(node, first, response)
-        return Answer(200, node, content_type, chunks=chunks, first_byte_at=time.monotonic())
+        return Answer(
+            response.status, node, content_type, chunks=chunks, first_byte_at=time.monotonic()
+        )
 
     async def _relay(
         self, node: NodeRecord, first: bytes, response: aiohttp.ClientResponse
@@ -302,6 +338,28 @@ class Proxy:
             else:
                 response.close()
             self._release(node)
+
+
+async def _read_up_to(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """The body, or its first ``limit``-odd bytes when it is longer: (bytes, whole)."""
+    if response.content_length is not None and response.content_length > limit:
+        return await response.content.readany(), False
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await response.content.readany():
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(parts), False
+    return b"".join(parts), True
+
+
+def _node_side_refusal(answer: Answer) -> bool:
+    """A 4xx that is the node's problem, not the client's: it refused the router's key
+    (401/403), or it lacks the route (404 that is not about the model)."""
+    if answer.status in (401, 403):
+        return True
+    return answer.status == 404 and b'"model_not_' not in answer.body
 
 
 def _final(last: Answer | LlmlbError, reason: LlmlbError | None) -> Answer:

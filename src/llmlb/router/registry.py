@@ -268,11 +268,19 @@ class Registry:
         del self._nodes[node_id]
 
     def mark_unreachable(self, node_id: str) -> None:
-        """A connection to the node failed: no traffic until its next heartbeat."""
+        """A fresh connection to the node failed: no traffic until a probe or a heartbeat
+        gets through."""
         node = self._nodes.get(node_id)
         if node is not None and not node.unreachable:
-            log.warning("node %s is unreachable; no traffic until it heartbeats", node.name)
+            log.warning("node %s is unreachable; no traffic until it answers again", node.name)
             node.unreachable = True
+
+    def mark_reachable(self, node_id: str) -> None:
+        node = self._nodes.get(node_id)
+        if node is not None and node.unreachable:
+            log.info("node %s answers again", node.name)
+            node.unreachable = False
+            self._on_change()
 
     def snapshots(self) -> list[NodeSnapshot]:
         now = time.time()

@@ -34,6 +34,7 @@ from llmlb.router.tasks import EventBus, TaskManager
 log = logging.getLogger(__name__)
 
 NODE_TOKEN_FILE = "node_token"
+PROBE_INTERVAL = 1.0  # seconds between probes of a node that refused a connection
 
 
 class RouterService:
@@ -58,17 +59,24 @@ class RouterService:
         self.metrics = RouterMetrics(self.registry.all, settings.heartbeat_interval)
         # aiohttp for the hot path: at 64 concurrent streams it relays about twice what
         # httpx's pool does on this machine (bench/router_overhead.py).
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.connect_timeout, sock_read=settings.request_timeout
+        )
         self.session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(
-                total=None, connect=settings.connect_timeout, sock_read=settings.request_timeout
-            ),
+            timeout=timeout,
             connector=aiohttp.TCPConnector(limit=4096, keepalive_timeout=30),
             auto_decompress=False,
         )
+        # One connection per request: the second try after a stale pooled connection, and
+        # the probes of unreachable nodes.
+        self.fresh_session = aiohttp.ClientSession(
+            timeout=timeout, connector=aiohttp.TCPConnector(force_close=True),
+            auto_decompress=False,
+        )  # fmt: skip
         self.models = RouterModels(settings.home, self.catalog, self.session)
         self.proxy = Proxy(
             self.registry, settings, self.session, self.metrics, capacity,
-            lambda m: m in self.catalog,
+            lambda m: m in self.catalog, self.fresh_session,
         )  # fmt: skip
         self.events = EventBus()
         self.metrics.event_streams.set_function(lambda: self.events.subscribers)
@@ -84,7 +92,7 @@ class RouterService:
             settings, self.proxy, self.history, self.metrics, self.fleet.knows
         )
         self.node_token_path: Path = settings.home / NODE_TOKEN_FILE
-        self._sync_task: asyncio.Task[None] | None = None
+        self._loops: list[asyncio.Task[None]] = []
 
     @classmethod
     async def open(cls, settings: RouterSettings) -> RouterService:
@@ -95,19 +103,38 @@ class RouterService:
         await self.registry.load()
         await self.ensure_node_token()
         self.history.start()
-        self._sync_task = asyncio.create_task(self._sync_loop())
+        self._loops = [
+            asyncio.create_task(self._sync_loop()),
+            asyncio.create_task(self._probe_loop()),
+        ]
         await self.tasks.resume()
 
     async def close(self) -> None:
-        if self._sync_task is not None:
-            self._sync_task.cancel()
+        for loop in self._loops:
+            loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._sync_task
+                await loop
         await self.tasks.close()
         await self.models.downloads.close()
         await self.history.stop()
         await self.session.close()
+        await self.fresh_session.close()
         await self.engine.dispose()
+
+    async def _probe_loop(self) -> None:
+        """A node that refused a connection is tried again every second (GET /health), not
+        only at its next heartbeat: a restart or a blip costs it a second of traffic."""
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            for node in [n for n in self.registry.all() if n.unreachable]:
+                try:
+                    async with self.fresh_session.get(
+                        node.base_url + "/health", timeout=aiohttp.ClientTimeout(total=1.0)
+                    ) as response:
+                        if response.status == 200:
+                            self.registry.mark_reachable(node.id)
+                except (aiohttp.ClientError, TimeoutError):
+                    continue
 
     async def _sync_loop(self) -> None:
         """Pick up operator changes made by the CLI or by other routers on the same database."""
