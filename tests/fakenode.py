@@ -22,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from llmlb.common.asgi import EXCEPTION_HANDLERS
+from llmlb.common.asgi import EXCEPTION_HANDLERS, until_disconnected
+from llmlb.common.errors import ClientClosedRequest
 from llmlb.common.serving import bind, url_of
 
 
@@ -45,6 +46,7 @@ class FakeNode:
     requests: int = 0
     last_headers: dict[str, str] = field(default_factory=dict)
     streams_cancelled: int = 0
+    requests_abandoned: int = 0  # whole answers whose client left while it was delayed
     url: str = ""
     node_id: str | None = None
     _server: uvicorn.Server | None = None
@@ -82,7 +84,11 @@ class FakeNode:
         self.last_headers = dict(request.headers)
         body = orjson.loads(await request.body())
         behaviour = self.behaviour
-        await asyncio.sleep(behaviour.delay)
+        try:  # like the node: a client that leaves cancels the work
+            await until_disconnected(request, asyncio.sleep(behaviour.delay))
+        except ClientClosedRequest:
+            self.requests_abandoned += 1
+            raise
         if behaviour.crash:
             raise RuntimeError("fake node crashes on purpose")
         if behaviour.status != 200:

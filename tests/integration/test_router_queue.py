@@ -7,8 +7,10 @@ for a model waits in the router's queue until capacity appears.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +31,8 @@ ROUTER_ENV = {
     "LLMLB_QUEUE_TIMEOUT": "20",
     "LLMLB_HEARTBEAT_INTERVAL": "10",
     "LLMLB_MAX_BUFFERED_ANSWER": "1MiB",
+    "LLMLB_HEADER_TIMEOUT": "1",
+    "LLMLB_BODY_TIMEOUT": "1",
 }
 
 
@@ -283,3 +287,47 @@ def test_an_answer_larger_than_the_router_holds_is_streamed_through(
     answer = chat(url, "model-j")
     assert answer.status_code == 200
     assert len(answer.json()["padding"]) == 3 << 20  # whole, though over the 1 MiB it holds
+
+
+def test_a_client_that_gives_up_on_a_whole_answer_cancels_the_nodes_work(
+    router: tuple[Process, str, Path], fakes: list[FakeNode]
+) -> None:
+    url = router[0].url
+    fake = join(router, fakes, "slow-k", "model-k", delay=30)
+    body = {"model": "model-k", "messages": [{"role": "user", "content": "hi"}]}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/v1/chat/completions", json=body, timeout=1.0)
+    # The router noticed, closed its request to the node, and the node stopped.
+    wait_until(lambda: fake.requests_abandoned == 1, timeout=5)
+    wait_until(lambda: node_row(url, "slow-k")["router_in_flight"] == 0, timeout=5)
+    rows = httpx.get(url + "/api/requests", params={"model": "model-k"}).json()["data"]
+    assert rows[0]["status"] == 499
+
+
+def test_connections_that_send_nothing_or_drip_are_closed(
+    router: tuple[Process, str, Path],
+) -> None:
+    host, port = router[0].url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    idle = socket.create_connection((host, int(port)))
+    drip = socket.create_connection((host, int(port)))
+    drip.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+    for sock in (idle, drip):
+        sock.settimeout(10)
+        assert sock.recv(1024) == b""  # closed by the router (header timeout: 1 s here)
+        sock.close()
+    assert time.monotonic() - started < 8
+    assert httpx.get(router[0].url + "/health").status_code == 200
+
+
+def test_a_body_that_never_arrives_is_a_408(router: tuple[Process, str, Path]) -> None:
+    host, port = router[0].url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.settimeout(10)
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+        sock.sendall(head + b'Content-Type: application/json\r\n\r\n{"mo')
+        answer = b""
+        while b"}}" not in answer and (data := sock.recv(4096)):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"request_timeout" in answer

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable
+from typing import Any, TypeVar
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -14,13 +16,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from llmlb.common.errors import LlmlbError, PayloadTooLarge, error_body
+from llmlb.common.errors import (
+    ClientClosedRequest,
+    LlmlbError,
+    PayloadTooLarge,
+    RequestTimeout,
+    error_body,
+)
 from llmlb.common.logs import new_request_id, request_id_var
 from llmlb.common.wire import parse_object
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REQUEST_ID_HEADER = "x-request-id"
+DEFAULT_BODY_TIMEOUT = 60.0  # apps set their own: app.state.body_timeout
 _SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -92,18 +102,51 @@ class RequestIdMiddleware:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing bodies over ``limit`` bytes before reading them all."""
+    """The request body, refusing bodies over ``limit`` bytes before reading them all, and
+    bodies that take longer than the app's ``body_timeout`` (a 408: a slow or endless body
+    must not hold a connection and a task forever)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
+    timeout: float = getattr(request.app.state, "body_timeout", DEFAULT_BODY_TIMEOUT)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
     return b"".join(chunks)
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """``work``'s result; when the client disconnects first, ``work`` is cancelled (which
+    closes whatever it holds: the node's connection, the engine's stream) and
+    ClientClosedRequest is raised. Call it once the body has been read."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    raise ClientClosedRequest("the client went away before the answer was ready")
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:

@@ -88,6 +88,22 @@ class Conflict(LlmlbError):
     default_code = "conflict"
 
 
+class RequestTimeout(LlmlbError):
+    """The client did not send its request body in time."""
+
+    status = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
+class ClientClosedRequest(LlmlbError):
+    """The client went away before its answer was ready (nginx's 499)."""
+
+    status = 499
+    error_type = "invalid_request_error"
+    default_code = "client_closed_request"
+
+
 class PayloadTooLarge(LlmlbError):
     status = 413
     error_type = "invalid_request_error"

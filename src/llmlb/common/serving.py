@@ -11,6 +11,9 @@ from typing import Any, TypeVar
 import uvicorn
 from starlette.types import ASGIApp
 
+from llmlb.common.connections import guarded_protocol, raise_open_file_limit
+from llmlb.common.settings import CommonSettings
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -42,13 +45,15 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def make_server(app: ASGIApp, grace_seconds: float) -> uvicorn.Server:
+def make_server(app: ASGIApp, settings: CommonSettings) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(grace_seconds),
-        timeout_keep_alive=30,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        timeout_keep_alive=settings.idle_timeout,
+        limit_concurrency=settings.max_connections,
+        http=guarded_protocol(settings.header_timeout),
         lifespan="on",
     )
     return uvicorn.Server(config)
@@ -57,11 +62,12 @@ def make_server(app: ASGIApp, grace_seconds: float) -> uvicorn.Server:
 async def serve(
     app: ASGIApp,
     sock: socket.socket,
-    grace_seconds: float,
+    settings: CommonSettings,
     on_started: Callable[[str], Awaitable[None] | None] | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; in-flight requests get ``grace_seconds`` to finish."""
-    server = make_server(app, grace_seconds)
+    """Serve until SIGINT/SIGTERM; in-flight requests get ``shutdown_grace_seconds``."""
+    raise_open_file_limit()
+    server = make_server(app, settings)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not task.done():  # noqa: ASYNC110 (uvicorn has no event)
         await asyncio.sleep(0.02)

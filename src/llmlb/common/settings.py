@@ -93,6 +93,18 @@ class CommonSettings(BaseSettings):
     home: Path = Field(default_factory=default_home, description="State and model store folder")
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # The HTTP server: no client may hold a connection it does not use.
+    shutdown_grace_seconds: float = Field(default=30.0, description="In-flight requests' grace")
+    header_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to send a request's headers"
+    )
+    body_timeout: float = Field(default=60.0, gt=0, description="Seconds to send a request's body")
+    idle_timeout: int = Field(
+        default=30, ge=1, description="Seconds a keep-alive connection may idle"
+    )
+    max_connections: int = Field(
+        default=4096, ge=16, description="Connections and requests at once (503 beyond)"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -132,7 +144,6 @@ class NodeSettings(CommonSettings):
     load_wait_seconds: float = Field(
         default=120.0, description="How long a request waits for memory held by busy models"
     )
-    shutdown_grace_seconds: float = 30.0
     # Joining a router (issue: the fleet). Without ``router`` the node serves on its own.
     router: str | None = Field(default=None, description="Router URL to register with")
     node_token: str | None = Field(default=None, description="Router key of scope 'node'")
@@ -198,7 +209,6 @@ class RouterSettings(CommonSettings):
     max_admin_body_bytes: ByteSize = Field(
         default=64 * 1024, description="Largest admin API request body"
     )
-    shutdown_grace_seconds: float = 30.0
     auto_distribute: AutoDistribute = "recommended"
     recommended_models: list[str] = Field(default_factory=lambda: ["gemma-3-270m"])
     max_concurrent_downloads: int = Field(default=10, ge=1)

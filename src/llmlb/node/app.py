@@ -21,11 +21,12 @@ from llmlb.common.asgi import (
     ORJSONResponse,
     RequestIdMiddleware,
     read_json,
+    until_disconnected,
 )
 from llmlb.common.credentials import bearer_token, same_secret
 from llmlb.common.errors import AuthenticationFailed, BadRequest, LlmlbError, NotFound
 from llmlb.common.names import validate_name
-from llmlb.node.engine import Endpoint
+from llmlb.node.assemble import Endpoint
 from llmlb.node.registration import RouterLink
 from llmlb.node.service import NodeService
 
@@ -64,7 +65,8 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
                         frames, media_type="text/event-stream", headers=SSE_HEADERS
                     )
                 else:
-                    response = ORJSONResponse(await service.complete(endpoint, body))
+                    answer = await until_disconnected(request, service.complete(endpoint, body))
+                    response = ORJSONResponse(answer)
             except LlmlbError as exc:
                 service.metrics.errors.labels(exc.code or exc.error_type).inc()
                 label = service.model_label(body)
@@ -149,7 +151,7 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
             await service.pool.close()
             await service.resolver.close()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/chat/completions", guarded(_generation("chat")), methods=["POST"]),
             Route("/v1/completions", guarded(_generation("completion")), methods=["POST"]),
@@ -167,3 +169,5 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.state.body_timeout = service.settings.body_timeout
+    return app

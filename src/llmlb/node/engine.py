@@ -10,6 +10,7 @@ from it tells llama.cpp to stop, which frees the slot when a client goes away.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import signal
@@ -25,12 +26,12 @@ import orjson
 
 from llmlb.common.errors import BadRequest, LlmlbError, ModelLoadFailed, from_engine_error
 from llmlb.models.gguf import GGUFError, read_gguf
+from llmlb.node.assemble import Endpoint, assemble
 from llmlb.node.templates import ChatTemplate
 
 log = logging.getLogger(__name__)
 
 Purpose = Literal["generate", "embed"]
-Endpoint = Literal["chat", "completion"]
 _END = object()
 
 
@@ -118,21 +119,18 @@ class LlamaEngine:
         return cls(spec, server)
 
     async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
-        """A whole (non-streaming) chat or text completion."""
-        payload = orjson.dumps(body)
-        results: list[bytes] = []
-
-        def collect(data: bytes) -> bool:
-            results.append(data)
-            return False
-
-        handler = self._handler(endpoint)
-        async with self._slot():
-            await self._run(handler, payload, collect)
-        if not results:
+        """A whole chat or text completion, generated as a stream and assembled: a caller
+        that is cancelled (its client left) stops generation at the next token, which
+        llama.cpp's non-streaming call cannot do (node.assemble)."""
+        options = body.get("stream_options") or {}
+        streamed = {**body, "stream": True, "stream_options": {**options, "include_usage": True}}
+        chunks: list[dict[str, Any]] = []
+        async with contextlib.aclosing(self.stream(endpoint, streamed)) as stream:
+            async for raw in stream:
+                chunks.append(_parse_or_raise(raw))
+        if not chunks:
             raise LlmlbError(f"model {self.spec.name!r} returned nothing")
-        response = _parse_or_raise(results[-1])
-        return response
+        return assemble(endpoint, chunks)
 
     async def stream(self, endpoint: Endpoint, body: dict[str, Any]) -> AsyncGenerator[bytes, None]:
         """Raw JSON chunks as llama.cpp emits them. Closing the iterator frees the slot.

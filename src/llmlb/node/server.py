@@ -92,4 +92,4 @@ async def run_node(settings: NodeSettings) -> None:
         # Tests and scripts read this line to find the port when started with --port 0.
         print(f"llmlb node listening on {url}", flush=True)
 
-    await serve(app, sock, settings.shutdown_grace_seconds, announce)
+    await serve(app, sock, settings, announce)

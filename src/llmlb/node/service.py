@@ -25,13 +25,8 @@ from llmlb.common.wire import Device, NodeState
 from llmlb.models.gguf import GGUFError, GGUFInfo, read_gguf
 from llmlb.models.memory import kv_cache_bytes, memory_needed
 from llmlb.models.store import ModelStore, StoredModel
-from llmlb.node.engine import (
-    Endpoint,
-    EngineSpec,
-    LlamaEngine,
-    Purpose,
-    restore_signal_handlers,
-)
+from llmlb.node.assemble import Endpoint
+from llmlb.node.engine import EngineSpec, LlamaEngine, Purpose, restore_signal_handlers
 from llmlb.node.metrics import NodeMetrics
 from llmlb.node.pool import EnginePool
 from llmlb.node.resolver import ModelResolver

@@ -75,4 +75,5 @@ def create_app(service: RouterService) -> Starlette:
         lifespan=lifespan,
     )
     app.state.service = service
+    app.state.body_timeout = service.settings.body_timeout
     return app

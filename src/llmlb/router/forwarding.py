@@ -6,6 +6,7 @@ stream, prefix) and writes what happened to history and metrics once it is over.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import time
@@ -65,6 +66,9 @@ class Forwarder:
             answer = await self.proxy.forward(routed, headers)
         except LlmlbError as exc:
             self._record(routed, request_id, key_id, started, None, exc.status, error=exc.message)
+            raise
+        except asyncio.CancelledError:  # the client left while the node was working
+            self._record(routed, request_id, key_id, started, None, 499, error="client left")
             raise
         if answer.chunks is None:
             self._record(routed, request_id, key_id, started, answer, answer.status)

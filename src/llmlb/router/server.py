@@ -35,7 +35,7 @@ async def run_router(
                 await result
 
     try:
-        await serve(app, sock, settings.shutdown_grace_seconds, announce)
+        await serve(app, sock, settings, announce)
     finally:
         # Only our own URL: another router may have started on this home since.
         with contextlib.suppress(OSError):

@@ -5,7 +5,12 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llmlb.common.asgi import ClosingStreamingResponse, ORJSONResponse, read_body
+from llmlb.common.asgi import (
+    ClosingStreamingResponse,
+    ORJSONResponse,
+    read_body,
+    until_disconnected,
+)
 from llmlb.router.api.common import authorize, service_of
 
 _TRACE_HEADERS = ("traceparent", "tracestate")
@@ -22,7 +27,9 @@ async def _forward(request: Request, endpoint: str) -> Response:
     for name in _TRACE_HEADERS:
         if name in request.headers:
             headers[name] = request.headers[name]
-    answer = await forwarder.forward(routed, headers, principal.key_id, request_id)
+    forwarding = forwarder.forward(routed, headers, principal.key_id, request_id)
+    # A client that leaves before the answer starts takes the node's work with it.
+    answer = await until_disconnected(request, forwarding)
     extra = {"x-llmlb-node": answer.node.name, "x-llmlb-attempts": str(answer.attempts)}
     if answer.queue_wait_ms >= 1:
         extra["x-llmlb-queue-wait-ms"] = str(round(answer.queue_wait_ms))

@@ -1,0 +1,75 @@
+"""Connection limits for the router's and the node's HTTP servers (uvicorn, httptools).
+
+uvicorn closes a keep-alive connection that stays idle between requests, but not one that
+never finishes its request headers: a client that opens connections and sends nothing (or
+a header a byte at a time) would hold them, and the process's file descriptors, forever.
+This protocol gives every request's headers ``header_timeout`` seconds from its first byte
+(or from the connection's start) and closes the connection when they are late. Bodies are
+bounded by ``read_body`` (``body_timeout``), idle connections by uvicorn's keep-alive timeout,
+and their number by ``limit_concurrency`` (a 503 beyond it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    header_timeout: float = 10.0  # set per server by guarded_protocol()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+def guarded_protocol(header_timeout: float) -> type[GuardedHttpToolsProtocol]:
+    return type(
+        "GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"header_timeout": header_timeout}
+    )
+
+
+def raise_open_file_limit() -> int:
+    """Lift the soft limit on open files to the hard one (every connection is a file)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError):
+            return soft
+    return soft
