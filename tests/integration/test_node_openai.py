@@ -238,3 +238,15 @@ def test_a_stream_without_include_usage_carries_usage_as_an_sse_comment(node: Pr
     events = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
     assert all("usage" not in e or e["usage"] is None for e in events)
     assert lines[-1] == "data: [DONE]"
+
+
+def test_a_whole_answer_abandoned_by_its_client_stops_generating(node: Process) -> None:
+    """Non-streaming requests are streamed inside the node, so a client that leaves frees
+    the slot at the next token (it used to run to max_tokens, 80 s in the review)."""
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 2000, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(node.url + "/v1/completions", json=body, timeout=3.0)
+    with node.client() as http:
+        wait_until(
+            lambda: sum(m["slots_busy"] for m in http.get("/health").json()["models"]) == 0, 5
+        )

@@ -162,3 +162,24 @@ async def test_an_evicted_engine_counts_until_its_memory_is_freed() -> None:
     await asyncio.wait_for(asyncio.gather(b, c), 10)
     assert loaded_while_resident == []
     assert pool.used_bytes <= 100
+
+
+async def test_a_request_that_gives_up_during_the_load_leaves_the_engine_counted() -> None:
+    loader = Loader()
+    pool: EnginePool[FakeSpec, FakeEngine] = EnginePool(100, loader)
+    spec = FakeSpec("a", 40)
+
+    async def use() -> None:
+        async with pool.lease(spec):
+            pass
+
+    impatient = asyncio.create_task(use())
+    while not loader.loads:  # noqa: ASYNC110 (the fake loader runs in a thread, no event)
+        await asyncio.sleep(0.005)
+    impatient.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await impatient
+    await use()  # the load finished on its own; the next request finds the engine
+    assert loader.loads == ["a"]
+    assert pool.used_bytes == 40
+    await pool.close()

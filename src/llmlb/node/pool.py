@@ -93,7 +93,7 @@ class EnginePool(Generic[S, E]):
         self._wait_seconds = wait_seconds
         self._on_change = on_change or (lambda event, key: None)
         self._loaded: dict[Hashable, _Entry[S, E]] = {}
-        self._loading: dict[Hashable, asyncio.Future[None]] = {}
+        self._loading: dict[Hashable, asyncio.Task[None]] = {}
         self._reserved = 0  # memory of loads in progress
         # Memory of evicted engines still being freed: it counts until close() returns, or a
         # load could start while the victim is still resident (an out-of-memory on a GPU).
@@ -148,15 +148,17 @@ class EnginePool(Generic[S, E]):
                      for k, e in self._loaded.items()],
                     self._reserved + self._releasing, spec.memory_bytes, self.budget_bytes,
                 )  # fmt: skip
-                if victims is not None:
-                    break
-                await self._wait(deadline, spec)
-            evicted = [self._loaded.pop(key) for key in victims]
-            self._releasing += sum(entry.memory_bytes for entry in evicted)
-            self._reserved += spec.memory_bytes
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._loading[spec.key] = done
-        return await self._load_with(spec, evicted, victims, done)
+                if victims is None:
+                    await self._wait(deadline, spec)
+                    continue
+                evicted = [self._loaded.pop(key) for key in victims]
+                self._releasing += sum(entry.memory_bytes for entry in evicted)
+                self._reserved += spec.memory_bytes
+                # A task of its own: a request that gives up while the model loads must not
+                # abandon a half-made engine (its memory would never be counted or freed).
+                load = asyncio.create_task(self._load_with(spec, evicted, victims))
+                load.add_done_callback(_retrieve)
+                self._loading[spec.key] = load
 
     async def _wait(self, deadline: float, spec: S) -> None:
         remaining = deadline - time.monotonic()
@@ -169,9 +171,7 @@ class EnginePool(Generic[S, E]):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._cond.wait(), remaining)
 
-    async def _load_with(
-        self, spec: S, evicted: list[_Entry[S, E]], keys: list[Hashable], done: asyncio.Future[None]
-    ) -> _Entry[S, E]:
+    async def _load_with(self, spec: S, evicted: list[_Entry[S, E]], keys: list[Hashable]) -> None:
         try:
             for key, victim in zip(keys, evicted, strict=True):
                 log.info("evicting model %s to make room for %s", key, spec.key)
@@ -180,28 +180,21 @@ class EnginePool(Generic[S, E]):
             log.info("loading model %s (%d bytes)", spec.key, spec.memory_bytes)
             started = time.monotonic()
             engine = await asyncio.to_thread(self._load, spec)
-        except BaseException as exc:
+        except BaseException:
             async with self._cond:
                 self._reserved -= spec.memory_bytes
                 self._loading.pop(spec.key, None)
                 self._cond.notify_all()
-            if isinstance(exc, Exception):
-                done.set_exception(exc)
-                done.exception()  # waiters re-raise it; nobody else needs to retrieve it
-            else:
-                done.cancel()
             raise
         self.load_seconds[spec.key] = seconds = time.monotonic() - started
         log.info("loaded model %s in %.1f s", spec.key, seconds)
         self._on_change("loaded", spec.key)
-        entry = _Entry(spec, engine, spec.memory_bytes, in_use=1, last_used=time.monotonic())
+        entry = _Entry(spec, engine, spec.memory_bytes, last_used=time.monotonic())
         async with self._cond:
             self._reserved -= spec.memory_bytes
             self._loaded[spec.key] = entry
             self._loading.pop(spec.key, None)
             self._cond.notify_all()
-        done.set_result(None)
-        return entry
 
     async def unload(self, match: Callable[[S], bool]) -> None:
         """Free the engines whose spec matches; Conflict (409) if one is in use."""
@@ -226,10 +219,19 @@ class EnginePool(Generic[S, E]):
                 self._cond.notify_all()
 
     async def close(self) -> None:
-        """Free every engine (shutdown)."""
+        """Free every engine (shutdown), those still loading included."""
+        for load in list(self._loading.values()):
+            with contextlib.suppress(BaseException):
+                await load
         async with self._cond:
             entries = list(self._loaded.items())
             self._loaded.clear()
         for key, entry in entries:
             await asyncio.to_thread(entry.engine.close)
             log.info("unloaded model %s", key)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Load errors reach the requests waiting for the load; nobody else needs them."""
+    if not task.cancelled():
+        task.exception()
