@@ -331,3 +331,18 @@ def test_a_body_that_never_arrives_is_a_408(router: tuple[Process, str, Path]) -
             answer += data
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert b"request_timeout" in answer
+
+
+def test_at_the_connection_cap_probes_still_answer(tmp_path: Path) -> None:
+    env = {"LLMLB_MAX_CONNECTIONS": "16", "LLMLB_HEADER_TIMEOUT": "60"}
+    capped = start_router(tmp_path, tmp_path, name="capped", env=env)
+    try:
+        host, port = capped.url.removeprefix("http://").split(":")
+        idle = [socket.create_connection((host, int(port))) for _ in range(20)]
+        with httpx.Client(base_url=capped.url) as http:
+            wait_until(lambda: http.get("/v1/models").status_code == 503, 10)
+            assert http.get("/health").status_code == 200
+        for sock in idle:
+            sock.close()
+    finally:
+        capped.stop()

@@ -6,7 +6,7 @@ a header a byte at a time) would hold them, and the process's file descriptors, 
 This protocol gives every request's headers ``header_timeout`` seconds from its first byte
 (or from the connection's start) and closes the connection when they are late. Bodies are
 bounded by ``read_body`` (``body_timeout``), idle connections by uvicorn's keep-alive timeout,
-and their number by ``limit_concurrency`` (a 503 beyond it).
+and their number by ``limit_concurrency`` (a 503 beyond it, except for the probes).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import resource
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+PROBES = frozenset({b"/health", b"/startup", b"/ready"})
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -49,7 +51,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm()
-        super().on_headers_complete()
+        if self.url.partition(b"?")[0] not in PROBES:
+            super().on_headers_complete()
+            return
+        # Probes answer even at the connection cap: an orchestrator must see the process
+        # alive (and busy), not a 503 that looks like a dead one.
+        limit, self.limit_concurrency = self.limit_concurrency, None
+        try:
+            super().on_headers_complete()
+        finally:
+            self.limit_concurrency = limit
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
