@@ -124,6 +124,7 @@ class Distributor:
             names = getattr(node.load, attr)
             if model in names:
                 names.remove(model)
+        self._registry.changed()
 
     def available(self) -> list[dict[str, Any]]:
         """Every catalog model (and any other the fleet holds), with its state on each node."""

@@ -42,6 +42,7 @@ class History:
         self._retention = retention_days * 86400
         self._pending: list[RequestRecord] = []
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     def add(self, record: RequestRecord) -> None:
@@ -60,10 +61,14 @@ class History:
         await self.flush()
 
     async def flush(self) -> None:
-        batch, self._pending = self._pending, []
-        if batch:
-            async with self._engine.begin() as connection:
-                await connection.execute(insert(requests), [asdict(r) for r in batch])
+        """Write what is pending. Flushes run one at a time, so a reader that flushes first
+        also waits for a batch the background writer is still committing (without the lock
+        it could count the history while that batch was in flight, and miss it)."""
+        async with self._flushing:
+            batch, self._pending = self._pending, []
+            if batch:
+                async with self._engine.begin() as connection:
+                    await connection.execute(insert(requests), [asdict(r) for r in batch])
 
     async def _run(self) -> None:
         last_prune = 0.0

@@ -8,6 +8,7 @@ seen within a few seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -119,6 +120,8 @@ class Registry:
         self._require_approval = require_approval
         self._max_concurrency = node_max_concurrency
         self._nodes: dict[str, NodeRecord] = {}
+        self._snapshots: list[tuple[NodeSnapshot, NodeRecord]] | None = None
+        self._fleet_models: dict[str, list[str]] | None = None
 
     async def load(self) -> None:
         """Fill the memory copy from the database (start, and the periodic sync)."""
@@ -142,7 +145,7 @@ class Registry:
                     current.live = current.live or row.last_seen >= self._started_at
         for node_id in known_before - seen:
             self._nodes.pop(node_id, None)
-        self._on_change()
+        self.changed()
 
     async def purge_offline(self, max_age: float) -> list[str]:
         """Forget nodes not seen for ``max_age`` seconds; the names of those removed."""
@@ -158,6 +161,7 @@ class Registry:
         for node in stale:
             self._nodes.pop(node.id, None)
             log.info("forgot node %s: offline since %s", node.name, time.ctime(node.last_seen))
+        self.changed()
         return [n.name for n in stale]
 
     def get(self, node_id: str) -> NodeRecord:
@@ -211,7 +215,7 @@ class Registry:
             existing.last_seen, existing.load, existing.unreachable = now, request.load, False
             existing.token, existing.live = token, True
             log.info("node %s (%s) re-registered as %s", request.name, request.base_url, node_id)
-            self._on_change()
+            self.changed()
             return existing
         record = NodeRecord(
             node_id, request.name, request.base_url, request.version, request.devices,
@@ -220,7 +224,7 @@ class Registry:
         )  # fmt: skip
         self._nodes[node_id] = record
         log.info("node %s (%s) registered as %s", request.name, request.base_url, node_id)
-        self._on_change()
+        self.changed()
         return record
 
     async def heartbeat(self, node_id: str, load: NodeLoad, token: str | None = None) -> NodeRecord:
@@ -237,7 +241,7 @@ class Registry:
             log.info("node %s is reachable again", node.name)
         node.last_seen, node.load, node.unreachable = now, load, False
         node.token, node.live = token, True
-        self._on_change()
+        self.changed()
         return node
 
     @staticmethod
@@ -258,7 +262,7 @@ class Registry:
             await connection.execute(update(nodes).where(nodes.c.id == node_id).values(**flags))
         for name, value in flags.items():
             setattr(node, name, value)
-        self._on_change()
+        self.changed()
         return node
 
     async def remove(self, node_id: str) -> None:
@@ -266,6 +270,7 @@ class Registry:
         async with self._engine.begin() as connection:
             await connection.execute(delete(nodes).where(nodes.c.id == node_id))
         del self._nodes[node_id]
+        self.changed()
 
     def mark_unreachable(self, node_id: str) -> None:
         """A fresh connection to the node failed: no traffic until a probe or a heartbeat
@@ -280,15 +285,37 @@ class Registry:
         if node is not None and node.unreachable:
             log.info("node %s answers again", node.name)
             node.unreachable = False
-            self._on_change()
+            self.changed()
+
+    def changed(self) -> None:
+        """Something a request reads changed: drop the cached views and wake the queue."""
+        self._snapshots = None
+        self._fleet_models = None
+        self._on_change()
 
     def snapshots(self) -> list[NodeSnapshot]:
+        """What the balancer needs of every node; built once per change, not per request
+        (a node may report up to a thousand models), with the router's in-flight counts and
+        statuses filled in fresh."""
+        if self._snapshots is None:
+            self._snapshots = self._build_snapshots()
+        now = time.time()
+        return [
+            dataclasses.replace(
+                snapshot,
+                active=node.active,
+                serving=node.status(now, self.heartbeat_interval) == "ready",
+            )
+            for snapshot, node in self._snapshots
+        ]
+
+    def _build_snapshots(self) -> list[tuple[NodeSnapshot, NodeRecord]]:
         now = time.time()
         out = []
-        for node in self._nodes.values():
+        for node in list(self._nodes.values()):
             load = node.load
             slots = max(load.slots_total, load.slots_per_model, 1)
-            out.append(
+            out.append((
                 NodeSnapshot(
                     id=node.id,
                     name=node.name,
@@ -303,14 +330,18 @@ class Registry:
                     serving=node.status(now, self.heartbeat_interval) == "ready",
                     load_seconds=load.load_seconds,
                     request_seconds=load.request_seconds,
-                )
-            )
+                ),
+                node,
+            ))  # fmt: skip
         return out
 
     def fleet_models(self) -> dict[str, list[str]]:
-        """Every model any node holds -> the ids of the nodes that hold it."""
-        held: dict[str, list[str]] = {}
-        for node in self._nodes.values():
-            for model in {*node.load.models_loaded, *node.load.models_on_disk}:
-                held.setdefault(model, []).append(node.id)
-        return held
+        """Every model any node holds -> the ids of the nodes that hold it (cached until the
+        next change: requests ask on every call)."""
+        if self._fleet_models is None:
+            held: dict[str, list[str]] = {}
+            for node in self._nodes.values():
+                for model in {*node.load.models_loaded, *node.load.models_on_disk}:
+                    held.setdefault(model, []).append(node.id)
+            self._fleet_models = held
+        return self._fleet_models
