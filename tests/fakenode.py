@@ -122,7 +122,7 @@ class FakeNode:
     async def _health(self, request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    def start(self) -> FakeNode:
+    def start(self, port: int = 0) -> FakeNode:
         # The node's own exception handlers: Starlette sends their 500 and then re-raises,
         # and uvicorn drops the connection without a "Connection: close" (a stale pooled
         # connection for the router).
@@ -133,7 +133,7 @@ class FakeNode:
             ],
             exception_handlers=EXCEPTION_HANDLERS,
         )
-        sock = bind("127.0.0.1", 0)
+        sock = bind("127.0.0.1", port)
         self.url = url_of(sock)
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
         self._server = uvicorn.Server(config)
@@ -176,6 +176,13 @@ class FakeNode:
                 )  # fmt: skip
 
         threading.Thread(target=beat, daemon=True).start()
+
+    def stop_heartbeats(self) -> None:
+        self._stop_heartbeats.set()
+
+    def serve_again(self) -> None:
+        """Serve on the same address again (a node process that came back)."""
+        self.start(int(self.url.rsplit(":", 1)[1]))
 
     def stop_serving(self) -> None:
         """Close the HTTP server but keep heartbeating: a node that died behind its agent."""

@@ -27,7 +27,8 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
 DEADLINE = 60.0  # seconds a client waits for any one answer
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=False),
+    st.none(), st.booleans(), st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=12),
 )  # fmt: skip
 anything = st.recursive(

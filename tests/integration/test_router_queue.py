@@ -346,3 +346,18 @@ def test_at_the_connection_cap_probes_still_answer(tmp_path: Path) -> None:
             sock.close()
     finally:
         capped.stop()
+
+
+def test_a_node_that_comes_back_gets_traffic_within_seconds_not_a_heartbeat_later(
+    router: tuple[Process, str, Path], fakes: list[FakeNode]
+) -> None:
+    """Only the router's probe can bring it back here: its heartbeats have stopped."""
+    url = router[0].url
+    fake = join(router, fakes, "back-l", "model-l")
+    fake.stop_heartbeats()
+    fake.stop_serving()
+    assert chat(url, "model-l").status_code == 502  # refused: unreachable from now on
+    assert node_row(url, "back-l")["status"] == "offline"
+    fake.serve_again()
+    wait_until(lambda: node_row(url, "back-l")["status"] == "ready", timeout=10)
+    assert chat(url, "model-l").status_code == 200
