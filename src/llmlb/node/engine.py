@@ -127,7 +127,7 @@ class LlamaEngine:
         chunks: list[dict[str, Any]] = []
         async with contextlib.aclosing(self.stream(endpoint, streamed)) as stream:
             async for raw in stream:
-                chunks.append(_parse_or_raise(raw))
+                chunks.extend(_parse_chunks(raw))
         if not chunks:
             raise LlmlbError(f"model {self.spec.name!r} returned nothing")
         return assemble(endpoint, chunks)
@@ -245,6 +245,21 @@ def _parse_or_raise(raw: bytes) -> dict[str, Any]:
     if "error" in data:
         raise from_engine_error(_error_payload(raw))
     return data
+
+
+def _parse_chunks(raw: bytes) -> list[dict[str, Any]]:
+    """One stream callback's chunks: an object, or an array of them (several prompts)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise LlmlbError(f"the engine returned invalid JSON: {exc}") from exc
+    items = data if isinstance(data, list) else [data]
+    for item in items:
+        if not isinstance(item, dict):
+            raise LlmlbError("the engine returned a chunk that is not an object")
+        if "error" in item:
+            raise from_engine_error(_error_payload(orjson.dumps(item)))
+    return items
 
 
 def _consume_exception(future: asyncio.Future[Any]) -> None:
