@@ -250,3 +250,16 @@ def test_a_whole_answer_abandoned_by_its_client_stops_generating(node: Process) 
         wait_until(
             lambda: sum(m["slots_busy"] for m in http.get("/health").json()["models"]) == 0, 5
         )
+
+
+def test_several_prompts_get_one_choice_each(node: Process) -> None:
+    """Found by the fuzzer: llama.cpp opens a multi-prompt stream with a ``null`` chunk."""
+    body = {"model": MODEL, "prompt": ["Once upon", "The sky"], "max_tokens": 2}
+    with node.client() as http:
+        whole = http.post("/v1/completions", json=body)
+        assert whole.status_code == 200, whole.text
+        assert sorted(c["index"] for c in whole.json()["choices"]) == [0, 1]
+        streamed = http.post("/v1/completions", json={**body, "stream": True})
+    assert streamed.status_code == 200
+    assert "data: null" not in streamed.text
+    assert streamed.text.rstrip().endswith("data: [DONE]")

@@ -155,6 +155,8 @@ class LlamaEngine:
             try:
                 while (item := await queue.get()) is not _END:
                     assert isinstance(item, bytes)
+                    if item.strip() == b"null":  # llama.cpp's opening of a multi-prompt stream
+                        continue
                     if first and _is_error(item):
                         raise from_engine_error(_error_payload(item))
                     first = False
@@ -254,6 +256,7 @@ def _parse_chunks(raw: bytes) -> list[dict[str, Any]]:
     except orjson.JSONDecodeError as exc:
         raise LlmlbError(f"the engine returned invalid JSON: {exc}") from exc
     items = data if isinstance(data, list) else [data]
+    items = [item for item in items if item is not None]
     for item in items:
         if not isinstance(item, dict):
             raise LlmlbError("the engine returned a chunk that is not an object")
