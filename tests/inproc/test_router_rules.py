@@ -59,7 +59,7 @@ async def test_unknown_model_names_never_become_metric_labels(router: InProcessR
 
 async def test_history_paging_parameters_are_bounded(router: InProcessRouter) -> None:
     async with router.client() as client:
-        for query in ("limit=-1", "limit=0", "limit=1001", "offset=-5",
+        for query in ("limit=-1", "limit=0", "limit=1001", "offset=-5", "limit=--5",
                       "status=99999999999999999999", "offset=1e3", "limit=abc"):  # fmt: skip
             response = await client.get("/api/requests?" + query)
             assert response.status_code == 400, query

@@ -183,3 +183,23 @@ async def test_a_request_that_gives_up_during_the_load_leaves_the_engine_counted
     assert loader.loads == ["a"]
     assert pool.used_bytes == 40
     await pool.close()
+
+
+async def test_a_fresh_engine_is_not_evicted_before_its_requests_run() -> None:
+    """Review finding: with room for one model, two models requested together must not
+    evict each other's freshly loaded engine forever."""
+    loader = Loader()
+    pool: EnginePool[FakeSpec, FakeEngine] = EnginePool(100, loader, wait_seconds=10)
+
+    async def use(spec: FakeSpec) -> str:
+        async with pool.lease(spec) as engine:
+            await asyncio.sleep(0.01)
+            return engine.spec.key
+
+    first, second = FakeSpec("a", 60), FakeSpec("b", 60)
+    served = await asyncio.wait_for(
+        asyncio.gather(use(first), use(second), use(first), use(second)), 20
+    )
+    assert sorted(served) == ["a", "a", "b", "b"]
+    assert len(loader.loads) <= 3  # at most one reload, not a thrash
+    await pool.close()

@@ -94,6 +94,7 @@ class EnginePool(Generic[S, E]):
         self._on_change = on_change or (lambda event, key: None)
         self._loaded: dict[Hashable, _Entry[S, E]] = {}
         self._loading: dict[Hashable, asyncio.Task[None]] = {}
+        self._claims: dict[Hashable, int] = {}  # requests waiting on each load
         self._reserved = 0  # memory of loads in progress
         # Memory of evicted engines still being freed: it counts until close() returns, or a
         # load could start while the victim is still resident (an out-of-memory on a GPU).
@@ -137,11 +138,9 @@ class EnginePool(Generic[S, E]):
                     return entry
                 pending = self._loading.get(spec.key)
                 if pending is not None:
-                    self._cond.release()
-                    try:
-                        await asyncio.shield(pending)
-                    finally:
-                        await self._cond.acquire()
+                    claimed = await self._await_load(spec.key, pending)
+                    if claimed is not None:
+                        return claimed
                     continue
                 victims = choose_evictions(
                     [Resident(k, e.memory_bytes, e.in_use, e.last_used)
@@ -160,6 +159,34 @@ class EnginePool(Generic[S, E]):
                 load.add_done_callback(_retrieve)
                 self._loading[spec.key] = load
 
+    async def _await_load(self, key: Hashable, load: asyncio.Task[None]) -> _Entry[S, E] | None:
+        """Wait (lock released) for a load, holding a claim on its engine: the engine is
+        born with one use per claim, so no other load can evict it before its requests run.
+        The entry, or None when the load failed (its error is raised) or is gone."""
+        self._claims[key] = self._claims.get(key, 0) + 1
+        self._cond.release()
+        try:
+            await asyncio.shield(load)
+        except BaseException:
+            await self._cond.acquire()
+            self._drop_claim(key, load)
+            raise
+        await self._cond.acquire()
+        entry = self._loaded.get(key)
+        if entry is None:  # cannot happen while claimed, but never hand out nothing
+            return None
+        entry.last_used = time.monotonic()
+        return entry
+
+    def _drop_claim(self, key: Hashable, load: asyncio.Task[None]) -> None:
+        """A waiter gave up (cancelled, or the load failed): undo its claim."""
+        entry = self._loaded.get(key)
+        if load.done() and not load.cancelled() and load.exception() is None and entry:
+            entry.in_use -= 1  # the claim became a use when the engine was born
+            self._cond.notify_all()
+        elif self._claims.get(key):
+            self._claims[key] -= 1
+
     async def _wait(self, deadline: float, spec: S) -> None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -175,7 +202,10 @@ class EnginePool(Generic[S, E]):
         try:
             for key, victim in zip(keys, evicted, strict=True):
                 log.info("evicting model %s to make room for %s", key, spec.key)
-                await self._free(victim)
+                try:
+                    await self._free(victim)
+                except Exception:  # its memory is accounted for; the load may still fit
+                    log.exception("closing model %s failed", key)
                 self._on_change("evicted", key)
             log.info("loading model %s (%d bytes)", spec.key, spec.memory_bytes)
             started = time.monotonic()
@@ -184,13 +214,17 @@ class EnginePool(Generic[S, E]):
             async with self._cond:
                 self._reserved -= spec.memory_bytes
                 self._loading.pop(spec.key, None)
+                self._claims.pop(spec.key, None)  # every waiter sees the error instead
                 self._cond.notify_all()
             raise
         self.load_seconds[spec.key] = seconds = time.monotonic() - started
         log.info("loaded model %s in %.1f s", spec.key, seconds)
         self._on_change("loaded", spec.key)
-        entry = _Entry(spec, engine, spec.memory_bytes, last_used=time.monotonic())
         async with self._cond:
+            claims = self._claims.pop(spec.key, 0)
+            entry = _Entry(
+                spec, engine, spec.memory_bytes, in_use=claims, last_used=time.monotonic()
+            )
             self._reserved -= spec.memory_bytes
             self._loaded[spec.key] = entry
             self._loading.pop(spec.key, None)

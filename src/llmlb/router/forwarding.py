@@ -91,7 +91,7 @@ class Forwarder:
         size = 0
         tail = b""
         pieces = 0  # generated pieces seen: the token count when the stream ends early
-        status = 200
+        status = answer.status  # a large non-200 answer is relayed as a stream too
         try:
             async with contextlib.aclosing(chunks) as relay:
                 async for chunk in relay:

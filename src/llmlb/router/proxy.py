@@ -243,7 +243,7 @@ class Proxy:
                 answer = await self._attempt(node, routed, headers)
             except _RETRYABLE as exc:
                 self._release(node)
-                if isinstance(exc, aiohttp.ClientConnectorError):
+                if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
                     # A fresh connection failed: no traffic until a probe gets through.
                     self._registry.mark_unreachable(node.id)
                 last = _upstream_error(node, exc)

@@ -159,6 +159,8 @@ class Registry:
                 .where(nodes.c.last_seen < cutoff)
             )  # fmt: skip
         for node in stale:
+            if node.last_seen >= cutoff:  # it heartbeated while the DELETE ran: keep it
+                continue
             self._nodes.pop(node.id, None)
             log.info("forgot node %s: offline since %s", node.name, time.ctime(node.last_seen))
         self.changed()
@@ -187,7 +189,10 @@ class Registry:
              if n.name == request.name and n.base_url == request.base_url),
             None,
         )  # fmt: skip
-        if existing is not None and existing.status(now, self.heartbeat_interval) != "offline":
+        stale = existing is not None and (
+            now - existing.last_seen > MISSED_HEARTBEATS_OFFLINE * self.heartbeat_interval
+        )
+        if existing is not None and not stale:  # a node gone for a while may come back rekeyed
             self._check_credential(existing, token)
         values = {
             "version": request.version,
@@ -269,7 +274,7 @@ class Registry:
         self.get(node_id)
         async with self._engine.begin() as connection:
             await connection.execute(delete(nodes).where(nodes.c.id == node_id))
-        del self._nodes[node_id]
+        self._nodes.pop(node_id, None)  # a sync may have dropped it meanwhile
         self.changed()
 
     def mark_unreachable(self, node_id: str) -> None:

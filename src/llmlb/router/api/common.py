@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
 
@@ -15,6 +16,7 @@ from llmlb.router.keys import Scope
 from llmlb.router.service import RouterService
 
 Handler = Callable[[Request], Awaitable[Response]]
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -68,7 +70,7 @@ def int_param(request: Request, name: str, default: int | None, low: int, high: 
     value = request.query_params.get(name)
     if value is None:
         return default
-    if not (value.isascii() and value.lstrip("-").isdigit() and len(value) <= 20):
+    if not _INTEGER.fullmatch(value):
         raise BadRequest(f"query parameter {name!r} must be an integer", param=name)
     number = int(value)
     if not low <= number <= high:
