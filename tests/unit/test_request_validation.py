@@ -55,3 +55,11 @@ def test_embedding_inputs_are_bounded_with_the_limit_in_the_error(settings: Node
     assert validate_embeddings({"model": "m", "input": [1, 2, 3]}, settings) == [[1, 2, 3]]
     with pytest.raises(BadRequest, match="limit is 8"):
         validate_embeddings({"model": "m", "input": ["x"] * 9}, settings)
+
+
+def test_text_parts_become_one_string(settings: NodeSettings) -> None:
+    """Found by the fuzzer: a list of text parts reached the chat template and was a 500."""
+    parts = [{"type": "text", "text": "Hello, "}, {"type": "text", "text": "world"}]
+    body = validate_generation({"model": "m", "messages": [{"role": "system", "content": parts}]},
+                               "chat", 4096, 4, settings)  # fmt: skip
+    assert body["messages"] == [{"role": "system", "content": "Hello, world"}]

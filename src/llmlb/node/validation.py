@@ -163,13 +163,19 @@ def _is_field(part: str | int) -> bool:
     )
 
 
+def _content_bytes(content: str | list[TextPart] | None) -> int:
+    if isinstance(content, list):
+        return sum(len(part.text.encode()) for part in content)
+    return len(content.encode()) if content else 0
+
+
 def _size(value: Any) -> int:
     return len(orjson.dumps(value)) if value is not None else 0
 
 
 def _prompt_bytes(request: BaseModel) -> int:
     if isinstance(request, ChatRequest):
-        return sum(_size(m.content) for m in request.messages)
+        return sum(_content_bytes(m.content) for m in request.messages)
     if isinstance(request, CompletionRequest):
         return _size(request.prompt)
     return 0
@@ -214,9 +220,22 @@ def validate_generation(
             f"{ctx_size} tokens on this node",
             param="messages" if endpoint == "chat" else "prompt",
         )
+    if isinstance(request, ChatRequest):
+        body = {**body, "messages": _flat_messages(body["messages"])}
     if all(value is None for value in limits.values()):
         return {**body, "max_tokens": min(settings.default_max_tokens, ctx_size)}
     return body
+
+
+def _flat_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Content given as text parts, joined into one string (what they mean in OpenAI's
+    API): chat templates, ours and the ones inside GGUFs, expect a string."""
+    return [
+        {**m, "content": "".join(part["text"] for part in m["content"])}
+        if isinstance(m.get("content"), list)
+        else m
+        for m in messages
+    ]
 
 
 def validate_embeddings(body: dict[str, Any], settings: NodeSettings) -> list[Any]:
