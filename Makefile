@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint fmt bench clean
+.PHONY: setup run test lint fmt bench bench-quick native clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,10 +31,28 @@ fmt: setup
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
+# The benchmark suite (under 25 min; report in bench/results/<date>/). bench-quick: ~3 min.
 bench: setup
-	$(BIN)/python bench/node_throughput.py
-	$(BIN)/python bench/router_overhead.py
-	$(BIN)/python bench/distribution.py
+	$(BIN)/python -m bench all
+
+bench-quick: setup
+	$(BIN)/python -m bench all --quick
+
+# Rebuild the inference engine (xllamacpp, the same version) from its source for this
+# machine's CPU (GGML_NATIVE: AVX-512 and the like, which the prebuilt wheel leaves out).
+# About 15 min on 2 cores; the wheel is kept in NATIVE_WHEELS, so a second run only installs.
+# For a GPU: XLLAMACPP_BUILD_CUDA=1 make native (or XLLAMACPP_BUILD_HIP=1, _VULKAN=1).
+NATIVE_WHEELS ?= $(HOME)/.cache/llmlb/native-wheels
+NATIVE_CMAKE_ARGS ?= -DLLAMA_LLGUIDANCE=OFF -DLLAMA_BUILD_BORINGSSL=OFF -DLLAMA_OPENSSL=OFF
+native: setup
+	version=$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("xllamacpp"))'); \
+	wheel=$$(ls $(NATIVE_WHEELS)/xllamacpp-$$version-*.whl 2>/dev/null | head -1); \
+	if [ -z "$$wheel" ]; then \
+		CMAKE_ARGS="$(NATIVE_CMAKE_ARGS) $$CMAKE_ARGS" $(BIN)/python -m pip wheel --no-deps \
+			--no-binary xllamacpp -w $(NATIVE_WHEELS) "xllamacpp==$$version" && \
+		wheel=$$(ls $(NATIVE_WHEELS)/xllamacpp-$$version-*.whl | head -1); \
+	fi; \
+	$(BIN)/python -m pip install --force-reinstall --no-deps "$$wheel"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -7,12 +7,11 @@ the same disk. Rounds alternate (ABBA). Prints median seconds, MB/s and the rati
 llmlb/curl speed, plus the peak resident memory of the router and the node during llmlb's
 transfers.
 
-    .venv/bin/python bench/distribution.py [--size-mib 1024] [--rounds 2]
+    .venv/bin/python -m bench distribution [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import statistics
@@ -36,6 +35,7 @@ from tests.support import (  # noqa: E402
     wait_until,
 )
 
+from bench.report import Report  # noqa: E402
 from llmlb.models.store import ModelStore  # noqa: E402
 
 MODEL = "bench-blob"
@@ -106,12 +106,9 @@ def curl_transfer(blob_url: str, token: str, target: Path) -> float:
     return elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--rounds", type=int, default=2)
-    args = parser.parse_args()
-    size = args.size_mib << 20
+def run(report: Report, quick: bool) -> None:
+    size_mib, rounds = (128, 1) if quick else (1024, 2)
+    size = size_mib << 20
     with tempfile.TemporaryDirectory(prefix="llmlb-bench-", dir=ROOT) as scratch:
         base = Path(scratch)
         router_home, node_home = base / "router", base / "node"
@@ -139,7 +136,7 @@ def main() -> None:
             pids = {"router": router.proc.pid, "node": node.proc.pid}
             idle = {name: psutil.Process(pid).memory_info().rss for name, pid in pids.items()}
             with PeakMemory(pids) as memory:
-                for index in range(args.rounds * 2):
+                for index in range(rounds * 2):
                     order = ["llmlb", "curl"] if index % 2 == 0 else ["curl", "llmlb"]
                     for side in order:
                         if side == "llmlb":
@@ -148,18 +145,27 @@ def main() -> None:
                             times["curl"].append(curl_transfer(blob_url, token, base / "c.bin"))
             llmlb_s, curl_s = statistics.median(times["llmlb"]), statistics.median(times["curl"])
             mib = size / (1 << 20)
-            print(f"{mib:.0f} MiB, median of {len(times['curl'])} alternating runs each")
-            print(f"curl : {curl_s:6.2f} s  {mib / curl_s:7.0f} MiB/s")
-            print(f"llmlb: {llmlb_s:6.2f} s  {mib / llmlb_s:7.0f} MiB/s  "
-                  f"(pull request -> verified file in place)")  # fmt: skip
-            print(f"speed ratio llmlb/curl: {curl_s / llmlb_s:.2f}")
-            for name in pids:
-                print(f"peak RSS {name}: {memory.peak[name] / 2**20:.0f} MiB "
-                      f"(idle {idle[name] / 2**20:.0f} MiB)")  # fmt: skip
+            report.section(
+                "Distribution",
+                f"A {mib:.0f} MiB model in the router's store, moved to a node by llmlb's path "
+                f"(pull request → resumable, sha256-checked download → file in place) and by "
+                f"plain `curl` of the same blob URL to the same disk; median of "
+                f"{len(times['curl'])} alternating runs each.",
+            )
+            report.table(
+                ["path", "seconds", "MiB/s", "÷ curl (speed)"],
+                [["curl", curl_s, mib / curl_s, 1.0],
+                 ["llmlb", llmlb_s, mib / llmlb_s, curl_s / llmlb_s]],
+            )  # fmt: skip
+            report.add("Peak RSS during llmlb's transfers: " + ", ".join(
+                f"{name} {memory.peak[name] / 2**20:.0f} MiB (idle {idle[name] / 2**20:.0f} MiB)"
+                for name in pids))  # fmt: skip
         finally:
             node.stop()
             router.stop()
 
 
 if __name__ == "__main__":
-    main()
+    from bench.__main__ import main
+
+    main(["distribution", *sys.argv[1:]])

@@ -1,145 +1,164 @@
-"""What the router adds: requests/s and latency through the router vs calling the node directly.
+"""Router overhead: the same fast upstream called directly, through llmlb, through LiteLLM.
 
-The upstream is a minimal fast node (tests/fakenode.py: answers at once, in the node's wire
-format) in a process of its own, registered with a real router (``llmlb serve``) in another.
-The load generator (this process) runs the same load against both, side by side, at
-concurrency 1, 16 and 64, non-streaming (latency to the whole answer) and streaming (time to
-the first chunk). It prints requests/s, p50/p99 and the ratios router/direct. All three
-processes share this machine's cores, so absolute numbers are low; the ratios are the point.
+The upstream is ``bench.upstream`` (a bare asyncio fake node) in a process of its own,
+registered with a real router (``llmlb serve --no-auth``) and configured as LiteLLM's proxy's
+only deployment. The load generator (``bench.loadgen``, its own process) runs the same
+closed-loop load against each side in turn at each concurrency, whole answers and streams;
+the order of the sides rotates every round and the report gives medians. The direct runs
+double as the load generator's proof: they report its CPU use beside the upstream's.
 
-    .venv/bin/python bench/router_overhead.py [--seconds 3]
+    .venv/bin/python -m bench router [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import orjson
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench import litellm
+from bench.procs import ROOT, cpu_seconds, peak_rss_mib, start_upstream, stop, wait_for_line
+from bench.report import Report
+
 sys.path.insert(0, str(ROOT))
+from tests.support import free_port, node_token, start_router
 
-from tests.support import node_token, start_router  # noqa: E402
-
-UPSTREAM = """
-import sys, time
-sys.path.insert(0, {root!r})
-from tests.fakenode import Behaviour, FakeNode
-node = FakeNode("bench-upstream").start()
-node.behaviour = Behaviour(chunks=5, chunk_delay=0.0)
-node.join({router!r}, {token!r}, interval=1.0)
-print("upstream listening on", node.url, flush=True)
-while True:
-    time.sleep(3600)
-"""
 BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+METRICS = ("rps", "p50_ms", "p99_ms", "ttfc_p50_ms", "ttfc_p99_ms")
 
 
-@dataclass
-class Result:
-    requests_per_second: float
-    p50_ms: float
-    p99_ms: float
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+def load(
+    url: str, body: Path, concurrency: int, seconds: float, headers: list[str]
+) -> dict[str, float]:
+    args = [sys.executable, "-m", "bench.loadgen", url, "--body-file", str(body),
+            "--concurrency", str(concurrency), "--seconds", str(seconds)]  # fmt: skip
+    for header in headers:
+        args += ["--header", header]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, timeout=seconds + 120, check=True)
+    result: dict[str, float] = orjson.loads(done.stdout.splitlines()[-1])
+    return result
 
 
-async def run_load(url: str, concurrency: int, stream: bool, seconds: float) -> Result:
-    latencies: list[float] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    body = {**BODY, "stream": stream}
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-
-        async def one() -> float:
-            started = time.perf_counter()
-            if not stream:
-                response = await client.post("/v1/chat/completions", json=body)
-                response.raise_for_status()
-                return time.perf_counter() - started
-            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-                response.raise_for_status()
-                first = None
-                async for _ in response.aiter_raw():
-                    first = first or time.perf_counter() - started
-                return first or 0.0
-
-        for _ in range(concurrency):  # warm the connection pool
-            await one()
-        deadline = time.perf_counter() + seconds
-        done = 0
-
-        async def worker() -> None:
-            nonlocal done
-            while time.perf_counter() < deadline:
-                latencies.append(await one())
-                done += 1
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return Result(
-        done / elapsed, percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
-    )
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="llmlb-bench-") as scratch:
+def run(report: Report, quick: bool) -> None:
+    concurrencies = (1, 64) if quick else (1, 16, 64, 256)
+    seconds, rounds = (1.5, 1) if quick else (3.0, 3)
+    with tempfile.TemporaryDirectory(prefix="llmlb-bench-router-") as scratch:
         home = Path(scratch)
-        router = start_router(home, home, "--no-auth", "--log-level", "warning",
-                              env={"LLMLB_NODE_MAX_CONCURRENCY": "1000"})  # fmt: skip
-        code = UPSTREAM.format(root=str(ROOT), router=router.url, token=node_token(home))
-        upstream = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                    stderr=(home / "upstream.log").open("wb"))  # fmt: skip
-        assert upstream.stdout is not None
-        direct_url = upstream.stdout.readline().decode().rsplit(" ", 1)[1].strip()
+        bodies = {}
+        for mode, stream in (("whole", False), ("stream", True)):
+            bodies[mode] = home / f"{mode}.json"
+            bodies[mode].write_bytes(orjson.dumps({**BODY, "stream": stream}))
+        router = start_router(home, home, "--no-auth", "--log-level", "warning")
+        upstream, port = start_upstream("--router", router.url, "--token", node_token(home),
+                                        log=home / "upstream.log")  # fmt: skip
+        proxy = None
         try:
-            time.sleep(0.5)
-            print(f"{args.seconds:.0f} s per run, median of {args.rounds} alternating rounds")
-            print(f"{'mode':>10} {'conc':>4} | {'direct rps':>10} {'router rps':>10} "
-                  f"{'ratio':>6} | {'p50 direct':>10} {'p50 router':>10} {'added':>7} | "
-                  f"{'p99 direct':>10} {'p99 router':>10}")  # fmt: skip
-            for stream in (False, True):
-                for concurrency in (1, 16, 64):
-                    runs: dict[str, list[Result]] = {"direct": [], "router": []}
-                    for index in range(args.rounds):
-                        order = [("direct", direct_url), ("router", router.url)]
-                        for side, url in order if index % 2 == 0 else order[::-1]:
-                            runs[side].append(
-                                asyncio.run(run_load(url, concurrency, stream, args.seconds))
-                            )
-                    d = {k: statistics.median(getattr(r, k) for r in runs["direct"])
-                         for k in ("requests_per_second", "p50_ms", "p99_ms")}  # fmt: skip
-                    r = {k: statistics.median(getattr(x, k) for x in runs["router"])
-                         for k in ("requests_per_second", "p50_ms", "p99_ms")}  # fmt: skip
-                    mode = "stream/ttfc" if stream else "whole"
-                    print(
-                        f"{mode:>10} {concurrency:>4} | {d['requests_per_second']:>10.0f} "
-                        f"{r['requests_per_second']:>10.0f} "
-                        f"{r['requests_per_second'] / d['requests_per_second']:>6.2f} | "
-                        f"{d['p50_ms']:>10.2f} {r['p50_ms']:>10.2f} "
-                        f"{r['p50_ms'] - d['p50_ms']:>7.2f} | "
-                        f"{d['p99_ms']:>10.2f} {r['p99_ms']:>10.2f}"
-                    )
+            wait_for_line(upstream, "registered", 30)
+            path = "/v1/chat/completions"
+            sides: dict[str, tuple[str, list[str], int | None]] = {
+                "direct": (f"http://127.0.0.1:{port}{path}", [], None),
+                "llmlb": (router.url + path, [], router.proc.pid),
+            }
+            executable = None if quick else litellm.install(home / "litellm-install.log")
+            if executable is not None:
+                proxy_port = free_port()
+                proxy = litellm.start(executable, port, proxy_port, home)
+                key = f"authorization: Bearer {litellm.MASTER_KEY}"
+                sides["LiteLLM"] = (f"http://127.0.0.1:{proxy_port}{path}", [key], proxy.pid)
+            names = list(sides)
+            results: dict[tuple[str, str, int], list[dict[str, float]]] = {}
+            generator_share: list[tuple[str, int, float, float]] = []
+            for mode in ("whole", "stream"):
+                for concurrency in concurrencies:
+                    for index in range(rounds):
+                        order = names[index % len(names) :] + names[: index % len(names)]
+                        for side in order:
+                            url, headers, _ = sides[side]
+                            before = (_children_cpu(), cpu_seconds(upstream.pid))
+                            result = load(url, bodies[mode], concurrency, seconds, headers)
+                            if side == "direct":
+                                wall = seconds + 0.5  # the generator's warm-up is half a second
+                                generator = (_children_cpu() - before[0]) / wall
+                                fake = (cpu_seconds(upstream.pid) - before[1]) / wall
+                                generator_share.append((mode, concurrency, generator, fake))
+                            results.setdefault((side, mode, concurrency), []).append(result)
+            _report(report, sides, results, generator_share, concurrencies, seconds, rounds,
+                    quick)  # fmt: skip
         finally:
-            upstream.kill()
-            upstream.wait()
+            stop(upstream)
+            if proxy is not None:
+                stop(proxy)
             router.stop()
 
 
+def _median(runs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def _report(report: Report, sides: dict[str, tuple[str, list[str], int | None]],
+            results: dict[tuple[str, str, int], list[dict[str, float]]],
+            generator_share: list[tuple[str, int, float, float]], concurrencies: tuple[int, ...],
+            seconds: float, rounds: int, quick: bool) -> None:  # fmt: skip
+    peaks = {side: peak_rss_mib(pid) for side, (_, _, pid) in sides.items() if pid is not None}
+    report.section(
+        "Router overhead",
+        f"One fast fake upstream (`bench/upstream.py`), called directly, through llmlb and "
+        f"through LiteLLM's proxy (one worker, master key set); closed-loop load from "
+        f"`bench/loadgen.py` in its own process; {seconds:g} s a point, the median of {rounds} "
+        f"rounds whose side order rotates. Streams are 34 SSE events; `ttfc` is the time to "
+        f"the first chunk. Latencies in ms."
+        + ("" if "LiteLLM" in sides else " LiteLLM was not measured in this run"
+           + (" (`--quick` skips it)." if quick else " (its install failed).")),
+    )  # fmt: skip
+    headers = ["mode", "conc", "side", "req/s", "p50", "p99", "ttfc p50", "ttfc p99", "errors",
+               "÷ direct", "llmlb ÷ side"]  # fmt: skip
+    rows = []
+    for mode in ("whole", "stream"):
+        for concurrency in concurrencies:
+            direct = _median(results[("direct", mode, concurrency)], "rps")
+            ours = _median(results[("llmlb", mode, concurrency)], "rps")
+            for side in sides:
+                runs = results[(side, mode, concurrency)]
+                rps = _median(runs, "rps")
+                rows.append([mode, concurrency, side, rps, *(_median(runs, k) for k in METRICS[1:]),
+                             int(sum(r["errors"] for r in runs)), rps / direct,
+                             "" if side == "llmlb" else f"{ours / rps:.2f}"])  # fmt: skip
+    report.table(headers, rows)
+    added = [
+        f"{mode} c={c}: "
+        f"{_median(results[('llmlb', mode, c)], 'p50_ms') - _median(results[('direct', mode, c)], 'p50_ms'):.2f}"  # noqa: E501
+        for mode in ("whole", "stream")
+        for c in concurrencies
+    ]
+    report.add("Added p50 latency (llmlb − direct), ms: " + ", ".join(added))
+    report.add("Peak RSS after the run: " + ", ".join(f"{s} {v:.0f} MiB" for s, v in peaks.items()))
+    report.add(
+        "The load generator is faster than what it measures: during the direct runs it used "
+        + ", ".join(f"{m} c={c} {g:.0%}" for m, c, g, _ in generator_share[:: max(1, rounds)])
+        + " of a core while the upstream used "
+        + ", ".join(f"{u:.0%}" for _, _, _, u in generator_share[:: max(1, rounds)])
+        + "; the upstream, not the generator, is the direct side's limit wherever it is near 100%."
+    )
+    for mode in ("whole", "stream"):
+        report.chart(
+            f"router-{mode}", f"Requests/s, {mode} answers", "concurrent clients", "requests/s",
+            {side: (concurrencies, [_median(results[(side, mode, c)], "rps")
+                                    for c in concurrencies]) for side in sides},
+            log_y=True,
+        )  # fmt: skip
+
+
 if __name__ == "__main__":
-    main()
+    from bench.__main__ import main
+
+    main(["router", *sys.argv[1:]])

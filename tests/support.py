@@ -18,12 +18,15 @@ import httpx
 class Process:
     """An ``llmlb`` subprocess on 127.0.0.1:0 that announces its URL on stdout."""
 
-    def __init__(self, args: list[str], home: Path, log_path: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, args: list[str], home: Path, log_path: Path, env: dict[str, str],
+        python: str = sys.executable,
+    ) -> None:  # fmt: skip
         self.log_path = log_path
         self._log: IO[bytes] = log_path.open("ab")
         full_env = {**os.environ, "LLMLB_HOME": str(home), "PYTHONUNBUFFERED": "1", **env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmlb", *args],
+            [python, "-m", "llmlb", *args],
             stdout=subprocess.PIPE,
             stderr=self._log,
             env=full_env,

@@ -38,8 +38,8 @@ def two_model_node(
         shutil.copyfileobj(source, target)
         target.truncate(os.path.getsize(small_model_path) // 2)
     process = start_node(
-        home, tmp_path_factory.mktemp("logs"), "--memory-budget", "500MB", "--parallel", "2",
-        "--ctx-size", "2048", name="two-models",
+        home, tmp_path_factory.mktemp("logs"), "--memory-budget", "500MB",
+        "--prompt-cache-mib", "0", "--parallel", "2", "--ctx-size", "2048", name="two-models",
     )  # fmt: skip
     yield process
     process.stop()

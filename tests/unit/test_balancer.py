@@ -8,7 +8,6 @@ from llmlb.router.balancer import (
     DEFAULT_LOAD_SECONDS,
     NodeSnapshot,
     expected_start_seconds,
-    prefix_key_of,
     rank,
     score,
 )
@@ -127,25 +126,14 @@ def test_round_robin_rotates_over_eligible_nodes() -> None:
     assert Counter(firsts) == {"a": 2, "b": 2, "d": 2}
 
 
-def test_prefix_affinity_is_sticky_and_spills_when_busy() -> None:
-    nodes = [node("a"), node("b"), node("c")]
-    homes = {rank(nodes, M, "prefix_affinity", prefix_key=f"conv-{i}")[0].id for i in range(30)}
-    assert homes == {"a", "b", "c"}  # different conversations spread out
-    key = "same system prompt"
-    home = rank(nodes, M, "prefix_affinity", prefix_key=key)[0].id
-    assert all(rank(nodes, M, "prefix_affinity", prefix_key=key)[0].id == home for _ in range(5))
-    busy = [node(n.id, active=4) if n.id == home else n for n in nodes]
-    spilled = rank(busy, M, "prefix_affinity", prefix_key=key)
-    assert spilled[0].id != home
-    assert spilled[-1].id == home
-
-
-def test_prefix_key_covers_system_prompt_and_first_turn() -> None:
-    first_turn = {
-        "messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"}]
-    }
-    later_turn = {"messages": [*first_turn["messages"], {"role": "assistant", "content": "A1"},
-                               {"role": "user", "content": "Q2"}]}  # fmt: skip
-    assert prefix_key_of(M, first_turn) == prefix_key_of(M, later_turn)
-    assert prefix_key_of(M, {"prompt": "abc"}) != prefix_key_of("other", {"prompt": "abc"})
-    assert prefix_key_of(M, {}) is None
+def test_prefix_affinity_prefers_the_node_with_the_longest_prefix_while_it_has_a_slot() -> None:
+    nodes = [node("a"), node("b", active=1), node("c")]
+    assert rank(nodes, M, "prefix_affinity", affinity={"b": 30, "c": 2})[0].id == "b"
+    # No match: the load order (so new conversations spread by load).
+    assert rank(nodes, M, "prefix_affinity", affinity={})[0].id == rank(nodes, M, "load")[0].id
+    # A full home spills to the load order instead of queueing behind its slots.
+    busy = [node("a"), node("b", active=4), node("c")]
+    assert rank(busy, M, "prefix_affinity", affinity={"b": 30})[0].id == "a"
+    # A home that cannot serve at all is not ranked.
+    gone = [node("a"), node("b", serving=False)]
+    assert [n.id for n in rank(gone, M, "prefix_affinity", affinity={"b": 30})] == ["a"]

@@ -53,6 +53,10 @@ from llmlb.common.settings import (
 @click.option(
     "--gpu-layers", type=int, default=None, help="Layers on the GPU, -1 = all  [default: -1]"
 )
+@click.option(
+    "--prompt-cache-mib", type=int, default=None,
+    help="Host memory per model for llama.cpp's prompt cache, 0 = off  [default: 512]",
+)  # fmt: skip
 @click.option("--max-body-bytes", default=None, help="Largest request body  [default: 8MiB]")
 @click.option("--router", default=None, help="Router URL to register with  [default: none]")
 @click.option(

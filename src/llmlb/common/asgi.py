@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 import time
@@ -58,6 +57,17 @@ class ClosingStreamingResponse(StreamingResponse):
             await self._generator.aclose()
 
 
+def request_id_of(scope: Scope) -> str:
+    """The client's ``X-Request-Id`` when it is a short id of safe characters (it is echoed,
+    logged and stored), else a new one."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            if _SAFE_REQUEST_ID.fullmatch(value):
+                return str(value.decode("ascii"))
+            break
+    return new_request_id()
+
+
 class RequestIdMiddleware:
     """Take ``X-Request-Id`` from the client (or make one), log with it, echo it back."""
 
@@ -68,14 +78,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = ""
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                # Echoed, logged and stored: only a short id of safe characters is taken.
-                if _SAFE_REQUEST_ID.fullmatch(value):
-                    request_id = value.decode("ascii")
-                break
-        request_id = request_id or new_request_id()
+        request_id = request_id_of(scope)
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
 
@@ -127,26 +130,39 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     """``work``'s result; when the client disconnects first, ``work`` is cancelled (which
     closes whatever it holds: the node's connection, the engine's stream) and
     ClientClosedRequest is raised. Call it once the body has been read."""
-    task = asyncio.ensure_future(work)
+    return await until_gone(request.receive, work)
 
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
+
+async def until_gone(receive: Receive, work: Awaitable[T]) -> T:
+    """``until_disconnected`` on a bare ASGI ``receive``.
+
+    ``work`` runs in the caller's task; one watcher task cancels it when the client leaves.
+    (Running ``work`` in a task of its own and waiting on both costs a second task and an
+    ``asyncio.wait`` per request: a tenth of what the router spends on a request.)
+    """
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while (await receive())["type"] != "http.disconnect":
             pass
+        gone = True
+        current.cancel()
 
-    watcher = asyncio.ensure_future(disconnected())
+    watcher = asyncio.create_task(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
+        result = await work
+    except asyncio.CancelledError:
+        if gone and current.uncancel() == 0:
+            raise ClientClosedRequest("the client went away before the answer was ready") from None
         raise
     finally:
         watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
-    raise ClientClosedRequest("the client went away before the answer was ready")
+    if gone:  # the work swallowed the cancellation and finished anyway
+        current.uncancel()
+    return result
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:

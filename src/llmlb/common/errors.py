@@ -82,6 +82,12 @@ class ModelNotSupported(ModelNotFound):
     default_code = "model_not_supported"
 
 
+class MethodNotAllowed(LlmlbError):
+    status = 405
+    error_type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
 class Conflict(LlmlbError):
     status = 409
     error_type = "invalid_request_error"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
-import uuid
 from contextvars import ContextVar
 from typing import Any
 
@@ -15,7 +15,7 @@ request_id_var: ContextVar[str] = ContextVar("llmlb_request_id", default="-")
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex[:16]
+    return os.urandom(8).hex()
 
 
 class _RequestIdFilter(logging.Filter):

@@ -140,6 +140,10 @@ class NodeSettings(CommonSettings):
     ctx_size: int = Field(default=4096, ge=64, description="Context tokens per model (shared)")
     threads: int | None = Field(default=None, ge=1, description="CPU threads per model")
     gpu_layers: int = Field(default=-1, description="Layers to offload to the GPU (-1 = all)")
+    prompt_cache_mib: int = Field(
+        default=512, ge=0, le=1 << 20,
+        description="Host memory per generating model for llama.cpp's prompt cache (0: off)",
+    )  # fmt: skip
     max_body_bytes: ByteSize = 8 * 1024 * 1024
     load_wait_seconds: float = Field(
         default=120.0, description="How long a request waits for memory held by busy models"

@@ -46,6 +46,7 @@ class EngineSpec:
     parallel: int
     threads: int
     gpu_layers: int = -1
+    prompt_cache_mib: int = 0  # llama.cpp's host-memory prompt cache; 0: off
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -67,6 +68,9 @@ def _engine_params(spec: EngineSpec) -> Any:
     params.n_gpu_layers = spec.gpu_layers
     params.cpuparams.n_threads = spec.threads
     params.cpuparams_batch.n_threads = spec.threads
+    # llama.cpp keeps finished prompts' KV in host memory to reuse their prefixes (8 GiB a
+    # model unless told): the node's setting, counted in its memory budget.
+    params.cache_ram_mib = spec.prompt_cache_mib
     params.verbosity = -1
     # xllamacpp always starts llama.cpp's own HTTP server as well. The node never uses it:
     # loopback only, behind a random key nobody is told, so no local process can reach the

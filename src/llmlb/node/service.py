@@ -125,11 +125,17 @@ class NodeService:
         ctx = self.settings.ctx_size
         if info.context_length:
             ctx = min(ctx, info.context_length)
+        prompt_cache_mib = self.settings.prompt_cache_mib if purpose == "generate" else 0
+        memory = estimate_memory(model, info, ctx)
+        if not any(d.is_gpu for d in self.devices):
+            # The prompt cache is host memory: part of the budget where the budget is RAM.
+            memory += prompt_cache_mib << 20
         return EngineSpec(
             name=name,
             path=model.path,
             purpose=purpose,
-            memory_bytes=estimate_memory(model, info, ctx),
+            memory_bytes=memory,
+            prompt_cache_mib=prompt_cache_mib,
             template=template,
             ctx_size=ctx,
             # An embedding engine runs one sequence at a time (llama.cpp pools per slot).

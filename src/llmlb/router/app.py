@@ -21,10 +21,7 @@ from llmlb.router.service import RouterService
 POST, GET, DELETE = ["POST"], ["GET"], ["DELETE"]
 
 ROUTES = [
-    # clients (scope api)
-    Route("/v1/chat/completions", client.chat_completions, methods=POST),
-    Route("/v1/completions", client.completions, methods=POST),
-    Route("/v1/embeddings", client.embeddings, methods=POST),
+    # clients (scope api); the POST endpoints are client.ClientRoutes, in front of these
     Route("/v1/models", client.models, methods=GET),
     # nodes (scope node)
     Route("/api/nodes", nodes.register, methods=POST),
@@ -70,7 +67,7 @@ def create_app(service: RouterService) -> Starlette:
 
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[Middleware(client.ClientRoutes), Middleware(RequestIdMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -29,14 +29,14 @@ Strategies:
 ``round_robin``
     Rotates over the eligible nodes (model state ignored) with a counter the caller keeps.
 ``prefix_affinity``
-    Requests with the same prompt prefix (system prompt and first user turn) go to the same
-    node, chosen by rendezvous hashing, so llama.cpp's prompt cache is reused; when that node
-    has no free slot, the rest follow in ``load`` order (spill).
+    The node that has seen the longest leading part of the request's prompt (``affinity``,
+    from ``router.prefixes``), while it has a free slot, so llama.cpp reuses its cache of
+    that prefix; otherwise, and for a prompt no node has seen, the ``load`` order (so new
+    conversations spread by load, and a busy home spills instead of queueing).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -107,17 +107,13 @@ def _load_order(nodes: list[NodeSnapshot], model: str) -> list[NodeSnapshot]:
     return sorted(nodes, key=lambda n: _load_key(n, model))
 
 
-def _affinity(node_id: str, prefix_key: str) -> bytes:
-    return hashlib.blake2b(f"{node_id}\0{prefix_key}".encode(), digest_size=8).digest()
-
-
 def rank(
     nodes: list[NodeSnapshot],
     model: str,
     strategy: BalancerStrategy = "load",
     *,
     rotation: int = 0,
-    prefix_key: str | None = None,
+    affinity: Mapping[str, int] | None = None,
     exclude: frozenset[str] = frozenset(),
     fetchable: bool = False,
 ) -> list[NodeSnapshot]:
@@ -138,24 +134,8 @@ def rank(
         by_id = sorted(eligible, key=lambda n: n.id)
         start = rotation % len(by_id)
         return by_id[start:] + by_id[:start]
-    if strategy == "prefix_affinity" and prefix_key is not None:
-        home = max(eligible, key=lambda n: _affinity(n.id, prefix_key))
-        if home.free_slots > 0:
-            return [home] + [n for n in ordered if n.id != home.id]
-        return [n for n in ordered if n.id != home.id] + [home]
+    if strategy == "prefix_affinity" and affinity:
+        home = max(ordered, key=lambda n: affinity.get(n.id, 0))  # ties: the load order's
+        if affinity.get(home.id, 0) and home.free_slots > 0:
+            return [home] + [n for n in ordered if n is not home]
     return ordered
-
-
-def prefix_key_of(model: str, body: Mapping[str, object]) -> str | None:
-    """The part of a request that identifies its conversation: system prompt + first turn."""
-    messages = body.get("messages")
-    if isinstance(messages, list) and messages:
-        head = []
-        for message in messages[:2]:
-            if isinstance(message, dict):
-                head.append(f"{message.get('role')}:{message.get('content')}")
-        return model + "\0" + "\0".join(head)
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        return model + "\0" + prompt[:512]
-    return None

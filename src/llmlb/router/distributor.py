@@ -56,6 +56,8 @@ class Distributor:
     async def assign_on_registration(self, node: NodeRecord) -> list[str]:
         """Create pull tasks for the node's assigned models (once per model and node)."""
         models = self.assignments(node)
+        if not models:  # most registrations: no task list to read
+            return models
         active = {
             (t["model"], t["node_id"]) for t in await self._tasks.list()
             if t["state"] in ("pending", "in_progress")

@@ -11,13 +11,14 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncGenerator, Callable
+from typing import Any
 
 from llmlb.common.errors import BadRequest, LlmlbError
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import parse_object
-from llmlb.router.balancer import prefix_key_of
 from llmlb.router.history import History, RequestRecord
 from llmlb.router.metrics import RouterMetrics
+from llmlb.router.prefixes import prefix_blocks
 from llmlb.router.proxy import Answer, Proxy, Routed, usage_of
 
 _BODY_LOG_LIMIT = 64 * 1024
@@ -27,6 +28,15 @@ _USAGE_TAIL = 4096
 UNKNOWN_MODEL_LABEL = "unknown"
 # The history column's width: longer names are refused before they reach a node or a row.
 MAX_MODEL_NAME = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class _Series:
+    requests: Any
+    latency: Any
+    ttft: Any
+    tokens_in: Any
+    tokens_out: Any
 
 
 class Forwarder:
@@ -43,6 +53,8 @@ class Forwarder:
         self.history = history
         self.metrics = metrics
         self._known_model = known_model
+        # Bounded: endpoints x known models (others share one label) x status codes.
+        self._metric_series: dict[tuple[str, str, int], _Series] = {}
 
     def route(self, endpoint: str, path: str, raw: bytes) -> Routed:
         body = parse_object(raw)
@@ -54,7 +66,8 @@ class Forwarder:
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise BadRequest("'stream' must be a boolean", param="stream")
-        prefix = prefix_key_of(model, body) if self.settings.balancer == "prefix_affinity" else None
+        affine = self.settings.balancer == "prefix_affinity"
+        prefix = prefix_blocks(model, body) if affine else ()
         return Routed(endpoint, path, model, stream, raw, prefix)
 
     async def forward(
@@ -111,6 +124,21 @@ class Forwarder:
             seen = dataclasses.replace(answer, body=b"".join(kept), usage=usage)
             self._record(routed, request_id, key_id, started, seen, status)
 
+    def _series(self, endpoint: str, model_label: str, status: int) -> _Series:
+        """The metric children of one (endpoint, model, status): looked up once, not per
+        request (prometheus_client's ``labels`` costs several microseconds a call)."""
+        key = (endpoint, model_label, status)
+        series = self._metric_series.get(key)
+        if series is None:
+            m = self.metrics
+            series = _Series(
+                m.requests.labels(endpoint, model_label, str(status)),
+                m.latency.labels(endpoint), m.ttft.labels(endpoint),
+                m.tokens.labels(model_label, "in"), m.tokens.labels(model_label, "out"),
+            )  # fmt: skip
+            self._metric_series[key] = series
+        return series
+
     def _model_label(self, model: str) -> str:
         """A metric label: a model the fleet or the catalog knows, or one fixed label."""
         return model if self._known_model(model) else UNKNOWN_MODEL_LABEL
@@ -126,17 +154,17 @@ class Forwarder:
         error: str | None = None,
     ) -> None:
         latency = time.monotonic() - started
-        label = self._model_label(routed.model)
-        self.metrics.requests.labels(routed.endpoint, label, str(status)).inc()
-        self.metrics.latency.labels(routed.endpoint).observe(latency)
+        series = self._series(routed.endpoint, self._model_label(routed.model), status)
+        series.requests.inc()
+        series.latency.observe(latency)
         usage = answer.usage if answer else {}
         if usage:
-            self.metrics.tokens.labels(label, "in").inc(usage.get("prompt_tokens", 0))
-            self.metrics.tokens.labels(label, "out").inc(usage.get("completion_tokens", 0))
+            series.tokens_in.inc(usage.get("prompt_tokens", 0))
+            series.tokens_out.inc(usage.get("completion_tokens", 0))
         ttft = None
         if answer is not None and answer.first_byte_at is not None:
             ttft = (answer.first_byte_at - started) * 1000
-            self.metrics.ttft.labels(routed.endpoint).observe(ttft / 1000)
+            series.ttft.observe(ttft / 1000)
         if error is not None or status >= 400:
             self.metrics.errors.labels(str(status)).inc()
         log_bodies = self.settings.log_bodies

@@ -1,7 +1,7 @@
 """Forwarding client requests to nodes: choice, queueing, failover, streaming passthrough.
 
 Bodies travel as the bytes the client sent; the router reads only ``model`` and ``stream``
-(plus the prompt head for ``prefix_affinity``). A connect error, a 5xx or a timeout before the
+(plus the prompt's text for ``prefix_affinity``). A connect error, a 5xx or a timeout before the
 first byte of the answer moves the request to the next node (never the same one twice);
 after the first byte has gone to the client, a failure ends the stream with one error event.
 When every node that could serve is at its concurrency limit the request waits in a bounded
@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import re
-import secrets
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
@@ -35,8 +35,9 @@ from llmlb.common.errors import (
 )
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import error_message
-from llmlb.router.balancer import rank
+from llmlb.router.balancer import NodeSnapshot, rank
 from llmlb.router.metrics import RouterMetrics
+from llmlb.router.prefixes import PrefixIndex
 from llmlb.router.registry import NodeRecord, Registry
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 _PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 _FORWARDED_HEADERS = ("x-request-id", "traceparent", "tracestate")
+# Nodes ranked per request when more hold the model (see Proxy.choose).
+SAMPLE = 16
 # Failures before the first byte that another node may not have (TimeoutError: asyncio.timeout).
 _RETRYABLE = (aiohttp.ClientError, TimeoutError)
 
@@ -57,7 +60,7 @@ class Routed:
     model: str
     stream: bool
     body: bytes
-    prefix_key: str | None = None
+    prefix: tuple[int, ...] = ()  # prompt block keys, for prefix_affinity
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,8 @@ def usage_of(data: bytes) -> dict[str, int]:
 
 
 def traceparent() -> str:
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+    ids = os.urandom(24).hex()  # one system call for the trace id and the span id
+    return f"00-{ids[:32]}-{ids[32:]}-01"
 
 
 class Proxy:
@@ -137,6 +141,7 @@ class Proxy:
         self._capacity = capacity
         self._waiting = 0
         self._rotation = 0
+        self._prefixes = PrefixIndex()
 
     # -- choosing a node -------------------------------------------------------------------
 
@@ -148,17 +153,11 @@ class Proxy:
         fetchable = self._in_catalog(routed.model)
         try:
             while True:
-                snapshots = self._registry.snapshots()
-                self._rotation += 1
-                ranked = rank(
-                    snapshots, routed.model, self._settings.balancer,
-                    rotation=self._rotation, prefix_key=routed.prefix_key, exclude=tried,
-                    fetchable=fetchable,
-                )  # fmt: skip
-                if ranked:
-                    node = self._registry.get(ranked[0].id)
+                node = self.choose(routed, tried, fetchable)
+                if node is not None:
                     node.active += 1
                     return node, (time.monotonic() - started) * 1000
+                snapshots = self._registry.snapshots()
                 able = [
                     s for s in snapshots
                     if s.serving and (fetchable or s.has(routed.model)) and s.id not in tried
@@ -187,6 +186,40 @@ class Proxy:
             if queued:
                 self._waiting -= 1
                 self._metrics.queue_depth.set(self._waiting)
+
+    def choose(self, routed: Routed, tried: frozenset[str], fetchable: bool) -> NodeRecord | None:
+        """The best node that can take the request now; None when every one is busy.
+
+        Where more than ``SAMPLE`` nodes hold the model, the best of ``SAMPLE`` of them
+        chosen at random (the "power of d choices": close to the best of all, at a cost
+        that does not grow with the fleet); all of them only when none of those can serve.
+        Nodes without the model come last, and only for a model in the catalog.
+        """
+        self._rotation += 1
+        affinity = self._prefixes.match(routed.prefix) if routed.prefix else {}
+        holders = len(self._registry.fleet_models().get(routed.model, ()))
+        passes = [SAMPLE, 0] if holders > SAMPLE else [0]
+        ranked: list[NodeSnapshot] = []
+        for sample in passes:
+            snapshots = self._registry.candidates(routed.model, sample, include=list(affinity))
+            if ranked := self._rank(snapshots, routed, tried, affinity):
+                break
+        if not ranked and fetchable:
+            ranked = self._rank(self._registry.snapshots(), routed, tried, affinity, True)
+        if not ranked:
+            return None
+        if routed.prefix:
+            self._prefixes.add(routed.prefix, ranked[0].id)
+        return self._registry.get(ranked[0].id)
+
+    def _rank(
+        self, snapshots: list[NodeSnapshot], routed: Routed, tried: frozenset[str],
+        affinity: dict[str, int], fetchable: bool = False,
+    ) -> list[NodeSnapshot]:  # fmt: skip
+        return rank(
+            snapshots, routed.model, self._settings.balancer, rotation=self._rotation,
+            affinity=affinity, exclude=tried, fetchable=fetchable,
+        )  # fmt: skip
 
     def _no_node(self, model: str, tried: frozenset[str]) -> LlmlbError:
         if tried:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmlb.common.credentials import same_secret
@@ -120,11 +121,15 @@ class Registry:
         self._require_approval = require_approval
         self._max_concurrency = node_max_concurrency
         self._nodes: dict[str, NodeRecord] = {}
-        self._snapshots: list[tuple[NodeSnapshot, NodeRecord]] | None = None
+        # Cached views, rebuilt on demand: each node's snapshot (dropped when that node
+        # changes), and model -> holders (dropped when some node's set of models changes).
+        self._snapshots: dict[str, NodeSnapshot] = {}
         self._fleet_models: dict[str, list[str]] | None = None
+        self._unwritten: set[str] = set()  # nodes whose last heartbeat is not in the database
 
     async def load(self) -> None:
         """Fill the memory copy from the database (start, and the periodic sync)."""
+        await self.write_heartbeats()  # first, so the rows are at least as new as memory
         # A node that registers while the SELECT runs is not in its rows: only records that
         # were here before it started can have been removed by someone else.
         known_before = set(self._nodes)
@@ -220,7 +225,7 @@ class Registry:
             existing.last_seen, existing.load, existing.unreachable = now, request.load, False
             existing.token, existing.live = token, True
             log.info("node %s (%s) re-registered as %s", request.name, request.base_url, node_id)
-            self.changed()
+            self.changed(existing)
             return existing
         record = NodeRecord(
             node_id, request.name, request.base_url, request.version, request.devices,
@@ -229,25 +234,47 @@ class Registry:
         )  # fmt: skip
         self._nodes[node_id] = record
         log.info("node %s (%s) registered as %s", request.name, request.base_url, node_id)
-        self.changed()
+        self.changed(record)
         return record
 
     async def heartbeat(self, node_id: str, load: NodeLoad, token: str | None = None) -> NodeRecord:
         node = self.get(node_id)
         self._check_credential(node, token)
         now = time.time()
-        async with self._engine.begin() as connection:
-            await connection.execute(
-                update(nodes)
-                .where(nodes.c.id == node_id)
-                .values(last_seen=now, load=load.model_dump())
-            )
+        self._unwritten.add(node_id)  # written with the others by write_heartbeats()
         if node.unreachable:
             log.info("node %s is reachable again", node.name)
+        same_models = (
+            load.models_loaded == node.load.models_loaded
+            and load.models_on_disk == node.load.models_on_disk
+        )
         node.last_seen, node.load, node.unreachable = now, load, False
         node.token, node.live = token, True
-        self.changed()
+        self.changed(node, models=not same_models)
         return node
+
+    async def write_heartbeats(self) -> None:
+        """Write the heartbeats received since the last call, in one statement.
+
+        A heartbeat changes memory at once; the database, which other routers and the
+        management CLI read, follows within the sync interval. One UPDATE per heartbeat cost
+        more than the rest of handling it, and a thousand nodes send a hundred a second.
+        """
+        if not self._unwritten:
+            return
+        ids, self._unwritten = self._unwritten, set()
+        rows = [
+            {"node": node.id, "seen": node.last_seen, "report": node.load.model_dump()}
+            for node in (self._nodes.get(i) for i in ids)
+            if node is not None
+        ]
+        statement = (
+            update(nodes)
+            .where(nodes.c.id == bindparam("node"))
+            .values(last_seen=bindparam("seen"), load=bindparam("report"))
+        )
+        async with self._engine.begin() as connection:
+            await connection.execute(statement, rows)
 
     @staticmethod
     def _check_credential(node: NodeRecord, token: str | None) -> None:
@@ -267,7 +294,7 @@ class Registry:
             await connection.execute(update(nodes).where(nodes.c.id == node_id).values(**flags))
         for name, value in flags.items():
             setattr(node, name, value)
-        self.changed()
+        self.changed(node, models=False)
         return node
 
     async def remove(self, node_id: str) -> None:
@@ -290,55 +317,75 @@ class Registry:
         if node is not None and node.unreachable:
             log.info("node %s answers again", node.name)
             node.unreachable = False
-            self.changed()
+            self.changed(node, models=False)
 
-    def changed(self) -> None:
-        """Something a request reads changed: drop the cached views and wake the queue."""
-        self._snapshots = None
-        self._fleet_models = None
+    def changed(self, node: NodeRecord | None = None, *, models: bool = True) -> None:
+        """Something a request reads changed (of one node, or of any when ``node`` is None;
+        ``models``: a set of models changed): drop the cached views and wake the queue.
+
+        Only what changed is dropped: with a thousand nodes heartbeating, rebuilding every
+        snapshot on every heartbeat cost more than the requests themselves.
+        """
+        if node is None:
+            self._snapshots.clear()
+        else:
+            self._snapshots.pop(node.id, None)
+        if models:
+            self._fleet_models = None
         self._on_change()
 
     def snapshots(self) -> list[NodeSnapshot]:
-        """What the balancer needs of every node; built once per change, not per request
-        (a node may report up to a thousand models), with the router's in-flight counts and
-        statuses filled in fresh."""
-        if self._snapshots is None:
-            self._snapshots = self._build_snapshots()
-        now = time.time()
-        return [
-            dataclasses.replace(
-                snapshot,
-                active=node.active,
-                serving=node.status(now, self.heartbeat_interval) == "ready",
-            )
-            for snapshot, node in self._snapshots
-        ]
+        """What the balancer needs of every node."""
+        return self._fresh(list(self._nodes))
 
-    def _build_snapshots(self) -> list[tuple[NodeSnapshot, NodeRecord]]:
+    def candidates(
+        self, model: str, sample: int = 0, include: list[str] | None = None
+    ) -> list[NodeSnapshot]:
+        """Snapshots of the nodes that hold ``model``; with ``sample``, at most that many of
+        them chosen at random (a large fleet ranks a sample, not every node) plus those in
+        ``include`` that hold it."""
+        ids = self.fleet_models().get(model, [])
+        if sample and len(ids) > sample:
+            chosen = random.sample(ids, sample)
+            if include:
+                holders = set(ids)
+                chosen += [i for i in include if i in holders and i not in chosen]
+            ids = chosen
+        return self._fresh(ids)
+
+    def _fresh(self, ids: list[str]) -> list[NodeSnapshot]:
+        """The nodes' cached snapshots with the router's in-flight counts and their
+        statuses (which age without any event) filled in now."""
         now = time.time()
         out = []
-        for node in list(self._nodes.values()):
-            load = node.load
-            slots = max(load.slots_total, load.slots_per_model, 1)
-            out.append((
-                NodeSnapshot(
-                    id=node.id,
-                    name=node.name,
-                    models_loaded=frozenset(load.models_loaded),
-                    models_on_disk=frozenset(load.models_on_disk),
-                    active=node.active,
-                    queued=load.queued_requests,
-                    slots=slots,
-                    limit=self._max_concurrency or slots * 2,
-                    tokens_per_second=load.tokens_per_second,
-                    gpu_use=load.gpu_percent / 100.0,
-                    serving=node.status(now, self.heartbeat_interval) == "ready",
-                    load_seconds=load.load_seconds,
-                    request_seconds=load.request_seconds,
-                ),
-                node,
-            ))  # fmt: skip
+        for node_id in ids:
+            node = self._nodes.get(node_id)
+            if node is None:
+                continue
+            snapshot = self._snapshots.get(node_id)
+            if snapshot is None:
+                snapshot = self._snapshots[node_id] = self._snapshot(node)
+            serving = node.status(now, self.heartbeat_interval) == "ready"
+            out.append(dataclasses.replace(snapshot, active=node.active, serving=serving))
         return out
+
+    def _snapshot(self, node: NodeRecord) -> NodeSnapshot:
+        load = node.load
+        slots = max(load.slots_total, load.slots_per_model, 1)
+        return NodeSnapshot(
+            id=node.id,
+            name=node.name,
+            models_loaded=frozenset(load.models_loaded),
+            models_on_disk=frozenset(load.models_on_disk),
+            active=node.active,
+            queued=load.queued_requests,
+            slots=slots,
+            limit=self._max_concurrency or slots * 2,
+            tokens_per_second=load.tokens_per_second,
+            gpu_use=load.gpu_percent / 100.0,
+            load_seconds=load.load_seconds,
+            request_seconds=load.request_seconds,
+        )
 
     def fleet_models(self) -> dict[str, list[str]]:
         """Every model any node holds -> the ids of the nodes that hold it (cached until the

@@ -117,6 +117,7 @@ class RouterService:
         await self.tasks.close()
         await self.models.downloads.close()
         await self.history.stop()
+        await self.registry.write_heartbeats()
         await self.session.close()
         await self.fresh_session.close()
         await self.engine.dispose()

@@ -1,35 +1,83 @@
-"""The client API: OpenAI-compatible endpoints, forwarded to nodes."""
+"""The client API: OpenAI-compatible endpoints, forwarded to nodes.
+
+The three POST endpoints are the router's hot path. ``ClientRoutes`` serves them as bare ASGI
+in front of Starlette's middleware, routing and exception handling, which together cost about
+as much as forwarding itself (``bench/router_overhead.py``); everything else, ``/v1/models``
+included, goes through the app as usual.
+"""
 
 from __future__ import annotations
 
+import logging
+import time
+
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmlb.common.asgi import (
     ClosingStreamingResponse,
     ORJSONResponse,
+    error_response,
     read_body,
-    until_disconnected,
+    request_id_of,
+    until_gone,
 )
+from llmlb.common.errors import LlmlbError, MethodNotAllowed
+from llmlb.common.logs import request_id_var
 from llmlb.router.api.common import authorize, service_of
 
+log = logging.getLogger(__name__)
+
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completion",
+             "/v1/embeddings": "embeddings"}  # fmt: skip
 _TRACE_HEADERS = ("traceparent", "tracestate")
 
 
-async def _forward(request: Request, endpoint: str) -> Response:
+class ClientRoutes:
+    """ASGI middleware that answers ``ENDPOINTS`` itself and passes on everything else."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = ENDPOINTS.get(scope["path"]) if scope["type"] == "http" else None
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        request_id = request_id_of(scope)
+        token = request_id_var.set(request_id)
+        try:
+            try:
+                if scope["method"] != "POST":
+                    raise MethodNotAllowed("use POST", headers={"Allow": "POST"})
+                response = await _forward(Request(scope, receive), endpoint, request_id)
+            except LlmlbError as exc:
+                if exc.status >= 500:
+                    log.warning("%s %s failed: %s", scope["method"], scope["path"], exc.message)
+                response = error_response(exc)
+            response.headers["x-request-id"] = request_id
+            await response(scope, receive, send)
+            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], response.status_code,
+                     (time.monotonic() - started) * 1000)  # fmt: skip
+        finally:
+            request_id_var.reset(token)
+
+
+async def _forward(request: Request, endpoint: str, request_id: str) -> Response:
     service = service_of(request)
     principal = await authorize(request, "api")
     raw = await read_body(request, service.settings.max_body_bytes)
     forwarder = service.forwarder
     routed = forwarder.route(endpoint, request.url.path, raw)
-    request_id = request.scope["state"]["request_id"]
     headers = {"x-request-id": request_id}
     for name in _TRACE_HEADERS:
         if name in request.headers:
             headers[name] = request.headers[name]
     forwarding = forwarder.forward(routed, headers, principal.key_id, request_id)
     # A client that leaves before the answer starts takes the node's work with it.
-    answer = await until_disconnected(request, forwarding)
+    answer = await until_gone(request.receive, forwarding)
     extra = {"x-llmlb-node": answer.node.name, "x-llmlb-attempts": str(answer.attempts)}
     if answer.queue_wait_ms >= 1:
         extra["x-llmlb-queue-wait-ms"] = str(round(answer.queue_wait_ms))
@@ -42,18 +90,6 @@ async def _forward(request: Request, endpoint: str) -> Response:
     return Response(
         answer.body, status_code=answer.status, media_type=answer.content_type, headers=extra
     )
-
-
-async def chat_completions(request: Request) -> Response:
-    return await _forward(request, "chat")
-
-
-async def completions(request: Request) -> Response:
-    return await _forward(request, "completion")
-
-
-async def embeddings(request: Request) -> Response:
-    return await _forward(request, "embeddings")
 
 
 async def models(request: Request) -> Response:

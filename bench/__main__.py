@@ -1,0 +1,48 @@
+"""The benchmark suite's one entry point: ``python -m bench [suite ...] [--quick]``.
+
+Suites: router, node, routing, scale, soak, distribution; ``all`` (the default) runs each
+in that order. The report (Markdown and PNG charts) goes to ``bench/results/<date>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from bench.report import ROOT, Report
+
+SUITES = {
+    "router": "bench.router_overhead",
+    "node": "bench.node_throughput",
+    "routing": "bench.routing_quality",
+    "scale": "bench.control_plane",
+    "soak": "bench.soak",
+    "distribution": "bench.distribution",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("suites", nargs="*", default=["all"], choices=["all", *SUITES])
+    parser.add_argument("--quick", action="store_true", help="short runs (under 3 minutes)")
+    parser.add_argument("--out", type=Path, help="report folder (default bench/results/<date>)")
+    args = parser.parse_args(argv)
+    names = list(SUITES) if "all" in args.suites else args.suites
+    folder = args.out or ROOT / "bench" / "results" / datetime.date.today().isoformat()
+    report = Report(folder, quick=args.quick)
+    started = time.monotonic()
+    for name in names:
+        began = time.monotonic()
+        importlib.import_module(SUITES[name]).run(report, args.quick)
+        print(f"[{name}: {time.monotonic() - began:.0f} s]", flush=True)
+    report.add(f"\nWhole run: {time.monotonic() - started:.0f} s.")
+    path = report.write("llmlb benchmarks")
+    print("report:", path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

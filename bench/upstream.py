@@ -1,0 +1,215 @@
+"""A fake node as fast as Python can answer: the upstream of the router benchmarks.
+
+It speaks just enough of the node's wire format for a router to register it and forward to
+it: ``POST /v1/chat/completions`` answers a fixed chat completion, or with ``"stream": true``
+an SSE stream of 32 content chunks (chunked transfer encoding, one write per event, as
+llama.cpp sends them); ``GET /health`` answers ok. It is a bare asyncio protocol on uvloop,
+with no framework, so that "direct" is the fastest thing here and every proxy is measured
+against it.
+
+With ``--router`` it registers one node, or ``--nodes N`` nodes with distinct names and base
+URLs (127.0.0.x addresses, all served by this one process), and heartbeats each every
+``--interval`` seconds, spread evenly. It prints one line: ``listening <port>``.
+
+    python -m bench.upstream [--port 0] [--router URL --token T] [--nodes 1] [--interval 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+import uvloop
+
+MODEL = "fake-model"
+STREAM_CHUNKS = 32
+
+_WHOLE = orjson.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1763800000,
+        "model": MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "The quick brown fox jumps."},
+            }
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15},
+    }
+)
+_WHOLE_ANSWER = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+    b"content-length: " + str(len(_WHOLE)).encode() + b"\r\n\r\n" + _WHOLE
+)
+
+
+def _event(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    chunk = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1763800000,
+        "model": MODEL,
+        "choices": [{"index": 0, "finish_reason": finish, "delta": delta}],
+    }
+    data = b"data: " + orjson.dumps(chunk) + b"\n\n"
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+_STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+)
+_STREAM_EVENTS = (
+    [_event({"role": "assistant", "content": ""})]
+    + [_event({"content": f" tok{index}"}) for index in range(STREAM_CHUNKS)]
+    + [_event({}, "stop"), b"e\r\ndata: [DONE]\n\n\r\n", b"0\r\n\r\n"]
+)
+_HEALTH = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 15\r\n\r\n"
+    b'{"status":"ok"}'
+)
+_NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
+
+
+class FastNode(asyncio.Protocol):
+    """One keep-alive connection: requests are parsed from the buffer as they complete."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while True:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self._buffer[:end]
+            length = 0
+            marker = head.lower().find(b"content-length:")
+            if marker >= 0:
+                line_end = head.find(b"\r\n", marker)
+                length = int(head[marker + 15 : line_end if line_end > 0 else len(head)])
+            if len(self._buffer) < end + 4 + length:
+                return
+            body = self._buffer[end + 4 : end + 4 + length]
+            self._buffer = self._buffer[end + 4 + length :]
+            self._answer(head, body)
+
+    def _answer(self, head: bytes, body: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        if head.startswith(b"POST /v1/chat/completions"):
+            if b'"stream":true' in body.replace(b" ", b""):
+                transport.write(_STREAM_HEAD)
+                for event in _STREAM_EVENTS:
+                    transport.write(event)
+            else:
+                transport.write(_WHOLE_ANSWER)
+        elif head.startswith(b"GET /health"):
+            transport.write(_HEALTH)
+        else:
+            transport.write(_NOT_FOUND)
+
+
+def _post(url: str, token: str, payload: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode(),
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        result: dict[str, Any] = json.loads(answer.read())
+        return result
+
+
+def node_load(slots: int) -> dict[str, Any]:
+    return {"state": "ready", "models_loaded": [MODEL], "models_on_disk": [MODEL],
+            "slots_total": slots}  # fmt: skip
+
+
+def registration(name: str, base_url: str, slots: int) -> dict[str, Any]:
+    return {
+        "name": name, "base_url": base_url, "version": "bench",
+        "devices": [{"kind": "cuda", "name": "Bench GPU", "memory_total": 80 << 30,
+                     "memory_free": 80 << 30}],
+        "load": node_load(slots),
+    }  # fmt: skip
+
+
+def node_url(index: int, port: int) -> str:
+    """Distinct loopback addresses (127.0.x.y) for the simulated nodes, one port for all."""
+    return f"http://127.0.{index // 250}.{index % 250 + 1}:{port}"
+
+
+async def _join(args: argparse.Namespace, port: int) -> None:
+    """Register ``args.nodes`` nodes (16 at a time), then heartbeat each every interval."""
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(16))
+    gate = asyncio.Semaphore(16)
+
+    async def register(index: int) -> str:
+        payload = registration(f"bench-{index:05d}", node_url(index, port), args.slots)
+        async with gate:
+            answer = await loop.run_in_executor(
+                None, _post, args.router + "/api/nodes", args.token, payload
+            )
+        return str(answer["node_id"])
+
+    started = time.monotonic()
+    ids = await asyncio.gather(*(register(i) for i in range(args.nodes)))
+    print(f"registered {args.nodes} in {time.monotonic() - started:.3f} s", flush=True)
+    spacing = args.interval / args.nodes
+    beats = 0
+    while True:
+        for node_id in ids:
+            started = time.monotonic()
+            url = f"{args.router}/api/nodes/{node_id}/heartbeat"
+            await loop.run_in_executor(None, _post, url, args.token, node_load(args.slots))
+            beats += 1
+            if beats % 1000 == 0:
+                print(f"heartbeats {beats}", flush=True)
+            await asyncio.sleep(max(0.0, spacing - (time.monotonic() - started)))
+
+
+async def serve(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(FastNode, "0.0.0.0" if args.nodes > 1 else "127.0.0.1",
+                                      args.port, backlog=4096)  # fmt: skip
+    port = server.sockets[0].getsockname()[1]
+    print("listening", port, flush=True)
+    if args.router:
+        await _join(args, port)
+    await server.serve_forever()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--router", default="")
+    parser.add_argument("--token", default="")
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--interval", type=float, default=10.0, help="heartbeat seconds")
+    parser.add_argument("--slots", type=int, default=1000, help="slots each node reports")
+    args = parser.parse_args()
+    try:
+        uvloop.run(serve(args))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
