@@ -6,7 +6,9 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from llmlb.router.db import nodes
 from tests.inproc.conftest import REMOTE, InProcessRouter
 
 CHAT = "/v1/chat/completions"
@@ -186,3 +188,48 @@ async def test_heartbeat_contents_are_validated_and_bounded(
                                    headers=node_auth(router))  # fmt: skip
         assert answer.status_code == 400
         assert (await client.get("/api/models/available")).status_code == 200
+
+
+async def test_client_endpoints_answer_wrong_methods_and_errors_in_openai_shape(
+    router: InProcessRouter,
+) -> None:
+    """The client POSTs are served in front of Starlette's routing: they keep its rules."""
+    async with router.client() as client:
+        wrong = await client.get("/v1/chat/completions", headers={"x-request-id": "rid-1"})
+        assert wrong.status_code == 405
+        assert wrong.headers["allow"] == "POST"
+        assert error_of(wrong)["code"] == "method_not_allowed"
+        assert wrong.headers["x-request-id"] == "rid-1"
+        broken = await client.post("/v1/completions", content=b"{not json")
+        assert broken.status_code == 400
+        assert len(broken.headers["x-request-id"]) == 16
+        unknown = await client.post("/v1/embeddings", json={"model": "nobody-has-it", "input": "x"})
+        assert unknown.status_code == 404
+        assert error_of(unknown)["code"] == "model_not_supported"
+
+
+async def test_heartbeats_reach_the_database_in_one_batch_at_the_next_sync(
+    router: InProcessRouter,
+) -> None:
+    registry = router.service.registry
+    async with router.client() as client:
+        ids = []
+        for index in range(3):
+            node = {**NODE, "name": f"n{index}", "base_url": f"http://10.9.9.{index}:9000"}
+            joined = await client.post("/api/nodes", headers=node_auth(router), json=node)
+            ids.append(joined.json()["node_id"])
+        for node_id in ids:
+            report = {"state": "ready", "models_on_disk": ["late-model"]}
+            beat = await client.post(f"/api/nodes/{node_id}/heartbeat", headers=node_auth(router),
+                                     json=report)  # fmt: skip
+            assert beat.status_code == 200
+    # In memory at once: the balancer sees the model.
+    assert sorted(registry.fleet_models()["late-model"]) == sorted(ids)
+    async with router.service.engine.connect() as connection:
+        rows = {r.id: r.load for r in await connection.execute(select(nodes))}
+    assert all("late-model" not in rows[i]["models_on_disk"] for i in ids)
+    await registry.load()  # the sync loop writes first, then reads
+    async with router.service.engine.connect() as connection:
+        rows = {r.id: r.load for r in await connection.execute(select(nodes))}
+    assert all(rows[i]["models_on_disk"] == ["late-model"] for i in ids)
+    assert sorted(registry.fleet_models()["late-model"]) == sorted(ids)

@@ -55,3 +55,4 @@ def test_the_index_is_bounded_and_forgets_the_least_recently_used() -> None:
         index.add(prefix_blocks("m", {"prompt": f"conversation {number} " * 200}), "n")
     assert len(index) == 100
     assert index.match(old) == {}
+    assert sum(index.blocks_of.values()) == 100  # the per-node counts follow evictions

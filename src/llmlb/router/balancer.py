@@ -31,8 +31,10 @@ Strategies:
 ``prefix_affinity``
     The node that has seen the longest leading part of the request's prompt (``affinity``,
     from ``router.prefixes``), while it has a free slot, so llama.cpp reuses its cache of
-    that prefix; otherwise, and for a prompt no node has seen, the ``load`` order (so new
-    conversations spread by load, and a busy home spills instead of queueing).
+    that prefix; otherwise, and for a prompt no node has seen, the ``load`` order, where
+    among nodes that would start it as soon the one with the fewest prompts cached
+    (``cached``) comes first: new conversations spread even when the fleet is idle, and a busy
+    home spills instead of queueing.
 """
 
 from __future__ import annotations
@@ -114,6 +116,7 @@ def rank(
     *,
     rotation: int = 0,
     affinity: Mapping[str, int] | None = None,
+    cached: Mapping[str, int] | None = None,
     exclude: frozenset[str] = frozenset(),
     fetchable: bool = False,
 ) -> list[NodeSnapshot]:
@@ -134,8 +137,11 @@ def rank(
         by_id = sorted(eligible, key=lambda n: n.id)
         start = rotation % len(by_id)
         return by_id[start:] + by_id[:start]
-    if strategy == "prefix_affinity" and affinity:
-        home = max(ordered, key=lambda n: affinity.get(n.id, 0))  # ties: the load order's
-        if affinity.get(home.id, 0) and home.free_slots > 0:
-            return [home] + [n for n in ordered if n is not home]
+    if strategy == "prefix_affinity":
+        if affinity:
+            home = max(ordered, key=lambda n: affinity.get(n.id, 0))  # ties: the load order's
+            if affinity.get(home.id, 0) and home.free_slots > 0:
+                return [home] + [n for n in ordered if n is not home]
+        if cached:  # among nodes that can start it as soon, the one caching the least
+            return sorted(ordered, key=lambda n: (*_load_key(n, model)[:3], cached.get(n.id, 0)))
     return ordered

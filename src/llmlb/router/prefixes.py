@@ -16,7 +16,7 @@ leading keys a node has is what it can reuse. Memory is bounded: at most ``capac
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 
 BLOCK = 128  # characters: about 32 tokens
@@ -62,6 +62,8 @@ class PrefixIndex:
     def __init__(self, capacity: int = 65536) -> None:
         self._capacity = capacity
         self._holders: OrderedDict[int, tuple[str, ...]] = OrderedDict()
+        # Blocks indexed per node: how much of the cache a node is already known to use.
+        self.blocks_of: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._holders)
@@ -83,7 +85,10 @@ class PrefixIndex:
         for key in keys:
             seen = holders.get(key, ())
             if node_id not in seen:
-                holders[key] = (*seen[-(NODES_PER_BLOCK - 1) :], node_id)
+                kept = seen[-(NODES_PER_BLOCK - 1) :]
+                self.blocks_of.subtract(seen[: len(seen) - len(kept)])
+                holders[key] = (*kept, node_id)
+                self.blocks_of[node_id] += 1
             holders.move_to_end(key)
         while len(holders) > self._capacity:
-            holders.popitem(last=False)
+            self.blocks_of.subtract(holders.popitem(last=False)[1])

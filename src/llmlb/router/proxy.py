@@ -218,7 +218,8 @@ class Proxy:
     ) -> list[NodeSnapshot]:  # fmt: skip
         return rank(
             snapshots, routed.model, self._settings.balancer, rotation=self._rotation,
-            affinity=affinity, exclude=tried, fetchable=fetchable,
+            affinity=affinity, cached=self._prefixes.blocks_of if routed.prefix else None,
+            exclude=tried, fetchable=fetchable,
         )  # fmt: skip
 
     def _no_node(self, model: str, tried: frozenset[str]) -> LlmlbError:

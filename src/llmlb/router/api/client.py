@@ -16,8 +16,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmlb.common.asgi import (
-    ClosingStreamingResponse,
     ORJSONResponse,
+    StreamRelay,
     error_response,
     read_body,
     request_id_of,
@@ -49,6 +49,7 @@ class ClientRoutes:
         request_id = request_id_of(scope)
         token = request_id_var.set(request_id)
         try:
+            response: Response | StreamRelay
             try:
                 if scope["method"] != "POST":
                     raise MethodNotAllowed("use POST", headers={"Allow": "POST"})
@@ -65,7 +66,7 @@ class ClientRoutes:
             request_id_var.reset(token)
 
 
-async def _forward(request: Request, endpoint: str, request_id: str) -> Response:
+async def _forward(request: Request, endpoint: str, request_id: str) -> Response | StreamRelay:
     service = service_of(request)
     principal = await authorize(request, "api")
     raw = await read_body(request, service.settings.max_body_bytes)
@@ -83,10 +84,7 @@ async def _forward(request: Request, endpoint: str, request_id: str) -> Response
         extra["x-llmlb-queue-wait-ms"] = str(round(answer.queue_wait_ms))
     if answer.chunks is not None:
         extra.update({"cache-control": "no-cache", "x-accel-buffering": "no"})
-        return ClosingStreamingResponse(
-            answer.chunks, status_code=answer.status, media_type=answer.content_type,
-            headers=extra,
-        )  # fmt: skip
+        return StreamRelay(answer.chunks, answer.status, answer.content_type, extra)
     return Response(
         answer.body, status_code=answer.status, media_type=answer.content_type, headers=extra
     )
