@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -98,10 +99,19 @@ class Report:
         plt.close(figure)
         self.add(f"![{title}]({name}.png)")
 
-    def write(self, title: str) -> Path:
+    def write(self, title: str, results: Path | None = None) -> Path:
+        """``report.md`` in the folder; with ``results``, also that file, whose chart links
+        point into the folder (bench/RESULTS.md: the last full run, committed)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         mode = "quick (`--quick`: short runs, fewer points)" if self.quick else "full"
-        head = f"# {title}\n\nMachine: {machine()}. Mode: {mode}.\n"
+        head = (
+            f"# {title}\n\nMachine: {machine()}. Mode: {mode}. Reproduce: `make bench` "
+            f"(or `python -m bench all`); every figure below comes from that one run.\n"
+        )
+        text = "\n".join([head, *self.parts])
         path = self.folder / "report.md"
-        path.write_text("\n".join([head, *self.parts]))
+        path.write_text(text)
+        if results is not None:
+            prefix = os.path.relpath(self.folder, results.parent)
+            results.write_text(re.sub(r"\]\(([\w.-]+\.png)\)", rf"]({prefix}/\1)", text))
         return path

@@ -131,7 +131,7 @@ def one_strategy(
 
 
 def run(report: Report, quick: bool) -> None:
-    groups, per_group, words = (2, 3, 300) if quick else (6, 4, 700)
+    groups, per_group, words = (2, 2, 150) if quick else (6, 4, 700)
     requests = workload(groups, per_group, words)
     results = {}
     with tempfile.TemporaryDirectory(prefix="llmlb-bench-routing-") as scratch:
