@@ -43,7 +43,11 @@ bench-quick: setup
 # About 15 min on 2 cores; the wheel is kept in NATIVE_WHEELS, so a second run only installs.
 # For a GPU: XLLAMACPP_BUILD_CUDA=1 make native (or XLLAMACPP_BUILD_HIP=1, _VULKAN=1).
 NATIVE_WHEELS ?= $(HOME)/.cache/llmlb/native-wheels
-NATIVE_CMAKE_ARGS ?= -DLLAMA_LLGUIDANCE=OFF -DLLAMA_BUILD_BORINGSSL=OFF -DLLAMA_OPENSSL=OFF
+# AMX stays off: a CPU may list it while the kernel or a sandbox refuses it to processes
+# (seen here: SIGILL in ggml's AMX kernels). LLGUIDANCE and BoringSSL would fetch sources.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+NATIVE_CMAKE_ARGS ?= -DLLAMA_LLGUIDANCE=OFF -DLLAMA_BUILD_BORINGSSL=OFF -DLLAMA_OPENSSL=OFF \
+	'-DCMAKE_C_FLAGS=$(NO_AMX)' '-DCMAKE_CXX_FLAGS=$(NO_AMX)'
 native: setup
 	version=$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("xllamacpp"))'); \
 	wheel=$$(ls $(NATIVE_WHEELS)/xllamacpp-$$version-*.whl 2>/dev/null | head -1); \

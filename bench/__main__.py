@@ -11,6 +11,7 @@ import datetime
 import importlib
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from bench.report import ROOT, Report
@@ -35,17 +36,25 @@ def main(argv: list[str] | None = None) -> None:
     folder = args.out or ROOT / "bench" / "results" / datetime.date.today().isoformat()
     report = Report(folder, quick=args.quick)
     started = time.monotonic()
+    failed = []
     for name in names:
         began = time.monotonic()
-        importlib.import_module(SUITES[name]).run(report, args.quick)
+        try:
+            importlib.import_module(SUITES[name]).run(report, args.quick)
+        except Exception:  # one broken suite must not cost the others' figures
+            traceback.print_exc()
+            failed.append(name)
+            report.section(f"{name}: failed", "This suite failed; see the run's output.")
         print(f"[{name}: {time.monotonic() - began:.0f} s]", flush=True)
+        report.write("llmlb benchmarks (partial)")
     report.add(f"\nWhole run: {time.monotonic() - started:.0f} s.")
     # A full run of every suite into the default folder is the one bench/RESULTS.md shows.
-    results = (
-        None if args.quick or args.out or names != list(SUITES) else ROOT / "bench" / "RESULTS.md"
-    )
+    complete = names == list(SUITES) and not (args.quick or args.out or failed)
+    results = ROOT / "bench" / "RESULTS.md" if complete else None
     path = report.write("llmlb benchmarks", results)
     print("report:", path)
+    if failed:
+        sys.exit(f"failed suites: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

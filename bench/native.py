@@ -15,6 +15,9 @@ from pathlib import Path
 from bench.procs import CACHE
 
 SDIST_VERSION = "0.3.36"
+# As in the Makefile's `native`: a CPU may list AMX while the kernel or a sandbox refuses it
+# to processes (here: SIGILL in ggml's AMX kernels), so the native build leaves it out.
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 FOLDER = CACHE / "llama-server"
 
 
@@ -45,7 +48,8 @@ def llama_server(log: Path, build: bool) -> Path | None:
         for step in (
             ["cmake", "-S", str(sources), "-B", str(sources / "build"), "-DGGML_NATIVE=ON",
              "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-             "-DCMAKE_BUILD_TYPE=Release"],
+             "-DCMAKE_BUILD_TYPE=Release", f"-DCMAKE_C_FLAGS={NO_AMX}",
+             f"-DCMAKE_CXX_FLAGS={NO_AMX}"],
             ["cmake", "--build", str(sources / "build"), "--target", "llama-server", "-j"],
         ):  # fmt: skip
             if subprocess.run(step, stdout=out, stderr=out).returncode != 0:

@@ -87,7 +87,7 @@ def run(report: Report, quick: bool) -> None:
                             before = (_children_cpu(), cpu_seconds(upstream.pid))
                             result = load(url, bodies[mode], concurrency, seconds, headers)
                             if side == "direct":
-                                wall = seconds + 0.5  # the generator's warm-up is half a second
+                                wall = seconds + 1.2  # plus its 0.2 s connect pause, 1 s warm-up
                                 generator = (_children_cpu() - before[0]) / wall
                                 fake = (cpu_seconds(upstream.pid) - before[1]) / wall
                                 generator_share.append((mode, concurrency, generator, fake))
