@@ -26,6 +26,7 @@ import orjson
 from bench.procs import ROOT, cpu_seconds, peak_rss_mib, start_upstream, stop
 from bench.report import Report
 from bench.router_overhead import BODY, load
+from llmlb.common.serving import tune_gc
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import Device, NodeLoad, RegisterRequest
 from llmlb.router.db import open_database
@@ -52,6 +53,13 @@ def _wait_registered(process: object, timeout: float) -> float:
     raise RuntimeError("the simulated nodes did not register")
 
 
+def _beats(home: Path) -> int:
+    try:
+        return int((home / "beats").read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
 def fleet_run(nodes: int, seconds: float, home: Path) -> dict[str, float]:
     """One router, ``nodes`` simulated nodes: registration, heartbeat cost, client latency."""
     home.mkdir()
@@ -61,21 +69,23 @@ def fleet_run(nodes: int, seconds: float, home: Path) -> dict[str, float]:
     try:
         upstream, _ = start_upstream(
             "--router", router.url, "--token", node_token(home), "--nodes", str(nodes),
-            "--interval", str(HEARTBEAT_INTERVAL), log=home / "upstream.log",
+            "--interval", str(HEARTBEAT_INTERVAL), "--count-file", str(home / "beats"),
+            log=home / "upstream.log",
         )  # fmt: skip
         registered = _wait_registered(upstream, 600)
         time.sleep(min(HEARTBEAT_INTERVAL, 3.0))  # heartbeats under way
         window = HEARTBEAT_INTERVAL if nodes > 1 else 3.0
-        before = cpu_seconds(router.proc.pid)
+        before, beats = cpu_seconds(router.proc.pid), _beats(home)
         time.sleep(window)
         idle_cpu = (cpu_seconds(router.proc.pid) - before) / window
+        rate = (_beats(home) - beats) / window
         body = home / "body.json"
         body.write_bytes(orjson.dumps(BODY))
         client = load(router.url + "/v1/chat/completions", body, 1, seconds, [])
         return {
             "register_s": registered,
             "heartbeat_cpu": idle_cpu,
-            "heartbeats_per_s": nodes / HEARTBEAT_INTERVAL,
+            "heartbeats_per_s": rate,
             "p50_ms": client["p50_ms"],
             "p99_ms": client["p99_ms"],
             "rps": client["rps"],
@@ -90,6 +100,7 @@ def fleet_run(nodes: int, seconds: float, home: Path) -> dict[str, float]:
 
 async def selection_micros(nodes: int, calls: int, folder: Path) -> tuple[float, float]:
     """p50 and p99 of ``Proxy.choose`` in microseconds, over a registry of ``nodes``."""
+    tune_gc()  # as in the router process
     engine = await open_database(f"sqlite+aiosqlite:///{folder / f'select-{nodes}.db'}")
     settings = RouterSettings(home=folder, auto_distribute="none")
     registry = Registry(engine, heartbeat_interval=HEARTBEAT_INTERVAL, allow_cpu_nodes=False,
@@ -104,7 +115,8 @@ async def selection_micros(nodes: int, calls: int, folder: Path) -> tuple[float,
         proxy = Proxy(registry, settings, session, RouterMetrics(registry.all, 10.0), Capacity())
         routed = Routed("chat", "/v1/chat/completions", "fake-model", False, b"{}")
         times = []
-        in_flight: list[str] = []  # 64 requests in flight, as under load
+        in_flight: list[str] = []  # requests in flight, as under load (64, or the slots)
+        most = min(64, nodes * 4)
         for index in range(calls):
             started = time.perf_counter_ns()
             node = proxy.choose(routed, frozenset(), False)
@@ -112,7 +124,7 @@ async def selection_micros(nodes: int, calls: int, folder: Path) -> tuple[float,
             assert node is not None
             node.active += 1
             in_flight.append(node.id)
-            if len(in_flight) > 64:
+            if len(in_flight) >= most:
                 registry.get(in_flight.pop(0)).active -= 1
             if index % 10 == 9:  # a heartbeat now and then
                 await registry.heartbeat(node.id, report)
@@ -145,7 +157,8 @@ def run(report: Report, quick: bool) -> None:
          "selection p50 (µs)", "selection p99 (µs)", "client p50 (ms)", "client p99 (ms)",
          "p50 − one node (ms)", "errors", "router RSS (MiB)"],
         [[n, r["register_s"], r["heartbeats_per_s"], f"{r['heartbeat_cpu']:.1%}",
-          r["heartbeat_cpu"] / r["heartbeats_per_s"] * 1000 if n > 1 else float("nan"),
+          r["heartbeat_cpu"] / r["heartbeats_per_s"] * 1000 if n > 1 and r["heartbeats_per_s"]
+          else float("nan"),
           p50, p99, r["p50_ms"], r["p99_ms"], r["p50_ms"] - base["p50_ms"], int(r["errors"]),
           r["rss_mib"]] for n, r, p50, p99 in rows],
     )  # fmt: skip

@@ -23,6 +23,7 @@ import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -172,17 +173,27 @@ async def _join(args: argparse.Namespace, port: int) -> None:
     started = time.monotonic()
     ids = await asyncio.gather(*(register(i) for i in range(args.nodes)))
     print(f"registered {args.nodes} in {time.monotonic() - started:.3f} s", flush=True)
-    spacing = args.interval / args.nodes
+    # Heartbeats go out in ticks of 0.1 s, each node once per interval, those of a tick at
+    # once (16 threads): a fleet of 10,000 sends 1,000 a second.
     beats = 0
+    tick = 0.1
+    credit = 0.0  # heartbeats due and not yet sent
+    url = args.router + "/api/nodes/{}/heartbeat"
+    position = 0
     while True:
-        for node_id in ids:
-            started = time.monotonic()
-            url = f"{args.router}/api/nodes/{node_id}/heartbeat"
-            await loop.run_in_executor(None, _post, url, args.token, node_load(args.slots))
-            beats += 1
-            if beats % 1000 == 0:
-                print(f"heartbeats {beats}", flush=True)
-            await asyncio.sleep(max(0.0, spacing - (time.monotonic() - started)))
+        started = time.monotonic()
+        credit += args.nodes * tick / args.interval
+        due = [ids[(position + k) % len(ids)] for k in range(int(credit))]
+        credit -= len(due)
+        position = (position + len(due)) % len(ids)
+        await asyncio.gather(*(
+            loop.run_in_executor(None, _post, url.format(i), args.token, node_load(args.slots))
+            for i in due
+        ))  # fmt: skip
+        beats += len(due)
+        if args.count_file and due:
+            await loop.run_in_executor(None, Path(args.count_file).write_text, str(beats))
+        await asyncio.sleep(max(0.0, tick - (time.monotonic() - started)))
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -204,6 +215,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--interval", type=float, default=10.0, help="heartbeat seconds")
     parser.add_argument("--slots", type=int, default=1000, help="slots each node reports")
+    parser.add_argument("--count-file", default="", help="where to keep the heartbeats sent")
     args = parser.parse_args()
     try:
         uvloop.run(serve(args))

@@ -49,8 +49,12 @@ DEFAULT_LOAD_SECONDS = 5.0
 DEFAULT_REQUEST_SECONDS = 5.0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class NodeSnapshot:
+    """What the balancer knows of a node. The registry keeps one per node and refreshes
+    ``active`` and ``serving`` in place before each ranking (copying it per request cost
+    more than the ranking)."""
+
     id: str
     name: str
     models_loaded: frozenset[str]

@@ -8,7 +8,6 @@ seen within a few seconds.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import time
@@ -355,7 +354,8 @@ class Registry:
 
     def _fresh(self, ids: list[str]) -> list[NodeSnapshot]:
         """The nodes' cached snapshots with the router's in-flight counts and their
-        statuses (which age without any event) filled in now."""
+        statuses (which age without any event) filled in now. Use them at once: the next
+        call refreshes the same objects."""
         now = time.time()
         out = []
         for node_id in ids:
@@ -365,8 +365,9 @@ class Registry:
             snapshot = self._snapshots.get(node_id)
             if snapshot is None:
                 snapshot = self._snapshots[node_id] = self._snapshot(node)
-            serving = node.status(now, self.heartbeat_interval) == "ready"
-            out.append(dataclasses.replace(snapshot, active=node.active, serving=serving))
+            snapshot.active = node.active
+            snapshot.serving = node.status(now, self.heartbeat_interval) == "ready"
+            out.append(snapshot)
         return out
 
     def _snapshot(self, node: NodeRecord) -> NodeSnapshot:
