@@ -40,7 +40,7 @@ from tests.support import node_token, start_router
 HEARTBEAT_INTERVAL = 10.0
 
 
-def _wait_registered(process: object, timeout: float) -> float:
+def _wait_registered(process: object, timeout: float, log: Path) -> float:
     """Seconds the simulator took to register its nodes (from its own line)."""
     stdout = process.stdout  # type: ignore[attr-defined]
     deadline = time.monotonic() + timeout
@@ -50,7 +50,7 @@ def _wait_registered(process: object, timeout: float) -> float:
             return float(line.split()[3])
         if not line:
             break
-    raise RuntimeError("the simulated nodes did not register")
+    raise RuntimeError(f"the simulated nodes did not register: {log.read_text()[-3000:]}")
 
 
 def _beats(home: Path) -> int:
@@ -72,7 +72,7 @@ def fleet_run(nodes: int, seconds: float, home: Path) -> dict[str, float]:
             "--interval", str(HEARTBEAT_INTERVAL), "--count-file", str(home / "beats"),
             log=home / "upstream.log",
         )  # fmt: skip
-        registered = _wait_registered(upstream, 600)
+        registered = _wait_registered(upstream, 600, home / "upstream.log")
         time.sleep(min(HEARTBEAT_INTERVAL, 3.0))  # heartbeats under way
         window = HEARTBEAT_INTERVAL if nodes > 1 else 3.0
         before, beats = cpu_seconds(router.proc.pid), _beats(home)

@@ -12,12 +12,14 @@ double as the load generator's proof: they report its CPU use beside the upstrea
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -62,6 +64,7 @@ def run(report: Report, quick: bool) -> None:
         upstream, port = start_upstream("--router", router.url, "--token", node_token(home),
                                         log=home / "upstream.log")  # fmt: skip
         proxy = None
+        earlier: list[Any] = []  # an earlier llmlb's router and upstream, and its worktree
         try:
             wait_for_line(upstream, "registered", 30)
             path = "/v1/chat/completions"
@@ -75,6 +78,9 @@ def run(report: Report, quick: bool) -> None:
                 proxy = litellm.start(executable, port, proxy_port, home)
                 key = f"authorization: Bearer {litellm.MASTER_KEY}"
                 sides["LiteLLM"] = (f"http://127.0.0.1:{proxy_port}{path}", [key], proxy.pid)
+            against = os.environ.get("LLMLB_BENCH_AGAINST")
+            if against:
+                sides[f"llmlb@{against}"] = _earlier_router(against, home, path, earlier)
             names = list(sides)
             results: dict[tuple[str, str, int], list[dict[str, float]]] = {}
             generator_share: list[tuple[str, int, float, float]] = []
@@ -98,7 +104,40 @@ def run(report: Report, quick: bool) -> None:
             stop(upstream)
             if proxy is not None:
                 stop(proxy)
+            _stop_earlier(earlier)
             router.stop()
+
+
+def _earlier_router(
+    revision: str, home: Path, path: str, started: list[Any]
+) -> tuple[str, list[str], int | None]:
+    """``LLMLB_BENCH_AGAINST=<git revision>``: that revision's router (from a worktree, first
+    on PYTHONPATH) with an upstream of its own, as one more side: before/after in one run."""
+    tree = home / "earlier-tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), revision],
+                   check=True, capture_output=True)  # fmt: skip
+    started.append(tree)
+    old_home = home / "earlier"
+    old_home.mkdir()
+    router = start_router(old_home, home, "--no-auth", "--log-level", "warning",
+                          env={"PYTHONPATH": str(tree / "src")}, name="earlier-router")  # fmt: skip
+    started.append(router)
+    upstream, _ = start_upstream("--router", router.url, "--token", node_token(old_home),
+                                 log=home / "earlier-upstream.log")  # fmt: skip
+    started.append(upstream)
+    wait_for_line(upstream, "registered", 30)
+    return router.url + path, [], router.proc.pid
+
+
+def _stop_earlier(started: list[Any]) -> None:
+    for thing in reversed(started):
+        if isinstance(thing, Path):
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(thing)],
+                           capture_output=True)  # fmt: skip
+        elif isinstance(thing, subprocess.Popen):
+            stop(thing)
+        else:
+            thing.stop()
 
 
 def _median(runs: list[dict[str, float]], key: str) -> float:
@@ -118,7 +157,9 @@ def _report(report: Report, sides: dict[str, tuple[str, list[str], int | None]],
         f"rounds whose side order rotates. Streams are 34 SSE events; `ttfc` is the time to "
         f"the first chunk. Latencies in ms."
         + ("" if "LiteLLM" in sides else " LiteLLM was not measured in this run"
-           + (" (`--quick` skips it)." if quick else " (its install failed).")),
+           + (" (`--quick` skips it)." if quick else " (its install failed)."))
+        + "".join(f" `{side}` is llmlb's router at that git revision (`LLMLB_BENCH_AGAINST`), "
+                  f"for a before/after in the same run." for side in sides if "@" in side),
     )  # fmt: skip
     headers = ["mode", "conc", "side", "req/s", "p50", "p99", "ttfc p50", "ttfc p99", "errors",
                "÷ direct", "llmlb ÷ side"]  # fmt: skip

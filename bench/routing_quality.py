@@ -131,7 +131,9 @@ def one_strategy(
 
 
 def run(report: Report, quick: bool) -> None:
-    groups, per_group, words = (2, 2, 150) if quick else (6, 4, 700)
+    # An odd number of groups: with an even one, round robin's alternation would happen to
+    # send every group to one node.
+    groups, per_group, words = (3, 2, 150) if quick else (5, 4, 700)
     requests = workload(groups, per_group, words)
     results = {}
     with tempfile.TemporaryDirectory(prefix="llmlb-bench-routing-") as scratch:

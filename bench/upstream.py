@@ -165,10 +165,16 @@ async def _join(args: argparse.Namespace, port: int) -> None:
     async def register(index: int) -> str:
         payload = registration(f"bench-{index:05d}", node_url(index, port), args.slots)
         async with gate:
-            answer = await loop.run_in_executor(
-                None, _post, args.router + "/api/nodes", args.token, payload
-            )
-        return str(answer["node_id"])
+            for attempt in range(5):  # a busy router may time one out: the node tries again
+                try:
+                    answer = await loop.run_in_executor(
+                        None, _post, args.router + "/api/nodes", args.token, payload
+                    )
+                    return str(answer["node_id"])
+                except OSError as exc:
+                    print(f"registering node {index} failed ({exc}); again", file=sys.stderr)
+                    await asyncio.sleep(0.5 * (attempt + 1))
+        raise RuntimeError(f"node {index} could not register")
 
     started = time.monotonic()
     ids = await asyncio.gather(*(register(i) for i in range(args.nodes)))
@@ -189,7 +195,7 @@ async def _join(args: argparse.Namespace, port: int) -> None:
         await asyncio.gather(*(
             loop.run_in_executor(None, _post, url.format(i), args.token, node_load(args.slots))
             for i in due
-        ))  # fmt: skip
+        ), return_exceptions=True)  # fmt: skip  # a lost heartbeat is a heartbeat missed
         beats += len(due)
         if args.count_file and due:
             await loop.run_in_executor(None, Path(args.count_file).write_text, str(beats))
