@@ -33,6 +33,7 @@ from tests.support import (  # noqa: E402
     start_fleet_node,
     start_router,
     wait_until,
+    write_tiny_gguf,
 )
 
 from bench.report import Report  # noqa: E402
@@ -42,16 +43,13 @@ MODEL = "bench-blob"
 
 
 def make_model(path: Path, size: int) -> str:
-    """A file that passes the node's checks (GGUF magic, sha256) without being a real model."""
+    """A whole GGUF file of about ``size`` bytes (one tensor of random data), which passes the
+    node's checks (a complete GGUF header and tensor data, sha256); its sha256."""
+    write_tiny_gguf(path, megabytes=max(1, size >> 20))
     digest = hashlib.sha256()
-    block = (b"GGUF" + bytes(range(256)) * 4096)[: 1 << 20]
-    with path.open("wb") as stream:
-        written = 0
-        while written < size:
-            piece = block[: min(len(block), size - written)]
-            stream.write(piece)
-            digest.update(piece)
-            written += len(piece)
+    with path.open("rb") as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
     return digest.hexdigest()
 
 
@@ -115,6 +113,7 @@ def run(report: Report, quick: bool) -> None:
         router_home.mkdir()
         source = base / "model.bin"
         sha = make_model(source, size)
+        size = source.stat().st_size
         ModelStore(router_home / "models").add(MODEL, source, sha256=sha)
         catalog = [{"name": MODEL, "origin": {"url": "https://example.invalid/m.gguf"},
                     "size_bytes": size, "sha256": sha}]  # fmt: skip

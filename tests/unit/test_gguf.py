@@ -57,3 +57,15 @@ def test_not_a_gguf_file(tmp_path: Path) -> None:
     path.write_bytes(b"<html>not a model</html>")
     with pytest.raises(GGUFError, match="not a GGUF file"):
         read_gguf(path)
+
+
+def test_a_corrupt_length_is_an_error_not_a_huge_allocation(tmp_path: Path) -> None:
+    """Found by bench/distribution.py: garbage after the magic read as a 2**60-byte key name
+    raised MemoryError, and the download failed with an empty reason."""
+    path = tmp_path / "corrupt.gguf"
+    header = b"GGUF" + (3).to_bytes(4, "little") + (1).to_bytes(8, "little")
+    path.write_bytes(
+        header + (1).to_bytes(8, "little") + (1 << 60).to_bytes(8, "little") + b"x" * 64
+    )
+    with pytest.raises(GGUFError, match="truncated or corrupt"):
+        read_gguf(path)

@@ -306,7 +306,13 @@ class Downloads:
                 raise
             except Exception as exc:
                 progress.state = "failed"
-                progress.error = exc.message if isinstance(exc, LlmlbError) else str(exc)
+                progress.error = (
+                    exc.message
+                    if isinstance(exc, LlmlbError)
+                    else (
+                        str(exc) or type(exc).__name__  # never an empty reason
+                    )
+                )
                 progress.touch()
                 log.warning("download of %s failed: %s", name, progress.error)
                 raise

@@ -74,11 +74,16 @@ class GGUFInfo:
 
 
 class _Reader:
-    def __init__(self, stream: BinaryIO) -> None:
+    def __init__(self, stream: BinaryIO, file_size: int) -> None:
         self._stream = stream
+        self._file_size = file_size
         self.position = 0
 
     def read(self, size: int) -> bytes:
+        # A length from a corrupt header can be anything up to 2**64: check it against the
+        # file before asking for the memory (found by bench/distribution.py: MemoryError).
+        if size > self._file_size - self.position:
+            raise GGUFError("file ends inside the GGUF header (truncated or corrupt)")
         data = self._stream.read(size)
         if len(data) != size:
             raise GGUFError("file ends inside the GGUF header (truncated)")
@@ -108,7 +113,7 @@ def read_gguf(path: Path) -> GGUFInfo:
     """Read a GGUF file's header and check that the file holds all of its tensor data."""
     file_size = path.stat().st_size
     with path.open("rb") as stream:
-        reader = _Reader(stream)
+        reader = _Reader(stream, file_size)
         if reader.read(4) != GGUF_MAGIC:
             raise GGUFError(f"{path} is not a GGUF file (bad magic)")
         version = reader.unpack("<I")
