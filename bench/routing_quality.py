@@ -136,8 +136,9 @@ def run(report: Report, quick: bool) -> None:
     groups, per_group, words = (3, 2, 150) if quick else (5, 4, 700)
     requests = workload(groups, per_group, words)
     results = {}
+    strategies = ("round_robin", "prefix_affinity") if quick else STRATEGIES  # quick: the pair
     with tempfile.TemporaryDirectory(prefix="llmlb-bench-routing-") as scratch:
-        for strategy in STRATEGIES:
+        for strategy in strategies:
             results[strategy] = one_strategy(strategy, requests, Path(scratch) / strategy)
     report.section(
         "Routing quality",

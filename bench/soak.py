@@ -79,7 +79,7 @@ async def client(index: int, url: str, deadline: float, tally: Tally) -> None:
 
 
 def run(report: Report, quick: bool) -> None:
-    seconds, warmup = (30.0, 10.0) if quick else (600.0, 60.0)
+    seconds, warmup = (20.0, 5.0) if quick else (600.0, 60.0)
     with tempfile.TemporaryDirectory(prefix="llmlb-bench-soak-") as scratch:
         home = Path(scratch)
         (home / "router").mkdir()
