@@ -31,7 +31,8 @@ fmt: setup
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
-# The benchmark suite (under 25 min; report in bench/results/<date>/). bench-quick: ~3 min.
+# The benchmark suite (about 30 min, half of it the soak; report in bench/results/<date>/).
+# bench-quick: about 3 min.
 bench: setup
 	$(BIN)/python -m bench all
 
