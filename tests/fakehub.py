@@ -37,6 +37,8 @@ class HubFile:
     bytes_per_second: int | None = None
     declared_length: int | None = None  # lie about Content-Length (a "huge" file)
     cuts_left: int = 1
+    hold_at: float | None = None  # the transfer waits after this fraction until released
+    released: threading.Event = field(default_factory=threading.Event)
 
     @property
     def sha256(self) -> str:
@@ -97,7 +99,12 @@ class FakeHub:
         position = start
         step = 256 * 1024
         began = time.monotonic()
+        hold = int(len(data) * hub_file.hold_at) if hub_file.hold_at is not None else None
         while position < stop:
+            if hold is not None and position >= hold:
+                while not hub_file.released.is_set():  # the test decides when it goes on
+                    await asyncio.sleep(0.02)
+                hold = None
             chunk = data[position : min(position + step, stop)]
             position += len(chunk)
             self.bytes_sent[key] += len(chunk)

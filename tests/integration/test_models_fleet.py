@@ -136,10 +136,10 @@ def fleet(
     hub.add("test/shared", "model.gguf", tiny["t1"], bytes_per_second=4 << 20)
     hub.add("test/corrupt", "model.gguf", tiny["t2"])
     hub.add("test/slow", "model.gguf", tiny["t3"], bytes_per_second=3 << 20)
-    hub.add("test/progress", "model.gguf", tiny["t3"], bytes_per_second=3 << 20)
-    hub.add("test/resume", "model.gguf", tiny["t4"], bytes_per_second=2 << 20)
+    hub.add("test/progress", "model.gguf", tiny["t3"], hold_at=0.75)
+    hub.add("test/resume", "model.gguf", tiny["t4"], hold_at=0.75)
     hub.add("test/huge", "model.gguf", tiny["t5"], declared_length=10**15)
-    hub.add("test/restart", "model.gguf", tiny["t2"] + b"", bytes_per_second=2 << 20)
+    hub.add("test/restart", "model.gguf", tiny["t2"] + b"", hold_at=0.75)
     router_home = tmp_path_factory.mktemp("models-router")
     catalog = [
         {
@@ -318,23 +318,20 @@ def test_distribution_shows_progress_in_tasks_and_events(fleet: ModelsFleet) -> 
         )
         assert answer.status_code == 202
         task_id = answer.json()["task_ids"][0]
-        seen: list[dict[str, Any]] = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            task = http.get(f"/api/tasks/{task_id}").json()
-            seen.append(task)
-            if task["state"] in ("completed", "failed"):
-                break
-            time.sleep(0.5)
+
+        def task() -> dict[str, Any]:
+            return dict(http.get(f"/api/tasks/{task_id}").json())
+
+        def halfway() -> bool:  # the hub holds the transfer at three quarters
+            now = task()
+            return now["state"] == "in_progress" and 0 < now["bytes_done"] < len(fleet.tiny["t3"])
+
+        wait_until(halfway, 60)
+        assert task()["bytes_total"] == len(fleet.tiny["t3"])
         assert http.get("/api/tasks").json()["data"][0]["id"] == task_id
-    assert seen[-1]["state"] == "completed"
-    middle = [
-        t
-        for t in seen
-        if t["state"] == "in_progress" and 0 < t["bytes_done"] < len(fleet.tiny["t3"])
-    ]
-    assert middle, "progress was visible while the download ran"
-    assert middle[0]["bytes_total"] == len(fleet.tiny["t3"])
+        fleet.hub.files["test/progress/model.gguf"].released.set()
+        wait_until(lambda: task()["state"] in ("completed", "failed"), 60)
+        assert task()["state"] == "completed"
     listener.join(10)
     mine = [e for e in events if e.get("id") == task_id]
     assert mine[-1]["state"] == "completed"
@@ -370,7 +367,8 @@ def test_a_node_restarted_mid_download_resumes(fleet: ModelsFleet) -> None:
         wait_until(
             lambda: (http.get("/api/downloads/tiny-resume").json()["bytes_done"] or 0) > 2 << 20, 20
         )
-    fleet.nodes["node-a"].stop(signal.SIGKILL)
+    fleet.nodes["node-a"].stop(signal.SIGKILL)  # while the hub holds the transfer
+    fleet.hub.files[key].released.set()
     partial = fleet.homes["node-a"] / "models" / "tiny-resume" / "model.gguf.partial"
     assert partial.stat().st_size > 0
     fleet.start_node("node-a", "--origin-access")
@@ -516,7 +514,8 @@ def test_a_router_crash_mid_distribution_is_resumed(fleet: ModelsFleet) -> None:
         wait_until(
             lambda: (http.get(f"/api/tasks/{task_id}").json()["bytes_done"] or 0) > 2 << 20, 20
         )
-    fleet.restart_router_after_crash()
+    fleet.restart_router_after_crash()  # while the hub holds the transfer
+    fleet.hub.files["test/restart/model.gguf"].released.set()
     with fleet.http() as http:
         wait_until(lambda: http.get(f"/api/tasks/{task_id}").json()["state"] == "completed", 60)
     data = (fleet.homes["node-b"] / "models" / "tiny-restart" / "model.gguf").read_bytes()
