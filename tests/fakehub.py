@@ -102,7 +102,9 @@ class FakeHub:
         hold = int(len(data) * hub_file.hold_at) if hub_file.hold_at is not None else None
         while position < stop:
             if hold is not None and position >= hold:
-                while not hub_file.released.is_set():  # the test decides when it goes on
+                # The test decides when it goes on (a thread blocked on the event would keep
+                # the interpreter from exiting if it never did).
+                while not hub_file.released.is_set():  # noqa: ASYNC110
                     await asyncio.sleep(0.02)
                 hold = None
             chunk = data[position : min(position + step, stop)]

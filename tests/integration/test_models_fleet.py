@@ -324,7 +324,9 @@ def test_distribution_shows_progress_in_tasks_and_events(fleet: ModelsFleet) -> 
 
         def halfway() -> bool:  # the hub holds the transfer at three quarters
             now = task()
-            return now["state"] == "in_progress" and 0 < now["bytes_done"] < len(fleet.tiny["t3"])
+            return bool(
+                now["state"] == "in_progress" and 0 < now["bytes_done"] < len(fleet.tiny["t3"])
+            )
 
         wait_until(halfway, 60)
         assert task()["bytes_total"] == len(fleet.tiny["t3"])

@@ -193,11 +193,14 @@ def test_metrics(fleet: Fleet) -> None:
     with fleet.http() as http:
         ask(http, max_tokens=2)
         text = http.get("/metrics").text
-    assert 'llmlb_requests_total{endpoint="chat",model="gemma-3-270m",status="200"}' in text
+    assert (
+        'llmlb_requests_total{endpoint="chat",model="gemma-3-270m",provider="local",status="200"}'
+        in text
+    )
     assert 'llmlb_node_state{node="node-a",state="ready"} 1.0' in text
     assert "llmlb_request_duration_seconds_bucket" in text
     assert "llmlb_queue_depth" in text
-    assert 'llmlb_tokens_total{direction="out",model="gemma-3-270m"}' in text
+    assert 'llmlb_tokens_total{direction="out",model="gemma-3-270m",provider="local"}' in text
 
 
 def test_node_killed_mid_run_then_restarted(fleet: Fleet) -> None:

@@ -178,6 +178,27 @@ class InsufficientStorage(LlmlbError):
     default_code = "insufficient_storage"
 
 
+class RelayedError(LlmlbError):
+    """An error answer from upstream (a cloud provider, or a node under a translated
+    endpoint), passed on with the upstream's own status and message."""
+
+    def __init__(
+        self, message: str, *, status: int, error_type: str | None = None,
+        code: str | None = None, headers: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(message, code=code, headers=headers)
+        self.status = status  # type: ignore[misc]  # per instance: the upstream's status
+        self.error_type = error_type or _type_of_status(status)  # type: ignore[misc]
+
+
+def _type_of_status(status: int) -> str:
+    types = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error",
+             504: "timeout_error"}  # fmt: skip
+    if status in types:
+        return types[status]
+    return "invalid_request_error" if status < 500 else "upstream_error"
+
+
 _ENGINE_TYPES: dict[str, type[LlmlbError]] = {
     "exceed_context_size_error": ContextLengthExceeded,
     "invalid_request_error": BadRequest,

@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BeforeValidator, Field
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -56,6 +56,15 @@ ByteSize = Annotated[int, BeforeValidator(parse_size)]
 
 def default_home() -> Path:
     return Path(os.environ.get("LLMLB_HOME") or Path.home() / ".llmlb").expanduser()
+
+
+def _provider_env(name: str, default: Any) -> Any:
+    """A cloud setting that also reads the provider's usual variable (``OPENAI_API_KEY``)
+    besides ``LLMLB_OPENAI_API_KEY``; in TOML it is ``openai_api_key``."""
+    return Field(
+        default=default, validation_alias=AliasChoices(name, f"llmlb_{name}"),
+        description=f"also ${name.upper()}",
+    )  # fmt: skip
 
 
 # Keys whose value differs between router and node: only LLMLB_ROUTER_* / LLMLB_NODE_* set them.
@@ -218,6 +227,27 @@ class RouterSettings(CommonSettings):
     max_concurrent_downloads: int = Field(default=10, ge=1)
     offline_node_expiry: float = Field(
         default=24 * 3600.0, gt=0, description="Seconds after which an offline node is forgotten"
+    )
+    # Cloud providers, for model names prefixed ``openai:``, ``anthropic:``, ``google:``.
+    openai_api_key: SecretStr | None = _provider_env("openai_api_key", None)
+    openai_base_url: str = _provider_env("openai_base_url", "https://api.openai.com/v1")
+    anthropic_api_key: SecretStr | None = _provider_env("anthropic_api_key", None)
+    anthropic_base_url: str = _provider_env("anthropic_base_url", "https://api.anthropic.com")
+    google_api_key: SecretStr | None = _provider_env("google_api_key", None)
+    google_base_url: str = _provider_env(
+        "google_base_url", "https://generativelanguage.googleapis.com"
+    )
+    cloud_max_concurrency: int = Field(
+        default=32, ge=1, description="Requests in flight per cloud provider (others queue)"
+    )
+    cloud_max_retries: int = Field(
+        default=2, ge=0, le=10, description="Retries of a provider's 429 or 5xx answer"
+    )
+    cloud_max_retry_wait: float = Field(
+        default=30.0, ge=0, description="Longest Retry-After a retry waits out (seconds)"
+    )
+    max_image_bytes: ByteSize = Field(
+        default=20 * 1024 * 1024, description="Largest image in a request sent to a cloud"
     )
 
     @property

@@ -31,6 +31,27 @@ MAX_MODEL_NAME = 200
 
 
 @dataclasses.dataclass(frozen=True)
+class Outcome:
+    """How a request ended, as history and metrics record it."""
+
+    status: int
+    node_id: str | None = None  # a node's id, or a cloud provider's name
+    provider: str = "local"
+    usage: dict[str, int] = dataclasses.field(default_factory=dict)
+    first_byte_at: float | None = None
+    attempts: int = 1
+    error: str | None = None
+    response_body: bytes = b""
+
+
+def outcome_of(answer: Answer | None, status: int, error: str | None = None) -> Outcome:
+    if answer is None:
+        return Outcome(status, error=error)
+    return Outcome(status, answer.node.id, "local", answer.usage, answer.first_byte_at,
+                   answer.attempts, error, answer.body)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
 class _Series:
     requests: Any
     latency: Any
@@ -54,7 +75,7 @@ class Forwarder:
         self.metrics = metrics
         self._known_model = known_model
         # Bounded: endpoints x known models (others share one label) x status codes.
-        self._metric_series: dict[tuple[str, str, int], _Series] = {}
+        self._metric_series: dict[tuple[str, str, str, int], _Series] = {}
 
     def route(self, endpoint: str, path: str, raw: bytes) -> Routed:
         body = parse_object(raw)
@@ -78,13 +99,15 @@ class Forwarder:
         try:
             answer = await self.proxy.forward(routed, headers)
         except LlmlbError as exc:
-            self._record(routed, request_id, key_id, started, None, exc.status, error=exc.message)
+            self.record(
+                routed, request_id, key_id, started, outcome_of(None, exc.status, exc.message)
+            )
             raise
         except asyncio.CancelledError:  # the client left while the node was working
-            self._record(routed, request_id, key_id, started, None, 499, error="client left")
+            self.record(routed, request_id, key_id, started, outcome_of(None, 499, "client left"))
             raise
         if answer.chunks is None:
-            self._record(routed, request_id, key_id, started, answer, answer.status)
+            self.record(routed, request_id, key_id, started, outcome_of(answer, answer.status))
             return answer
         chunks = self._recorded_stream(routed, answer, answer.chunks, request_id, key_id, started)
         return dataclasses.replace(answer, chunks=chunks)
@@ -122,19 +145,20 @@ class Forwarder:
             # far, has the exact counts.
             usage = {"completion_tokens": pieces, **usage_of(tail)}
             seen = dataclasses.replace(answer, body=b"".join(kept), usage=usage)
-            self._record(routed, request_id, key_id, started, seen, status)
+            self.record(routed, request_id, key_id, started, outcome_of(seen, status))
 
-    def _series(self, endpoint: str, model_label: str, status: int) -> _Series:
-        """The metric children of one (endpoint, model, status): looked up once, not per
-        request (prometheus_client's ``labels`` costs several microseconds a call)."""
-        key = (endpoint, model_label, status)
+    def _series(self, endpoint: str, model_label: str, provider: str, status: int) -> _Series:
+        """The metric children of one (endpoint, model, provider, status): looked up once,
+        not per request (prometheus_client's ``labels`` costs several microseconds a call)."""
+        key = (endpoint, model_label, provider, status)
         series = self._metric_series.get(key)
         if series is None:
             m = self.metrics
             series = _Series(
-                m.requests.labels(endpoint, model_label, str(status)),
+                m.requests.labels(endpoint, model_label, provider, str(status)),
                 m.latency.labels(endpoint), m.ttft.labels(endpoint),
-                m.tokens.labels(model_label, "in"), m.tokens.labels(model_label, "out"),
+                m.tokens.labels(model_label, provider, "in"),
+                m.tokens.labels(model_label, provider, "out"),
             )  # fmt: skip
             self._metric_series[key] = series
         return series
@@ -143,29 +167,25 @@ class Forwarder:
         """A metric label: a model the fleet or the catalog knows, or one fixed label."""
         return model if self._known_model(model) else UNKNOWN_MODEL_LABEL
 
-    def _record(
-        self,
-        routed: Routed,
-        request_id: str,
-        key_id: str | None,
-        started: float,
-        answer: Answer | None,
-        status: int,
-        error: str | None = None,
-    ) -> None:
+    def record(
+        self, routed: Routed, request_id: str, key_id: str | None, started: float,
+        outcome: Outcome,
+    ) -> None:  # fmt: skip
         latency = time.monotonic() - started
-        series = self._series(routed.endpoint, self._model_label(routed.model), status)
+        status = outcome.status
+        label = self._model_label(routed.model)
+        series = self._series(routed.endpoint, label, outcome.provider, status)
         series.requests.inc()
         series.latency.observe(latency)
-        usage = answer.usage if answer else {}
+        usage = outcome.usage
         if usage:
             series.tokens_in.inc(usage.get("prompt_tokens", 0))
             series.tokens_out.inc(usage.get("completion_tokens", 0))
         ttft = None
-        if answer is not None and answer.first_byte_at is not None:
-            ttft = (answer.first_byte_at - started) * 1000
+        if outcome.first_byte_at is not None:
+            ttft = (outcome.first_byte_at - started) * 1000
             series.ttft.observe(ttft / 1000)
-        if error is not None or status >= 400:
+        if outcome.error is not None or status >= 400:
             self.metrics.errors.labels(str(status)).inc()
         log_bodies = self.settings.log_bodies
         self.history.add(
@@ -175,19 +195,19 @@ class Forwarder:
                 key_id=key_id,
                 endpoint=routed.endpoint,
                 model=routed.model[:MAX_MODEL_NAME],
-                node_id=answer.node.id if answer else None,
+                node_id=outcome.node_id,
                 status=status,
                 latency_ms=round(latency * 1000, 2),
                 ttft_ms=round(ttft, 2) if ttft is not None else None,
                 tokens_in=usage.get("prompt_tokens"),
                 tokens_out=usage.get("completion_tokens"),
-                attempts=answer.attempts if answer else 1,
-                error=error,
+                attempts=outcome.attempts,
+                error=outcome.error,
                 request_body=routed.body[:_BODY_LOG_LIMIT].decode(errors="replace")
                 if log_bodies
                 else None,
-                response_body=answer.body[:_BODY_LOG_LIMIT].decode(errors="replace")
-                if log_bodies and answer
+                response_body=outcome.response_body[:_BODY_LOG_LIMIT].decode(errors="replace")
+                if log_bodies
                 else None,
             )
         )

@@ -44,7 +44,10 @@ class RouterMetrics:
     def __init__(self, nodes: Callable[[], list[NodeRecord]], interval: float) -> None:
         self.registry = r = CollectorRegistry()
         self.requests = Counter(
-            "llmlb_requests", "Client requests", ["endpoint", "model", "status"], registry=r
+            "llmlb_requests",
+            "Client requests",
+            ["endpoint", "model", "provider", "status"],
+            registry=r,
         )
         self.errors = Counter("llmlb_errors", "Failed requests by type", ["type"], registry=r)
         self.latency = Histogram(
@@ -55,7 +58,9 @@ class RouterMetrics:
             "llmlb_time_to_first_byte_seconds", "Time to the first byte of the answer",
             ["endpoint"], buckets=_BUCKETS, registry=r,
         )  # fmt: skip
-        self.tokens = Counter("llmlb_tokens", "Tokens", ["model", "direction"], registry=r)
+        self.tokens = Counter(
+            "llmlb_tokens", "Tokens", ["model", "provider", "direction"], registry=r
+        )
         self.retries = Counter("llmlb_retries", "Requests retried on another node", registry=r)
         self.queue_depth = Gauge("llmlb_queue_depth", "Requests waiting for a node", registry=r)
         self.event_streams = Gauge(

@@ -36,6 +36,7 @@ from llmlb.common.errors import (
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import error_message
 from llmlb.router.balancer import NodeSnapshot, rank
+from llmlb.router.clouds import not_a_provider
 from llmlb.router.metrics import RouterMetrics
 from llmlb.router.prefixes import PrefixIndex
 from llmlb.router.registry import NodeRecord, Registry
@@ -228,6 +229,8 @@ class Proxy:
                 f"no other healthy node can serve {model!r}", headers={"Retry-After": "5"}
             )
         if model not in self._registry.fleet_models() and not self._in_catalog(model):
+            if ":" in model:
+                return not_a_provider(model)
             return ModelNotSupported(
                 f"model {model!r} is not supported: no node holds it and it is not in the catalog",
                 param="model",

@@ -19,10 +19,12 @@ from llmlb.common.files import write_private
 from llmlb.common.settings import RouterSettings
 from llmlb.models.catalog import Catalog
 from llmlb.router.auth import Authenticator
+from llmlb.router.clouds import Clouds
 from llmlb.router.db import open_database, ping
 from llmlb.router.distributor import Distributor
 from llmlb.router.fleet import Fleet
 from llmlb.router.forwarding import Forwarder
+from llmlb.router.gateway import Gateway
 from llmlb.router.history import History
 from llmlb.router.keys import KeyStore
 from llmlb.router.metrics import RouterMetrics
@@ -88,9 +90,15 @@ class RouterService:
             settings, self.registry, self.models, self.tasks, self.session
         )
         self.fleet = Fleet(settings, self.registry, self.distributor, self.catalog)
+        # Cloud providers get a session of their own: they compress, and their pool must not
+        # crowd the nodes'.
+        self.cloud_session = aiohttp.ClientSession(timeout=timeout)
+        self.clouds = Clouds(settings, self.cloud_session)
         self.forwarder = Forwarder(
-            settings, self.proxy, self.history, self.metrics, self.fleet.knows
-        )
+            settings, self.proxy, self.history, self.metrics,
+            lambda model: self.fleet.knows(model) or self.clouds.knows(model),
+        )  # fmt: skip
+        self.gateway = Gateway(settings, self.forwarder, self.clouds)
         self.node_token_path: Path = settings.home / NODE_TOKEN_FILE
         self._loops: list[asyncio.Task[None]] = []
 
@@ -120,6 +128,7 @@ class RouterService:
         await self.registry.write_heartbeats()
         await self.session.close()
         await self.fresh_session.close()
+        await self.cloud_session.close()
         await self.engine.dispose()
 
     async def _probe_loop(self) -> None:

@@ -1,9 +1,10 @@
 """The client API: OpenAI-compatible endpoints, forwarded to nodes.
 
-The three POST endpoints are the router's hot path. ``ClientRoutes`` serves them as bare ASGI
+The three OpenAI POST endpoints are the router's hot path. ``ClientRoutes`` serves them as bare ASGI
 in front of Starlette's middleware, routing and exception handling, which together cost about
 as much as forwarding itself (``bench/router_overhead.py``); everything else, ``/v1/models``
-included, goes through the app as usual.
+included, goes through the app as usual. Requests that need translation (a cloud model, the
+Responses and Messages dialects) branch off to ``translated`` once the body is read.
 """
 
 from __future__ import annotations
@@ -25,12 +26,17 @@ from llmlb.common.asgi import (
 )
 from llmlb.common.errors import LlmlbError, MethodNotAllowed
 from llmlb.common.logs import request_id_var
+from llmlb.router.api import translated
 from llmlb.router.api.common import authorize, service_of
+from llmlb.router.clouds import prefix_of
+from llmlb.router.gateway import Caller
 
 log = logging.getLogger(__name__)
 
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completion",
-             "/v1/embeddings": "embeddings"}  # fmt: skip
+             "/v1/embeddings": "embeddings", "/v1/responses": "responses",
+             "/v1/messages": "messages"}  # fmt: skip
+_DIALECTS = {"responses": translated.serve_responses, "messages": translated.serve_messages}
 _TRACE_HEADERS = ("traceparent", "tracestate")
 
 
@@ -57,7 +63,8 @@ class ClientRoutes:
             except LlmlbError as exc:
                 if exc.status >= 500:
                     log.warning("%s %s failed: %s", scope["method"], scope["path"], exc.message)
-                response = error_response(exc)
+                response = (translated.anthropic_error(exc) if endpoint == "messages"
+                            else error_response(exc))  # fmt: skip
             response.headers["x-request-id"] = request_id
             await response(scope, receive, send)
             log.info("%s %s %d %.1f ms", scope["method"], scope["path"], response.status_code,
@@ -70,12 +77,19 @@ async def _forward(request: Request, endpoint: str, request_id: str) -> Response
     service = service_of(request)
     principal = await authorize(request, "api")
     raw = await read_body(request, service.settings.max_body_bytes)
-    forwarder = service.forwarder
-    routed = forwarder.route(endpoint, request.url.path, raw)
     headers = {"x-request-id": request_id}
     for name in _TRACE_HEADERS:
         if name in request.headers:
             headers[name] = request.headers[name]
+    if endpoint in _DIALECTS:
+        caller = Caller(request_id, principal.key_id, headers)
+        return await until_gone(request.receive, _DIALECTS[endpoint](service.gateway, raw, caller))
+    forwarder = service.forwarder
+    routed = forwarder.route(endpoint, request.url.path, raw)
+    if prefix_of(routed.model) is not None:
+        caller = Caller(request_id, principal.key_id, headers)
+        work = translated.cloud(service.gateway, endpoint, request.url.path, raw, caller)
+        return await until_gone(request.receive, work)
     forwarding = forwarder.forward(routed, headers, principal.key_id, request_id)
     # A client that leaves before the answer starts takes the node's work with it.
     answer = await until_gone(request.receive, forwarding)
@@ -92,4 +106,6 @@ async def _forward(request: Request, endpoint: str, request_id: str) -> Response
 
 async def models(request: Request) -> Response:
     await authorize(request, "api")
-    return ORJSONResponse({"object": "list", "data": service_of(request).fleet.model_list()})
+    service = service_of(request)
+    cloud = await service.clouds.model_list()
+    return ORJSONResponse({"object": "list", "data": service.fleet.model_list() + cloud})

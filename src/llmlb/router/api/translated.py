@@ -1,0 +1,130 @@
+"""Client requests that need translation: cloud models on the OpenAI endpoints, and the
+Responses and Messages dialects for any model (handlers over ``router.gateway``)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from llmlb.common.asgi import StreamRelay
+from llmlb.common.errors import BadRequest, LlmlbError
+from llmlb.common.wire import parse_object
+from llmlb.router.clouds import prefix_of
+from llmlb.router.gateway import Caller, ChatReply, Gateway, Relayed, model_of
+from llmlb.translate.dialects import messages, responses
+from llmlb.translate.sse import DONE, encode
+
+_FIELD_NAME = re.compile(r"[A-Za-z0-9_]{1,40}")
+_MAX_NAMED_FIELDS = 20
+_SSE = "text/event-stream"
+
+
+def _headers(target: str, attempts: int, ignored: list[str]) -> dict[str, str]:
+    headers = {"x-llmlb-node": target, "x-llmlb-attempts": str(attempts)}
+    # Field names come from the client: only plain ones are echoed, and only so many.
+    named = [name for name in ignored if _FIELD_NAME.fullmatch(name)][:_MAX_NAMED_FIELDS]
+    if named:
+        headers["x-llmlb-ignored-fields"] = ",".join(named)
+    return headers
+
+
+def _stream_headers(headers: dict[str, str]) -> dict[str, str]:
+    return {**headers, "cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+async def cloud(gateway: Gateway, endpoint: str, path: str, raw: bytes,
+                caller: Caller) -> Response | StreamRelay:  # fmt: skip
+    """An OpenAI endpoint for a model with a provider prefix."""
+    body = parse_object(raw)
+    if endpoint == "chat":
+        reply = await gateway.chat("chat", body, caller)
+        return _chat_response(reply, _wants_usage(body))
+    model = model_of(body)
+    if not gateway.speaks(model, path):
+        raise BadRequest(f"{prefix_of(model)} models are served on /v1/chat/completions, "
+                         f"/v1/responses and /v1/messages, not on {path}",
+                         param="model")  # fmt: skip
+    return _relayed(await gateway.relay(endpoint, path, body, caller))
+
+
+async def serve_responses(gateway: Gateway, raw: bytes, caller: Caller) -> Response | StreamRelay:
+    body = parse_object(raw)
+    model = model_of(body)
+    if prefix_of(model) is not None and gateway.speaks(model, "/v1/responses"):
+        return _relayed(await gateway.relay("responses", "/v1/responses", body, caller))
+    request, ignored = responses.to_chat(body)
+    reply = await gateway.chat("responses", request, caller)
+    headers = _headers(reply.target, reply.attempts, [*ignored, *reply.ignored])
+    if reply.chunks is not None:
+        return StreamRelay(responses.stream(reply.chunks, body), 200, _SSE,
+                           _stream_headers(headers))  # fmt: skip
+    assert reply.whole is not None
+    return _json(responses.from_chat(reply.whole, body), headers)
+
+
+async def serve_messages(gateway: Gateway, raw: bytes, caller: Caller) -> Response | StreamRelay:
+    body = parse_object(raw)
+    model = model_of(body)
+    if prefix_of(model) is not None and gateway.speaks(model, "/v1/messages"):
+        return _relayed(await gateway.relay("messages", "/v1/messages", body, caller))
+    request, ignored = messages.to_chat(body)
+    reply = await gateway.chat("messages", request, caller)
+    headers = _headers(reply.target, reply.attempts, [*ignored, *reply.ignored])
+    if reply.chunks is not None:
+        return StreamRelay(messages.stream(reply.chunks, model), 200, _SSE,
+                           _stream_headers(headers))  # fmt: skip
+    assert reply.whole is not None
+    return _json(messages.from_chat(reply.whole, model), headers)
+
+
+def anthropic_error(exc: LlmlbError) -> Response:
+    """An error in both shapes at once: OpenAI's ``error`` object, with Anthropic's
+    ``"type": "error"`` beside it (Anthropic's clients read ``error.type``/``message``)."""
+    return Response(orjson.dumps({"type": "error", **exc.to_dict()}), exc.status,
+                    headers=exc.headers, media_type="application/json")  # fmt: skip
+
+
+def _wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _json(data: dict[str, Any], headers: dict[str, str]) -> Response:
+    return Response(orjson.dumps(data), 200, headers=headers, media_type="application/json")
+
+
+def _chat_response(reply: ChatReply, include_usage: bool) -> Response | StreamRelay:
+    headers = _headers(reply.target, reply.attempts, reply.ignored)
+    if reply.chunks is None:
+        assert reply.whole is not None
+        return _json(reply.whole, headers)
+    return StreamRelay(_chat_events(reply.chunks, include_usage), 200, _SSE,
+                       _stream_headers(headers))  # fmt: skip
+
+
+async def _chat_events(
+    chunks: AsyncGenerator[dict[str, Any], None], include_usage: bool
+) -> AsyncGenerator[bytes, None]:
+    """Chat chunks as OpenAI's SSE; a failure ends the stream with one error event."""
+    try:
+        async for piece in chunks:
+            if piece.get("choices") or include_usage:
+                yield encode(piece)
+    except LlmlbError as exc:
+        yield encode(exc.to_dict())
+    finally:
+        await chunks.aclose()
+    yield DONE
+
+
+def _relayed(relayed: Relayed) -> Response | StreamRelay:
+    headers = _headers(relayed.target, relayed.attempts, [])
+    if relayed.chunks is not None:
+        return StreamRelay(relayed.chunks, relayed.status, relayed.content_type,
+                           _stream_headers(headers))  # fmt: skip
+    return Response(relayed.body, relayed.status, headers=headers,
+                    media_type=relayed.content_type)  # fmt: skip
