@@ -449,15 +449,47 @@ class FakeClouds:
 
     # -- server ----------------------------------------------------------------------------
 
+    def _guarded(self, provider: str, handler: Any) -> Any:
+        """The handler, answering 400 in the provider's shape for a request it cannot read
+        (as the real APIs do) instead of crashing."""
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)  # type: ignore[no-any-return]
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                return self._error(provider, 400, f"invalid request: {type(exc).__name__}")
+
+        return guarded
+
     def start(self) -> FakeClouds:
         routes = [
-            Route("/openai/v1/chat/completions", self._openai_chat, methods=["POST"]),
-            Route("/openai/v1/embeddings", self._openai_passthrough, methods=["POST"]),
-            Route("/openai/v1/responses", self._openai_passthrough, methods=["POST"]),
+            Route(
+                "/openai/v1/chat/completions",
+                self._guarded("openai", self._openai_chat),
+                methods=["POST"],
+            ),
+            Route(
+                "/openai/v1/embeddings",
+                self._guarded("openai", self._openai_passthrough),
+                methods=["POST"],
+            ),
+            Route(
+                "/openai/v1/responses",
+                self._guarded("openai", self._openai_passthrough),
+                methods=["POST"],
+            ),
             Route("/openai/v1/models", self._openai_models, methods=["GET"]),
-            Route("/anthropic/v1/messages", self._anthropic_messages, methods=["POST"]),
+            Route(
+                "/anthropic/v1/messages",
+                self._guarded("anthropic", self._anthropic_messages),
+                methods=["POST"],
+            ),
             Route("/anthropic/v1/models", self._anthropic_models, methods=["GET"]),
-            Route("/google/v1beta/models/{target}", self._google_generate, methods=["POST"]),
+            Route(
+                "/google/v1beta/models/{target}",
+                self._guarded("google", self._google_generate),
+                methods=["POST"],
+            ),
             Route("/google/v1beta/models", self._google_models, methods=["GET"]),
         ]
         sock = bind("127.0.0.1", 0)

@@ -2,8 +2,10 @@
 
 Hypothesis builds request bodies from the fields of OpenAI's chat, completions and
 embeddings requests, with right and wrong values of every JSON type, and sends each to the
-router and to the node. Whatever a client sends must be answered: never a 5xx, never later
-than the client's deadline, and a normal chat still answers "Paris" after each batch.
+router and to the node; the router also gets Responses and Messages requests (for the node's
+model) and chat requests for cloud models (answered by the loopback fakes of the providers).
+Whatever a client sends must be answered: never a 5xx, never later than the client's
+deadline, and a normal chat still answers "Paris" after each batch.
 The node runs with a default output limit of a few tokens, so that generated answers stay
 cheap; ``FUZZ_EXAMPLES`` sets the cases per endpoint and target (CI: the default), and
 ``FUZZ_RANDOM=1`` draws new cases instead of CI's fixed ones.
@@ -21,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.fakeclouds import FakeClouds
 from tests.support import node_token, start_fleet_node, start_router, wait_until
 
 MODEL = "gemma-3-270m"
@@ -97,10 +100,65 @@ embedding = st.fixed_dictionaries(
     optional={"encoding_format": field(st.sampled_from(["float", "base64"])),
               "dimensions": field(small_int)},
 )  # fmt: skip
+cloud_chat = st.fixed_dictionaries(
+    {"model": field(st.sampled_from(["openai:m", "anthropic:m", "google:m"])),
+     "messages": field(st.lists(message, max_size=3))},
+    optional=sampling,
+)  # fmt: skip
+text_part = st.fixed_dictionaries(
+    {"type": field(st.sampled_from(["input_text", "input_image", "output_text", "file"]))},
+    optional={"text": field(st.text(max_size=20)), "image_url": field(st.text(max_size=20))},
+)  # fmt: skip
+responses_item = st.fixed_dictionaries(
+    {"type": field(st.sampled_from(["message", "function_call", "function_call_output"]))},
+    optional={
+        "role": field(st.sampled_from(["user", "assistant", "system", "developer"])),
+        "content": field(st.text(max_size=30), st.lists(text_part, max_size=2)),
+        "call_id": field(st.text(max_size=6)), "name": field(st.text(max_size=6)),
+        "arguments": field(st.text(max_size=12)), "output": field(st.text(max_size=12)),
+    },
+)  # fmt: skip
+responses_request = st.fixed_dictionaries(
+    {"model": field(st.just(MODEL)),
+     "input": field(st.text(max_size=40), st.lists(responses_item, max_size=3))},
+    optional={
+        "instructions": field(st.text(max_size=20)), "max_output_tokens": field(small_int),
+        "temperature": field(st.floats(-1, 3)), "stream": field(st.booleans()),
+        "tools": field(st.lists(st.fixed_dictionaries({"type": field(st.just("function")),
+                                                       "name": field(st.text(max_size=5))}),
+                                max_size=2)),
+        "tool_choice": anything, "text": anything, "previous_response_id": anything,
+    },
+)  # fmt: skip
+block = st.fixed_dictionaries(
+    {"type": field(st.sampled_from(["text", "image", "tool_use", "tool_result"]))},
+    optional={"text": field(st.text(max_size=20)), "id": field(st.text(max_size=6)),
+              "tool_use_id": field(st.text(max_size=6)), "name": field(st.text(max_size=6)),
+              "input": anything, "content": anything, "source": anything},
+)  # fmt: skip
+messages_request = st.fixed_dictionaries(
+    {"model": field(st.just(MODEL)), "max_tokens": field(small_int),
+     "messages": field(st.lists(st.fixed_dictionaries({
+         "role": field(st.sampled_from(["user", "assistant"])),
+         "content": field(st.text(max_size=30), st.lists(block, max_size=2))}), max_size=3))},
+    optional={
+        "system": field(st.text(max_size=20)), "stream": field(st.booleans()),
+        "stop_sequences": field(st.lists(st.text(max_size=4), max_size=2)),
+        "temperature": field(st.floats(-1, 3)), "tool_choice": anything,
+        "tools": field(st.lists(st.fixed_dictionaries({"name": field(st.text(max_size=5)),
+                                                       "input_schema": anything}), max_size=2)),
+    },
+)  # fmt: skip
 ENDPOINTS = {
     "/v1/chat/completions": chat,
     "/v1/completions": completion,
     "/v1/embeddings": embedding,
+}
+# Only the router serves these (the "cloud" path is chat for models with a provider prefix).
+ROUTER_ENDPOINTS = {
+    "/v1/responses": responses_request,
+    "/v1/messages": messages_request,
+    "cloud /v1/chat/completions": cloud_chat,
 }
 
 
@@ -109,8 +167,9 @@ def targets(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     dict[str, tuple[str, dict[str, str]]]]:  # fmt: skip
     """The router and its node, each with the headers a client of it sends."""
     home = tmp_path_factory.mktemp("fuzz-router")
+    fakes = FakeClouds().start()
     router = start_router(home, home, "--allow-cpu-nodes", "--heartbeat-interval", "1",
-                          env={"LLMLB_AUTO_DISTRIBUTE": "none"})  # fmt: skip
+                          env={"LLMLB_AUTO_DISTRIBUTE": "none", **fakes.env()})  # fmt: skip
     node = start_fleet_node(
         model_home, home, router, home, "fuzz-node", "--parallel", "4", "--ctx-size", "1024",
         env={"LLMLB_DEFAULT_MAX_TOKENS": "4"},
@@ -122,6 +181,7 @@ def targets(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     yield {"router": (router.url, {}), "node": (node.url, node_key)}
     node.stop()
     router.stop()
+    fakes.stop()
 
 
 def still_answers_paris(url: str, headers: dict[str, str]) -> None:
@@ -132,13 +192,19 @@ def still_answers_paris(url: str, headers: dict[str, str]) -> None:
     assert "Paris" in answer.json()["choices"][0]["message"]["content"]
 
 
+CASES = [(target, path) for target in ("node", "router") for path in ENDPOINTS] + [
+    ("router", path) for path in ROUTER_ENDPOINTS
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["node", "router"])
-@pytest.mark.parametrize("path", list(ENDPOINTS))
+@pytest.mark.parametrize(("target", "endpoint"), CASES)
 def test_no_request_is_a_5xx_or_goes_unanswered(
-    targets: dict[str, tuple[str, dict[str, str]]], target: str, path: str
+    targets: dict[str, tuple[str, dict[str, str]]], target: str, endpoint: str
 ) -> None:
     url, headers = targets[target]
+    strategy = {**ENDPOINTS, **ROUTER_ENDPOINTS}[endpoint]
+    path = endpoint.split(" ")[-1]
     statuses: list[int] = []
 
     # CI replays the same cases every run (derandomize), so a red build means a change broke
@@ -146,7 +212,7 @@ def test_no_request_is_a_5xx_or_goes_unanswered(
     @settings(max_examples=EXAMPLES, deadline=None, database=None,
               derandomize=not os.environ.get("FUZZ_RANDOM"),
               suppress_health_check=list(HealthCheck))  # fmt: skip
-    @given(body=ENDPOINTS[path])
+    @given(body=strategy)
     def one(body: dict[str, Any]) -> None:
         # A stream is read to its end: a failure inside it must end it, not hang it.
         with (

@@ -33,7 +33,7 @@ from llmlb.router.clouds import CloudCall, Clouds, prefix_of
 from llmlb.router.forwarding import Forwarder, Outcome
 from llmlb.router.proxy import Routed
 from llmlb.translate.providers.base import Provider, StreamFailed, StreamTranslator
-from llmlb.translate.sse import SSEParser, StreamBroken
+from llmlb.translate.sse import ServerEvent, SSEParser, StreamBroken
 
 _TOKENS = re.compile(rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)')
 _USAGE_NAMES = {b"prompt_tokens": "prompt_tokens", b"input_tokens": "prompt_tokens",
@@ -183,11 +183,10 @@ class Gateway:
         started: float,
     ) -> AsyncGenerator[dict[str, Any], None]:  # fmt: skip
         provider = call.provider.name
-        parser = SSEParser()
         status, error, first = 200, None, None
         try:
-            async for raw in self._body_of(call):
-                for event in parser.feed(raw):
+            async with contextlib.aclosing(self._events_of(call)) as events:
+                async for event in events:
                     try:
                         chunks = translator.feed(event)
                     except StreamFailed as exc:
@@ -222,6 +221,14 @@ class Gateway:
                 first_byte_at=first,
                 attempts=call.attempts,
             )
+
+    async def _events_of(self, call: CloudCall) -> AsyncGenerator[ServerEvent, None]:
+        parser = SSEParser()
+        async for raw in self._body_of(call):
+            for event in parser.feed(raw):
+                yield event
+        for event in parser.finish():
+            yield event
 
     async def _body_of(self, call: CloudCall) -> AsyncGenerator[bytes, None]:
         """A provider's stream as it comes; a stall or a cut is a 504 or a 502."""

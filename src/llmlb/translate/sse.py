@@ -56,6 +56,12 @@ class SSEParser:
             raise StreamBroken(f"an event larger than {MAX_EVENT_BYTES} bytes")
         return events
 
+    def finish(self) -> list[ServerEvent]:
+        """The events the end of the stream completes (a last line ended by a lone ``\r``)."""
+        if self._buffer.endswith(b"\r"):
+            return self.feed(b"\n")
+        return []
+
     def _line(self, line: str) -> ServerEvent | None:
         if not line:
             if not self._data and self._event is None:
