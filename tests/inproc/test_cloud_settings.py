@@ -19,8 +19,8 @@ from tests.support import free_port
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     """A router with an OpenAI key whose base URL answers nothing, and no other keys."""
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    settings = RouterSettings(home=tmp_path, auto_distribute="none", openai_api_key=SecretStr("sk-x"),
-                              openai_base_url=dead)  # fmt: skip
+    settings = RouterSettings(home=tmp_path, auto_distribute="none",
+                              openai_api_key=SecretStr("sk-x"), openai_base_url=dead)  # fmt: skip
     service = await RouterService.open(settings)
     await service.start()
     transport = httpx.ASGITransport(app=create_app(service), client=("127.0.0.1", 40000))
