@@ -121,10 +121,12 @@ class Gateway:
                 raise _node_error(answer.status, answer.body)
             return ChatReply(answer.node.name, whole=orjson.loads(answer.body),
                              attempts=answer.attempts)  # fmt: skip
-        if answer.status != 200:
+        if answer.status != 200 or not stream:  # an answer too large to buffer: read it whole
             async with contextlib.aclosing(answer.chunks) as rest:
-                body_bytes = b"".join([piece async for piece in rest])
-            raise _node_error(answer.status, body_bytes)
+                whole = b"".join([piece async for piece in rest])
+            if answer.status != 200:
+                raise _node_error(answer.status, whole)
+            return ChatReply(answer.node.name, whole=orjson.loads(whole), attempts=answer.attempts)
         return ChatReply(answer.node.name, chunks=_node_chunks(answer.chunks),
                          attempts=answer.attempts)  # fmt: skip
 
