@@ -132,6 +132,20 @@ def test_chat_streams_from_each_provider_as_openai_chunks(
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 7
 
 
+def test_fields_a_provider_lacks_are_named_in_a_header(clouds: CloudFleet) -> None:
+    with clouds.http() as http:
+        reply = http.post("/v1/chat/completions", json={
+            "model": "anthropic:chat-model", "messages": chat_messages(), "logprobs": True,
+            "frequency_penalty": 0.5})  # fmt: skip
+    assert reply.status_code == 200
+    assert reply.headers["x-llmlb-ignored-fields"] == "frequency_penalty,logprobs"
+    assert "logprobs" not in clouds.fakes.last("anthropic").body
+    with clouds.http() as http:
+        refused = http.post("/v1/chat/completions", json={
+            "model": "anthropic:chat-model", "messages": chat_messages(), "n": 3})  # fmt: skip
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "n"
+
+
 def test_a_stream_without_include_usage_has_no_usage_chunk(clouds: CloudFleet) -> None:
     chunks: list[Any] = list(clouds.openai().chat.completions.create(
         model="anthropic:chat-model", messages=chat_messages(), stream=True))  # fmt: skip
@@ -514,6 +528,21 @@ def test_messages_api_passes_through_to_anthropic(clouds: CloudFleet, stream: bo
     assert message.usage.output_tokens == 7
     seen = clouds.fakes.last("anthropic")
     assert seen.body["model"] == "claude-x" and seen.headers["anthropic-version"] == "2023-06-01"
+
+
+def test_a_relayed_stream_that_breaks_ends_with_the_providers_error_event(
+    clouds: CloudFleet,
+) -> None:
+    with clouds.http() as http:
+        reply = http.post("/v1/messages", json={
+            "model": "anthropic:stall", "max_tokens": 20, "stream": True,
+            "messages": [{"role": "user", "content": "hi"}]})  # fmt: skip
+    assert reply.status_code == 200
+    last = reply.text.strip().split("\n\n")[-1]
+    assert last.startswith("event: error\ndata: ")
+    error = json.loads(last.split("data: ", 1)[1])
+    assert error["type"] == "error" and error["error"]["type"] == "api_error"
+    assert f"anthropic sent nothing for {TIMEOUT} s" in error["error"]["message"]
 
 
 def test_messages_api_errors_come_in_anthropics_shape(clouds: CloudFleet) -> None:

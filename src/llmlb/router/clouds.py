@@ -144,7 +144,7 @@ class Clouds:
             setting = PROVIDERS[prefix].key_setting
             raise AuthenticationFailed(
                 f"the router has no key for {prefix}: set {setting} (or {prefix}_api_key in "
-                "its config file) to use models named '{prefix}:...'".replace("{prefix}", prefix),
+                f"its config file) to use models named '{prefix}:...'",
                 code="provider_not_configured",
             )
         return provider
@@ -181,7 +181,7 @@ class Clouds:
                     response = await self._session.post(url, data=payload, headers=headers)
                     if response.status == 200:
                         return CloudCall(provider, response, attempt, gate)
-                    body = await response.content.read(_MAX_ERROR_BODY)
+                    body, _ = await read_limited(response, _MAX_ERROR_BODY)
                     response.close()
             except TimeoutError:
                 raise UpstreamTimeout(
@@ -215,9 +215,13 @@ class Clouds:
 
     async def read_json(self, call: CloudCall) -> dict[str, Any]:
         """A whole answer's JSON (then the call is closed); 502 when it is not JSON."""
+        limit = self._settings.max_buffered_answer
         try:
             async with asyncio.timeout(self._settings.request_timeout):
-                raw = await call.response.read()
+                raw, whole = await read_limited(call.response, limit)
+            if not whole:
+                raise UpstreamFailed(f"{call.provider.name} sent an answer larger than {limit} "
+                                     "bytes", code="provider_error")  # fmt: skip
         except TimeoutError:
             raise UpstreamTimeout(f"{call.provider.name} stopped sending its answer") from None
         except aiohttp.ClientError as exc:
@@ -275,12 +279,26 @@ class Clouds:
                 headers=provider.headers(),
             ) as response:  # fmt: skip
                 if response.status != 200:
-                    message, _ = provider.error_of(await response.content.read(_MAX_ERROR_BODY))
+                    message, _ = provider.error_of(
+                        (await read_limited(response, _MAX_ERROR_BODY))[0]
+                    )
                     raise UpstreamFailed(f"{response.status}: {message}")
                 page = provider.model_page(await response.json(content_type=None))
             ids.extend(page.ids)
             query = page.next_query
         return sorted(set(ids))[:MAX_MODELS]
+
+
+async def read_limited(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """The body, or its first ``limit`` bytes: (bytes, whether that was all of it)."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(parts)[:limit], False
+    return b"".join(parts), True
 
 
 def _backoff(attempt: int) -> float:

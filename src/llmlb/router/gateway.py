@@ -30,7 +30,7 @@ from llmlb.common.errors import (
 )
 from llmlb.common.settings import RouterSettings
 from llmlb.router.clouds import CloudCall, Clouds, prefix_of
-from llmlb.router.forwarding import Forwarder, Outcome
+from llmlb.router.forwarding import MAX_MODEL_NAME, Forwarder, Outcome
 from llmlb.router.proxy import Routed
 from llmlb.translate.providers.base import Provider, StreamFailed, StreamTranslator
 from llmlb.translate.sse import ServerEvent, SSEParser, StreamBroken
@@ -81,6 +81,8 @@ def model_of(body: dict[str, Any]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required and must be a non-empty string", param="model")
+    if len(model) > MAX_MODEL_NAME:
+        raise BadRequest(f"'model' is longer than {MAX_MODEL_NAME} characters", param="model")
     return model
 
 
@@ -289,7 +291,7 @@ class Gateway:
                 yield raw
         except LlmlbError as exc:
             status, error = exc.status, exc.message
-            yield orjson.dumps(exc.to_dict())  # the stream's own error event cannot be made
+            yield call.provider.stream_error(exc.message)
         except BaseException:
             status, error = 499, "client left"
             raise

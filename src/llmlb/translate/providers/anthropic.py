@@ -15,7 +15,7 @@ from llmlb.translate.providers.base import (
     StreamFailed,
     StreamTranslator,
 )
-from llmlb.translate.sse import ServerEvent
+from llmlb.translate.sse import ServerEvent, encode
 
 API_VERSION = "2023-06-01"
 # Anthropic requires max_tokens; chat requests often leave it out.
@@ -159,6 +159,10 @@ class Anthropic(Provider):
     def headers(self) -> dict[str, str]:
         return {"x-api-key": self.api_key, "anthropic-version": API_VERSION}
 
+    def stream_error(self, message: str) -> bytes:
+        return encode({"type": "error", "error": {"type": "api_error", "message": message}},
+                      "error")  # fmt: skip
+
     def chat_request(self, body: dict[str, Any], model: str, stream: bool) -> ProviderRequest:
         if (body.get("n") or 1) != 1:
             raise BadRequest("anthropic models answer one choice: 'n' must be 1", param="n")
@@ -180,9 +184,12 @@ class Anthropic(Provider):
                  "input_schema": f.get("parameters") or {"type": "object", "properties": {}}}
                 for f in tools
             ]  # fmt: skip
-        if (choice := tool_choice_of(body.get("tool_choice"))) is not None:
-            if body.get("parallel_tool_calls") is False and choice["type"] != "none":
+        choice = tool_choice_of(body.get("tool_choice"))
+        if body.get("parallel_tool_calls") is False and tools:
+            choice = choice or {"type": "auto"}
+            if choice["type"] != "none":
                 choice["disable_parallel_tool_use"] = True
+        if choice is not None:
             payload["tool_choice"] = choice
         if stream:
             payload["stream"] = True

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from llmlb.translate.sse import ServerEvent
+from llmlb.translate.sse import ServerEvent, encode
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,11 @@ class Provider(ABC):
     @abstractmethod
     def model_page(self, data: dict[str, Any]) -> ModelPage:
         """The model ids of one page of the provider's model list."""
+
+    def stream_error(self, message: str) -> bytes:
+        """The event that ends a relayed stream which broke (OpenAI's Responses ``error``)."""
+        return encode({"type": "error", "code": "upstream_error", "message": message,
+                       "param": None}, "error")  # fmt: skip
 
     def error_of(self, body: bytes) -> tuple[str, str | None]:
         """The message and error type of an error answer (all three nest them in "error")."""
