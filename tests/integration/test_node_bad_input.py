@@ -153,6 +153,10 @@ USER = [{"role": "user", "content": "x"}]
         (CHAT, {"model": MODEL, "messages": USER, "logit_bias": {str(i): 1 for i in range(5000)}},
          "logit_bias"),
         (CHAT, {"model": MODEL, "messages": USER, "n": 1000}, "n"),
+        # Found by the fuzzer through /v1/responses: a turn that ends in tool calls.
+        (CHAT, {"model": MODEL, "messages": [*USER, {"role": "assistant", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]},
+         "messages"),
         ("/v1/completions", {"model": MODEL, "prompt": [1.5, "x"]}, None),
         ("/v1/completions", {"model": MODEL, "prompt": [[1], "x"]}, None),
         ("/v1/completions", {"model": MODEL, "prompt": "x", "logprobs": 1000}, "logprobs"),

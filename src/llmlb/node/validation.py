@@ -221,6 +221,12 @@ def validate_generation(
             param="messages" if endpoint == "chat" else "prompt",
         )
     if isinstance(request, ChatRequest):
+        last = request.messages[-1]
+        if last.role == "assistant" and last.tool_calls:
+            # llama.cpp cannot continue such a turn (it fails with a 500): the client must
+            # answer the calls first.
+            raise BadRequest("the conversation ends with the assistant's tool calls: add "
+                             "their results as 'tool' messages", param="messages")  # fmt: skip
         body = {**body, "messages": _flat_messages(body["messages"])}
     if all(value is None for value in limits.values()):
         return {**body, "max_tokens": min(settings.default_max_tokens, ctx_size)}
