@@ -11,8 +11,17 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, model_validator
 
+from llmlb.common.chat import (
+    MAX_TOOLS,
+    OpenModel,
+    StreamOptions,
+    TextPart,
+    Tool,
+    ToolCall,
+    parse_as,
+)
 from llmlb.common.errors import BadRequest, ContextLengthExceeded
 from llmlb.common.settings import NodeSettings
 
@@ -22,34 +31,13 @@ MAX_N_PROBS = 20
 MAX_LOGIT_BIAS = 1024
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_LENGTH = 512
-MAX_TOOLS = 128
 MAX_GRAMMAR_BYTES = 64 * 1024  # grammar, json_schema, response_format, each
 # A prompt longer than this many bytes per context token cannot fit, whatever the text:
 # refused before the (slow) tokenizer sees it.
 MAX_BYTES_PER_TOKEN = 32
 
 
-class _Open(BaseModel):
-    # Strict: "5" is not a number and "yes" is not a boolean, as in OpenAI's API.
-    model_config = ConfigDict(extra="allow", strict=True)
-
-
-class TextPart(_Open):
-    type: Literal["text"]
-    text: str
-
-
-class FunctionCall(_Open):
-    name: str
-    arguments: str
-
-
-class ToolCall(_Open):
-    type: Literal["function"] = "function"
-    function: FunctionCall
-
-
-class Message(_Open):
+class Message(OpenModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     # Text only: the node's engines take no images or audio.
     content: str | list[TextPart] | None = None
@@ -65,25 +53,10 @@ class Message(_Open):
         return self
 
 
-class FunctionDefinition(_Open):
-    name: str
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-
-
-class Tool(_Open):
-    type: Literal["function"]
-    function: FunctionDefinition
-
-
-class StreamOptions(_Open):
-    include_usage: bool = False
-
-
 Tokens = Annotated[int, Field(ge=1)]
 
 
-class _Generation(_Open):
+class _Generation(OpenModel):
     model: str
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -130,7 +103,7 @@ class CompletionRequest(_Generation):
     prompt: Inputs
 
 
-class EmbeddingsRequest(_Open):
+class EmbeddingsRequest(OpenModel):
     model: str
     input: Inputs
     encoding_format: Literal["float", "base64"] = "float"
@@ -142,25 +115,6 @@ def model_name(body: dict[str, Any]) -> str:
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required and must be a non-empty string", param="model")
     return model
-
-
-def _parse(model: type[BaseModel], body: dict[str, Any]) -> BaseModel:
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        # A union reports one error per branch, its type in the location: keep field names.
-        where = ".".join(str(p) for p in first["loc"] if _is_field(p))
-        raise BadRequest(f"'{where}': {first['msg']}", param=where or None) from None
-
-
-_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
-
-
-def _is_field(part: str | int) -> bool:
-    return isinstance(part, int) or (
-        part.isidentifier() and part not in _TYPE_TAGS and not part.startswith("constrained")
-    )
 
 
 def _content_bytes(content: str | list[TextPart] | None) -> int:
@@ -189,7 +143,7 @@ def validate_generation(
     A request that sets no output limit gets ``default_max_tokens`` (the OpenAI SDK sends
     none: without it a request would run until the context is full).
     """
-    request = _parse(ChatRequest if endpoint == "chat" else CompletionRequest, body)
+    request = parse_as(ChatRequest if endpoint == "chat" else CompletionRequest, body)
     assert isinstance(request, _Generation)
     limits = {
         "max_tokens": request.max_tokens,
@@ -246,7 +200,7 @@ def _flat_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def validate_embeddings(body: dict[str, Any], settings: NodeSettings) -> list[Any]:
     """The request's inputs as a list; BadRequest naming the field and the limit."""
-    request = _parse(EmbeddingsRequest, body)
+    request = parse_as(EmbeddingsRequest, body)
     assert isinstance(request, EmbeddingsRequest)
     value = request.input
     # One string, or one pre-tokenised input (a flat list of ints), is a single item.

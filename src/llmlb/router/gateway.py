@@ -32,6 +32,7 @@ from llmlb.common.settings import RouterSettings
 from llmlb.router.clouds import CloudCall, Clouds, prefix_of
 from llmlb.router.forwarding import MAX_MODEL_NAME, Forwarder, Outcome
 from llmlb.router.proxy import Routed
+from llmlb.translate import chat
 from llmlb.translate.providers.base import Provider, StreamFailed, StreamTranslator
 from llmlb.translate.sse import ServerEvent, SSEParser, StreamBroken
 
@@ -158,6 +159,7 @@ class Gateway:
         name = model[len(provider.name) + 1 :]
         if not name:
             raise BadRequest(f"name a model after '{provider.name}:'", param="model")
+        chat.check_request(body)
         request = provider.chat_request(body, name, stream)
         routed = self._routed(endpoint, model, stream, body)
         started = time.monotonic()

@@ -13,10 +13,21 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import orjson
+from pydantic import Field
 
+from llmlb.common.chat import (
+    MAX_TOOLS,
+    ImagePart,
+    OpenModel,
+    StreamOptions,
+    TextPart,
+    Tool,
+    ToolCall,
+    parse_as,
+)
 from llmlb.common.errors import BadRequest, PayloadTooLarge
 
 # Fields of a chat request every provider understands in one way or another.
@@ -25,6 +36,39 @@ COMMON_FIELDS = frozenset({
     "max_completion_tokens", "stop", "tools", "tool_choice", "n", "user", "metadata",
     "parallel_tool_calls", "store",
 })  # fmt: skip
+MAX_STOP_SEQUENCES = 16
+
+
+class Message(OpenModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart | ImagePart] | None = None
+    tool_calls: Annotated[list[ToolCall], Field(max_length=MAX_TOOLS)] | None = None
+    tool_call_id: str | None = None
+
+
+class ChatRequest(OpenModel):
+    """What a chat request must be before it is translated for a provider."""
+
+    model: str
+    messages: Annotated[list[Message], Field(min_length=1)]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    n: Annotated[int, Field(ge=1)] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | Annotated[list[str], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+
+def check_request(body: dict[str, Any]) -> None:
+    """BadRequest naming the first field of ``body`` that is not a chat request's."""
+    parse_as(ChatRequest, body)
+
+
 _DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+);base64,(.*)", re.DOTALL)
 
 

@@ -4,16 +4,36 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
+from pydantic import Field
 
+from llmlb.common.chat import MAX_TOOLS, OpenModel, parse_as
 from llmlb.common.errors import BadRequest, LlmlbError
 from llmlb.translate import chat
 from llmlb.translate.sse import encode
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                 "function_call": "tool_use", "content_filter": "refusal"}  # fmt: skip
+
+
+class MessagesRequest(OpenModel):
+    """The types of a Messages request's fields; blocks are checked as they are read."""
+
+    model: str
+    max_tokens: Annotated[int, Field(ge=1)]
+    messages: Annotated[list[dict[str, Any]], Field(min_length=1)]
+    system: str | list[dict[str, Any]] | None = None
+    stop_sequences: Annotated[list[str], Field(max_length=16)] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stream: bool | None = None
+    tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+
+
 _PASSED = ("temperature", "top_p")
 _UNDERSTOOD = frozenset({"model", "messages", "system", "max_tokens", "stop_sequences",
                          "stream", "tools", "tool_choice", "metadata", *_PASSED})  # fmt: skip
@@ -98,13 +118,8 @@ def _tool_choice(choice: Any) -> Any:
 
 def to_chat(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """(the chat request, the fields it drops) for a Messages request."""
-    max_tokens = body.get("max_tokens")
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise BadRequest("'max_tokens' is required and must be a positive integer",
-                         param="max_tokens")  # fmt: skip
-    turns = body.get("messages")
-    if not isinstance(turns, list) or not turns:
-        raise BadRequest("'messages' must be a non-empty list", param="messages")
+    parse_as(MessagesRequest, body)
+    max_tokens, turns = body["max_tokens"], body["messages"]
     messages: list[dict[str, Any]] = []
     if body.get("system"):
         messages.append({"role": "system", "content": _text_of(body["system"], "system")})

@@ -10,13 +10,35 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
+from pydantic import Field
 
+from llmlb.common.chat import MAX_TOOLS, OpenModel, parse_as
 from llmlb.common.errors import BadRequest, LlmlbError
 from llmlb.translate import chat
 from llmlb.translate.sse import encode
+
+
+class ResponsesRequest(OpenModel):
+    """The types of a Responses request's fields; items are checked as they are read."""
+
+    model: str
+    input: str | list[dict[str, Any]]
+    instructions: str | None = None
+    tools: Annotated[list[dict[str, Any]], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stream: bool | None = None
+    text: dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    previous_response_id: str | None = None
+    metadata: dict[str, Any] | None = None
+    user: str | None = None
+
 
 _PASSED = ("temperature", "top_p", "parallel_tool_calls", "user", "metadata")
 _UNDERSTOOD = frozenset({"model", "input", "instructions", "tools", "tool_choice", "stream",
@@ -111,6 +133,7 @@ def _response_format(text: Any) -> dict[str, Any] | None:
 
 def to_chat(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """(the chat request, the fields it drops) for a Responses request."""
+    parse_as(ResponsesRequest, body)
     if body.get("previous_response_id"):
         raise BadRequest("previous_response_id is not supported: this router stores no "
                          "responses; send the whole conversation in 'input'",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from llmlb.translate import chat
 from llmlb.translate.providers.base import (
     ModelPage,
     Provider,
@@ -43,7 +42,6 @@ class OpenAI(Provider):
         return {"authorization": f"Bearer {self.api_key}"}
 
     def chat_request(self, body: dict[str, Any], model: str, stream: bool) -> ProviderRequest:
-        chat.messages_of(body)  # a client's mistake is answered here, not by a bill
         payload = {**body, "model": model}
         if stream:  # always: the router counts tokens
             payload["stream_options"] = {**(body.get("stream_options") or {}),
