@@ -19,7 +19,6 @@ Anthropic's named events with ``ping``, Gemini's ``alt=sse`` events separated by
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -27,14 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import uvicorn
-import uvloop
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from llmlb.common.serving import bind, url_of
+from tests.support import ThreadServer
 
 KEYS = {"openai": "sk-fake-openai-0123456789", "anthropic": "sk-ant-fake-0123456789",
         "google": "AIzaFakeGoogleKey0123456789"}  # fmt: skip
@@ -75,7 +72,7 @@ class FakeClouds:
     seen: list[Seen] = field(default_factory=list)
     url: str = ""
     _limited: Counter[str] = field(default_factory=Counter)
-    _server: uvicorn.Server | None = None
+    _server: ThreadServer | None = None
 
     def base_urls(self) -> dict[str, str]:
         return {"openai": f"{self.url}/openai/v1", "anthropic": f"{self.url}/anthropic",
@@ -492,22 +489,10 @@ class FakeClouds:
             ),
             Route("/google/v1beta/models", self._google_models, methods=["GET"]),
         ]
-        sock = bind("127.0.0.1", 0)
-        self.url = url_of(sock)
-        config = uvicorn.Config(Starlette(routes=routes), log_config=None, access_log=False,
-                                lifespan="off")  # fmt: skip
-        self._server = server = uvicorn.Server(config)
-
-        def run() -> None:
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(server.serve(sockets=[sock]))
-
-        threading.Thread(target=run, daemon=True).start()
-        while not server.started:
-            time.sleep(0.01)
+        self._server = ThreadServer(Starlette(routes=routes))
+        self.url = self._server.url
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.should_exit = True
-            self._server.force_exit = True
+            self._server.stop()

@@ -18,14 +18,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import uvicorn
-import uvloop
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from llmlb.common.serving import bind, url_of
+from tests.support import ThreadServer
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -52,7 +50,7 @@ class FakeHub:
     bytes_sent: Counter[str] = field(default_factory=Counter)
     range_starts: dict[str, list[int]] = field(default_factory=dict)
     url: str = ""
-    _server: uvicorn.Server | None = None
+    _server: ThreadServer | None = None
 
     def add(self, repo: str, filename: str, data: bytes | Path, **options: object) -> HubFile:
         raw = data.read_bytes() if isinstance(data, Path) else data
@@ -121,21 +119,10 @@ class FakeHub:
     def start(self) -> FakeHub:
         route = "/{org}/{repo}/resolve/{revision}/{file:path}"
         app = Starlette(routes=[Route(route, self._resolve, methods=["GET", "HEAD"])])
-        sock = bind("127.0.0.1", 0)
-        self.url = url_of(sock)
-        server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False,
-                                               lifespan="off"))  # fmt: skip
-        self._server = server
-
-        def run() -> None:
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(server.serve(sockets=[sock]))
-
-        threading.Thread(target=run, daemon=True).start()
-        while not server.started:
-            time.sleep(0.01)
+        self._server = ThreadServer(app)
+        self.url = self._server.url
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.should_exit = True
+            self._server.stop()

@@ -7,10 +7,11 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -75,6 +76,36 @@ class Process:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+class ThreadServer:
+    """An ASGI app on 127.0.0.1:0, served by uvicorn on uvloop in a daemon thread (the
+    loopback fakes of the hub and the clouds)."""
+
+    def __init__(self, app: Any) -> None:
+        import asyncio
+
+        import uvicorn
+        import uvloop
+
+        from llmlb.common.serving import bind, url_of
+
+        sock = bind("127.0.0.1", 0)
+        self.url = url_of(sock)
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
+        self._server = server = uvicorn.Server(config)
+
+        def run() -> None:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(server.serve(sockets=[sock]))
+
+        threading.Thread(target=run, daemon=True).start()
+        while not server.started:
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._server.force_exit = True
 
 
 def start_node(home: Path, log_dir: Path, *extra: str, name: str = "node") -> Process:

@@ -159,7 +159,7 @@ async def test_a_failure_mid_stream_ends_a_responses_stream_with_error_events() 
 
 
 async def test_a_failure_mid_stream_ends_a_messages_stream_with_an_error_event() -> None:
-    events = [e async for e in messages.stream(chunks_then_failure(), "m")]
+    events = [e async for e in messages.stream(chunks_then_failure(), {"model": "m"})]
     assert events[-1].startswith(b"event: error\n")
     assert orjson.loads(events[-1].split(b"data: ", 1)[1])["error"]["type"] == "api_error"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.responses import Response
@@ -17,6 +17,17 @@ from llmlb.router.clouds import prefix_of
 from llmlb.router.gateway import Caller, ChatReply, Gateway, Relayed, model_of
 from llmlb.translate.dialects import messages, responses
 from llmlb.translate.sse import DONE, encode
+
+
+class Dialect(Protocol):
+    """A module of ``llmlb.translate.dialects``."""
+
+    def to_chat(self, body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]: ...
+    def from_chat(self, answer: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]: ...
+    def stream(
+        self, chunks: AsyncGenerator[dict[str, Any], None], body: dict[str, Any]
+    ) -> AsyncGenerator[bytes, None]: ...
+
 
 _FIELD_NAME = re.compile(r"[A-Za-z0-9_]{1,40}")
 _MAX_NAMED_FIELDS = 20
@@ -52,33 +63,30 @@ async def cloud(gateway: Gateway, endpoint: str, path: str, raw: bytes,
 
 
 async def serve_responses(gateway: Gateway, raw: bytes, caller: Caller) -> Response | StreamRelay:
-    body = parse_object(raw)
-    model = model_of(body)
-    if prefix_of(model) is not None and gateway.speaks(model, "/v1/responses"):
-        return _relayed(await gateway.relay("responses", "/v1/responses", body, caller))
-    request, ignored = responses.to_chat(body)
-    reply = await gateway.chat("responses", request, caller)
-    headers = _headers(reply.target, reply.attempts, [*ignored, *reply.ignored])
-    if reply.chunks is not None:
-        return StreamRelay(responses.stream(reply.chunks, body), 200, _SSE,
-                           _stream_headers(headers))  # fmt: skip
-    assert reply.whole is not None
-    return _json(responses.from_chat(reply.whole, body), headers)
+    return await _serve_dialect(gateway, raw, caller, "responses", responses)
 
 
 async def serve_messages(gateway: Gateway, raw: bytes, caller: Caller) -> Response | StreamRelay:
+    return await _serve_dialect(gateway, raw, caller, "messages", messages)
+
+
+async def _serve_dialect(
+    gateway: Gateway, raw: bytes, caller: Caller, endpoint: str, dialect: Dialect
+) -> Response | StreamRelay:
+    """A dialect's request: relayed to a provider that speaks it, else through chat."""
     body = parse_object(raw)
     model = model_of(body)
-    if prefix_of(model) is not None and gateway.speaks(model, "/v1/messages"):
-        return _relayed(await gateway.relay("messages", "/v1/messages", body, caller))
-    request, ignored = messages.to_chat(body)
-    reply = await gateway.chat("messages", request, caller)
+    path = f"/v1/{endpoint}"
+    if prefix_of(model) is not None and gateway.speaks(model, path):
+        return _relayed(await gateway.relay(endpoint, path, body, caller))
+    request, ignored = dialect.to_chat(body)
+    reply = await gateway.chat(endpoint, request, caller)
     headers = _headers(reply.target, reply.attempts, [*ignored, *reply.ignored])
     if reply.chunks is not None:
-        return StreamRelay(messages.stream(reply.chunks, model), 200, _SSE,
+        return StreamRelay(dialect.stream(reply.chunks, body), 200, _SSE,
                            _stream_headers(headers))  # fmt: skip
     assert reply.whole is not None
-    return _json(messages.from_chat(reply.whole, model), headers)
+    return _json(dialect.from_chat(reply.whole, body), headers)
 
 
 def anthropic_error(exc: LlmlbError) -> Response:

@@ -169,8 +169,9 @@ def _tool_input(arguments: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
-def from_chat(answer: dict[str, Any], model: str) -> dict[str, Any]:
-    """A Messages answer for a whole chat answer."""
+def from_chat(answer: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """A Messages answer for a whole chat answer to ``body``."""
+    model = str(body.get("model"))
     choice = (answer.get("choices") or [{}])[0]
     message = choice.get("message") or {}
     content: list[dict[str, Any]] = []
@@ -196,9 +197,10 @@ def error_event(error: LlmlbError) -> bytes:
 
 
 async def stream(
-    chunks: AsyncGenerator[dict[str, Any], None], model: str
+    chunks: AsyncGenerator[dict[str, Any], None], body: dict[str, Any]
 ) -> AsyncGenerator[bytes, None]:
     """Messages events for a stream of chat chunks; an error ends it with an error event."""
+    model = str(body.get("model"))
     start: dict[str, Any] = {
         "id": _message_id(), "type": "message", "role": "assistant", "model": model,
         "content": [], "stop_reason": None, "stop_sequence": None,
