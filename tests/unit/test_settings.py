@@ -123,3 +123,24 @@ def test_shared_keys_work_for_both_parts(tmp_path: Path) -> None:
     assert load_settings(NodeSettings, {}, path).parallel == 2
     assert load_settings(RouterSettings, {}, path).queue_size == 5
     assert load_settings(RouterSettings, {}, path).log_level == "debug"
+
+
+def test_cloud_keys_come_from_the_providers_variables_or_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for provider in ("OPENAI", "ANTHROPIC", "GOOGLE"):
+        for name in (f"{provider}_API_KEY", f"{provider}_BASE_URL"):
+            monkeypatch.delenv(name, raising=False)
+            monkeypatch.delenv(f"LLMLB_{name}", raising=False)
+    config = tmp_path / "config.toml"
+    config.write_text('[router]\ngoogle_api_key = "g-from-file"\n')
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", "http://127.0.0.1:9/anthropic")
+    settings = load_settings(RouterSettings, {}, config)
+    assert settings.openai_api_key is not None
+    assert settings.openai_api_key.get_secret_value() == "sk-from-env"
+    assert "sk-from-env" not in repr(settings)  # a key never shows in a log of the settings
+    assert settings.google_api_key is not None
+    assert settings.google_api_key.get_secret_value() == "g-from-file"
+    assert settings.anthropic_base_url == "http://127.0.0.1:9/anthropic"
+    assert settings.anthropic_api_key is None
