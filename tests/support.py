@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -16,6 +17,9 @@ from typing import IO, Any
 import httpx
 
 
+_CLOUD_VARIABLE = re.compile(r"(LLMLB_)?(OPENAI|ANTHROPIC|GOOGLE)_(API_KEY|BASE_URL)")
+
+
 class Process:
     """An ``llmlb`` subprocess on 127.0.0.1:0 that announces its URL on stdout."""
 
@@ -25,7 +29,10 @@ class Process:
     ) -> None:  # fmt: skip
         self.log_path = log_path
         self._log: IO[bytes] = log_path.open("ab")
-        full_env = {**os.environ, "LLMLB_HOME": str(home), "PYTHONUNBUFFERED": "1", **env}
+        # A cloud key in the developer's environment must never reach a test's router: the
+        # tests talk to loopback fakes only.
+        inherited = {k: v for k, v in os.environ.items() if not _CLOUD_VARIABLE.fullmatch(k)}
+        full_env = {**inherited, "LLMLB_HOME": str(home), "PYTHONUNBUFFERED": "1", **env}
         self.proc = subprocess.Popen(
             [python, "-m", "llmlb", *args],
             stdout=subprocess.PIPE,
