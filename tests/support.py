@@ -16,7 +16,6 @@ from typing import IO, Any
 
 import httpx
 
-
 _CLOUD_VARIABLE = re.compile(r"(LLMLB_)?(OPENAI|ANTHROPIC|GOOGLE)_(API_KEY|BASE_URL)")
 
 
