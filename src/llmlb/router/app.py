@@ -25,7 +25,7 @@ ROUTES = [
     Route("/v1/models", client.models, methods=GET),
     # nodes (scope node)
     Route("/api/nodes", nodes.register, methods=POST),
-    Route("/api/nodes/{node_id}/heartbeat", nodes.heartbeat, methods=POST),
+    # (heartbeats: nodes.HeartbeatRoute, in front of these)
     Route("/v0/models", nodes.catalog, methods=GET),
     Route("/v0/models/blob/{name}", nodes.blob, methods=["GET", "HEAD"]),
     # operators (scope admin)
@@ -67,7 +67,11 @@ def create_app(service: RouterService) -> Starlette:
 
     app = Starlette(
         routes=ROUTES,
-        middleware=[Middleware(client.ClientRoutes), Middleware(RequestIdMiddleware)],
+        middleware=[
+            Middleware(client.ClientRoutes),
+            Middleware(nodes.HeartbeatRoute),
+            Middleware(RequestIdMiddleware),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -6,11 +6,13 @@ here mirror the migrations and are what queries use.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -32,6 +34,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.sql.expression import Executable
 
 from llmlb.common.files import private_folder
 
@@ -145,11 +148,58 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+class GroupCommit:
+    """Writes that arrive while a transaction runs share the next one (a group commit): a
+    burst of registrations costs a few transactions, not one each. Each caller still returns
+    only once its own write is committed; when a shared transaction fails, its writes are
+    tried again one by one, so that one bad write fails only its own caller."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._pending: list[tuple[Executable, dict[str, Any], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def execute(self, statement: Executable, values: dict[str, Any]) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self._pending.append((statement, values, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+        await asyncio.shield(done)  # a caller that leaves does not take the others' write
+
+    async def _write(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                async with self._engine.begin() as connection:
+                    for statement, values, _ in batch:
+                        await connection.execute(statement, values)
+            except Exception:
+                for statement, values, done in batch:
+                    try:
+                        async with self._engine.begin() as connection:
+                            await connection.execute(statement, values)
+                    except Exception as exc:
+                        done.set_exception(exc)
+                    else:
+                        done.set_result(None)
+            else:
+                for _, _, done in batch:
+                    done.set_result(None)
+
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 async def open_database(url: str) -> AsyncEngine:
     """Connect and bring the schema to the newest migration."""
     if url.startswith("sqlite"):
         _private_database_file(Path(url.split("///", 1)[1]))
-    engine = create_async_engine(url, pool_pre_ping=not url.startswith("sqlite"))
+    engine = create_async_engine(
+        url, pool_pre_ping=not url.startswith("sqlite"),
+        # orjson for the JSON columns: the stdlib's decoder was most of a node-table read.
+        json_serializer=_json_text, json_deserializer=orjson.loads,
+    )  # fmt: skip
     if url.startswith("sqlite"):
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     async with engine.begin() as connection:

@@ -23,7 +23,7 @@ from llmlb.common.credentials import same_secret
 from llmlb.common.errors import NotFound, PermissionDenied
 from llmlb.common.wire import Device, NodeLoad, RegisterRequest
 from llmlb.router.balancer import NodeSnapshot
-from llmlb.router.db import nodes
+from llmlb.router.db import GroupCommit, nodes
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,10 @@ class NodeRecord:
         }
 
 
+# What the periodic sync reads of every node (not the JSON columns: see Registry.load).
+_LIGHT_COLUMNS = (nodes.c.id, nodes.c.approved, nodes.c.draining, nodes.c.last_seen)
+
+
 def _record(row: Any) -> NodeRecord:
     return NodeRecord(
         id=row.id,
@@ -120,6 +124,7 @@ class Registry:
         self._require_approval = require_approval
         self._max_concurrency = node_max_concurrency
         self._nodes: dict[str, NodeRecord] = {}
+        self._writes = GroupCommit(engine)
         # Cached views, rebuilt on demand: each node's snapshot (dropped when that node
         # changes), and model -> holders (dropped when some node's set of models changes).
         self._snapshots: dict[str, NodeSnapshot] = {}
@@ -133,23 +138,45 @@ class Registry:
         # were here before it started can have been removed by someone else.
         known_before = set(self._nodes)
         async with self._engine.connect() as connection:
-            rows = list(await connection.execute(select(nodes)))
+            # The light columns of every row; the JSON ones (devices, load) only for rows that
+            # are new here or carry a heartbeat newer than memory's (written by another
+            # router). With one router that is none: a sync of 1,000 nodes decodes no JSON.
+            rows = list(await connection.execute(select(*_LIGHT_COLUMNS)))
+            fresh = [
+                row.id for row in rows
+                if row.id not in self._nodes or row.last_seen > self._nodes[row.id].last_seen
+            ]  # fmt: skip
+            full = {}
+            for start in range(0, len(fresh), 500):  # bounded IN lists
+                chunk = fresh[start : start + 500]
+                query = select(nodes).where(nodes.c.id.in_(chunk))
+                full.update({row.id: row for row in await connection.execute(query)})
         seen = set()
+        changed = False
         for row in rows:
             seen.add(row.id)
             current = self._nodes.get(row.id)
             if current is None:
-                current = self._nodes[row.id] = _record(row)
+                if row.id not in full:
+                    continue  # removed between the two reads
+                current = self._nodes[row.id] = _record(full[row.id])
                 current.live = row.last_seen >= self._started_at
-            else:  # keep live fields; take operator flags and newer heartbeats
+                changed = True
+                continue
+            # Keep live fields; take operator flags and newer heartbeats.
+            if (current.approved, current.draining) != (row.approved, row.draining):
                 current.approved, current.draining = row.approved, row.draining
-                if row.last_seen > current.last_seen:
-                    current.last_seen = row.last_seen
-                    current.load = NodeLoad.model_validate(row.load)
-                    current.live = current.live or row.last_seen >= self._started_at
+                changed = True
+            if row.id in full and row.last_seen > current.last_seen:
+                current.last_seen = row.last_seen
+                current.load = NodeLoad.model_validate(full[row.id].load)
+                current.live = current.live or row.last_seen >= self._started_at
+                changed = True
         for node_id in known_before - seen:
             self._nodes.pop(node_id, None)
-        self.changed()
+            changed = True
+        if changed:
+            self.changed()
 
     async def purge_offline(self, max_age: float) -> list[str]:
         """Forget nodes not seen for ``max_age`` seconds; the names of those removed."""
@@ -204,21 +231,17 @@ class Registry:
             "last_seen": now,
             "load": request.load.model_dump(),
         }
-        async with self._engine.begin() as connection:
-            if existing is not None:
-                await connection.execute(
-                    update(nodes).where(nodes.c.id == existing.id).values(**values)
-                )
-                node_id = existing.id
-            else:
-                node_id = str(uuid.uuid4())
-                await connection.execute(
-                    insert(nodes).values(
-                        id=node_id, name=request.name, base_url=request.base_url,
-                        approved=not self._require_approval, draining=False,
-                        registered_at=now, **values,
-                    )
-                )  # fmt: skip
+        # A burst of registrations (a fleet starting, a router restarting) shares transactions.
+        if existing is not None:
+            node_id = existing.id
+            await self._writes.execute(update(nodes).where(nodes.c.id == node_id), values)
+        else:
+            node_id = str(uuid.uuid4())
+            await self._writes.execute(insert(nodes), {
+                "id": node_id, "name": request.name, "base_url": request.base_url,
+                "approved": not self._require_approval, "draining": False,
+                "registered_at": now, **values,
+            })  # fmt: skip
         if existing is not None:
             existing.version, existing.devices = request.version, request.devices
             existing.last_seen, existing.load, existing.unreachable = now, request.load, False
