@@ -63,8 +63,10 @@ def _beats(home: Path) -> int:
 def fleet_run(nodes: int, seconds: float, home: Path) -> dict[str, float]:
     """One router, ``nodes`` simulated nodes: registration, heartbeat cost, client latency."""
     home.mkdir()
-    router = start_router(home, home, "--no-auth", "--log-level", "warning",
-                          env={"LLMLB_AUTO_DISTRIBUTE": "none"})  # fmt: skip
+    # Every node keeps its heartbeat connection open: a fleet larger than the router's
+    # connection limit (4,096 by default) needs a larger one, as an operator's would.
+    env = {"LLMLB_AUTO_DISTRIBUTE": "none", "LLMLB_MAX_CONNECTIONS": str(max(4096, 2 * nodes))}
+    router = start_router(home, home, "--no-auth", "--log-level", "warning", env=env)
     upstream = None
     try:
         upstream, _ = start_upstream(

@@ -22,6 +22,8 @@ from llmlb.node.gpu import NvidiaMeter
 from llmlb.node.service import NodeService
 
 log = logging.getLogger(__name__)
+# Longer than any heartbeat interval; the router's idle timeout (30 s) closes it if it must.
+KEEPALIVE_SECONDS = 120.0
 
 
 class RouterLink:
@@ -95,8 +97,11 @@ class RouterLink:
     async def run(self) -> None:
         """Register, then heartbeat forever. Survives every error: log, back off, retry."""
         backoff = 1.0
+        # One connection for the node's life: httpx drops an idle one after 5 s by default,
+        # which would make every heartbeat (10 s apart) a new TCP connection to the router.
+        limits = httpx.Limits(max_connections=4, keepalive_expiry=KEEPALIVE_SECONDS)
         async with httpx.AsyncClient(
-            timeout=10.0, headers=self._headers, transport=self._transport
+            timeout=10.0, headers=self._headers, transport=self._transport, limits=limits
         ) as client:
             while True:
                 try:
