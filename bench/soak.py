@@ -7,11 +7,15 @@ dropped), the history's row count against the requests sent, and the resident me
 and node after a warm-up and at the end.
 
     .venv/bin/python -m bench soak [--quick]
+
+``LLMLB_SOAK_SECONDS`` sets the length, ``LLMLB_SOAK_NODE_ARGS`` adds arguments to the node
+(for example ``--prompt-cache-mib 0``, to see what the prompt cache adds to the growth).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sys
 import tempfile
@@ -30,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from tests.support import start_fleet_node, start_router, wait_until
 
 CLIENTS = 6
+SAMPLE_SECONDS = 30.0
 DROP_SHARE = 0.3
 QUESTION = [{"role": "user", "content": "Name a colour of the sky."}]
 
@@ -80,6 +85,8 @@ async def client(index: int, url: str, deadline: float, tally: Tally) -> None:
 
 def run(report: Report, quick: bool) -> None:
     seconds, warmup = (20.0, 5.0) if quick else (600.0, 60.0)
+    seconds = float(os.environ.get("LLMLB_SOAK_SECONDS", seconds))
+    node_args = os.environ.get("LLMLB_SOAK_NODE_ARGS", "").split()
     with tempfile.TemporaryDirectory(prefix="llmlb-bench-soak-") as scratch:
         home = Path(scratch)
         (home / "router").mkdir()
@@ -87,7 +94,8 @@ def run(report: Report, quick: bool) -> None:
         router = start_router(home / "router", home, "--no-auth", "--log-level", "warning",
                               "--allow-cpu-nodes")  # fmt: skip
         node = start_fleet_node(home / "node", home, router, home / "router", "soak-node",
-                                "--log-level", "warning", "--parallel", "4")  # fmt: skip
+                                "--log-level", "warning", "--parallel", "4",
+                                *node_args)  # fmt: skip
         try:
             with httpx.Client(base_url=router.url, timeout=120) as http:
                 ask = {"model": SMALL_MODEL_NAME, "messages": QUESTION, "max_tokens": 2}
@@ -97,6 +105,7 @@ def run(report: Report, quick: bool) -> None:
             tally = Tally()
             started = time.monotonic()
             memory: dict[str, list[float]] = {"router": [], "node": []}
+            curve: list[tuple[float, float]] = []
 
             async def drive() -> None:
                 deadline = started + seconds
@@ -105,6 +114,9 @@ def run(report: Report, quick: bool) -> None:
                 await asyncio.sleep(warmup)
                 memory["router"].append(rss_mib(router.proc.pid))
                 memory["node"].append(rss_mib(node.proc.pid))
+                while not all(job.done() for job in jobs):  # the node's RSS over time
+                    await asyncio.wait(jobs, timeout=SAMPLE_SECONDS)
+                    curve.append((time.monotonic() - started, rss_mib(node.proc.pid)))
                 await asyncio.gather(*jobs)
 
             asyncio.run(drive())
@@ -131,6 +143,8 @@ def run(report: Report, quick: bool) -> None:
           f"{memory['router'][0]:.0f} → {memory['router'][1]:.0f} ({growth['router']:+.1%})",
           f"{memory['node'][0]:.0f} → {memory['node'][1]:.0f} ({growth['node']:+.1%})"]],
     )  # fmt: skip
+    report.add("Node RSS over time (s: MiB): "
+               + ", ".join(f"{t:.0f}: {m:.0f}" for t, m in curve))  # fmt: skip
     if tally.errors:
         report.add("Errors: " + "; ".join(f"{n}× {e}" for e, n in tally.errors.most_common()))
 

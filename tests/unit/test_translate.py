@@ -205,3 +205,25 @@ async def test_a_queued_call_times_out_and_a_cancelled_one_loses_no_slot() -> No
 
 def test_encode_frames_named_events() -> None:
     assert encode({"a": 1}, "x") == b'event: x\ndata: {"a":1}\n\n'
+
+
+@pytest.mark.parametrize("dialect", [responses, messages])
+async def test_a_client_that_leaves_after_the_first_event_releases_the_upstream(
+    dialect: Any,
+) -> None:
+    """The first event goes out before any chunk is needed; closing the stream there must
+    still close the upstream's stream (its ``finally`` frees a node slot or a provider call)."""
+    released = False
+
+    async def upstream() -> AsyncGenerator[dict[str, Any], None]:
+        nonlocal released
+        try:
+            yield chat.chunk("c1", "m", {"role": "assistant", "content": ""})
+            yield chat.chunk("c1", "m", {"content": "Hi"})
+        finally:
+            released = True
+
+    events = dialect.stream(upstream(), {"model": "m"})
+    await anext(events)
+    await events.aclose()
+    assert released

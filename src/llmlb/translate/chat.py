@@ -12,6 +12,7 @@ import binascii
 import os
 import re
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -28,7 +29,7 @@ from llmlb.common.chat import (
     ToolCall,
     parse_as,
 )
-from llmlb.common.errors import BadRequest, PayloadTooLarge
+from llmlb.common.errors import BadRequest, LlmlbError, PayloadTooLarge
 
 # Fields of a chat request every provider understands in one way or another.
 COMMON_FIELDS = frozenset({
@@ -246,3 +247,35 @@ def function_tools(body: dict[str, Any]) -> list[dict[str, Any]]:
 def ignored_fields(body: dict[str, Any], understood: frozenset[str]) -> list[str]:
     """Request fields a provider has no use for: dropped, and named in a response header."""
     return sorted(k for k in body if k not in COMMON_FIELDS and k not in understood)
+
+
+Chunks = AsyncGenerator[dict[str, Any], None]
+
+
+async def primed(chunks: Chunks) -> Chunks:
+    """``chunks`` started, then given back whole (its first chunk replayed; an error it raised
+    at once is raised again when the result is read).
+
+    An async generator that never started ignores ``aclose()``: its ``finally`` (which gives a
+    node its slot back, closes a provider's connection, writes the history row) would never
+    run if the client left before the first chunk was asked for. A started one runs it.
+    """
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        return _replay([], chunks)
+    except LlmlbError as exc:
+        return _failing(exc)
+    return _replay([first], chunks)
+
+
+async def _replay(first: list[dict[str, Any]], chunks: Chunks) -> Chunks:
+    for piece in first:
+        yield piece
+    async for piece in chunks:
+        yield piece
+
+
+async def _failing(error: LlmlbError) -> Chunks:
+    raise error
+    yield {}  # a generator, so that the error comes when it is read

@@ -200,6 +200,16 @@ async def stream(
     chunks: AsyncGenerator[dict[str, Any], None], body: dict[str, Any]
 ) -> AsyncGenerator[bytes, None]:
     """Messages events for a stream of chat chunks; an error ends it with an error event."""
+    async with contextlib.aclosing(chunks):  # released even if the client leaves at once
+        pieces = await chat.primed(chunks)
+        async with contextlib.aclosing(_events(pieces, body)) as events:
+            async for event in events:
+                yield event
+
+
+async def _events(
+    chunks: AsyncGenerator[dict[str, Any], None], body: dict[str, Any]
+) -> AsyncGenerator[bytes, None]:
     model = str(body.get("model"))
     start: dict[str, Any] = {
         "id": _message_id(), "type": "message", "role": "assistant", "model": model,
