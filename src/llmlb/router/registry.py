@@ -124,6 +124,7 @@ class Registry:
         self._require_approval = require_approval
         self._max_concurrency = node_max_concurrency
         self._nodes: dict[str, NodeRecord] = {}
+        self._addresses: dict[tuple[str, str], str] = {}  # (name, base_url) -> node id
         self._writes = GroupCommit(engine)
         # Cached views, rebuilt on demand: each node's snapshot (dropped when that node
         # changes), and model -> holders (dropped when some node's set of models changes).
@@ -159,7 +160,7 @@ class Registry:
             if current is None:
                 if row.id not in full:
                     continue  # removed between the two reads
-                current = self._nodes[row.id] = _record(full[row.id])
+                current = self._add(_record(full[row.id]))
                 current.live = row.last_seen >= self._started_at
                 changed = True
                 continue
@@ -173,7 +174,7 @@ class Registry:
                 current.live = current.live or row.last_seen >= self._started_at
                 changed = True
         for node_id in known_before - seen:
-            self._nodes.pop(node_id, None)
+            self._drop(node_id)
             changed = True
         if changed:
             self.changed()
@@ -192,10 +193,20 @@ class Registry:
         for node in stale:
             if node.last_seen >= cutoff:  # it heartbeated while the DELETE ran: keep it
                 continue
-            self._nodes.pop(node.id, None)
+            self._drop(node.id)
             log.info("forgot node %s: offline since %s", node.name, time.ctime(node.last_seen))
         self.changed()
         return [n.name for n in stale]
+
+    def _add(self, record: NodeRecord) -> NodeRecord:
+        self._nodes[record.id] = record
+        self._addresses[(record.name, record.base_url)] = record.id
+        return record
+
+    def _drop(self, node_id: str) -> None:
+        record = self._nodes.pop(node_id, None)
+        if record is not None:
+            self._addresses.pop((record.name, record.base_url), None)
 
     def get(self, node_id: str) -> NodeRecord:
         node = self._nodes.get(node_id)
@@ -215,11 +226,8 @@ class Registry:
                 code="cpu_node_refused",
             )
         now = time.time()
-        existing = next(
-            (n for n in self._nodes.values()
-             if n.name == request.name and n.base_url == request.base_url),
-            None,
-        )  # fmt: skip
+        known = self._addresses.get((request.name, request.base_url))
+        existing = self._nodes.get(known) if known is not None else None
         stale = existing is not None and (
             now - existing.last_seen > MISSED_HEARTBEATS_OFFLINE * self.heartbeat_interval
         )
@@ -254,7 +262,7 @@ class Registry:
             approved=not self._require_approval, draining=False, registered_at=now,
             last_seen=now, load=request.load, token=token, live=True,
         )  # fmt: skip
-        self._nodes[node_id] = record
+        self._add(record)
         log.info("node %s (%s) registered as %s", request.name, request.base_url, node_id)
         self.changed(record)
         return record
@@ -323,7 +331,7 @@ class Registry:
         self.get(node_id)
         async with self._engine.begin() as connection:
             await connection.execute(delete(nodes).where(nodes.c.id == node_id))
-        self._nodes.pop(node_id, None)  # a sync may have dropped it meanwhile
+        self._drop(node_id)  # a sync may have dropped it meanwhile
         self.changed()
 
     def mark_unreachable(self, node_id: str) -> None:
