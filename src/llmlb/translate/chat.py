@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 import re
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -267,6 +268,19 @@ async def primed(chunks: Chunks) -> Chunks:
     except LlmlbError as exc:
         return _failing(exc)
     return _replay([first], chunks)
+
+
+async def started_before(
+    chunks: Chunks, events: Callable[[Chunks, dict[str, Any]], AsyncGenerator[bytes, None]],
+    body: dict[str, Any],
+) -> AsyncGenerator[bytes, None]:  # fmt: skip
+    """A dialect's ``events(chunks, body)``, with ``chunks`` started before the first event
+    (see ``primed``) and closed when the events end or their reader leaves."""
+    async with contextlib.aclosing(chunks):
+        pieces = await primed(chunks)
+        async with contextlib.aclosing(events(pieces, body)) as out:
+            async for event in out:
+                yield event
 
 
 async def _replay(first: list[dict[str, Any]], chunks: Chunks) -> Chunks:

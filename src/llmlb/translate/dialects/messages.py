@@ -196,15 +196,11 @@ def error_event(error: LlmlbError) -> bytes:
     return encode({"type": "error", "error": {"type": kind, "message": error.message}}, "error")
 
 
-async def stream(
+def stream(
     chunks: AsyncGenerator[dict[str, Any], None], body: dict[str, Any]
 ) -> AsyncGenerator[bytes, None]:
     """Messages events for a stream of chat chunks; an error ends it with an error event."""
-    async with contextlib.aclosing(chunks):  # released even if the client leaves at once
-        pieces = await chat.primed(chunks)
-        async with contextlib.aclosing(_events(pieces, body)) as events:
-            async for event in events:
-                yield event
+    return chat.started_before(chunks, _events, body)
 
 
 async def _events(

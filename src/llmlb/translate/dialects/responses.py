@@ -233,15 +233,11 @@ class _Events:
         return encode(event, kind)
 
 
-async def stream(
+def stream(
     chunks: AsyncGenerator[dict[str, Any], None], body: dict[str, Any]
 ) -> AsyncGenerator[bytes, None]:
     """Responses events for a stream of chat chunks; an error ends it with an error event."""
-    async with contextlib.aclosing(chunks):  # released even if the client leaves at once
-        pieces = await chat.primed(chunks)
-        async with contextlib.aclosing(_events(pieces, body)) as events:
-            async for event in events:
-                yield event
+    return chat.started_before(chunks, _events, body)
 
 
 async def _events(
