@@ -36,6 +36,8 @@ from tests.support import ThreadServer
 KEYS = {"openai": "sk-fake-openai-0123456789", "anthropic": "sk-ant-fake-0123456789",
         "google": "AIzaFakeGoogleKey0123456789"}  # fmt: skip
 TOOL_ARGUMENTS = {"city": "Paris"}
+GEMINI_CALL_ID = "3ae8iwca"
+GEMINI_SIGNATURE = "EukBCuYBAdHtim9+/sig=="  # Gemini 3 sends one with each function call
 
 
 @dataclass
@@ -252,7 +254,8 @@ class FakeClouds:
                     "total_tokens": 2}, "data": [{"object": "embedding", "index": 0,
                     "embedding": [0.25, -0.5, 0.125]}]}  # fmt: skip
             return Response(orjson.dumps(data), media_type="application/json")
-        usage = {"input_tokens": 5, "input_tokens_details": {"cached_tokens": 0},
+        usage = {"input_tokens": 5,
+                 "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                  "output_tokens": 3, "output_tokens_details": {"reasoning_tokens": 0},
                  "total_tokens": 8}  # fmt: skip
         text = f"Hello from openai responses: {body.get('input')}"
@@ -385,6 +388,12 @@ class FakeClouds:
         if (refusal := await self._gate("google", request, model, body)) is not None:
             return refusal
         contents = body["contents"]
+        for part in (p for c in contents for p in c["parts"] if "functionCall" in p):
+            # As Gemini 3 does: a call in the history must come back with its signature.
+            if (part.get("thoughtSignature"), part["functionCall"].get("id")) != (
+                    GEMINI_SIGNATURE, GEMINI_CALL_ID):  # fmt: skip
+                return self._error("google", 400, "Function call is missing a "
+                                   "thought_signature in functionCall parts")  # fmt: skip
         parts = contents[-1]["parts"]
         user_text = " ".join(p["text"] for p in parts if "text" in p)
         responses = [p["functionResponse"] for p in parts if "functionResponse" in p]
@@ -409,7 +418,9 @@ class FakeClouds:
                 data["usageMetadata"] = usage
             return data
 
-        call_part = {"functionCall": {"name": plan.tool, "args": TOOL_ARGUMENTS}}
+        call_part = {"functionCall": {"name": plan.tool, "args": TOOL_ARGUMENTS,
+                                      "id": GEMINI_CALL_ID},
+                     "thoughtSignature": GEMINI_SIGNATURE}  # fmt: skip
         if method == "generateContent":
             answer_parts = [call_part] if plan.tool else [{"text": plan.text}]
             answer = orjson.dumps(response(answer_parts, "STOP", True))

@@ -21,7 +21,13 @@ import httpx
 import openai
 import pytest
 
-from tests.fakeclouds import KEYS, TOOL_ARGUMENTS, FakeClouds
+from tests.fakeclouds import (
+    GEMINI_CALL_ID,
+    GEMINI_SIGNATURE,
+    KEYS,
+    TOOL_ARGUMENTS,
+    FakeClouds,
+)
 from tests.support import Process, start_fleet_node, start_router, wait_until
 
 LOCAL = "gemma-3-270m"
@@ -46,12 +52,13 @@ class CloudFleet:
         return httpx.Client(base_url=self.router.url, timeout=60)
 
     def openai(self) -> openai.OpenAI:
+        # Strict: every answer must parse as the SDK's types, not merely as JSON.
         return openai.OpenAI(base_url=self.router.url + "/v1", api_key="unused", max_retries=0,
-                             timeout=60)  # fmt: skip
+                             timeout=60, _strict_response_validation=True)  # fmt: skip
 
     def anthropic(self) -> anthropic.Anthropic:
         return anthropic.Anthropic(base_url=self.router.url, api_key="unused", max_retries=0,
-                                   timeout=60)  # fmt: skip
+                                   timeout=60, _strict_response_validation=True)  # fmt: skip
 
     def history(self, **params: Any) -> list[dict[str, Any]]:
         with self.http() as http:
@@ -197,9 +204,13 @@ def test_tool_calls_round_trip_through_each_provider(
         assert sent["messages"][2]["content"] == [{"type": "tool_result",
             "tool_use_id": call_id, "content": "sunny, 21 C"}]  # fmt: skip
     if provider == "google":
+        # Gemini's call id and thought signature came back with the call, carried in the id.
         assert sent["contents"][1] == {"role": "model", "parts": [
-            {"functionCall": {"name": "get_weather", "args": TOOL_ARGUMENTS}}]}  # fmt: skip
-        assert sent["contents"][2]["parts"][0]["functionResponse"]["name"] == "get_weather"
+            {"functionCall": {"name": "get_weather", "args": TOOL_ARGUMENTS,
+                              "id": GEMINI_CALL_ID},
+             "thoughtSignature": GEMINI_SIGNATURE}]}  # fmt: skip
+        answered = sent["contents"][2]["parts"][0]["functionResponse"]
+        assert (answered["name"], answered["id"]) == ("get_weather", GEMINI_CALL_ID)
 
 
 def test_images_reach_providers_in_their_own_shape(clouds: CloudFleet) -> None:

@@ -157,11 +157,14 @@ def to_chat(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 def _usage(tokens: dict[str, Any] | None) -> dict[str, Any]:
     tokens = tokens or {}
-    prompt, output = int(tokens.get("prompt_tokens") or 0), int(tokens.get("completion_tokens")
-                                                                 or 0)  # fmt: skip
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": prompt + output}  # fmt: skip
+    prompt = int(tokens.get("prompt_tokens") or 0)
+    output = int(tokens.get("completion_tokens") or 0)
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + output,
+    }  # fmt: skip
 
 
 def _response(body: dict[str, Any], id_: str, created: float, model: str, status: str,

@@ -23,6 +23,9 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _FILTERED = {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
              "IMAGE_SAFETY"}  # fmt: skip
 _UNDERSTOOD = frozenset({"presence_penalty", "frequency_penalty", "seed", "response_format"})
+# Tool call ids made here (Gemini 2.x gives none), and the separator before a thought signature.
+_OUR_ID = "llmlb-call-"
+_SIGNATURE = ".sig."
 _MIME_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg",
                "webp": "image/webp", "gif": "image/gif", "heic": "image/heic"}  # fmt: skip
 
@@ -80,10 +83,17 @@ def contents_of(
             for call in message.get("tool_calls") or []:
                 function = call.get("function") or {}
                 names[str(call.get("id"))] = str(function.get("name"))
-                parts.append({"functionCall": {
+                gemini_id, signature = _gemini_call(str(call.get("id")))
+                function_call: dict[str, Any] = {
                     "name": function.get("name"),
                     "args": chat.arguments_object(function.get("arguments")),
-                }})  # fmt: skip
+                }
+                if gemini_id:
+                    function_call["id"] = gemini_id
+                part: dict[str, Any] = {"functionCall": function_call}
+                if signature:
+                    part["thoughtSignature"] = signature
+                parts.append(part)
             add("model", parts)
         elif role == "tool":
             text = chat.text_of(message.get("content"))
@@ -96,7 +106,10 @@ def contents_of(
                 raise BadRequest("a tool message answers no tool call before it",
                                  param="messages")  # fmt: skip
             response = result if isinstance(result, dict) else {"content": result}
-            add("user", [{"functionResponse": {"name": name, "response": response}}])
+            answer: dict[str, Any] = {"name": name, "response": response}
+            if gemini_id := _gemini_call(str(message.get("tool_call_id")))[0]:
+                answer["id"] = gemini_id
+            add("user", [{"functionResponse": answer}])
         else:
             raise BadRequest(f"unknown message role {role!r}", param="messages")
     return ({"parts": system} if system else None), contents
@@ -138,14 +151,29 @@ def _generation_config(body: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def _call_id(call: dict[str, Any], part: dict[str, Any], index: int) -> str:
+    """The chat tool call id for a Gemini function call: Gemini's own id (or one of ours,
+    marked as such), plus the part's ``thoughtSignature``, which Gemini wants back with the
+    call in the next turn. Clients echo a tool call's id untouched, so it carries both."""
+    id_ = str(call["id"]) if call.get("id") else f"{_OUR_ID}{index}"
+    signature = part.get("thoughtSignature")
+    return f"{id_}{_SIGNATURE}{signature}" if isinstance(signature, str) else id_
+
+
+def _gemini_call(tool_call_id: str) -> tuple[str | None, str | None]:
+    """(Gemini's call id, the thought signature) carried in a chat tool call id."""
+    id_, _, signature = tool_call_id.partition(_SIGNATURE)
+    return (None if id_.startswith(_OUR_ID) else id_ or None), (signature or None)
+
+
 def _calls(parts: list[dict[str, Any]], first_index: int) -> list[dict[str, Any]]:
     calls: list[dict[str, Any]] = []
     for part in parts:
         if isinstance(call := part.get("functionCall"), dict):
             index = first_index + len(calls)
             arguments = orjson.dumps(call.get("args") or {}).decode()
-            calls.append(chat.tool_call(str(call.get("id") or f"call_{index}"),
-                                        str(call.get("name")), arguments, index))  # fmt: skip
+            calls.append(chat.tool_call(_call_id(call, part, index), str(call.get("name")),
+                                        arguments, index))  # fmt: skip
     return calls
 
 
