@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint fmt bench bench-quick native clean
+.PHONY: setup browser run test lint fmt bench bench-quick native clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,11 +15,20 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The dashboard's browser tests drive Debian's chromium (Playwright with executable_path):
+# installed here when missing, as root or through sudo.
+CHROMIUM ?= chromium
+browser:
+	@command -v $(CHROMIUM) >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the dashboard tests"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
+
 # A router on http://127.0.0.1:32768 with one local node serving the small bundled model.
 run: setup
 	exec $(BIN)/llmlb up
 
-test: setup
+test: setup browser
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: setup

@@ -8,15 +8,20 @@ admin API with the admin password or an admin key.
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 
 from llmlb.common.errors import LlmlbError
 from llmlb.common.settings import RouterSettings
+from llmlb.router.accounts import Accounts, User, check_role
 from llmlb.router.db import open_database
 from llmlb.router.keys import KeyStore
 from llmlb.router.registry import Registry
+
+T = TypeVar("T")
 
 
 class LocalAdmin:
@@ -78,6 +83,36 @@ class LocalAdmin:
         engine, _, keys = await self._open()
         try:
             return (await keys.revoke(key_id)).to_dict()
+        finally:
+            await engine.dispose()
+
+    async def users(self) -> list[dict[str, Any]]:
+        return [u.to_dict() for u in await self._on_accounts(lambda a: a.list())]
+
+    async def create_user(self, username: str, password: str, role: str) -> dict[str, Any]:
+        user = await self._on_accounts(lambda a: a.create(username, password, check_role(role)))
+        return user.to_dict()
+
+    async def update_user(
+        self, username: str, *, role: str | None = None, password: str | None = None
+    ) -> dict[str, Any]:
+        async def change(accounts: Accounts) -> User:
+            user = await accounts.get(username)
+            if password is not None:
+                user = await accounts.set_password(username, password)
+            if role is not None:
+                user = await accounts.set_role(username, check_role(role))
+            return user
+
+        return (await self._on_accounts(change)).to_dict()
+
+    async def delete_user(self, username: str) -> None:
+        await self._on_accounts(lambda a: a.delete(username))
+
+    async def _on_accounts(self, call: Callable[[Accounts], Awaitable[T]]) -> T:
+        engine = await open_database(self._settings.db_url)
+        try:
+            return await call(Accounts(engine))
         finally:
             await engine.dispose()
 
@@ -145,6 +180,22 @@ class RemoteAdmin:
 
     async def models(self) -> list[dict[str, Any]]:
         return list((await self._call("GET", "/v1/models"))["data"])
+
+    async def users(self) -> list[dict[str, Any]]:
+        return list((await self._call("GET", "/api/users"))["data"])
+
+    async def create_user(self, username: str, password: str, role: str) -> dict[str, Any]:
+        body = {"username": username, "password": password, "role": role}
+        return dict(await self._call("POST", "/api/users", json=body))
+
+    async def update_user(
+        self, username: str, *, role: str | None = None, password: str | None = None
+    ) -> dict[str, Any]:
+        body = {k: v for k, v in (("role", role), ("password", password)) if v is not None}
+        return dict(await self._call("PATCH", f"/api/users/{quote(username, safe='')}", json=body))
+
+    async def delete_user(self, username: str) -> None:
+        await self._call("DELETE", f"/api/users/{quote(username, safe='')}")
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from llmlb.router.db import open_database
-from llmlb.router.history import History, RequestRecord
+from llmlb.router.history import History, HistoryFilter, RequestRecord
 
 
 def record(
@@ -24,13 +24,13 @@ async def test_filters_paging_and_retention(tmp_path: Path) -> None:
     for offset in range(5):
         history.add(record(now - offset, model="a" if offset % 2 else "b"))
     history.add(record(now - 10, status=503, node=None))
-    total, rows = await history.query(limit=2)
+    total, rows = await history.query(HistoryFilter(), limit=2)
     assert total == 7
     assert [r["ts"] for r in rows] == [now, now - 1]  # newest first
-    assert (await history.query(model="a"))[0] == 2
-    assert (await history.query(status=503))[1][0]["node_id"] is None
-    assert (await history.query(since=now - 3))[0] == 4
-    assert (await history.query(limit=2, offset=6))[1][0]["ts"] == now - 8 * 86400
+    assert (await history.query(HistoryFilter(model="a")))[0] == 2
+    assert (await history.query(HistoryFilter(status=503)))[1][0]["node_id"] is None
+    assert (await history.query(HistoryFilter(since=now - 3)))[0] == 4
+    assert (await history.query(HistoryFilter(), limit=2, offset=6))[1][0]["ts"] == now - 8 * 86400
     assert await history.prune() == 1
-    assert (await history.query())[0] == 6
+    assert (await history.query(HistoryFilter()))[0] == 6
     await engine.dispose()

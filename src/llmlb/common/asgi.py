@@ -16,13 +16,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmlb.common.errors import (
+    BadRequest,
     ClientClosedRequest,
     LlmlbError,
     PayloadTooLarge,
     RequestTimeout,
     error_body,
 )
-from llmlb.common.logs import new_request_id, request_id_var
+from llmlb.common.logs import LogRing, new_request_id, request_id_var
 from llmlb.common.wire import parse_object
 
 log = logging.getLogger(__name__)
@@ -236,3 +237,17 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     HTTPException: handle_http_error,
     Exception: handle_unexpected,
 }
+
+
+def log_lines(request: Request) -> list[dict[str, Any]]:
+    """This process's recent log lines, as ``GET .../logs?limit=&level=&after=`` asks."""
+    query = request.query_params
+    try:
+        limit = min(max(int(query.get("limit", "200")), 1), 2000)
+        after = max(int(query.get("after", "0")), 0)
+    except ValueError:
+        raise BadRequest("'limit' and 'after' must be integers") from None
+    level = query.get("level")
+    if level is not None and level not in ("debug", "info", "warning", "error"):
+        raise BadRequest("'level' is one of debug, info, warning, error", param="level")
+    return LogRing.of_process().lines(limit, level, after)

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+from collections import deque
 from contextvars import ContextVar
 from typing import Any
 
@@ -50,6 +51,57 @@ class TextFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+class LogRing(logging.Handler):
+    """The process's recent log lines in memory (bounded), for the dashboard's log page.
+
+    Installed on the root logger by ``configure_logging``; ``LogRing.of_process()`` finds it
+    there (or installs one), so there is no module-level instance to share.
+    """
+
+    def __init__(self, size: int = 2000) -> None:
+        super().__init__()
+        self._lines: deque[dict[str, Any]] = deque(maxlen=size)
+        self._seq = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage().translate(_CONTROL)[:4000]
+        except Exception:  # a bad format string in someone's log call must not break logging
+            message = str(record.msg)[:4000]
+        self._seq += 1
+        self._lines.append({
+            "seq": self._seq,
+            "ts": record.created,
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", "-"),
+            "msg": message,
+        })  # fmt: skip
+
+    def lines(
+        self, limit: int = 200, level: str | None = None, after: int = 0
+    ) -> list[dict[str, Any]]:
+        """The newest ``limit`` lines (oldest first), at ``level`` or above, after ``after``."""
+        floor = logging.getLevelName(level.upper()) if level else 0
+        floor = floor if isinstance(floor, int) else 0
+        chosen = [
+            line for line in list(self._lines)
+            if line["seq"] > after and logging.getLevelName(line["level"].upper()) >= floor
+        ]  # fmt: skip
+        return chosen[-limit:]
+
+    @classmethod
+    def of_process(cls) -> LogRing:
+        root = logging.getLogger()
+        for handler in root.handlers:
+            if isinstance(handler, cls):
+                return handler
+        ring = cls()
+        ring.addFilter(_RequestIdFilter())
+        root.addHandler(ring)
+        return ring
+
+
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"
 
 
@@ -62,7 +114,9 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     else:
         handler.setFormatter(TextFormatter(TEXT_FORMAT, "%Y-%m-%d %H:%M:%S"))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    ring = LogRing()
+    ring.addFilter(_RequestIdFilter())
+    root.handlers[:] = [handler, ring]
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)

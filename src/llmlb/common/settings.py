@@ -197,7 +197,10 @@ class RouterSettings(CommonSettings):
     allow_cpu_nodes: bool = False
     require_node_approval: bool = False
     no_auth: bool = False
-    admin_password: str | None = None
+    admin_password: str | None = Field(
+        default=None, description="The first admin's password; an admin credential while set"
+    )
+    session_hours: float = Field(default=12.0, gt=0, description="Dashboard login lifetime")
     heartbeat_interval: float = Field(default=10.0, gt=0)
     balancer: BalancerStrategy = "load"
     request_timeout: float = Field(default=600.0, gt=0, description="Seconds per proxied request")

@@ -20,6 +20,7 @@ from llmlb.common.asgi import (
     ClosingStreamingResponse,
     ORJSONResponse,
     RequestIdMiddleware,
+    log_lines,
     read_json,
     until_disconnected,
 )
@@ -112,6 +113,10 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
         await service.delete_model(request.path_params["name"])
         return Response(status_code=204)
 
+    async def logs(request: Request) -> Response:
+        """The node's recent log lines (``limit``, ``level``, ``after``: a line's ``seq``)."""
+        return ORJSONResponse({"data": log_lines(request)})
+
     async def health(request: Request) -> Response:
         health = service.health()
         if link is not None:
@@ -161,6 +166,7 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
             Route("/api/downloads", guarded(downloads), methods=["GET"]),
             Route("/api/downloads/{name}", guarded(download), methods=["GET"]),
             Route("/api/models/{name}", guarded(delete_model), methods=["DELETE"]),
+            Route("/api/logs", guarded(logs), methods=["GET"]),
             Route("/health", health, methods=["GET"]),
             Route("/startup", startup, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),

@@ -13,12 +13,12 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from llmlb.common.asgi import EXCEPTION_HANDLERS, RequestIdMiddleware
+from llmlb.router.api import accounts, client, console, dashboard, nodes, ops
 from llmlb.router.api import admin as a
-from llmlb.router.api import client, nodes, ops
 from llmlb.router.api.common import admin
 from llmlb.router.service import RouterService
 
-POST, GET, DELETE = ["POST"], ["GET"], ["DELETE"]
+POST, GET, DELETE, PATCH = ["POST"], ["GET"], ["DELETE"], ["PATCH"]
 
 ROUTES = [
     # clients (scope api); the POST endpoints are client.ClientRoutes, in front of these
@@ -32,6 +32,9 @@ ROUTES = [
     Route("/api/nodes", admin(a.list_nodes), methods=GET),
     Route("/api/nodes/{node_id}", admin(a.show_node), methods=GET),
     Route("/api/nodes/{node_id}", admin(a.remove_node), methods=DELETE),
+    Route("/api/nodes/{node_id}", admin(console.label_node), methods=PATCH),
+    Route("/api/nodes/{node_id}/trends", admin(console.node_trends), methods=GET),
+    Route("/api/nodes/{node_id}/logs", admin(console.node_logs), methods=GET),
     Route("/api/nodes/{node_id}/drain", admin(a.node_flag(draining=True)), methods=POST),
     Route("/api/nodes/{node_id}/undrain", admin(a.node_flag(draining=False)), methods=POST),
     Route("/api/nodes/{node_id}/approve", admin(a.node_flag(approved=True)), methods=POST),
@@ -41,6 +44,25 @@ ROUTES = [
     Route("/api/keys", admin(a.create_key), methods=POST),
     Route("/api/keys/{key_id}", admin(a.revoke_key), methods=DELETE),
     Route("/api/requests", admin(a.list_requests), methods=GET),
+    Route("/api/requests/export", admin(console.export_requests), methods=GET),
+    Route("/api/requests/{row_id}", admin(console.show_request), methods=GET),
+    Route("/api/stats/overview", admin(console.overview), methods=GET),
+    Route("/api/stats/series", admin(console.series), methods=GET),
+    Route("/api/logs", admin(console.router_logs), methods=GET),
+    Route("/api/users", admin(accounts.list_users), methods=GET),
+    Route("/api/users", admin(accounts.create_user), methods=POST),
+    Route("/api/users/{username}", admin(accounts.update_user), methods=PATCH),
+    Route("/api/users/{username}", admin(accounts.delete_user), methods=DELETE),
+    # dashboard sessions (the handlers check credentials themselves)
+    Route("/api/auth/login", accounts.login, methods=POST),
+    Route("/api/auth/logout", accounts.logout, methods=POST),
+    Route("/api/auth/me", accounts.me, methods=GET),
+    Route("/api/auth/password", accounts.change_password, methods=POST),
+    # the dashboard's page and files (public: what they show comes from the API above)
+    Route("/", dashboard.home, methods=GET),
+    Route("/dashboard", dashboard.page, methods=GET),
+    Route("/dashboard/", dashboard.page, methods=GET),
+    Route("/dashboard/assets/{name}", dashboard.asset, methods=["GET", "HEAD"]),
     Route("/api/models/available", admin(a.available), methods=GET),
     Route("/api/models/distribute", admin(a.distribute), methods=POST),
     Route("/api/models/{name}/pull", admin(a.pull_to_router), methods=POST),

@@ -1,29 +1,56 @@
-"""Who may call what: API keys by scope, the admin password, and the loopback default.
+"""Who may call what: API keys by scope, user accounts by role, and the loopback default.
 
 - ``api`` (``/v1/*``), ``node`` (registration, heartbeats), ``admin`` (the admin API).
   An admin key works for every scope.
-- The admin password (``LLMLB_ADMIN_PASSWORD``) works for the admin API, as a bearer token
-  or HTTP basic auth with any user name.
-- With no usable key of a scope (and, for ``admin``, no password), that scope is open to
-  loopback clients only. ``--no-auth`` opens everything to everyone.
+- Users (``router.accounts``) log in to the dashboard: a session cookie, or HTTP basic auth
+  with their name and password. Role ``admin`` may do everything; ``viewer`` may read the
+  admin API, and every write (any method but GET and HEAD) is refused. Both may use the client
+  API, which is how the dashboard's playground chats. A cookie-authenticated write must carry
+  the session's CSRF token in ``x-csrf-token``.
+- The admin password (``LLMLB_ADMIN_PASSWORD``) is the first admin's password at first start,
+  and stays an admin credential while it is set: a bearer token, or basic auth, any name.
+- With no usable key of a scope (and, for ``admin``, no password and no user), that scope is
+  open to loopback clients only. ``--no-auth`` opens everything to everyone.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
+import time
 from dataclasses import dataclass
 
 from llmlb.common.credentials import bearer_token, same_secret
 from llmlb.common.errors import AuthenticationFailed, PermissionDenied
+from llmlb.router.accounts import Accounts, Role, User
 from llmlb.router.keys import KeyStore, Scope
+
+SESSION_COOKIE = "llmlb_session"
+CSRF_HEADER = "x-csrf-token"
+_BASIC_CACHE_SECONDS = 60.0  # a CLI's basic auth is checked with argon2 once a minute, not per call
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a request presented."""
+
+    authorization: str | None = None
+    x_api_key: str | None = None
+    client: str | None = None  # the peer's address
+    session: str | None = None  # the session cookie's secret
+    csrf: str | None = None  # the x-csrf-token header
+    write: bool = False  # a method other than GET and HEAD
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request is: the id of the API key it presented (None without a key)."""
+    """Who a request is: its API key's id, or its user; and what it may do."""
 
     key_id: str | None = None
+    user: User | None = None
+    role: Role = "admin"
+    csrf: str | None = None  # the session's token, for the dashboard (None without a session)
 
 
 def is_loopback(host: str | None) -> bool:
@@ -35,8 +62,8 @@ def is_loopback(host: str | None) -> bool:
         return host == "localhost"
 
 
-def _credentials(authorization: str | None) -> tuple[str | None, str | None]:
-    """(bearer token, basic-auth password) from an Authorization header."""
+def _credentials(authorization: str | None) -> tuple[str | None, tuple[str, str] | None]:
+    """(bearer token, basic-auth (user, password)) from an Authorization header."""
     if not authorization:
         return None, None
     scheme, _, value = authorization.partition(" ")
@@ -47,25 +74,49 @@ def _credentials(authorization: str | None) -> tuple[str | None, str | None]:
             decoded = base64.b64decode(value.strip()).decode()
         except (ValueError, UnicodeDecodeError):
             return None, None
-        return None, decoded.partition(":")[2]
+        user, _, password = decoded.partition(":")
+        return None, (user, password)
     return None, None
 
 
 class Authenticator:
-    def __init__(self, keys: KeyStore, *, admin_password: str | None, no_auth: bool) -> None:
+    def __init__(
+        self, keys: KeyStore, accounts: Accounts, *, admin_password: str | None, no_auth: bool
+    ) -> None:
         self._keys = keys
+        self._accounts = accounts
         self._admin_password = admin_password
         self._no_auth = no_auth
+        self._basic: dict[str, tuple[float, User]] = {}  # sha256(user:password) -> checked user
 
-    async def require(
-        self, scope: Scope, authorization: str | None, x_api_key: str | None, client: str | None
-    ) -> Principal:
-        bearer, password = _credentials(authorization)
-        token = bearer or x_api_key
+    async def require(self, scope: Scope, offered: Credentials) -> Principal:
+        principal = await self._identify(scope, offered)
+        if scope == "admin" and offered.write and principal.role != "admin":
+            raise PermissionDenied(
+                "viewers may look, not change: this needs an admin", code="read_only"
+            )
+        return principal
+
+    async def _identify(self, scope: Scope, offered: Credentials) -> Principal:
+        bearer, basic = _credentials(offered.authorization)
+        token = bearer or offered.x_api_key
+        if scope in ("admin", "api") and offered.session:
+            session = await self._accounts.session(offered.session)
+            if session is not None:
+                if offered.write and not (offered.csrf and same_secret(offered.csrf, session.csrf)):
+                    raise PermissionDenied(
+                        f"a change made with a session cookie needs its {CSRF_HEADER} header",
+                        code="csrf_failed",
+                    )
+                return Principal(user=session.user, role=session.user.role, csrf=session.csrf)
         if scope == "admin" and self._admin_password:
-            offered = password or token
-            if offered and same_secret(offered, self._admin_password):
+            password = basic[1] if basic else token
+            if password and same_secret(password, self._admin_password):
                 return Principal()
+        if scope in ("admin", "api") and basic is not None:
+            user = await self._basic_user(*basic)
+            if user is not None:
+                return Principal(user=user, role=user.role)
         key = await self._keys.verify(token) if token else None
         if key is not None:
             if scope in key.scopes or "admin" in key.scopes:
@@ -76,22 +127,53 @@ class Authenticator:
             )
         if self._no_auth:
             return Principal()
+        if token and await self._keys.spent(token):
+            # Refused even where loopback callers need no key: whoever holds it was cut off.
+            raise AuthenticationFailed(
+                "this API key was revoked or has expired", code="key_revoked"
+            )
         configured = await self._configured(scope)
         # Clients such as the OpenAI SDK always send some key; before any key of this scope
         # exists, loopback callers are let in whatever they send.
-        if not configured and is_loopback(client):
+        if not configured and is_loopback(offered.client):
             return Principal()
-        if token:
-            raise AuthenticationFailed("invalid, expired or revoked API key")
+        if token or basic or offered.session:
+            raise AuthenticationFailed(
+                "invalid or expired credentials (API key, password or session)",
+                code="invalid_credentials",
+            )
         hint = "" if configured else "; with no such key configured only loopback clients may call"
         raise AuthenticationFailed(
             f"an API key of scope {scope!r} is required (Authorization: Bearer <key>){hint}"
         )
+
+    async def _basic_user(self, username: str, password: str) -> User | None:
+        digest = hashlib.sha256(
+            f"{username}:{password}".encode(errors="surrogateescape")
+        ).hexdigest()
+        now = time.monotonic()
+        cached = self._basic.get(digest)
+        if cached is not None and now - cached[0] < _BASIC_CACHE_SECONDS:
+            return cached[1]
+        user = await self._accounts.check(username, password)
+        if user is not None:
+            if len(self._basic) > 1000:
+                self._basic.clear()
+            self._basic[digest] = (now, user)
+        return user
+
+    def forget_passwords(self) -> None:
+        """After a password or role change: basic auth is checked afresh."""
+        self._basic.clear()
+
+    async def open_to_loopback(self) -> bool:
+        """Whether the admin API needs no credential from loopback (nothing configured)."""
+        return not self._no_auth and not await self._configured("admin")
 
     async def _configured(self, scope: Scope) -> bool:
         """Whether callers of this scope must present a credential."""
         if await self._keys.has_scope(scope):
             return True
         if scope == "admin":
-            return self._admin_password is not None
+            return self._admin_password is not None or await self._accounts.any()
         return await self._keys.has_scope("admin")

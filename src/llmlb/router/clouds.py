@@ -149,6 +149,10 @@ class Clouds:
             )
         return provider
 
+    def configured(self) -> dict[str, bool]:
+        """Which providers have a key (the dashboard shows it; never the key)."""
+        return {name: name in self._providers for name in PROVIDERS}
+
     def knows(self, model: str) -> bool:
         """Whether ``model`` (prefixed) is in its provider's last model list."""
         prefix = prefix_of(model)

@@ -55,6 +55,8 @@ nodes = Table(
     Column("registered_at", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
     Column("load", JSON, nullable=False),
+    Column("label", String(200), nullable=True),  # the operator's name for it
+    Column("tags", JSON, nullable=True),
     UniqueConstraint("name", "base_url", name="uq_nodes_name_url"),
 )
 
@@ -110,6 +112,28 @@ tasks = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Index("ix_tasks_state", "state"),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("password_hash", String(200), nullable=False),
+    Column("role", String(10), nullable=False),  # admin, viewer
+    Column("created_at", Float, nullable=False),
+    Column("password_changed_at", Float, nullable=False),
+)
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),  # sha256 of the cookie's secret
+    Column("user_id", String(36), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_sessions_user", "user_id"),
 )
 
 _MIGRATIONS = Path(__file__).parent / "migrations"

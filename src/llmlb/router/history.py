@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select
+from sqlalchemy import Integer, and_, case, cast, delete, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
+from llmlb.common.errors import NotFound
 from llmlb.router.db import requests
 
 log = logging.getLogger(__name__)
@@ -93,32 +96,11 @@ class History:
         return int(result.rowcount or 0)
 
     async def query(
-        self,
-        *,
-        model: str | None = None,
-        node_id: str | None = None,
-        key_id: str | None = None,
-        status: int | None = None,
-        since: float | None = None,
-        until: float | None = None,
-        limit: int = 100,
-        offset: int = 0,
+        self, filters: HistoryFilter, *, limit: int = 100, offset: int = 0
     ) -> tuple[int, list[dict[str, Any]]]:
+        """(rows matching, the page of them), newest first."""
         await self.flush()  # what was just served is visible at once
-        conditions = []
-        if model is not None:
-            conditions.append(requests.c.model == model)
-        if node_id is not None:
-            conditions.append(requests.c.node_id == node_id)
-        if key_id is not None:
-            conditions.append(requests.c.key_id == key_id)
-        if status is not None:
-            conditions.append(requests.c.status == status)
-        if since is not None:
-            conditions.append(requests.c.ts >= since)
-        if until is not None:
-            conditions.append(requests.c.ts < until)
-        where = and_(True, *conditions)
+        where = filters.where()
         async with self._engine.connect() as connection:
             total = (
                 await connection.execute(select(func.count()).select_from(requests).where(where))
@@ -130,5 +112,113 @@ class History:
                 .limit(limit)
                 .offset(offset)
             )
-            # Column names come back as quoted_name (a str subclass); JSON encoders want str.
-            return int(total), [{str(k): v for k, v in row._mapping.items()} for row in rows]
+            return int(total), [_plain(row) for row in rows]
+
+    async def get(self, row_id: int) -> dict[str, Any]:
+        await self.flush()
+        async with self._engine.connect() as connection:
+            row = (
+                await connection.execute(select(requests).where(requests.c.id == row_id))
+            ).first()
+        if row is None:
+            raise NotFound(f"no request with id {row_id} in the history", code="request_not_found")
+        return _plain(row)
+
+    async def export(
+        self, filters: HistoryFilter, limit: int, page: int = 1000
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Up to ``limit`` matching rows, newest first, a page at a time (bounded memory)."""
+        await self.flush()
+        where = filters.where()
+        before: tuple[float, int] | None = None
+        sent = 0
+        while sent < limit:
+            query = select(requests).where(where)
+            if before is not None:  # keyset paging: stable while new rows arrive
+                query = query.where(
+                    or_(requests.c.ts < before[0],
+                        and_(requests.c.ts == before[0], requests.c.id < before[1]))
+                )  # fmt: skip
+            query = query.order_by(requests.c.ts.desc(), requests.c.id.desc())
+            async with self._engine.connect() as connection:
+                rows = [
+                    _plain(r)
+                    for r in await connection.execute(query.limit(min(page, limit - sent)))
+                ]
+            if not rows:
+                return
+            sent += len(rows)
+            before = (rows[-1]["ts"], rows[-1]["id"])
+            yield rows
+
+    async def summary(self, since: float) -> dict[str, Any]:
+        """Counts and means of the requests since ``since`` (the overview's cards)."""
+        await self.flush()
+        failed = case((requests.c.status >= 400, 1), else_=0)
+        async with self._engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    select(
+                        func.count(), func.sum(failed), func.avg(requests.c.latency_ms),
+                        func.avg(requests.c.ttft_ms), func.sum(requests.c.tokens_out),
+                    ).where(requests.c.ts >= since)
+                )
+            ).one()  # fmt: skip
+        count = int(row[0] or 0)
+        return {
+            "requests": count,
+            "errors": int(row[1] or 0),
+            "success_rate": None if count == 0 else 1 - int(row[1] or 0) / count,
+            "latency_ms": row[2],
+            "ttft_ms": row[3],
+            "tokens_out": int(row[4] or 0),
+        }
+
+    async def series(self, since: float, bucket: int) -> list[dict[str, Any]]:
+        """Requests, errors and generated tokens per ``bucket`` seconds since ``since``."""
+        await self.flush()
+        slot = cast(requests.c.ts / bucket, Integer).label("slot")
+        failed = case((requests.c.status >= 400, 1), else_=0)
+        async with self._engine.connect() as connection:
+            rows = await connection.execute(
+                select(slot, func.count(), func.sum(failed), func.sum(requests.c.tokens_out))
+                .where(requests.c.ts >= since).group_by(slot).order_by(slot)
+            )  # fmt: skip
+            return [
+                {"ts": int(r[0]) * bucket, "requests": int(r[1]), "errors": int(r[2] or 0),
+                 "tokens_out": int(r[3] or 0)}
+                for r in rows
+            ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class HistoryFilter:
+    """Which rows: every field that is set must match."""
+
+    model: str | None = None
+    node_id: str | None = None
+    key_id: str | None = None
+    status: int | None = None
+    since: float | None = None
+    until: float | None = None
+
+    def where(self) -> ColumnElement[bool]:
+        conditions = []
+        if self.model is not None:
+            conditions.append(requests.c.model == self.model)
+        if self.node_id is not None:
+            conditions.append(requests.c.node_id == self.node_id)
+        if self.key_id is not None:
+            conditions.append(requests.c.key_id == self.key_id)
+        if self.status is not None:
+            conditions.append(requests.c.status == self.status)
+        if self.since is not None:
+            conditions.append(requests.c.ts >= self.since)
+        if self.until is not None:
+            conditions.append(requests.c.ts < self.until)
+        return and_(True, *conditions)
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    # Column names come back as quoted_name (a str subclass); JSON encoders want str.
+    return {str(k): v for k, v in row._mapping.items()}

@@ -124,6 +124,11 @@ class KeyStore:
         key = self._by_hash.get(digest)
         return key if key is not None and key.usable(now) else None
 
+    async def spent(self, secret: str) -> bool:
+        """Whether this secret is a key that was revoked or has expired (verify first)."""
+        key = self._by_hash.get(hash_secret(secret))
+        return key is not None and not key.usable(time.time())
+
     async def _reload(self, now: float) -> None:
         async with self._engine.connect() as connection:
             rows = await connection.execute(select(api_keys))

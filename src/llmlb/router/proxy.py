@@ -144,6 +144,11 @@ class Proxy:
         self._rotation = 0
         self._prefixes = PrefixIndex()
 
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a free node now."""
+        return self._waiting
+
     # -- choosing a node -------------------------------------------------------------------
 
     async def _pick(self, routed: Routed, tried: frozenset[str]) -> tuple[NodeRecord, float]:

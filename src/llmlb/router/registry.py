@@ -42,6 +42,8 @@ class NodeRecord:
     registered_at: float
     last_seen: float
     load: NodeLoad
+    label: str | None = None  # the operator's name for the node (its own name stays)
+    tags: list[str] = field(default_factory=list)
     active: int = 0  # the router's own requests in flight to this node
     unreachable: bool = field(default=False)
     # The node's own key (memory only): the router presents it when it calls the node.
@@ -70,6 +72,8 @@ class NodeRecord:
             "base_url": self.base_url,
             "version": self.version,
             "status": self.status(now, interval),
+            "label": self.label,
+            "tags": self.tags,
             "approved": self.approved,
             "draining": self.draining,
             "devices": [d.model_dump() for d in self.devices],
@@ -98,6 +102,8 @@ def _record(row: Any) -> NodeRecord:
         registered_at=row.registered_at,
         last_seen=row.last_seen,
         load=NodeLoad.model_validate(row.load),
+        label=row.label,
+        tags=list(row.tags or ()),
     )
 
 
@@ -325,6 +331,16 @@ class Registry:
         for name, value in flags.items():
             setattr(node, name, value)
         self.changed(node, models=False)
+        return node
+
+    async def set_label(self, node_id: str, label: str | None, tags: list[str]) -> NodeRecord:
+        """The operator's name and tags for a node (not what routing reads)."""
+        node = self.get(node_id)
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(nodes).where(nodes.c.id == node_id).values(label=label, tags=tags)
+            )
+        node.label, node.tags = label, tags
         return node
 
     async def remove(self, node_id: str) -> None:

@@ -10,14 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from llmlb.common.errors import LlmlbError
 from llmlb.common.files import write_private
 from llmlb.common.settings import RouterSettings
 from llmlb.models.catalog import Catalog
+from llmlb.router.accounts import Accounts, LoginThrottle
 from llmlb.router.auth import Authenticator
 from llmlb.router.clouds import Clouds
 from llmlb.router.db import open_database, ping
@@ -31,11 +35,13 @@ from llmlb.router.metrics import RouterMetrics
 from llmlb.router.models import RouterModels
 from llmlb.router.proxy import Capacity, Proxy
 from llmlb.router.registry import Registry
+from llmlb.router.stats import SAMPLE_SECONDS, NodeTrends, overview
 from llmlb.router.tasks import EventBus, TaskManager
 
 log = logging.getLogger(__name__)
 
 NODE_TOKEN_FILE = "node_token"
+OVERVIEW_SECONDS = 5.0  # how often listening pages get the overview and the node table
 PROBE_INTERVAL = 1.0  # seconds between probes of a node that refused a connection
 
 
@@ -45,9 +51,12 @@ class RouterService:
         self.engine = engine
         self.catalog = Catalog.load(settings.home)  # first: a broken catalog stops the start
         self.keys = KeyStore(engine)
+        self.accounts = Accounts(engine, settings.session_hours)
+        self.logins = LoginThrottle()
         self.auth = Authenticator(
-            self.keys, admin_password=settings.admin_password, no_auth=settings.no_auth
-        )
+            self.keys, self.accounts,
+            admin_password=settings.admin_password, no_auth=settings.no_auth,
+        )  # fmt: skip
         capacity = Capacity()
         self.registry = Registry(
             engine,
@@ -81,6 +90,7 @@ class RouterService:
             lambda m: m in self.catalog, self.fresh_session,
         )  # fmt: skip
         self.events = EventBus()
+        self.trends = NodeTrends()
         self.metrics.event_streams.set_function(lambda: self.events.subscribers)
         self.tasks = TaskManager(
             engine, self.registry, self.models, self.session, self.events,
@@ -110,10 +120,12 @@ class RouterService:
     async def start(self) -> None:
         await self.registry.load()
         await self.ensure_node_token()
+        await self.ensure_first_admin()
         self.history.start()
         self._loops = [
             asyncio.create_task(self._sync_loop()),
             asyncio.create_task(self._probe_loop()),
+            asyncio.create_task(self._watch_loop()),
         ]
         await self.tasks.resume()
 
@@ -146,6 +158,29 @@ class RouterService:
                 except (aiohttp.ClientError, TimeoutError):
                     continue
 
+    async def overview(self) -> dict[str, Any]:
+        return await overview(
+            self.registry, self.history, self.settings.heartbeat_interval, self.proxy.waiting,
+            self.clouds.configured(),
+        )  # fmt: skip
+
+    async def _watch_loop(self) -> None:
+        """Node history every 30 s; while a page listens, the overview every 5 s on the
+        event bus (pages never poll faster)."""
+        sampled = 0.0
+        while True:
+            now = time.monotonic()
+            if now - sampled >= SAMPLE_SECONDS:
+                self.trends.sample(self.registry.all())
+                sampled = now
+            if self.events.subscribers:
+                try:
+                    self.events.publish({"type": "overview", **await self.overview()})
+                    self.events.publish({"type": "nodes", "data": self.fleet.nodes()})
+                except Exception:
+                    log.exception("computing the overview failed")
+            await asyncio.sleep(OVERVIEW_SECONDS)
+
     async def _sync_loop(self) -> None:
         """Pick up operator changes made by the CLI or by other routers on the same database."""
         while True:
@@ -164,6 +199,18 @@ class RouterService:
         _, secret = await self.keys.create("default node token", ["node"])
         write_private(path, secret + "\n")
         log.info("created a node token (scope 'node'); it is stored in %s", path)
+
+    async def ensure_first_admin(self) -> None:
+        """On first start with ``LLMLB_ADMIN_PASSWORD`` set, the user ``admin`` with it."""
+        password = self.settings.admin_password
+        if password is None or await self.accounts.count() > 0:
+            return
+        try:
+            await self.accounts.create("admin", password, "admin")
+        except LlmlbError as exc:
+            log.warning("no first admin account created from the admin password: %s", exc.message)
+            return
+        log.info("created the first dashboard account, 'admin', with the admin password")
 
     async def ready(self) -> bool:
         return await ping(self.engine)

@@ -15,7 +15,8 @@ from starlette.responses import Response
 
 from llmlb.common.asgi import ClosingStreamingResponse, ORJSONResponse, read_json
 from llmlb.common.errors import BadRequest
-from llmlb.router.api.common import Handler, float_param, int_param, service_of
+from llmlb.router.api.common import Handler, int_param, service_of
+from llmlb.router.api.console import history_filter
 
 HISTORY_PAGE_MAX = 1000  # rows per page of /api/requests
 # An idle event stream sends a comment this often, so proxies and clients see it alive.
@@ -81,15 +82,11 @@ async def revoke_key(request: Request) -> Response:
 
 
 async def list_requests(request: Request) -> Response:
-    q = request.query_params
     limit = int_param(request, "limit", 100, 1, HISTORY_PAGE_MAX)
     offset = int_param(request, "offset", 0, 0, 2**53)
-    status = int_param(request, "status", None, 100, 599)
     total, rows = await service_of(request).history.query(
-        model=q.get("model"), node_id=q.get("node_id"), key_id=q.get("key_id"),
-        status=status, since=float_param(request, "since"),
-        until=float_param(request, "until"), limit=limit, offset=offset,
-    )  # fmt: skip
+        history_filter(request), limit=limit, offset=offset
+    )
     return ORJSONResponse({"total": total, "limit": limit, "offset": offset, "data": rows})
 
 

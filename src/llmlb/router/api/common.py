@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from llmlb.common.errors import BadRequest
-from llmlb.router.auth import Principal
+from llmlb.router.auth import CSRF_HEADER, SESSION_COOKIE, Credentials, Principal
 from llmlb.router.keys import Scope
 from llmlb.router.service import RouterService
 
@@ -25,18 +25,26 @@ def service_of(request: Request) -> RouterService:
     return service
 
 
-async def authorize(request: Request, scope: Scope) -> Principal:
-    client = request.client.host if request.client else None
-    return await service_of(request).auth.require(
-        scope, request.headers.get("authorization"), request.headers.get("x-api-key"), client
+def credentials(request: Request) -> Credentials:
+    return Credentials(
+        authorization=request.headers.get("authorization"),
+        x_api_key=request.headers.get("x-api-key"),
+        client=request.client.host if request.client else None,
+        session=request.cookies.get(SESSION_COOKIE),
+        csrf=request.headers.get(CSRF_HEADER),
+        write=request.method not in ("GET", "HEAD"),
     )
 
 
+async def authorize(request: Request, scope: Scope) -> Principal:
+    return await service_of(request).auth.require(scope, credentials(request))
+
+
 def admin(handler: Handler) -> Handler:
-    """The handler behind the admin login (password or admin key)."""
+    """The handler behind the admin login: a user (writes need role admin) or an admin key."""
 
     async def guarded(request: Request) -> Response:
-        await authorize(request, "admin")
+        request.state.principal = await authorize(request, "admin")
         return await handler(request)
 
     return guarded

@@ -1,0 +1,143 @@
+"""Logging in and out, one's own password, and (for admins) the user accounts.
+
+The login answer sets the session cookie and returns the CSRF token that the dashboard sends
+with every change it makes (``x-csrf-token``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from llmlb.common.asgi import ORJSONResponse, read_json
+from llmlb.common.errors import AuthenticationFailed, BadRequest, Overloaded
+from llmlb.router.accounts import Session, User, check_password, check_role, check_username
+from llmlb.router.api.common import authorize, service_of
+from llmlb.router.auth import SESSION_COOKIE
+
+_BODY_LIMIT = 16 * 1024
+
+
+def _session_answer(session: Session, **extra: Any) -> dict[str, Any]:
+    return {
+        "user": session.user.to_dict(),
+        "role": session.user.role,
+        "csrf_token": session.csrf,
+        "expires_at": session.expires_at,
+        **extra,
+    }
+
+
+async def login(request: Request) -> Response:
+    service = service_of(request)
+    body = await read_json(request, _BODY_LIMIT)
+    username, password = body.get("username"), body.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise BadRequest("'username' and 'password' are required")
+    client = request.client.host if request.client else "-"
+    who = ("user:" + username.lower()[:64], "addr:" + client)
+    wait = service.logins.wait(*who)
+    if wait > 0:
+        raise Overloaded(
+            f"too many failed logins; try again in {math.ceil(wait)} s",
+            code="too_many_login_attempts", headers={"Retry-After": str(math.ceil(wait))},
+        )  # fmt: skip
+    user = await service.accounts.check(username, password)
+    if user is None:
+        service.logins.failed(*who)
+        raise AuthenticationFailed("wrong user name or password", code="invalid_login")
+    service.logins.succeeded(*who)
+    return await _new_session(request, user)
+
+
+async def _new_session(request: Request, user: User) -> Response:
+    secret, session = await service_of(request).accounts.open_session(user)
+    response = ORJSONResponse(_session_answer(session))
+    response.set_cookie(
+        SESSION_COOKIE, secret, max_age=int(service_of(request).settings.session_hours * 3600),
+        path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https",
+    )  # fmt: skip
+    return response
+
+
+async def logout(request: Request) -> Response:
+    secret = request.cookies.get(SESSION_COOKIE)
+    if secret:
+        await service_of(request).accounts.close_session(secret)
+    response = Response(status_code=204)
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+async def me(request: Request) -> Response:
+    """Who the caller is to the dashboard: its user and role, or open (loopback, no accounts)."""
+    principal = await authorize(request, "admin")
+    service = service_of(request)
+    answer: dict[str, Any] = {
+        "user": principal.user.to_dict() if principal.user else None,
+        "role": principal.role,
+        "csrf_token": principal.csrf,
+        "open": principal.user is None and await service.auth.open_to_loopback(),
+    }
+    return ORJSONResponse(answer)
+
+
+async def change_password(request: Request) -> Response:
+    """One's own password (current one required); other sessions end, this one is renewed."""
+    principal = await authorize(request, "admin")
+    if principal.user is None:
+        raise BadRequest("only a logged-in user has a password to change")
+    body = await read_json(request, _BODY_LIMIT)
+    current, new = body.get("current_password"), body.get("new_password")
+    if not isinstance(current, str):
+        raise BadRequest("'current_password' is required", param="current_password")
+    check_password(new)
+    accounts = service_of(request).accounts
+    if await accounts.check(principal.user.username, current) is None:
+        raise AuthenticationFailed("the current password is wrong", code="invalid_login")
+    user = await accounts.set_password(principal.user.username, str(new))
+    service_of(request).auth.forget_passwords()
+    return await _new_session(request, user)
+
+
+# -- users (behind ``admin`` in the route table) -------------------------------------------------
+
+
+async def list_users(request: Request) -> Response:
+    users = await service_of(request).accounts.list()
+    return ORJSONResponse({"data": [u.to_dict() for u in users]})
+
+
+async def create_user(request: Request) -> Response:
+    body = await read_json(request, _BODY_LIMIT)
+    user = await service_of(request).accounts.create(
+        check_username(body.get("username")),
+        check_password(body.get("password")),
+        check_role(body.get("role", "viewer")),
+    )
+    return ORJSONResponse(user.to_dict(), status_code=201)
+
+
+async def update_user(request: Request) -> Response:
+    """``{"role": ...}`` and/or ``{"password": ...}`` (an admin resetting it)."""
+    body = await read_json(request, _BODY_LIMIT)
+    service = service_of(request)
+    username = request.path_params["username"]
+    if "password" not in body and "role" not in body:
+        raise BadRequest("nothing to change: give 'role' or 'password'")
+    user = await service.accounts.get(username)
+    if "password" in body:
+        user = await service.accounts.set_password(username, check_password(body["password"]))
+    if "role" in body:
+        user = await service.accounts.set_role(username, check_role(body["role"]))
+    service.auth.forget_passwords()
+    return ORJSONResponse(user.to_dict())
+
+
+async def delete_user(request: Request) -> Response:
+    await service_of(request).accounts.delete(request.path_params["username"])
+    service_of(request).auth.forget_passwords()
+    return Response(status_code=204)
