@@ -84,6 +84,7 @@ async def _announce_when_ready(
             return
         if any(n["status"] == "ready" for n in service.fleet.nodes()):
             print(f"\nllmlb is up: {url} (OpenAI-compatible, model {SMALL_MODEL_NAME})", flush=True)
+            print(f"dashboard: {url}/dashboard", flush=True)
             print(f"try:\n  {curl_line(url)}\n", flush=True)
             return
         await asyncio.sleep(0.2)

@@ -38,6 +38,7 @@ def test_up_serves_the_small_model_and_management_commands_work(tmp_path: Path) 
             lines.append(line)
         curl = up.proc.stdout.readline().decode().strip()
         assert any(f"llmlb is up: {up.url}" in line for line in lines)
+        assert any(f"dashboard: {up.url}/dashboard" in line for line in lines)
         assert curl.startswith(f"curl -s {up.url}/v1/chat/completions")
         # The printed curl line works as printed (run it through a shell, as a user pastes it).
         answer = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=60)

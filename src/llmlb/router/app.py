@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from llmlb.common.asgi import EXCEPTION_HANDLERS, RequestIdMiddleware
+from llmlb.common.logs import LogRing
 from llmlb.router.api import accounts, client, console, dashboard, nodes, ops
 from llmlb.router.api import admin as a
 from llmlb.router.api.common import admin
@@ -98,5 +99,6 @@ def create_app(service: RouterService) -> Starlette:
         lifespan=lifespan,
     )
     app.state.service = service
+    LogRing.of_process()  # the log page's lines, however the process set up its logging
     app.state.body_timeout = service.settings.body_timeout
     return app
