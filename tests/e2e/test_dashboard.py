@@ -29,7 +29,14 @@ from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwrig
 from llmlb.models.smallmodel import SMALL_MODEL_NAME
 from llmlb.models.store import ModelStore
 from tests.fakehub import FakeHub
-from tests.support import Process, start_fleet_node, start_router, wait_until, write_tiny_gguf
+from tests.support import (
+    Process,
+    node_token,
+    start_fleet_node,
+    start_router,
+    wait_until,
+    write_tiny_gguf,
+)
 
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 ADMIN_PASSWORD = "admin-pass-1"
@@ -295,6 +302,26 @@ def test_markup_in_names_is_shown_as_text(console: Console, page: Page) -> None:
     finally:
         with console.http() as http:
             http.patch(f"/api/nodes/{node_id}", json={"label": None})
+
+
+def test_an_action_on_a_node_that_left_says_so(console: Console, page: Page) -> None:
+    token = {"authorization": f"Bearer {node_token(console.router_home)}"}
+    ghost = {"name": "ghost", "base_url": "http://127.0.0.1:9", "devices": [
+        {"kind": "cpu", "name": "x", "memory_total": 1, "memory_free": 1}]}  # fmt: skip
+    with httpx.Client(base_url=console.router.url, headers=token) as http:
+        assert http.post("/api/nodes", json=ghost).status_code in (200, 201)
+    log_in(page, console, where="#/nodes")
+    row = page.locator("tr[data-node=ghost]")
+    expect(row).to_be_visible()
+    with console.http() as http:
+        ghost_id = next(
+            n["id"] for n in http.get("/api/nodes").json()["data"] if n["name"] == "ghost"
+        )
+        assert http.delete(f"/api/nodes/{ghost_id}").status_code == 204  # gone behind the page
+    row.get_by_role("button", name="Drain").click()
+    expect(page.locator(".toast")).to_contain_text("no node")
+    expect(row).to_have_count(0)  # the table read again
+    expect(page.locator("tr[data-node=gpu-1]")).to_contain_text("ready")
 
 
 def test_an_ended_session_asks_to_log_in_and_keeps_the_form(console: Console, page: Page) -> None:

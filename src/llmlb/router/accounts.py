@@ -32,8 +32,7 @@ Role = Literal["admin", "viewer"]
 ROLES: tuple[Role, ...] = get_args(Role)
 USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 PASSWORD_MIN, PASSWORD_MAX = 8, 256  # the maximum bounds the work one login attempt costs
-_HASHER = PasswordHasher()
-_HASHING = asyncio.Semaphore(2)
+_HASHER = PasswordHasher()  # stateless: its parameters only
 # What a wrong user name is checked against, so that it costs as long as a wrong password.
 _DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 
@@ -86,19 +85,6 @@ def check_role(role: object) -> Role:
     return role
 
 
-async def _hash(password: str) -> str:
-    async with _HASHING:
-        return await asyncio.to_thread(_HASHER.hash, password)
-
-
-async def _verify(password_hash: str, password: str) -> bool:
-    async with _HASHING:
-        try:
-            return await asyncio.to_thread(_HASHER.verify, password_hash, password)
-        except (VerificationError, InvalidHashError):
-            return False
-
-
 def _user(row: Any) -> User:
     return User(row.id, row.username, row.role, row.created_at, row.password_changed_at)
 
@@ -115,6 +101,18 @@ class Accounts:
         # an entry is trusted for a few seconds (another router may have logged it out).
         self._recent: dict[str, tuple[float, Session]] = {}
         self._any_user: tuple[float, bool] = (0.0, False)
+        self._hashing = asyncio.Semaphore(2)
+
+    async def _hash(self, password: str) -> str:
+        async with self._hashing:
+            return await asyncio.to_thread(_HASHER.hash, password)
+
+    async def _verify(self, password_hash: str, password: str) -> bool:
+        async with self._hashing:
+            try:
+                return await asyncio.to_thread(_HASHER.verify, password_hash, password)
+            except (VerificationError, InvalidHashError):
+                return False
 
     # -- users -------------------------------------------------------------------------------
 
@@ -151,7 +149,7 @@ class Accounts:
         check_role(role)
         now = time.time()
         user = User(str(uuid.uuid4()), username, role, now, now)
-        password_hash = await _hash(password)
+        password_hash = await self._hash(password)
         async with self._engine.begin() as connection:
             taken = await connection.execute(select(users.c.id).where(users.c.username == username))
             if taken.first() is not None:
@@ -179,7 +177,7 @@ class Accounts:
         """A new password; every session of the user ends (a stolen cookie stops working)."""
         check_password(password)
         user = await self.get(username)
-        password_hash = await _hash(password)
+        password_hash = await self._hash(password)
         async with self._engine.begin() as connection:
             await connection.execute(
                 update(users).where(users.c.id == user.id)
@@ -214,9 +212,9 @@ class Accounts:
                 await connection.execute(select(users).where(users.c.username == username))
             ).first()
         if row is None:
-            await _verify(_DUMMY_HASH, password[:PASSWORD_MAX])
+            await self._verify(_DUMMY_HASH, password[:PASSWORD_MAX])
             return None
-        if len(password) > PASSWORD_MAX or not await _verify(row.password_hash, password):
+        if len(password) > PASSWORD_MAX or not await self._verify(row.password_hash, password):
             return None
         return _user(row)
 

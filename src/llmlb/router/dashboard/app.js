@@ -299,7 +299,11 @@ function statusCell(status) { return h("span", { class: `status ${status}` }, st
 
 function nodeActions(node, refresh) {
   if (!canWrite()) return null;
-  const call = (method, path, done, body) => act(async () => { await api(method, path, body); await refresh(); }, done);
+  // Whatever the answer (the node may have gone meanwhile), the table is read again.
+  const call = async (method, path, done, body) => {
+    await act(() => api(method, path, body), done);
+    await refresh().catch(() => {});
+  };
   return h("div", { class: "actions" },
     node.status === "pending" ? h("button", { onclick: () => call("POST", `/api/nodes/${node.id}/approve`, `approved ${node.name}`) }, "Approve") : null,
     node.draining
