@@ -36,6 +36,7 @@ class Behaviour:
     drop_after: int | None = None  # close the connection after this many stream chunks
     crash: bool = False  # raise inside the app: uvicorn answers 500 and drops the connection
     padding: int = 0  # bytes of filler in a whole answer (a huge answer)
+    logs: bytes = b'{"data":[{"ts":0,"level":"info","logger":"fake","msg":"fake line"}]}'
 
 
 @dataclass
@@ -47,6 +48,7 @@ class FakeNode:
     last_headers: dict[str, str] = field(default_factory=dict)
     streams_cancelled: int = 0
     requests_abandoned: int = 0  # whole answers whose client left while it was delayed
+    logs_query: dict[str, str] = field(default_factory=dict)  # what GET /api/logs was asked
     url: str = ""
     node_id: str | None = None
     _server: uvicorn.Server | None = None
@@ -119,6 +121,10 @@ class FakeNode:
 
         return StreamingResponse(frames(), media_type="text/event-stream")
 
+    async def _logs(self, request: Request) -> Response:
+        self.logs_query = dict(request.query_params)
+        return Response(self.behaviour.logs, media_type="application/json")
+
     async def _health(self, request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
@@ -130,6 +136,7 @@ class FakeNode:
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/health", self._health, methods=["GET"]),
+                Route("/api/logs", self._logs, methods=["GET"]),
             ],
             exception_handlers=EXCEPTION_HANDLERS,
         )

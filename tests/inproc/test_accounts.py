@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -98,6 +99,120 @@ async def test_repeated_wrong_passwords_lock_the_login(router: InProcessRouter) 
         assert (await other.post("/api/auth/login", json=viewer)).status_code == 200
 
 
+async def test_a_burst_of_parallel_guesses_is_counted_before_it_is_checked(
+    router: InProcessRouter,
+) -> None:
+    await accounts(router)
+    wrong = {"username": ADMIN[0], "password": "guess-guess"}
+    async with router.client(("192.0.2.5", 1)) as client:
+        answers = await asyncio.gather(
+            *(client.post("/api/auth/login", json=wrong) for _ in range(12))
+        )
+        statuses = sorted(a.status_code for a in answers)
+        assert statuses == [401] * 5 + [429] * 7  # not 12 hashes checked
+        right = {"username": ADMIN[0], "password": ADMIN[1]}
+        assert (await client.post("/api/auth/login", json=right)).status_code == 429
+
+
+async def test_basic_auth_and_password_changes_share_the_login_throttle(
+    router: InProcessRouter,
+) -> None:
+    await accounts(router)
+    async with router.client(("192.0.2.6", 1)) as client:
+        for _ in range(5):
+            guess = await client.get("/api/nodes", auth=(VIEWER[0], "guess-guess"))
+            assert guess.status_code == 401
+        locked = await client.get("/api/nodes", auth=VIEWER)
+        assert locked.status_code == 429
+        assert locked.json()["error"]["code"] == "too_many_login_attempts"
+    async with router.client(("192.0.2.7", 1)) as client:
+        csrf = await logged_in(client, ADMIN)
+        for _ in range(5):
+            wrong = await client.post(
+                "/api/auth/password", headers={"x-csrf-token": csrf},
+                json={"current_password": "guess-guess", "new_password": "root-pass-9"},
+            )  # fmt: skip
+            assert wrong.status_code == 401
+        locked = await client.post(
+            "/api/auth/password", headers={"x-csrf-token": csrf},
+            json={"current_password": ADMIN[1], "new_password": "root-pass-9"},
+        )  # fmt: skip
+        assert locked.status_code == 429
+
+
+async def test_every_refused_password_costs_one_hash(
+    router: InProcessRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So that the time a refusal takes does not tell which user names exist."""
+    await accounts(router)
+    store = router.service.accounts
+    hashed: list[str] = []
+    verify = store._verify
+
+    async def counted(password_hash: str, password: str) -> bool:
+        hashed.append(password)
+        return await verify(password_hash, password)
+
+    monkeypatch.setattr(store, "_verify", counted)
+    for username, password in [
+        ("nobody", "guess-guess"), (ADMIN[0], "guess-guess"), (ADMIN[0], "x" * 300),
+        ("nobody", "x" * 300), ("n" * 100, "guess-guess"),
+    ]:  # fmt: skip
+        hashed.clear()
+        assert await store.check(username, password) is None
+        assert len(hashed) == 1, (username, len(password))
+
+
+async def test_a_viewer_changes_their_own_password(router: InProcessRouter) -> None:
+    await accounts(router)
+    async with router.client(REMOTE) as client:
+        csrf = await logged_in(client, VIEWER)
+        changed = await client.post(
+            "/api/auth/password", headers={"x-csrf-token": csrf},
+            json={"current_password": VIEWER[1], "new_password": "val-pass-new"},
+        )  # fmt: skip
+        assert changed.status_code == 200, changed.text
+        refused = await client.post(
+            "/api/keys", json={"name": "k"}, headers={"x-csrf-token": changed.json()["csrf_token"]}
+        )
+        assert refused.json()["error"]["code"] == "read_only"  # still a viewer
+    async with router.client(REMOTE) as client:
+        await logged_in(client, (VIEWER[0], "val-pass-new"))
+
+
+async def test_another_sites_page_cannot_change_anything(router: InProcessRouter) -> None:
+    """A page the operator visits can post forms to the router's loopback address, where
+    nothing may need a credential; such posts are refused and change nothing."""
+    async with router.client(LOOPBACK) as client:
+        assert (await client.get("/api/auth/me")).json()["open"] is True
+        attempts = [
+            {"content": b'{"name":"k"}', "headers": {"content-type": "text/plain"}},
+            {
+                "content": b"name=k",
+                "headers": {"content-type": "application/x-www-form-urlencoded"},
+            },
+            {"json": {"name": "k"}, "headers": {"sec-fetch-site": "cross-site"}},
+            {"json": {"name": "k"}, "headers": {"sec-fetch-site": "same-site"}},
+        ]
+        for attempt in attempts:
+            refused = await client.post("/api/keys", **attempt)  # type: ignore[arg-type]
+            assert refused.status_code == 403, attempt
+            assert refused.json()["error"]["code"] == "cross_site_request"
+        names = [k["name"] for k in (await client.get("/api/keys")).json()["data"]]
+        assert "k" not in names
+        await accounts(router)
+        login = await client.post(
+            "/api/auth/login", content=json.dumps({"username": ADMIN[0], "password": ADMIN[1]}),
+            headers={"content-type": "text/plain;charset=UTF-8"},
+        )  # fmt: skip
+        assert login.status_code == 403 and "set-cookie" not in login.headers
+        own = await client.post(
+            "/api/auth/login", json={"username": ADMIN[0], "password": ADMIN[1]},
+            headers={"sec-fetch-site": "same-origin"},
+        )  # fmt: skip
+        assert own.status_code == 200
+
+
 async def test_a_new_password_ends_the_other_sessions(router: InProcessRouter) -> None:
     await accounts(router)
     async with router.client(REMOTE) as first, router.client(REMOTE) as second:
@@ -165,18 +280,22 @@ async def test_loopback_is_open_until_an_account_exists(router: InProcessRouter)
 
 async def test_history_exports_csv_that_spreadsheets_read_as_text(router: InProcessRouter) -> None:
     now = time.time()
-    for index, model in enumerate(["m1", "=HYPERLINK(1)", "m1"]):
+    for index, model in enumerate(["m1", "=HYPERLINK(1)", "m1", "\t=1+1"]):
         router.service.history.add(RequestRecord(
             ts=now - index, request_id=f"r{index}", key_id=None, endpoint="chat",
             model=model, node_id="n", status=200, latency_ms=5.0,
+            request_body='{"secret": "body"}',
         ))  # fmt: skip
     async with router.client() as client:
         answer = await client.get("/api/requests/export", params={"format": "csv"})
         assert answer.headers["content-disposition"].startswith("attachment;")
         rows = list(csv.DictReader(io.StringIO(answer.text)))
-        assert [r["model"] for r in rows] == ["m1", "'=HYPERLINK(1)", "m1"]
+        assert [r["model"] for r in rows] == ["m1", "'=HYPERLINK(1)", "m1", "'\t=1+1"]
         only = await client.get("/api/requests/export", params={"format": "json", "model": "m1"})
         assert len(only.text.splitlines()) == 2
+        # A file of summaries: bodies stay in the detail view (a page of them is unbounded).
+        assert "request_body" not in json.loads(only.text.splitlines()[0])
+        assert "secret" not in answer.text + only.text
         first = (await client.get("/api/requests")).json()["data"][0]
         detail = await client.get(f"/api/requests/{first['id']}")
         assert detail.json()["request_id"] == "r0"

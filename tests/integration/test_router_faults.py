@@ -297,3 +297,25 @@ def test_distributing_to_an_offline_node_is_refused_naming_it(
     finally:
         ghost.stop()
         http.delete(f"/api/nodes/{ghost.node_id}")
+
+
+def test_a_nodes_logs_pass_through_checked_and_bounded(
+    http: httpx.Client, fakes: dict[str, FakeNode]
+) -> None:
+    node = fakes["fake-a"]
+    path = f"/api/nodes/{node.node_id}/logs"
+    lines = http.get(path, params={"limit": "5", "level": "info", "token": "x", "url": "y"})
+    assert lines.status_code == 200
+    assert lines.json()["data"][0]["msg"] == "fake line"
+    # Only the checked query reaches the node, never the caller's other parameters.
+    assert node.logs_query == {"limit": "5", "level": "info", "after": "0"}
+    assert http.get(path, params={"level": "loud"}).status_code == 400
+    for answer in (
+        b"<html>not json</html>",
+        b'{"data": 5}',
+        b'{"data":["' + b"x" * (13 << 20) + b'"]}',
+    ):
+        node.behaviour = Behaviour(logs=answer)
+        refused = http.get(path)
+        assert refused.status_code == 503, answer[:20]
+        assert refused.json()["error"]["message"].startswith("node fake-a gave no readable logs")

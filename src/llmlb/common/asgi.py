@@ -7,6 +7,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncGenerator, Awaitable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -239,15 +240,34 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
 }
 
 
+@dataclass(frozen=True)
+class LogQuery:
+    """What ``GET .../logs?limit=&level=&after=`` asks for, checked."""
+
+    limit: int = 200
+    level: str | None = None
+    after: int = 0
+
+    @classmethod
+    def of(cls, request: Request) -> LogQuery:
+        query = request.query_params
+        try:
+            limit = min(max(int(query.get("limit", "200")), 1), 2000)
+            after = max(int(query.get("after", "0")), 0)
+        except ValueError:
+            raise BadRequest("'limit' and 'after' must be integers") from None
+        level = query.get("level")
+        if level is not None and level not in ("debug", "info", "warning", "error"):
+            raise BadRequest("'level' is one of debug, info, warning, error", param="level")
+        return cls(limit, level, after)
+
+    def params(self) -> dict[str, str]:
+        """The same query, to pass on to another process."""
+        params = {"limit": str(self.limit), "after": str(self.after)}
+        return params | ({"level": self.level} if self.level else {})
+
+
 def log_lines(request: Request) -> list[dict[str, Any]]:
-    """This process's recent log lines, as ``GET .../logs?limit=&level=&after=`` asks."""
-    query = request.query_params
-    try:
-        limit = min(max(int(query.get("limit", "200")), 1), 2000)
-        after = max(int(query.get("after", "0")), 0)
-    except ValueError:
-        raise BadRequest("'limit' and 'after' must be integers") from None
-    level = query.get("level")
-    if level is not None and level not in ("debug", "info", "warning", "error"):
-        raise BadRequest("'level' is one of debug, info, warning, error", param="level")
-    return LogRing.of_process().lines(limit, level, after)
+    """This process's recent log lines, as the request's ``LogQuery`` asks."""
+    query = LogQuery.of(request)
+    return LogRing.of_process().lines(query.limit, query.level, query.after)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
@@ -10,6 +10,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from llmlb.common.errors import InvalidJSON
 from llmlb.common.names import is_model_name
+
+if TYPE_CHECKING:
+    import aiohttp
 
 # Deeper JSON than this is refused: orjson reads 1024 levels but writes only 254, and no
 # OpenAI request needs more than a few (a tool's JSON schema a dozen or so).
@@ -151,3 +154,15 @@ class RegisterResponse(BaseModel):
     heartbeat_interval: float
     status: str
     assigned_models: list[str] = Field(default_factory=list)
+
+
+async def read_limited(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """The body, or its first ``limit`` bytes: (bytes, whether that was all of it)."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(parts)[:limit], False
+    return b"".join(parts), True

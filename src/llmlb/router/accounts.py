@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import re
 import secrets
 import time
@@ -25,7 +26,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from llmlb.common.errors import BadRequest, Conflict, NotFound
+from llmlb.common.errors import BadRequest, Conflict, NotFound, Overloaded
 from llmlb.router.db import sessions, users
 
 Role = Literal["admin", "viewer"]
@@ -102,6 +103,7 @@ class Accounts:
         self._recent: dict[str, tuple[float, Session]] = {}
         self._any_user: tuple[float, bool] = (0.0, False)
         self._hashing = asyncio.Semaphore(2)
+        self.throttle = LoginThrottle()
 
     async def _hash(self, password: str) -> str:
         async with self._hashing:
@@ -206,17 +208,40 @@ class Accounts:
             )
 
     async def check(self, username: str, password: str) -> User | None:
-        """The user these credentials name, or None (as slow for an unknown name)."""
+        """The user these credentials name, or None. Every refusal costs one hash, so that
+        the time taken does not tell a real user name from an unknown one."""
+        if len(password) > PASSWORD_MAX or len(username) > 64:
+            await self._verify(_DUMMY_HASH, password[:PASSWORD_MAX])
+            return None
         async with self._engine.connect() as connection:
             row = (
                 await connection.execute(select(users).where(users.c.username == username))
             ).first()
         if row is None:
-            await self._verify(_DUMMY_HASH, password[:PASSWORD_MAX])
+            await self._verify(_DUMMY_HASH, password)
             return None
-        if len(password) > PASSWORD_MAX or not await self._verify(row.password_hash, password):
+        if not await self._verify(row.password_hash, password):
             return None
         return _user(row)
+
+    async def login(self, username: str, password: str, client: str) -> User | None:
+        """``check`` behind the throttle, for every way a password is offered (the login
+        form, basic auth, a password change): 429 while the name or address is locked out.
+
+        The attempt counts as failed before the hash is checked and is forgiven on success,
+        so that a burst of parallel guesses cannot all slip in before the first one fails."""
+        who = ("user:" + username.lower()[:64], "addr:" + client)
+        wait = self.throttle.wait(*who)
+        if wait > 0:
+            raise Overloaded(
+                f"too many failed logins; try again in {math.ceil(wait)} s",
+                code="too_many_login_attempts", headers={"Retry-After": str(math.ceil(wait))},
+            )  # fmt: skip
+        self.throttle.failed(*who)
+        user = await self.check(username, password)
+        if user is not None:
+            self.throttle.succeeded(*who)
+        return user
 
     # -- sessions ----------------------------------------------------------------------------
 

@@ -28,7 +28,9 @@ from llmlb.router.keys import KeyStore, Scope
 
 SESSION_COOKIE = "llmlb_session"
 CSRF_HEADER = "x-csrf-token"
-_BASIC_CACHE_SECONDS = 60.0  # a CLI's basic auth is checked with argon2 once a minute, not per call
+# A script's basic auth is hashed at most once in this many seconds, not on every call; short,
+# since another router sharing the database may have changed the password meanwhile.
+_BASIC_CACHE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,11 @@ class Authenticator:
         self._no_auth = no_auth
         self._basic: dict[str, tuple[float, User]] = {}  # sha256(user:password) -> checked user
 
-    async def require(self, scope: Scope, offered: Credentials) -> Principal:
+    async def require(
+        self, scope: Scope, offered: Credentials, *, own_account: bool = False
+    ) -> Principal:
         principal = await self._identify(scope, offered)
-        if scope == "admin" and offered.write and principal.role != "admin":
+        if scope == "admin" and offered.write and principal.role != "admin" and not own_account:
             raise PermissionDenied(
                 "viewers may look, not change: this needs an admin", code="read_only"
             )
@@ -114,7 +118,7 @@ class Authenticator:
             if password and same_secret(password, self._admin_password):
                 return Principal()
         if scope in ("admin", "api") and basic is not None:
-            user = await self._basic_user(*basic)
+            user = await self._basic_user(*basic, offered.client or "-")
             if user is not None:
                 return Principal(user=user, role=user.role)
         key = await self._keys.verify(token) if token else None
@@ -147,7 +151,7 @@ class Authenticator:
             f"an API key of scope {scope!r} is required (Authorization: Bearer <key>){hint}"
         )
 
-    async def _basic_user(self, username: str, password: str) -> User | None:
+    async def _basic_user(self, username: str, password: str, client: str) -> User | None:
         digest = hashlib.sha256(
             f"{username}:{password}".encode(errors="surrogateescape")
         ).hexdigest()
@@ -155,7 +159,7 @@ class Authenticator:
         cached = self._basic.get(digest)
         if cached is not None and now - cached[0] < _BASIC_CACHE_SECONDS:
             return cached[1]
-        user = await self._accounts.check(username, password)
+        user = await self._accounts.login(username, password, client)
         if user is not None:
             if len(self._basic) > 1000:
                 self._basic.clear()

@@ -30,6 +30,7 @@ from llmlb.common.errors import (
     UpstreamTimeout,
 )
 from llmlb.common.settings import RouterSettings
+from llmlb.common.wire import read_limited
 from llmlb.translate.providers import PROVIDERS
 from llmlb.translate.providers.base import Provider
 
@@ -291,18 +292,6 @@ class Clouds:
             ids.extend(page.ids)
             query = page.next_query
         return sorted(set(ids))[:MAX_MODELS]
-
-
-async def read_limited(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
-    """The body, or its first ``limit`` bytes: (bytes, whether that was all of it)."""
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_any():
-        parts.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return b"".join(parts)[:limit], False
-    return b"".join(parts), True
 
 
 def _backoff(attempt: int) -> float:

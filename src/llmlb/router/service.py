@@ -21,7 +21,7 @@ from llmlb.common.errors import LlmlbError
 from llmlb.common.files import write_private
 from llmlb.common.settings import RouterSettings
 from llmlb.models.catalog import Catalog
-from llmlb.router.accounts import Accounts, LoginThrottle
+from llmlb.router.accounts import Accounts
 from llmlb.router.auth import Authenticator
 from llmlb.router.clouds import Clouds
 from llmlb.router.db import open_database, ping
@@ -52,7 +52,6 @@ class RouterService:
         self.catalog = Catalog.load(settings.home)  # first: a broken catalog stops the start
         self.keys = KeyStore(engine)
         self.accounts = Accounts(engine, settings.session_hours)
-        self.logins = LoginThrottle()
         self.auth = Authenticator(
             self.keys, self.accounts,
             admin_password=settings.admin_password, no_auth=settings.no_auth,

@@ -6,16 +6,15 @@ with every change it makes (``x-csrf-token``).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from llmlb.common.asgi import ORJSONResponse, read_json
-from llmlb.common.errors import AuthenticationFailed, BadRequest, Overloaded
+from llmlb.common.errors import AuthenticationFailed, BadRequest
 from llmlb.router.accounts import Session, User, check_password, check_role, check_username
-from llmlb.router.api.common import authorize, service_of
+from llmlb.router.api.common import authorize, client_address, refuse_cross_site, service_of
 from llmlb.router.auth import SESSION_COOKIE
 
 _BODY_LIMIT = 16 * 1024
@@ -32,24 +31,15 @@ def _session_answer(session: Session, **extra: Any) -> dict[str, Any]:
 
 
 async def login(request: Request) -> Response:
+    refuse_cross_site(request)  # or another site could log the browser in as its own user
     service = service_of(request)
     body = await read_json(request, _BODY_LIMIT)
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str):
         raise BadRequest("'username' and 'password' are required")
-    client = request.client.host if request.client else "-"
-    who = ("user:" + username.lower()[:64], "addr:" + client)
-    wait = service.logins.wait(*who)
-    if wait > 0:
-        raise Overloaded(
-            f"too many failed logins; try again in {math.ceil(wait)} s",
-            code="too_many_login_attempts", headers={"Retry-After": str(math.ceil(wait))},
-        )  # fmt: skip
-    user = await service.accounts.check(username, password)
+    user = await service.accounts.login(username, password, client_address(request))
     if user is None:
-        service.logins.failed(*who)
         raise AuthenticationFailed("wrong user name or password", code="invalid_login")
-    service.logins.succeeded(*who)
     return await _new_session(request, user)
 
 
@@ -64,6 +54,7 @@ async def _new_session(request: Request, user: User) -> Response:
 
 
 async def logout(request: Request) -> Response:
+    refuse_cross_site(request)
     secret = request.cookies.get(SESSION_COOKIE)
     if secret:
         await service_of(request).accounts.close_session(secret)
@@ -87,7 +78,7 @@ async def me(request: Request) -> Response:
 
 async def change_password(request: Request) -> Response:
     """One's own password (current one required); other sessions end, this one is renewed."""
-    principal = await authorize(request, "admin")
+    principal = await authorize(request, "admin", own_account=True)
     if principal.user is None:
         raise BadRequest("only a logged-in user has a password to change")
     body = await read_json(request, _BODY_LIMIT)
@@ -96,7 +87,7 @@ async def change_password(request: Request) -> Response:
         raise BadRequest("'current_password' is required", param="current_password")
     check_password(new)
     accounts = service_of(request).accounts
-    if await accounts.check(principal.user.username, current) is None:
+    if await accounts.login(principal.user.username, current, client_address(request)) is None:
         raise AuthenticationFailed("the current password is wrong", code="invalid_login")
     user = await accounts.set_password(principal.user.username, str(new))
     service_of(request).auth.forget_passwords()
@@ -129,11 +120,13 @@ async def update_user(request: Request) -> Response:
     if "password" not in body and "role" not in body:
         raise BadRequest("nothing to change: give 'role' or 'password'")
     user = await service.accounts.get(username)
-    if "password" in body:
-        user = await service.accounts.set_password(username, check_password(body["password"]))
-    if "role" in body:
-        user = await service.accounts.set_role(username, check_role(body["role"]))
-    service.auth.forget_passwords()
+    try:
+        if "password" in body:
+            user = await service.accounts.set_password(username, check_password(body["password"]))
+        if "role" in body:
+            user = await service.accounts.set_role(username, check_role(body["role"]))
+    finally:  # a password may have changed even when the role then could not
+        service.auth.forget_passwords()
     return ORJSONResponse(user.to_dict())
 
 

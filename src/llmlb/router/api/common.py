@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llmlb.common.errors import BadRequest
+from llmlb.common.errors import BadRequest, PermissionDenied
 from llmlb.router.auth import CSRF_HEADER, SESSION_COOKIE, Credentials, Principal
 from llmlb.router.keys import Scope
 from llmlb.router.service import RouterService
@@ -36,8 +36,39 @@ def credentials(request: Request) -> Credentials:
     )
 
 
-async def authorize(request: Request, scope: Scope) -> Principal:
-    return await service_of(request).auth.require(scope, credentials(request))
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "-"
+
+
+# What a plain HTML form (or a no-cors fetch) may send to any address without a preflight.
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+
+
+def refuse_cross_site(request: Request) -> None:
+    """Any web page an operator visits can make their browser send a form post to the router,
+    its loopback address included, and loopback may need no credential. So a change to the
+    admin API is refused when the browser says it comes from another site (Sec-Fetch-Site)
+    or when it has a form's content type, which neither the dashboard nor the CLI sends."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    site = request.headers.get("sec-fetch-site")
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if site in ("cross-site", "same-site") or media in _FORM_TYPES:
+        raise PermissionDenied(
+            "changes to the admin API are refused from another site's page or as a form post"
+            " (send JSON)",
+            code="cross_site_request",
+        )
+
+
+async def authorize(request: Request, scope: Scope, *, own_account: bool = False) -> Principal:
+    """Who the caller is, refused unless they may call ``scope``. ``own_account``: a viewer
+    may still change what is theirs (their password)."""
+    if scope == "admin":
+        refuse_cross_site(request)
+    return await service_of(request).auth.require(
+        scope, credentials(request), own_account=own_account
+    )
 
 
 def admin(handler: Handler) -> Handler:

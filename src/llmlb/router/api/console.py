@@ -18,12 +18,20 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llmlb.common.asgi import ClosingStreamingResponse, ORJSONResponse, log_lines, read_json
+from llmlb.common.asgi import (
+    ClosingStreamingResponse,
+    LogQuery,
+    ORJSONResponse,
+    log_lines,
+    read_json,
+)
 from llmlb.common.errors import BadRequest, Unavailable
+from llmlb.common.wire import read_limited
 from llmlb.router.api.common import float_param, int_param, service_of
 from llmlb.router.history import HistoryFilter
 
 EXPORT_MAX_ROWS = 100_000
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _TAG = re.compile(r"[A-Za-z0-9._:-]{1,32}")
 _EXPORT_COLUMNS = (
     "id", "ts", "request_id", "key_id", "endpoint", "model", "node_id", "status",
@@ -85,21 +93,33 @@ async def router_logs(request: Request) -> Response:
     return ORJSONResponse({"data": log_lines(request)})
 
 
+# A node keeps at most 2,000 lines of at most 4,000 characters: what one answer can hold.
+_NODE_LOGS_MAX_BYTES = 12 * 1024 * 1024
+
+
 async def node_logs(request: Request) -> Response:
-    """The node's recent log lines, fetched from it with its own key."""
+    """The node's recent log lines, fetched from it with its own key. Only the checked query
+    goes to the node, and only a bounded JSON answer comes back from it."""
     service = service_of(request)
     node = service.registry.get(request.path_params["node_id"])
+    query = LogQuery.of(request)
     try:
         async with service.session.get(
-            node.base_url + "/api/logs", params=dict(request.query_params),
+            node.base_url + "/api/logs", params=query.params(),
             headers=node.auth_headers(), timeout=aiohttp.ClientTimeout(total=5),
         ) as response:  # fmt: skip
-            body = await response.read()
             if response.status != 200:
                 raise Unavailable(f"node {node.name} answered {response.status} for its logs")
+            body, whole = await read_limited(response, _NODE_LOGS_MAX_BYTES)
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise Unavailable(f"node {node.name} did not give its logs: {type(exc).__name__}") from exc
-    return Response(body, media_type="application/json")
+    try:
+        lines = orjson.loads(body)["data"] if whole else None
+    except (orjson.JSONDecodeError, TypeError, KeyError):
+        lines = None
+    if not isinstance(lines, list):
+        raise Unavailable(f"node {node.name} gave no readable logs")
+    return ORJSONResponse({"data": lines})
 
 
 async def show_request(request: Request) -> Response:
@@ -138,7 +158,8 @@ async def export_requests(request: Request) -> Response:
 
 def _csv_row(values: tuple[Any, ...]) -> bytes:
     out = io.StringIO()
-    # A cell that starts with = + - @ is a formula to a spreadsheet: quote it as text.
-    cells = ["'" + v if isinstance(v, str) and v[:1] in "=+-@" else v for v in values]
+    # A cell that starts with = + - @ (or a tab or carriage return before one) is a formula
+    # to a spreadsheet: quote it as text.
+    cells = ["'" + v if isinstance(v, str) and v[:1] in _FORMULA_STARTS else v for v in values]
     csv.writer(out, lineterminator="\n").writerow(cells)
     return out.getvalue().encode()

@@ -19,6 +19,8 @@ function h(tag, attrs, ...children) {
     if (v === null || v === undefined || v === false) continue;
     if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else if (k === "class") el.className = v;
+    // Through the CSSOM: the page's CSP (style-src 'self') refuses style attributes.
+    else if (k === "style") Object.assign(el.style, v);
     else el.setAttribute(k, v === true ? "" : v);
   }
   for (const child of children.flat()) {
@@ -394,7 +396,7 @@ function modelsPage(root) {
     if (task && (task.state === "pending" || task.state === "in_progress")) {
       const pct = task.bytes_total ? Math.floor((100 * task.bytes_done) / task.bytes_total) : 0;
       return h("td", { "data-cell": `${model.name}@${n.node}` },
-        h("span", { class: "bar", role: "progressbar", "aria-valuenow": pct, "aria-valuemin": 0, "aria-valuemax": 100 }, h("div", { style: `width:${pct}%` })),
+        h("span", { class: "bar", role: "progressbar", "aria-valuenow": pct, "aria-valuemin": 0, "aria-valuemax": 100 }, h("div", { style: { width: `${pct}%` } })),
         ` ${pct} % `, h("span", { class: "muted" }, fmt.speed(task.speed)));
     }
     const label = { loaded: "loaded", on_disk: "on disk", downloading: `downloading ${n.percent ?? ""}%`, absent: "–" }[n.state];
