@@ -24,7 +24,14 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Page,
+    Playwright,
+    expect,
+    sync_playwright,
+)
 
 from llmlb.models.smallmodel import SMALL_MODEL_NAME
 from llmlb.models.store import ModelStore
@@ -140,10 +147,12 @@ def page(browser: Browser) -> Iterator[Page]:
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     # What the page's Content-Security-Policy blocks is a broken page too (chromium logs it).
-    page.on(
-        "console",
-        lambda message: "Content Security Policy" in message.text and errors.append(message.text),
-    )
+
+    def blocked(message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text:
+            errors.append(message.text)
+
+    page.on("console", blocked)
     page.on("dialog", lambda dialog: dialog.accept())
     yield page
     context.close()

@@ -326,13 +326,16 @@ def test_a_hung_provider_is_a_504_and_a_stalled_stream_ends(clouds: CloudFleet) 
     assert stalled.text.endswith("data: [DONE]\n\n")
 
 
-def test_an_unknown_prefix_is_a_400_naming_the_known_ones(clouds: CloudFleet) -> None:
+def test_an_unknown_prefix_is_a_404_naming_the_known_ones(clouds: CloudFleet) -> None:
+    """``mistral:large`` reads as Ollama's model-and-tag first (``mistral-large``); when
+    nothing serves it, the answer names both readings."""
     with clouds.http() as http:
         reply = http.post("/v1/chat/completions", json={"model": "mistral:large",
                                                         "messages": chat_messages()})  # fmt: skip
-    assert reply.status_code == 400
+    assert reply.status_code == 404
     error = reply.json()["error"]
-    assert error["code"] == "unknown_provider"
+    assert error["code"] == "model_not_supported"
+    assert "'mistral-large'" in error["message"]
     assert "openai:, anthropic:, google:" in error["message"]
 
 

@@ -458,7 +458,7 @@ def test_removing_a_model_from_a_node_frees_the_disk(fleet: ModelsFleet) -> None
     assert not folder.joinpath("model.gguf").exists()
 
 
-def test_new_node_gets_recommended_models_and_is_initializing_until_they_arrive(
+def test_new_node_gets_its_tiers_model_and_is_initializing_until_it_arrives(
     fleet: ModelsFleet, tmp_path: Path
 ) -> None:
     data = fleet.tiny["t6"]
@@ -476,7 +476,8 @@ def test_new_node_gets_recommended_models_and_is_initializing_until_they_arrive(
         env={
             "HF_ENDPOINT": fleet.hub.url,
             "LLMLB_AUTO_DISTRIBUTE": "recommended",
-            "LLMLB_RECOMMENDED_MODELS": '["tiny-auto"]',
+            # A CPU node has no GPU memory: it is in the smallest tier.
+            "LLMLB_MODEL_TIERS": '{"8GiB": "gemma-3-270m", "0": "tiny:auto"}',
         },
     )
     node_home = tmp_path / "node"
@@ -500,6 +501,8 @@ def test_new_node_gets_recommended_models_and_is_initializing_until_they_arrive(
                 timeout=5,
             )
         assert (node_home / "models" / "tiny-auto" / "model.gguf").read_bytes() == data
+        log = router.log_path.read_text()
+        assert "assigning tiny-auto to node newcomer: 0.0 GiB of GPU memory free" in log
     finally:
         node.stop()
         router.stop()

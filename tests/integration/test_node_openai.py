@@ -269,3 +269,11 @@ def test_several_prompts_get_one_choice_each(node: Process) -> None:
     assert streamed.status_code == 200
     assert "data: null" not in streamed.text
     assert streamed.text.rstrip().endswith("data: [DONE]")
+
+
+def test_the_node_answers_to_the_ollama_name_too(client: OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="gemma3:270m", messages=FRANCE, max_tokens=8, temperature=0
+    )
+    assert "Paris" in (reply.choices[0].message.content or "")
+    assert reply.model == MODEL

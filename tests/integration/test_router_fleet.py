@@ -258,3 +258,24 @@ def test_history_has_the_token_counts_of_a_stream_without_include_usage(fleet: F
     row = next(r for r in rows if r["request_id"] == request_id)
     assert 1 <= row["tokens_out"] <= 6
     assert row["tokens_in"] and row["tokens_in"] > 0  # only the usage comment has this
+
+
+def test_a_model_asked_for_by_its_ollama_name_reaches_the_same_engine(fleet: Fleet) -> None:
+    openai = client(fleet)
+    for name in ("gemma3:270m", "gemma-3-270m"):
+        reply = openai.chat.completions.create(
+            model=name,
+            messages=FRANCE,  # type: ignore[arg-type]
+            max_tokens=8,
+            temperature=0,
+        )
+        assert "Paris" in (reply.choices[0].message.content or "")
+        assert reply.model == MODEL  # the canonical name answers
+    listed = {m.id: m for m in openai.models.list()}
+    assert "gemma3:270m" in (listed[MODEL].model_extra or {})["aliases"]
+    assert "gemma3:270m" not in listed  # one row per model, its aliases beside it
+    with fleet.http() as http:
+        unknown = ask(http, model="gemma3:9000b")
+        assert unknown.status_code == 404
+        assert "gemma3:9000b" in unknown.json()["error"]["message"]
+        assert ask(http, model="../../etc:passwd").status_code in (400, 404)

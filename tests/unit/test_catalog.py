@@ -17,7 +17,7 @@ def test_shipped_catalog_is_valid_and_has_the_small_model() -> None:
     assert small.size_bytes == 253113024
     hub_entries = [e for e in catalog.entries() if e.origin.hub is not None]
     assert len(hub_entries) >= 5
-    assert all(e.size_bytes and e.required_memory_bytes for e in catalog.entries())
+    assert all(e.size_bytes and e.kv_bytes_per_token for e in catalog.entries())
 
 
 def test_home_file_overrides_and_adds_by_name(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The auto-distribution policy and the choice of targets for ``auto``."""
 
-from llmlb.models.catalog import CatalogEntry
+from llmlb.models.catalog import CatalogEntry, Tier
 from llmlb.router.distribution import assign_models, pick_auto_targets
 
 
@@ -16,14 +16,22 @@ def entry(name: str, size: int, memory: int | None = None) -> CatalogEntry:
 
 
 CATALOG = [entry("big", 8000), entry("small", 100), entry("mid", 1000, memory=3000)]
+TIERS = [Tier(min_gpu_memory_bytes=5000, model="mid"), Tier(min_gpu_memory_bytes=0, model="small")]
 
 
 def test_none_assigns_nothing() -> None:
-    assert assign_models(CATALOG, 10**9, [], "none", ["small"]) == []
+    assert assign_models(CATALOG, 10**9, [], "none", ["small"], tiers=TIERS) == []
 
 
-def test_recommended_assigns_only_recommended_models_that_fit() -> None:
-    assert assign_models(CATALOG, 5000, [], "recommended", ["small", "big"]) == ["small"]
+def test_recommended_is_the_tier_of_the_nodes_gpu_memory_and_the_extras_that_fit() -> None:
+    assert assign_models(CATALOG, 6000, [], "recommended", tiers=TIERS, gpu_memory=6000) == ["mid"]
+    assert assign_models(CATALOG, 4000, [], "recommended", tiers=TIERS, gpu_memory=4000) == [
+        "small"
+    ]
+    # A CPU node (no GPU memory) gets the smallest tier; extras only where they fit.
+    assert assign_models(CATALOG, 5000, [], "recommended", ["big", "mid"], tiers=TIERS) == [
+        "small", "mid"
+    ]  # fmt: skip
 
 
 def test_all_that_fit_smallest_first_by_memory_needed() -> None:
@@ -34,6 +42,7 @@ def test_all_that_fit_smallest_first_by_memory_needed() -> None:
 
 def test_models_on_disk_are_not_assigned_again() -> None:
     assert assign_models(CATALOG, 10_000, ["small"], "all-that-fit") == ["mid", "big"]
+    assert assign_models(CATALOG, 6000, ["mid"], "recommended", tiers=TIERS, gpu_memory=6000) == []
 
 
 def test_auto_targets_most_free_memory_that_fits() -> None:

@@ -1,5 +1,11 @@
 """Model names: one path component that is safe on every file system, used everywhere a
-model name goes (requests, heartbeats, the store, metric labels)."""
+model name goes (requests, heartbeats, the store, metric labels).
+
+People type Ollama's names, ``model:tag`` (``gpt-oss:20b``, ``llama3.2:1b``), and ``:`` is
+not allowed in a Windows path. Such a name has one canonical store name, ``model-tag``
+(``gpt-oss-20b``), and ``model:latest`` is ``model``. ``store_name`` makes that mapping and
+validates the result; the catalog adds aliases on top (``gpt-oss`` is ``gpt-oss-20b``).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import re
 from llmlb.common.errors import BadRequest
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+TAG_SEPARATOR = ":"
+LATEST = "latest"
 
 
 class InvalidModelName(BadRequest):
@@ -15,6 +23,7 @@ class InvalidModelName(BadRequest):
 
 
 def is_model_name(name: str) -> bool:
+    """Whether ``name`` is a canonical store name (no tag separator)."""
     return bool(_NAME.fullmatch(name)) and ".." not in name
 
 
@@ -22,8 +31,22 @@ def validate_name(name: str) -> str:
     """Return ``name`` if it is a safe single path component, else raise InvalidModelName."""
     if not is_model_name(name):
         raise InvalidModelName(
-            f"invalid model name {name!r}: use letters, digits, '.', '_' and '-' "
-            "(at most 128, no '..', no '/')",
+            f"invalid model name {name[:200]!r}: use letters, digits, '.', '_' and '-', "
+            "with at most one ':tag' (at most 128, no '..', no '/')",
             param="model",
         )
     return name
+
+
+def canonical_name(name: str) -> str:
+    """``model:tag`` as ``model-tag`` and ``model:latest`` as ``model``; any other name as it
+    is. Not validated: see ``store_name``."""
+    base, separator, tag = name.partition(TAG_SEPARATOR)
+    if not separator or not base or not tag or TAG_SEPARATOR in tag:
+        return name
+    return base if tag == LATEST else f"{base}-{tag}"
+
+
+def store_name(name: str) -> str:
+    """The validated canonical name of a name as a user typed it (tags allowed)."""
+    return validate_name(canonical_name(name))

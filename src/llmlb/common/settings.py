@@ -226,7 +226,14 @@ class RouterSettings(CommonSettings):
         default=64 * 1024, description="Largest admin API request body"
     )
     auto_distribute: AutoDistribute = "recommended"
-    recommended_models: list[str] = Field(default_factory=lambda: ["gemma-3-270m"])
+    model_tiers: dict[ByteSize, str] | None = Field(
+        default=None,
+        description="GPU memory -> model for auto_distribute=recommended, e.g. "
+        '{"16GiB": "gpt-oss:20b", "0": "gemma3:270m"} (default: the catalog\'s tiers)',
+    )
+    recommended_models: list[str] = Field(
+        default_factory=list, description="Models every node gets besides its tier's"
+    )
     max_concurrent_downloads: int = Field(default=10, ge=1)
     offline_node_expiry: float = Field(
         default=24 * 3600.0, gt=0, description="Seconds after which an offline node is forgotten"

@@ -101,6 +101,7 @@ class NodeLoad(BaseModel):
     slots_busy: int = Field(default=0, ge=0)
     slots_total: int = Field(default=0, ge=0)  # slots of the loaded generation engines
     slots_per_model: int = Field(default=0, ge=0)  # slots a model gets when it loads
+    ctx_size: int = Field(default=0, ge=0)  # context tokens a model gets (0: not said)
     # Seconds the node's last load of each model took (the balancer weighs them against waits).
     load_seconds: Annotated[dict[ModelName, float], Field(max_length=MAX_REPORTED_MODELS)] = Field(
         default_factory=dict

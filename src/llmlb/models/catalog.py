@@ -1,8 +1,16 @@
 """The model catalog: which models the fleet may serve, where each comes from, what it needs.
 
 The package ships ``supported_models.json``; ``<home>/supported_models.json`` overrides it,
-merged by name (an entry there replaces the shipped one of the same name, or adds one). The
-catalog is validated when loaded and a broken entry is an error naming it.
+merged by name (an entry there replaces the shipped one of the same name, or adds one; its
+``tiers``, when given, replace the shipped ones). The catalog is validated when loaded and a
+broken entry is an error naming it.
+
+Names: an entry's ``name`` is its canonical store name (``gpt-oss-20b``; a name written as
+``gpt-oss:20b`` is stored so and kept as an alias), and ``aliases`` are the other names people
+type (``gpt-oss:latest``, ``gpt-oss``). ``Catalog.resolve`` maps any of them to the entry.
+
+Tiers: the ``recommended`` assignment gives a node the model of the largest tier whose
+``min_gpu_memory_bytes`` its free GPU memory reaches (and that fits it).
 """
 
 from __future__ import annotations
@@ -15,8 +23,9 @@ import orjson
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from llmlb.common.errors import LlmlbError
-from llmlb.common.names import validate_name
-from llmlb.models.memory import memory_needed
+from llmlb.common.names import canonical_name, store_name
+from llmlb.common.settings import ByteSize
+from llmlb.models.memory import DEFAULT_PLAN_CTX, memory_needed
 
 CATALOG_FILE = "supported_models.json"
 Capability = Literal["chat", "completion", "embedding"]
@@ -47,29 +56,57 @@ class Origin(BaseModel):
         return f"url {self.url}" if self.url else f"package {self.package}"
 
 
+def _safe(name: str) -> str:
+    try:
+        return store_name(name)
+    except LlmlbError as exc:
+        raise ValueError(exc.message) from exc
+
+
 class CatalogEntry(BaseModel):
     name: str
+    aliases: list[str] = Field(default_factory=list, max_length=32)
     description: str = ""
     origin: Origin
     size_bytes: int | None = Field(default=None, gt=0)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     required_memory_bytes: int | None = Field(default=None, gt=0)
+    # KV cache per token of context, from the GGUF header (models.memory.kv_bytes_per_token).
+    kv_bytes_per_token: int | None = Field(default=None, gt=0)
     context_length: int | None = Field(default=None, gt=0)
     chat_template: str | None = None
     tags: list[str] = Field(default_factory=list)
     capabilities: list[Capability] = Field(default=["chat", "completion"])
 
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_name_is_an_alias(cls, data: Any) -> Any:
+        """``"name": "gpt-oss:20b"`` is stored as ``gpt-oss-20b`` and still answers to both."""
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            name = data["name"]
+            if canonical_name(name) != name:
+                aliases = data.get("aliases") or []
+                if isinstance(aliases, list):
+                    data = {**data, "aliases": [name, *aliases]}
+        return data
+
     @field_validator("name")
     @classmethod
     def _safe_name(cls, name: str) -> str:
-        try:
-            return validate_name(name)
-        except LlmlbError as exc:
-            raise ValueError(exc.message) from exc
+        return _safe(name)
 
-    def memory_needed(self) -> int:
-        """Memory to plan with (models.memory): the entry's own figure, else an estimate."""
-        return memory_needed(self.size_bytes or 0, required=self.required_memory_bytes)
+    @field_validator("aliases")
+    @classmethod
+    def _safe_aliases(cls, aliases: list[str]) -> list[str]:
+        for alias in aliases:
+            _safe(alias)
+        return aliases
+
+    def memory_needed(self, ctx_size: int = DEFAULT_PLAN_CTX) -> int:
+        """Memory to plan with (models.memory) at a node's context size: the entry's own
+        figure, else weights, compute buffers and the KV cache."""
+        kv = self.kv_bytes_per_token * ctx_size if self.kv_bytes_per_token else None
+        return memory_needed(self.size_bytes or 0, kv_cache=kv, required=self.required_memory_bytes)
 
     def public(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
@@ -87,12 +124,51 @@ class CatalogError(LlmlbError):
     """The catalog file is broken; the message names the file and entry."""
 
 
+class Tier(BaseModel):
+    min_gpu_memory_bytes: ByteSize = Field(ge=0)  # bytes, or a size such as "16GiB"
+    model: str
+
+
+def tiers_from_setting(table: dict[int, str] | None) -> list[Tier] | None:
+    """The ``model_tiers`` setting (GPU memory -> model) as tiers; None when not set."""
+    if table is None:
+        return None
+    return [Tier(min_gpu_memory_bytes=size, model=model) for size, model in table.items()]
+
+
 class Catalog:
-    def __init__(self, entries: dict[str, CatalogEntry]) -> None:
+    def __init__(self, entries: dict[str, CatalogEntry], tiers: list[Tier] | None = None) -> None:
         self._entries = entries
+        self._aliases: dict[str, str] = {}  # canonical form of an alias -> entry name
+        for entry in entries.values():
+            for alias in entry.aliases:
+                key = canonical_name(alias)
+                owner = self._aliases.get(key) or (key if key in entries else entry.name)
+                if owner != entry.name:
+                    raise CatalogError(
+                        f"alias {alias!r} of model {entry.name!r} already names {owner!r}"
+                    )
+                if key != entry.name:
+                    self._aliases[key] = entry.name
+        self.tiers: list[Tier] = []
+        for tier in sorted(tiers or [], key=lambda t: -t.min_gpu_memory_bytes):
+            model = self.resolve(tier.model)
+            if model not in entries:
+                raise CatalogError(f"tier {tier.model!r} names no model in the catalog")
+            self.tiers.append(Tier(min_gpu_memory_bytes=tier.min_gpu_memory_bytes, model=model))
+
+    def resolve(self, name: str) -> str:
+        """The canonical name of a model as typed: an alias's entry, else ``model:tag`` as
+        ``model-tag`` (not validated; an unknown name stays unknown)."""
+        key = canonical_name(name)
+        return self._aliases.get(key, key)
+
+    def aliases_of(self, name: str) -> list[str]:
+        entry = self._entries.get(name)
+        return list(entry.aliases) if entry else []
 
     def get(self, name: str) -> CatalogEntry | None:
-        return self._entries.get(name)
+        return self._entries.get(self.resolve(name))
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -101,19 +177,27 @@ class Catalog:
         return [self._entries[name] for name in self.names()]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return isinstance(name, str) and self.resolve(name) in self._entries
 
     @classmethod
-    def load(cls, home: Path | None) -> Catalog:
+    def load(cls, home: Path | None, tiers: list[Tier] | None = None) -> Catalog:
+        """The shipped catalog, then the home's override; ``tiers`` (from settings) replace
+        the catalog's tier table when given."""
         shipped = resources.files("llmlb.data").joinpath(CATALOG_FILE).read_bytes()
-        entries = _parse(shipped, "the shipped supported_models.json")
+        entries, table = _parse(shipped, "the shipped supported_models.json")
         if home is not None and (home / CATALOG_FILE).is_file():
             override = home / CATALOG_FILE
-            entries.update(_parse(override.read_bytes(), str(override)))
-        return cls(entries)
+            more, their_table = _parse(override.read_bytes(), str(override))
+            entries.update(more)
+            table = their_table if their_table is not None else table
+        try:
+            return cls(entries, tiers if tiers is not None else table)
+        except CatalogError as exc:
+            where = f"the catalog (shipped and {CATALOG_FILE} in the home)"
+            raise CatalogError(f"{where}: {exc.message}") from exc
 
 
-def _parse(raw: bytes, where: str) -> dict[str, CatalogEntry]:
+def _parse(raw: bytes, where: str) -> tuple[dict[str, CatalogEntry], list[Tier] | None]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -121,6 +205,14 @@ def _parse(raw: bytes, where: str) -> dict[str, CatalogEntry]:
     items = data.get("models") if isinstance(data, dict) else data
     if not isinstance(items, list):
         raise CatalogError(f"{where}: expected a list of models (or {{'models': [...]}})")
+    tiers: list[Tier] | None = None
+    if isinstance(data, dict) and "tiers" in data:
+        try:
+            tiers = [Tier.model_validate(t) for t in data["tiers"]]
+        except (ValidationError, TypeError) as exc:
+            raise CatalogError(
+                f"{where}: 'tiers' is a list of {{min_gpu_memory_bytes, model}}"
+            ) from exc
     entries: dict[str, CatalogEntry] = {}
     for index, item in enumerate(items):
         label = item.get("name", "?") if isinstance(item, dict) else "?"
@@ -135,4 +227,4 @@ def _parse(raw: bytes, where: str) -> dict[str, CatalogEntry]:
         if entry.name in entries:
             raise CatalogError(f"{where}: model {entry.name!r} appears twice")
         entries[entry.name] = entry
-    return entries
+    return entries, tiers

@@ -26,7 +26,6 @@ from llmlb.common.asgi import (
 )
 from llmlb.common.credentials import bearer_token, same_secret
 from llmlb.common.errors import AuthenticationFailed, BadRequest, LlmlbError, NotFound
-from llmlb.common.names import validate_name
 from llmlb.node.assemble import Endpoint
 from llmlb.node.registration import RouterLink
 from llmlb.node.service import NodeService
@@ -102,8 +101,7 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
         return ORJSONResponse({"data": service.resolver.active_progress()})
 
     async def download(request: Request) -> Response:
-        name = request.path_params["name"]
-        validate_name(name)
+        name = service.resolver.canonical(request.path_params["name"])
         progress = service.resolver.progress_of(name)
         if progress is None:
             raise NotFound(f"no download of {name!r} and it is not here", code="not_found")

@@ -71,6 +71,7 @@ class RouterLink:
             slots_busy=sum(e.busy for e in engines),
             slots_total=sum(e.spec.parallel for e in engines),
             slots_per_model=service.settings.parallel,
+            ctx_size=service.settings.ctx_size,
             load_seconds=service.model_load_seconds(),
             request_seconds=round(service.recent_request_seconds(), 3),
             tokens_per_second=service.recent_tokens_per_second(),

@@ -54,6 +54,10 @@ class ModelResolver:
                 return StoredModel(name, path, path.stat().st_size, {"shared": True})
         return None
 
+    def canonical(self, name: str) -> str:
+        """The store name of a model as typed (``gpt-oss:20b``, a catalog alias), validated."""
+        return validate_name(self._local_catalog.resolve(name))
+
     def local(self, name: str) -> StoredModel | None:
         validate_name(name)
         return self.store.get(name) or self.shared(name)

@@ -19,11 +19,10 @@ import orjson
 
 from llmlb import __version__
 from llmlb.common.errors import LlmlbError, ModelLoadFailed, NotFound, error_body
-from llmlb.common.names import validate_name
 from llmlb.common.settings import NodeSettings
 from llmlb.common.wire import Device, NodeState
 from llmlb.models.gguf import GGUFError, GGUFInfo, read_gguf
-from llmlb.models.memory import kv_cache_bytes, memory_needed
+from llmlb.models.memory import kv_bytes_per_token_of, memory_needed
 from llmlb.models.store import ModelStore, StoredModel
 from llmlb.node.assemble import Endpoint
 from llmlb.node.engine import EngineSpec, LlamaEngine, Purpose, restore_signal_handlers
@@ -50,15 +49,8 @@ def estimate_memory(model: StoredModel, info: GGUFInfo, ctx_size: int) -> int:
     """What the engine will take (models.memory): weights, compute buffers and the KV cache
     for ``ctx_size`` tokens; ``required_memory_bytes`` in the model's metadata overrides it."""
     configured = model.metadata.get("required_memory_bytes")
-    layers = int(info.arch_value("block_count") or 0)
-    kv_heads = int(info.arch_value("attention.head_count_kv") or 0)
-    key_len = int(info.arch_value("attention.key_length") or 0)
-    value_len = int(info.arch_value("attention.value_length") or 0)
-    if not (key_len and value_len):
-        heads = int(info.arch_value("attention.head_count") or 1)
-        key_len = value_len = int(info.embedding_length or 0) // max(heads, 1)
-    kv_cache = kv_cache_bytes(ctx_size, layers, kv_heads, key_len, value_len)
     required = configured if isinstance(configured, int) and configured > 0 else None
+    kv_cache = kv_bytes_per_token_of(info) * ctx_size
     return memory_needed(model.size_bytes, kv_cache=kv_cache, required=required)
 
 
@@ -164,8 +156,9 @@ class NodeService:
         model = body.get("model")
         if isinstance(model, str):
             with contextlib.suppress(LlmlbError):
-                if self.resolver.local(model) is not None:
-                    return model
+                name = self.resolver.canonical(model)
+                if self.resolver.local(name) is not None:
+                    return name
         return UNKNOWN_MODEL_LABEL
 
     def reported_state(self) -> NodeState:
@@ -177,6 +170,7 @@ class NodeService:
         return self.state
 
     async def pull(self, name: str) -> dict[str, Any]:
+        name = self.resolver.canonical(name)
         if self.resolver.local(name) is None:
             await self.resolver.pull(name)
         progress = self.resolver.progress_of(name)
@@ -185,7 +179,7 @@ class NodeService:
 
     async def delete_model(self, name: str) -> None:
         """Unload and delete a model from the store; never while it serves requests."""
-        validate_name(name)
+        name = self.resolver.canonical(name)
         await self.pool.unload(lambda spec: spec.name == name)
         if not self.store.remove(name):
             raise NotFound(f"model {name!r} is not in this node's store", code="model_not_found")
@@ -250,7 +244,7 @@ class NodeService:
     async def prepare(
         self, endpoint: Endpoint, body: dict[str, Any]
     ) -> tuple[EngineSpec, dict[str, Any]]:
-        name = model_name(body)
+        name = self.resolver.canonical(model_name(body))
         spec = await self.spec_for(name, "generate")
         body = validate_generation(body, endpoint, spec.ctx_size, spec.parallel, self.settings)
         if endpoint == "chat":
@@ -337,7 +331,7 @@ class NodeService:
     async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
         """Embeddings, computed ``EMBED_BATCH`` inputs at a time: the engine's one slot is
         released between batches, so a large request does not starve small ones."""
-        name = model_name(body)
+        name = self.resolver.canonical(model_name(body))
         items = validate_embeddings(body, self.settings)
         spec = await self.spec_for(name, "embed")
         data: list[dict[str, Any]] = []

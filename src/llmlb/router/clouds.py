@@ -23,7 +23,7 @@ import orjson
 
 from llmlb.common.errors import (
     AuthenticationFailed,
-    BadRequest,
+    ModelNotSupported,
     Overloaded,
     RelayedError,
     UpstreamFailed,
@@ -317,11 +317,13 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def not_a_provider(model: str) -> BadRequest:
-    """For a model name with an unknown prefix that no node or catalog knows either."""
+def not_a_provider(model: str, canonical: str) -> ModelNotSupported:
+    """For a ``name:tag`` model that no node or catalog knows (as ``canonical``, the store
+    name of an Ollama-style name) and whose prefix is no cloud provider either."""
     known = ", ".join(f"{p}:" for p in PROVIDERS)
     prefix = model.partition(":")[0]
-    return BadRequest(
-        f"model {model!r} is not served here and {prefix + ':'!r} is not a cloud provider "
-        f"prefix (known: {known})", param="model", code="unknown_provider",
+    return ModelNotSupported(
+        f"model {model!r} is not supported: no node holds it (as {canonical!r}), it is not in "
+        f"the catalog, and {prefix + ':'!r} is not a cloud provider prefix (known: {known})",
+        param="model",
     )  # fmt: skip

@@ -3,6 +3,7 @@ the fleet-wide view of where every model is."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -10,12 +11,18 @@ from typing import Any
 import aiohttp
 
 from llmlb.common.errors import BadRequest, Conflict, Unavailable, UpstreamFailed
-from llmlb.common.names import validate_name
 from llmlb.common.settings import RouterSettings
+from llmlb.models.memory import DEFAULT_PLAN_CTX
 from llmlb.router.distribution import assign_models, pick_auto_targets
 from llmlb.router.models import RouterModels
 from llmlb.router.registry import NodeRecord, Registry
 from llmlb.router.tasks import TaskManager
+
+log = logging.getLogger(__name__)
+
+
+def gib(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB"
 
 
 @dataclass(frozen=True)
@@ -45,13 +52,23 @@ class Distributor:
         self._session = session
 
     def assignments(self, node: NodeRecord) -> list[str]:
-        return assign_models(
-            self._models.catalog.entries(),
-            node_memory(node),
-            node.load.models_on_disk,
+        catalog = self._models.catalog
+        gpu_free = sum(d.memory_free for d in node.devices if d.is_gpu)
+        ctx_size = node.load.ctx_size or DEFAULT_PLAN_CTX
+        models = assign_models(
+            catalog.entries(), node_memory(node), node.load.models_on_disk,
             self._settings.auto_distribute,
-            self._settings.recommended_models,
-        )
+            [catalog.resolve(name) for name in self._settings.recommended_models],
+            tiers=catalog.tiers, gpu_memory=gpu_free, ctx_size=ctx_size,
+        )  # fmt: skip
+        for model in models:
+            entry = catalog.get(model)
+            needed = entry.memory_needed(ctx_size) if entry else 0
+            log.info(
+                "assigning %s to node %s: %s of GPU memory free, %s needed at %d tokens of context",
+                model, node.name, gib(gpu_free), gib(needed), ctx_size,
+            )  # fmt: skip
+        return models
 
     async def assign_on_registration(self, node: NodeRecord) -> list[str]:
         """Create pull tasks for the node's assigned models (once per model and node)."""
@@ -73,6 +90,7 @@ class Distributor:
         """Pull tasks for the chosen nodes. ``all`` means every node that can take one now;
         the others are reported in ``skipped``. Named nodes that cannot are an error."""
         entry = self._models.entry(model)
+        model = entry.name  # as typed, it may be an alias
         now = time.time()
         interval = self._settings.heartbeat_interval
         skipped: list[dict[str, str]] = []
@@ -111,7 +129,7 @@ class Distributor:
         return Distribution(tasks, skipped)
 
     async def remove_from_node(self, node_id: str, model: str) -> None:
-        validate_name(model)
+        model = self._models.canonical(model)
         node = self._registry.get(node_id)
         url = f"{node.base_url}/api/models/{model}"
         try:

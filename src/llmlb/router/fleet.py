@@ -79,6 +79,7 @@ class Fleet:
                 "nodes": sorted(held.get(model, [])),
                 "loaded_on": sorted(loaded.get(model, [])),
                 "in_catalog": model in self.catalog,
+                "aliases": self.catalog.aliases_of(model),
             }
             for model in sorted(set(held) | set(self.catalog.names()))
         ]

@@ -13,6 +13,8 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+import orjson
+
 from llmlb.common.errors import BadRequest, LlmlbError
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import parse_object
@@ -68,12 +70,14 @@ class Forwarder:
         history: History,
         metrics: RouterMetrics,
         known_model: Callable[[str], bool],
+        resolve: Callable[[str], str] = lambda model: model,
     ) -> None:
         self.settings = settings
         self.proxy = proxy
         self.history = history
         self.metrics = metrics
         self._known_model = known_model
+        self._resolve = resolve  # a name as typed -> the name the nodes know
         # Bounded: endpoints x known models (others share one label) x status codes.
         self._metric_series: dict[tuple[str, str, str, int], _Series] = {}
 
@@ -84,12 +88,16 @@ class Forwarder:
             raise BadRequest("'model' is required and must be a non-empty string", param="model")
         if len(model) > MAX_MODEL_NAME:
             raise BadRequest(f"'model' is longer than {MAX_MODEL_NAME} characters", param="model")
+        asked, canonical = model, self._resolve(model)
+        if canonical != model:  # an alias (gpt-oss:20b): the nodes know one name only
+            model = body["model"] = canonical
+            raw = orjson.dumps(body)
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise BadRequest("'stream' must be a boolean", param="stream")
         affine = self.settings.balancer == "prefix_affinity"
         prefix = prefix_blocks(model, body) if affine else ()
-        return Routed(endpoint, path, model, stream, raw, prefix)
+        return Routed(endpoint, path, model, stream, raw, prefix, asked if asked != model else "")
 
     async def forward(
         self, routed: Routed, headers: dict[str, str], key_id: str | None, request_id: str

@@ -47,9 +47,12 @@ class RouterModels:
         self.downloads = Downloads()
         self._session = session
 
+    def canonical(self, name: str) -> str:
+        """The store name of a model as a user typed it (an alias or ``model:tag``)."""
+        return validate_name(self.catalog.resolve(name))
+
     def entry(self, name: str) -> CatalogEntry:
-        validate_name(name)
-        entry = self.catalog.get(name)
+        entry = self.catalog.get(self.canonical(name))
         if entry is None:
             raise ModelNotSupported(
                 f"model {name!r} is not supported: it is not in the catalog", param="model"
@@ -78,6 +81,7 @@ class RouterModels:
     def pull(self, name: str) -> asyncio.Task[StoredModel]:
         """Fetch a catalog model from its origin into the router's store (single-flight)."""
         entry = self.entry(name)
+        name = entry.name
 
         async def run(progress: Progress) -> StoredModel:
             existing = self.store.get(name)
@@ -97,11 +101,11 @@ class RouterModels:
         return self.downloads.start(name, run)
 
     def held(self, name: str) -> StoredModel | None:
-        validate_name(name)
-        return self.store.get(name)
+        return self.store.get(self.canonical(name))
 
     async def pull_through(self, name: str, start: int) -> BlobStream:
         """Stream a model the router is still fetching, from byte ``start``."""
+        name = self.canonical(name)
         task = self.pull(name)
         progress = self.downloads.progress[name]
         entry = self.catalog.get(name)

@@ -62,6 +62,7 @@ class Routed:
     stream: bool
     body: bytes
     prefix: tuple[int, ...] = ()  # prompt block keys, for prefix_affinity
+    asked: str = ""  # the model as the client typed it, where that was another name
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ class Proxy:
                     if s.serving and (fetchable or s.has(routed.model)) and s.id not in tried
                 ]  # fmt: skip
                 if not able:
-                    raise self._no_node(routed.model, tried)
+                    raise self._no_node(routed.model, tried, routed.asked)
                 if not queued:
                     if self._waiting >= self._settings.queue_size:
                         raise Overloaded(
@@ -228,14 +229,14 @@ class Proxy:
             exclude=tried, fetchable=fetchable,
         )  # fmt: skip
 
-    def _no_node(self, model: str, tried: frozenset[str]) -> LlmlbError:
+    def _no_node(self, model: str, tried: frozenset[str], asked: str = "") -> LlmlbError:
         if tried:
             return Unavailable(
                 f"no other healthy node can serve {model!r}", headers={"Retry-After": "5"}
             )
         if model not in self._registry.fleet_models() and not self._in_catalog(model):
-            if ":" in model:
-                return not_a_provider(model)
+            if ":" in (asked or model):
+                return not_a_provider(asked or model, model)
             return ModelNotSupported(
                 f"model {model!r} is not supported: no node holds it and it is not in the catalog",
                 param="model",

@@ -20,10 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llmlb.common.errors import LlmlbError
 from llmlb.common.files import write_private
 from llmlb.common.settings import RouterSettings
-from llmlb.models.catalog import Catalog
+from llmlb.models.catalog import Catalog, tiers_from_setting
 from llmlb.router.accounts import Accounts
 from llmlb.router.auth import Authenticator
-from llmlb.router.clouds import Clouds
+from llmlb.router.clouds import Clouds, prefix_of
 from llmlb.router.db import open_database, ping
 from llmlb.router.distributor import Distributor
 from llmlb.router.fleet import Fleet
@@ -49,7 +49,8 @@ class RouterService:
     def __init__(self, settings: RouterSettings, engine: AsyncEngine) -> None:
         self.settings = settings
         self.engine = engine
-        self.catalog = Catalog.load(settings.home)  # first: a broken catalog stops the start
+        # First: a broken catalog stops the start.
+        self.catalog = Catalog.load(settings.home, tiers=tiers_from_setting(settings.model_tiers))
         self.keys = KeyStore(engine)
         self.accounts = Accounts(engine, settings.session_hours)
         self.auth = Authenticator(
@@ -106,10 +107,16 @@ class RouterService:
         self.forwarder = Forwarder(
             settings, self.proxy, self.history, self.metrics,
             lambda model: self.fleet.knows(model) or self.clouds.knows(model),
+            self.resolve_model,
         )  # fmt: skip
         self.gateway = Gateway(settings, self.forwarder, self.clouds)
         self.node_token_path: Path = settings.home / NODE_TOKEN_FILE
         self._loops: list[asyncio.Task[None]] = []
+
+    def resolve_model(self, model: str) -> str:
+        """The name the nodes know for a model as a client typed it (``gpt-oss:20b`` ->
+        ``gpt-oss-20b``); cloud names (``openai:...``) as they are."""
+        return model if prefix_of(model) is not None else self.catalog.resolve(model)
 
     @classmethod
     async def open(cls, settings: RouterSettings) -> RouterService:

@@ -99,8 +99,7 @@ async def available(request: Request) -> Response:
 
 async def pull_to_router(request: Request) -> Response:
     service = service_of(request)
-    name = request.path_params["name"]
-    service.models.entry(name)  # 404 model_not_supported before a task exists
+    name = service.models.entry(request.path_params["name"]).name  # 404 before a task exists
     task = await service.tasks.create("router_pull", name, None)
     return ORJSONResponse({"task_id": task["id"], "task": task}, status_code=202)
 

@@ -83,7 +83,7 @@ async def blob(request: Request) -> Response:
     origin while it downloads."""
     await authorize(request, "node")
     service = service_of(request)
-    name = request.path_params["name"]
+    name = service.models.canonical(request.path_params["name"])
     stored = service.models.held(name)
     known = stored is not None or name in service.catalog
     service.metrics.blob_requests.labels(name if known else UNKNOWN_MODEL_LABEL).inc()
