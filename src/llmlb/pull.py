@@ -34,6 +34,7 @@ async def pull_with_progress(name: str, home: Path, console: Console) -> StoredM
     """Fetch ``name`` from its origin into ``home``'s store, drawing a progress bar."""
     async with aiohttp.ClientSession() as session:
         models = RouterModels(home, Catalog.load(home), session)
+        name = models.canonical(name)  # as typed, it may be gpt-oss:20b
         download = models.pull(name)
         state = models.downloads.progress[name]
         with _bar(console) as bar:

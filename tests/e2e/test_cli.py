@@ -122,7 +122,8 @@ def test_models_pull_from_a_hub_with_progress(tmp_path: Path) -> None:
             )
         )
         env = {**os.environ, "LLMLB_HOME": str(home), "HF_ENDPOINT": hub.url}
-        result = subprocess.run([sys.executable, "-m", "llmlb", "models", "pull", "tiny"],
+        # As an Ollama user types it: ``tiny:latest`` is ``tiny``.
+        result = subprocess.run([sys.executable, "-m", "llmlb", "models", "pull", "tiny:latest"],
                                 capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
     finally:
         hub.stop()

@@ -33,8 +33,9 @@ def test_a_tag_becomes_part_of_one_safe_name(typed: str, stored: str) -> None:
     "typed", ["../etc:passwd", "a:b:c", "gpt-oss:", ":20b", "x:../../y", "C:\\x", "a/b:1", ""]
 )
 def test_names_stay_validated(typed: str) -> None:
-    with pytest.raises(InvalidModelName):
+    with pytest.raises(InvalidModelName) as refused:
         store_name(typed)
+    assert repr(typed) in refused.value.message  # as the user typed it, not as mapped
 
 
 def test_the_shipped_catalog_answers_to_the_names_ollama_users_type() -> None:

@@ -27,11 +27,13 @@ def is_model_name(name: str) -> bool:
     return bool(_NAME.fullmatch(name)) and ".." not in name
 
 
-def validate_name(name: str) -> str:
-    """Return ``name`` if it is a safe single path component, else raise InvalidModelName."""
+def validate_name(name: str, typed: str | None = None) -> str:
+    """Return ``name`` if it is a safe single path component, else raise InvalidModelName
+    (naming ``typed``, the name as the user wrote it, when ``name`` was derived from it)."""
     if not is_model_name(name):
+        shown = typed if typed is not None else name
         raise InvalidModelName(
-            f"invalid model name {name[:200]!r}: use letters, digits, '.', '_' and '-', "
+            f"invalid model name {shown[:200]!r}: use letters, digits, '.', '_' and '-', "
             "with at most one ':tag' (at most 128, no '..', no '/')",
             param="model",
         )
@@ -49,4 +51,4 @@ def canonical_name(name: str) -> str:
 
 def store_name(name: str) -> str:
     """The validated canonical name of a name as a user typed it (tags allowed)."""
-    return validate_name(canonical_name(name))
+    return validate_name(canonical_name(name), name)

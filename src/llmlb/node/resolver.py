@@ -56,7 +56,7 @@ class ModelResolver:
 
     def canonical(self, name: str) -> str:
         """The store name of a model as typed (``gpt-oss:20b``, a catalog alias), validated."""
-        return validate_name(self._local_catalog.resolve(name))
+        return validate_name(self._local_catalog.resolve(name), name)
 
     def local(self, name: str) -> StoredModel | None:
         validate_name(name)

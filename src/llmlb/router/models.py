@@ -49,7 +49,7 @@ class RouterModels:
 
     def canonical(self, name: str) -> str:
         """The store name of a model as a user typed it (an alias or ``model:tag``)."""
-        return validate_name(self.catalog.resolve(name))
+        return validate_name(self.catalog.resolve(name), name)
 
     def entry(self, name: str) -> CatalogEntry:
         entry = self.catalog.get(self.canonical(name))
