@@ -37,6 +37,15 @@ async def logged_in(client: httpx.AsyncClient, user: tuple[str, str]) -> str:
     return str(answer.json()["csrf_token"])
 
 
+async def change_password(
+    client: httpx.AsyncClient, csrf: str, current: str, new: str
+) -> httpx.Response:
+    return await client.post(
+        "/api/auth/password", headers={"x-csrf-token": csrf},
+        json={"current_password": current, "new_password": new},
+    )  # fmt: skip
+
+
 async def test_a_session_reads_and_its_writes_need_the_csrf_token(router: InProcessRouter) -> None:
     await accounts(router)
     async with router.client(REMOTE) as client:
@@ -128,15 +137,9 @@ async def test_basic_auth_and_password_changes_share_the_login_throttle(
     async with router.client(("192.0.2.7", 1)) as client:
         csrf = await logged_in(client, ADMIN)
         for _ in range(5):
-            wrong = await client.post(
-                "/api/auth/password", headers={"x-csrf-token": csrf},
-                json={"current_password": "guess-guess", "new_password": "root-pass-9"},
-            )  # fmt: skip
+            wrong = await change_password(client, csrf, "guess-guess", "root-pass-9")
             assert wrong.status_code == 401
-        locked = await client.post(
-            "/api/auth/password", headers={"x-csrf-token": csrf},
-            json={"current_password": ADMIN[1], "new_password": "root-pass-9"},
-        )  # fmt: skip
+        locked = await change_password(client, csrf, ADMIN[1], "root-pass-9")
         assert locked.status_code == 429
 
 
@@ -167,10 +170,7 @@ async def test_a_viewer_changes_their_own_password(router: InProcessRouter) -> N
     await accounts(router)
     async with router.client(REMOTE) as client:
         csrf = await logged_in(client, VIEWER)
-        changed = await client.post(
-            "/api/auth/password", headers={"x-csrf-token": csrf},
-            json={"current_password": VIEWER[1], "new_password": "val-pass-new"},
-        )  # fmt: skip
+        changed = await change_password(client, csrf, VIEWER[1], "val-pass-new")
         assert changed.status_code == 200, changed.text
         refused = await client.post(
             "/api/keys", json={"name": "k"}, headers={"x-csrf-token": changed.json()["csrf_token"]}
@@ -218,15 +218,9 @@ async def test_a_new_password_ends_the_other_sessions(router: InProcessRouter) -
     async with router.client(REMOTE) as first, router.client(REMOTE) as second:
         csrf = await logged_in(first, ADMIN)
         await logged_in(second, ADMIN)
-        wrong = await first.post(
-            "/api/auth/password", headers={"x-csrf-token": csrf},
-            json={"current_password": "guess-guess", "new_password": "root-pass-2"},
-        )  # fmt: skip
+        wrong = await change_password(first, csrf, "guess-guess", "root-pass-2")
         assert wrong.status_code == 401
-        changed = await first.post(
-            "/api/auth/password", headers={"x-csrf-token": csrf},
-            json={"current_password": ADMIN[1], "new_password": "root-pass-2"},
-        )  # fmt: skip
+        changed = await change_password(first, csrf, ADMIN[1], "root-pass-2")
         assert changed.status_code == 200
         router.service.accounts._recent.clear()  # another router's cache would expire in 5 s
         assert (await first.get("/api/nodes")).status_code == 200  # renewed
