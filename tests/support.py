@@ -114,9 +114,21 @@ class ThreadServer:
         self._server.force_exit = True
 
 
-def start_node(home: Path, log_dir: Path, *extra: str, name: str = "node") -> Process:
+def start_node(
+    home: Path, log_dir: Path, *extra: str, name: str = "node", env: dict[str, str] | None = None
+) -> Process:
     args = ["node", "--host", "127.0.0.1", "--port", "0", "--allow-cpu", *extra]
-    return Process(args, home, log_dir / f"{name}.log", {})
+    return Process(args, home, log_dir / f"{name}.log", env or {})
+
+
+def llmlb(
+    home: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI, run as a user runs it, with ``home`` as LLMLB_HOME."""
+    return subprocess.run(
+        [sys.executable, "-m", "llmlb", *args], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "LLMLB_HOME": str(home), **(env or {})},
+    )  # fmt: skip
 
 
 def free_port() -> int:
@@ -173,3 +185,29 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, step: float
             return
         time.sleep(step)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+def split_gguf(source: Path, folder: Path, stem: str, parts: int) -> list[Path]:
+    """``source`` rewritten as a split GGUF of ``parts`` files, named as llama.cpp's
+    gguf-split names them (``<stem>-00001-of-0000N.gguf``), in ``folder``."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    reader = GGUFReader(source)
+    arch = str(reader.fields["general.architecture"].contents())
+    per_part = -(-len(reader.tensors) // parts)
+    writer = GGUFWriter(folder / f"{stem}.gguf", arch, split_max_tensors=per_part)
+    for name, item in reader.fields.items():
+        if name.startswith(("GGUF.", "split.")) or name == "general.architecture":
+            continue
+        kind = item.types[0]
+        sub_type = item.types[-1] if kind == GGUFValueType.ARRAY else None
+        writer.add_key_value(name, item.contents(), kind, sub_type=sub_type)
+    for tensor in reader.tensors:
+        writer.add_tensor(
+            tensor.name, tensor.data, raw_shape=tensor.data.shape, raw_dtype=tensor.tensor_type
+        )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return [folder / f"{stem}-{i:05d}-of-{parts:05d}.gguf" for i in range(1, parts + 1)]

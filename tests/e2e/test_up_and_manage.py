@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import psutil
 
-from tests.support import Process, wait_until
-
-
-def llmlb(
-    home: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llmlb", *args], capture_output=True, text=True, timeout=120,
-        env={**os.environ, "LLMLB_HOME": str(home), **(env or {})},
-    )  # fmt: skip
+from tests.support import Process, llmlb, wait_until
 
 
 def test_up_serves_the_small_model_and_management_commands_work(tmp_path: Path) -> None:

@@ -25,8 +25,9 @@ def node_auth(router: InProcessRouter) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     ("free", "model"),
-    [(24 * GIB, "gpt-oss-20b"), (10 * GIB, "llama-3.1-8b-instruct-q4_k_m"),
-     (6 * GIB, "llama-3.2-3b-instruct-q4_k_m"), (2 * GIB, "gemma-3-270m")],
+    [(80 * GIB, "gpt-oss-120b"), (24 * GIB, "gpt-oss-20b"), (16 * GIB, "gpt-oss-20b"),
+     (8 * GIB, "llama-3.1-8b-instruct-q4_k_m"), (6 * GIB, "llama-3.2-3b-instruct-q4_k_m"),
+     (4 * GIB, "gemma-3-270m")],
 )  # fmt: skip
 async def test_a_new_gpu_node_is_assigned_the_largest_model_its_memory_holds(
     router: InProcessRouter, caplog: pytest.LogCaptureFixture, free: int, model: str
@@ -69,3 +70,35 @@ async def test_the_admin_api_takes_the_names_people_type(router: InProcessRouter
             assert refused.json()["error"]["code"] == "invalid_model_name"
         available = {m["name"] for m in (await client.get("/api/models/available")).json()["data"]}
         assert "gpt-oss-20b" in available and "gpt-oss:20b" not in available
+
+
+async def test_the_assigned_list_comes_back_in_every_heartbeat_answer(
+    router: InProcessRouter,
+) -> None:
+    """The router is the source of truth: registration's policy and the operator's
+    distributions add to the node's list, which every answer carries (a restarted node
+    learns it again), while models already on the node get no task."""
+    router.service.settings.auto_distribute = "recommended"
+    joining = {
+        **node("gpu-9", 8 * GIB),
+        "load": {"models_on_disk": ["llama-3.1-8b-instruct-q4_k_m"]},
+    }
+    async with router.client() as client:
+        joined = (await client.post("/api/nodes", json=joining, headers=node_auth(router))).json()
+        assert joined["assigned_models"] == ["llama-3.1-8b-instruct-q4_k_m"]
+        assert (await client.get("/api/tasks")).json()["data"] == []  # it has it already
+        sent = await client.post(
+            "/api/models/distribute",
+            json={"model": "gemma3:270m", "target": "specific", "node_ids": [joined["node_id"]]},
+        )
+        assert sent.status_code == 202, sent.text
+        beat = await client.post(
+            f"/api/nodes/{joined['node_id']}/heartbeat", json={}, headers=node_auth(router)
+        )
+        assert beat.json()["assigned_models"] == ["llama-3.1-8b-instruct-q4_k_m", "gemma-3-270m"]
+        again = (await client.post("/api/nodes", json=joining, headers=node_auth(router))).json()
+        assert again["node_id"] == joined["node_id"]
+        assert again["assigned_models"] == beat.json()["assigned_models"]
+        shown = (await client.get(f"/api/nodes/{joined['node_id']}")).json()
+        assert shown["assigned_models"] == beat.json()["assigned_models"]
+        assert shown["sync"]["state"] == "in_sync"

@@ -20,29 +20,22 @@ TIERS = [Tier(min_gpu_memory_bytes=5000, model="mid"), Tier(min_gpu_memory_bytes
 
 
 def test_none_assigns_nothing() -> None:
-    assert assign_models(CATALOG, 10**9, [], "none", ["small"], tiers=TIERS) == []
+    assert assign_models(CATALOG, 10**9, "none", ["small"], tiers=TIERS) == []
 
 
 def test_recommended_is_the_tier_of_the_nodes_gpu_memory_and_the_extras_that_fit() -> None:
-    assert assign_models(CATALOG, 6000, [], "recommended", tiers=TIERS, gpu_memory=6000) == ["mid"]
-    assert assign_models(CATALOG, 4000, [], "recommended", tiers=TIERS, gpu_memory=4000) == [
-        "small"
-    ]
+    assert assign_models(CATALOG, 6000, "recommended", tiers=TIERS, gpu_memory=6000) == ["mid"]
+    assert assign_models(CATALOG, 4000, "recommended", tiers=TIERS, gpu_memory=4000) == ["small"]
     # A CPU node (no GPU memory) gets the smallest tier; extras only where they fit.
-    assert assign_models(CATALOG, 5000, [], "recommended", ["big", "mid"], tiers=TIERS) == [
+    assert assign_models(CATALOG, 5000, "recommended", ["big", "mid"], tiers=TIERS) == [
         "small", "mid"
     ]  # fmt: skip
 
 
 def test_all_that_fit_smallest_first_by_memory_needed() -> None:
     # "mid" needs 3000 (its own figure), "big" 1.2 x 8000 = 9600.
-    assert assign_models(CATALOG, 3000, [], "all-that-fit") == ["small", "mid"]
-    assert assign_models(CATALOG, 10_000, [], "all-that-fit") == ["small", "mid", "big"]
-
-
-def test_models_on_disk_are_not_assigned_again() -> None:
-    assert assign_models(CATALOG, 10_000, ["small"], "all-that-fit") == ["mid", "big"]
-    assert assign_models(CATALOG, 6000, ["mid"], "recommended", tiers=TIERS, gpu_memory=6000) == []
+    assert assign_models(CATALOG, 3000, "all-that-fit") == ["small", "mid"]
+    assert assign_models(CATALOG, 10_000, "all-that-fit") == ["small", "mid", "big"]
 
 
 def test_auto_targets_most_free_memory_that_fits() -> None:

@@ -160,3 +160,17 @@ def cli_settings(cls: type[S], cli: dict[str, Any], config: Path | None, quiet: 
 
 def store_at(home: Path | None) -> ModelStore:
     return ModelStore((home or default_home()) / "models")
+
+
+def sync_text(node: dict[str, Any]) -> str:
+    """A node's sync state in a few words: in sync, syncing N% (models), failed: why."""
+    sync = node.get("sync") or {}
+    state = sync.get("state", "in_sync")
+    missing = ", ".join(sync.get("missing") or [])
+    if state == "syncing":
+        done, total = sync.get("bytes_done") or 0, sync.get("bytes_total") or 0
+        share = f"{100 * done / total:.0f}% " if total else ""
+        return f"syncing {share}({missing})"
+    if state == "failed":
+        return f"failed: {sync.get('error') or missing}"
+    return "in sync"

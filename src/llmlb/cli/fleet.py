@@ -15,6 +15,7 @@ from llmlb.cli.base import (
     console,
     main,
     remote_options,
+    sync_text,
     with_admin,
 )
 from llmlb.common.settings import (
@@ -50,10 +51,11 @@ def nodes_list(
     if as_json:
         click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
         return
-    table = Table("id", "name", "status", "url", "models")
+    table = Table("id", "name", "status", "url", "models", "sync")
     for node in found:
         models_text = ", ".join(sorted({*node["models_loaded"], *node["models_on_disk"]}))
-        table.add_row(node["id"], node["name"], node["status"], node["base_url"], models_text)
+        table.add_row(node["id"], node["name"], node["status"], node["base_url"], models_text,
+                      sync_text(node))  # fmt: skip
     Console().print(table)
 
 

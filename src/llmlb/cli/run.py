@@ -18,6 +18,7 @@ from llmlb.cli.base import (
     router_options,
     router_url,
     serve_until_stopped,
+    sync_text,
     with_admin,
 )
 from llmlb.common.settings import (
@@ -75,10 +76,26 @@ from llmlb.common.settings import (
     help="Read-only model folder used in place  [default: none]",
 )
 @click.option(
-    "--origin-access",
+    "--origin-access/--no-origin-access",
+    default=None,
+    help="May download models from their origin (hub/URL)  [default: alone yes, in a fleet no]",
+)
+@click.option(
+    "--origin-first",
     is_flag=True,
     default=None,
-    help="May download models from their origin (hub/URL)",
+    help="In a fleet, try the origin before the router's copy",
+)
+@click.option(
+    "--prune",
+    is_flag=True,
+    default=None,
+    help="Delete unassigned, idle models when an assigned model needs their space",
+)
+@click.option(
+    "--store-limit",
+    default=None,
+    help="Most the model store may hold, e.g. 200GiB  [default: the disk]",
 )
 @click.option(
     "--download-wait-seconds",
@@ -142,11 +159,11 @@ def status(
     console_out = Console()
     console_out.print(f"router [bold]{url}[/bold]: {report['health']['status']} "
                       f"(version {report['health']['version']})")  # fmt: skip
-    table = Table("id", "name", "status", "url", "loaded", "on disk", "slots busy/total")
+    table = Table("id", "name", "status", "url", "loaded", "on disk", "slots busy/total", "sync")
     for node in report["nodes"]:
         table.add_row(
             node["id"][:8], node["name"], node["status"], node["base_url"],
             ", ".join(node["models_loaded"]), ", ".join(node["models_on_disk"]),
-            f"{node['slots_busy']}/{node['slots_total']}",
+            f"{node['slots_busy']}/{node['slots_total']}", sync_text(node),
         )  # fmt: skip
     console_out.print(table)

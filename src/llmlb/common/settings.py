@@ -167,7 +167,20 @@ class NodeSettings(CommonSettings):
     shared_models_dir: Path | None = Field(
         default=None, description="Read-only folder of models used in place (<name>/model.gguf)"
     )
-    origin_access: bool = Field(default=False, description="May download from model origins")
+    origin_access: bool | None = Field(
+        default=None,
+        description="May download from model origins (default: alone yes, in a fleet no)",
+    )
+    origin_first: bool = Field(
+        default=False, description="Try the origin before the router's copy (fleet nodes)"
+    )
+    prune: bool = Field(
+        default=False,
+        description="Delete unassigned, idle models when an assigned one needs the space",
+    )
+    store_limit: ByteSize | None = Field(
+        default=None, description="Most bytes the model store may hold (default: the disk)"
+    )
     download_wait_seconds: float = Field(
         default=600.0, ge=0, description="How long a request waits for its model to download"
     )
@@ -180,6 +193,15 @@ class NodeSettings(CommonSettings):
     max_embedding_bytes: ByteSize = Field(
         default=1024 * 1024, description="Input bytes per embedding request"
     )
+
+    @property
+    def uses_origin(self) -> bool:
+        """Whether the node may fetch from a model's origin: a standalone node has nowhere
+        else to go; a fleet node goes through its router (so the fleet downloads each model
+        from the internet once) unless told otherwise."""
+        if self.origin_access is not None:
+            return self.origin_access or self.origin_first
+        return self.router is None or self.origin_first
 
 
 BalancerStrategy = Literal["load", "round_robin", "least_busy", "prefix_affinity"]

@@ -90,6 +90,16 @@ MAX_DEVICES = 64
 Models = Annotated[list[ModelName], Field(max_length=MAX_REPORTED_MODELS)]
 
 
+class SyncState(BaseModel):
+    """How far a node is from holding every model the router assigned it."""
+
+    state: Literal["in_sync", "syncing", "failed"] = "in_sync"
+    missing: Models = Field(default_factory=list)  # assigned and not on disk yet
+    bytes_done: int = Field(default=0, ge=0)  # of the missing models' downloads
+    bytes_total: int = Field(default=0, ge=0)
+    error: str | None = Field(default=None, max_length=2000)  # why the last fetch failed
+
+
 class NodeLoad(BaseModel):
     """What a node says about itself in every heartbeat."""
 
@@ -114,6 +124,7 @@ class NodeLoad(BaseModel):
     downloads: Annotated[
         dict[ModelName, dict[str, Any]], Field(max_length=MAX_REPORTED_DOWNLOADS)
     ] = Field(default_factory=dict)
+    sync: SyncState = Field(default_factory=SyncState)
 
 
 def node_base_url(value: str) -> str:
@@ -153,6 +164,12 @@ class RegisterRequest(BaseModel):
 class RegisterResponse(BaseModel):
     node_id: str
     heartbeat_interval: float
+    status: str
+    # Everything the router wants on the node (the node fetches what it lacks).
+    assigned_models: list[str] = Field(default_factory=list)
+
+
+class HeartbeatResponse(BaseModel):
     status: str
     assigned_models: list[str] = Field(default_factory=list)
 

@@ -63,6 +63,14 @@ def _safe(name: str) -> str:
         raise ValueError(exc.message) from exc
 
 
+class ModelPart(BaseModel):
+    """One file of a split GGUF as its publisher names it (``...-00002-of-00003.gguf``)."""
+
+    file: str = Field(pattern=r"^[\w.-]+-\d{5}-of-\d{5}\.gguf$")
+    size_bytes: int = Field(gt=0)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
 class CatalogEntry(BaseModel):
     name: str
     aliases: list[str] = Field(default_factory=list, max_length=32)
@@ -77,6 +85,21 @@ class CatalogEntry(BaseModel):
     chat_template: str | None = None
     tags: list[str] = Field(default_factory=list)
     capabilities: list[Capability] = Field(default=["chat", "completion"])
+    # A split GGUF: its files in order (``origin.hub.file`` names the first); size_bytes is
+    # their sum and sha256 stays unset (each part has its own).
+    parts: list[ModelPart] | None = Field(default=None, min_length=2, max_length=256)
+
+    @model_validator(mode="after")
+    def _parts_add_up(self) -> CatalogEntry:
+        if self.parts is None:
+            return self
+        if self.origin.package is not None:
+            raise ValueError("a split model needs a hub or url origin, not a package")
+        total = sum(part.size_bytes for part in self.parts)
+        if self.size_bytes is not None and self.size_bytes != total:
+            raise ValueError(f"size_bytes {self.size_bytes} is not the sum of its parts ({total})")
+        self.size_bytes = total
+        return self
 
     @model_validator(mode="before")
     @classmethod

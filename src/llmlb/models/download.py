@@ -4,6 +4,10 @@ A download writes ``<store>/<name>/model.gguf.partial``, resumes it with an HTTP
 request after an interruption or a restart, hashes while it writes (the partial prefix is
 hashed once on resume), checks the GGUF magic and the sha256, and only then renames the file
 into place. A corrupt result is deleted; the caller moves on to its next source.
+
+A split model downloads as a set (``ModelFile`` per part): each part the same way, under its
+own ``.partial``, verified against its own sha256. Parts already in place are skipped, so a
+restart resumes at the part it was on; one progress counts the bytes of all parts.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import aiohttp
 
 from llmlb.common.errors import CorruptDownload, InsufficientStorage, LlmlbError, UpstreamFailed
 from llmlb.models.gguf import GGUF_MAGIC, GGUFError, read_gguf
-from llmlb.models.store import MODEL_FILE, ModelStore, StoredModel
+from llmlb.models.store import MODEL_FILE, ModelStore, StoredModel, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +91,22 @@ class Progress:
         }
 
 
-def partial_path(store: ModelStore, name: str) -> Path:
-    return store.folder(name) / (MODEL_FILE + PARTIAL_SUFFIX)
+@dataclass(frozen=True)
+class ModelFile:
+    """One file of a model to fetch: its name in the store and where it comes from."""
+
+    target: str  # MODEL_FILE, or a part's name (store.part_file)
+    sources: list[Source]
+    sha256: str | None = None
+    size: int | None = None
+
+
+def single_file(sources: list[Source], sha256: str | None, size: int | None) -> list[ModelFile]:
+    return [ModelFile(MODEL_FILE, sources, sha256, size)]
+
+
+def partial_path(store: ModelStore, name: str, target: str = MODEL_FILE) -> Path:
+    return store.folder(name) / (target + PARTIAL_SUFFIX)
 
 
 def check_space(folder: Path, needed: int) -> None:
@@ -125,8 +143,29 @@ async def download(
     size_hint: int | None,
     bandwidth: int | None = None,
 ) -> StoredModel:
-    """One source, resumed from any partial file; raises on failure (the partial stays)."""
-    partial = partial_path(store, name)
+    """One single-file model from one source (see ``fetch_file``), recorded in the store."""
+    digest = await fetch_file(
+        session, store, name, ModelFile(MODEL_FILE, [source], sha256, size_hint), source,
+        progress, bandwidth=bandwidth,
+    )  # fmt: skip
+    return _record(store, name, [(MODEL_FILE, digest)], source.label)
+
+
+async def fetch_file(
+    session: aiohttp.ClientSession,
+    store: ModelStore,
+    name: str,
+    file: ModelFile,
+    source: Source,
+    progress: Progress,
+    *,
+    bandwidth: int | None = None,
+    base: int = 0,
+) -> str:
+    """One file of a model from one source, resumed from its partial file, verified and
+    renamed into place; its sha256. ``base``: bytes of the model's earlier parts, counted in
+    ``progress``. Raises on failure (the partial stays, unless it proved corrupt)."""
+    partial = partial_path(store, name, file.target)
     partial.parent.mkdir(parents=True, exist_ok=True)
     digest, offset = await _hash_prefix(partial) if partial.exists() else (hashlib.sha256(), 0)
     headers = dict(source.headers)
@@ -135,7 +174,7 @@ async def download(
     progress.state, progress.source = "downloading", source.label
     async with session.get(source.url, headers=headers) as response:
         if response.status == 416 and offset:  # the partial is already complete
-            total = offset
+            pass
         elif response.status not in (200, 206):
             text = (await response.text())[:200]
             raise UpstreamFailed(f"{source.label} answered {response.status}: {text}")
@@ -143,13 +182,109 @@ async def download(
             if response.status == 200 and offset:  # no resume support: start again
                 digest, offset = hashlib.sha256(), 0
             length = response.content_length
-            total = offset + length if length is not None else (size_hint or 0)
-            progress.bytes_total = total or None
-            progress.bytes_done = offset
+            total = offset + length if length is not None else (file.size or 0)
+            progress.bytes_total = max(progress.bytes_total or 0, base + total) or None
+            progress.bytes_done = base + offset
             if total:
                 check_space(partial.parent, total - offset)
             await _receive(response, partial, offset, digest, progress, bandwidth)
-    return await _finish(store, name, partial, digest, sha256, progress, source)
+    await _verify(partial, digest.hexdigest(), file.sha256, progress, source)
+    os.replace(partial, store.folder(name) / file.target)
+    return str(digest.hexdigest())
+
+
+async def fetch_files(
+    session: aiohttp.ClientSession,
+    store: ModelStore,
+    name: str,
+    files: list[ModelFile],
+    progress: Progress,
+    *,
+    bandwidth: int | None = None,
+    attempts: int = 3,
+) -> StoredModel:
+    """Every file of a model (each source in turn, each a few times with backoff), then the
+    model recorded in the store. Files already in place are kept. Errors name every source."""
+    folder = store.folder(name)
+    sizes = [file.size or 0 for file in files]
+    if all(sizes):
+        progress.bytes_total = sum(sizes)
+    digests: list[tuple[str, str]] = []
+    labels: list[str] = []
+    base = 0
+    for file in files:
+        done = folder / file.target
+        if done.is_file():  # verified before it got this name
+            known = file.sha256
+            if known is None:
+                known = await asyncio.to_thread(sha256_file, done)
+            digests.append((file.target, known))
+            base += done.stat().st_size
+            continue
+        digest, label = await _fetch_with_retries(
+            session, store, name, file, progress, bandwidth, attempts, base
+        )
+        digests.append((file.target, digest))
+        labels.append(label)
+        base += done.stat().st_size
+    return _record(store, name, digests, labels[-1] if labels else "store")
+
+
+async def _fetch_with_retries(
+    session: aiohttp.ClientSession,
+    store: ModelStore,
+    name: str,
+    file: ModelFile,
+    progress: Progress,
+    bandwidth: int | None,
+    attempts: int,
+    base: int,
+) -> tuple[str, str]:
+    failures: list[str] = []
+    for source in file.sources:
+        for attempt in range(1, attempts + 1):
+            try:
+                digest = await fetch_file(
+                    session, store, name, file, source, progress, bandwidth=bandwidth, base=base
+                )
+                return digest, source.label
+            except InsufficientStorage:
+                raise
+            except CorruptDownload as exc:
+                failures.append(exc.message)
+                break  # the same source would send the same bytes: next source
+            except (aiohttp.ClientError, TimeoutError, UpstreamFailed, OSError) as exc:
+                message = (
+                    exc.message if isinstance(exc, LlmlbError) else f"{type(exc).__name__}: {exc}"
+                )
+                log.warning("download of %s (%s) from %s failed (attempt %d): %s",
+                            name, file.target, source.label, attempt, message)  # fmt: skip
+                if attempt == attempts or (isinstance(exc, UpstreamFailed) and "404" in message):
+                    failures.append(f"{source.label}: {message}")
+                    break
+                await asyncio.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
+    raise UpstreamFailed(f"could not download {name!r}: " + "; ".join(failures or ["no source"]))
+
+
+def _record(
+    store: ModelStore, name: str, digests: list[tuple[str, str]], source: str
+) -> StoredModel:
+    """metadata.json for a model whose files are all in place."""
+    folder = store.folder(name)
+    meta: dict[str, Any] = {
+        "name": name,
+        "size_bytes": sum((folder / target).stat().st_size for target, _ in digests),
+        "source": source,
+        "downloaded_at": time.time(),
+    }
+    if len(digests) == 1:
+        meta["sha256"] = digests[0][1]
+    else:
+        meta["parts"] = [{"file": target, "sha256": digest} for target, digest in digests]
+    store.write_metadata(name, meta)
+    stored = store.get(name)
+    assert stored is not None, f"{name}: files missing after the download"
+    return stored
 
 
 async def _receive(
@@ -237,18 +372,12 @@ def _gguf_problem(path: Path) -> str | None:
     return None
 
 
-async def _finish(
-    store: ModelStore,
-    name: str,
-    partial: Path,
-    digest: Any,
-    sha256: str | None,
-    progress: Progress,
-    source: Source,
-) -> StoredModel:
+async def _verify(
+    partial: Path, actual: str, sha256: str | None, progress: Progress, source: Source
+) -> None:
+    """The downloaded file is what was asked for, else deleted and CorruptDownload."""
     progress.state = "verifying"
     progress.touch()
-    actual = digest.hexdigest()
     problem = None
     if sha256 and actual != sha256:
         problem = f"has sha256 {actual}, expected {sha256}"
@@ -259,21 +388,6 @@ async def _finish(
     if problem:
         partial.unlink(missing_ok=True)  # noqa: ASYNC240 (one unlink)
         raise CorruptDownload(f"the file from {source.label} {problem}; it was deleted")
-    target = store.folder(name) / MODEL_FILE
-    os.replace(partial, target)
-    store.write_metadata(
-        name,
-        {
-            "name": name,
-            "sha256": actual,
-            "size_bytes": target.stat().st_size,
-            "source": source.label,
-            "downloaded_at": time.time(),
-        },
-    )
-    stored = store.get(name)
-    assert stored is not None
-    return stored
 
 
 class Downloads:
@@ -352,39 +466,8 @@ async def download_with_retries(
     bandwidth: int | None = None,
     attempts: int = 3,
 ) -> StoredModel:
-    """Try each source in turn, each a few times with backoff; errors name every source."""
-    failures: list[str] = []
-    for source in sources:
-        for attempt in range(1, attempts + 1):
-            try:
-                return await download(
-                    session,
-                    store,
-                    name,
-                    source,
-                    progress,
-                    sha256=sha256,
-                    size_hint=size_hint,
-                    bandwidth=bandwidth,
-                )
-            except InsufficientStorage:
-                raise
-            except CorruptDownload as exc:
-                failures.append(exc.message)
-                break  # the same source would send the same bytes: next source
-            except (aiohttp.ClientError, TimeoutError, UpstreamFailed, OSError) as exc:
-                message = (
-                    exc.message if isinstance(exc, LlmlbError) else f"{type(exc).__name__}: {exc}"
-                )
-                log.warning(
-                    "download of %s from %s failed (attempt %d): %s",
-                    name,
-                    source.label,
-                    attempt,
-                    message,
-                )
-                if attempt == attempts or (isinstance(exc, UpstreamFailed) and "404" in message):
-                    failures.append(f"{source.label}: {message}")
-                    break
-                await asyncio.sleep(min(0.5 * 2 ** (attempt - 1), 5.0))
-    raise UpstreamFailed(f"could not download {name!r}: " + "; ".join(failures or ["no source"]))
+    """A single-file model from the first source that works (``fetch_files``)."""
+    return await fetch_files(
+        session, store, name, single_file(sources, sha256, size_hint), progress,
+        bandwidth=bandwidth, attempts=attempts,
+    )  # fmt: skip

@@ -12,23 +12,69 @@ from typing import Any
 
 from llmlb.common.errors import UpstreamFailed
 from llmlb.models.catalog import CatalogEntry
-from llmlb.models.download import Progress, Source
-from llmlb.models.store import ModelStore, StoredModel
+from llmlb.models.download import ModelFile, Progress, Source, single_file
+from llmlb.models.store import ModelStore, StoredModel, part_file
 
 
-def origin_source(entry: CatalogEntry) -> Source | None:
-    """The HTTP source of an entry's origin; None for package origins (see install_package)."""
+def origin_source(entry: CatalogEntry, file: str | None = None) -> Source | None:
+    """The HTTP source of an entry's origin (of ``file``, one of its parts, when given);
+    None for package origins (see install_package)."""
     origin = entry.origin
     if origin.hub is not None:
         from huggingface_hub import hf_hub_url
         from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
-        url = hf_hub_url(origin.hub.repo, origin.hub.file, revision=origin.hub.revision)
+        hub_file = origin.hub.file if file is None else _beside(origin.hub.file, file)
+        url = hf_hub_url(origin.hub.repo, hub_file, revision=origin.hub.revision)
         headers = {k: v for k, v in build_hf_headers().items() if k.lower() != "user-agent"}
         return Source(f"origin {origin.describe()}", url, headers)
     if origin.url is not None:
-        return Source(f"origin {origin.describe()}", origin.url)
+        url = origin.url if file is None else _beside(origin.url, file)
+        return Source(f"origin {origin.describe()}", url)
     return None
+
+
+def _beside(first: str, file: str) -> str:
+    """A part's path: the first part's with the last segment replaced."""
+    folder, _, _ = first.rpartition("/")
+    return f"{folder}/{file}" if folder else file
+
+
+def model_files(entry: CatalogEntry, sources: list[Source]) -> list[ModelFile]:
+    """The files of an entry, each from ``sources`` (URLs of its single file or first part:
+    the parts' URLs are made from them by ``part_source``)."""
+    if entry.parts is None:
+        return single_file(sources, entry.sha256, entry.size_bytes)
+    count = len(entry.parts)
+    return [
+        ModelFile(
+            part_file(index, count),
+            [part_source(s, index) for s in sources],
+            part.sha256,
+            part.size_bytes,
+        )
+        for index, part in enumerate(entry.parts, start=1)
+    ]
+
+
+def origin_files(entry: CatalogEntry) -> list[ModelFile]:
+    """The files of an entry, each from its origin (hub or URL; not a package)."""
+    if entry.parts is None:
+        source = origin_source(entry)
+        assert source is not None, "package origins are installed, not downloaded"
+        return single_file([source], entry.sha256, entry.size_bytes)
+    count = len(entry.parts)
+    files = []
+    for index, part in enumerate(entry.parts, start=1):
+        source = origin_source(entry, part.file)
+        assert source is not None
+        files.append(ModelFile(part_file(index, count), [source], part.sha256, part.size_bytes))
+    return files
+
+
+def part_source(source: Source, index: int) -> Source:
+    """A router blob URL for part ``index`` of a split model (``?part=N``)."""
+    return Source(source.label, f"{source.url}?part={index}", source.headers)
 
 
 async def install_package(

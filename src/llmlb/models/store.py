@@ -1,5 +1,9 @@
 """The model store: ``<home>/models/<name>/model.gguf`` plus ``metadata.json``.
 
+A model published as a split GGUF is kept as its parts, ``model-00001-of-00003.gguf`` and
+so on: llama.cpp loads the first and finds the others by that naming pattern. A split model
+is in the store only once every part is (a part lands under its final name only verified).
+
 The same layout serves the router and every node. Names are validated before any path is
 built, so a name can never reach outside the models folder.
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +28,19 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.gguf"
 METADATA_FILE = "metadata.json"
+_FIRST_PART = re.compile(r"model-00001-of-(\d{5})\.gguf")
+
+
+def part_file(index: int, count: int) -> str:
+    """The store's name of part ``index`` (from 1) of a split model (llama.cpp's pattern)."""
+    return f"model-{index:05d}-of-{count:05d}.gguf"
+
+
+def model_files(count: int) -> list[str]:
+    """The file names of a model in ``count`` parts (1: the single ``model.gguf``)."""
+    if count == 1:
+        return [MODEL_FILE]
+    return [part_file(index, count) for index in range(1, count + 1)]
 
 
 def sha256_file(path: Path, chunk: int = 4 * 1024 * 1024) -> str:
@@ -36,9 +54,14 @@ def sha256_file(path: Path, chunk: int = 4 * 1024 * 1024) -> str:
 @dataclass(frozen=True)
 class StoredModel:
     name: str
-    path: Path
-    size_bytes: int
+    path: Path  # the file llama.cpp opens: the model, or the first part of a split one
+    size_bytes: int  # all parts together
     metadata: dict[str, Any]
+    parts: tuple[Path, ...] = ()  # every file of a split model, in order; () when single
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return self.parts or (self.path,)
 
     @property
     def sha256(self) -> str | None:
@@ -58,9 +81,25 @@ class ModelStore:
     def get(self, name: str) -> StoredModel | None:
         folder = self.folder(name)
         path = folder / MODEL_FILE
-        if not path.is_file():
+        if path.is_file():
+            return StoredModel(name, path, path.stat().st_size, self._metadata(folder))
+        return self._split(name, folder)
+
+    def _split(self, name: str, folder: Path) -> StoredModel | None:
+        """The model's parts, when all of them are here."""
+        if not folder.is_dir():
             return None
-        return StoredModel(name, path, path.stat().st_size, self._metadata(folder))
+        for entry in folder.iterdir():
+            match = _FIRST_PART.fullmatch(entry.name)
+            if match is None:
+                continue
+            parts = tuple(folder / file for file in model_files(int(match.group(1))))
+            try:
+                size = sum(part.stat().st_size for part in parts)
+            except FileNotFoundError:
+                return None  # a part still downloading
+            return StoredModel(name, parts[0], size, self._metadata(folder), parts)
+        return None
 
     def list(self) -> list[StoredModel]:
         if not self.root.is_dir():

@@ -95,7 +95,8 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
         name = body.get("model")
         if not isinstance(name, str):
             raise BadRequest("'model' is required", param="model")
-        return ORJSONResponse(await service.pull(name), status_code=202)
+        assign = body.get("assign") is True  # the router assigns it (see node.sync)
+        return ORJSONResponse(await service.pull(name, assign=assign), status_code=202)
 
     async def downloads(request: Request) -> Response:
         return ORJSONResponse({"data": service.resolver.active_progress()})

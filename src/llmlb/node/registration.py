@@ -16,7 +16,7 @@ import httpx
 import psutil
 
 from llmlb import __version__
-from llmlb.common.errors import LlmlbError
+from llmlb.common.names import is_model_name
 from llmlb.common.wire import NodeLoad, RegisterRequest, error_message
 from llmlb.node.gpu import NvidiaMeter
 from llmlb.node.service import NodeService
@@ -66,6 +66,7 @@ class RouterLink:
             models_loaded=sorted({e.spec.name for e in engines}),
             models_on_disk=[m.name for m in service.resolver.all_local()],
             downloads=service.resolver.active_progress(),
+            sync=service.sync.state(),
             active_requests=sum(e.busy for e in engines),
             queued_requests=sum(e.waiting for e in engines),
             slots_busy=sum(e.busy for e in engines),
@@ -135,21 +136,9 @@ class RouterLink:
         answer = response.json()
         self.node_id = answer["node_id"]
         self.interval = float(answer["heartbeat_interval"])
-        await self._pull_assigned(answer.get("assigned_models") or [])
         log.info("registered with router %s as node %s (%s)",
                  self._router, self.node_id, answer["status"])  # fmt: skip
-
-    async def _pull_assigned(self, models: list[str]) -> None:
-        """Fetch what the router assigned; the node says ``initializing`` until it is here."""
-        service = self._service
-        for name in models:
-            if service.resolver.local(name) is None:
-                service.assigned.add(name)
-                try:
-                    await service.resolver.pull(name)
-                except LlmlbError as exc:
-                    log.warning("cannot pull assigned model %s: %s", name, exc.message)
-                    service.assigned.discard(name)
+        await self._service.sync.update(_assigned(answer))
 
     async def _heartbeat(self, client: httpx.AsyncClient) -> None:
         url = f"{self._router}/api/nodes/{self.node_id}/heartbeat"
@@ -160,6 +149,8 @@ class RouterLink:
             await self._register(client)
         elif response.status_code != 200:
             raise _Refused(f"{response.status_code} {error_message(response.content)}")
+        else:
+            await self._service.sync.update(_assigned(response.json()))
 
     async def goodbye(self) -> None:
         """Tell the router we are draining, so it sends nothing new while we finish."""
@@ -178,3 +169,11 @@ class RouterLink:
 
 class _Refused(Exception):
     pass
+
+
+def _assigned(answer: Any) -> list[str]:
+    """The router's assigned list from its answer (an older router sends none)."""
+    models = answer.get("assigned_models") if isinstance(answer, dict) else None
+    if not isinstance(models, list):
+        return []
+    return [m for m in models if isinstance(m, str) and is_model_name(m)]

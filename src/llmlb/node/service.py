@@ -29,6 +29,7 @@ from llmlb.node.engine import EngineSpec, LlamaEngine, Purpose, restore_signal_h
 from llmlb.node.metrics import NodeMetrics
 from llmlb.node.pool import EnginePool
 from llmlb.node.resolver import ModelResolver
+from llmlb.node.sync import ModelSync
 from llmlb.node.templates import resolve_template, with_stops
 from llmlb.node.validation import model_name, validate_embeddings, validate_generation
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 DONE_EVENT = b"data: [DONE]\n\n"
 UNKNOWN_MODEL_LABEL = "unknown"
+LAST_USED_WRITE_SECONDS = 60.0
 EMBED_BATCH = 16  # inputs per engine call of an embedding request
 
 
@@ -84,7 +86,8 @@ class NodeService:
         self.metrics = NodeMetrics(self.pool_state)
         self._gguf: dict[str, _ModelInfo] = {}
         self.resolver = ModelResolver(settings, self.store)
-        self.assigned: set[str] = set()  # models the router asked for at registration
+        self.sync = ModelSync(settings, self.resolver, self.loaded_models)
+        self._last_used: dict[str, float] = {}  # model -> when a request last finished
         self._threads = settings.threads or os.cpu_count() or 1
         self._request_seconds = 0.0  # moving average of request durations (heartbeats)
 
@@ -137,7 +140,8 @@ class NodeService:
         )
 
     def list_models(self) -> list[dict[str, Any]]:
-        loaded = {engine.spec.name for engine in self.pool.loaded().values()}
+        loaded = self.loaded_models()
+        assigned = set(self.sync.assigned)
         return [
             {
                 "id": model.name,
@@ -146,10 +150,25 @@ class NodeService:
                 "owned_by": "llmlb",
                 "size_bytes": model.size_bytes,
                 "sha256": model.sha256,
+                "parts": len(model.parts) or 1,
+                "installed_at": model.metadata.get("downloaded_at", model.path.stat().st_mtime),
+                "last_used": self._last_used.get(model.name, model.metadata.get("last_used_at")),
                 "loaded": model.name in loaded,
+                "assigned": model.name in assigned,
+                "shared": bool(model.metadata.get("shared")),
             }
             for model in self.resolver.all_local()
         ]
+
+    def _used(self, name: str) -> None:
+        """Remember when a model last served (in metadata.json at most once a minute, for
+        ``--prune``'s least-recently-used order after a restart)."""
+        now = time.time()
+        before = self._last_used.get(name, 0.0)
+        self._last_used[name] = now
+        if now - before >= LAST_USED_WRITE_SECONDS and self.store.get(name) is not None:
+            with contextlib.suppress(OSError, LlmlbError):
+                self.store.update_metadata(name, {"last_used_at": now})
 
     def model_label(self, body: dict[str, Any]) -> str:
         """A metric label for a request's model: a model this node has, else one fixed label."""
@@ -164,13 +183,18 @@ class NodeService:
     def reported_state(self) -> NodeState:
         """``initializing`` while models the router assigned are still downloading."""
         if self.state == "ready" and any(
-            self.resolver.downloads.active(name) is not None for name in self.assigned
+            self.resolver.downloads.active(name) is not None for name in self.sync.assigned
         ):
             return "initializing"
         return self.state
 
-    async def pull(self, name: str) -> dict[str, Any]:
+    def loaded_models(self) -> set[str]:
+        return {engine.spec.name for engine in self.pool.loaded().values()}
+
+    async def pull(self, name: str, assign: bool = False) -> dict[str, Any]:
         name = self.resolver.canonical(name)
+        if assign:  # before the next heartbeat answer says so: it may prune for it
+            self.sync.assign(name)
         if self.resolver.local(name) is None:
             await self.resolver.pull(name)
         progress = self.resolver.progress_of(name)
@@ -205,6 +229,8 @@ class NodeService:
         self.metrics.latency.labels(endpoint, model).observe(seconds)
         previous = self._request_seconds
         self._request_seconds = seconds if not previous else 0.8 * previous + 0.2 * seconds
+        if model != UNKNOWN_MODEL_LABEL:
+            self._used(model)
 
     def _model_event(self, event: str, key: Any) -> None:
         if event == "loaded":
@@ -236,6 +262,7 @@ class NodeService:
             "version": __version__,
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "devices": [d.model_dump() for d in self.devices],
+            "sync": self.sync.state().model_dump(),
             **self.pool_state(),
         }
 

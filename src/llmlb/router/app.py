@@ -36,6 +36,7 @@ ROUTES = [
     Route("/api/nodes/{node_id}", admin(console.label_node), methods=PATCH),
     Route("/api/nodes/{node_id}/trends", admin(console.node_trends), methods=GET),
     Route("/api/nodes/{node_id}/logs", admin(console.node_logs), methods=GET),
+    Route("/api/nodes/{node_id}/models", admin(console.node_models), methods=GET),
     Route("/api/nodes/{node_id}/drain", admin(a.node_flag(draining=True)), methods=POST),
     Route("/api/nodes/{node_id}/undrain", admin(a.node_flag(draining=False)), methods=POST),
     Route("/api/nodes/{node_id}/approve", admin(a.node_flag(approved=True)), methods=POST),

@@ -57,6 +57,7 @@ nodes = Table(
     Column("load", JSON, nullable=False),
     Column("label", String(200), nullable=True),  # the operator's name for it
     Column("tags", JSON, nullable=True),
+    Column("assigned", JSON, nullable=True),  # models the router wants on the node
     UniqueConstraint("name", "base_url", name="uq_nodes_name_url"),
 )
 

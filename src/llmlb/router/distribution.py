@@ -12,7 +12,7 @@
 
 A model fits when the memory it needs at the node's context size (``models.memory``) is at
 most the node's GPU memory (all devices together; a CPU node's RAM where CPU nodes are
-allowed). Models already on the node are not assigned again.
+allowed). The answer is what the node should hold, whether it holds it yet or not.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ def tier_for(
 def assign_models(
     entries: Iterable[CatalogEntry],
     node_memory: int,
-    on_disk: Iterable[str],
     policy: AutoDistribute,
     recommended: Iterable[str] = (),
     *,
@@ -52,13 +51,12 @@ def assign_models(
     if policy == "none":
         return []
     by_name = {entry.name: entry for entry in entries}
-    held = set(on_disk)
     tier = None if policy == "all-that-fit" else tier_for(tiers, by_name, gpu_memory, ctx_size)
     tier_model = tier.model if tier else None  # its tier already says that it fits
     wanted = set(by_name) if policy == "all-that-fit" else set(recommended) | {tier_model}
     chosen = [
         entry for entry in by_name.values()
-        if entry.name in wanted and entry.name not in held
+        if entry.name in wanted
         and (entry.name == tier_model or entry.memory_needed(ctx_size) <= node_memory)
     ]  # fmt: skip
     chosen.sort(key=lambda e: (e.size_bytes or 0, e.name))

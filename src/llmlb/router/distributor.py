@@ -52,16 +52,18 @@ class Distributor:
         self._session = session
 
     def assignments(self, node: NodeRecord) -> list[str]:
+        """What the auto-distribution policy wants on the node (held or not)."""
         catalog = self._models.catalog
         gpu_free = sum(d.memory_free for d in node.devices if d.is_gpu)
         ctx_size = node.load.ctx_size or DEFAULT_PLAN_CTX
         models = assign_models(
-            catalog.entries(), node_memory(node), node.load.models_on_disk,
-            self._settings.auto_distribute,
+            catalog.entries(), node_memory(node), self._settings.auto_distribute,
             [catalog.resolve(name) for name in self._settings.recommended_models],
             tiers=catalog.tiers, gpu_memory=gpu_free, ctx_size=ctx_size,
         )  # fmt: skip
         for model in models:
+            if model in node.assigned:
+                continue
             entry = catalog.get(model)
             needed = entry.memory_needed(ctx_size) if entry else 0
             log.info(
@@ -71,18 +73,19 @@ class Distributor:
         return models
 
     async def assign_on_registration(self, node: NodeRecord) -> list[str]:
-        """Create pull tasks for the node's assigned models (once per model and node)."""
-        models = self.assignments(node)
-        if not models:  # most registrations: no task list to read
-            return models
-        active = {
-            (t["model"], t["node_id"]) for t in await self._tasks.list()
-            if t["state"] in ("pending", "in_progress")
-        }  # fmt: skip
-        for model in models:
-            if (model, node.id) not in active:
-                await self._tasks.create("node_pull", model, node.id)
-        return models
+        """Add the policy's models to the node's assigned list and create a pull task for
+        each one it lacks (once per model and node); the whole assigned list."""
+        await self._registry.assign(node.id, add=self.assignments(node))
+        missing = [m for m in node.assigned if m not in node.load.models_on_disk]
+        if missing:  # most registrations: no task list to read
+            active = {
+                (t["model"], t["node_id"]) for t in await self._tasks.list()
+                if t["state"] in ("pending", "in_progress")
+            }  # fmt: skip
+            for model in missing:
+                if (model, node.id) not in active:
+                    await self._tasks.create("node_pull", model, node.id)
+        return node.assigned
 
     async def distribute(
         self, model: str, target: str, node_ids: list[str] | None, count: int = 1
@@ -125,6 +128,8 @@ class Distributor:
         if not chosen:
             reason = f" ({len(skipped)} offline or pending)" if skipped else ""
             raise Unavailable(f"there are no nodes to distribute to{reason}", code="no_nodes")
+        for node in chosen:  # the node keeps it, and fetches it again after a restart
+            await self._registry.assign(node.id, add=[model])
         tasks = [await self._tasks.create("node_pull", model, node.id) for node in chosen]
         return Distribution(tasks, skipped)
 
@@ -140,6 +145,7 @@ class Distributor:
                     raise UpstreamFailed(f"node {node.name} answered {response.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamFailed(f"node {node.name} is unreachable: {exc}") from exc
+        await self._registry.assign(node.id, remove=[model])
         for attr in ("models_on_disk", "models_loaded"):
             names = getattr(node.load, attr)
             if model in names:

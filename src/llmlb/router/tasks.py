@@ -1,10 +1,12 @@
 """Model transfer tasks: pending -> in_progress -> completed | failed, with live progress.
 
 A ``node_pull`` asks a node to fetch a model (``POST {node}/api/pull``) and follows it by
-polling the node's download progress every second; a ``router_pull`` fetches a model into
-the router's own store. At most ``max_concurrent`` tasks run at once across the fleet, the
-rest wait. Tasks live in the database, so a router restart picks them up again (the node
-resumes its partial file). Every change is published on the event bus for ``/api/events``.
+polling the node's download progress every second; a node that restarts meanwhile is asked
+again and resumes its partial file (the model is on its assigned list as well). A
+``router_pull`` fetches a model into the router's own store. At most ``max_concurrent``
+tasks run at once across the fleet, the rest wait. Tasks live in the database, so a router
+restart picks them up again (the node resumes its partial file). Every change is published
+on the event bus for ``/api/events``.
 """
 
 from __future__ import annotations
@@ -190,22 +192,22 @@ class TaskManager:
                 raise UpstreamFailed(f"node {node.name} has not been seen since the router started")
             await asyncio.sleep(POLL_SECONDS)
             waited += POLL_SECONDS
-        async with self._session.post(
-            f"{base}/api/pull", json={"model": task["model"]}, headers=node.auth_headers()
-        ) as response:
-            if response.status not in (200, 202):
-                raise UpstreamFailed(
-                    f"node {node.name} refused the pull: {await _message(response)}"
-                )
+        await self._ask_pull(node.name, base, task["model"], node.auth_headers())
         lost_since: float | None = None
         while True:
             await asyncio.sleep(POLL_SECONDS)
             try:
                 url = f"{base}/api/downloads/{task['model']}"
                 async with self._session.get(url, headers=node.auth_headers()) as response:
-                    if response.status != 200:
+                    if response.status == 404:  # the node restarted: ask again, it resumes
+                        progress = None
+                    elif response.status != 200:
                         raise UpstreamFailed(await _message(response))
-                    progress = await response.json()
+                    else:
+                        progress = await response.json()
+                if progress is None:
+                    await self._ask_pull(node.name, base, task["model"], node.auth_headers())
+                    continue
                 lost_since = None
             except (aiohttp.ClientError, TimeoutError) as exc:
                 lost_since = lost_since or time.monotonic()
@@ -226,6 +228,13 @@ class TaskManager:
             if state == "failed":
                 raise UpstreamFailed(f"node {node.name}: {progress.get('error')}")
             await self._save_progress(task, progress)
+
+    async def _ask_pull(self, node: str, base: str, model: str, headers: dict[str, str]) -> None:
+        async with self._session.post(
+            f"{base}/api/pull", json={"model": model, "assign": True}, headers=headers
+        ) as response:
+            if response.status not in (200, 202):
+                raise UpstreamFailed(f"node {node} refused the pull: {await _message(response)}")
 
     async def _save_progress(self, task: dict[str, Any], progress: dict[str, Any]) -> None:
         await self._save(

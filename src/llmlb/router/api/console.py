@@ -94,32 +94,70 @@ async def router_logs(request: Request) -> Response:
 
 
 # A node keeps at most 2,000 lines of at most 4,000 characters: what one answer can hold.
-_NODE_LOGS_MAX_BYTES = 12 * 1024 * 1024
+_NODE_ANSWER_MAX_BYTES = 12 * 1024 * 1024
 
 
 async def node_logs(request: Request) -> Response:
     """The node's recent log lines, fetched from it with its own key. Only the checked query
     goes to the node, and only a bounded JSON answer comes back from it."""
+    query = LogQuery.of(request)
+    lines = await _from_node(request, "/api/logs", "logs", query.params())
+    return ORJSONResponse({"data": lines})
+
+
+async def node_models(request: Request) -> Response:
+    """The models on a node as the node lists them (name, size, sha256, when installed and
+    last used, loaded, assigned), the assigned ones it still lacks, and its sync state."""
     service = service_of(request)
     node = service.registry.get(request.path_params["node_id"])
-    query = LogQuery.of(request)
+    rows = await _from_node(request, "/v1/models", "models", {})
+    models = []
+    for row in rows:
+        if not isinstance(row, dict):
+            continue
+        name = row.get("id")
+        models.append({
+            "name": name, **{k: row.get(k) for k in _NODE_MODEL_FIELDS},
+            "assigned": name in node.assigned, "state": "on_disk",
+        })  # fmt: skip
+        if row.get("loaded"):
+            models[-1]["state"] = "loaded"
+    have = {m["name"] for m in models}
+    for name in node.assigned:
+        if name not in have:
+            download = node.load.downloads.get(name) or {}
+            models.append({"name": name, "assigned": True, "loaded": False,
+                           "state": download.get("state") or "missing",
+                           "bytes_done": download.get("bytes_done"),
+                           "bytes_total": download.get("bytes_total")})  # fmt: skip
+    return ORJSONResponse({"data": models, "sync": node.load.sync.model_dump()})
+
+
+_NODE_MODEL_FIELDS = ("size_bytes", "sha256", "parts", "installed_at", "last_used", "loaded")
+
+
+async def _from_node(request: Request, path: str, what: str, params: dict[str, str]) -> list[Any]:
+    """A node's ``{"data": [...]}`` answer, fetched with its own key: bounded, JSON or 503."""
+    service = service_of(request)
+    node = service.registry.get(request.path_params["node_id"])
     try:
         async with service.session.get(
-            node.base_url + "/api/logs", params=query.params(),
+            node.base_url + path, params=params,
             headers=node.auth_headers(), timeout=aiohttp.ClientTimeout(total=5),
         ) as response:  # fmt: skip
             if response.status != 200:
-                raise Unavailable(f"node {node.name} answered {response.status} for its logs")
-            body, whole = await read_limited(response, _NODE_LOGS_MAX_BYTES)
+                raise Unavailable(f"node {node.name} answered {response.status} for its {what}")
+            body, whole = await read_limited(response, _NODE_ANSWER_MAX_BYTES)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise Unavailable(f"node {node.name} did not give its logs: {type(exc).__name__}") from exc
+        reason = type(exc).__name__
+        raise Unavailable(f"node {node.name} did not give its {what}: {reason}") from exc
     try:
-        lines = orjson.loads(body)["data"] if whole else None
+        data = orjson.loads(body)["data"] if whole else None
     except (orjson.JSONDecodeError, TypeError, KeyError):
-        lines = None
-    if not isinstance(lines, list):
-        raise Unavailable(f"node {node.name} gave no readable logs")
-    return ORJSONResponse({"data": lines})
+        data = None
+    if not isinstance(data, list):
+        raise Unavailable(f"node {node.name} gave no readable {what}")
+    return data
 
 
 async def show_request(request: Request) -> Response:

@@ -15,7 +15,7 @@ from llmlb.common.asgi import (
     read_json,
 )
 from llmlb.common.credentials import bearer_token
-from llmlb.common.errors import LlmlbError, NotFound
+from llmlb.common.errors import BadRequest, LlmlbError, NotFound
 from llmlb.common.wire import NodeLoad, RegisterRequest
 from llmlb.router.api.common import authorize, service_of, validated
 from llmlb.router.forwarding import UNKNOWN_MODEL_LABEL
@@ -84,9 +84,15 @@ async def blob(request: Request) -> Response:
     await authorize(request, "node")
     service = service_of(request)
     name = service.models.canonical(request.path_params["name"])
-    stored = service.models.held(name)
-    known = stored is not None or name in service.catalog
+    known = name in service.catalog or service.models.store.get(name) is not None
     service.metrics.blob_requests.labels(name if known else UNKNOWN_MODEL_LABEL).inc()
+    part = request.query_params.get("part")
+    if part is not None:
+        if not part.isdigit() or len(part) > 3:
+            raise BadRequest("part must be a part number", param="part")
+        path = await service.models.part(name, int(part), fetch=request.method == "GET")
+        return FileResponse(path, media_type="application/octet-stream")
+    stored = service.models.held(name)
     if stored is not None:
         headers = {"etag": f'"{stored.sha256}"'} if stored.sha256 else {}
         return FileResponse(stored.path, headers=headers, media_type="application/octet-stream")
