@@ -188,6 +188,7 @@ def test_login_refuses_a_wrong_password_then_shows_the_node(console: Console, pa
     row = page.locator("tr[data-node=gpu-1]")
     expect(row).to_contain_text("ready")
     expect(row).to_contain_text(SMALL_MODEL_NAME)
+    expect(row.locator("[data-sync]")).to_have_text("in sync")
     shot(page, "nodes")
     row.get_by_role("link").click()
     expect(page.locator("main")).to_contain_text("Recent log lines")
@@ -221,6 +222,11 @@ def test_distributing_a_model_shows_its_progress_live(console: Console, page: Pa
         timeout=30_000,
     )
     shot(page, "models-progress")
+    page.evaluate("location.hash = '#/nodes'")  # the node says it is catching up
+    syncing = page.locator("tr[data-node=gpu-1] [data-sync]")
+    expect(syncing).to_have_attribute("data-sync", "syncing", timeout=30_000)
+    expect(syncing).to_contain_text(re.compile(r"syncing \d+ % \(tiny-dash\)"))
+    page.evaluate("location.hash = '#/models'")
     console.hub.files["test/dash/model.gguf"].released.set()
     expect(cell).to_contain_text("on disk", timeout=60_000)
     assert page.evaluate("window.notReloaded") is True  # live, not by reloading

@@ -330,7 +330,7 @@ function nodesPage(root, [detail]) {
   if (detail) return nodeDetailPage(root, detail);
   const body = h("tbody");
   root.append(h("div", { class: "panel scroll" }, h("table", { "aria-label": "nodes" },
-    h("thead", {}, h("tr", {}, ["Name", "State", "Devices", "Models loaded", "On disk", "Slots", "Tokens/s", "Last heartbeat", ""].map((t) => h("th", {}, t)))),
+    h("thead", {}, h("tr", {}, ["Name", "State", "Devices", "Models loaded", "On disk", "Sync", "Slots", "Tokens/s", "Last heartbeat", ""].map((t) => h("th", {}, t)))),
     body)));
   const show = (nodes) => {
     state.nodes = nodes;
@@ -342,15 +342,26 @@ function nodesPage(root, [detail]) {
       h("td", {}, n.devices.map((d) => h("div", {}, `${d.kind} ${d.name}`, h("div", { class: "muted" }, `${fmt.bytes(d.memory_total - d.memory_free)} / ${fmt.bytes(d.memory_total)}`)))),
       h("td", {}, n.models_loaded.map((m) => h("span", { class: "chip" }, m))),
       h("td", {}, n.models_on_disk.map((m) => h("span", { class: "chip" }, m))),
+      h("td", { "data-sync": n.sync.state }, syncText(n.sync)),
       h("td", {}, `${n.slots_busy} / ${n.slots_total}`),
       h("td", {}, fmt.num(n.tokens_per_second)),
       h("td", { title: fmt.time(n.last_seen) }, fmt.ago(n.last_seen)),
       h("td", {}, nodeActions(n, refresh))))
-      : [h("tr", {}, h("td", { colspan: 9, class: "muted" }, "No nodes yet. Start one with: llmlb node --router URL"))]));
+      : [h("tr", {}, h("td", { colspan: 10, class: "muted" }, "No nodes yet. Start one with: llmlb node --router URL"))]));
   };
   const refresh = async () => show((await api("GET", "/api/nodes")).data);
   refresh().catch((err) => toast(err.message));
   return { onNodes: show };
+}
+
+// A node's sync state in a few words (the CLI says the same: cli/base.py sync_text).
+function syncText(sync) {
+  if (sync.state === "syncing") {
+    const pct = sync.bytes_total ? ` ${Math.floor((100 * sync.bytes_done) / sync.bytes_total)} %` : "";
+    return `syncing${pct} (${sync.missing.join(", ")})`;
+  }
+  if (sync.state === "failed") return `failed: ${sync.error || sync.missing.join(", ")}`;
+  return "in sync";
 }
 
 function nodeDetailPage(root, id) {
@@ -370,6 +381,7 @@ function nodeDetailPage(root, id) {
        ["Registered", fmt.time(node.registered_at)], ["Last heartbeat", fmt.ago(node.last_seen)],
        ["Slots", `${node.slots_busy} / ${node.slots_total}`], ["Active / queued", `${node.active_requests} / ${node.queued_requests}`],
        ["CPU / RAM / GPU", `${fmt.num(node.cpu_percent)} % / ${fmt.num(node.ram_percent)} % / ${fmt.num(node.gpu_percent)} %`],
+       ["Sync", syncText(node.sync)], ["Assigned", node.assigned_models.join(", ") || "–"],
        ["Tags", (node.tags || []).join(", ") || "–"]].map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v))))),
       nodeActions(node, refresh));
     const trends = (await api("GET", `/api/nodes/${encodeURIComponent(id)}/trends`)).data;
