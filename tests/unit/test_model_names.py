@@ -85,7 +85,8 @@ def test_a_clash_or_a_bad_name_in_an_override_is_named(
 @pytest.mark.parametrize(
     ("free", "model"),
     [
-        (80 * GIB, "gpt-oss-20b"), (24 * GIB, "gpt-oss-20b"), (16 * GIB, "gpt-oss-20b"),
+        (80 * GIB, "gpt-oss-120b"), (72 * GIB, "gpt-oss-120b"), (70 * GIB, "gpt-oss-20b"),
+        (24 * GIB, "gpt-oss-20b"), (16 * GIB, "gpt-oss-20b"),
         (12 * GIB, "llama-3.1-8b-instruct-q4_k_m"), (8 * GIB, "llama-3.1-8b-instruct-q4_k_m"),
         (6 * GIB, "llama-3.2-3b-instruct-q4_k_m"), (4 * GIB, "gemma-3-270m"), (0, "gemma-3-270m"),
     ],
