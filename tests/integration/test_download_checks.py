@@ -9,9 +9,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from llmlb.common.errors import CorruptDownload
-from llmlb.models.download import Progress, Source, download, partial_path
-from llmlb.models.store import ModelStore
+from llmlb.common.errors import CorruptDownload, UpstreamFailed
+from llmlb.models.download import (
+    ModelFile,
+    Progress,
+    Source,
+    download,
+    fetch_files,
+    partial_path,
+)
+from llmlb.models.store import ModelStore, part_file
 from tests.fakehub import FakeHub
 from tests.support import write_tiny_gguf
 
@@ -65,5 +72,45 @@ async def test_without_a_catalog_sha256_a_truncated_gguf_is_refused(tmp_path: Pa
         assert not partial_path(store, "cut").exists()
         stored = await fetch(hub, store, "whole", whole)
         assert stored.sha256 == hashlib.sha256(whole).hexdigest()  # type: ignore[attr-defined]
+    finally:
+        hub.stop()
+
+
+async def test_a_split_model_is_verified_part_by_part(tmp_path: Path) -> None:
+    """A part whose sha256 is wrong is deleted alone: the good part stays, the model is not
+    in the store, and the next attempt fetches only the missing part."""
+    parts = [write_tiny_gguf(tmp_path / f"p{i}.gguf", 2, seed=i).read_bytes() for i in (1, 2)]
+    names = ["m-00001-of-00002.gguf", "m-00002-of-00002.gguf"]
+    store = ModelStore(tmp_path / "models")
+    hub = FakeHub().start()
+    try:
+        for name, data in zip(names, parts, strict=True):
+            hub.add("test/split", name, data)
+
+        def files(second_sha: str) -> list[ModelFile]:
+            shas = [hashlib.sha256(parts[0]).hexdigest(), second_sha]
+            base = f"{hub.url}/test/split/resolve/main"
+            return [
+                ModelFile(part_file(i, 2), [Source("origin", f"{base}/{name}")], sha, len(data))
+                for i, (name, data, sha) in enumerate(zip(names, parts, shas, strict=True), 1)
+            ]
+
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(UpstreamFailed, match="expected 0000"):
+                await fetch_files(session, store, "split", files("0" * 64), Progress("split"))
+            folder = store.folder("split")
+            assert (folder / part_file(1, 2)).read_bytes() == parts[0]
+            assert not (folder / part_file(2, 2)).exists()
+            assert not partial_path(store, "split", part_file(2, 2)).exists()
+            assert store.get("split") is None
+            progress = Progress("split")
+            right = hashlib.sha256(parts[1]).hexdigest()
+            stored = await fetch_files(session, store, "split", files(right), progress)
+        assert [p.name for p in stored.parts] == [part_file(1, 2), part_file(2, 2)]
+        assert stored.size_bytes == sum(map(len, parts)) == progress.bytes_total
+        assert hub.gets[f"test/split/{names[0]}"] == 1  # the good part was not fetched again
+        assert [p["sha256"] for p in stored.metadata["parts"]] == [
+            hashlib.sha256(data).hexdigest() for data in parts
+        ]
     finally:
         hub.stop()
