@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -126,3 +127,15 @@ class FakeHub:
     def stop(self) -> None:
         if self._server is not None:
             self._server.stop()
+
+
+def hub_entry(name: str, repo: str, data: bytes, **extra: Any) -> dict[str, Any]:
+    """A catalog entry for ``data`` served by the fake hub as ``<repo>/model.gguf``."""
+    return {
+        "name": name,
+        "origin": {"hub": {"repo": repo, "file": "model.gguf", "revision": "main"}},
+        "size_bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "required_memory_bytes": 10_000_000,
+        **extra,
+    }

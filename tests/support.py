@@ -211,3 +211,15 @@ def split_gguf(source: Path, folder: Path, stem: str, parts: int) -> list[Path]:
     writer.write_tensors_to_file()
     writer.close()
     return [folder / f"{stem}-{i:05d}-of-{parts:05d}.gguf" for i in range(1, parts + 1)]
+
+
+def ask_capital_of_france(http: httpx.Client, model: str) -> httpx.Response:
+    """Ask ``model`` the suite's one question, greedily, and check that it says Paris."""
+    reply = http.post(
+        "/v1/chat/completions",
+        json={"model": model, "max_tokens": 8, "temperature": 0,
+              "messages": [{"role": "user", "content": "What is the capital of France?"}]},
+    )  # fmt: skip
+    assert reply.status_code == 200, reply.text
+    assert "Paris" in reply.json()["choices"][0]["message"]["content"]
+    return reply

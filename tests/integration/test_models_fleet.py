@@ -24,9 +24,10 @@ import httpx
 import pytest
 
 from llmlb.models.store import ModelStore
-from tests.fakehub import FakeHub
+from tests.fakehub import FakeHub, hub_entry
 from tests.support import (
     Process,
+    ask_capital_of_france,
     free_port,
     node_token,
     start_fleet_node,
@@ -109,17 +110,6 @@ class ModelsFleet:
             *extra,
             env={"HF_ENDPOINT": self.hub.url},
         )
-
-
-def hub_entry(name: str, repo: str, data: bytes, **extra: Any) -> dict[str, Any]:
-    return {
-        "name": name,
-        "origin": {"hub": {"repo": repo, "file": "model.gguf", "revision": "main"}},
-        "size_bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "required_memory_bytes": 10_000_000,
-        **extra,
-    }
 
 
 @pytest.fixture(scope="module")
@@ -210,17 +200,7 @@ def test_model_only_on_the_router_reaches_a_node_by_blob_then_serves_chat(
     fleet: ModelsFleet,
 ) -> None:
     with fleet.http() as http:
-        reply = http.post(
-            "/v1/chat/completions",
-            json={
-                "model": "gemma-on-router",
-                "messages": QUESTION,
-                "max_tokens": 8,
-                "temperature": 0,
-            },
-        )
-    assert reply.status_code == 200, reply.text
-    assert "Paris" in reply.json()["choices"][0]["message"]["content"]
+        reply = ask_capital_of_france(http, "gemma-on-router")
     served_by = reply.headers["x-llmlb-node"]
     stored = fleet.homes[served_by] / "models" / "gemma-on-router" / "model.gguf"
     assert stored.stat().st_size == 253113024

@@ -19,9 +19,10 @@ import httpx
 import pytest
 
 from llmlb.models.store import ModelStore
-from tests.fakehub import FakeHub
+from tests.fakehub import FakeHub, hub_entry
 from tests.support import (
     Process,
+    ask_capital_of_france,
     llmlb,
     node_token,
     split_gguf,
@@ -35,16 +36,6 @@ from tests.support import (
 GEMMA_SHA = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 MIB = 1 << 20
-
-
-def hub_entry(name: str, repo: str, data: bytes) -> dict[str, Any]:
-    return {
-        "name": name,
-        "origin": {"hub": {"repo": repo, "file": "model.gguf", "revision": "main"}},
-        "size_bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "required_memory_bytes": 10_000_000,
-    }
 
 
 @dataclass
@@ -155,17 +146,7 @@ def test_a_split_model_arrives_part_by_part_and_serves_as_one(
         assert starts[1] == [0] and starts[3] == [0]
         assert starts[2][0] == 0 and starts[2][-1] > 0  # resumed, not started over
         with fleet.http() as http:
-            reply = http.post(
-                "/v1/chat/completions",
-                json={
-                    "model": "gemma-split",
-                    "messages": QUESTION,
-                    "max_tokens": 8,
-                    "temperature": 0,
-                },
-            )
-            assert reply.status_code == 200, reply.text
-            assert "Paris" in reply.json()["choices"][0]["message"]["content"]
+            ask_capital_of_france(http, "gemma-split")  # the parts load as one model
             rows = http.get(f"/api/nodes/{fleet.node_id('split-node')}/models").json()
         row = next(r for r in rows["data"] if r["name"] == "gemma-split")
         assert row["parts"] == 3 and row["assigned"] is True and row["state"] == "loaded"
