@@ -427,13 +427,24 @@ def test_bad_names_in_paths_are_refused(fleet: ModelsFleet, name: str) -> None:
         assert "error" in answer.json()
 
 
-def test_removing_a_model_from_a_node_frees_the_disk(fleet: ModelsFleet) -> None:
+def test_removing_a_model_from_a_node_frees_the_disk_and_unassigns_it(fleet: ModelsFleet) -> None:
     node_id = fleet.node_id("node-b")
     folder = fleet.homes["node-b"] / "models" / "tiny-corrupt"
-    pull_on(fleet, "node-b", "tiny-slow")
     with fleet.http() as http:
+        sent = http.post(
+            "/api/models/distribute",
+            json={"model": "tiny-slow", "target": "specific", "node_ids": [node_id]},
+        )
+        task = sent.json()["task_ids"][0]
+        wait_until(lambda: http.get(f"/api/tasks/{task}").json()["state"] == "completed", 60)
+        assert "tiny-slow" in http.get(f"/api/nodes/{node_id}").json()["assigned_models"]
         assert http.delete(f"/api/nodes/{node_id}/models/tiny-slow").status_code == 204
-        assert http.delete(f"/api/nodes/{node_id}/models/tiny-slow").status_code == 502
+        assert "tiny-slow" not in http.get(f"/api/nodes/{node_id}").json()["assigned_models"]
+        # Nothing left there: removing it again is done already.
+        assert http.delete(f"/api/nodes/{node_id}/models/tiny-slow").status_code == 204
+        # Heartbeats go on (every second here) and do not bring it back.
+        seen = http.get(f"/api/nodes/{node_id}").json()["last_seen"]
+        wait_until(lambda: http.get(f"/api/nodes/{node_id}").json()["last_seen"] > seen + 2, 15)
     assert not (fleet.homes["node-b"] / "models" / "tiny-slow").exists()
     assert not folder.joinpath("model.gguf").exists()
 

@@ -145,7 +145,13 @@ def test_a_split_model_arrives_part_by_part_and_serves_as_one(
                   for i, p in enumerate(split_parts, start=1)}  # fmt: skip
         assert starts[1] == [0] and starts[3] == [0]
         assert starts[2][0] == 0 and starts[2][-1] > 0  # resumed, not started over
+        token = {"authorization": f"Bearer {node_token(fleet.router_home)}"}
         with fleet.http() as http:
+            blob = "/v0/models/blob/gemma-split"
+            whole = http.get(blob, headers=token)  # one file would be only the first part
+            assert whole.status_code == 400 and "?part=N" in whole.json()["error"]["message"]
+            for bad in ("0", "4", "\u00b2", "x"):
+                assert http.get(blob, params={"part": bad}, headers=token).status_code == 400
             ask_capital_of_france(http, "gemma-split")  # the parts load as one model
             rows = http.get(f"/api/nodes/{fleet.node_id('split-node')}/models").json()
         row = next(r for r in rows["data"] if r["name"] == "gemma-split")
@@ -195,11 +201,13 @@ def test_prune_makes_room_only_for_an_assigned_model_and_spares_a_busy_one(
 ) -> None:
     home = tmp_path / "pruning"
     store = ModelStore(home / "models")
-    store.add("gemma-busy", small_model_path, sha256=GEMMA_SHA, metadata={"chat_template": "qa"})
+    # Copies, as downloads are: a hard link (an import) frees nothing and is never pruned.
+    store.add("gemma-busy", small_model_path, link=False, sha256=GEMMA_SHA,
+              metadata={"chat_template": "qa"})  # fmt: skip
     old = write_tiny_gguf(tmp_path / "old.gguf", 8, seed=99)
     # Used "later" than everything else: least-recently-used order alone would prune the
     # small model first, so only its being loaded can save it.
-    store.add("tiny-old", old, metadata={"last_used_at": time.time() + 10**6})
+    store.add("tiny-old", old, link=False, metadata={"last_used_at": time.time() + 10**6})
     used = sum(f.stat().st_size for m in store.list() for f in m.files)
     limit = used + 4 * MIB  # the 8 MiB newcomers do not fit beside what is there
     node = fleet.start_node(home, "pruning", "--prune", "--store-limit", str(limit))

@@ -199,8 +199,8 @@ class NodeSettings(CommonSettings):
         """Whether the node may fetch from a model's origin: a standalone node has nowhere
         else to go; a fleet node goes through its router (so the fleet downloads each model
         from the internet once) unless told otherwise."""
-        if self.origin_access is not None:
-            return self.origin_access or self.origin_first
+        if self.origin_access is not None:  # said outright: --no-origin-access wins
+            return self.origin_access
         return self.router is None or self.origin_first
 
 

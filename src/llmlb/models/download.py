@@ -214,6 +214,10 @@ async def fetch_files(
     base = 0
     for file in files:
         done = folder / file.target
+        if done.is_file() and file.size and done.stat().st_size != file.size:
+            log.warning("%s of %s is not the expected size (another version?); fetching it "
+                        "again", file.target, name)  # fmt: skip
+            done.unlink()
         if done.is_file():  # verified before it got this name
             known = file.sha256
             if known is None:

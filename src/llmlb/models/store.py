@@ -93,7 +93,10 @@ class ModelStore:
             match = _FIRST_PART.fullmatch(entry.name)
             if match is None:
                 continue
-            parts = tuple(folder / file for file in model_files(int(match.group(1))))
+            count = int(match.group(1))
+            if count < 2:
+                continue  # not a split name llama.cpp would load
+            parts = tuple(folder / file for file in model_files(count))
             try:
                 size = sum(part.stat().st_size for part in parts)
             except FileNotFoundError:

@@ -107,6 +107,10 @@ class EnginePool(Generic[S, E]):
         held = self._reserved + self._releasing
         return held + sum(e.memory_bytes for e in self._loaded.values())
 
+    def loading(self) -> list[Hashable]:
+        """The keys of the engines being loaded right now."""
+        return list(self._loading)
+
     def loaded(self) -> dict[Hashable, E]:
         return {key: entry.engine for key, entry in self._loaded.items()}
 

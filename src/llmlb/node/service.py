@@ -181,15 +181,18 @@ class NodeService:
         return UNKNOWN_MODEL_LABEL
 
     def reported_state(self) -> NodeState:
-        """``initializing`` while models the router assigned are still downloading."""
-        if self.state == "ready" and any(
-            self.resolver.downloads.active(name) is not None for name in self.sync.assigned
-        ):
+        """``initializing`` while the models the router assigned before this node first
+        served are still downloading (later ones show in the sync state: a node fetching a
+        distributed model keeps serving what it has)."""
+        if self.state == "ready" and self.sync.starting():
             return "initializing"
         return self.state
 
     def loaded_models(self) -> set[str]:
-        return {engine.spec.name for engine in self.pool.loaded().values()}
+        """Models with an engine, loaded or loading (a model being loaded is in use)."""
+        names = {engine.spec.name for engine in self.pool.loaded().values()}
+        names.update(key[0] for key in self.pool.loading() if isinstance(key, tuple))
+        return names
 
     async def pull(self, name: str, assign: bool = False) -> dict[str, Any]:
         name = self.resolver.canonical(name)
@@ -205,6 +208,9 @@ class NodeService:
         """Unload and delete a model from the store; never while it serves requests."""
         name = self.resolver.canonical(name)
         await self.pool.unload(lambda spec: spec.name == name)
+        # The router removes it from the node's list as it asks (node key holders only):
+        # not fetched again unless the router's next answer still names it.
+        self.sync.unassign(name)
         if not self.store.remove(name):
             raise NotFound(f"model {name!r} is not in this node's store", code="model_not_found")
         self._gguf.pop(name, None)

@@ -23,9 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llmlb.common.errors import InsufficientStorage, LlmlbError
+from llmlb.common.errors import CorruptMetadata, InsufficientStorage, LlmlbError
 from llmlb.common.settings import NodeSettings
-from llmlb.common.wire import SyncState
+from llmlb.common.wire import MAX_REPORTED_MODELS, SyncState
 from llmlb.models.store import METADATA_FILE, StoredModel
 from llmlb.node.resolver import ModelResolver
 
@@ -50,6 +50,10 @@ class ModelSync:
         self._loaded = loaded  # the models with an engine in the pool
         self.assigned: list[str] = []
         self._refused: dict[str, tuple[float, str]] = {}  # model -> (when, why) before fetching
+        self._reserved: dict[str, int] = {}  # model -> bytes its download may write in all
+        # The models missing when the router first answered (None before): the node says
+        # ``initializing`` until they are here.
+        self._first: set[str] | None = None
         resolver.before_fetch = self.make_room
 
     # -- what the router wants -------------------------------------------------------------
@@ -59,17 +63,17 @@ class ModelSync:
         if assigned != self.assigned:
             log.info("the router assigns %s", ", ".join(assigned) or "no models")
         self.assigned = list(assigned)
+        if self._first is None:
+            self._first = set(self.missing())
         now = time.time()
         for name in self.assigned:
-            resolver = self._resolver
-            if resolver.local(name) is not None or resolver.downloads.active(name) is not None:
+            if self._here(name) or self._resolver.downloads.active(name) is not None:
                 continue
             failed_at = self._failed_at(name)
             if failed_at is not None and now - failed_at < RETRY_SECONDS:
                 continue
             try:
-                await resolver.pull(name)
-                self._refused.pop(name, None)
+                await self._resolver.pull(name)
             except LlmlbError as exc:
                 self._refused[name] = (now, exc.message)
                 log.warning("cannot fetch assigned model %s: %s", name, exc.message)
@@ -77,6 +81,18 @@ class ModelSync:
     def assign(self, name: str) -> None:
         if name not in self.assigned:
             self.assigned.append(name)
+
+    def unassign(self, name: str) -> None:
+        if name in self.assigned:
+            self.assigned.remove(name)
+        self._refused.pop(name, None)
+
+    def starting(self) -> bool:
+        """Whether models assigned before the node first served are still downloading."""
+        if not self._first:
+            return False
+        self._first = {n for n in self._first if self._resolver.downloads.active(n) is not None}
+        return bool(self._first)
 
     def _failed_at(self, name: str) -> float | None:
         if name in self._refused:
@@ -87,7 +103,13 @@ class ModelSync:
         return None
 
     def missing(self) -> list[str]:
-        return [name for name in self.assigned if self._resolver.local(name) is None]
+        return [name for name in self.assigned if not self._here(name)]
+
+    def _here(self, name: str) -> bool:
+        try:
+            return self._resolver.local(name) is not None
+        except CorruptMetadata:  # its files are here; the broken metadata is logged on use
+            return True
 
     def state(self) -> SyncState:
         """For heartbeats: in sync, syncing (bytes of the missing models) or failed (why)."""
@@ -109,7 +131,7 @@ class ModelSync:
             total += progress.bytes_total or 0
         return SyncState(
             state="failed" if errors else "syncing",
-            missing=missing,
+            missing=missing[:MAX_REPORTED_MODELS],
             bytes_done=done,
             bytes_total=total,
             error="; ".join(errors)[:2000] or None,
@@ -123,10 +145,17 @@ class ModelSync:
         size = int(row.get("size_bytes") or 0)
         if size <= 0:
             return  # unknown size: the download checks the disk as the bytes arrive
-        needed = size - self._partial_bytes(name)
+        needed = size - self._bytes_of(name)
         room = self.room()
-        if needed <= room:
-            return
+        if needed > room:
+            self._prune_for(name, needed, room)
+        # Nothing awaits between this check and the download's start (ModelResolver.pull),
+        # and the reservation counts against the next check: two downloads cannot both
+        # take the same room.
+        self._reserved[name] = size
+        self._refused.pop(name, None)
+
+    def _prune_for(self, name: str, needed: int, room: int) -> None:
         short = needed - room
         candidates = self.prunable()
         freeable = sum(model.size_bytes for model in candidates)
@@ -135,7 +164,7 @@ class ModelSync:
             if self._settings.prune
             else "start the node with --prune to let it delete unassigned models"
         )
-        if name not in self.assigned:
+        if self._settings.prune and name not in self.assigned:
             advice = "only a model the router assigns may make room by pruning others"
         if not self._settings.prune or name not in self.assigned or freeable < short:
             raise InsufficientStorage(
@@ -153,30 +182,39 @@ class ModelSync:
 
     def room(self) -> int:
         """Bytes a new download may still write: free disk, within the store limit, less
-        what downloads under way will still write."""
+        what the downloads under way will still write."""
         root = self._resolver.store.root
         root.mkdir(parents=True, exist_ok=True)
         room = shutil.disk_usage(root).free
         if self._settings.store_limit is not None:
             room = min(room, self._settings.store_limit - store_bytes(root))
-        for progress in self._resolver.downloads.progress.values():
-            if progress.state in ("pending", "downloading") and progress.bytes_total:
-                room -= max(progress.bytes_total - progress.bytes_done, 0)
+        for name, size in list(self._reserved.items()):
+            if self._resolver.downloads.active(name) is None:
+                del self._reserved[name]  # finished or failed: its bytes are on disk or gone
+            else:
+                room -= max(size - self._bytes_of(name), 0)
         return room
 
     def prunable(self) -> list[StoredModel]:
         """Models in the store the router does not assign and no engine holds, least
         recently used first (shared-folder models are someone else's and never counted)."""
         keep = set(self.assigned) | self._loaded()
-        models = [m for m in self._resolver.store.list() if m.name not in keep]
-        models = [m for m in models if self._resolver.downloads.active(m.name) is None]
+        models = [
+            m for m in self._resolver.store.list()
+            if m.name not in keep and self._resolver.downloads.active(m.name) is None
+            # A hard link (an imported Ollama blob, `models add`) frees nothing.
+            and all(f.stat().st_nlink == 1 for f in m.files)
+        ]  # fmt: skip
         return sorted(models, key=last_used)
 
-    def _partial_bytes(self, name: str) -> int:
+    def _bytes_of(self, name: str) -> int:
+        """Bytes of the model's files already in its folder (parts done, partials)."""
         folder = self._resolver.store.folder(name)
         if not folder.is_dir():
             return 0
-        return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+        return sum(
+            f.stat().st_size for f in folder.iterdir() if f.is_file() and f.name != METADATA_FILE
+        )
 
 
 def last_used(model: StoredModel) -> float:

@@ -73,9 +73,15 @@ class Distributor:
         return models
 
     async def assign_on_registration(self, node: NodeRecord) -> list[str]:
-        """Add the policy's models to the node's assigned list and create a pull task for
-        each one it lacks (once per model and node); the whole assigned list."""
-        await self._registry.assign(node.id, add=self.assignments(node))
+        """A new node gets the policy's models on its assigned list; every registration
+        gets a pull task for each assigned model the node lacks (once per model and node).
+        The whole assigned list.
+
+        Only a node's first registration runs the policy: a node that comes back keeps its
+        list, so a model the operator removed stays removed, and a node re-registering with
+        models loaded (less free memory) is not given a smaller tier's model as well."""
+        if node.first_seen_now:
+            await self._registry.assign(node.id, add=self.assignments(node))
         missing = [m for m in node.assigned if m not in node.load.models_on_disk]
         if missing:  # most registrations: no task list to read
             active = {
@@ -134,18 +140,27 @@ class Distributor:
         return Distribution(tasks, skipped)
 
     async def remove_from_node(self, node_id: str, model: str) -> None:
+        """Take the model off the node's assigned list, then off its disk. Off the list
+        first, so that no heartbeat answer sent meanwhile asks the node to fetch it again;
+        a node that never had it (404) is done."""
         model = self._models.canonical(model)
         node = self._registry.get(node_id)
+        await self._registry.assign(node.id, remove=[model])
         url = f"{node.base_url}/api/models/{model}"
         try:
             async with self._session.delete(url, headers=node.auth_headers()) as response:
                 if response.status == 409:
-                    raise Conflict(f"node {node.name} is serving {model!r} right now; try later")
-                if response.status not in (200, 204):
+                    raise Conflict(
+                        f"node {node.name} is serving {model!r} right now; it is "
+                        "no longer assigned there: try the removal again later"
+                    )
+                if response.status not in (200, 204, 404):
                     raise UpstreamFailed(f"node {node.name} answered {response.status}")
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamFailed(f"node {node.name} is unreachable: {exc}") from exc
-        await self._registry.assign(node.id, remove=[model])
+            raise UpstreamFailed(
+                f"node {node.name} is unreachable ({type(exc).__name__}); {model!r} is no longer "
+                "assigned there, and its file stays until the removal is tried again"
+            ) from exc
         for attr in ("models_on_disk", "models_loaded"):
             names = getattr(node.load, attr)
             if model in names:

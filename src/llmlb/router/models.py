@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 
 import aiohttp
 
-from llmlb.common.errors import BadRequest, ModelNotSupported, NotFound, UpstreamFailed
+from llmlb.common.errors import BadRequest, ModelNotSupported, UpstreamFailed
 from llmlb.common.names import validate_name
 from llmlb.models.catalog import Catalog, CatalogEntry, serving_metadata
 from llmlb.models.download import Downloads, Progress, fetch_files, partial_path
@@ -103,33 +103,49 @@ class RouterModels:
     def held(self, name: str) -> StoredModel | None:
         return self.store.get(self.canonical(name))
 
-    async def part(self, name: str, index: int, *, fetch: bool) -> Path:
-        """Part ``index`` (from 1) of a split model, once it is whole on the router: held, or
-        (``fetch``) pulled from the origin first. Parts are served whole, not tailed: a node
-        fetches part N while the router fetches part N + 1."""
+    def part(self, name: str, index: int) -> tuple[Path, int, str | None]:
+        """Part ``index`` (from 1) of a split model: where it is or will be on the router,
+        its size and sha256. BadRequest for a model without such a part."""
         name = self.canonical(name)
         entry = self.catalog.get(name)
         stored = self.store.get(name)
-        count = len(stored.parts) if stored is not None else len(entry.parts or ()) if entry else 0
-        if count == 0:
-            raise NotFound(f"model {name!r} is not a split model", code="model_not_split")
-        if not 1 <= index <= count:
-            raise BadRequest(f"model {name!r} has parts 1 to {count}", param="part")
-        path = self.store.folder(name) / part_file(index, count)
-        if path.is_file():
-            return path
-        if not fetch:
-            raise NotFound(f"part {index} of {name!r} is not on the router (a GET pulls it "
-                           "through)", code="model_not_on_router")  # fmt: skip
+        if entry is not None and entry.parts is not None:
+            if not 1 <= index <= len(entry.parts):
+                raise BadRequest(f"model {name!r} has parts 1 to {len(entry.parts)}", param="part")
+            part = entry.parts[index - 1]
+            path = self.store.folder(name) / part_file(index, len(entry.parts))
+            return path, part.size_bytes, part.sha256
+        if stored is not None and stored.parts:
+            if not 1 <= index <= len(stored.parts):
+                raise BadRequest(f"model {name!r} has parts 1 to {len(stored.parts)}", param="part")
+            path = stored.parts[index - 1]
+            return path, path.stat().st_size, None
+        raise BadRequest(f"model {name!r} is not a split model", param="part")
+
+    def is_split(self, name: str) -> bool:
+        entry = self.catalog.get(name)
+        stored = self.store.get(name)
+        return bool((entry is not None and entry.parts) or (stored is not None and stored.parts))
+
+    async def part_through(self, name: str, index: int, start: int) -> BlobStream:
+        """Stream part ``index`` of a split model the router is still fetching, from byte
+        ``start``: the parts arrive in order, and a node tails each one as it grows."""
+        name = self.canonical(name)
+        path, total, sha256 = self.part(name, index)
         task = self.pull(name)
         progress = self.downloads.progress[name]
-        while not path.is_file():
-            if task.done():
-                task.result()  # raises the download's error
-                break
+        partial = partial_path(self.store, name, path.name)
+        while not path.is_file() and not partial.is_file() and not task.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(progress.changed.wait(), 1.0)
-        return path
+        if task.done():
+            task.result()  # raises the download's error
+        source = path if path.is_file() else partial
+        if not source.is_file():
+            raise UpstreamFailed(f"the router's download of {name!r} has no part {index}")
+        if start >= total:
+            raise UpstreamFailed(f"range start {start} is past the end of part {index} ({total})")
+        return BlobStream(total, start, sha256, self._tail(source, start, total, task, progress))
 
     async def pull_through(self, name: str, start: int) -> BlobStream:
         """Stream a model the router is still fetching, from byte ``start``."""

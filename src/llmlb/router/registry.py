@@ -54,6 +54,11 @@ class NodeRecord:
     token: str | None = field(default=None, repr=False)
     live: bool = field(default=False)
 
+    @property
+    def first_seen_now(self) -> bool:
+        """Whether this registration was the node's first (not a return after a restart)."""
+        return self.registered_at == self.last_seen
+
     def auth_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.token}"} if self.token else {}
 

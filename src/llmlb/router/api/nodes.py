@@ -79,30 +79,36 @@ def _range_start(header: str | None) -> int:
 
 
 async def blob(request: Request) -> Response:
-    """A model file: from the router's store (Range, ETag), or pulled through from its
-    origin while it downloads."""
+    """A model file (``?part=N``: a part of a split model): from the router's store (Range,
+    ETag), or pulled through from its origin while it downloads."""
     await authorize(request, "node")
     service = service_of(request)
-    name = service.models.canonical(request.path_params["name"])
-    known = name in service.catalog or service.models.store.get(name) is not None
+    models = service.models
+    name = models.canonical(request.path_params["name"])
+    known = name in service.catalog or models.store.get(name) is not None
     service.metrics.blob_requests.labels(name if known else UNKNOWN_MODEL_LABEL).inc()
-    part = request.query_params.get("part")
+    part = _part_number(request.query_params.get("part"))
+    if part is None and models.is_split(name):
+        raise BadRequest(f"model {name!r} is a split model: ask for each ?part=N", param="part")
     if part is not None:
-        if not part.isdigit() or len(part) > 3:
-            raise BadRequest("part must be a part number", param="part")
-        path = await service.models.part(name, int(part), fetch=request.method == "GET")
-        return FileResponse(path, media_type="application/octet-stream")
-    stored = service.models.held(name)
-    if stored is not None:
-        headers = {"etag": f'"{stored.sha256}"'} if stored.sha256 else {}
-        return FileResponse(stored.path, headers=headers, media_type="application/octet-stream")
+        path, _, sha256 = models.part(name, part)
+        held = path if path.is_file() else None
+    else:
+        stored = models.held(name)
+        held, sha256 = (stored.path, stored.sha256) if stored else (None, None)
+    if held is not None:
+        headers = {"etag": f'"{sha256}"'} if sha256 else {}
+        return FileResponse(held, headers=headers, media_type="application/octet-stream")
     if request.method == "HEAD":  # a look must not start a download from the origin
         raise NotFound(
             f"model {name!r} is not in the router's store (a GET pulls it through)",
             code="model_not_on_router",
         )
     start = _range_start(request.headers.get("range"))
-    stream = await service.models.pull_through(name, start)
+    if part is not None:
+        stream = await models.part_through(name, part, start)
+    else:
+        stream = await models.pull_through(name, start)
     headers = {"content-length": str(stream.total - start), "accept-ranges": "bytes"}
     if stream.sha256:
         headers["etag"] = f'"{stream.sha256}"'
@@ -112,3 +118,11 @@ async def blob(request: Request) -> Response:
         stream.chunks, status_code=206 if start else 200,
         media_type="application/octet-stream", headers=headers,
     )  # fmt: skip
+
+
+def _part_number(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) <= 3):
+        raise BadRequest("part must be a part number (1, 2, ...)", param="part")
+    return int(value)
