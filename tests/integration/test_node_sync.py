@@ -173,8 +173,9 @@ def test_a_node_killed_mid_download_resumes_its_task_after_a_restart(
             wait_until(lambda: "restarting" in str(http.get("/api/nodes").json()), 30)
         task = fleet.distribute("tiny-restart", "restarting")
         wait_until(lambda: (fleet.task(task)["bytes_done"] or 0) > 2 * MIB, 30)
-        syncing = fleet.node_row("restarting")["sync"]
-        assert syncing["state"] == "syncing" and syncing["missing"] == ["tiny-restart"]
+        row = fleet.node_row("restarting")
+        assert row["sync"]["state"] == "syncing" and row["sync"]["missing"] == ["tiny-restart"]
+        assert row["status"] == "ready"  # fetching a distributed model, it keeps serving
         node.stop(signal.SIGKILL)  # while the hub holds the transfer at half
         partial = home / "models" / "tiny-restart" / "model.gguf.partial"
         assert partial.stat().st_size > 2 * MIB
