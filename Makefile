@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser run test lint fmt bench bench-quick native clean
+.PHONY: setup browser database run test lint fmt bench bench-quick native clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,11 +24,20 @@ browser:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
+# The router's tests run on SQLite and on a real PostgreSQL server, which the tests start
+# themselves (initdb in a temporary folder, a loopback port): Debian's postgresql package,
+# installed here when missing.
+database:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+		echo "installing Debian's postgresql for the database tests"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql; }
+
 # A router on http://127.0.0.1:32768 with one local node serving the small bundled model.
 run: setup
 	exec $(BIN)/llmlb up
 
-test: setup browser
+test: setup browser database
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: setup

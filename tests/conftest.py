@@ -8,6 +8,7 @@ import pytest
 
 from llmlb.models.smallmodel import SMALL_MODEL_NAME, install_small_model
 from llmlb.models.store import ModelStore
+from tests.postgres import PostgresServer
 from tests.support import Process, start_node
 
 
@@ -22,6 +23,23 @@ def model_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def small_model_path(model_home: Path) -> Path:
     return model_home / "models" / SMALL_MODEL_NAME / "model.gguf"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (databases are made per test)."""
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each router test runs on SQLite (a file in the test's home) and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'llmlb.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.new_database()
 
 
 @pytest.fixture(scope="session")

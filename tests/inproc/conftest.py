@@ -31,8 +31,10 @@ class InProcessRouter:
 
 
 @pytest.fixture
-async def router(tmp_path: Path) -> AsyncIterator[InProcessRouter]:
-    settings = RouterSettings(home=tmp_path, allow_cpu_nodes=True, auto_distribute="none")
+async def router(tmp_path: Path, database_url: str) -> AsyncIterator[InProcessRouter]:
+    settings = RouterSettings(
+        home=tmp_path, allow_cpu_nodes=True, auto_distribute="none", database_url=database_url
+    )
     service = await RouterService.open(settings)
     await service.start()  # ASGITransport runs no lifespan
     try:

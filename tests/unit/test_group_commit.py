@@ -16,8 +16,8 @@ def key_row(key_id: str, secret_hash: str) -> dict[str, object]:
             "prefix": "x", "created_at": 0.0}  # fmt: skip
 
 
-async def test_a_burst_shares_transactions(tmp_path: Path) -> None:
-    engine = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+async def test_a_burst_shares_transactions(tmp_path: Path, database_url: str) -> None:
+    engine = await open_database(database_url)
     commits = 0
 
     def count(*_: object) -> None:
@@ -34,8 +34,8 @@ async def test_a_burst_shares_transactions(tmp_path: Path) -> None:
     await engine.dispose()
 
 
-async def test_a_bad_write_fails_only_its_caller(tmp_path: Path) -> None:
-    engine = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+async def test_a_bad_write_fails_only_its_caller(tmp_path: Path, database_url: str) -> None:
+    engine = await open_database(database_url)
     writes = GroupCommit(engine)
     rows = [key_row(f"k{i}", f"h{i}") for i in range(5)]
     rows.insert(3, key_row("dup", "h1"))  # the same secret hash as k1: a unique violation
@@ -50,8 +50,10 @@ async def test_a_bad_write_fails_only_its_caller(tmp_path: Path) -> None:
     await engine.dispose()
 
 
-async def test_a_caller_that_leaves_does_not_lose_the_write(tmp_path: Path) -> None:
-    engine = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+async def test_a_caller_that_leaves_does_not_lose_the_write(
+    tmp_path: Path, database_url: str
+) -> None:
+    engine = await open_database(database_url)
     writes = GroupCommit(engine)
     leaving = asyncio.create_task(writes.execute(insert(api_keys), key_row("k", "h")))
     await asyncio.sleep(0)

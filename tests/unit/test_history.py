@@ -16,8 +16,8 @@ def record(
                          node_id=node, status=status, latency_ms=1.0)  # fmt: skip
 
 
-async def test_filters_paging_and_retention(tmp_path: Path) -> None:
-    engine = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'llmlb.db'}")
+async def test_filters_paging_and_retention(tmp_path: Path, database_url: str) -> None:
+    engine = await open_database(database_url)
     history = History(engine, retention_days=7)
     now = time.time()
     history.add(record(now - 8 * 86400))  # older than the retention

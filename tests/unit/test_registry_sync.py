@@ -50,8 +50,10 @@ class _Racing:
         return rows
 
 
-async def test_a_node_registering_while_the_table_is_read_is_kept(tmp_path: Path) -> None:
-    engine = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'llmlb.db'}")
+async def test_a_node_registering_while_the_table_is_read_is_kept(
+    tmp_path: Path, database_url: str
+) -> None:
+    engine = await open_database(database_url)
     racing = RegistersDuringSelect(engine)
     registry = Registry(
         racing,  # type: ignore[arg-type]
@@ -67,8 +69,10 @@ async def test_a_node_registering_while_the_table_is_read_is_kept(tmp_path: Path
     await engine.dispose()
 
 
-async def test_a_node_removed_by_another_router_disappears(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'llmlb.db'}"
+async def test_a_node_removed_by_another_router_disappears(
+    tmp_path: Path, database_url: str
+) -> None:
+    url = database_url
     engine = await open_database(url)
     settings: dict[str, Any] = dict(
         heartbeat_interval=10, allow_cpu_nodes=False, require_approval=False,
@@ -83,8 +87,8 @@ async def test_a_node_removed_by_another_router_disappears(tmp_path: Path) -> No
     await engine.dispose()
 
 
-async def test_offline_records_expire(tmp_path: Path) -> None:
-    engine = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'llmlb.db'}")
+async def test_offline_records_expire(tmp_path: Path, database_url: str) -> None:
+    engine = await open_database(database_url)
     registry = Registry(
         engine, heartbeat_interval=10, allow_cpu_nodes=False, require_approval=False,
         node_max_concurrency=None,

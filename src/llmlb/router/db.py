@@ -7,8 +7,11 @@ here mirror the migrations and are what queries use.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +149,15 @@ def alembic_config() -> Config:
     return config
 
 
+# Any fixed number: the key of the advisory lock that routers migrate under.
+_MIGRATION_LOCK = 0x6C6D6C62  # "lmlb"
+
+
 def _upgrade(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Routers that start at once migrate one after the other: the second finds the
+        # schema current. The lock is the transaction's, released when it commits.
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
     config = alembic_config()
     config.attributes["connection"] = connection
     before = MigrationContext.configure(connection).get_current_revision()
@@ -227,12 +238,27 @@ async def open_database(url: str) -> AsyncEngine:
     )  # fmt: skip
     if url.startswith("sqlite"):
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-    async with engine.begin() as connection:
+    async with _sqlite_migration_lock(url), engine.begin() as connection:
         if url.startswith("sqlite"):
             # WAL: readers (management CLI, dashboards) never block the router's writes.
             await connection.execute(text("PRAGMA journal_mode=WAL"))
         await connection.run_sync(_upgrade)
     return engine
+
+
+@contextlib.asynccontextmanager
+async def _sqlite_migration_lock(url: str) -> AsyncIterator[None]:
+    """SQLite's counterpart of the PostgreSQL advisory lock in ``_upgrade``: a router and a
+    management command starting at once on a new home migrate one after the other."""
+    if not url.startswith("sqlite"):
+        yield
+        return
+    descriptor = os.open(url.split("///", 1)[1] + ".migrating", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # and with it the lock
 
 
 async def ping(engine: AsyncEngine) -> bool:

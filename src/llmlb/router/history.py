@@ -41,6 +41,21 @@ class RequestRecord:
     response_body: str | None = None
 
 
+# Rows kept in memory while the database is away (about 1 KB each without bodies).
+MAX_PENDING = 100_000
+
+
+def _row(record: RequestRecord) -> dict[str, Any]:
+    """The record as a row. A client may send NUL characters (a model name, a body), which
+    PostgreSQL's text refuses: they become U+FFFD, so one such request cannot fail the batch
+    it is written with."""
+    row = dict(record.__dict__)
+    for key, value in row.items():
+        if isinstance(value, str) and "\x00" in value:
+            row[key] = value.replace("\x00", "\ufffd")
+    return row
+
+
 class History:
     def __init__(self, engine: AsyncEngine, retention_days: float) -> None:
         self._engine = engine
@@ -49,6 +64,7 @@ class History:
         self._wake = asyncio.Event()
         self._flushing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self.dropped = 0  # rows lost because the database stayed away too long
 
     def add(self, record: RequestRecord) -> None:
         self._pending.append(record)
@@ -68,12 +84,27 @@ class History:
     async def flush(self) -> None:
         """Write what is pending. Flushes run one at a time, so a reader that flushes first
         also waits for a batch the background writer is still committing (without the lock
-        it could count the history while that batch was in flight, and miss it)."""
+        it could count the history while that batch was in flight, and miss it).
+
+        A batch the database refuses (it is down) goes back to the front of the queue and
+        is written when the database returns; past ``MAX_PENDING`` rows the oldest are
+        dropped, counted in ``dropped``."""
         async with self._flushing:
             batch, self._pending = self._pending, []
-            if batch:
+            if not batch:
+                return
+            try:
                 async with self._engine.begin() as connection:
-                    await connection.execute(insert(requests), [dict(r.__dict__) for r in batch])
+                    await connection.execute(insert(requests), [_row(r) for r in batch])
+            except Exception:
+                self._pending = batch + self._pending
+                excess = len(self._pending) - MAX_PENDING
+                if excess > 0:
+                    del self._pending[:excess]
+                    self.dropped += excess
+                    log.error("request history: %d rows dropped while the database is down",
+                              excess)  # fmt: skip
+                raise
 
     async def _run(self) -> None:
         last_prune = 0.0
