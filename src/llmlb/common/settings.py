@@ -158,7 +158,9 @@ class NodeSettings(CommonSettings):
         default=120.0, description="How long a request waits for memory held by busy models"
     )
     # Joining a router (issue: the fleet). Without ``router`` the node serves on its own.
-    router: str | None = Field(default=None, description="Router URL to register with")
+    router: str | None = Field(
+        default=None, description="Router URL to register with (several: URL1,URL2)"
+    )
     node_token: str | None = Field(default=None, description="Router key of scope 'node'")
     node_name: str | None = Field(default=None, description="Name in the fleet (default: hostname)")
     advertise_url: str | None = Field(
@@ -193,6 +195,11 @@ class NodeSettings(CommonSettings):
     max_embedding_bytes: ByteSize = Field(
         default=1024 * 1024, description="Input bytes per embedding request"
     )
+
+    @property
+    def routers(self) -> list[str]:
+        """Every router the node joins: each hears its heartbeats and may call it."""
+        return [url.strip().rstrip("/") for url in (self.router or "").split(",") if url.strip()]
 
     @property
     def uses_origin(self) -> bool:

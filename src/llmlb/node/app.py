@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -33,7 +33,7 @@ from llmlb.node.service import NodeService
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-def create_app(service: NodeService, link: RouterLink | None = None) -> Starlette:
+def create_app(service: NodeService, links: Sequence[RouterLink] = ()) -> Starlette:
     limit = service.settings.max_body_bytes
     token = service.settings.node_token
 
@@ -118,10 +118,11 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
 
     async def health(request: Request) -> Response:
         health = service.health()
-        if link is not None:
-            health["router"] = link.status()
-            if not health["router"]["connected"]:
-                health["status"] = "degraded"  # serving, but the router does not hear us
+        if links:
+            health["routers"] = [link.status() for link in links]
+            health["router"] = health["routers"][0]
+            if not any(status["connected"] for status in health["routers"]):
+                health["status"] = "degraded"  # serving, but no router hears us
         return ORJSONResponse(health)
 
     async def startup(request: Request) -> Response:
@@ -131,7 +132,7 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
         waiting_for = []
         if state == "initializing":
             waiting_for.append("assigned models")
-        if link is not None and link.node_id is None:
+        if links and all(link.node_id is None for link in links):
             waiting_for.append("registration with the router")
         body = {"state": state, "waiting_for": waiting_for}
         return ORJSONResponse(body, status_code=503 if waiting_for else 200)
@@ -142,16 +143,17 @@ def create_app(service: NodeService, link: RouterLink | None = None) -> Starlett
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service.state = "ready"
-        link_task = asyncio.create_task(link.run()) if link is not None else None
+        link_tasks = [asyncio.create_task(link.run()) for link in links]
         try:
             yield
         finally:
             service.state = "draining"
-            if link is not None and link_task is not None:
-                link_task.cancel()
+            for task in link_tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await link_task
-                await link.goodbye()  # the link never dies with an error: see RouterLink.run
+                    await task
+            # Each link never dies with an error (see RouterLink.run); each says goodbye.
+            await asyncio.gather(*(link.goodbye() for link in links))
             await service.pool.close()
             await service.resolver.close()
 

@@ -138,7 +138,7 @@ class RouterLink:
         self.interval = float(answer["heartbeat_interval"])
         log.info("registered with router %s as node %s (%s)",
                  self._router, self.node_id, answer["status"])  # fmt: skip
-        await self._service.sync.update(_assigned(answer))
+        await self._service.sync.update(_assigned(answer), self._router)
 
     async def _heartbeat(self, client: httpx.AsyncClient) -> None:
         url = f"{self._router}/api/nodes/{self.node_id}/heartbeat"
@@ -150,7 +150,7 @@ class RouterLink:
         elif response.status_code != 200:
             raise _Refused(f"{response.status_code} {error_message(response.content)}")
         else:
-            await self._service.sync.update(_assigned(response.json()))
+            await self._service.sync.update(_assigned(response.json()), self._router)
 
     async def goodbye(self) -> None:
         """Tell the router we are draining, so it sends nothing new while we finish."""

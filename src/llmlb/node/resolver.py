@@ -100,12 +100,20 @@ class ModelResolver:
         return {**entry.public(), "on_router": False, "blob_url": None} if entry else None
 
     async def _fetch_router_catalog(self) -> dict[str, dict[str, Any]]:
-        assert self._settings.router
-        url = self._settings.router.rstrip("/") + "/v0/models"
-        async with self.session().get(url, headers=self._auth) as response:
-            if response.status != 200:
-                raise UpstreamFailed(f"router catalog answered {response.status}")
-            data = orjson.loads(await response.read())
+        """The catalog of the first router that answers (they share one database)."""
+        routers = self._settings.routers
+        for index, router in enumerate(routers):
+            try:
+                async with self.session().get(
+                    router + "/v0/models", headers=self._auth
+                ) as response:
+                    if response.status != 200:
+                        raise UpstreamFailed(f"router catalog answered {response.status}")
+                    data = orjson.loads(await response.read())
+                break
+            except (aiohttp.ClientError, TimeoutError, UpstreamFailed):
+                if index == len(routers) - 1:
+                    raise
         rows = {row["name"]: row for row in data["data"]}
         self._router_catalog = (time.monotonic(), rows)
         return rows

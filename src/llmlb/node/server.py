@@ -77,13 +77,16 @@ def build_service(settings: NodeSettings) -> NodeService:
 async def run_node(settings: NodeSettings) -> None:
     service = build_service(settings)
     sock = bind(settings.host, settings.port)
-    link = None
-    if settings.router:
-        public_url = settings.advertise_url or advertised_url(sock, settings.router)
+    links = []
+    if settings.routers:
+        public_url = settings.advertise_url or advertised_url(sock, settings.routers[0])
         log.info("the router will reach this node at %s", public_url)
         name = settings.node_name or socket.gethostname()
-        link = RouterLink(service, settings.router, settings.node_token, name, public_url)
-    app = create_app(service, link)
+        # Every router hears the node: each learns its key from the heartbeats and can call
+        # it, and each sees it alive directly (several routers share one database).
+        links = [RouterLink(service, router, settings.node_token, name, public_url)
+                 for router in settings.routers]  # fmt: skip
+    app = create_app(service, links)
 
     def announce(url: str) -> None:
         models = ", ".join(m.name for m in service.store.list()) or "none yet"

@@ -49,6 +49,7 @@ class ModelSync:
         self._resolver = resolver
         self._loaded = loaded  # the models with an engine in the pool
         self.assigned: list[str] = []
+        self._lists: dict[str, list[str]] = {}  # router -> its last list
         self._refused: dict[str, tuple[float, str]] = {}  # model -> (when, why) before fetching
         self._reserved: dict[str, int] = {}  # model -> bytes its download may write in all
         # The models missing when the router first answered (None before): the node says
@@ -58,11 +59,14 @@ class ModelSync:
 
     # -- what the router wants -------------------------------------------------------------
 
-    async def update(self, assigned: list[str]) -> None:
-        """Take the router's list and start fetching what is missing (does not wait)."""
-        if assigned != self.assigned:
-            log.info("the router assigns %s", ", ".join(assigned) or "no models")
-        self.assigned = list(assigned)
+    async def update(self, assigned: list[str], router: str = "") -> None:
+        """Take a router's list and start fetching what is missing (does not wait). With
+        several routers (one database) the node holds what any of them last said."""
+        self._lists[router] = list(assigned)
+        merged = list(dict.fromkeys(m for models in self._lists.values() for m in models))
+        if merged != self.assigned:
+            log.info("the router assigns %s", ", ".join(merged) or "no models")
+        self.assigned = merged
         if self._first is None:
             self._first = set(self.missing())
         now = time.time()
@@ -83,8 +87,9 @@ class ModelSync:
             self.assigned.append(name)
 
     def unassign(self, name: str) -> None:
-        if name in self.assigned:
-            self.assigned.remove(name)
+        for models in (self.assigned, *self._lists.values()):
+            if name in models:
+                models.remove(name)
         self._refused.pop(name, None)
 
     def starting(self) -> bool:

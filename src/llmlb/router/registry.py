@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmlb.common.credentials import same_secret
@@ -245,6 +246,8 @@ class Registry:
         now = time.time()
         known = self._addresses.get((request.name, request.base_url))
         existing = self._nodes.get(known) if known is not None else None
+        if existing is None:  # another router sharing the database may know it already
+            existing = await self._adopt(request.name, request.base_url)
         stale = existing is not None and (
             now - existing.last_seen > MISSED_HEARTBEATS_OFFLINE * self.heartbeat_interval
         )
@@ -262,11 +265,18 @@ class Registry:
             await self._writes.execute(update(nodes).where(nodes.c.id == node_id), values)
         else:
             node_id = str(uuid.uuid4())
-            await self._writes.execute(insert(nodes), {
-                "id": node_id, "name": request.name, "base_url": request.base_url,
-                "approved": not self._require_approval, "draining": False,
-                "registered_at": now, **values,
-            })  # fmt: skip
+            try:
+                await self._writes.execute(insert(nodes), {
+                    "id": node_id, "name": request.name, "base_url": request.base_url,
+                    "approved": not self._require_approval, "draining": False,
+                    "registered_at": now, **values,
+                })  # fmt: skip
+            except IntegrityError:
+                # Another router registered it a moment ago (name and URL are unique).
+                existing = await self._adopt(request.name, request.base_url)
+                if existing is None:
+                    raise
+                return await self.register(request, token)
         if existing is not None:
             existing.version, existing.devices = request.version, request.devices
             existing.last_seen, existing.load, existing.unreachable = now, request.load, False
@@ -299,6 +309,15 @@ class Registry:
             await connection.execute(
                 update(nodes).where(nodes.c.id == node_id).values(assigned=wanted)
             )
+
+    async def _adopt(self, name: str, base_url: str) -> NodeRecord | None:
+        """The node's row written by another router, taken into memory; None if none."""
+        async with self._engine.connect() as connection:
+            query = select(nodes).where(nodes.c.name == name, nodes.c.base_url == base_url)
+            rows = list(await connection.execute(query))
+        if not rows:
+            return None
+        return self._nodes.get(rows[0].id) or self._add(_record(rows[0]))
 
     async def heartbeat(self, node_id: str, load: NodeLoad, token: str | None = None) -> NodeRecord:
         node = self.get(node_id)
