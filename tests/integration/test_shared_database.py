@@ -1,14 +1,17 @@
 """Two routers on one PostgreSQL database serve as one: a real node joins both
 (``--router A,B``), keys made on one work on the other, and when one is killed with SIGKILL
-the other keeps serving and has everything the first one committed."""
+the other keeps serving, has everything the first one committed, and takes over its
+distribution task."""
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
 import httpx
 
+from tests.fakehub import FakeHub, hub_entry
 from tests.postgres import PostgresServer
 from tests.support import (
     Process,
@@ -16,6 +19,7 @@ from tests.support import (
     node_token,
     start_router,
     wait_until,
+    write_tiny_gguf,
 )
 
 ROUTER_ARGS = ("--allow-cpu-nodes", "--heartbeat-interval", "1")
@@ -29,19 +33,32 @@ def nodes_seen(router: Process, auth: dict[str, str] | None = None) -> list[dict
 def test_two_routers_on_one_database_serve_as_one(
     postgres: PostgresServer, model_home: Path, tmp_path: Path
 ) -> None:
-    env = {"LLMLB_DATABASE_URL": postgres.new_database(), "LLMLB_AUTO_DISTRIBUTE": "none"}
+    hub = FakeHub().start()
+    data = write_tiny_gguf(tmp_path / "held.gguf", 8, seed=7).read_bytes()
+    hub.add("test/held", "model.gguf", data, hold_at=0.5)
+    env = {"LLMLB_DATABASE_URL": postgres.new_database(), "LLMLB_AUTO_DISTRIBUTE": "none",
+           "LLMLB_TASK_LEASE_SECONDS": "2"}  # fmt: skip
     homes = [tmp_path / "router-a", tmp_path / "router-b"]
+    for home in homes:
+        home.mkdir()
+        catalog = {"models": [hub_entry("tiny-held", "test/held", data)]}
+        (home / "supported_models.json").write_text(json.dumps(catalog))
     first = start_router(homes[0], tmp_path, *ROUTER_ARGS, env=env, name="router-a")
     second = start_router(homes[1], tmp_path, *ROUTER_ARGS, env=env, name="router-b")
     node = Process(
         ["node", "--host", "127.0.0.1", "--port", "0", "--allow-cpu", "--parallel", "2",
-         "--router", f"{first.url},{second.url}", "--name", "shared"],
+         "--router", f"{first.url},{second.url}", "--name", "shared", "--origin-first"],
         model_home, tmp_path / "shared-node.log",
-        {"LLMLB_NODE_TOKEN": node_token(homes[0])},  # a key of router A's, valid on both
+        # A key of router A's, valid on both; the hub for the node's own downloads.
+        {"LLMLB_NODE_TOKEN": node_token(homes[0]), "HF_ENDPOINT": hub.url},
     )  # fmt: skip
     try:
         for router in (first, second):
-            wait_until(lambda r=router: [n["status"] for n in nodes_seen(r)] == ["ready"], 30)
+
+            def ready(router: Process = router) -> bool:
+                return [n["status"] for n in nodes_seen(router)] == ["ready"]
+
+            wait_until(ready, 30)
         # One node, one row: both routers know it by the same id.
         assert nodes_seen(first)[0]["id"] == nodes_seen(second)[0]["id"]
         with httpx.Client(base_url=second.url, timeout=120) as http:
@@ -58,9 +75,20 @@ def test_two_routers_on_one_database_serve_as_one(
             http.headers.update(key)
             ask_capital_of_france(http, "gemma-3-270m")
 
-        first.stop(signal.SIGKILL)
+        with httpx.Client(base_url=first.url, headers=key, timeout=30) as http:
+            node_id = nodes_seen(first, key)[0]["id"]
+            sent = http.post("/api/models/distribute", json={
+                "model": "tiny-held", "target": "specific", "node_ids": [node_id]})  # fmt: skip
+            task = sent.json()["task_ids"][0]
+            wait_until(lambda: (http.get(f"/api/tasks/{task}").json()["bytes_done"] or 0) > 0, 30)
+
+        first.stop(signal.SIGKILL)  # mid-distribution
+        hub.files["test/held/model.gguf"].released.set()
         with httpx.Client(base_url=second.url, headers=key, timeout=120) as http:
             ask_capital_of_france(http, "gemma-3-270m")
+            wait_until(lambda: http.get(f"/api/tasks/{task}").json()["state"] == "completed", 60)
+            owner = http.get(f"/api/tasks/{task}").json()["owner"]
+            assert owner == (homes[1] / "router_id").read_text().strip()  # taken over by B
             history = http.get("/api/requests").json()
         # Both answers through B, and the one before the key, are in the shared history.
         assert history["total"] >= 3
@@ -69,3 +97,4 @@ def test_two_routers_on_one_database_serve_as_one(
         node.stop()
         second.stop()
         first.stop()
+        hub.stop()

@@ -264,6 +264,9 @@ class RouterSettings(CommonSettings):
         default_factory=list, description="Models every node gets besides its tier's"
     )
     max_concurrent_downloads: int = Field(default=10, ge=1)
+    task_lease_seconds: float = Field(
+        default=15.0, gt=0, description="How long a dead router's tasks wait for a taker"
+    )
     offline_node_expiry: float = Field(
         default=24 * 3600.0, gt=0, description="Seconds after which an offline node is forgotten"
     )

@@ -116,6 +116,8 @@ tasks = Table(
     Column("error", Text, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("owner", String(36), nullable=True),  # the router running it
+    Column("lease_until", Float, nullable=True),  # others take it over after this
     Index("ix_tasks_state", "state"),
 )
 

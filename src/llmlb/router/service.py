@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,21 @@ log = logging.getLogger(__name__)
 NODE_TOKEN_FILE = "node_token"
 OVERVIEW_SECONDS = 5.0  # how often listening pages get the overview and the node table
 PROBE_INTERVAL = 1.0  # seconds between probes of a node that refused a connection
+
+
+ROUTER_ID_FILE = "router_id"
+
+
+def router_id(home: Path) -> str:
+    """This router's id, kept in its home: a router restarted there owns its tasks again."""
+    path = home / ROUTER_ID_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        identity = str(uuid.uuid4())
+        home.mkdir(parents=True, exist_ok=True)
+        path.write_text(identity + "\n")
+        return identity
 
 
 class RouterService:
@@ -95,6 +111,7 @@ class RouterService:
         self.tasks = TaskManager(
             engine, self.registry, self.models, self.session, self.events,
             max_concurrent=settings.max_concurrent_downloads,
+            owner=router_id(settings.home), lease_seconds=settings.task_lease_seconds,
         )  # fmt: skip
         self.distributor = Distributor(
             settings, self.registry, self.models, self.tasks, self.session
@@ -132,6 +149,7 @@ class RouterService:
             asyncio.create_task(self._sync_loop()),
             asyncio.create_task(self._probe_loop()),
             asyncio.create_task(self._watch_loop()),
+            asyncio.create_task(self._task_lease_loop()),
         ]
         await self.tasks.resume()
 
@@ -148,6 +166,15 @@ class RouterService:
         await self.fresh_session.close()
         await self.cloud_session.close()
         await self.engine.dispose()
+
+    async def _task_lease_loop(self) -> None:
+        """Renew the leases of this router's tasks, and take over those of a dead router."""
+        while True:
+            await asyncio.sleep(self.tasks.lease_seconds / 3)
+            try:
+                await self.tasks.resume()
+            except Exception:  # the database is away: the next round tries again
+                log.exception("renewing task leases failed")
 
     async def _probe_loop(self) -> None:
         """A node that refused a connection is tried again every second (GET /health), not

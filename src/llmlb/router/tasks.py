@@ -7,6 +7,11 @@ again and resumes its partial file (the model is on its assigned list as well). 
 tasks run at once across the fleet, the rest wait. Tasks live in the database, so a router
 restart picks them up again (the node resumes its partial file). Every change is published
 on the event bus for ``/api/events``.
+
+Several routers on one database: a task belongs to the router that runs it (``owner``) for
+``lease_seconds`` at a time, renewed while it runs. When a router dies its ``node_pull``
+tasks are taken over by another once the lease runs out; its ``router_pull`` tasks fill its
+own store, so only it resumes them (a router restarted in the same home keeps its id).
 """
 
 from __future__ import annotations
@@ -66,6 +71,10 @@ def _row(row: Any) -> dict[str, Any]:
     return {str(k): v for k, v in row._mapping.items()}
 
 
+class _TaskLost(Exception):
+    """Another router took the task over (this one's lease ran out)."""
+
+
 class TaskManager:
     def __init__(
         self,
@@ -76,7 +85,11 @@ class TaskManager:
         bus: EventBus,
         *,
         max_concurrent: int,
+        owner: str = "",
+        lease_seconds: float = 15.0,
     ) -> None:
+        self.owner = owner or str(uuid.uuid4())
+        self.lease_seconds = lease_seconds
         self._engine = engine
         self._registry = registry
         self._models = models
@@ -100,6 +113,8 @@ class TaskManager:
             "error": None,
             "created_at": now,
             "updated_at": now,
+            "owner": self.owner,
+            "lease_until": now + self.lease_seconds,
         }
         async with self._engine.begin() as connection:
             await connection.execute(insert(tasks).values(**task))
@@ -122,11 +137,37 @@ class TaskManager:
             return [_row(row) for row in await connection.execute(query)]
 
     async def resume(self) -> None:
-        """After a restart: run again every task that had not finished."""
-        for task in await self.list():
-            if task["state"] in ACTIVE:
-                log.info("resuming task %s (%s of %s)", task["id"], task["kind"], task["model"])
+        """Run every unfinished task this router owns (after a restart) or may take over
+        (a ``node_pull`` whose owner's lease ran out); renew the leases of those it runs."""
+        now = time.time()
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(tasks)
+                .where(tasks.c.owner == self.owner, tasks.c.state.in_(ACTIVE))
+                .values(lease_until=now + self.lease_seconds)
+            )
+            rows = list(await connection.execute(select(tasks).where(tasks.c.state.in_(ACTIVE))))
+        for task in map(_row, rows):
+            if task["id"] in self._running:
+                continue
+            mine = task["owner"] == self.owner
+            orphan = task["kind"] == "node_pull" and (task["lease_until"] or 0) < now
+            if (mine or orphan) and await self._claim(task, now):
+                verb = "resuming" if mine else f"taking over from router {task['owner']}"
+                log.info("%s task %s (%s of %s)", verb, task["id"], task["kind"], task["model"])
                 self._launch(task)
+
+    async def _claim(self, task: dict[str, Any], now: float) -> bool:
+        """Make the task this router's, unless another router claimed it first."""
+        async with self._engine.begin() as connection:
+            result = await connection.execute(
+                update(tasks)
+                .where(tasks.c.id == task["id"], tasks.c.owner == task["owner"]
+                       if task["owner"] is not None else tasks.c.owner.is_(None))
+                .values(owner=self.owner, lease_until=now + self.lease_seconds)
+            )  # fmt: skip
+        task.update(owner=self.owner, lease_until=now + self.lease_seconds)
+        return bool(result.rowcount)
 
     async def close(self) -> None:
         for running in list(self._running.values()):
@@ -143,28 +184,34 @@ class TaskManager:
     async def _save(self, task: dict[str, Any], **changes: Any) -> None:
         task.update(changes, updated_at=time.time())
         async with self._engine.begin() as connection:
-            await connection.execute(
+            result = await connection.execute(
                 update(tasks)
-                .where(tasks.c.id == task["id"])
+                .where(tasks.c.id == task["id"], tasks.c.owner == self.owner)
                 .values(**{k: task[k] for k in changes}, updated_at=task["updated_at"])
             )
+        if not result.rowcount:
+            raise _TaskLost
         self._bus.publish({"type": "task", **task})
 
     async def _run(self, task: dict[str, Any]) -> None:
         async with self._slots:
-            await self._save(task, state="in_progress")
             try:
+                await self._save(task, state="in_progress")
                 if task["kind"] == "router_pull":
                     await self._follow_router_pull(task)
                 else:
                     await self._follow_node_pull(task)
             except asyncio.CancelledError:
                 raise  # router shutting down: the task stays in_progress and resumes later
+            except _TaskLost:
+                log.info("task %s is run by another router now", task["id"])
+                return
             except Exception as exc:
                 message = (
                     exc.message if isinstance(exc, LlmlbError) else f"{type(exc).__name__}: {exc}"
                 )
-                await self._save(task, state="failed", error=message, speed=0.0)
+                with contextlib.suppress(_TaskLost):
+                    await self._save(task, state="failed", error=message, speed=0.0)
                 log.warning("task %s failed: %s", task["id"], message)
 
     async def _follow_router_pull(self, task: dict[str, Any]) -> None:
