@@ -66,7 +66,16 @@ class PostgresServer:
         )
         self._run(str(self._bin / "pg_ctl"), "-D", str(self._data), "-o", options,
                   "-l", str(self._root / "server.log"), "-w", "-t", "60", "start")  # fmt: skip
+        self._options = options
         return self
+
+    def pause(self) -> None:
+        """Stop the server (its clients see connections refused) until ``resume``."""
+        self._run(str(self._bin / "pg_ctl"), "-D", str(self._data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        self._run(str(self._bin / "pg_ctl"), "-D", str(self._data), "-o", self._options,
+                  "-l", str(self._root / "server.log"), "-w", "-t", "60", "start")  # fmt: skip
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+asyncpg://{USER}@127.0.0.1:{self.port}/{database}"
@@ -85,7 +94,9 @@ class PostgresServer:
         )  # fmt: skip
 
     def stop(self) -> None:
-        try:
+        try:  # a paused server is stopped already
             self._run(str(self._bin / "pg_ctl"), "-D", str(self._data), "-m", "immediate", "stop")
+        except subprocess.CalledProcessError:
+            pass
         finally:
             shutil.rmtree(self._root, ignore_errors=True)

@@ -79,7 +79,10 @@ class History:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception:
+            log.exception("stopping with %d history rows unwritten", len(self._pending))
 
     async def flush(self) -> None:
         """Write what is pending. Flushes run one at a time, so a reader that flushes first
@@ -108,6 +111,7 @@ class History:
 
     async def _run(self) -> None:
         last_prune = 0.0
+        failing = False
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 0.5)
@@ -117,8 +121,15 @@ class History:
                 if time.time() - last_prune > 3600:
                     await self.prune()
                     last_prune = time.time()
-            except Exception:  # the history must never take the router down
-                log.exception("writing request history failed")
+            except Exception as exc:  # the history must never take the router down
+                if not failing:  # once per outage, not twice a second
+                    log.exception("writing request history failed; keeping the rows")
+                failing = True
+                log.debug("history still not written: %s", exc)
+            else:
+                if failing:
+                    log.info("request history written again")
+                failing = False
 
     async def prune(self) -> int:
         cutoff = time.time() - self._retention

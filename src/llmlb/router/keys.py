@@ -8,6 +8,7 @@ read again when this router changes a key or the cache is older than ``refresh_s
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 import uuid
@@ -15,10 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from llmlb.common.errors import BadRequest, NotFound
+from llmlb.common.errors import BadRequest, NotFound, Unavailable
 from llmlb.router.db import api_keys
+
+log = logging.getLogger(__name__)
 
 Scope = Literal["api", "node", "admin"]
 SCOPES: tuple[Scope, ...] = ("api", "node", "admin")
@@ -68,6 +72,7 @@ class KeyStore:
         self._refresh_seconds = refresh_seconds
         self._by_hash: dict[str, ApiKey] = {}
         self._loaded_at = 0.0
+        self._database_away = False
 
     async def create(
         self, name: str, scopes: list[str], expires_at: float | None = None
@@ -130,9 +135,25 @@ class KeyStore:
         return key is not None and not key.usable(time.time())
 
     async def _reload(self, now: float) -> None:
-        async with self._engine.connect() as connection:
-            rows = await connection.execute(select(api_keys))
-            self._by_hash = {row.secret_hash: _from_row(row) for row in rows}
+        """Read the keys again. With the database away, the keys read last stay in force
+        (tried again in a second): requests keep being served, and a key revoked meanwhile
+        is refused once the database is back."""
+        try:
+            async with self._engine.connect() as connection:
+                rows = await connection.execute(select(api_keys))
+                self._by_hash = {row.secret_hash: _from_row(row) for row in rows}
+        except (SQLAlchemyError, OSError) as exc:
+            if not self._loaded_at:
+                raise Unavailable("the key database cannot be read; try again shortly") from exc
+            if not self._database_away:
+                log.warning("cannot read the keys (%s); using the ones read last",
+                            type(exc).__name__)  # fmt: skip
+            self._database_away = True
+            self._loaded_at = now - self._refresh_seconds + 1.0
+            return
+        if self._database_away:
+            log.info("the key database is back")
+        self._database_away = False
         self._loaded_at = now
 
     async def has_scope(self, scope: Scope) -> bool:

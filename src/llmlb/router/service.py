@@ -46,6 +46,32 @@ OVERVIEW_SECONDS = 5.0  # how often listening pages get the overview and the nod
 PROBE_INTERVAL = 1.0  # seconds between probes of a node that refused a connection
 
 
+class Trouble:
+    """A background loop's failures, logged once when they start (with the traceback) and
+    once when they end, not on every round: a database away for a minute is two lines."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._since: float | None = None
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 _trace: object) -> bool:  # fmt: skip
+        if kind is None:
+            if self._since is not None:
+                log.info("%s works again after %.0f s", self._what, time.time() - self._since)
+                self._since = None
+            return False
+        if not issubclass(kind, Exception):
+            return False  # cancellation goes on
+        if self._since is None:
+            self._since = time.time()
+            log.error("%s failed; retrying quietly until it works", self._what, exc_info=error)
+        return True
+
+
 ROUTER_ID_FILE = "router_id"
 
 
@@ -169,12 +195,11 @@ class RouterService:
 
     async def _task_lease_loop(self) -> None:
         """Renew the leases of this router's tasks, and take over those of a dead router."""
+        trouble = Trouble("renewing task leases")
         while True:
             await asyncio.sleep(self.tasks.lease_seconds / 3)
-            try:
+            with trouble:  # the database is away: the next round tries again
                 await self.tasks.resume()
-            except Exception:  # the database is away: the next round tries again
-                log.exception("renewing task leases failed")
 
     async def _probe_loop(self) -> None:
         """A node that refused a connection is tried again every second (GET /health), not
@@ -216,13 +241,12 @@ class RouterService:
 
     async def _sync_loop(self) -> None:
         """Pick up operator changes made by the CLI or by other routers on the same database."""
+        trouble = Trouble("reading the node table")
         while True:
             await asyncio.sleep(2.0)
-            try:
+            with trouble:
                 await self.registry.load()
                 await self.registry.purge_offline(self.settings.offline_node_expiry)
-            except Exception:
-                log.exception("reading the node table failed")
 
     async def ensure_node_token(self) -> None:
         """On first start, create a ``node`` key and keep its secret in the home folder."""
