@@ -13,12 +13,14 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+from pydantic import ValidationError
 
 from llmlb.common.errors import LlmlbError
 from llmlb.common.settings import RouterSettings
+from llmlb.models.catalog import Catalog
 from llmlb.router.accounts import Accounts, User, check_role
 from llmlb.router.db import open_database
-from llmlb.router.keys import KeyStore
+from llmlb.router.keys import KeyLimits, KeyStore, with_resolved_models
 from llmlb.router.registry import Registry
 
 T = TypeVar("T")
@@ -70,11 +72,21 @@ class LocalAdmin:
             await engine.dispose()
 
     async def create_key(
-        self, name: str, scopes: list[str], expires_at: float | None
-    ) -> dict[str, Any]:
+        self, name: str, scopes: list[str], expires_at: float | None,
+        limits: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        try:
+            checked = KeyLimits.model_validate(limits or {})
+        except ValidationError as exc:
+            raise RemoteError(f"bad limits: {exc.errors()[0]['msg']}") from exc
+        catalog = Catalog.load(self._settings.home)
+        try:
+            checked = with_resolved_models(checked, catalog.resolve)
+        except LlmlbError as exc:
+            raise RemoteError(exc.message) from exc
         engine, _, keys = await self._open()
         try:
-            key, secret = await keys.create(name, scopes, expires_at)
+            key, secret = await keys.create(name, scopes, expires_at, checked)
             return {**key.to_dict(), "secret": secret}
         finally:
             await engine.dispose()
@@ -157,9 +169,10 @@ class RemoteAdmin:
         return list((await self._call("GET", "/api/keys"))["data"])
 
     async def create_key(
-        self, name: str, scopes: list[str], expires_at: float | None
-    ) -> dict[str, Any]:
-        body = {"name": name, "scopes": scopes, "expires_at": expires_at}
+        self, name: str, scopes: list[str], expires_at: float | None,
+        limits: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        body = {"name": name, "scopes": scopes, "expires_at": expires_at, "limits": limits}
         return dict(await self._call("POST", "/api/keys", json=body))
 
     async def revoke_key(self, key_id: str) -> dict[str, Any]:

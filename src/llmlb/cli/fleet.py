@@ -94,13 +94,21 @@ def keys() -> None:
     help="Repeat for several",
 )
 @click.option("--expires-in-days", type=float, default=None, help="Expiry  [default: never]")
+@click.option("--rpm", type=int, default=None, help="Requests per minute  [default: no limit]")
+@click.option("--tpm", type=int, default=None, help="Tokens per minute  [default: no limit]")
+@click.option(
+    "--model", "models", multiple=True, help="A model it may use (repeat)  [default: any]"
+)
 @remote_options
 def keys_create(name: str, scopes: tuple[str, ...], expires_in_days: float | None,
+                rpm: int | None, tpm: int | None, models: tuple[str, ...],
                 router: str | None, admin_password: str | None, api_key: str | None) -> None:  # fmt: skip
     """Create a key; its secret is printed once."""
     expires = time.time() + expires_in_days * 86400 if expires_in_days else None
+    limits = {"requests_per_minute": rpm, "tokens_per_minute": tpm,
+              "models": list(models) or None}  # fmt: skip
     key = _run_admin(router, admin_password, api_key,
-                     lambda a: a.create_key(name, list(scopes), expires))  # fmt: skip
+                     lambda a: a.create_key(name, list(scopes), expires, limits))  # fmt: skip
     console.print(f"created key [bold]{key['id']}[/bold] ({', '.join(key['scopes'])}); "
                   "the secret is shown only now:")  # fmt: skip
     click.echo(key["secret"])

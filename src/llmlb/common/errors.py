@@ -122,6 +122,21 @@ class Overloaded(LlmlbError):
     default_code = "overloaded"
 
 
+class RateLimited(LlmlbError):
+    """A key's own limit (requests or tokens per minute): OpenAI's 429 shape, whose
+    ``type`` says which limit (``requests`` or ``tokens``)."""
+
+    status = 429
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, error_type: str, headers: dict[str, str]) -> None:
+        super().__init__(message, headers=headers)
+        self.kind = error_type
+
+    def to_dict(self) -> dict[str, Any]:
+        return error_body(self.message, self.kind, code=self.code)
+
+
 class ModelLoadFailed(LlmlbError):
     """The model file exists but the engine cannot load it (not GGUF, truncated, corrupt)."""
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from llmlb.common.credentials import bearer_token, same_secret
 from llmlb.common.errors import AuthenticationFailed, PermissionDenied
 from llmlb.router.accounts import Accounts, Role, User
-from llmlb.router.keys import KeyStore, Scope
+from llmlb.router.keys import ApiKey, KeyStore, Scope
 
 SESSION_COOKIE = "llmlb_session"
 CSRF_HEADER = "x-csrf-token"
@@ -51,6 +51,7 @@ class Principal:
 
     key_id: str | None = None
     user: User | None = None
+    key: ApiKey | None = None  # the API key, with its limits
     role: Role = "admin"
     csrf: str | None = None  # the session's token, for the dashboard (None without a session)
 
@@ -124,7 +125,7 @@ class Authenticator:
         key = await self._keys.verify(token) if token else None
         if key is not None:
             if scope in key.scopes or "admin" in key.scopes:
-                return Principal(key.id)
+                return Principal(key.id, key=key)
             raise PermissionDenied(
                 f"this key's scopes ({', '.join(sorted(key.scopes))}) do not include {scope!r}",
                 code="insufficient_scope",

@@ -76,6 +76,9 @@ api_keys = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=True),
     Column("revoked_at", Float, nullable=True),
+    Column("requests_per_minute", Integer, nullable=True),
+    Column("tokens_per_minute", Integer, nullable=True),
+    Column("models", JSON, nullable=True),  # the models the key may use; None: any
 )
 
 requests = Table(

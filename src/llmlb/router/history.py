@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +57,13 @@ def _row(record: RequestRecord) -> dict[str, Any]:
 
 
 class History:
-    def __init__(self, engine: AsyncEngine, retention_days: float) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        retention_days: float,
+        on_record: Callable[[RequestRecord], None] = lambda _: None,
+    ) -> None:
+        self._on_record = on_record
         self._engine = engine
         self._retention = retention_days * 86400
         self._pending: list[RequestRecord] = []
@@ -67,6 +73,7 @@ class History:
         self.dropped = 0  # rows lost because the database stayed away too long
 
     def add(self, record: RequestRecord) -> None:
+        self._on_record(record)
         self._pending.append(record)
         if len(self._pending) >= 200:
             self._wake.set()

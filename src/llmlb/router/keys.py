@@ -12,15 +12,19 @@ import logging
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from llmlb.common.errors import BadRequest, NotFound, Unavailable
+from llmlb.common.errors import BadRequest, LlmlbError, NotFound, Unavailable
+from llmlb.common.names import validate_name
 from llmlb.router.db import api_keys
+from llmlb.translate.providers import PROVIDERS
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,51 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+LimitedName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
+
+
+class KeyLimits(BaseModel):
+    """What one key may ask of the fleet (None: no limit)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: int | None = Field(default=None, ge=1, le=10_000_000)
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=10_000_000_000)
+    # Names as the router resolves them (canonical local names, ``provider:model`` clouds).
+    models: list[LimitedName] | None = Field(default=None, min_length=1, max_length=100)
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in (self.requests_per_minute, self.tokens_per_minute,
+                                            self.models))  # fmt: skip
+
+
+def with_resolved_models(limits: KeyLimits, resolve: Callable[[str], str]) -> KeyLimits:
+    """``limits`` with its models as requests will name them: a cloud model as it is
+    (``openai:gpt-4o``), a local one by its store name (``gemma3:270m`` -> ``gemma-3-270m``),
+    validated. BadRequest naming a bad one."""
+    if limits.models is None:
+        return limits
+    names = []
+    for model in limits.models:
+        if model.partition(":")[0] in PROVIDERS and ":" in model:
+            names.append(model)
+            continue
+        try:
+            names.append(validate_name(resolve(model), model))
+        except LlmlbError as exc:
+            raise BadRequest(f"limits.models: {exc.message}", param="limits.models") from exc
+    return limits.model_copy(update={"models": list(dict.fromkeys(names))})
+
+
+def key_name(value: object) -> str:
+    """A key's name as an operator gave it: short, printable."""
+    name = str(value or "unnamed")
+    if len(name) > 200 or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise BadRequest("'name' is at most 200 printable characters", param="name")
+    return name
+
+
 @dataclass(frozen=True)
 class ApiKey:
     id: str
@@ -43,6 +92,7 @@ class ApiKey:
     created_at: float
     expires_at: float | None
     revoked_at: float | None
+    limits: KeyLimits = field(default_factory=KeyLimits)
 
     def usable(self, now: float) -> bool:
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
@@ -56,13 +106,18 @@ class ApiKey:
             "created_at": self.created_at,
             "expires_at": self.expires_at,
             "revoked_at": self.revoked_at,
+            "limits": self.limits.model_dump(),
         }
 
 
 def _from_row(row: Any) -> ApiKey:
+    limits = KeyLimits.model_construct(
+        requests_per_minute=row.requests_per_minute, tokens_per_minute=row.tokens_per_minute,
+        models=row.models,
+    )  # fmt: skip
     return ApiKey(
         row.id, row.name, frozenset(row.scopes.split(",")), row.prefix,
-        row.created_at, row.expires_at, row.revoked_at,
+        row.created_at, row.expires_at, row.revoked_at, limits,
     )  # fmt: skip
 
 
@@ -75,7 +130,11 @@ class KeyStore:
         self._database_away = False
 
     async def create(
-        self, name: str, scopes: list[str], expires_at: float | None = None
+        self,
+        name: str,
+        scopes: list[str],
+        expires_at: float | None = None,
+        limits: KeyLimits | None = None,
     ) -> tuple[ApiKey, str]:
         unknown = set(scopes) - set(SCOPES)
         if not scopes or unknown:
@@ -83,15 +142,19 @@ class KeyStore:
         if expires_at is not None and expires_at <= time.time():
             raise BadRequest("expires_at must be in the future", param="expires_at")
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        limits = limits or KeyLimits()
         key = ApiKey(
-            str(uuid.uuid4()), name, frozenset(scopes), secret[:12], time.time(), expires_at, None
-        )
+            str(uuid.uuid4()), key_name(name), frozenset(scopes), secret[:12], time.time(),
+            expires_at, None, limits,
+        )  # fmt: skip
         async with self._engine.begin() as connection:
             await connection.execute(
                 insert(api_keys).values(
-                    id=key.id, name=name, scopes=",".join(sorted(key.scopes)),
+                    id=key.id, name=key.name, scopes=",".join(sorted(key.scopes)),
                     secret_hash=hash_secret(secret), prefix=key.prefix,
                     created_at=key.created_at, expires_at=expires_at,
+                    requests_per_minute=limits.requests_per_minute,
+                    tokens_per_minute=limits.tokens_per_minute, models=limits.models,
                 )
             )  # fmt: skip
         self._loaded_at = 0.0

@@ -30,8 +30,9 @@ from llmlb.router.distributor import Distributor
 from llmlb.router.fleet import Fleet
 from llmlb.router.forwarding import Forwarder
 from llmlb.router.gateway import Gateway
-from llmlb.router.history import History
+from llmlb.router.history import History, RequestRecord
 from llmlb.router.keys import KeyStore
+from llmlb.router.limits import KeyLimiter
 from llmlb.router.metrics import RouterMetrics
 from llmlb.router.models import RouterModels
 from llmlb.router.proxy import Capacity, Proxy
@@ -108,7 +109,9 @@ class RouterService:
             require_approval=settings.require_node_approval,
             node_max_concurrency=settings.node_max_concurrency,
         )
-        self.history = History(engine, settings.history_days)
+        self.limiter = KeyLimiter()
+        # Every request's record passes here: its tokens count against its key's allowance.
+        self.history = History(engine, settings.history_days, on_record=self._charge)
         self.metrics = RouterMetrics(self.registry.all, settings.heartbeat_interval)
         # aiohttp for the hot path: at 64 concurrent streams it relays about twice what
         # httpx's pool does on this machine (bench/router_overhead.py).
@@ -155,6 +158,9 @@ class RouterService:
         self.gateway = Gateway(settings, self.forwarder, self.clouds)
         self.node_token_path: Path = settings.home / NODE_TOKEN_FILE
         self._loops: list[asyncio.Task[None]] = []
+
+    def _charge(self, record: RequestRecord) -> None:
+        self.limiter.charge(record.key_id, (record.tokens_in or 0) + (record.tokens_out or 0))
 
     def resolve_model(self, model: str) -> str:
         """The name the nodes know for a model as a client typed it (``gpt-oss:20b`` ->

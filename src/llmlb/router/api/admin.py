@@ -15,8 +15,9 @@ from starlette.responses import Response
 
 from llmlb.common.asgi import ClosingStreamingResponse, ORJSONResponse, read_json
 from llmlb.common.errors import BadRequest
-from llmlb.router.api.common import Handler, int_param, service_of
+from llmlb.router.api.common import Handler, int_param, service_of, validated
 from llmlb.router.api.console import history_filter
+from llmlb.router.keys import KeyLimits, key_name, with_resolved_models
 
 HISTORY_PAGE_MAX = 1000  # rows per page of /api/requests
 # An idle event stream sends a comment this often, so proxies and clients see it alive.
@@ -71,8 +72,11 @@ async def create_key(request: Request) -> Response:
         raise BadRequest("'scopes' must be an array of strings", param="scopes")
     if expires_at is not None and not isinstance(expires_at, int | float):
         raise BadRequest("'expires_at' must be a Unix time", param="expires_at")
-    name = str(body.get("name") or "unnamed")
-    key, secret = await service_of(request).keys.create(name, scopes, expires_at)
+    service = service_of(request)
+    limits = with_resolved_models(
+        validated(KeyLimits, body.get("limits") or {}), service.catalog.resolve
+    )
+    key, secret = await service.keys.create(key_name(body.get("name")), scopes, expires_at, limits)
     return ORJSONResponse({**key.to_dict(), "secret": secret}, status_code=201)
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -77,6 +79,8 @@ async def _forward(request: Request, endpoint: str, request_id: str) -> Response
     service = service_of(request)
     principal = await authorize(request, "api")
     raw = await read_body(request, service.settings.max_body_bytes)
+    if principal.key is not None and principal.key.limits.any:
+        service.limiter.admit(principal.key, _model_of(raw, service.resolve_model))
     headers = {"x-request-id": request_id}
     for name in _TRACE_HEADERS:
         if name in request.headers:
@@ -102,6 +106,21 @@ async def _forward(request: Request, endpoint: str, request_id: str) -> Response
     return Response(
         answer.body, status_code=answer.status, media_type=answer.content_type, headers=extra
     )
+
+
+def _model_of(raw: bytes, resolve: Callable[[str], str]) -> str | None:
+    """The model a request names, resolved (aliases to their model); None when it names
+    none (the request is refused for that later, with the reason)."""
+    try:
+        model = orjson.loads(raw).get("model")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(model, str):
+        return None
+    try:
+        return resolve(model)
+    except LlmlbError:
+        return model
 
 
 async def models(request: Request) -> Response:

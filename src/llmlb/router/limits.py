@@ -1,0 +1,99 @@
+"""Per-key limits on the client API: requests and tokens per minute, and allowed models.
+
+Each limit is a token bucket that holds a minute's allowance and refills continuously, so a
+key may burst up to its limit and then goes at the limit's pace. A request takes one from
+the request bucket before it is forwarded; the tokens it used (prompt and output, as the
+history records them) are taken from the token bucket when it ends, which may run the
+bucket below zero: the key's next request then waits until it refills. Refusals are 429
+``rate_limit_exceeded`` with ``Retry-After``, in OpenAI's shape.
+
+The buckets live in each router's memory: with several routers a key gets its allowance
+from each of them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from llmlb.common.errors import PermissionDenied, RateLimited
+from llmlb.router.keys import ApiKey
+
+
+@dataclass
+class Bucket:
+    per_minute: float
+    level: float = field(init=False)
+    updated: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.level = self.per_minute
+
+    def _refill(self, now: float) -> None:
+        rate = self.per_minute / 60.0
+        self.level = min(self.per_minute, self.level + (now - self.updated) * rate)
+        self.updated = now
+
+    def wait_for(self, amount: float, now: float) -> float:
+        """Seconds until ``amount`` is there (0: it is)."""
+        self._refill(now)
+        missing = amount - self.level
+        return 0.0 if missing <= 0 else missing / (self.per_minute / 60.0)
+
+    def take(self, amount: float, now: float) -> None:
+        self._refill(now)
+        self.level -= amount
+
+
+class KeyLimiter:
+    def __init__(self) -> None:
+        self._requests: dict[str, Bucket] = {}
+        self._tokens: dict[str, Bucket] = {}
+
+    def admit(self, key: ApiKey, model: str | None) -> None:
+        """Raise unless ``key`` may send a request for ``model`` now; count it."""
+        limits = key.limits
+        if limits.models is not None and model not in limits.models:
+            shown = repr(model) if model is not None else "a model"
+            raise PermissionDenied(
+                f"this key may not use {shown}; it may use {', '.join(limits.models)}",
+                param="model", code="model_not_allowed",
+            )  # fmt: skip
+        now = time.monotonic()
+        requests = self._bucket(self._requests, key.id, limits.requests_per_minute)
+        tokens = self._bucket(self._tokens, key.id, limits.tokens_per_minute)
+        if tokens is not None:
+            wait = tokens.wait_for(1, now)  # any allowance left
+            if wait:
+                raise _refused("tokens", limits.tokens_per_minute, wait)
+        if requests is not None:
+            wait = requests.wait_for(1, now)
+            if wait:
+                raise _refused("requests", limits.requests_per_minute, wait)
+            requests.take(1, now)
+
+    def charge(self, key_id: str | None, tokens: int) -> None:
+        """The tokens a finished request used, against its key's token allowance."""
+        if key_id is not None and tokens > 0:
+            bucket = self._tokens.get(key_id)
+            if bucket is not None:
+                bucket.take(tokens, time.monotonic())
+
+    def _bucket(self, buckets: dict[str, Bucket], key_id: str, limit: int | None) -> Bucket | None:
+        if limit is None:
+            buckets.pop(key_id, None)
+            return None
+        bucket = buckets.get(key_id)
+        if bucket is None or bucket.per_minute != limit:  # new, or the limit changed
+            bucket = buckets[key_id] = Bucket(float(limit))
+        return bucket
+
+
+def _refused(kind: str, limit: int | None, wait: float) -> RateLimited:
+    seconds = max(1, math.ceil(wait))
+    return RateLimited(
+        f"rate limit reached for this key on {kind} per minute (limit {limit}); "
+        f"try again in {seconds} s",
+        error_type=kind, headers={"Retry-After": str(seconds)},
+    )  # fmt: skip
