@@ -33,7 +33,12 @@ from llmlb.router.clouds import CloudCall, Clouds, prefix_of
 from llmlb.router.forwarding import MAX_MODEL_NAME, Forwarder, Outcome
 from llmlb.router.proxy import Routed
 from llmlb.translate import chat
-from llmlb.translate.providers.base import Provider, StreamFailed, StreamTranslator
+from llmlb.translate.providers.base import (
+    MALFORMED_EVENT,
+    Provider,
+    StreamFailed,
+    StreamTranslator,
+)
 from llmlb.translate.sse import ServerEvent, SSEParser, StreamBroken
 
 _TOKENS = re.compile(rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)')
@@ -200,7 +205,7 @@ class Gateway:
                             f"{provider} reported an error mid-stream: "
                             f"{self._clouds.scrub(str(exc))}"
                         ) from None
-                    except (KeyError, TypeError, ValueError, AttributeError):
+                    except MALFORMED_EVENT:
                         raise UpstreamFailed(f"{provider} sent a malformed event") from None
                     for piece in chunks:
                         first = first or time.monotonic()

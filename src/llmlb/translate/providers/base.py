@@ -26,6 +26,10 @@ class ModelPage:
     next_query: dict[str, str] | None  # the next page's query, None on the last
 
 
+# What a translator raises on an event it cannot read (the caller answers 502 "malformed").
+MALFORMED_EVENT = (KeyError, TypeError, ValueError, AttributeError)
+
+
 class StreamFailed(Exception):
     """The provider reported an error inside its stream."""
 
