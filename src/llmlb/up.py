@@ -47,7 +47,9 @@ async def run_up(settings: RouterSettings, node_port: int) -> None:
         node = subprocess.Popen(  # noqa: ASYNC220 (returns at once; the node runs beside us)
             [sys.executable, "-m", "llmlb", "node", "--router", url, "--allow-cpu",
              "--host", "127.0.0.1", "--port", str(node_port), "--name", "local",
-             "--log-format", settings.log_format, "--log-level", settings.log_level],
+             "--log-format", settings.log_format, "--log-level", settings.log_level,
+             # The local node speaks plain HTTP on loopback; it checks an HTTPS router.
+             *(["--tls-ca", str(settings.tls_ca)] if settings.tls_ca else [])],
             env=env, stdout=subprocess.DEVNULL, preexec_fn=_die_with_parent,
         )  # fmt: skip
         watcher = asyncio.create_task(_announce_when_ready(url, service, node))

@@ -42,6 +42,12 @@ def common_options(func: F) -> F:
                      help="Log line format  [default: text]"),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
                      default=None, help="Log level  [default: info]"),
+        click.option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False),
+                     default=None, help="Serve HTTPS with this certificate (PEM)"),
+        click.option("--tls-key", type=click.Path(path_type=Path, dir_okay=False),
+                     default=None, help="The certificate's private key (PEM)"),
+        click.option("--tls-ca", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                     help="CA bundle to verify the routers and nodes called  [default: system]"),
     ]  # fmt: skip
     for decorator in reversed(decorators):
         func = decorator(func)

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -56,11 +57,20 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url_of(sock: socket.socket) -> str:
+def url_of(sock: socket.socket, tls: bool = False) -> str:
     host, port = sock.getsockname()[:2]
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def client_tls(settings: CommonSettings) -> ssl.SSLContext | bool:
+    """How this process checks the certificates of the routers and nodes it calls: the
+    ``tls_ca`` bundle when given, else the system's trusted CAs (``True``)."""
+    if settings.tls_ca is None:
+        return True
+    return ssl.create_default_context(cafile=str(settings.tls_ca))
 
 
 def make_server(app: ASGIApp, settings: CommonSettings) -> uvicorn.Server:
@@ -73,6 +83,8 @@ def make_server(app: ASGIApp, settings: CommonSettings) -> uvicorn.Server:
         limit_concurrency=settings.max_connections,
         http=guarded_protocol(settings.header_timeout),
         lifespan="on",
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
     )
     return uvicorn.Server(config)
 
@@ -90,7 +102,7 @@ async def serve(
     while not server.started and not task.done():  # noqa: ASYNC110 (uvicorn has no event)
         await asyncio.sleep(0.02)
     if server.started and on_started is not None:
-        result = on_started(url_of(sock))
+        result = on_started(url_of(sock, settings.tls_cert is not None))
         if result is not None:
             await result
     await task

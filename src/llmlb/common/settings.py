@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -114,6 +114,19 @@ class CommonSettings(BaseSettings):
     max_connections: int = Field(
         default=4096, ge=16, description="Connections and requests at once (503 beyond)"
     )
+    # TLS: serve HTTPS with this certificate and key; trust this CA bundle (PEM) for the
+    # routers and nodes this process calls (default: the system's trusted CAs).
+    tls_cert: Path | None = Field(default=None, description="Serve HTTPS with this certificate")
+    tls_key: Path | None = Field(default=None, description="The certificate's private key")
+    tls_ca: Path | None = Field(
+        default=None, description="CA bundle to verify the routers and nodes this process calls"
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> CommonSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from typing import Any
 
@@ -35,7 +36,9 @@ class RouterLink:
         name: str,
         public_url: str,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,  # the router's certificate (settings.tls_ca)
     ) -> None:
+        self._verify = verify
         self._service = service
         self._router = router_url.rstrip("/")
         self._headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -103,15 +106,18 @@ class RouterLink:
         # which would make every heartbeat (10 s apart) a new TCP connection to the router.
         limits = httpx.Limits(max_connections=4, keepalive_expiry=KEEPALIVE_SECONDS)
         async with httpx.AsyncClient(
-            timeout=10.0, headers=self._headers, transport=self._transport, limits=limits
-        ) as client:
+            timeout=10.0, headers=self._headers, transport=self._transport, limits=limits,
+            verify=self._verify,
+        ) as client:  # fmt: skip
             while True:
                 try:
                     if self.node_id is None:
                         await self._register(client)
                     await self._heartbeat(client)
                 except httpx.TransportError as exc:
-                    self._failed(f"router unreachable ({type(exc).__name__})", backoff)
+                    # The reason matters when it is TLS (an untrusted certificate).
+                    detail = f": {str(exc)[:200]}" if "SSL" in str(exc) else ""
+                    self._failed(f"router unreachable ({type(exc).__name__}{detail})", backoff)
                 except _Refused as exc:
                     self._failed(f"router refused this node: {exc}", backoff, logging.ERROR)
                 except Exception as exc:  # a broken answer, a bug: the link must not die
@@ -158,7 +164,9 @@ class RouterLink:
         if self.node_id is None:
             return
         try:
-            async with httpx.AsyncClient(timeout=2.0, headers=self._headers) as client:
+            async with httpx.AsyncClient(
+                timeout=2.0, headers=self._headers, verify=self._verify
+            ) as client:
                 await client.post(
                     f"{self._router}/api/nodes/{self.node_id}/heartbeat",
                     json=self.load().model_dump(),

@@ -21,6 +21,7 @@ import orjson
 
 from llmlb.common.errors import ModelNotSupported, Unavailable, UpstreamFailed
 from llmlb.common.names import validate_name
+from llmlb.common.serving import client_tls
 from llmlb.common.settings import NodeSettings
 from llmlb.models.catalog import Catalog, CatalogEntry, serving_metadata
 from llmlb.models.download import Downloads, ModelFile, Progress, Source, fetch_files
@@ -122,6 +123,7 @@ class ModelResolver:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=60),
+                connector=aiohttp.TCPConnector(ssl=client_tls(self._settings)),
                 # aiohttp pauses the socket past 2 x read_bufsize (64 KiB by default); model
                 # files want big reads (bench/distribution.py).
                 read_bufsize=READ_BUFFER,

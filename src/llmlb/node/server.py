@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from llmlb.common.errors import LlmlbError
-from llmlb.common.serving import bind, serve, url_of
+from llmlb.common.serving import bind, client_tls, serve, url_of
 from llmlb.common.settings import NodeSettings
 from llmlb.common.wire import Device
 from llmlb.node.app import create_app
@@ -44,7 +44,7 @@ class NoAdvertiseUrl(LlmlbError):
     """Bound to every interface, and no way to tell which address the router can reach."""
 
 
-def advertised_url(sock: socket.socket, router: str) -> str:
+def advertised_url(sock: socket.socket, router: str, tls: bool = False) -> str:
     """The URL the router should use to reach this node.
 
     Bound to one address: that address. Bound to every interface (0.0.0.0 or ::): the
@@ -53,7 +53,7 @@ def advertised_url(sock: socket.socket, router: str) -> str:
     """
     host, port = sock.getsockname()[:2]
     if host not in ("0.0.0.0", "::"):
-        return url_of(sock)
+        return url_of(sock, tls)
     target = urlsplit(router)
     try:
         infos = socket.getaddrinfo(target.hostname, target.port or 80, type=socket.SOCK_DGRAM)
@@ -66,7 +66,8 @@ def advertised_url(sock: socket.socket, router: str) -> str:
             f"the node listens on every interface ({host}) and cannot tell which address "
             f"router {router} reaches it at ({exc}); pass --advertise-url http://HOST:{port}"
         ) from exc
-    return f"http://[{local}]:{port}" if ":" in local else f"http://{local}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{local}]:{port}" if ":" in local else f"{scheme}://{local}:{port}"
 
 
 def build_service(settings: NodeSettings) -> NodeService:
@@ -79,12 +80,15 @@ async def run_node(settings: NodeSettings) -> None:
     sock = bind(settings.host, settings.port)
     links = []
     if settings.routers:
-        public_url = settings.advertise_url or advertised_url(sock, settings.routers[0])
+        public_url = settings.advertise_url or advertised_url(
+            sock, settings.routers[0], settings.tls_cert is not None
+        )
         log.info("the router will reach this node at %s", public_url)
         name = settings.node_name or socket.gethostname()
         # Every router hears the node: each learns its key from the heartbeats and can call
         # it, and each sees it alive directly (several routers share one database).
-        links = [RouterLink(service, router, settings.node_token, name, public_url)
+        links = [RouterLink(service, router, settings.node_token, name, public_url,
+                            verify=client_tls(settings))
                  for router in settings.routers]  # fmt: skip
     app = create_app(service, links)
 

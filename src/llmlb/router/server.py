@@ -39,5 +39,5 @@ async def run_router(
     finally:
         # Only our own URL: another router may have started on this home since.
         with contextlib.suppress(OSError):
-            if url_file.read_text().strip() == url_of(sock):
+            if url_file.read_text().strip() == url_of(sock, settings.tls_cert is not None):
                 url_file.unlink()

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmlb.common.errors import LlmlbError
 from llmlb.common.files import write_private
+from llmlb.common.serving import client_tls
 from llmlb.common.settings import RouterSettings
 from llmlb.models.catalog import Catalog, tiers_from_setting
 from llmlb.router.accounts import Accounts
@@ -120,13 +121,16 @@ class RouterService:
         )
         self.session = aiohttp.ClientSession(
             timeout=timeout,
-            connector=aiohttp.TCPConnector(limit=4096, keepalive_timeout=30),
+            connector=aiohttp.TCPConnector(
+                limit=4096, keepalive_timeout=30, ssl=client_tls(settings)
+            ),
             auto_decompress=False,
         )
         # One connection per request: the second try after a stale pooled connection, and
         # the probes of unreachable nodes.
         self.fresh_session = aiohttp.ClientSession(
-            timeout=timeout, connector=aiohttp.TCPConnector(force_close=True),
+            timeout=timeout,
+            connector=aiohttp.TCPConnector(force_close=True, ssl=client_tls(settings)),
             auto_decompress=False,
         )  # fmt: skip
         self.models = RouterModels(settings.home, self.catalog, self.session)
