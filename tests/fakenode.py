@@ -45,6 +45,7 @@ class FakeNode:
     model: str = "fake-model"
     behaviour: Behaviour = field(default_factory=Behaviour)
     requests: int = 0
+    in_flight: int = 0  # requests in its hands now (heartbeats report it, as a node does)
     last_headers: dict[str, str] = field(default_factory=dict)
     streams_cancelled: int = 0
     requests_abandoned: int = 0  # whole answers whose client left while it was delayed
@@ -83,6 +84,13 @@ class FakeNode:
 
     async def _chat(self, request: Request) -> Response:
         self.requests += 1
+        self.in_flight += 1
+        try:
+            return await self._answer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: Request) -> Response:
         self.last_headers = dict(request.headers)
         body = orjson.loads(await request.body())
         behaviour = self.behaviour
@@ -160,13 +168,16 @@ class FakeNode:
 
     def load(self) -> dict[str, Any]:
         return {"state": "ready", "models_loaded": [self.model], "models_on_disk": [self.model],
-                "slots_total": 4}  # fmt: skip
+                "slots_total": 4, "requests_in_flight": self.in_flight}  # fmt: skip
 
-    def join(self, router_url: str, token: str, interval: float = 0.5) -> None:
-        """Register with the router and heartbeat from a thread until stopped."""
+    def join(
+        self, router_url: str, token: str, interval: float = 0.5, base_url: str | None = None
+    ) -> None:
+        """Register with the router (reachable at ``base_url``, default its own) and heartbeat
+        from a thread until stopped."""
         headers = {"authorization": f"Bearer {token}"}
         registration = {
-            "name": self.name, "base_url": self.url, "version": "fake",
+            "name": self.name, "base_url": base_url or self.url, "version": "fake",
             "devices": [{"kind": "cuda", "name": "Fake GPU", "memory_total": 8 << 30,
                          "memory_free": 8 << 30}],
             "load": self.load(),

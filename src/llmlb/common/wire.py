@@ -108,6 +108,9 @@ class NodeLoad(BaseModel):
     models_on_disk: Models = Field(default_factory=list)
     active_requests: int = Field(default=0, ge=0)
     queued_requests: int = Field(default=0, ge=0)
+    # Client requests the node holds at any stage (downloading, loading, generating); None
+    # from a node too old to say.
+    requests_in_flight: int | None = Field(default=None, ge=0)
     slots_busy: int = Field(default=0, ge=0)
     slots_total: int = Field(default=0, ge=0)  # slots of the loaded generation engines
     slots_per_model: int = Field(default=0, ge=0)  # slots a model gets when it loads

@@ -57,6 +57,10 @@ def create_app(service: NodeService, links: Sequence[RouterLink] = ()) -> Starle
 
     def _generation(endpoint: Endpoint) -> Any:
         async def handler(request: Request) -> Response:
+            with service.handling():
+                return await generate(request)
+
+        async def generate(request: Request) -> Response:
             body = await _body(request)
             try:
                 if body.get("stream") is True:
@@ -78,6 +82,10 @@ def create_app(service: NodeService, links: Sequence[RouterLink] = ()) -> Starle
         return handler
 
     async def embeddings(request: Request) -> Response:
+        with service.handling():
+            return await embed(request)
+
+    async def embed(request: Request) -> Response:
         body = await _body(request)
         try:
             result = await service.embeddings(body)

@@ -72,6 +72,7 @@ class RouterLink:
             sync=service.sync.state(),
             active_requests=sum(e.busy for e in engines),
             queued_requests=sum(e.waiting for e in engines),
+            requests_in_flight=service.requests_in_flight,
             slots_busy=sum(e.busy for e in engines),
             slots_total=sum(e.spec.parallel for e in engines),
             slots_per_model=service.settings.parallel,

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +88,7 @@ class NodeService:
         self.resolver = ModelResolver(settings, self.store)
         self.sync = ModelSync(settings, self.resolver, self.loaded_models)
         self._last_used: dict[str, float] = {}  # model -> when a request last finished
+        self.requests_in_flight = 0  # client requests in this node's hands, at any stage
         self._threads = settings.threads or os.cpu_count() or 1
         self._request_seconds = 0.0  # moving average of request durations (heartbeats)
 
@@ -187,6 +188,17 @@ class NodeService:
         if self.state == "ready" and self.sync.starting():
             return "initializing"
         return self.state
+
+    @contextlib.contextmanager
+    def handling(self) -> Iterator[None]:
+        """Counts a client request from its arrival until its handler returns (a stream is
+        then in an engine, counted there): the router compares the figure with what it has
+        sent, to tell a node it cannot reach from one that is busy."""
+        self.requests_in_flight += 1
+        try:
+            yield
+        finally:
+            self.requests_in_flight -= 1
 
     def loaded_models(self) -> set[str]:
         """Models with an engine, loaded or loading (a model being loaded is in use)."""

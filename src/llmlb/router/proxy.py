@@ -39,7 +39,7 @@ from llmlb.router.balancer import NodeSnapshot, rank
 from llmlb.router.clouds import not_a_provider
 from llmlb.router.metrics import RouterMetrics
 from llmlb.router.prefixes import PrefixIndex
-from llmlb.router.registry import NodeRecord, Registry
+from llmlb.router.registry import STALLED, NodeRecord, Registry
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,14 @@ _COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 _FORWARDED_HEADERS = ("x-request-id", "traceparent", "tracestate")
 # Nodes ranked per request when more hold the model (see Proxy.choose).
 SAMPLE = 16
-# Failures before the first byte that another node may not have (TimeoutError: asyncio.timeout).
+
+
+class NodeStalled(TimeoutError):
+    """The node heartbeats but does not get the requests sent to it (Registry._stall)."""
+
+
+# Failures before the first byte that another node may not have (TimeoutError: asyncio.timeout,
+# NodeStalled).
 _RETRYABLE = (aiohttp.ClientError, TimeoutError)
 
 
@@ -314,6 +321,23 @@ class Proxy:
         return _final(last, None)
 
     async def _attempt(self, node: NodeRecord, routed: Routed, headers: dict[str, str]) -> Answer:
+        # Seen by the registry until the first byte: a node that stops getting requests while
+        # it heartbeats has these called off (Registry._stall), to go to another node.
+        task = asyncio.current_task()
+        assert task is not None
+        node.sending[task] = time.monotonic()
+        try:
+            return await self._attempt_once_or_twice(node, routed, headers)
+        except asyncio.CancelledError as exc:
+            if STALLED in exc.args and task.uncancel() == 0:
+                raise NodeStalled(f"node {node.name} is not receiving requests") from None
+            raise
+        finally:
+            node.sending.pop(task, None)
+
+    async def _attempt_once_or_twice(
+        self, node: NodeRecord, routed: Routed, headers: dict[str, str]
+    ) -> Answer:
         try:
             return await self._send(self._session, node, routed, headers)
         except aiohttp.ClientConnectorError:

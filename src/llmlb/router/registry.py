@@ -8,6 +8,7 @@ seen within a few seconds.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -29,6 +30,7 @@ from llmlb.router.db import GroupCommit, nodes
 log = logging.getLogger(__name__)
 
 MISSED_HEARTBEATS_OFFLINE = 3
+STALLED = "node stalled"  # the cancel message of attempts on a black-holed node
 
 
 @dataclass
@@ -54,6 +56,10 @@ class NodeRecord:
     # None until the node registers or heartbeats to this router process.
     token: str | None = field(default=None, repr=False)
     live: bool = field(default=False)
+    # Attempts waiting for this node's first byte -> when they were sent (router.proxy), and
+    # whether the node stopped getting them while it still heartbeats (see Registry.heartbeat).
+    sending: dict[asyncio.Task[Any], float] = field(default_factory=dict, repr=False)
+    stalled: bool = field(default=False)
 
     @property
     def first_seen_now(self) -> bool:
@@ -330,7 +336,10 @@ class Registry:
             load.models_loaded == node.load.models_loaded
             and load.models_on_disk == node.load.models_on_disk
         )
-        node.last_seen, node.load, node.unreachable = now, load, False
+        if node.sending and self._black_holed(node, load):
+            self._stall(node)
+        node.last_seen, node.load = now, load
+        node.unreachable = node.stalled  # only a probe that gets through clears a stall
         node.token, node.live = token, True
         self.changed(node, models=not same_models)
         return node
@@ -408,8 +417,31 @@ class Registry:
         node = self._nodes.get(node_id)
         if node is not None and node.unreachable:
             log.info("node %s answers again", node.name)
-            node.unreachable = False
+            node.unreachable = node.stalled = False
             self.changed(node, models=False)
+
+    def _black_holed(self, node: NodeRecord, load: NodeLoad) -> bool:
+        """Whether the node, by its own report, holds none of the requests this router sent
+        it two heartbeats or more ago: they are lost on the way (a network that drops
+        traffic without closing connections), while its heartbeats still arrive."""
+        if load.requests_in_flight is None:  # a node too old to say
+            return False
+        holds = load.requests_in_flight + load.active_requests + load.queued_requests
+        oldest = min(node.sending.values())
+        return holds == 0 and time.monotonic() - oldest > 2 * self.heartbeat_interval
+
+    def _stall(self, node: NodeRecord) -> None:
+        """No traffic to the node until a probe gets through; the attempts waiting on it are
+        called off, to be tried on another node (none of them had a byte yet)."""
+        if not node.stalled:
+            log.warning(
+                "node %s heartbeats but has not received the %d requests sent to it; no "
+                "traffic until it answers a probe", node.name, len(node.sending),
+            )  # fmt: skip
+        node.stalled = node.unreachable = True
+        for attempt in list(node.sending):
+            attempt.cancel(STALLED)
+        self.changed(node, models=False)
 
     def changed(self, node: NodeRecord | None = None, *, models: bool = True) -> None:
         """Something a request reads changed (of one node, or of any when ``node`` is None;
