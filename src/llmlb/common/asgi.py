@@ -32,6 +32,7 @@ T = TypeVar("T")
 
 REQUEST_ID_HEADER = "x-request-id"
 DEFAULT_BODY_TIMEOUT = 60.0  # apps set their own: app.state.body_timeout
+DEFAULT_SEND_TIMEOUT = 60.0  # and app.state.send_timeout
 _SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -88,22 +89,59 @@ class StreamRelay:
         self.headers = {**headers, "content-type": media_type}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = scope.get("app")
+        timeout: float = getattr(getattr(app, "state", None), "send_timeout", DEFAULT_SEND_TIMEOUT)
         try:
             await send({
                 "type": "http.response.start", "status": self.status_code,
                 "headers": [(k.encode("latin-1"), v.encode("latin-1"))
                             for k, v in self.headers.items()],
             })  # fmt: skip
-            await until_gone(receive, self._pump(send))
+            await until_gone(receive, self._pump(send, timeout))
         except ClientClosedRequest:
             pass  # the client left; closing the generator below stops the work
+        except TimeoutError:
+            # A client that stopped reading (its connection open, its window shut) would hold
+            # the node's slot for as long as it liked: it gets ``send_timeout`` per write.
+            log.warning("a client took more than %.0f s to take in more of its stream; "
+                        "stopping it", timeout)  # fmt: skip
         finally:
             await self.chunks.aclose()
 
-    async def _pump(self, send: Send) -> None:
-        async for chunk in self.chunks:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    async def _pump(self, send: Send, seconds_per_write: float) -> None:
+        """Send every chunk. A write waits only while the client's connection is full
+        (uvicorn's drain); one that waits longer than ``seconds_per_write`` ends the stream
+        (noticed within half as long again). One timer a stream, checking every half
+        ``seconds_per_write``, not one per chunk (a timer per chunk cost the relay a tenth)."""
+        loop = asyncio.get_running_loop()
+        current = asyncio.current_task()
+        assert current is not None
+        writing_since: float | None = None
+        stalled = False
+        check: asyncio.TimerHandle | None = None
+
+        def watch() -> None:
+            nonlocal check, stalled
+            if writing_since is not None and loop.time() - writing_since > seconds_per_write:
+                stalled = True
+                current.cancel()
+                return
+            check = loop.call_later(seconds_per_write / 2, watch)
+
+        check = loop.call_later(seconds_per_write / 2, watch)
+        try:
+            async for chunk in self.chunks:
+                writing_since = loop.time()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                writing_since = None
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if stalled and current.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        finally:
+            if check is not None:
+                check.cancel()
 
 
 class RequestIdMiddleware:

@@ -108,6 +108,9 @@ class CommonSettings(BaseSettings):
         default=10.0, gt=0, description="Seconds to send a request's headers"
     )
     body_timeout: float = Field(default=60.0, gt=0, description="Seconds to send a request's body")
+    send_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds a client may take to take in more of a stream"
+    )
     idle_timeout: int = Field(
         default=30, ge=1, description="Seconds a keep-alive connection may idle"
     )

@@ -102,4 +102,5 @@ def create_app(service: RouterService) -> Starlette:
     app.state.service = service
     LogRing.of_process()  # the log page's lines, however the process set up its logging
     app.state.body_timeout = service.settings.body_timeout
+    app.state.send_timeout = service.settings.send_timeout
     return app
