@@ -9,6 +9,7 @@ import pytest
 from llmlb.common.errors import BadRequest
 from llmlb.common.settings import NodeSettings
 from llmlb.node.validation import validate_embeddings, validate_generation
+from llmlb.translate.chat import check_request
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -63,3 +64,11 @@ def test_text_parts_become_one_string(settings: NodeSettings) -> None:
     body = validate_generation({"model": "m", "messages": [{"role": "system", "content": parts}]},
                                "chat", 4096, 4, settings)  # fmt: skip
     assert body["messages"] == [{"role": "system", "content": "Hello, world"}]
+
+
+def test_a_conversation_has_at_most_ten_thousand_turns(settings: NodeSettings) -> None:
+    many = [{"role": "user", "content": ""}] * 10_001
+    with pytest.raises(BadRequest, match="messages"):
+        validate_generation({"model": "m", "messages": many}, "chat", 4096, 4, settings)
+    with pytest.raises(BadRequest, match="messages"):
+        check_request({"model": "openai:gpt-4o", "messages": many})

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from llmlb.common.errors import BadRequest
 
 MAX_TOOLS = 128
+# Turns in one conversation: far past any model's context, short of a body built to cost.
+MAX_MESSAGES = 10_000
 M = TypeVar("M", bound=BaseModel)
 
 

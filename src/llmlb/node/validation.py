@@ -14,6 +14,7 @@ import orjson
 from pydantic import BaseModel, Field, model_validator
 
 from llmlb.common.chat import (
+    MAX_MESSAGES,
     MAX_TOOLS,
     OpenModel,
     StreamOptions,
@@ -87,7 +88,7 @@ class _Generation(OpenModel):
 
 
 class ChatRequest(_Generation):
-    messages: Annotated[list[Message], Field(min_length=1)]
+    messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
 
 
 # A string, strings, token ids, or lists of token ids (never empty).

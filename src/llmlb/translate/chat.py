@@ -21,6 +21,7 @@ import orjson
 from pydantic import Field
 
 from llmlb.common.chat import (
+    MAX_MESSAGES,
     MAX_TOOLS,
     ImagePart,
     OpenModel,
@@ -52,7 +53,7 @@ class ChatRequest(OpenModel):
     """What a chat request must be before it is translated for a provider."""
 
     model: str
-    messages: Annotated[list[Message], Field(min_length=1)]
+    messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
