@@ -1,6 +1,6 @@
 """A client that opens a stream and stops reading it, its connection left open: the router
-holds a bounded amount for it, gives up once a write has waited ``send_timeout``, and the
-node's work is cancelled; the slot is free again."""
+holds a bounded amount for it, gives up once a write has waited ``send_timeout``, drops the
+connection, and the node's work is cancelled; the slot is free again."""
 
 from __future__ import annotations
 
@@ -39,10 +39,19 @@ def test_a_client_that_stops_reading_does_not_hold_the_node(tmp_path: Path) -> N
             )
             assert stalled.recv(64).startswith(b"HTTP/1.1 200")  # then it reads no more
             wait_until(lambda: fake.streams_cancelled == 1, 30)
+            # Its connection is dropped, not left to drain into a client that never reads.
+            stalled.settimeout(10)
+            try:
+                while stalled.recv(1 << 20):
+                    pass
+            except ConnectionResetError:
+                pass  # dropped: what was still buffered for it is gone
             wait_until(lambda: http.get("/api/nodes").json()["data"][0]["router_in_flight"] == 0)
             answer = http.post("/v1/chat/completions", json=ASK)
             assert answer.status_code == 200  # the node serves others again
-        assert "to take in more of its stream" in router.log_path.read_text()
+        log = router.log_path.read_text()
+        assert "to take in more of its stream" in log
+        assert "returned without completing" not in log  # ended by us, not by uvicorn
     finally:
         if stalled is not None:
             stalled.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -16,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llmlb.common.connections import ABORT_KEY
 from llmlb.common.errors import (
     BadRequest,
     ClientClosedRequest,
@@ -102,9 +104,17 @@ class StreamRelay:
             pass  # the client left; closing the generator below stops the work
         except TimeoutError:
             # A client that stopped reading (its connection open, its window shut) would hold
-            # the node's slot for as long as it liked: it gets ``send_timeout`` per write.
+            # the node's slot, and its connection, for as long as it liked: it gets
+            # ``send_timeout`` per write, then the connection is dropped without a flush.
             log.warning("a client took more than %.0f s to take in more of its stream; "
-                        "stopping it", timeout)  # fmt: skip
+                        "dropping its connection", timeout)  # fmt: skip
+            abort = scope.get(ABORT_KEY)
+            if callable(abort):
+                abort()
+                # Ended by us: the server writes nothing more to a dropped connection.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(send({"type": "http.response.body", "body": b"",
+                                                 "more_body": False}), 1.0)  # fmt: skip
         finally:
             await self.chunks.aclose()
 

@@ -12,12 +12,16 @@ and their number by ``limit_concurrency`` (a 503 beyond it, except for the probe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
+import socket
+import struct
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 PROBES = frozenset({b"/health", b"/startup", b"/ready"})
+ABORT_KEY = "llmlb.abort"  # in the ASGI scope: drops the connection without flushing
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -53,6 +57,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         if self.url.partition(b"?")[0] not in PROBES:
             super().on_headers_complete()
+            # For a response that must end the connection at once (asgi.StreamRelay, a
+            # client that stopped reading): close() would wait to flush to that client.
+            self.scope[ABORT_KEY] = self._drop  # type: ignore[literal-required]
             return
         # Probes answer even at the connection cap: an orchestrator must see the process
         # alive (and busy), not a 503 that looks like a dead one.
@@ -61,6 +68,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().on_headers_complete()
         finally:
             self.limit_concurrency = limit
+
+    def _drop(self) -> None:
+        """Reset the connection: nothing still queued for the client is sent (a plain close,
+        or abort on uvloop, leaves the kernel sending it at the client's pace)."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
