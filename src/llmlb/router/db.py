@@ -237,10 +237,16 @@ async def open_database(url: str) -> AsyncEngine:
     """Connect and bring the schema to the newest migration."""
     if url.startswith("sqlite"):
         _private_database_file(Path(url.split("///", 1)[1]))
+    # A database server that stops answering (a partition, a failover) must not hold the
+    # router's loops for minutes of TCP retries: bounded connects, statements and pool waits.
+    bounded: dict[str, Any] = (
+        {"connect_args": {"timeout": 5, "command_timeout": 30}, "pool_timeout": 10}
+        if url.startswith("postgresql+asyncpg") else {}
+    )  # fmt: skip
     engine = create_async_engine(
         url, pool_pre_ping=not url.startswith("sqlite"),
         # orjson for the JSON columns: the stdlib's decoder was most of a node-table read.
-        json_serializer=_json_text, json_deserializer=orjson.loads,
+        json_serializer=_json_text, json_deserializer=orjson.loads, **bounded,
     )  # fmt: skip
     if url.startswith("sqlite"):
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

@@ -7,6 +7,8 @@ read again when this router changes a key or the cache is older than ``refresh_s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -27,6 +29,7 @@ from llmlb.router.db import api_keys
 from llmlb.translate.providers import PROVIDERS
 
 log = logging.getLogger(__name__)
+RELOAD_WAIT = 2.0  # seconds a request may wait for the key table (see KeyStore._refresh)
 
 Scope = Literal["api", "node", "admin"]
 SCOPES: tuple[Scope, ...] = ("api", "node", "admin")
@@ -126,7 +129,9 @@ class KeyStore:
         self._engine = engine
         self._refresh_seconds = refresh_seconds
         self._by_hash: dict[str, ApiKey] = {}
-        self._loaded_at = 0.0
+        self._loaded_at = 0.0  # 0: read again at the next lookup
+        self._ever_loaded = False
+        self._reloading: asyncio.Task[None] | None = None
         self._database_away = False
 
     async def create(
@@ -157,7 +162,7 @@ class KeyStore:
                     tokens_per_minute=limits.tokens_per_minute, models=limits.models,
                 )
             )  # fmt: skip
-        self._loaded_at = 0.0
+        await self._reread()  # this router sees the change at once
         return key, secret
 
     async def list(self) -> list[ApiKey]:
@@ -178,7 +183,7 @@ class KeyStore:
                 ).first()
                 if row is None:
                     raise NotFound(f"no API key with id {key_id!r}")
-        self._loaded_at = 0.0
+        await self._reread()  # this router sees the change at once
         return next(k for k in await self.list() if k.id == key_id)
 
     async def verify(self, secret: str) -> ApiKey | None:
@@ -186,9 +191,12 @@ class KeyStore:
         now = time.time()
         digest = hash_secret(secret)
         age = now - self._loaded_at
-        # Re-read when stale, or on a miss (a key just made elsewhere), at most once a second.
-        if age > self._refresh_seconds or (digest not in self._by_hash and age > 1.0):
-            await self._reload(now)
+        # Re-read when stale (in the background: requests go on with the keys read last), or
+        # on a miss (a key just made elsewhere: that request waits for it, a little).
+        if digest not in self._by_hash and age > 1.0:
+            await self._refresh(now, wait=True)
+        elif age > self._refresh_seconds:
+            await self._refresh(now, wait=False)
         key = self._by_hash.get(digest)
         return key if key is not None and key.usable(now) else None
 
@@ -196,6 +204,29 @@ class KeyStore:
         """Whether this secret is a key that was revoked or has expired (verify first)."""
         key = self._by_hash.get(hash_secret(secret))
         return key is not None and not key.usable(time.time())
+
+    async def _reread(self) -> None:
+        """A reload that starts now (one already running may predate a change just made)."""
+        running = self._reloading
+        if running is not None and not running.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(running), RELOAD_WAIT)
+        self._reloading = None
+        await self._refresh(time.time(), wait=True)
+
+    async def _refresh(self, now: float, *, wait: bool) -> None:
+        """One reload at a time, shared by every request that finds the cache stale. Only a
+        request that must (a miss, or nothing read yet) waits for it, and at most
+        ``RELOAD_WAIT`` seconds: a database that hangs cannot hold the requests."""
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.create_task(self._reload(now))
+            self._reloading.add_done_callback(_retrieve)
+        if wait or not self._ever_loaded:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._reloading), RELOAD_WAIT)
+            except TimeoutError:
+                if not self._ever_loaded:
+                    raise Unavailable("the key database does not answer; try again") from None
 
     async def _reload(self, now: float) -> None:
         """Read the keys again. With the database away, the keys read last stay in force
@@ -206,7 +237,7 @@ class KeyStore:
                 rows = await connection.execute(select(api_keys))
                 self._by_hash = {row.secret_hash: _from_row(row) for row in rows}
         except (SQLAlchemyError, OSError) as exc:
-            if not self._loaded_at:
+            if not self._ever_loaded:
                 raise Unavailable("the key database cannot be read; try again shortly") from exc
             if not self._database_away:
                 log.warning("cannot read the keys (%s); using the ones read last",
@@ -217,11 +248,17 @@ class KeyStore:
         if self._database_away:
             log.info("the key database is back")
         self._database_away = False
+        self._ever_loaded = True
         self._loaded_at = now
 
     async def has_scope(self, scope: Scope) -> bool:
         """Whether any usable key of this scope exists."""
         now = time.time()
         if now - self._loaded_at > self._refresh_seconds:
-            await self._reload(now)
+            await self._refresh(now, wait=False)
         return any(scope in k.scopes and k.usable(now) for k in self._by_hash.values())
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # reported by the requests that wait; never "never retrieved"
