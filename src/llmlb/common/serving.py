@@ -65,12 +65,15 @@ def url_of(sock: socket.socket, tls: bool = False) -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def client_tls(settings: CommonSettings) -> ssl.SSLContext | bool:
-    """How this process checks the certificates of the routers and nodes it calls: the
-    ``tls_ca`` bundle when given, else the system's trusted CAs (``True``)."""
-    if settings.tls_ca is None:
-        return True
-    return ssl.create_default_context(cafile=str(settings.tls_ca))
+def client_tls(settings: CommonSettings) -> ssl.SSLContext:
+    """How this process checks the certificates of what it calls: the system's trusted CAs,
+    plus the ``tls_ca`` bundle when given (added, not instead: the same sessions fetch models
+    from public origins). One context for httpx and aiohttp alike (httpx alone would trust
+    certifi's bundle rather than the system's)."""
+    context = ssl.create_default_context()
+    if settings.tls_ca is not None:
+        context.load_verify_locations(cafile=str(settings.tls_ca))
+    return context
 
 
 def make_server(app: ASGIApp, settings: CommonSettings) -> uvicorn.Server:

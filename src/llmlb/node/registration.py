@@ -36,7 +36,7 @@ class RouterLink:
         name: str,
         public_url: str,
         transport: httpx.AsyncBaseTransport | None = None,
-        verify: ssl.SSLContext | bool = True,  # the router's certificate (settings.tls_ca)
+        verify: ssl.SSLContext | bool = True,  # the router's certificate (serving.client_tls)
     ) -> None:
         self._verify = verify
         self._service = service

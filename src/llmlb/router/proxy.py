@@ -39,7 +39,7 @@ from llmlb.router.balancer import NodeSnapshot, rank
 from llmlb.router.clouds import not_a_provider
 from llmlb.router.metrics import RouterMetrics
 from llmlb.router.prefixes import PrefixIndex
-from llmlb.router.registry import STALLED, NodeRecord, Registry
+from llmlb.router.registry import NodeRecord, Registry
 
 log = logging.getLogger(__name__)
 
@@ -328,12 +328,13 @@ class Proxy:
         node.sending[task] = time.monotonic()
         try:
             return await self._attempt_once_or_twice(node, routed, headers)
-        except asyncio.CancelledError as exc:
-            if STALLED in exc.args and task.uncancel() == 0:
+        except asyncio.CancelledError:
+            if task in node.called_off and task.uncancel() == 0:
                 raise NodeStalled(f"node {node.name} is not receiving requests") from None
             raise
         finally:
             node.sending.pop(task, None)
+            node.called_off.discard(task)
 
     async def _attempt_once_or_twice(
         self, node: NodeRecord, routed: Routed, headers: dict[str, str]
@@ -360,6 +361,8 @@ class Proxy:
             headers = {**headers, "authorization": f"Bearer {node.token}"}
         async with asyncio.timeout(self._settings.request_timeout):
             response = await session.post(url, data=routed.body, headers=headers)
+            # The node has the request (its answer began): no longer a candidate for a stall.
+            node.sending.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             try:
                 content_type = response.headers.get("content-type", "application/json")
                 if routed.stream and response.status == 200:

@@ -59,6 +59,7 @@ class NodeRecord:
     # Attempts waiting for this node's first byte -> when they were sent (router.proxy), and
     # whether the node stopped getting them while it still heartbeats (see Registry.heartbeat).
     sending: dict[asyncio.Task[Any], float] = field(default_factory=dict, repr=False)
+    called_off: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
     stalled: bool = field(default=False)
 
     @property
@@ -285,7 +286,8 @@ class Registry:
                 return await self.register(request, token)
         if existing is not None:
             existing.version, existing.devices = request.version, request.devices
-            existing.last_seen, existing.load, existing.unreachable = now, request.load, False
+            existing.last_seen, existing.load = now, request.load
+            existing.unreachable = existing.stalled  # a stall ends with a probe, not a word
             existing.token, existing.live = token, True
             log.info("node %s (%s) re-registered as %s", request.name, request.base_url, node_id)
             self.changed(existing)
@@ -330,7 +332,7 @@ class Registry:
         self._check_credential(node, token)
         now = time.time()
         self._unwritten.add(node_id)  # written with the others by write_heartbeats()
-        if node.unreachable:
+        if node.unreachable and not node.stalled:
             log.info("node %s is reachable again", node.name)
         same_models = (
             load.models_loaded == node.load.models_loaded
@@ -440,6 +442,7 @@ class Registry:
             )  # fmt: skip
         node.stalled = node.unreachable = True
         for attempt in list(node.sending):
+            node.called_off.add(attempt)
             attempt.cancel(STALLED)
         self.changed(node, models=False)
 
