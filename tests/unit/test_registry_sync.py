@@ -104,3 +104,23 @@ async def test_offline_records_expire(tmp_path: Path, database_url: str) -> None
     await registry.load()
     assert [n.name for n in registry.all()] == ["fresh"]
     await engine.dispose()
+
+
+async def test_assigned_lists_are_shared_and_never_overwritten(database_url: str) -> None:
+    """Two routers change one node's assigned list, each from its own (stale) memory: both
+    changes stay, and each router sees the other's at its next sync."""
+    engine = await open_database(database_url)
+    settings: dict[str, Any] = dict(
+        heartbeat_interval=10, allow_cpu_nodes=False, require_approval=False,
+        node_max_concurrency=None,
+    )  # fmt: skip
+    here, there = Registry(engine, **settings), Registry(engine, **settings)
+    node = await here.register(request("shared"))
+    await there.load()
+    await here.assign(node.id, add=["model-a", "model-x"])
+    await there.assign(node.id, add=["model-b"])  # "there" has not seen model-a yet
+    await there.assign(node.id, remove=["model-x"])
+    await here.load()
+    assert here.get(node.id).assigned == ["model-a", "model-b"]
+    assert there.get(node.id).assigned == ["model-a", "model-b"]
+    await engine.dispose()

@@ -61,7 +61,7 @@ nodes = Table(
     Column("label", String(200), nullable=True),  # the operator's name for it
     Column("tags", JSON, nullable=True),
     Column("assigned", JSON, nullable=True),  # models the router wants on the node
-    Index("ux_nodes_address", "name", "base_url", unique=True),
+    Column("assigned_version", Integer, nullable=False, server_default="0"),
     UniqueConstraint("name", "base_url", name="uq_nodes_name_url"),
 )
 

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Integer, and_, case, cast, delete, func, insert, or_, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from llmlb.common.errors import NotFound
-from llmlb.router.db import requests
+from llmlb.router.db import ping, requests
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,13 @@ class History:
             try:
                 async with self._engine.begin() as connection:
                     await connection.execute(insert(requests), [_row(r) for r in batch])
-            except Exception:
+            except Exception as exc:
+                refused = isinstance(exc, DBAPIError) and not exc.connection_invalidated
+                if refused and await ping(self._engine):
+                    # The database is there and refused a row: write the others one by one
+                    # and drop what it refuses, rather than holding back all history.
+                    await self._write_singly(batch)
+                    return
                 self._pending = batch + self._pending
                 excess = len(self._pending) - MAX_PENDING
                 if excess > 0:
@@ -115,6 +122,19 @@ class History:
                     log.error("request history: %d rows dropped while the database is down",
                               excess)  # fmt: skip
                 raise
+
+    async def _write_singly(self, batch: list[RequestRecord]) -> None:
+        refused = 0
+        for record in batch:
+            try:
+                async with self._engine.begin() as connection:
+                    await connection.execute(insert(requests), [_row(record)])
+            except DBAPIError:
+                refused += 1
+        if refused:
+            self.dropped += refused
+            log.error("request history: the database refused %d of %d rows; dropped them",
+                      refused, len(batch))  # fmt: skip
 
     async def _run(self) -> None:
         last_prune = 0.0

@@ -49,8 +49,8 @@ class KeyLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    requests_per_minute: int | None = Field(default=None, ge=1, le=10_000_000)
-    tokens_per_minute: int | None = Field(default=None, ge=1, le=10_000_000_000)
+    requests_per_minute: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=2**31 - 1)  # an INTEGER column
     # Names as the router resolves them (canonical local names, ``provider:model`` clouds).
     models: list[LimitedName] | None = Field(default=None, min_length=1, max_length=100)
 

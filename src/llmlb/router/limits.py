@@ -7,6 +7,11 @@ history records them) are taken from the token bucket when it ends, which may ru
 bucket below zero: the key's next request then waits until it refills. Refusals are 429
 ``rate_limit_exceeded`` with ``Retry-After``, in OpenAI's shape.
 
+A request's tokens are estimated when it is let in (a token per 4 bytes of its body) and
+taken from the bucket at once, then settled against what it really used when it ends: so
+neither a burst of concurrent requests nor a client that leaves before the usage is
+reported gets past the allowance.
+
 The buckets live in each router's memory: with several routers a key gets its allowance
 from each of them.
 """
@@ -45,13 +50,24 @@ class Bucket:
         self._refill(now)
         self.level -= amount
 
+    def give(self, amount: float, now: float) -> None:
+        self._refill(now)
+        self.level = min(self.per_minute, self.level + amount)
+
+
+BYTES_PER_TOKEN = 4  # the estimate of a request's prompt before it runs
+MAX_PENDING = 100_000  # estimates awaiting their request's end (oldest dropped beyond)
+
 
 class KeyLimiter:
     def __init__(self) -> None:
         self._requests: dict[str, Bucket] = {}
         self._tokens: dict[str, Bucket] = {}
+        self._estimates: dict[str, tuple[str, int]] = {}  # request id -> (key id, tokens)
 
-    def admit(self, key: ApiKey, model: str | None) -> None:
+    def admit(
+        self, key: ApiKey, model: str | None, request_id: str = "", body_bytes: int = 0
+    ) -> None:
         """Raise unless ``key`` may send a request for ``model`` now; count it."""
         limits = key.limits
         if limits.models is not None and model not in limits.models:
@@ -72,13 +88,26 @@ class KeyLimiter:
             if wait:
                 raise _refused("requests", limits.requests_per_minute, wait)
             requests.take(1, now)
+        if tokens is not None and request_id:
+            estimate = max(1, body_bytes // BYTES_PER_TOKEN)
+            tokens.take(estimate, now)
+            self._estimates[request_id] = (key.id, estimate)
+            if len(self._estimates) > MAX_PENDING:
+                del self._estimates[next(iter(self._estimates))]
 
-    def charge(self, key_id: str | None, tokens: int) -> None:
-        """The tokens a finished request used, against its key's token allowance."""
-        if key_id is not None and tokens > 0:
-            bucket = self._tokens.get(key_id)
-            if bucket is not None:
-                bucket.take(tokens, time.monotonic())
+    def charge(self, key_id: str | None, tokens: int, request_id: str = "") -> None:
+        """The tokens a finished request used, against its key's token allowance (less the
+        estimate taken when it was let in)."""
+        estimate = self._estimates.pop(request_id, None) if request_id else None
+        if key_id is None:
+            return
+        bucket = self._tokens.get(key_id)
+        if bucket is not None:
+            used = tokens - (estimate[1] if estimate is not None else 0)
+            if used > 0:
+                bucket.take(used, time.monotonic())
+            elif used < 0:  # the estimate was too high: give the difference back
+                bucket.give(-used, time.monotonic())
 
     def _bucket(self, buckets: dict[str, Bucket], key_id: str, limit: int | None) -> Bucket | None:
         if limit is None:

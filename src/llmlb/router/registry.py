@@ -50,6 +50,7 @@ class NodeRecord:
     # What the router wants on the node (registration's policy, the operator's distributions);
     # sent in every registration and heartbeat answer.
     assigned: list[str] = field(default_factory=list)
+    assigned_version: int = 0  # the database's count of changes to ``assigned``
     active: int = 0  # the router's own requests in flight to this node
     unreachable: bool = field(default=False)
     # The node's own key (memory only): the router presents it when it calls the node.
@@ -104,7 +105,9 @@ class NodeRecord:
 
 
 # What the periodic sync reads of every node (not the JSON columns: see Registry.load).
-_LIGHT_COLUMNS = (nodes.c.id, nodes.c.approved, nodes.c.draining, nodes.c.last_seen)
+_LIGHT_COLUMNS = (
+    nodes.c.id, nodes.c.approved, nodes.c.draining, nodes.c.last_seen, nodes.c.assigned_version,
+)  # fmt: skip
 
 
 def _record(row: Any) -> NodeRecord:
@@ -122,6 +125,7 @@ def _record(row: Any) -> NodeRecord:
         label=row.label,
         tags=list(row.tags or ()),
         assigned=list(row.assigned or ()),
+        assigned_version=row.assigned_version,
     )
 
 
@@ -170,6 +174,7 @@ class Registry:
             fresh = [
                 row.id for row in rows
                 if row.id not in self._nodes or row.last_seen > self._nodes[row.id].last_seen
+                or row.assigned_version != self._nodes[row.id].assigned_version
             ]  # fmt: skip
             full = {}
             for start in range(0, len(fresh), 500):  # bounded IN lists
@@ -192,10 +197,12 @@ class Registry:
             if (current.approved, current.draining) != (row.approved, row.draining):
                 current.approved, current.draining = row.approved, row.draining
                 changed = True
+            if row.id in full and row.assigned_version != current.assigned_version:
+                current.assigned = list(full[row.id].assigned or ())  # changed by another router
+                current.assigned_version = row.assigned_version
             if row.id in full and row.last_seen > current.last_seen:
                 current.last_seen = row.last_seen
                 current.load = NodeLoad.model_validate(full[row.id].load)
-                current.assigned = list(full[row.id].assigned or ())
                 current.live = current.live or row.last_seen >= self._started_at
                 changed = True
         for node_id in known_before - seen:
@@ -305,18 +312,27 @@ class Registry:
     async def assign(
         self, node_id: str, add: Iterable[str] = (), remove: Iterable[str] = ()
     ) -> None:
-        """Change what the router wants on a node (written through at once)."""
+        """Change what the router wants on a node, from the list in the database (another
+        router may have changed it since this one read it), in one transaction that locks
+        the row where the database can."""
         node = self.get(node_id)
         dropped = set(remove)
-        wanted = [m for m in node.assigned if m not in dropped]
-        wanted += [m for m in add if m not in wanted]
-        if wanted == node.assigned:
-            return
-        node.assigned = wanted
         async with self._engine.begin() as connection:
-            await connection.execute(
-                update(nodes).where(nodes.c.id == node_id).values(assigned=wanted)
-            )
+            query = select(nodes.c.assigned, nodes.c.assigned_version).where(nodes.c.id == node_id)
+            if connection.dialect.name == "postgresql":
+                query = query.with_for_update()
+            row = (await connection.execute(query)).first()
+            stored = list(row.assigned or ()) if row is not None else list(node.assigned)
+            wanted = [m for m in stored if m not in dropped]
+            wanted += [m for m in add if m not in wanted]
+            if wanted != stored:
+                await connection.execute(
+                    update(nodes).where(nodes.c.id == node_id)
+                    .values(assigned=wanted, assigned_version=nodes.c.assigned_version + 1)
+                )  # fmt: skip
+        node.assigned = wanted
+        if row is not None:
+            node.assigned_version = row.assigned_version + (wanted != stored)
 
     async def _adopt(self, name: str, base_url: str) -> NodeRecord | None:
         """The node's row written by another router, taken into memory; None if none."""

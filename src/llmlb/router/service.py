@@ -164,7 +164,8 @@ class RouterService:
         self._loops: list[asyncio.Task[None]] = []
 
     def _charge(self, record: RequestRecord) -> None:
-        self.limiter.charge(record.key_id, (record.tokens_in or 0) + (record.tokens_out or 0))
+        used = (record.tokens_in or 0) + (record.tokens_out or 0)
+        self.limiter.charge(record.key_id, used, record.request_id)
 
     def resolve_model(self, model: str) -> str:
         """The name the nodes know for a model as a client typed it (``gpt-oss:20b`` ->
@@ -236,17 +237,16 @@ class RouterService:
         """Node history every 30 s; while a page listens, the overview every 5 s on the
         event bus (pages never poll faster)."""
         sampled = 0.0
+        trouble = Trouble("computing the overview")
         while True:
             now = time.monotonic()
             if now - sampled >= SAMPLE_SECONDS:
                 self.trends.sample(self.registry.all())
                 sampled = now
             if self.events.subscribers:
-                try:
+                with trouble:
                     self.events.publish({"type": "overview", **await self.overview()})
                     self.events.publish({"type": "nodes", "data": self.fleet.nodes()})
-                except Exception:
-                    log.exception("computing the overview failed")
             await asyncio.sleep(OVERVIEW_SECONDS)
 
     async def _sync_loop(self) -> None:

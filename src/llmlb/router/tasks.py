@@ -151,7 +151,10 @@ class TaskManager:
             if task["id"] in self._running:
                 continue
             mine = task["owner"] == self.owner
-            orphan = task["kind"] == "node_pull" and (task["lease_until"] or 0) < now
+            # Tasks from before owners existed belong to whoever finds them.
+            orphan = task["owner"] is None or (
+                task["kind"] == "node_pull" and (task["lease_until"] or 0) < now
+            )
             if (mine or orphan) and await self._claim(task, now):
                 verb = "resuming" if mine else f"taking over from router {task['owner']}"
                 log.info("%s task %s (%s of %s)", verb, task["id"], task["kind"], task["model"])

@@ -80,7 +80,8 @@ async def _forward(request: Request, endpoint: str, request_id: str) -> Response
     principal = await authorize(request, "api")
     raw = await read_body(request, service.settings.max_body_bytes)
     if principal.key is not None and principal.key.limits.any:
-        service.limiter.admit(principal.key, _model_of(raw, service.resolve_model))
+        model = _model_of(raw, service.resolve_model)
+        service.limiter.admit(principal.key, model, request_id, len(raw))
     headers = {"x-request-id": request_id}
     for name in _TRACE_HEADERS:
         if name in request.headers:

@@ -15,7 +15,12 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("nodes", sa.Column("assigned", sa.JSON, nullable=True))
+    # Bumped with every change of the list: other routers read the list again when it moves.
+    op.add_column(
+        "nodes", sa.Column("assigned_version", sa.Integer, nullable=False, server_default="0")
+    )
 
 
 def downgrade() -> None:
+    op.drop_column("nodes", "assigned_version")
     op.drop_column("nodes", "assigned")
