@@ -69,16 +69,20 @@ async def test_a_node_registering_while_the_table_is_read_is_kept(
     await engine.dispose()
 
 
-async def test_a_node_removed_by_another_router_disappears(
-    tmp_path: Path, database_url: str
-) -> None:
-    url = database_url
-    engine = await open_database(url)
+async def two_routers(database_url: str) -> tuple[AsyncEngine, Registry, Registry]:
+    """Two routers' registries on one database."""
+    engine = await open_database(database_url)
     settings: dict[str, Any] = dict(
         heartbeat_interval=10, allow_cpu_nodes=False, require_approval=False,
         node_max_concurrency=None,
     )  # fmt: skip
-    here, there = Registry(engine, **settings), Registry(engine, **settings)
+    return engine, Registry(engine, **settings), Registry(engine, **settings)
+
+
+async def test_a_node_removed_by_another_router_disappears(
+    tmp_path: Path, database_url: str
+) -> None:
+    engine, here, there = await two_routers(database_url)
     node = await here.register(request("gone"))
     await there.load()
     await there.remove(node.id)
@@ -109,12 +113,7 @@ async def test_offline_records_expire(tmp_path: Path, database_url: str) -> None
 async def test_assigned_lists_are_shared_and_never_overwritten(database_url: str) -> None:
     """Two routers change one node's assigned list, each from its own (stale) memory: both
     changes stay, and each router sees the other's at its next sync."""
-    engine = await open_database(database_url)
-    settings: dict[str, Any] = dict(
-        heartbeat_interval=10, allow_cpu_nodes=False, require_approval=False,
-        node_max_concurrency=None,
-    )  # fmt: skip
-    here, there = Registry(engine, **settings), Registry(engine, **settings)
+    engine, here, there = await two_routers(database_url)
     node = await here.register(request("shared"))
     await there.load()
     await here.assign(node.id, add=["model-a", "model-x"])
