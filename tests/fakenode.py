@@ -188,10 +188,17 @@ class FakeNode:
 
         def beat() -> None:
             while not self._stop_heartbeats.wait(interval):
-                httpx.post(
-                    f"{router_url}/api/nodes/{self.node_id}/heartbeat",
-                    json=self.load(), headers=headers,
-                )  # fmt: skip
+                try:  # a router that restarts is away for a moment, as for a real node
+                    answer = httpx.post(
+                        f"{router_url}/api/nodes/{self.node_id}/heartbeat",
+                        json=self.load(), headers=headers,
+                    )  # fmt: skip
+                    if answer.status_code == 404:  # forgotten: register again
+                        again = httpx.post(router_url + "/api/nodes", json=registration,
+                                           headers=headers)  # fmt: skip
+                        self.node_id = again.json()["node_id"]
+                except httpx.HTTPError:
+                    continue
 
         threading.Thread(target=beat, daemon=True).start()
 
