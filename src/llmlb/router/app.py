@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import orjson
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
@@ -17,6 +18,7 @@ from llmlb.common.logs import LogRing
 from llmlb.router.api import accounts, client, console, dashboard, nodes, ops
 from llmlb.router.api import admin as a
 from llmlb.router.api.common import admin
+from llmlb.router.openapi import openapi_document
 from llmlb.router.service import RouterService
 
 POST, GET, DELETE, PATCH = ["POST"], ["GET"], ["DELETE"], ["PATCH"]
@@ -76,6 +78,7 @@ ROUTES = [
     Route("/ready", ops.ready, methods=GET),
     Route("/metrics", ops.metrics, methods=GET),
 ]
+ROUTES.append(Route("/openapi.json", ops.openapi_json, methods=GET))
 
 
 def create_app(service: RouterService) -> Starlette:
@@ -103,4 +106,5 @@ def create_app(service: RouterService) -> Starlette:
     LogRing.of_process()  # the log page's lines, however the process set up its logging
     app.state.body_timeout = service.settings.body_timeout
     app.state.send_timeout = service.settings.send_timeout
+    app.state.openapi = orjson.dumps(openapi_document(ROUTES))
     return app

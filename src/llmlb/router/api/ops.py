@@ -26,3 +26,8 @@ async def ready(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     return Response(service_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi_json(request: Request) -> Response:
+    """The router's OpenAPI document (public: it names routes, not data; router.openapi)."""
+    return Response(request.app.state.openapi, media_type="application/json")
