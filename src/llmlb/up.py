@@ -64,7 +64,9 @@ async def run_up(settings: RouterSettings, node_port: int) -> None:
             try:
                 await asyncio.to_thread(node.wait, 30)
             except subprocess.TimeoutExpired:
+                log.warning("the local node did not stop within 30 s; killing it")
                 node.kill()
+                node.wait()  # reaped before we go: no node outlives ``llmlb up``
 
 
 def _die_with_parent() -> None:

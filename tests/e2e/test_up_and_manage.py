@@ -84,9 +84,8 @@ def test_up_serves_the_small_model_and_management_commands_work(tmp_path: Path) 
     finally:
         code = up.stop(signal.SIGTERM)
     assert code == 0
-    assert not any(
-        child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children
-    )
+    left = [c.pid for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"up exited leaving {left} running:\n{up.log_tail()}"
     assert shlex.split(curl)[0] == "curl"
 
 
