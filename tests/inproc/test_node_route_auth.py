@@ -13,7 +13,7 @@ from llmlb.common.settings import NodeSettings
 from llmlb.node.app import create_app
 from llmlb.node.service import NodeService
 
-PUBLIC = {"/health", "/startup", "/metrics"}
+PUBLIC = {"/health", "/startup", "/metrics", "/openapi.json"}
 NODE_KEY = "llmlb_the-node-key"
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -26,11 +27,16 @@ from llmlb.common.asgi import (
 )
 from llmlb.common.credentials import bearer_token, same_secret
 from llmlb.common.errors import AuthenticationFailed, BadRequest, LlmlbError, NotFound
+from llmlb.common.openapi import document, routes_of
 from llmlb.node.assemble import Endpoint
 from llmlb.node.registration import RouterLink
 from llmlb.node.service import NodeService
+from llmlb.node.validation import ChatRequest
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+NODE_PROBES = {"/health", "/startup", "/metrics", "/openapi.json"}
 
 
 def create_app(service: NodeService, links: Sequence[RouterLink] = ()) -> Starlette:
@@ -145,6 +151,10 @@ def create_app(service: NodeService, links: Sequence[RouterLink] = ()) -> Starle
         body = {"state": state, "waiting_for": waiting_for}
         return ORJSONResponse(body, status_code=503 if waiting_for else 200)
 
+    async def openapi_json(request: Request) -> Response:
+        """This node's OpenAPI document (public: it names routes, not data)."""
+        return Response(request.app.state.openapi, media_type="application/json")
+
     async def metrics(request: Request) -> Response:
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -179,10 +189,17 @@ def create_app(service: NodeService, links: Sequence[RouterLink] = ()) -> Starle
             Route("/health", health, methods=["GET"]),
             Route("/startup", startup, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
         ],
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.body_timeout = service.settings.body_timeout
+    # With a router, every route but the probes needs the node key.
+    app.state.openapi = orjson.dumps(document(
+        "llmlb node", routes_of(app.routes),
+        lambda _method, path: None if path in NODE_PROBES else "node",
+        {("post", "/v1/chat/completions"): ChatRequest},
+    ))  # fmt: skip
     return app
