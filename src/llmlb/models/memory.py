@@ -46,3 +46,8 @@ def memory_needed(
         return required
     kv = kv_cache if kv_cache is not None else int(weights_bytes * UNKNOWN_KV_FRACTION)
     return int(weights_bytes * (1 + COMPUTE_OVERHEAD)) + kv
+
+
+def gib(size: int, digits: int = 1) -> str:
+    """Bytes as GiB for people (log lines and messages)."""
+    return f"{size / 2**30:.{digits}f} GiB"

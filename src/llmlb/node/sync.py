@@ -26,16 +26,13 @@ from typing import Any
 from llmlb.common.errors import CorruptMetadata, InsufficientStorage, LlmlbError
 from llmlb.common.settings import NodeSettings
 from llmlb.common.wire import MAX_REPORTED_MODELS, SyncState
+from llmlb.models.memory import gib
 from llmlb.models.store import METADATA_FILE, StoredModel
 from llmlb.node.resolver import ModelResolver
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 60.0
-
-
-def gib(size: int) -> str:
-    return f"{size / 2**30:.2f} GiB"
 
 
 class ModelSync:
@@ -165,7 +162,7 @@ class ModelSync:
         candidates = self.prunable()
         freeable = sum(model.size_bytes for model in candidates)
         advice = (
-            f"{gib(freeable)} could be freed from unassigned models"
+            f"{gib(freeable, 2)} could be freed from unassigned models"
             if self._settings.prune
             else "start the node with --prune to let it delete unassigned models"
         )
@@ -173,7 +170,7 @@ class ModelSync:
             advice = "only a model the router assigns may make room by pruning others"
         if not self._settings.prune or name not in self.assigned or freeable < short:
             raise InsufficientStorage(
-                f"no room for {name!r}: it needs {gib(needed)} more, {gib(max(room, 0))} "
+                f"no room for {name!r}: it needs {gib(needed, 2)} more, {gib(max(room, 0), 2)} "
                 f"is free in the model store; {advice}"
             )
         for model in candidates:
@@ -181,7 +178,7 @@ class ModelSync:
                 break
             if self._resolver.store.remove(model.name):
                 log.warning("pruned %s (%s, unassigned, last used %s) to make room for %s",
-                            model.name, gib(model.size_bytes),
+                            model.name, gib(model.size_bytes, 2),
                             time.ctime(last_used(model)), name)  # fmt: skip
                 short -= model.size_bytes
 
@@ -214,12 +211,7 @@ class ModelSync:
 
     def _bytes_of(self, name: str) -> int:
         """Bytes of the model's files already in its folder (parts done, partials)."""
-        folder = self._resolver.store.folder(name)
-        if not folder.is_dir():
-            return 0
-        return sum(
-            f.stat().st_size for f in folder.iterdir() if f.is_file() and f.name != METADATA_FILE
-        )
+        return folder_bytes(self._resolver.store.folder(name))
 
 
 def last_used(model: StoredModel) -> float:
@@ -234,10 +226,13 @@ def last_used(model: StoredModel) -> float:
 
 def store_bytes(root: Path) -> int:
     """Bytes of every model file in the store, partial downloads included."""
-    total = 0
-    for folder in root.iterdir():
-        if folder.is_dir():
-            for file in folder.iterdir():
-                if file.is_file() and file.name != METADATA_FILE:
-                    total += file.stat().st_size
-    return total
+    return sum(folder_bytes(folder) for folder in root.iterdir())
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of one model folder's files (parts done, partials), its metadata left out."""
+    if not folder.is_dir():
+        return 0
+    return sum(
+        f.stat().st_size for f in folder.iterdir() if f.is_file() and f.name != METADATA_FILE
+    )

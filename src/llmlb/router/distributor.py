@@ -12,17 +12,13 @@ import aiohttp
 
 from llmlb.common.errors import BadRequest, Conflict, Unavailable, UpstreamFailed
 from llmlb.common.settings import RouterSettings
-from llmlb.models.memory import DEFAULT_PLAN_CTX
+from llmlb.models.memory import DEFAULT_PLAN_CTX, gib
 from llmlb.router.distribution import assign_models, pick_auto_targets
 from llmlb.router.models import RouterModels
 from llmlb.router.registry import NodeRecord, Registry
 from llmlb.router.tasks import TaskManager
 
 log = logging.getLogger(__name__)
-
-
-def gib(size: int) -> str:
-    return f"{size / 2**30:.1f} GiB"
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmlb.common.errors import BadRequest, LlmlbError, NotFound, Unavailable
 from llmlb.common.names import validate_name
+from llmlb.router.clouds import prefix_of
 from llmlb.router.db import api_keys
-from llmlb.translate.providers import PROVIDERS
 
 log = logging.getLogger(__name__)
 RELOAD_WAIT = 2.0  # seconds a request may wait for the key table (see KeyStore._refresh)
@@ -68,7 +68,7 @@ def with_resolved_models(limits: KeyLimits, resolve: Callable[[str], str]) -> Ke
         return limits
     names = []
     for model in limits.models:
-        if model.partition(":")[0] in PROVIDERS and ":" in model:
+        if prefix_of(model) is not None:
             names.append(model)
             continue
         try:
