@@ -60,9 +60,11 @@ async def run_up(settings: RouterSettings, node_port: int) -> None:
         if watcher is not None:
             watcher.cancel()
         if node is not None and node.poll() is None:
+            # Blocking on purpose: this runs while ``up`` is being cancelled, where an await
+            # (the thread of a to_thread wait) could be cut short and leave the node behind.
             node.terminate()
             try:
-                await asyncio.to_thread(node.wait, 30)
+                node.wait(30)
             except subprocess.TimeoutExpired:
                 log.warning("the local node did not stop within 30 s; killing it")
                 node.kill()
