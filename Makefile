@@ -25,13 +25,16 @@ browser:
 		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }
 
 # The router's tests run on SQLite and on a real PostgreSQL server, which the tests start
-# themselves (initdb in a temporary folder, a loopback port): Debian's postgresql package,
+# themselves (initdb in a temporary folder, a loopback port): Debian's postgresql package.
+# The clock-jump tests step a router's wall clock with Debian's libfaketime. Both are
 # installed here when missing.
 database:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
-		echo "installing Debian's postgresql for the database tests"; \
+	@{ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; } \
+	&& ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || { \
+		echo "installing Debian's postgresql and faketime for the database and clock tests"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql; }
+		$$SUDO apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql faketime; }
 
 # A router on http://127.0.0.1:32768 with one local node serving the small bundled model.
 run: setup

@@ -52,6 +52,7 @@ class FakeNode:
     logs_query: dict[str, str] = field(default_factory=dict)  # what GET /api/logs was asked
     url: str = ""
     node_id: str | None = None
+    heartbeats: int = 0  # heartbeats the router answered 200
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
     _stop_heartbeats: threading.Event = field(default_factory=threading.Event)
@@ -193,6 +194,7 @@ class FakeNode:
                         f"{router_url}/api/nodes/{self.node_id}/heartbeat",
                         json=self.load(), headers=headers,
                     )  # fmt: skip
+                    self.heartbeats += answer.status_code == 200
                     if answer.status_code == 404:  # forgotten: register again
                         again = httpx.post(router_url + "/api/nodes", json=registration,
                                            headers=headers)  # fmt: skip

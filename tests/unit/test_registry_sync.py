@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -99,14 +101,73 @@ async def test_offline_records_expire(tmp_path: Path, database_url: str) -> None
     )  # fmt: skip
     old = await registry.register(request("old"))
     await registry.register(request("fresh"))
-    old.last_seen -= 25 * 3600
-    async with engine.begin() as connection:
-        await connection.execute(
-            update(nodes).where(nodes.c.id == old.id).values(last_seen=old.last_seen)
-        )
+    assert await registry.purge_offline(24 * 3600) == []
+    # The router has been up for 25 hours, and has not heard of "old" for as long.
+    registry._started_monotonic -= 25 * 3600
+    old.heard_at -= 25 * 3600
     assert await registry.purge_offline(24 * 3600) == ["old"]
     await registry.load()
     assert [n.name for n in registry.all()] == ["fresh"]
+    await engine.dispose()
+
+
+async def test_a_router_just_started_forgets_no_node_it_has_not_heard_yet(
+    database_url: str,
+) -> None:
+    """Nodes read from the table at start are offline until they speak, but they are kept
+    for the expiry counted from the router's start, whatever the stored times say."""
+    engine, before, _ = await two_routers(database_url)
+    await before.register(request("quiet"))
+    await before.write_heartbeats()
+    async with engine.begin() as connection:  # its last heartbeat was a day ago
+        await connection.execute(update(nodes).values(last_seen=nodes.c.last_seen - 86400))
+    restarted = Registry(
+        engine, heartbeat_interval=10, allow_cpu_nodes=False, require_approval=False,
+        node_max_concurrency=None,
+    )  # fmt: skip
+    await restarted.load()
+    assert [n.status(10) for n in restarted.all()] == ["offline"]
+    assert await restarted.purge_offline(3600) == []
+    await engine.dispose()
+
+
+async def test_wall_clock_steps_neither_drop_nor_keep_nodes(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Liveness is judged on the router's monotonic clock: a wall clock stepped forward a
+    day takes no node offline and expires none; one that hears nothing still does."""
+    engine, registry, _ = await two_routers(database_url)
+    node = await registry.register(request("steady"))
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 86400)
+    assert node.status(10) == "ready"
+    assert await registry.purge_offline(3600) == []
+    monkeypatch.setattr(time, "time", lambda: real() - 86400)
+    await registry.heartbeat(node.id, node.load)
+    await registry.load()
+    assert node.status(10) == "ready"
+    node.heard_at -= 31  # three heartbeats missed, whatever the wall clock says
+    assert node.status(10) == "offline"
+    await engine.dispose()
+
+
+async def test_a_node_heard_by_a_router_whose_clock_is_behind_stays_ready(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node heartbeats to the other router, whose wall clock is an hour behind this
+    one's: the changed row is word of the node, though its time looks older."""
+    engine, here, there = await two_routers(database_url)
+    node = await here.register(request("elsewhere"))
+    await here.write_heartbeats()
+    await there.load()
+    here.get(node.id).heard_at -= 31  # the node last spoke to "here" 31 s ago
+    assert here.get(node.id).status(10) == "offline"
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() - 3600)
+    await there.heartbeat(node.id, node.load)
+    await there.write_heartbeats()
+    await here.load()
+    assert here.get(node.id).status(10) == "ready"
     await engine.dispose()
 
 

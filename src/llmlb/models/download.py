@@ -55,7 +55,8 @@ class Progress:
     speed: float = 0.0  # bytes/s, smoothed
     error: str | None = None
     started_at: float = field(default_factory=time.time)
-    updated_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)  # wall clock, for people
+    touched_at: float = field(default_factory=time.monotonic)  # for intervals (clocks jump)
     changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
@@ -71,7 +72,7 @@ class Progress:
         return round(100.0 * self.bytes_done / self.bytes_total, 1)
 
     def touch(self) -> None:
-        self.updated_at = time.time()
+        self.updated_at, self.touched_at = time.time(), time.monotonic()
         self.changed.set()
         self.changed = asyncio.Event()
 

@@ -78,7 +78,7 @@ class NodeService:
         self.devices = devices
         self.store = ModelStore(settings.models_dir)
         self.state: NodeState = "initializing"
-        self.started_at = time.time()
+        self.started_at = time.monotonic()  # for the uptime (a wall clock may jump)
         budget = settings.memory_budget or default_memory_budget(devices, ram_total)
         self.pool: EnginePool[EngineSpec, LlamaEngine] = EnginePool(
             budget, load, wait_seconds=settings.load_wait_seconds, on_change=self._model_event
@@ -278,7 +278,7 @@ class NodeService:
             "status": "ok",
             "state": self.reported_state(),
             "version": __version__,
-            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "uptime_seconds": round(time.monotonic() - self.started_at, 1),
             "devices": [d.model_dump() for d in self.devices],
             "sync": self.sync.state().model_dump(),
             **self.pool_state(),

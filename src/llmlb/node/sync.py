@@ -66,7 +66,7 @@ class ModelSync:
         self.assigned = merged
         if self._first is None:
             self._first = set(self.missing())
-        now = time.time()
+        now = time.monotonic()
         for name in self.assigned:
             if self._here(name) or self._resolver.downloads.active(name) is not None:
                 continue
@@ -101,7 +101,7 @@ class ModelSync:
             return self._refused[name][0]
         progress = self._resolver.downloads.progress.get(name)
         if progress is not None and progress.state == "failed":
-            return progress.updated_at
+            return progress.touched_at
         return None
 
     def missing(self) -> list[str]:

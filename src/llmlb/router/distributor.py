@@ -96,13 +96,13 @@ class Distributor:
         the others are reported in ``skipped``. Named nodes that cannot are an error."""
         entry = self._models.entry(model)
         model = entry.name  # as typed, it may be an alias
-        now = time.time()
+        now = time.monotonic()
         interval = self._settings.heartbeat_interval
         skipped: list[dict[str, str]] = []
         if target == "all":
             chosen = []
             for node in self._registry.all():
-                status = node.status(now, interval)
+                status = node.status(interval, now)
                 if status in ("offline", "pending"):
                     skipped.append({"node_id": node.id, "node": node.name, "status": status})
                 else:
@@ -113,14 +113,14 @@ class Distributor:
             chosen = [self._registry.get(node_id) for node_id in node_ids]
         elif target == "auto":
             ready = {n.id: node_memory(n, free=True) for n in self._registry.all()
-                     if n.status(now, interval) in ("ready", "initializing")}  # fmt: skip
+                     if n.status(interval, now) in ("ready", "initializing")}  # fmt: skip
             picked = pick_auto_targets(ready, entry.memory_needed(), count)
             if not picked:
                 raise Unavailable(f"no ready node has the free GPU memory {model!r} needs")
             chosen = [self._registry.get(node_id) for node_id in picked]
         else:
             raise BadRequest("target must be 'all', 'specific' or 'auto'", param="target")
-        offline = [n.name for n in chosen if n.status(now, interval) in ("offline", "pending")]
+        offline = [n.name for n in chosen if n.status(interval, now) in ("offline", "pending")]
         if offline:
             raise Unavailable(
                 f"cannot distribute to {', '.join(offline)}: offline or pending",

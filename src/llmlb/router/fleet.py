@@ -48,23 +48,23 @@ class Fleet:
         return RegisterResponse(
             node_id=node.id,
             heartbeat_interval=self.settings.heartbeat_interval,
-            status=node.status(time.time(), self.settings.heartbeat_interval),
+            status=node.status(self.settings.heartbeat_interval),
             assigned_models=assigned,
         )
 
     async def heartbeat(self, node_id: str, load: NodeLoad, token: str | None) -> dict[str, Any]:
         node = await self.registry.heartbeat(node_id, load, token)
         return {
-            "status": node.status(time.time(), self.settings.heartbeat_interval),
+            "status": node.status(self.settings.heartbeat_interval),
             "assigned_models": node.assigned,
         }
 
     def nodes(self) -> list[dict[str, Any]]:
-        now = time.time()
-        return [n.to_dict(now, self.settings.heartbeat_interval) for n in self.registry.all()]
+        now = time.monotonic()
+        return [n.to_dict(self.settings.heartbeat_interval, now) for n in self.registry.all()]
 
     def node(self, node_id: str) -> dict[str, Any]:
-        return self.registry.get(node_id).to_dict(time.time(), self.settings.heartbeat_interval)
+        return self.registry.get(node_id).to_dict(self.settings.heartbeat_interval)
 
     def model_list(self) -> list[dict[str, Any]]:
         """What the fleet can serve: models on nodes, and catalog models (fetched on demand)."""

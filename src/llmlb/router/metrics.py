@@ -21,7 +21,7 @@ class _FleetCollector(Collector):
         self._interval = interval
 
     def collect(self) -> Iterator[Metric]:
-        now = time.time()
+        now = time.monotonic()
         state = GaugeMetricFamily(
             "llmlb_node_state", "1 for the state each node is in", labels=["node", "state"]
         )
@@ -31,7 +31,7 @@ class _FleetCollector(Collector):
         busy = GaugeMetricFamily("llmlb_node_slots_busy", "Busy slots per node", labels=["node"])
         total = GaugeMetricFamily("llmlb_node_slots_total", "Slots per node", labels=["node"])
         for node in self._nodes():
-            current = node.status(now, self._interval)
+            current = node.status(self._interval, now)
             for name in NODE_STATES:
                 state.add_metric([node.name, name], 1.0 if name == current else 0.0)
             active.add_metric([node.name], node.active)

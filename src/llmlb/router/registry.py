@@ -43,7 +43,7 @@ class NodeRecord:
     approved: bool
     draining: bool
     registered_at: float
-    last_seen: float
+    last_seen: float  # wall clock (shown to people, shared through the database)
     load: NodeLoad
     label: str | None = None  # the operator's name for the node (its own name stays)
     tags: list[str] = field(default_factory=list)
@@ -62,6 +62,14 @@ class NodeRecord:
     sending: dict[asyncio.Task[Any], float] = field(default_factory=dict, repr=False)
     called_off: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
     stalled: bool = field(default=False)
+    # When this router last had word of the node (a heartbeat, or its database row's
+    # last_seen changing), on this process's monotonic clock: liveness is judged by this,
+    # so a wall clock stepped by hours, or another router's clock that differs from this
+    # one's, neither takes a node offline nor keeps a dead one online.
+    heard_at: float = field(default=float("-inf"))
+
+    def heard(self) -> None:
+        self.heard_at = time.monotonic()
 
     @property
     def first_seen_now(self) -> bool:
@@ -71,10 +79,15 @@ class NodeRecord:
     def auth_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.token}"} if self.token else {}
 
-    def status(self, now: float, interval: float) -> str:
+    def silent_for(self, now: float | None = None) -> float:
+        """Seconds since this router last had word of the node (monotonic)."""
+        return (time.monotonic() if now is None else now) - self.heard_at
+
+    def status(self, interval: float, now: float | None = None) -> str:
+        """``now`` is a ``time.monotonic()`` reading (taken here when not given)."""
         if not self.approved:
             return "pending"
-        stale = now - self.last_seen > MISSED_HEARTBEATS_OFFLINE * interval
+        stale = self.silent_for(now) > MISSED_HEARTBEATS_OFFLINE * interval
         # After a router restart a node counts once it has spoken to this process again.
         if stale or self.unreachable or not self.live:
             return "offline"
@@ -82,13 +95,13 @@ class NodeRecord:
             return "draining"
         return self.load.state
 
-    def to_dict(self, now: float, interval: float) -> dict[str, Any]:
+    def to_dict(self, interval: float, now: float | None = None) -> dict[str, Any]:
         return {
             "id": self.id,
             "name": self.name,
             "base_url": self.base_url,
             "version": self.version,
-            "status": self.status(now, interval),
+            "status": self.status(interval, now),
             "label": self.label,
             "tags": self.tags,
             "approved": self.approved,
@@ -146,6 +159,7 @@ class Registry:
         self._on_change = on_change
         # Heartbeats older than this process are not proof that a node is there now.
         self._started_at = time.time() if started_at is None else started_at
+        self._started_monotonic = time.monotonic()
         self._engine = engine
         self.heartbeat_interval = heartbeat_interval
         self._allow_cpu = allow_cpu_nodes
@@ -173,7 +187,7 @@ class Registry:
             rows = list(await connection.execute(select(*_LIGHT_COLUMNS)))
             fresh = [
                 row.id for row in rows
-                if row.id not in self._nodes or row.last_seen > self._nodes[row.id].last_seen
+                if row.id not in self._nodes or row.last_seen != self._nodes[row.id].last_seen
                 or row.assigned_version != self._nodes[row.id].assigned_version
             ]  # fmt: skip
             full = {}
@@ -190,7 +204,11 @@ class Registry:
                 if row.id not in full:
                     continue  # removed between the two reads
                 current = self._add(_record(full[row.id]))
+                # First sight (this router's start, or another router's new node): the
+                # clocks' word is all there is. Later only a change of the row counts.
                 current.live = row.last_seen >= self._started_at
+                if current.live:
+                    current.heard()
                 changed = True
                 continue
             # Keep live fields; take operator flags and newer heartbeats.
@@ -200,10 +218,13 @@ class Registry:
             if row.id in full and row.assigned_version != current.assigned_version:
                 current.assigned = list(full[row.id].assigned or ())  # changed by another router
                 current.assigned_version = row.assigned_version
-            if row.id in full and row.last_seen > current.last_seen:
+            if row.id in full and row.last_seen != current.last_seen:
+                # Another router heard the node since (this one writes its own heartbeats
+                # before reading): word of it, whatever that router's clock says.
                 current.last_seen = row.last_seen
                 current.load = NodeLoad.model_validate(full[row.id].load)
-                current.live = current.live or row.last_seen >= self._started_at
+                current.live = True
+                current.heard()
                 changed = True
         for node_id in known_before - seen:
             self._drop(node_id)
@@ -212,23 +233,31 @@ class Registry:
             self.changed()
 
     async def purge_offline(self, max_age: float) -> list[str]:
-        """Forget nodes not seen for ``max_age`` seconds; the names of those removed."""
-        cutoff = time.time() - max_age
-        stale = [n for n in self._nodes.values() if n.last_seen < cutoff]
+        """Forget nodes this router has not heard of for ``max_age`` seconds (its monotonic
+        clock, counted from its start at most); the names of those removed."""
+        now = time.monotonic()
+        up_for = now - self._started_monotonic
+        stale = [
+            (node, node.last_seen)
+            for node in self._nodes.values()
+            if min(node.silent_for(now), up_for) > max_age
+        ]
         if not stale:
             return []
+        removed = []
         async with self._engine.begin() as connection:
-            await connection.execute(
-                delete(nodes).where(nodes.c.id.in_([n.id for n in stale]))
-                .where(nodes.c.last_seen < cutoff)
-            )  # fmt: skip
-        for node in stale:
-            if node.last_seen >= cutoff:  # it heartbeated while the DELETE ran: keep it
-                continue
+            for node, last_seen in stale:
+                # Only a row nobody wrote since: another router may have heard the node.
+                result = await connection.execute(
+                    delete(nodes).where(nodes.c.id == node.id, nodes.c.last_seen == last_seen)
+                )
+                if result.rowcount and node.last_seen == last_seen:  # no heartbeat meanwhile
+                    removed.append(node)
+        for node in removed:
             self._drop(node.id)
             log.info("forgot node %s: offline since %s", node.name, time.ctime(node.last_seen))
         self.changed()
-        return [n.name for n in stale]
+        return [node.name for node in removed]
 
     def _add(self, record: NodeRecord) -> NodeRecord:
         self._nodes[record.id] = record
@@ -263,7 +292,7 @@ class Registry:
         if existing is None:  # another router sharing the database may know it already
             existing = await self._adopt(request.name, request.base_url)
         stale = existing is not None and (
-            now - existing.last_seen > MISSED_HEARTBEATS_OFFLINE * self.heartbeat_interval
+            existing.silent_for() > MISSED_HEARTBEATS_OFFLINE * self.heartbeat_interval
         )
         if existing is not None and not stale:  # a node gone for a while may come back rekeyed
             self._check_credential(existing, token)
@@ -296,6 +325,7 @@ class Registry:
             existing.last_seen, existing.load = now, request.load
             existing.unreachable = existing.stalled  # a stall ends with a probe, not a word
             existing.token, existing.live = token, True
+            existing.heard()
             log.info("node %s (%s) re-registered as %s", request.name, request.base_url, node_id)
             self.changed(existing)
             return existing
@@ -304,6 +334,7 @@ class Registry:
             approved=not self._require_approval, draining=False, registered_at=now,
             last_seen=now, load=request.load, token=token, live=True,
         )  # fmt: skip
+        record.heard()
         self._add(record)
         log.info("node %s (%s) registered as %s", request.name, request.base_url, node_id)
         self.changed(record)
@@ -359,6 +390,7 @@ class Registry:
         node.last_seen, node.load = now, load
         node.unreachable = node.stalled  # only a probe that gets through clears a stall
         node.token, node.live = token, True
+        node.heard()
         self.changed(node, models=not same_models)
         return node
 
@@ -500,7 +532,7 @@ class Registry:
         """The nodes' cached snapshots with the router's in-flight counts and their
         statuses (which age without any event) filled in now. Use them at once: the next
         call refreshes the same objects."""
-        now = time.time()
+        now = time.monotonic()
         out = []
         for node_id in ids:
             node = self._nodes.get(node_id)
@@ -510,7 +542,7 @@ class Registry:
             if snapshot is None:
                 snapshot = self._snapshots[node_id] = self._snapshot(node)
             snapshot.active = node.active
-            snapshot.serving = node.status(now, self.heartbeat_interval) == "ready"
+            snapshot.serving = node.status(self.heartbeat_interval, now) == "ready"
             out.append(snapshot)
         return out
 

@@ -48,14 +48,14 @@ class NodeTrends:
 
 def fleet_figures(registry: Registry, interval: float) -> dict[str, Any]:
     """What the nodes' last heartbeats add up to."""
-    now = time.time()
+    now = time.monotonic()
     statuses: dict[str, int] = {}
     gpu_total = gpu_used = 0
     gpu_percents = []
     tokens_per_second = 0.0
     slots_busy = slots_total = in_flight = 0
     for node in registry.all():
-        status = node.status(now, interval)
+        status = node.status(interval, now)
         statuses[status] = statuses.get(status, 0) + 1
         in_flight += node.active
         if status == "offline":

@@ -12,6 +12,8 @@ Several routers on one database: a task belongs to the router that runs it (``ow
 ``lease_seconds`` at a time, renewed while it runs. When a router dies its ``node_pull``
 tasks are taken over by another once the lease runs out; its ``router_pull`` tasks fill its
 own store, so only it resumes them (a router restarted in the same home keeps its id).
+A lease runs out when its renewals stop: the others watch ``lease_until`` change on their
+own monotonic clocks, so routers whose wall clocks differ (or jump) take no live task over.
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ class TaskManager:
         self._bus = bus
         self._slots = asyncio.Semaphore(max_concurrent)
         self._running: dict[str, asyncio.Task[None]] = {}
+        # Other routers' tasks: id -> (the lease_until last read, when it was first read
+        # with that value, monotonic).
+        self._watched: dict[str, tuple[float | None, float]] = {}
 
     async def create(self, kind: str, model: str, node_id: str | None) -> dict[str, Any]:
         now = time.time()
@@ -147,18 +152,30 @@ class TaskManager:
                 .values(lease_until=now + self.lease_seconds)
             )
             rows = list(await connection.execute(select(tasks).where(tasks.c.state.in_(ACTIVE))))
-        for task in map(_row, rows):
+        active = [_row(row) for row in rows]
+        self._watched = {
+            t["id"]: self._watched[t["id"]] for t in active if t["id"] in self._watched
+        }
+        for task in active:
             if task["id"] in self._running:
                 continue
             mine = task["owner"] == self.owner
             # Tasks from before owners existed belong to whoever finds them.
-            orphan = task["owner"] is None or (
-                task["kind"] == "node_pull" and (task["lease_until"] or 0) < now
-            )
+            orphan = task["owner"] is None or (task["kind"] == "node_pull" and self._lapsed(task))
             if (mine or orphan) and await self._claim(task, now):
                 verb = "resuming" if mine else f"taking over from router {task['owner']}"
                 log.info("%s task %s (%s of %s)", verb, task["id"], task["kind"], task["model"])
                 self._launch(task)
+
+    def _lapsed(self, task: dict[str, Any]) -> bool:
+        """Whether another router's lease on the task went unrenewed for ``lease_seconds``
+        of this router's monotonic time (its value is compared, never its clock time)."""
+        now = time.monotonic()
+        seen = self._watched.get(task["id"])
+        if seen is None or seen[0] != task["lease_until"]:
+            self._watched[task["id"]] = (task["lease_until"], now)
+            return False
+        return now - seen[1] > self.lease_seconds
 
     async def _claim(self, task: dict[str, Any], now: float) -> bool:
         """Make the task this router's, unless another router claimed it first."""
