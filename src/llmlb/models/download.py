@@ -5,6 +5,11 @@ request after an interruption or a restart, hashes while it writes (the partial 
 hashed once on resume), checks the GGUF magic and the sha256, and only then renames the file
 into place. A corrupt result is deleted; the caller moves on to its next source.
 
+A disk that fills up during a download (another writer took the room it had when it
+started) ends it at once with InsufficientStorage, and the partial file is deleted: a disk
+left full breaks everything else that writes to it, and the bytes would need the same room
+again anyway.
+
 A split model downloads as a set (``ModelFile`` per part): each part the same way, under its
 own ``.partial``, verified against its own sha256. Parts already in place are skipped, so a
 restart resumes at the part it was on; one progress counts the bytes of all parts.
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -110,6 +116,18 @@ def partial_path(store: ModelStore, name: str, target: str = MODEL_FILE) -> Path
     return store.folder(name) / (target + PARTIAL_SUFFIX)
 
 
+def _disk_full(partial: Path, name: str, total: int) -> InsufficientStorage:
+    """The error for a disk that filled up mid-download, once the partial file is gone."""
+    written = partial.stat().st_size if partial.exists() else 0
+    partial.unlink(missing_ok=True)
+    of_total = f" of {total}" if total else ""
+    return InsufficientStorage(
+        f"the disk holding {partial.parent} filled up while downloading {name!r} "
+        f"({written}{of_total} bytes written); the partial file was deleted to free the "
+        "disk. Make room and ask again."
+    )
+
+
 def check_space(folder: Path, needed: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
@@ -188,7 +206,12 @@ async def fetch_file(
             progress.bytes_done = base + offset
             if total:
                 check_space(partial.parent, total - offset)
-            await _receive(response, partial, offset, digest, progress, bandwidth)
+            try:
+                await _receive(response, partial, offset, digest, progress, bandwidth)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise _disk_full(partial, name, total) from exc
     await _verify(partial, digest.hexdigest(), file.sha256, progress, source)
     os.replace(partial, store.folder(name) / file.target)
     return str(digest.hexdigest())
