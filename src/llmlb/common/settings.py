@@ -283,6 +283,9 @@ class RouterSettings(CommonSettings):
     task_lease_seconds: float = Field(
         default=15.0, gt=0, description="How long a dead router's tasks wait for a taker"
     )
+    limit_share_seconds: float = Field(
+        default=1.0, gt=0, description="How often routers on one database share per-key usage"
+    )
     offline_node_expiry: float = Field(
         default=24 * 3600.0, gt=0, description="Seconds after which an offline node is forgotten"
     )

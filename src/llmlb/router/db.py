@@ -124,6 +124,18 @@ tasks = Table(
     Index("ix_tasks_state", "state"),
 )
 
+# What each router process let each limited key use since it started (router.limits_sharing):
+# counters that only that process writes, read by the others.
+key_usage = Table(
+    "key_usage",
+    metadata,
+    Column("process", String(36), primary_key=True),  # a router process (new at each start)
+    Column("key_id", String(36), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+    Column("updated_at", Float, nullable=False),  # wall clock, for clearing old rows only
+)
+
 users = Table(
     "users",
     metadata,

@@ -12,14 +12,17 @@ taken from the bucket at once, then settled against what it really used when it 
 neither a burst of concurrent requests nor a client that leaves before the usage is
 reported gets past the allowance.
 
-The buckets live in each router's memory: with several routers a key gets its allowance
-from each of them.
+The buckets live in each router's memory, and routers sharing a database share what keys
+use (router.limits_sharing): every second each router writes what it took and takes what the
+others did from its own buckets. So over a minute a key gets its allowance once, whichever
+routers it calls; a burst within one sharing round may pass it on each router.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from llmlb.common.errors import PermissionDenied, RateLimited
@@ -64,6 +67,35 @@ class KeyLimiter:
         self._requests: dict[str, Bucket] = {}
         self._tokens: dict[str, Bucket] = {}
         self._estimates: dict[str, tuple[str, int]] = {}  # request id -> (key id, tokens)
+        # What this process took from limited keys since it started (key id -> requests,
+        # tokens; tokens net of estimates given back), and the keys changed since shared.
+        self.used: dict[str, list[int]] = {}
+        self.unshared: set[str] = set()
+        # Other routers' use of keys that have no bucket here yet (the last minute of it):
+        # a bucket made later starts without it.
+        self._others: dict[str, deque[tuple[float, int, int]]] = {}
+
+    def _count(self, key_id: str, requests: int, tokens: int) -> None:
+        counts = self.used.setdefault(key_id, [0, 0])
+        counts[0] += requests
+        counts[1] += tokens
+        self.unshared.add(key_id)
+
+    def others_used(self, key_id: str, requests: int, tokens: int) -> None:
+        """Another router's use of a key (read from the database), taken from its buckets."""
+        now = time.monotonic()
+        request_bucket, token_bucket = self._requests.get(key_id), self._tokens.get(key_id)
+        if request_bucket is None and token_bucket is None:
+            recent = self._others.setdefault(key_id, deque())
+            recent.append((now, requests, tokens))
+            while recent and now - recent[0][0] > 60:
+                recent.popleft()
+            return
+        for bucket, amount in ((request_bucket, requests), (token_bucket, tokens)):
+            if bucket is not None and amount > 0:
+                bucket.take(amount, now)
+            elif bucket is not None and amount < 0:
+                bucket.give(-amount, now)
 
     def admit(
         self, key: ApiKey, model: str | None, request_id: str = "", body_bytes: int = 0
@@ -88,9 +120,11 @@ class KeyLimiter:
             if wait:
                 raise _refused("requests", limits.requests_per_minute, wait)
             requests.take(1, now)
+            self._count(key.id, 1, 0)
         if tokens is not None and request_id:
             estimate = max(1, body_bytes // BYTES_PER_TOKEN)
             tokens.take(estimate, now)
+            self._count(key.id, 0, estimate)
             self._estimates[request_id] = (key.id, estimate)
             if len(self._estimates) > MAX_PENDING:
                 del self._estimates[next(iter(self._estimates))]
@@ -104,6 +138,7 @@ class KeyLimiter:
         bucket = self._tokens.get(key_id)
         if bucket is not None:
             used = tokens - (estimate[1] if estimate is not None else 0)
+            self._count(key_id, 0, used)
             if used > 0:
                 bucket.take(used, time.monotonic())
             elif used < 0:  # the estimate was too high: give the difference back
@@ -116,6 +151,12 @@ class KeyLimiter:
         bucket = buckets.get(key_id)
         if bucket is None or bucket.per_minute != limit:  # new, or the limit changed
             bucket = buckets[key_id] = Bucket(float(limit))
+            # What other routers let this key use in the last minute is spent already.
+            now, which = time.monotonic(), 1 if buckets is self._requests else 2
+            spent = sum(
+                entry[which] for entry in self._others.get(key_id, ()) if now - entry[0] <= 60
+            )
+            bucket.take(spent, now)
         return bucket
 
 

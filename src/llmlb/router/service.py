@@ -34,6 +34,7 @@ from llmlb.router.gateway import Gateway
 from llmlb.router.history import History, RequestRecord
 from llmlb.router.keys import KeyStore
 from llmlb.router.limits import KeyLimiter
+from llmlb.router.limits_sharing import LimitSharing
 from llmlb.router.metrics import RouterMetrics
 from llmlb.router.models import RouterModels
 from llmlb.router.proxy import Capacity, Proxy
@@ -63,13 +64,13 @@ class Trouble:
                  _trace: object) -> bool:  # fmt: skip
         if kind is None:
             if self._since is not None:
-                log.info("%s works again after %.0f s", self._what, time.time() - self._since)
+                log.info("%s works again after %.0f s", self._what, time.monotonic() - self._since)
                 self._since = None
             return False
         if not issubclass(kind, Exception):
             return False  # cancellation goes on
         if self._since is None:
-            self._since = time.time()
+            self._since = time.monotonic()
             log.error("%s failed; retrying quietly until it works", self._what, exc_info=error)
         return True
 
@@ -111,6 +112,7 @@ class RouterService:
             node_max_concurrency=settings.node_max_concurrency,
         )
         self.limiter = KeyLimiter()
+        self.limit_sharing = LimitSharing(engine, self.limiter)
         # Every request's record passes here: its tokens count against its key's allowance.
         self.history = History(engine, settings.history_days, on_record=self._charge)
         self.metrics = RouterMetrics(self.registry.all, settings.heartbeat_interval)
@@ -187,6 +189,7 @@ class RouterService:
             asyncio.create_task(self._probe_loop()),
             asyncio.create_task(self._watch_loop()),
             asyncio.create_task(self._task_lease_loop()),
+            asyncio.create_task(self._limit_share_loop()),
         ]
         await self.tasks.resume()
 
@@ -199,10 +202,20 @@ class RouterService:
         await self.models.downloads.close()
         await self.history.stop()
         await self.registry.write_heartbeats()
+        with contextlib.suppress(Exception):  # what this router let keys use, for the others
+            await self.limit_sharing.share()
         await self.session.close()
         await self.fresh_session.close()
         await self.cloud_session.close()
         await self.engine.dispose()
+
+    async def _limit_share_loop(self) -> None:
+        """Share per-key usage with the other routers on this database."""
+        trouble = Trouble("sharing per-key usage")
+        while True:
+            await asyncio.sleep(self.settings.limit_share_seconds)
+            with trouble:  # the database is away: the counts go with the next round
+                await self.limit_sharing.share()
 
     async def _task_lease_loop(self) -> None:
         """Renew the leases of this router's tasks, and take over those of a dead router."""
