@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -16,6 +17,7 @@ import httpx
 from pydantic import ValidationError
 
 from llmlb.common.errors import LlmlbError
+from llmlb.common.serving import trusting
 from llmlb.common.settings import RouterSettings
 from llmlb.models.catalog import Catalog
 from llmlb.router.accounts import Accounts, User, check_role
@@ -137,11 +139,15 @@ class RemoteError(LlmlbError):
 
 
 class RemoteAdmin:
-    def __init__(self, url: str, password: str | None, api_key: str | None) -> None:
+    def __init__(
+        self, url: str, password: str | None, api_key: str | None, tls_ca: Path | None = None
+    ) -> None:
         headers = {}
         if api_key or password:
             headers["authorization"] = f"Bearer {api_key or password}"
-        self._client = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=30)
+        self._client = httpx.AsyncClient(
+            base_url=url.rstrip("/"), headers=headers, timeout=30, verify=trusting(tls_ca)
+        )
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

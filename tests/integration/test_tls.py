@@ -10,7 +10,14 @@ from pathlib import Path
 import httpx
 import trustme
 
-from tests.support import Process, ask_capital_of_france, node_token, start_router, wait_until
+from tests.support import (
+    Process,
+    ask_capital_of_france,
+    llmlb,
+    node_token,
+    start_router,
+    wait_until,
+)
 
 
 def test_router_and_node_speak_https_and_check_each_other(model_home: Path, tmp_path: Path) -> None:
@@ -49,6 +56,17 @@ def test_router_and_node_speak_https_and_check_each_other(model_home: Path, tmp_
             node_row = http.get("/api/nodes").json()["data"][0]
             assert node_row["base_url"].startswith("https://")
             ask_capital_of_france(http, "gemma-3-270m")  # router -> node over verified TLS
+        # The management CLI: it trusts the router with --tls-ca (or LLMLB_TLS_CA), and says
+        # why it cannot without.
+        elsewhere = tmp_path / "cli-home"
+        listed = llmlb(elsewhere, "nodes", "list", "--router", router.url, "--tls-ca", str(ca_file))
+        assert listed.returncode == 0 and "trusting" in listed.stdout, listed.stderr
+        status = llmlb(elsewhere, "status", "--router", router.url,
+                       env={"LLMLB_TLS_CA": str(ca_file)})  # fmt: skip
+        assert status.returncode == 0 and ": ok" in status.stdout, status.stderr
+        refused = llmlb(elsewhere, "nodes", "list", "--router", router.url)
+        assert refused.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr
+
         wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in doubting.log_path.read_text(), 30)
         with httpx.Client(verify=trust) as direct:
             health = direct.get(doubting.url + "/health").json()

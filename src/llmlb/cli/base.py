@@ -6,7 +6,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, get_args
 
 import click
 from rich.console import Console
@@ -26,6 +26,9 @@ from llmlb.common.settings import (
     load_settings,
 )
 from llmlb.models.store import ModelStore
+
+if TYPE_CHECKING:
+    from llmlb.admin import RemoteAdmin
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -96,9 +99,26 @@ def router_options(func: F) -> F:
     return func
 
 
+TLS_CA = "llmlb.tls_ca"  # where --tls-ca waits in the click context for remote_admin()
+
+
+def _remember_tls_ca(context: click.Context, _: click.Parameter, value: Path | None) -> None:
+    context.meta[TLS_CA] = value
+
+
+def remote_admin(url: str, password: str | None, api_key: str | None) -> RemoteAdmin:
+    """An admin client for the router at ``url``, trusting the command's ``--tls-ca``."""
+    from llmlb.admin import RemoteAdmin
+
+    context = click.get_current_context(silent=True)
+    tls_ca = context.meta.get(TLS_CA) if context is not None else None
+    return RemoteAdmin(url, password, api_key, tls_ca)
+
+
 def remote_options(func: F) -> F:
     decorators = [
         click.option("--router", default=None, help="Router URL; without it, work on the local state"),
+        click.option("--tls-ca", type=click.Path(path_type=Path, dir_okay=False), envvar="LLMLB_TLS_CA", default=None, expose_value=False, callback=_remember_tls_ca, help="CA bundle to verify an HTTPS --router, added to the system's (LLMLB_TLS_CA)"),
         click.option("--admin-password", envvar="LLMLB_ADMIN_PASSWORD", default=None, help="Admin password (LLMLB_ADMIN_PASSWORD)"),
         click.option("--api-key", envvar="LLMLB_API_KEY", default=None, help="Admin API key (LLMLB_API_KEY)"),
     ]  # fmt: skip

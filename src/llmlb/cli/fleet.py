@@ -14,6 +14,7 @@ from llmlb.cli.base import (
     cli_settings,
     console,
     main,
+    remote_admin,
     remote_options,
     sync_text,
     with_admin,
@@ -29,10 +30,10 @@ def nodes() -> None:
 
 
 def _admin(router: str | None, admin_password: str | None, api_key: str | None) -> Any:
-    from llmlb.admin import LocalAdmin, RemoteAdmin
+    from llmlb.admin import LocalAdmin
 
     if router:
-        return RemoteAdmin(router, admin_password, api_key)
+        return remote_admin(router, admin_password, api_key)
     return LocalAdmin(cli_settings(RouterSettings, {}, None, quiet=True))
 
 

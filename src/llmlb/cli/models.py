@@ -15,6 +15,7 @@ from llmlb.cli.base import (
     console,
     fail,
     main,
+    remote_admin,
     remote_options,
     router_url,
     store_at,
@@ -113,7 +114,7 @@ def models_distribute(
             console.print(f"[yellow]skipped[/yellow] {node['node']}: {node['status']}")
         return await follow_tasks(admin, list(answer["task_ids"]), console)
 
-    finished = with_admin(lambda: RemoteAdmin(url, admin_password, api_key), distribute)
+    finished = with_admin(lambda: remote_admin(url, admin_password, api_key), distribute)
     failed = [t for t in finished if t["state"] == "failed"]
     for task in failed:
         console.print(f"[red]failed[/red] on {task['node_id']}: {task['error']}")

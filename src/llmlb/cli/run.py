@@ -14,6 +14,7 @@ from llmlb.cli.base import (
     cli_settings,
     common_options,
     main,
+    remote_admin,
     remote_options,
     router_options,
     router_url,
@@ -152,7 +153,7 @@ def status(
     async def gather(admin: RemoteAdmin) -> dict[str, Any]:
         return {"router": url, "health": await admin.health(), "nodes": await admin.nodes()}
 
-    report = with_admin(lambda: RemoteAdmin(url, admin_password, api_key), gather)
+    report = with_admin(lambda: remote_admin(url, admin_password, api_key), gather)
     if as_json:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return

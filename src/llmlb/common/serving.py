@@ -8,6 +8,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import uvicorn
@@ -70,9 +71,14 @@ def client_tls(settings: CommonSettings) -> ssl.SSLContext:
     plus the ``tls_ca`` bundle when given (added, not instead: the same sessions fetch models
     from public origins). One context for httpx and aiohttp alike (httpx alone would trust
     certifi's bundle rather than the system's)."""
+    return trusting(settings.tls_ca)
+
+
+def trusting(ca_bundle: Path | None) -> ssl.SSLContext:
+    """The system's trusted CAs, plus ``ca_bundle`` when given."""
     context = ssl.create_default_context()
-    if settings.tls_ca is not None:
-        context.load_verify_locations(cafile=str(settings.tls_ca))
+    if ca_bundle is not None:
+        context.load_verify_locations(cafile=str(ca_bundle))
     return context
 
 
