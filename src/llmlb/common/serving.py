@@ -90,7 +90,7 @@ def make_server(app: ASGIApp, settings: CommonSettings) -> uvicorn.Server:
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         timeout_keep_alive=settings.idle_timeout,
         limit_concurrency=settings.max_connections,
-        http=guarded_protocol(settings.header_timeout),
+        http=guarded_protocol(settings.header_timeout, settings.max_header_bytes),
         lifespan="on",
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,

@@ -107,6 +107,9 @@ class CommonSettings(BaseSettings):
     header_timeout: float = Field(
         default=10.0, gt=0, description="Seconds to send a request's headers"
     )
+    max_header_bytes: int = Field(
+        default=65536, ge=4096, description="Bytes a request's line and headers may take"
+    )
     body_timeout: float = Field(default=60.0, gt=0, description="Seconds to send a request's body")
     send_timeout: float = Field(
         default=60.0, gt=0, description="Seconds a client may take to take in more of a stream"
