@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -25,36 +26,48 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     process.stop()
 
 
-def address(process: Process) -> tuple[str, int]:
-    host, port = process.url.rsplit("/", 1)[1].split(":")
-    return host, int(port)
+@pytest.fixture(params=["router", "node"])
+def server(request: pytest.FixtureRequest) -> Process:
+    """The module's router or the session's real node (both serve through one protocol)."""
+    process: Process = request.getfixturevalue(request.param)
+    return process
 
 
-def answer(sock: socket.socket) -> tuple[int, bytes]:
-    """The status and body of one response (read until the connection closes or the body
-    is whole)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                   if line.lower().startswith(b"content-length:")), 0)  # fmt: skip
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(head.split()[1]), body
+class Connection:
+    """One raw HTTP/1.1 connection: what is sent, and the responses read back one by one."""
 
+    def __init__(self, process: Process) -> None:
+        host, port = process.url.rsplit("/", 1)[1].split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        self.reader = self.sock.makefile("rb")
 
-def closed(sock: socket.socket) -> bool:
-    try:
-        return sock.recv(1) == b""
-    except ConnectionResetError:
-        return True
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.reader.close()
+        self.sock.close()
+
+    def send(self, data: bytes, pieces: int = 1) -> None:
+        step = -(-len(data) // pieces)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # refused early
+            for start in range(0, len(data), step):
+                self.sock.sendall(data[start : start + step])
+
+    def answer(self) -> tuple[int, bytes]:
+        status = int(self.reader.readline().split()[1])
+        length = 0
+        while (line := self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, self.reader.read(length)
+
+    def closed(self) -> bool:
+        try:
+            return self.reader.read(1) == b""
+        except ConnectionResetError:
+            return True
 
 
 def request(path: str, headers: bytes = b"", body: bytes = b"") -> bytes:
@@ -65,52 +78,42 @@ def request(path: str, headers: bytes = b"", body: bytes = b"") -> bytes:
     return head + headers + b"\r\n" + body
 
 
-@pytest.fixture(params=["router", "node"])
-def server(request: pytest.FixtureRequest) -> Process:
-    """The session's router or its real node (both serve through the same protocol)."""
-    process: Process = request.getfixturevalue(request.param)
-    return process
+def big_header(size: int) -> bytes:
+    return b"x-big: " + b"a" * size + b"\r\n"
 
 
 def test_headers_past_the_limit_are_refused_with_431(server: Process) -> None:
-    process = server
-    with socket.create_connection(address(process), timeout=10) as sock:
-        sock.sendall(request("/health", b"x-fits: " + b"a" * 8192 + b"\r\n"))
-        assert answer(sock)[0] == 200
+    with Connection(server) as connection:
+        connection.send(request("/health", big_header(8192)))
+        assert connection.answer()[0] == 200
     for pieces in (1, 64):  # at once, and in pieces of 16 KiB
-        with socket.create_connection(address(process), timeout=10) as sock:
-            whole = request("/health", b"x-big: " + b"a" * (pieces * 16384 + LIMIT) + b"\r\n")
-            step = len(whole) // pieces
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # refused early
-                for start in range(0, len(whole), step):
-                    sock.sendall(whole[start : start + step])
-            status, body = answer(sock)
+        with Connection(server) as connection:
+            connection.send(request("/health", big_header(pieces * 16384 + LIMIT)), pieces)
+            status, body = connection.answer()
             assert status == 431
             error = orjson.loads(body)["error"]
             assert error["code"] == "headers_too_large" and str(LIMIT) in error["message"]
-            assert closed(sock)
+            assert connection.closed()
 
 
 def test_the_second_request_on_a_connection_is_bounded_too(server: Process) -> None:
-    process = server
-    with socket.create_connection(address(process), timeout=10) as sock:
-        sock.sendall(request("/health"))
-        assert answer(sock)[0] == 200
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # refused early
-            sock.sendall(request("/health", b"x-big: " + b"a" * (4 * LIMIT) + b"\r\n"))
-        assert answer(sock)[0] == 431
+    with Connection(server) as connection:
+        connection.send(request("/health"))
+        assert connection.answer()[0] == 200
+        connection.send(request("/health", big_header(4 * LIMIT)))
+        assert connection.answer()[0] == 431
 
 
 def test_a_large_body_behind_small_headers_is_read(router: Process) -> None:
     """The headers and a 2 MiB body arrive together: the body is not counted as headers."""
     body = orjson.dumps({"model": "none-such", "input": "a" * (2 << 20)})
-    with socket.create_connection(address(router), timeout=10) as sock:
-        sock.sendall(request("/v1/embeddings", body=body))
-        status, reply = answer(sock)
+    with Connection(router) as connection:
+        connection.send(request("/v1/embeddings", body=body))
+        status, reply = connection.answer()
     assert status == 404 and orjson.loads(reply)["error"]["code"] == "model_not_supported"
 
 
 def test_pipelined_requests_each_get_their_answer(router: Process) -> None:
-    with socket.create_connection(address(router), timeout=10) as sock:
-        sock.sendall(request("/health") * 3)
-        assert [answer(sock)[0] for _ in range(3)] == [200, 200, 200]
+    with Connection(router) as connection:
+        connection.send(request("/health") * 3)
+        assert [connection.answer()[0] for _ in range(3)] == [200, 200, 200]
