@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmlb.common.wire import Device, RegisterRequest
@@ -183,4 +183,19 @@ async def test_assigned_lists_are_shared_and_never_overwritten(database_url: str
     await here.load()
     assert here.get(node.id).assigned == ["model-a", "model-b"]
     assert there.get(node.id).assigned == ["model-a", "model-b"]
+    await engine.dispose()
+
+
+async def test_a_node_registering_through_a_second_router_keeps_its_row(
+    database_url: str,
+) -> None:
+    """The second router has not read the table since the node registered through the first:
+    its INSERT meets the unique address, and it takes the row over (one node, one id)."""
+    engine, here, there = await two_routers(database_url)
+    first = await here.register(request("both"))
+    again = await there.register(request("both"))
+    assert again.id == first.id
+    assert not again.first_seen_now  # the policy ran once, on the first router
+    async with engine.connect() as connection:
+        assert (await connection.execute(select(func.count()).select_from(nodes))).scalar() == 1
     await engine.dispose()

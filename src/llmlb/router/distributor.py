@@ -76,8 +76,8 @@ class Distributor:
         Only a node's first registration runs the policy: a node that comes back keeps its
         list, so a model the operator removed stays removed, and a node re-registering with
         models loaded (less free memory) is not given a smaller tier's model as well."""
-        if node.first_seen_now:
-            await self._registry.assign(node.id, add=self.assignments(node))
+        if node.first_seen_now and (chosen := self.assignments(node)):
+            await self._registry.assign(node.id, add=chosen)
         missing = [m for m in node.assigned if m not in node.load.models_on_disk]
         if missing:  # most registrations: no task list to read
             active = {

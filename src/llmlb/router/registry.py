@@ -289,8 +289,9 @@ class Registry:
         now = time.time()
         known = self._addresses.get((request.name, request.base_url))
         existing = self._nodes.get(known) if known is not None else None
-        if existing is None:  # another router sharing the database may know it already
-            existing = await self._adopt(request.name, request.base_url)
+        # A node new to this router may be in the table already (another router on the same
+        # database registered it): the INSERT below then fails on the unique address, and the
+        # row is adopted. Not a SELECT first: a fleet registering at once pays no extra reads.
         stale = existing is not None and (
             existing.silent_for() > MISSED_HEARTBEATS_OFFLINE * self.heartbeat_interval
         )
