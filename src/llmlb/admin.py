@@ -7,7 +7,6 @@ admin API with the admin password or an admin key.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,8 +47,8 @@ class LocalAdmin:
     async def nodes(self) -> list[dict[str, Any]]:
         engine, registry, _ = await self._open()
         try:
-            now = time.time()
-            return [n.to_dict(now, self._settings.heartbeat_interval) for n in registry.all()]
+            interval = self._settings.heartbeat_interval
+            return [n.to_dict(interval) for n in registry.all()]
         finally:
             await engine.dispose()
 
@@ -62,7 +61,7 @@ class LocalAdmin:
             flags = {"drain": {"draining": True}, "undrain": {"draining": False},
                      "approve": {"approved": True}}[action]  # fmt: skip
             node = await registry.set_flags(node_id, **flags)
-            return node.to_dict(time.time(), self._settings.heartbeat_interval)
+            return node.to_dict(self._settings.heartbeat_interval)
         finally:
             await engine.dispose()
 

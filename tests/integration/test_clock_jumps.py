@@ -58,10 +58,16 @@ def test_a_router_rides_out_wall_clock_steps(tmp_path: Path) -> None:
         clock.write_text(f"{offset:+d}\n")
         wait_until(lambda: abs(router_clock_ahead(http) - offset) < 60)  # the step took
         beats, served = fake.heartbeats, len(answers)
-        # Two sync rounds (2 s each) and many times the offline threshold (1.5 s).
-        wait_until(lambda: fake.heartbeats >= beats + 10 and len(answers) >= served + 20, 30)
-        listed = http.get("/api/nodes").json()["data"]
-        assert [(n["id"], n["status"]) for n in listed] == [(node_id, "ready")]
+        seen: set[tuple[str, str]] = set()  # every (id, status) the node list showed
+
+        def steady_for_a_while() -> bool:
+            seen.update((n["id"], n["status"]) for n in http.get("/api/nodes").json()["data"])
+            return fake.heartbeats >= beats + 10 and len(answers) >= served + 20
+
+        # Two sync rounds (2 s each) and many times the offline threshold (1.5 s), the node
+        # list read all along: never offline, never another id.
+        wait_until(steady_for_a_while, 30, step=0.05)
+        assert seen == {(node_id, "ready")}
 
     try:
         with httpx.Client(base_url=router.url, timeout=10) as http:

@@ -66,6 +66,14 @@ def test_router_and_node_speak_https_and_check_each_other(model_home: Path, tmp_
         assert status.returncode == 0 and ": ok" in status.stdout, status.stderr
         refused = llmlb(elsewhere, "nodes", "list", "--router", router.url)
         assert refused.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr
+        missing = llmlb(elsewhere, "nodes", "list", "--router", router.url,
+                        "--tls-ca", str(tmp_path / "none.pem"))  # fmt: skip
+        assert missing.returncode == 2 and "does not exist" in missing.stderr
+        not_pem = tmp_path / "not-a-bundle.pem"
+        not_pem.write_text("hello\n")
+        garbled = llmlb(elsewhere, "nodes", "list", "--router", router.url,
+                        "--tls-ca", str(not_pem))  # fmt: skip
+        assert garbled.returncode == 1 and "not a PEM bundle" in garbled.stderr, garbled.stderr
 
         wait_until(lambda: "CERTIFICATE_VERIFY_FAILED" in doubting.log_path.read_text(), 30)
         with httpx.Client(verify=trust) as direct:

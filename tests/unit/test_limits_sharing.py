@@ -3,10 +3,15 @@ its allowance once, whichever router it calls."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
+from sqlalchemy import select
 
 from llmlb.common.errors import RateLimited
-from llmlb.router.db import open_database
+from llmlb.router import limits_sharing
+from llmlb.router.db import key_usage, open_database
 from llmlb.router.keys import ApiKey, KeyLimits
 from llmlb.router.limits import KeyLimiter
 from llmlb.router.limits_sharing import LimitSharing
@@ -82,4 +87,54 @@ async def test_a_router_started_later_counts_wholly_but_history_before_it_does_n
     await LimitSharing(engine, late).share()
     await here_sharing.share()
     assert admitted(here, limited, 10) == 5
+    await engine.dispose()
+
+
+async def test_rows_of_a_router_gone_are_cleared_and_a_live_routers_kept(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row unchanged for STALE_ROWS_SECONDS of the reader's own (monotonic) time is a
+    router gone: the reader deletes it. A live router rewrites its rows, whatever its clock."""
+    monkeypatch.setattr(limits_sharing, "STALE_ROWS_SECONDS", 0.3)
+    engine = await open_database(database_url)
+    limited = key(requests_per_minute=10)
+    alive, gone, here = KeyLimiter(), KeyLimiter(), KeyLimiter()
+    alive_sharing, gone_sharing = LimitSharing(engine, alive), LimitSharing(engine, gone)
+    here_sharing = LimitSharing(engine, here)
+    admitted(alive, limited, 1)
+    admitted(gone, limited, 1)
+    await alive_sharing.share()
+    await gone_sharing.share()  # its last word
+
+    async def rows() -> set[str]:
+        async with engine.connect() as connection:
+            return {row.process for row in await connection.execute(select(key_usage))}
+
+    deadline = time.monotonic() + 10
+    while gone_sharing.process in await rows() and time.monotonic() < deadline:
+        await alive_sharing.share()
+        await here_sharing.share()
+        await asyncio.sleep(0.05)
+    assert await rows() == {alive_sharing.process}
+    await engine.dispose()
+
+
+async def test_a_huge_count_from_another_router_costs_at_most_a_minute(
+    database_url: str,
+) -> None:
+    """Another router's count arrives all at once (a row that looks new): the key waits at
+    most a minute for it, not the hours the count would take to refill."""
+    engine = await open_database(database_url)
+    limited = key(tokens_per_minute=100)
+    here, there = KeyLimiter(), KeyLimiter()
+    here_sharing, there_sharing = LimitSharing(engine, here), LimitSharing(engine, there)
+    await here_sharing.share()
+    here.admit(limited, "m", "r0", body_bytes=4)  # "here" has a bucket for the key
+    there.admit(limited, "m", "r1", body_bytes=4)
+    there.charge("key-1", 10_000, "r1")  # a hundred minutes' worth
+    await there_sharing.share()
+    await here_sharing.share()
+    with pytest.raises(RateLimited) as refused:
+        here.admit(limited, "m", "r2", body_bytes=4)
+    assert int(refused.value.headers["Retry-After"]) <= 61
     await engine.dispose()

@@ -102,32 +102,60 @@ async def test_offline_records_expire(tmp_path: Path, database_url: str) -> None
     old = await registry.register(request("old"))
     await registry.register(request("fresh"))
     assert await registry.purge_offline(24 * 3600) == []
-    # The router has been up for 25 hours, and has not heard of "old" for as long.
-    registry._started_monotonic -= 25 * 3600
-    old.heard_at -= 25 * 3600
+    old.heard_at -= 25 * 3600  # the router has not heard of "old" for 25 hours
     assert await registry.purge_offline(24 * 3600) == ["old"]
     await registry.load()
     assert [n.name for n in registry.all()] == ["fresh"]
     await engine.dispose()
 
 
-async def test_a_router_just_started_forgets_no_node_it_has_not_heard_yet(
+async def test_nodes_read_at_start_are_judged_by_when_they_last_spoke(
     database_url: str,
 ) -> None:
-    """Nodes read from the table at start are offline until they speak, but they are kept
-    for the expiry counted from the router's start, whatever the stored times say."""
+    """At first sight the stored time is all there is: a node last heard a day ago is
+    offline, also to the management CLI (which judges by heartbeats alone), and expires;
+    one heard a moment ago is ready to the CLI and kept."""
     engine, before, _ = await two_routers(database_url)
     await before.register(request("quiet"))
+    await before.register(request("lively"))
     await before.write_heartbeats()
-    async with engine.begin() as connection:  # its last heartbeat was a day ago
-        await connection.execute(update(nodes).values(last_seen=nodes.c.last_seen - 86400))
-    restarted = Registry(
-        engine, heartbeat_interval=10, allow_cpu_nodes=False, require_approval=False,
+    async with engine.begin() as connection:  # quiet's last heartbeat was a day ago
+        await connection.execute(
+            update(nodes).where(nodes.c.name == "quiet")
+            .values(last_seen=nodes.c.last_seen - 86400)
+        )  # fmt: skip
+    settings: dict[str, Any] = dict(
+        heartbeat_interval=10, allow_cpu_nodes=False, require_approval=False,
         node_max_concurrency=None,
     )  # fmt: skip
+    cli = Registry(engine, started_at=0.0, **settings)  # as admin.LocalAdmin opens it
+    await cli.load()
+    assert {n.name: n.status(10) for n in cli.all()} == {"quiet": "offline", "lively": "ready"}
+    restarted = Registry(engine, **settings)
     await restarted.load()
-    assert [n.status(10) for n in restarted.all()] == ["offline"]
-    assert await restarted.purge_offline(3600) == []
+    assert await restarted.purge_offline(3600) == ["quiet"]
+    await engine.dispose()
+
+
+async def test_a_heartbeat_during_the_sync_is_not_replaced_by_the_older_row(
+    database_url: str,
+) -> None:
+    """A heartbeat that lands after the sync wrote memory's heartbeats but before it read
+    the rows is newer than its row: the sync keeps it (the node's models stay current)."""
+    engine = await open_database(database_url)
+    racing = RegistersDuringSelect(engine)
+    registry = Registry(
+        racing,  # type: ignore[arg-type]
+        heartbeat_interval=10, allow_cpu_nodes=False, require_approval=False,
+        node_max_concurrency=None,
+    )  # fmt: skip
+    node = await registry.register(request("busy"))
+    newer = node.load.model_copy(update={"models_on_disk": ["fresh-model"]})
+    racing.during = lambda: registry.heartbeat(node.id, newer)
+    await registry.load()
+    assert registry.get(node.id).load.models_on_disk == ["fresh-model"]
+    await registry.load()  # the next sync writes it, and still has it
+    assert registry.get(node.id).load.models_on_disk == ["fresh-model"]
     await engine.dispose()
 
 

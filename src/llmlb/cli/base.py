@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -112,13 +113,16 @@ def remote_admin(url: str, password: str | None, api_key: str | None) -> RemoteA
 
     context = click.get_current_context(silent=True)
     tls_ca = context.meta.get(TLS_CA) if context is not None else None
-    return RemoteAdmin(url, password, api_key, tls_ca)
+    try:
+        return RemoteAdmin(url, password, api_key, tls_ca)
+    except ssl.SSLError as exc:
+        fail(f"--tls-ca {tls_ca}: not a PEM bundle of CA certificates ({exc})")
 
 
 def remote_options(func: F) -> F:
     decorators = [
         click.option("--router", default=None, help="Router URL; without it, work on the local state"),
-        click.option("--tls-ca", type=click.Path(path_type=Path, dir_okay=False), envvar="LLMLB_TLS_CA", default=None, expose_value=False, callback=_remember_tls_ca, help="CA bundle to verify an HTTPS --router, added to the system's (LLMLB_TLS_CA)"),
+        click.option("--tls-ca", type=click.Path(path_type=Path, dir_okay=False, exists=True), envvar="LLMLB_TLS_CA", default=None, expose_value=False, callback=_remember_tls_ca, help="CA bundle to verify an HTTPS --router, added to the system's (LLMLB_TLS_CA)"),
         click.option("--admin-password", envvar="LLMLB_ADMIN_PASSWORD", default=None, help="Admin password (LLMLB_ADMIN_PASSWORD)"),
         click.option("--api-key", envvar="LLMLB_API_KEY", default=None, help="Admin API key (LLMLB_API_KEY)"),
     ]  # fmt: skip

@@ -41,8 +41,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         # and the last bytes read, in case the blank line that ends them is split.
         self._header_bytes: int | None = 0
         self._tail = b""
+        self._refused = False
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         counted = self._header_bytes
         if counted is not None:
             room = self.max_header_bytes - counted
@@ -57,7 +60,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse_headers(self) -> None:
         self._disarm()
-        self._header_bytes = None
+        self._header_bytes, self._refused = None, True  # nothing more is read
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # An earlier (pipelined) request is still being answered: a 431 now would land
+            # inside that answer. The connection closes once that answer is out.
+            cycle.keep_alive = False
+            return
         body = orjson.dumps(error_body(
             f"the request's headers are larger than {self.max_header_bytes} bytes",
             "invalid_request_error", code="headers_too_large",
@@ -90,8 +99,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._arm()
-        if self._header_bytes is None:  # the next request on this connection
-            self._header_bytes, self._tail = 0, b""
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._header_bytes, self._tail = 0, b""  # what comes next is the next request's head
 
     def on_headers_complete(self) -> None:
         self._disarm()

@@ -82,7 +82,9 @@ class KeyLimiter:
         self.unshared.add(key_id)
 
     def others_used(self, key_id: str, requests: int, tokens: int) -> None:
-        """Another router's use of a key (read from the database), taken from its buckets."""
+        """Another router's use of a key (read from the database), taken from its buckets,
+        at most a minute's allowance at once (a router's whole count, should its row ever
+        look new again, must not shut the key out for hours)."""
         now = time.monotonic()
         request_bucket, token_bucket = self._requests.get(key_id), self._tokens.get(key_id)
         if request_bucket is None and token_bucket is None:
@@ -93,7 +95,7 @@ class KeyLimiter:
             return
         for bucket, amount in ((request_bucket, requests), (token_bucket, tokens)):
             if bucket is not None and amount > 0:
-                bucket.take(amount, now)
+                bucket.take(min(amount, bucket.per_minute), now)
             elif bucket is not None and amount < 0:
                 bucket.give(-amount, now)
 
@@ -156,7 +158,7 @@ class KeyLimiter:
             spent = sum(
                 entry[which] for entry in self._others.get(key_id, ()) if now - entry[0] <= 60
             )
-            bucket.take(spent, now)
+            bucket.take(min(spent, limit), now)
         return bucket
 
 

@@ -8,8 +8,11 @@ database, so routers need not agree on the clock.
 
 A row first seen in the first round is history from before this router started: only what
 it adds later counts. A row that appears later is a process that started since, so all of
-it counts. Rows not written for an hour (routers gone) are deleted; a live router rewrites
-all of its rows every quarter of that, so none of its rows is taken for gone.
+it counts. A row that has not changed for an hour of a reader's own monotonic time (its
+router is gone) is deleted by that reader; a live router rewrites all of its rows every
+quarter of that, so none of its rows is taken for gone, whatever the routers' clocks say.
+A row that comes back after all (a router cut off from the database for an hour) counts
+as new, but no more than a minute's allowance of it (KeyLimiter.others_used).
 """
 
 from __future__ import annotations
@@ -32,16 +35,22 @@ class LimitSharing:
         self._engine = engine
         self._limiter = limiter
         self.process = str(uuid.uuid4())
-        self._read: dict[tuple[str, str], tuple[int, int]] | None = None  # None: no round yet
-        self._cleared_at = 0.0
+        # (process, key) -> (requests, tokens, updated_at) as read last, and since when
+        # (monotonic) unchanged. None: no round yet.
+        self._read: dict[tuple[str, str], tuple[int, int, float, float]] | None = None
+        self._rewritten_at = float("-inf")  # monotonic
 
     async def share(self) -> None:
         """One round: write this process's changed counters, take the others' growth."""
-        limiter, now = self._limiter, time.time()
+        limiter, now, monotonic = self._limiter, time.time(), time.monotonic()
         changed, limiter.unshared = limiter.unshared, set()
-        housekeeping = now - self._cleared_at > STALE_ROWS_SECONDS / 4
-        if housekeeping:
+        if monotonic - self._rewritten_at > STALE_ROWS_SECONDS / 4:  # show this process lives
+            self._rewritten_at = monotonic
             changed |= set(limiter.used)
+        stale = [
+            (process, key_id, seen[2]) for (process, key_id), seen in (self._read or {}).items()
+            if monotonic - seen[3] > STALE_ROWS_SECONDS
+        ]  # fmt: skip
         rows = [
             {"process": self.process, "key_id": key_id, "requests": limiter.used[key_id][0],
              "tokens": limiter.used[key_id][1], "updated_at": now}
@@ -60,11 +69,11 @@ class LimitSharing:
                         ),
                         rows,
                     )  # fmt: skip
-                if housekeeping:
-                    self._cleared_at = now
-                    await connection.execute(
-                        delete(key_usage).where(key_usage.c.updated_at < now - STALE_ROWS_SECONDS)
-                    )
+                for process, key_id, updated_at in stale:  # unchanged since: its router is gone
+                    await connection.execute(delete(key_usage).where(
+                        key_usage.c.process == process, key_usage.c.key_id == key_id,
+                        key_usage.c.updated_at == updated_at,
+                    ))  # fmt: skip
                 others = list(
                     await connection.execute(
                         select(key_usage).where(key_usage.c.process != self.process)
@@ -77,7 +86,9 @@ class LimitSharing:
         read = self._read
         for row in others:
             before = read.get((row.process, row.key_id))
-            read[(row.process, row.key_id)] = (row.requests, row.tokens)
+            values = (row.requests, row.tokens, row.updated_at)
+            since = before[3] if before is not None and before[:3] == values else monotonic
+            read[(row.process, row.key_id)] = (*values, since)
             if before is None and first_round:
                 continue  # from before this router started
             requests = row.requests - (before[0] if before else 0)

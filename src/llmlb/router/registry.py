@@ -68,8 +68,8 @@ class NodeRecord:
     # one's, neither takes a node offline nor keeps a dead one online.
     heard_at: float = field(default=float("-inf"))
 
-    def heard(self) -> None:
-        self.heard_at = time.monotonic()
+    def heard(self, ago: float = 0.0) -> None:
+        self.heard_at = time.monotonic() - max(ago, 0.0)
 
     @property
     def first_seen_now(self) -> bool:
@@ -159,7 +159,6 @@ class Registry:
         self._on_change = on_change
         # Heartbeats older than this process are not proof that a node is there now.
         self._started_at = time.time() if started_at is None else started_at
-        self._started_monotonic = time.monotonic()
         self._engine = engine
         self.heartbeat_interval = heartbeat_interval
         self._allow_cpu = allow_cpu_nodes
@@ -185,9 +184,11 @@ class Registry:
             # are new here or carry a heartbeat newer than memory's (written by another
             # router). With one router that is none: a sync of 1,000 nodes decodes no JSON.
             rows = list(await connection.execute(select(*_LIGHT_COLUMNS)))
+            unwritten = self._unwritten  # heartbeats since the write above: newer than rows
             fresh = [
                 row.id for row in rows
-                if row.id not in self._nodes or row.last_seen != self._nodes[row.id].last_seen
+                if row.id not in self._nodes
+                or (row.last_seen != self._nodes[row.id].last_seen and row.id not in unwritten)
                 or row.assigned_version != self._nodes[row.id].assigned_version
             ]  # fmt: skip
             full = {}
@@ -205,10 +206,10 @@ class Registry:
                     continue  # removed between the two reads
                 current = self._add(_record(full[row.id]))
                 # First sight (this router's start, or another router's new node): the
-                # clocks' word is all there is. Later only a change of the row counts.
+                # wall clock's word is all there is, read once. Later only a change of the
+                # row counts.
                 current.live = row.last_seen >= self._started_at
-                if current.live:
-                    current.heard()
+                current.heard(ago=time.time() - row.last_seen)
                 changed = True
                 continue
             # Keep live fields; take operator flags and newer heartbeats.
@@ -218,7 +219,7 @@ class Registry:
             if row.id in full and row.assigned_version != current.assigned_version:
                 current.assigned = list(full[row.id].assigned or ())  # changed by another router
                 current.assigned_version = row.assigned_version
-            if row.id in full and row.last_seen != current.last_seen:
+            if row.id in full and row.last_seen != current.last_seen and row.id not in unwritten:
                 # Another router heard the node since (this one writes its own heartbeats
                 # before reading): word of it, whatever that router's clock says.
                 current.last_seen = row.last_seen
@@ -233,15 +234,10 @@ class Registry:
             self.changed()
 
     async def purge_offline(self, max_age: float) -> list[str]:
-        """Forget nodes this router has not heard of for ``max_age`` seconds (its monotonic
-        clock, counted from its start at most); the names of those removed."""
+        """Forget nodes this router has not heard of for ``max_age`` seconds (on its
+        monotonic clock); the names of those removed."""
         now = time.monotonic()
-        up_for = now - self._started_monotonic
-        stale = [
-            (node, node.last_seen)
-            for node in self._nodes.values()
-            if min(node.silent_for(now), up_for) > max_age
-        ]
+        stale = [(n, n.last_seen) for n in self._nodes.values() if n.silent_for(now) > max_age]
         if not stale:
             return []
         removed = []

@@ -183,7 +183,10 @@ class TaskManager:
             result = await connection.execute(
                 update(tasks)
                 .where(tasks.c.id == task["id"], tasks.c.owner == task["owner"]
-                       if task["owner"] is not None else tasks.c.owner.is_(None))
+                       if task["owner"] is not None else tasks.c.owner.is_(None),
+                       # not renewed since it was read (a renewal in between: still alive)
+                       tasks.c.lease_until == task["lease_until"]
+                       if task["lease_until"] is not None else tasks.c.lease_until.is_(None))
                 .values(owner=self.owner, lease_until=now + self.lease_seconds)
             )  # fmt: skip
         task.update(owner=self.owner, lease_until=now + self.lease_seconds)
