@@ -24,7 +24,15 @@ from typing import Any
 import orjson
 
 from bench import litellm
-from bench.procs import ROOT, cpu_seconds, peak_rss_mib, start_upstream, stop, wait_for_line
+from bench.procs import (
+    ROOT,
+    cpu_seconds,
+    peak_rss_mib,
+    rss_mib,
+    start_upstream,
+    stop,
+    wait_for_line,
+)
 from bench.report import Report
 
 sys.path.insert(0, str(ROOT))
@@ -148,7 +156,8 @@ def _report(report: Report, sides: dict[str, tuple[str, list[str], int | None]],
             results: dict[tuple[str, str, int], list[dict[str, float]]],
             generator_share: list[tuple[str, int, float, float]], concurrencies: tuple[int, ...],
             seconds: float, rounds: int, quick: bool) -> None:  # fmt: skip
-    peaks = {side: peak_rss_mib(pid) for side, (_, _, pid) in sides.items() if pid is not None}
+    pids = {side: pid for side, (_, _, pid) in sides.items() if pid is not None}
+    memory = {side: (rss_mib(pid), peak_rss_mib(pid)) for side, pid in pids.items()}
     report.section(
         "Router overhead",
         f"One fast fake upstream (`bench/upstream.py`), called directly, through llmlb and "
@@ -182,7 +191,8 @@ def _report(report: Report, sides: dict[str, tuple[str, list[str], int | None]],
         for c in concurrencies
     ]
     report.add("Added p50 latency (llmlb − direct), ms: " + ", ".join(added))
-    report.add("Peak RSS after the run: " + ", ".join(f"{s} {v:.0f} MiB" for s, v in peaks.items()))
+    report.add("RSS after the run (peak): " + ", ".join(
+        f"{s} {now:.0f} MiB ({peak:.0f})" for s, (now, peak) in memory.items()))  # fmt: skip
     report.add(
         "The load generator is faster than what it measures: during the direct runs it used "
         + ", ".join(f"{m} c={c} {g:.0%}" for m, c, g, _ in generator_share[:: max(1, rounds)])
