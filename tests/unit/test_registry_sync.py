@@ -16,6 +16,10 @@ from llmlb.common.wire import Device, RegisterRequest
 from llmlb.router.db import nodes, open_database
 from llmlb.router.registry import Registry
 
+SETTINGS: dict[str, Any] = dict(
+    heartbeat_interval=10, allow_cpu_nodes=False, require_approval=False,
+    node_max_concurrency=None,
+)  # fmt: skip
 GPU = Device(kind="cuda", name="GPU", memory_total=8 << 30, memory_free=8 << 30)
 
 
@@ -52,16 +56,17 @@ class _Racing:
         return rows
 
 
+async def racing_registry(database_url: str) -> tuple[AsyncEngine, RegistersDuringSelect, Registry]:
+    """A registry whose table reads run ``racing.during`` right after their SELECT."""
+    engine = await open_database(database_url)
+    racing = RegistersDuringSelect(engine)
+    return engine, racing, Registry(racing, **SETTINGS)  # type: ignore[arg-type]
+
+
 async def test_a_node_registering_while_the_table_is_read_is_kept(
     tmp_path: Path, database_url: str
 ) -> None:
-    engine = await open_database(database_url)
-    racing = RegistersDuringSelect(engine)
-    registry = Registry(
-        racing,  # type: ignore[arg-type]
-        heartbeat_interval=10, allow_cpu_nodes=False, require_approval=False,
-        node_max_concurrency=None,
-    )  # fmt: skip
+    engine, racing, registry = await racing_registry(database_url)
     await registry.register(request("before"))
     racing.during = lambda: registry.register(request("during"))
     await registry.load()
@@ -74,11 +79,7 @@ async def test_a_node_registering_while_the_table_is_read_is_kept(
 async def two_routers(database_url: str) -> tuple[AsyncEngine, Registry, Registry]:
     """Two routers' registries on one database."""
     engine = await open_database(database_url)
-    settings: dict[str, Any] = dict(
-        heartbeat_interval=10, allow_cpu_nodes=False, require_approval=False,
-        node_max_concurrency=None,
-    )  # fmt: skip
-    return engine, Registry(engine, **settings), Registry(engine, **settings)
+    return engine, Registry(engine, **SETTINGS), Registry(engine, **SETTINGS)
 
 
 async def test_a_node_removed_by_another_router_disappears(
@@ -95,10 +96,7 @@ async def test_a_node_removed_by_another_router_disappears(
 
 async def test_offline_records_expire(tmp_path: Path, database_url: str) -> None:
     engine = await open_database(database_url)
-    registry = Registry(
-        engine, heartbeat_interval=10, allow_cpu_nodes=False, require_approval=False,
-        node_max_concurrency=None,
-    )  # fmt: skip
+    registry = Registry(engine, **SETTINGS)
     old = await registry.register(request("old"))
     await registry.register(request("fresh"))
     assert await registry.purge_offline(24 * 3600) == []
@@ -124,14 +122,10 @@ async def test_nodes_read_at_start_are_judged_by_when_they_last_spoke(
             update(nodes).where(nodes.c.name == "quiet")
             .values(last_seen=nodes.c.last_seen - 86400)
         )  # fmt: skip
-    settings: dict[str, Any] = dict(
-        heartbeat_interval=10, allow_cpu_nodes=False, require_approval=False,
-        node_max_concurrency=None,
-    )  # fmt: skip
-    cli = Registry(engine, started_at=0.0, **settings)  # as admin.LocalAdmin opens it
+    cli = Registry(engine, started_at=0.0, **SETTINGS)  # as admin.LocalAdmin opens it
     await cli.load()
     assert {n.name: n.status(10) for n in cli.all()} == {"quiet": "offline", "lively": "ready"}
-    restarted = Registry(engine, **settings)
+    restarted = Registry(engine, **SETTINGS)
     await restarted.load()
     assert await restarted.purge_offline(3600) == ["quiet"]
     await engine.dispose()
@@ -142,13 +136,7 @@ async def test_a_heartbeat_during_the_sync_is_not_replaced_by_the_older_row(
 ) -> None:
     """A heartbeat that lands after the sync wrote memory's heartbeats but before it read
     the rows is newer than its row: the sync keeps it (the node's models stay current)."""
-    engine = await open_database(database_url)
-    racing = RegistersDuringSelect(engine)
-    registry = Registry(
-        racing,  # type: ignore[arg-type]
-        heartbeat_interval=10, allow_cpu_nodes=False, require_approval=False,
-        node_max_concurrency=None,
-    )  # fmt: skip
+    engine, racing, registry = await racing_registry(database_url)
     node = await registry.register(request("busy"))
     newer = node.load.model_copy(update={"models_on_disk": ["fresh-model"]})
     racing.during = lambda: registry.heartbeat(node.id, newer)
