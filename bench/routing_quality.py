@@ -159,7 +159,9 @@ def run(report: Report, quick: bool) -> None:
                   "wall (s)", "requests/s", "requests per node"], rows)  # fmt: skip
     # What no router can beat here: each group's first request computes its prompt (a miss)
     # wherever it goes, and at best every later one finds it cached (a hit). Round robin's
-    # last round is all hits: by then every group has been to both nodes.
+    # last round is all hits once every group has been to both nodes (from the third round).
+    if per_group < 3:
+        return
     misses = [t for firsts, _, _ in results.values() for t in firsts[:groups]]
     hits = results["round_robin"][0][-groups:]
     miss, hit = statistics.median(misses), statistics.median(hits)
