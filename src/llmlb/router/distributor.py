@@ -15,7 +15,8 @@ from llmlb.common.settings import RouterSettings
 from llmlb.models.memory import DEFAULT_PLAN_CTX, gib
 from llmlb.router.distribution import assign_models, pick_auto_targets
 from llmlb.router.models import RouterModels
-from llmlb.router.registry import NodeRecord, Registry
+from llmlb.router.node_record import NodeRecord
+from llmlb.router.registry import Registry
 from llmlb.router.tasks import TaskManager
 
 log = logging.getLogger(__name__)

@@ -38,8 +38,9 @@ from llmlb.common.wire import error_message
 from llmlb.router.balancer import NodeSnapshot, rank
 from llmlb.router.clouds import not_a_provider
 from llmlb.router.metrics import RouterMetrics
+from llmlb.router.node_record import NodeRecord
 from llmlb.router.prefixes import PrefixIndex
-from llmlb.router.registry import NodeRecord, Registry
+from llmlb.router.registry import Registry
 
 log = logging.getLogger(__name__)
 

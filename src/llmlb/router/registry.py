@@ -8,14 +8,11 @@ seen within a few seconds.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -23,123 +20,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmlb.common.credentials import same_secret
 from llmlb.common.errors import NotFound, PermissionDenied
-from llmlb.common.wire import Device, NodeLoad, RegisterRequest
+from llmlb.common.wire import NodeLoad, RegisterRequest
 from llmlb.router.balancer import NodeSnapshot
 from llmlb.router.db import GroupCommit, nodes
+from llmlb.router.node_record import MISSED_HEARTBEATS_OFFLINE, NodeRecord, record_of
 
 log = logging.getLogger(__name__)
 
-MISSED_HEARTBEATS_OFFLINE = 3
 STALLED = "node stalled"  # the cancel message of attempts on a black-holed node
-
-
-@dataclass
-class NodeRecord:
-    id: str
-    name: str
-    base_url: str
-    version: str
-    devices: list[Device]
-    approved: bool
-    draining: bool
-    registered_at: float
-    last_seen: float  # wall clock (shown to people, shared through the database)
-    load: NodeLoad
-    label: str | None = None  # the operator's name for the node (its own name stays)
-    tags: list[str] = field(default_factory=list)
-    # What the router wants on the node (registration's policy, the operator's distributions);
-    # sent in every registration and heartbeat answer.
-    assigned: list[str] = field(default_factory=list)
-    assigned_version: int = 0  # the database's count of changes to ``assigned``
-    active: int = 0  # the router's own requests in flight to this node
-    unreachable: bool = field(default=False)
-    # The node's own key (memory only): the router presents it when it calls the node.
-    # None until the node registers or heartbeats to this router process.
-    token: str | None = field(default=None, repr=False)
-    live: bool = field(default=False)
-    # Attempts waiting for this node's first byte -> when they were sent (router.proxy), and
-    # whether the node stopped getting them while it still heartbeats (see Registry.heartbeat).
-    sending: dict[asyncio.Task[Any], float] = field(default_factory=dict, repr=False)
-    called_off: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
-    stalled: bool = field(default=False)
-    # When this router last had word of the node (a heartbeat, or its database row's
-    # last_seen changing), on this process's monotonic clock: liveness is judged by this,
-    # so a wall clock stepped by hours, or another router's clock that differs from this
-    # one's, neither takes a node offline nor keeps a dead one online.
-    heard_at: float = field(default=float("-inf"))
-
-    def heard(self, ago: float = 0.0) -> None:
-        self.heard_at = time.monotonic() - max(ago, 0.0)
-
-    @property
-    def first_seen_now(self) -> bool:
-        """Whether this registration was the node's first (not a return after a restart)."""
-        return self.registered_at == self.last_seen
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.token}"} if self.token else {}
-
-    def silent_for(self, now: float | None = None) -> float:
-        """Seconds since this router last had word of the node (monotonic)."""
-        return (time.monotonic() if now is None else now) - self.heard_at
-
-    def status(self, interval: float, now: float | None = None) -> str:
-        """``now`` is a ``time.monotonic()`` reading (taken here when not given)."""
-        if not self.approved:
-            return "pending"
-        stale = self.silent_for(now) > MISSED_HEARTBEATS_OFFLINE * interval
-        # After a router restart a node counts once it has spoken to this process again.
-        if stale or self.unreachable or not self.live:
-            return "offline"
-        if self.draining or self.load.state == "draining":
-            return "draining"
-        return self.load.state
-
-    def to_dict(self, interval: float, now: float | None = None) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "base_url": self.base_url,
-            "version": self.version,
-            "status": self.status(interval, now),
-            "label": self.label,
-            "tags": self.tags,
-            "approved": self.approved,
-            "draining": self.draining,
-            "devices": [d.model_dump() for d in self.devices],
-            "registered_at": self.registered_at,
-            "last_seen": self.last_seen,
-            # What the node said in its last heartbeat (active_requests, queued_requests,
-            # slots, ...) and, beside it, what this router has in flight to it right now.
-            **self.load.model_dump(),
-            "assigned_models": self.assigned,
-            "router_in_flight": self.active,
-        }
-
 
 # What the periodic sync reads of every node (not the JSON columns: see Registry.load).
 _LIGHT_COLUMNS = (
     nodes.c.id, nodes.c.approved, nodes.c.draining, nodes.c.last_seen, nodes.c.assigned_version,
 )  # fmt: skip
-
-
-def _record(row: Any) -> NodeRecord:
-    return NodeRecord(
-        id=row.id,
-        name=row.name,
-        base_url=row.base_url,
-        version=row.version,
-        devices=[Device.model_validate(d) for d in row.devices],
-        approved=row.approved,
-        draining=row.draining,
-        registered_at=row.registered_at,
-        last_seen=row.last_seen,
-        load=NodeLoad.model_validate(row.load),
-        label=row.label,
-        tags=list(row.tags or ()),
-        assigned=list(row.assigned or ()),
-        assigned_version=row.assigned_version,
-    )
 
 
 class Registry:
@@ -204,7 +97,7 @@ class Registry:
             if current is None:
                 if row.id not in full:
                     continue  # removed between the two reads
-                current = self._add(_record(full[row.id]))
+                current = self._add(record_of(full[row.id]))
                 # First sight (this router's start, or another router's new node): the
                 # wall clock's word is all there is, read once. Later only a change of the
                 # row counts.
@@ -369,7 +262,7 @@ class Registry:
             rows = list(await connection.execute(query))
         if not rows:
             return None
-        return self._nodes.get(rows[0].id) or self._add(_record(rows[0]))
+        return self._nodes.get(rows[0].id) or self._add(record_of(rows[0]))
 
     async def heartbeat(self, node_id: str, load: NodeLoad, token: str | None = None) -> NodeRecord:
         node = self.get(node_id)

@@ -11,7 +11,8 @@ from collections import deque
 from typing import Any
 
 from llmlb.router.history import History
-from llmlb.router.registry import NodeRecord, Registry
+from llmlb.router.node_record import NodeRecord
+from llmlb.router.registry import Registry
 
 SAMPLE_SECONDS = 30.0
 SAMPLES_KEPT = 120  # an hour
