@@ -8,7 +8,9 @@ and it prints one JSON line: requests/s, latency and time-to-first-chunk percent
 errors.
 
 An answer is complete at its ``content-length``, or for chunked encoding at the last-chunk
-marker ``0\\r\\n\\r\\n`` (the benchmarks' answers carry no trailers).
+marker ``0\\r\\n\\r\\n`` (the benchmarks' answers carry no trailers). Answers completed within
+the measured window count; at its end every connection is closed, in flight or not, as ``wrk``
+does (waiting for a slow side's last answers cost the suite more than a minute a run).
 
     python -m bench.loadgen URL --body-file F [--concurrency 16] [--seconds 5]
 """
@@ -87,6 +89,10 @@ class Connection(asyncio.Protocol):
             self.run.record(now - self._started, self._first - self._started)
             self._send()
 
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         if time.perf_counter() < self.run.deadline:
             self.run.errors += 1
@@ -104,7 +110,7 @@ class Run:
         self.errors = 0
 
     def record(self, latency: float, first: float) -> None:
-        if time.perf_counter() >= self.measure_from:
+        if self.measure_from <= time.perf_counter() < self.deadline:
             self.latencies.append(latency)
             self.firsts.append(first)
 
@@ -133,11 +139,13 @@ async def load(
     for connection in connections:
         connection.run = run
         connection.start()
+    await asyncio.sleep(run.deadline - time.perf_counter())
+    for connection in connections:
+        connection.close()
     await asyncio.gather(*(c.closed for c in connections))
-    elapsed = time.perf_counter() - run.measure_from
     return {
         "requests": len(run.latencies),
-        "rps": len(run.latencies) / elapsed,
+        "rps": len(run.latencies) / seconds,
         "p50_ms": percentile(run.latencies, 0.5) * 1000,
         "p99_ms": percentile(run.latencies, 0.99) * 1000,
         "ttfc_p50_ms": percentile(run.firsts, 0.5) * 1000,

@@ -40,6 +40,7 @@ from tests.support import free_port, node_token, start_router
 
 BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 METRICS = ("rps", "p50_ms", "p99_ms", "ttfc_p50_ms", "ttfc_p99_ms")
+WARMUP = 0.5  # seconds of load before each point's measured window
 
 
 def _children_cpu() -> float:
@@ -51,7 +52,8 @@ def load(
     url: str, body: Path, concurrency: int, seconds: float, headers: list[str]
 ) -> dict[str, float]:
     args = [sys.executable, "-m", "bench.loadgen", url, "--body-file", str(body),
-            "--concurrency", str(concurrency), "--seconds", str(seconds)]  # fmt: skip
+            "--concurrency", str(concurrency), "--seconds", str(seconds),
+            "--warmup", str(WARMUP)]  # fmt: skip
     for header in headers:
         args += ["--header", header]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, timeout=seconds + 120, check=True)
@@ -101,7 +103,7 @@ def run(report: Report, quick: bool) -> None:
                             before = (_children_cpu(), cpu_seconds(upstream.pid))
                             result = load(url, bodies[mode], concurrency, seconds, headers)
                             if side == "direct":
-                                wall = seconds + 1.2  # plus its 0.2 s connect pause, 1 s warm-up
+                                wall = seconds + WARMUP + 0.2  # and its 0.2 s connect pause
                                 generator = (_children_cpu() - before[0]) / wall
                                 fake = (cpu_seconds(upstream.pid) - before[1]) / wall
                                 generator_share.append((mode, concurrency, generator, fake))
@@ -162,9 +164,10 @@ def _report(report: Report, sides: dict[str, tuple[str, list[str], int | None]],
         "Router overhead",
         f"One fast fake upstream (`bench/upstream.py`), called directly, through llmlb and "
         f"through LiteLLM's proxy (one worker, master key set); closed-loop load from "
-        f"`bench/loadgen.py` in its own process; {seconds:g} s a point, the median of {rounds} "
-        f"rounds whose side order rotates. Streams are 34 SSE events; `ttfc` is the time to "
-        f"the first chunk. Latencies in ms."
+        f"`bench/loadgen.py` in its own process; {seconds:g} s a point after {WARMUP:g} s of "
+        f"warm-up (answers still in flight at its end are cut off, as `wrk` does), the median "
+        f"of {rounds} rounds whose side order rotates. Streams are 34 SSE events; `ttfc` is "
+        f"the time to the first chunk. Latencies in ms."
         + ("" if "LiteLLM" in sides else " LiteLLM was not measured in this run"
            + (" (`--quick` skips it)." if quick else " (its install failed)."))
         + "".join(f" `{side}` is llmlb's router at that git revision (`LLMLB_BENCH_AGAINST`), "

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -73,6 +73,11 @@ def request_id_of(scope: Scope) -> str:
     return new_request_id()
 
 
+class LastChunk(bytes):
+    """A stream's final bytes, where the source knows them to be: ``StreamRelay`` sends them
+    together with the end of the response, one write instead of two."""
+
+
 class StreamRelay:
     """An ASGI response that relays a byte stream and closes it as soon as it ends.
 
@@ -99,7 +104,11 @@ class StreamRelay:
                 "headers": [(k.encode("latin-1"), v.encode("latin-1"))
                             for k, v in self.headers.items()],
             })  # fmt: skip
-            await until_gone(receive, self._pump(send, timeout))
+            departure = scope.get(DEPARTURE_KEY)
+            if isinstance(departure, Departure):  # the request's own, watching since its body
+                await departure.guard(self._pump(send, timeout))
+            else:
+                await until_gone(receive, self._pump(send, timeout))
         except ClientClosedRequest:
             pass  # the client left; closing the generator below stops the work
         except TimeoutError:
@@ -139,12 +148,17 @@ class StreamRelay:
             check = loop.call_later(seconds_per_write / 2, watch)
 
         check = loop.call_later(seconds_per_write / 2, watch)
+        ended = False
         try:
             async for chunk in self.chunks:
+                if ended:
+                    continue  # nothing goes after the end; the source is drained to its finish
+                ended = type(chunk) is LastChunk
                 writing_since = loop.time()
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
                 writing_since = None
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not ended:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if stalled and current.uncancel() == 0:
                 raise TimeoutError from None
@@ -220,35 +234,74 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 
 async def until_gone(receive: Receive, work: Awaitable[T]) -> T:
-    """``until_disconnected`` on a bare ASGI ``receive``.
+    """``until_disconnected`` on a bare ASGI ``receive``."""
+    departure = Departure(receive)
+    try:
+        return await departure.guard(work)
+    finally:
+        departure.close()
 
-    ``work`` runs in the caller's task; one watcher task cancels it when the client leaves.
-    (Running ``work`` in a task of its own and waiting on both costs a second task and an
-    ``asyncio.wait`` per request: a tenth of what the router spends on a request.)
+
+DEPARTURE_KEY = "llmlb.departure"  # in the ASGI scope: the request's Departure, where it has one
+
+
+class Departure:
+    """Watches a request's client for a disconnect, for as long as the request lives.
+
+    ``guard(work)`` runs ``work`` in the caller's task and cancels it when the client leaves
+    meanwhile; one request may guard several phases (waiting for the node, relaying its
+    stream) with the one watcher task. (A watcher per phase cost a twentieth of a streamed
+    request; running ``work`` in a task of its own and waiting on both cost a tenth.) Start it
+    once the body has been read, and ``close`` it when the request is over.
     """
-    current = asyncio.current_task()
-    assert current is not None
-    gone = False
 
-    async def watch() -> None:
-        nonlocal gone
+    def __init__(self, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._guarding = False
+        self._cancelled = False  # this watcher cancelled the task, not yet taken back
+        self.gone = False
+        self._watcher: asyncio.Task[None] | None = asyncio.create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        gone = True
-        current.cancel()
+        self.gone = True
+        if self._guarding:
+            self._cancelled = True
+            self._task.cancel()
 
-    watcher = asyncio.create_task(watch())
-    try:
-        result = await work
-    except asyncio.CancelledError:
-        if gone and current.uncancel() == 0:
-            raise ClientClosedRequest("the client went away before the answer was ready") from None
-        raise
-    finally:
-        watcher.cancel()
-    if gone:  # the work swallowed the cancellation and finished anyway
-        current.uncancel()
-    return result
+    async def guard(self, work: Awaitable[T]) -> T:
+        if self.gone:
+            if isinstance(work, Coroutine):
+                work.close()
+            raise ClientClosedRequest("the client went away before the answer was ready")
+        self._guarding = True
+        try:
+            result = await work
+        except asyncio.CancelledError:
+            if self._cancelled:
+                self._cancelled = False
+                if self._task.uncancel() == 0:
+                    raise ClientClosedRequest(
+                        "the client went away before the answer was ready"
+                    ) from None
+            raise
+        finally:
+            self._guarding = False
+        if self._cancelled:  # the work swallowed the cancellation and finished anyway
+            self._cancelled = False
+            self._task.uncancel()
+        return result
+
+    def close(self) -> None:
+        # Let go of the watcher: its cancellation's traceback holds ``_watch``'s frame, which
+        # holds this object, and the cycle would keep each request's garbage until a full
+        # collection (measured: 15 MiB more resident, p99 up a third at 64 clients).
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
+import random
 import re
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
+from llmlb.common.asgi import LastChunk
 from llmlb.common.errors import (
     LlmlbError,
     ModelNotFound,
@@ -126,8 +127,10 @@ def usage_of(data: bytes) -> dict[str, int]:
 
 
 def traceparent() -> str:
-    ids = os.urandom(24).hex()  # one system call for the trace id and the span id
-    return f"00-{ids[:32]}-{ids[32:]}-01"
+    """A new W3C trace context: random, non-zero trace and span ids. They identify, they do
+    not protect, so the process's PRNG serves (no system call per request)."""
+    trace, span = random.getrandbits(128) or 1, random.getrandbits(64) or 1
+    return f"00-{trace:032x}-{span:016x}-01"
 
 
 class Proxy:
@@ -390,11 +393,13 @@ class Proxy:
     async def _relay(
         self, node: NodeRecord, first: bytes, response: aiohttp.ClientResponse
     ) -> AsyncGenerator[bytes, None]:
-        """The node's stream as it comes; whoever iterates it must close it (``aclosing``)."""
+        """The node's stream as it comes; whoever iterates it must close it (``aclosing``).
+        Bytes that end the node's stream come as a ``LastChunk``."""
+        content = response.content
         try:
-            yield first
-            while chunk := await response.content.readany():
-                yield chunk
+            yield LastChunk(first) if content.at_eof() else first
+            while chunk := await content.readany():
+                yield LastChunk(chunk) if content.at_eof() else chunk
         except _RETRYABLE as exc:
             self._registry.mark_unreachable(node.id)
             message = f"node {node.name} failed mid-stream: {_describe(exc)}"

@@ -19,12 +19,13 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmlb.common.asgi import (
+    DEPARTURE_KEY,
+    Departure,
     ORJSONResponse,
     StreamRelay,
     error_response,
     read_body,
     request_id_of,
-    until_gone,
 )
 from llmlb.common.errors import LlmlbError, MethodNotAllowed
 from llmlb.common.logs import request_id_var
@@ -72,6 +73,9 @@ class ClientRoutes:
             log.info("%s %s %d %.1f ms", scope["method"], scope["path"], response.status_code,
                      (time.monotonic() - started) * 1000)  # fmt: skip
         finally:
+            departure = scope.pop(DEPARTURE_KEY, None)
+            if departure is not None:
+                departure.close()
             request_id_var.reset(token)
 
 
@@ -79,6 +83,8 @@ async def _forward(request: Request, endpoint: str, request_id: str) -> Response
     service = service_of(request)
     principal = await authorize(request, "api")
     raw = await read_body(request, service.settings.max_body_bytes)
+    # From here on, one watcher sees the client leave, through to the end of a stream.
+    departure = request.scope[DEPARTURE_KEY] = Departure(request.receive)
     if principal.key is not None and principal.key.limits.any:
         model = _model_of(raw, service.resolve_model)
         service.limiter.admit(principal.key, model, request_id, len(raw))
@@ -88,16 +94,16 @@ async def _forward(request: Request, endpoint: str, request_id: str) -> Response
             headers[name] = request.headers[name]
     if endpoint in _DIALECTS:
         caller = Caller(request_id, principal.key_id, headers)
-        return await until_gone(request.receive, _DIALECTS[endpoint](service.gateway, raw, caller))
+        return await departure.guard(_DIALECTS[endpoint](service.gateway, raw, caller))
     forwarder = service.forwarder
-    routed = forwarder.route(endpoint, request.url.path, raw)
+    routed = forwarder.route(endpoint, request.scope["path"], raw)
     if prefix_of(routed.model) is not None:
         caller = Caller(request_id, principal.key_id, headers)
-        work = translated.cloud(service.gateway, endpoint, request.url.path, raw, caller)
-        return await until_gone(request.receive, work)
+        work = translated.cloud(service.gateway, endpoint, request.scope["path"], raw, caller)
+        return await departure.guard(work)
     forwarding = forwarder.forward(routed, headers, principal.key_id, request_id)
     # A client that leaves before the answer starts takes the node's work with it.
-    answer = await until_gone(request.receive, forwarding)
+    answer = await departure.guard(forwarding)
     extra = {"x-llmlb-node": answer.node.name, "x-llmlb-attempts": str(answer.attempts)}
     if answer.queue_wait_ms >= 1:
         extra["x-llmlb-queue-wait-ms"] = str(round(answer.queue_wait_ms))
