@@ -8,9 +8,10 @@ and it prints one JSON line: requests/s, latency and time-to-first-chunk percent
 errors.
 
 An answer is complete at its ``content-length``, or for chunked encoding at the last-chunk
-marker ``0\\r\\n\\r\\n`` (the benchmarks' answers carry no trailers). Answers completed within
-the measured window count; at its end every connection is closed, in flight or not, as ``wrk``
-does (waiting for a slow side's last answers cost the suite more than a minute a run).
+marker ``0\\r\\n\\r\\n`` (the benchmarks' answers carry no trailers). At the window's end no
+new request is sent, and answers still in flight get at most one more window to finish before
+their connections are closed (a slow side's last answers, seconds each, cost the suite more
+than a minute a run).
 
     python -m bench.loadgen URL --body-file F [--concurrency 16] [--seconds 5]
 """
@@ -110,7 +111,7 @@ class Run:
         self.errors = 0
 
     def record(self, latency: float, first: float) -> None:
-        if self.measure_from <= time.perf_counter() < self.deadline:
+        if time.perf_counter() >= self.measure_from:
             self.latencies.append(latency)
             self.firsts.append(first)
 
@@ -140,12 +141,14 @@ async def load(
         connection.run = run
         connection.start()
     await asyncio.sleep(run.deadline - time.perf_counter())
+    await asyncio.wait([c.closed for c in connections], timeout=seconds)
+    elapsed = time.perf_counter() - run.measure_from
     for connection in connections:
         connection.close()
     await asyncio.gather(*(c.closed for c in connections))
     return {
         "requests": len(run.latencies),
-        "rps": len(run.latencies) / seconds,
+        "rps": len(run.latencies) / elapsed,
         "p50_ms": percentile(run.latencies, 0.5) * 1000,
         "p99_ms": percentile(run.latencies, 0.99) * 1000,
         "ttfc_p50_ms": percentile(run.firsts, 0.5) * 1000,

@@ -165,7 +165,7 @@ def _report(report: Report, sides: dict[str, tuple[str, list[str], int | None]],
         f"One fast fake upstream (`bench/upstream.py`), called directly, through llmlb and "
         f"through LiteLLM's proxy (one worker, master key set); closed-loop load from "
         f"`bench/loadgen.py` in its own process; {seconds:g} s a point after {WARMUP:g} s of "
-        f"warm-up (answers still in flight at its end are cut off, as `wrk` does), the median "
+        f"warm-up (answers still in flight then get at most {seconds:g} s more), the median "
         f"of {rounds} rounds whose side order rotates. Streams are 34 SSE events; `ttfc` is "
         f"the time to the first chunk. Latencies in ms."
         + ("" if "LiteLLM" in sides else " LiteLLM was not measured in this run"
