@@ -1,7 +1,7 @@
 """The router's state: SQLAlchemy Core tables on SQLite (default) or PostgreSQL.
 
-The schema is created and upgraded by Alembic (``router/migrations``) at start; the tables
-here mirror the migrations and are what queries use.
+The schema is brought to the newest at start (``router/schema``): a new database from these
+tables, an older one by Alembic's migrations (``router/migrations``), which these mirror.
 """
 
 from __future__ import annotations
@@ -16,15 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
     Column,
-    Connection,
     Float,
     Index,
     Integer,
@@ -40,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.expression import Executable
 
 from llmlb.common.files import private_folder
+from llmlb.router.schema import bring_to_head
 
 log = logging.getLogger(__name__)
 
@@ -158,32 +155,6 @@ sessions = Table(
     Index("ix_sessions_user", "user_id"),
 )
 
-_MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-def alembic_config() -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
-    return config
-
-
-# Any fixed number: the key of the advisory lock that routers migrate under.
-_MIGRATION_LOCK = 0x6C6D6C62  # "lmlb"
-
-
-def _upgrade(connection: Connection) -> None:
-    if connection.dialect.name == "postgresql":
-        # Routers that start at once migrate one after the other: the second finds the
-        # schema current. The lock is the transaction's, released when it commits.
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
-    config = alembic_config()
-    config.attributes["connection"] = connection
-    before = MigrationContext.configure(connection).get_current_revision()
-    command.upgrade(config, "head")
-    after = MigrationContext.configure(connection).get_current_revision()
-    if after != before:
-        log.info("database schema migrated from %s to %s", before or "empty", after)
-
 
 def _private_database_file(path: Path) -> None:
     """Key hashes and request history: readable by this user only. SQLite gives its -wal
@@ -266,13 +237,13 @@ async def open_database(url: str) -> AsyncEngine:
         if url.startswith("sqlite"):
             # WAL: readers (management CLI, dashboards) never block the router's writes.
             await connection.execute(text("PRAGMA journal_mode=WAL"))
-        await connection.run_sync(_upgrade)
+        await connection.run_sync(bring_to_head, metadata)
     return engine
 
 
 @contextlib.asynccontextmanager
 async def _sqlite_migration_lock(url: str) -> AsyncIterator[None]:
-    """SQLite's counterpart of the PostgreSQL advisory lock in ``_upgrade``: a router and a
+    """SQLite's counterpart of the PostgreSQL advisory lock in ``bring_to_head``: a router and a
     management command starting at once on a new home migrate one after the other."""
     if not url.startswith("sqlite"):
         yield

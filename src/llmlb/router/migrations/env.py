@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection the router hands over (see router.db)."""
+"""Alembic environment: runs on the connection the router hands over (see router.schema)."""
 
 from alembic import context
 
