@@ -21,7 +21,7 @@ import aiohttp
 from llmlb.common.errors import BadRequest, ModelNotSupported, UpstreamFailed
 from llmlb.common.names import validate_name
 from llmlb.models.catalog import Catalog, CatalogEntry, serving_metadata
-from llmlb.models.download import Downloads, Progress, fetch_files, partial_path
+from llmlb.models.download import PARTIAL_SUFFIX, Downloads, Progress, fetch_files, partial_path
 from llmlb.models.origins import install_package, origin_files
 from llmlb.models.store import ModelStore, StoredModel, part_file
 
@@ -181,7 +181,7 @@ class RouterModels:
         progress: Progress,
     ) -> AsyncGenerator[bytes, None]:
         # The descriptor stays valid when the finished file is renamed into place.
-        stream: BinaryIO = await asyncio.to_thread(path.open, "rb")
+        stream = await open_growing(path, task)
         try:
             position = start
             stream.seek(position)
@@ -199,3 +199,19 @@ class RouterModels:
                     await asyncio.wait_for(progress.changed.wait(), 1.0)
         finally:
             stream.close()
+
+
+async def open_growing(path: Path, task: asyncio.Task[StoredModel]) -> BinaryIO:
+    """``path`` opened for reading. Where it is a download's ``.partial`` file that is gone,
+    the download ended since it was chosen: its finished file (renamed into place), or the
+    download's failure. (Opening the vanished ``.partial`` was a 500 in the middle of a 206.)"""
+    try:
+        return await asyncio.to_thread(path.open, "rb")
+    except FileNotFoundError:
+        if not path.name.endswith(PARTIAL_SUFFIX):
+            raise
+    await asyncio.wait([task])
+    if task.cancelled() or task.exception() is not None:
+        raise UpstreamFailed(f"the origin download of {path.parent.name} failed")
+    finished = path.with_name(path.name.removesuffix(PARTIAL_SUFFIX))
+    return await asyncio.to_thread(finished.open, "rb")
