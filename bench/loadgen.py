@@ -9,7 +9,7 @@ errors.
 
 An answer is complete at its ``content-length``, or for chunked encoding at the last-chunk
 marker ``0\\r\\n\\r\\n`` (the benchmarks' answers carry no trailers). At the window's end no
-new request is sent, and answers still in flight get at most one more window to finish before
+new request is sent, and answers still in flight get at most two more windows to finish before
 their connections are closed (a slow side's last answers, seconds each, cost the suite more
 than a minute a run).
 
@@ -141,7 +141,7 @@ async def load(
         connection.run = run
         connection.start()
     await asyncio.sleep(run.deadline - time.perf_counter())
-    await asyncio.wait([c.closed for c in connections], timeout=seconds)
+    await asyncio.wait([c.closed for c in connections], timeout=2 * seconds)
     elapsed = time.perf_counter() - run.measure_from
     for connection in connections:
         connection.close()

@@ -151,7 +151,10 @@ def _stop_earlier(started: list[Any]) -> None:
 
 
 def _median(runs: list[dict[str, float]], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
+    """The median over the rounds that measured ``key`` (a round whose every answer came
+    after its window has no latencies); NaN, shown as "–", when none did."""
+    measured = [r[key] for r in runs if r[key] is not None]
+    return statistics.median(measured) if measured else float("nan")
 
 
 def _report(report: Report, sides: dict[str, tuple[str, list[str], int | None]],
@@ -165,7 +168,7 @@ def _report(report: Report, sides: dict[str, tuple[str, list[str], int | None]],
         f"One fast fake upstream (`bench/upstream.py`), called directly, through llmlb and "
         f"through LiteLLM's proxy (one worker, master key set); closed-loop load from "
         f"`bench/loadgen.py` in its own process; {seconds:g} s a point after {WARMUP:g} s of "
-        f"warm-up (answers still in flight then get at most {seconds:g} s more), the median "
+        f"warm-up (answers still in flight then get at most {2 * seconds:g} s more), the median "
         f"of {rounds} rounds whose side order rotates. Streams are 34 SSE events; `ttfc` is "
         f"the time to the first chunk. Latencies in ms."
         + ("" if "LiteLLM" in sides else " LiteLLM was not measured in this run"
