@@ -75,7 +75,8 @@ def request_id_of(scope: Scope) -> str:
 
 class LastChunk(bytes):
     """A stream's final bytes, where the source knows them to be: ``StreamRelay`` sends them
-    together with the end of the response, one write instead of two."""
+    together with the end of the response, one write instead of two, and sends nothing after
+    them. A layer that adds bytes after a stream's end must yield them as plain bytes."""
 
 
 class StreamRelay:
