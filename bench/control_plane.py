@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
 import orjson
 
 from bench.procs import ROOT, cpu_seconds, peak_rss_mib, start_upstream, stop
@@ -31,6 +30,7 @@ from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import Device, NodeLoad, RegisterRequest
 from llmlb.router.db import open_database
 from llmlb.router.metrics import RouterMetrics
+from llmlb.router.nodelink import NodeLinks
 from llmlb.router.proxy import Capacity, Proxy, Routed
 from llmlb.router.registry import Registry
 
@@ -113,23 +113,23 @@ async def selection_micros(nodes: int, calls: int, folder: Path) -> tuple[float,
     for index in range(nodes):
         await registry.register(RegisterRequest(name=f"n{index}", base_url=f"http://n{index}:1",
                                                 devices=[gpu], load=report))  # fmt: skip
-    async with aiohttp.ClientSession() as session:
-        proxy = Proxy(registry, settings, session, RouterMetrics(registry.all, 10.0), Capacity())
-        routed = Routed("chat", "/v1/chat/completions", "fake-model", False, b"{}")
-        times = []
-        in_flight: list[str] = []  # requests in flight, as under load (64, or the slots)
-        most = min(64, nodes * 4)
-        for index in range(calls):
-            started = time.perf_counter_ns()
-            node = proxy.choose(routed, frozenset(), False)
-            times.append(time.perf_counter_ns() - started)
-            assert node is not None
-            node.active += 1
-            in_flight.append(node.id)
-            if len(in_flight) >= most:
-                registry.get(in_flight.pop(0)).active -= 1
-            if index % 10 == 9:  # a heartbeat now and then
-                await registry.heartbeat(node.id, report)
+    links = NodeLinks(None, connect_timeout=5.0, read_timeout=30.0)  # never used: no I/O
+    proxy = Proxy(registry, settings, links, RouterMetrics(registry.all, 10.0), Capacity())
+    routed = Routed("chat", "/v1/chat/completions", "fake-model", False, b"{}")
+    times = []
+    in_flight: list[str] = []  # requests in flight, as under load (64, or the slots)
+    most = min(64, nodes * 4)
+    for index in range(calls):
+        started = time.perf_counter_ns()
+        node = proxy.choose(routed, frozenset(), False)
+        times.append(time.perf_counter_ns() - started)
+        assert node is not None
+        node.active += 1
+        in_flight.append(node.id)
+        if len(in_flight) >= most:
+            registry.get(in_flight.pop(0)).active -= 1
+        if index % 10 == 9:  # a heartbeat now and then
+            await registry.heartbeat(node.id, report)
     await engine.dispose()
     times.sort()
     return times[len(times) // 2] / 1000, times[int(len(times) * 0.99)] / 1000

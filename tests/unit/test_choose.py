@@ -6,7 +6,6 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import orjson
 import pytest
 
@@ -14,6 +13,7 @@ from llmlb.common.settings import BalancerStrategy, RouterSettings
 from llmlb.common.wire import Device, NodeLoad, RegisterRequest
 from llmlb.router.db import open_database
 from llmlb.router.metrics import RouterMetrics
+from llmlb.router.nodelink import NodeLinks
 from llmlb.router.prefixes import prefix_blocks
 from llmlb.router.proxy import SAMPLE, Capacity, Proxy, Routed
 from llmlb.router.registry import Registry
@@ -35,12 +35,13 @@ async def fleet(tmp_path: Path, loads: list[NodeLoad]) -> Registry:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
+async def session() -> AsyncIterator[NodeLinks]:
+    links = NodeLinks(None, connect_timeout=5.0, read_timeout=30.0)
+    yield links
+    await links.close()
 
 
-def proxy_over(registry: Registry, session: aiohttp.ClientSession, home: Path,
+def proxy_over(registry: Registry, session: NodeLinks, home: Path,
                strategy: BalancerStrategy = "load") -> Proxy:  # fmt: skip
     settings = RouterSettings(home=home, auto_distribute="none", balancer=strategy)
     return Proxy(registry, settings, session, RouterMetrics(registry.all, 10.0), Capacity())
@@ -54,7 +55,7 @@ def chat(system: str, question: str) -> Routed:
 
 
 async def test_a_large_fleet_spreads_load_without_ranking_every_node(
-    tmp_path: Path, session: aiohttp.ClientSession
+    tmp_path: Path, session: NodeLinks
 ) -> None:
     registry = await fleet(tmp_path, [HOLDS] * (SAMPLE * 8) + [LACKS] * 20)
     proxy = proxy_over(registry, session, tmp_path)
@@ -74,7 +75,7 @@ async def test_a_large_fleet_spreads_load_without_ranking_every_node(
 
 
 async def test_prefix_affinity_sends_a_shared_system_prompt_back_to_its_node(
-    tmp_path: Path, session: aiohttp.ClientSession
+    tmp_path: Path, session: NodeLinks
 ) -> None:
     registry = await fleet(tmp_path, [HOLDS] * 4)
     proxy = proxy_over(registry, session, tmp_path, "prefix_affinity")

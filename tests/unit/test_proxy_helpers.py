@@ -2,7 +2,7 @@
 
 import re
 
-from llmlb.router.proxy import traceparent, usage_of
+from llmlb.router.proxy import forwarded_headers, traceparent, usage_of
 
 
 def test_usage_from_a_whole_answer() -> None:
@@ -25,3 +25,12 @@ def test_no_usage() -> None:
 
 def test_traceparent_is_w3c_shaped() -> None:
     assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", traceparent())
+
+
+def test_a_forwarded_header_cannot_carry_a_line_break_into_the_nodes_request() -> None:
+    headers = forwarded_headers(
+        {"x-request-id": "r1\r\nauthorization: Bearer x", "tracestate": "a=1"}
+    )
+    assert "x-request-id" not in headers
+    assert headers["tracestate"] == "a=1"
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", headers["traceparent"])

@@ -20,7 +20,6 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
-import aiohttp
 import orjson
 
 from llmlb.common.asgi import LastChunk
@@ -40,6 +39,13 @@ from llmlb.router.balancer import NodeSnapshot, rank
 from llmlb.router.clouds import not_a_provider
 from llmlb.router.metrics import RouterMetrics
 from llmlb.router.node_record import NodeRecord
+from llmlb.router.nodelink import (
+    NodeHungUp,
+    NodeLinkError,
+    NodeLinks,
+    NodeResponse,
+    NodeUnreachable,
+)
 from llmlb.router.prefixes import PrefixIndex
 from llmlb.router.registry import Registry
 
@@ -57,8 +63,8 @@ class NodeStalled(TimeoutError):
 
 
 # Failures before the first byte that another node may not have (TimeoutError: asyncio.timeout,
-# NodeStalled).
-_RETRYABLE = (aiohttp.ClientError, TimeoutError)
+# NodeStalled, a node silent for request_timeout).
+_RETRYABLE = (NodeLinkError, TimeoutError)
 
 
 @dataclass
@@ -133,23 +139,34 @@ def traceparent() -> str:
     return f"00-{trace:032x}-{span:016x}-01"
 
 
+def forwarded_headers(incoming: dict[str, str]) -> dict[str, str]:
+    """The headers a node gets: the client's request id and trace context, and a new trace
+    context when the client sent none."""
+    headers = {"content-type": "application/json"}
+    for name in _FORWARDED_HEADERS:
+        value = incoming.get(name)
+        # Never a line break into the node's request (the server's parser refuses them
+        # already: this keeps it true whatever serves the router).
+        if value is not None and "\r" not in value and "\n" not in value:
+            headers[name] = value
+    headers.setdefault("traceparent", traceparent())
+    return headers
+
+
 class Proxy:
     def __init__(
         self,
         registry: Registry,
         settings: RouterSettings,
-        session: aiohttp.ClientSession,
+        links: NodeLinks,
         metrics: RouterMetrics,
         capacity: Capacity,
         in_catalog: Callable[[str], bool] = lambda model: False,
-        fresh: aiohttp.ClientSession | None = None,
     ) -> None:
-        # Connections of their own, for a second try after a pooled one turned out stale.
-        self._fresh = fresh or session
+        self._links = links
         self._in_catalog = in_catalog
         self._registry = registry
         self._settings = settings
-        self._session = session
         self._metrics = metrics
         self._capacity = capacity
         self._waiting = 0
@@ -264,21 +281,13 @@ class Proxy:
 
     # -- forwarding ------------------------------------------------------------------------
 
-    def _headers(self, incoming: dict[str, str]) -> dict[str, str]:
-        headers = {"content-type": "application/json"}
-        for name in _FORWARDED_HEADERS:
-            if name in incoming:
-                headers[name] = incoming[name]
-        headers.setdefault("traceparent", traceparent())
-        return headers
-
     async def forward(self, routed: Routed, incoming: dict[str, str]) -> Answer:
         """The first good answer; else the last node's own error answer, relayed as is.
 
         Raises LlmlbError only when no node answered at all (none could serve, the queue
         was full or timed out, every attempt failed to connect).
         """
-        headers = self._headers(incoming)
+        headers = forwarded_headers(incoming)
         tried: set[str] = set()
         last: Answer | LlmlbError | None = None
         queue_wait = 0.0
@@ -297,7 +306,7 @@ class Proxy:
                 answer = await self._attempt(node, routed, headers)
             except _RETRYABLE as exc:
                 self._release(node)
-                if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+                if isinstance(exc, NodeUnreachable):
                     # A fresh connection failed: no traffic until a probe gets through.
                     self._registry.mark_unreachable(node.id)
                 last = _upstream_error(node, exc)
@@ -344,35 +353,30 @@ class Proxy:
         self, node: NodeRecord, routed: Routed, headers: dict[str, str]
     ) -> Answer:
         try:
-            return await self._send(self._session, node, routed, headers)
-        except aiohttp.ClientConnectorError:
-            raise
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            return await self._send(node, routed, headers)
+        except NodeHungUp as exc:
             # Most likely a pooled keep-alive connection the node had already closed (it does
             # after an error answer): not a dead node. Once more, on a connection of its own.
             log.info("retrying on a fresh connection to %s (%s)", node.name, _describe(exc))
-            return await self._send(self._fresh, node, routed, headers)
+            return await self._send(node, routed, headers, fresh=True)
 
     async def _send(
-        self,
-        session: aiohttp.ClientSession,
-        node: NodeRecord,
-        routed: Routed,
-        headers: dict[str, str],
+        self, node: NodeRecord, routed: Routed, headers: dict[str, str], fresh: bool = False
     ) -> Answer:
-        url = node.base_url + routed.path
         if node.token:
             headers = {**headers, "authorization": f"Bearer {node.token}"}
         async with asyncio.timeout(self._settings.request_timeout):
-            response = await session.post(url, data=routed.body, headers=headers)
+            response = await self._links.post(
+                node.base_url, routed.path, headers, routed.body, fresh
+            )
             # The node has the request (its answer began): no longer a candidate for a stall.
             node.sending.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
             try:
                 content_type = response.headers.get("content-type", "application/json")
                 if routed.stream and response.status == 200:
-                    first = await response.content.readany()
+                    first = await response.read_some()
                     if not first:
-                        raise aiohttp.ServerDisconnectedError("the node closed an empty stream")
+                        raise NodeHungUp("the node closed an empty stream")
                 else:
                     first, whole = await _read_up_to(response, self._settings.max_buffered_answer)
                     if whole:
@@ -391,15 +395,14 @@ class Proxy:
         )
 
     async def _relay(
-        self, node: NodeRecord, first: bytes, response: aiohttp.ClientResponse
+        self, node: NodeRecord, first: bytes, response: NodeResponse
     ) -> AsyncGenerator[bytes, None]:
         """The node's stream as it comes; whoever iterates it must close it (``aclosing``).
         Bytes that end the node's stream come as a ``LastChunk``."""
-        content = response.content
         try:
-            yield LastChunk(first) if content.at_eof() else first
-            while chunk := await content.readany():
-                yield LastChunk(chunk) if content.at_eof() else chunk
+            yield LastChunk(first) if response.at_eof() else first
+            while chunk := await response.read_some():
+                yield LastChunk(chunk) if response.at_eof() else chunk
         except _RETRYABLE as exc:
             self._registry.mark_unreachable(node.id)
             message = f"node {node.name} failed mid-stream: {_describe(exc)}"
@@ -409,20 +412,20 @@ class Proxy:
         finally:
             # Closing (not releasing) drops the connection when the client left early, which
             # is how the node learns to stop generating.
-            if response.content.at_eof():
+            if response.at_eof():
                 response.release()
             else:
                 response.close()
             self._release(node)
 
 
-async def _read_up_to(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+async def _read_up_to(response: NodeResponse, limit: int) -> tuple[bytes, bool]:
     """The body, or its first ``limit``-odd bytes when it is longer: (bytes, whole)."""
     if response.content_length is not None and response.content_length > limit:
-        return await response.content.readany(), False
+        return await response.read_some(), False
     parts: list[bytes] = []
     size = 0
-    while chunk := await response.content.readany():
+    while chunk := await response.read_some():
         parts.append(chunk)
         size += len(chunk)
         if size > limit:

@@ -37,6 +37,7 @@ from llmlb.router.limits import KeyLimiter
 from llmlb.router.limits_sharing import LimitSharing
 from llmlb.router.metrics import RouterMetrics
 from llmlb.router.models import RouterModels
+from llmlb.router.nodelink import NodeLinks
 from llmlb.router.proxy import Capacity, Proxy
 from llmlb.router.registry import Registry
 from llmlb.router.stats import SAMPLE_SECONDS, NodeTrends, overview
@@ -116,8 +117,11 @@ class RouterService:
         # Every request's record passes here: its tokens count against its key's allowance.
         self.history = History(engine, settings.history_days, on_record=self._charge)
         self.metrics = RouterMetrics(self.registry.all, settings.heartbeat_interval)
-        # aiohttp for the hot path: at 64 concurrent streams it relays about twice what
-        # httpx's pool does on this machine (bench/router_overhead.py).
+        # Requests to nodes go over the router's own HTTP/1.1 pool (nodelink.py); aiohttp
+        # serves the rest: model transfers, probes, the clouds.
+        self.node_links = NodeLinks(
+            client_tls(settings), settings.connect_timeout, settings.request_timeout
+        )
         timeout = aiohttp.ClientTimeout(
             total=None, connect=settings.connect_timeout, sock_read=settings.request_timeout
         )
@@ -128,8 +132,7 @@ class RouterService:
             ),
             auto_decompress=False,
         )
-        # One connection per request: the second try after a stale pooled connection, and
-        # the probes of unreachable nodes.
+        # One connection per request: the probes of unreachable nodes.
         self.fresh_session = aiohttp.ClientSession(
             timeout=timeout,
             connector=aiohttp.TCPConnector(force_close=True, ssl=client_tls(settings)),
@@ -137,8 +140,8 @@ class RouterService:
         )  # fmt: skip
         self.models = RouterModels(settings.home, self.catalog, self.session)
         self.proxy = Proxy(
-            self.registry, settings, self.session, self.metrics, capacity,
-            lambda m: m in self.catalog, self.fresh_session,
+            self.registry, settings, self.node_links, self.metrics, capacity,
+            lambda m: m in self.catalog,
         )  # fmt: skip
         self.events = EventBus()
         self.trends = NodeTrends()
@@ -206,6 +209,7 @@ class RouterService:
             await self.limit_sharing.share()
         await self.session.close()
         await self.fresh_session.close()
+        await self.node_links.close()
         await self.cloud_session.close()
         await self.engine.dispose()
 

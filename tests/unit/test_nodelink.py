@@ -1,0 +1,288 @@
+"""The router's HTTP/1.1 client for its nodes, against loopback servers that write exact bytes:
+framing, keep-alive, a node that hangs up or goes silent, a slow reader, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+import uvloop
+
+from llmlb.router.nodelink import (
+    NodeBadAnswer,
+    NodeHungUp,
+    NodeLinks,
+    NodeResponse,
+    NodeUnreachable,
+)
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+_OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+
+
+@dataclass
+class Node:
+    url: str
+    connections: int = 0
+    requests: list[bytes] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request, head and Content-Length body."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head + await reader.readexactly(length)
+
+
+@contextlib.asynccontextmanager
+async def node(answer: Handler) -> AsyncIterator[Node]:
+    """A loopback node whose every connection is handed to ``answer``."""
+    state = Node("")
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        state.connections += 1
+        try:
+            await answer(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            state.closed.set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    state.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        yield state
+    finally:
+        server.close()
+
+
+def answering(*answers: bytes, state: list[bytes] | None = None) -> Handler:
+    """Reads a request and writes the next answer, for as long as there are answers."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for raw in answers:
+            request = await read_request(reader)
+            if state is not None:
+                state.append(request)
+            writer.write(raw)
+            await writer.drain()
+        await reader.read()  # until the client closes
+
+    return answer
+
+
+async def read_all(response: NodeResponse) -> bytes:
+    parts = []
+    while chunk := await response.read_some():
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def links(read_timeout: float = 30.0) -> NodeLinks:
+    return NodeLinks(None, connect_timeout=5.0, read_timeout=read_timeout)
+
+
+async def test_requests_one_after_another_share_one_connection() -> None:
+    seen: list[bytes] = []
+    async with node(answering(_OK, _OK, _OK, state=seen)) as n:
+        pool = links()
+        for _ in range(3):
+            response = await pool.post(n.url, "/v1/chat/completions", {"x-request-id": "r1"}, b"{}")
+            assert (response.status, await read_all(response)) == (200, b"{}")
+            response.release()
+        await pool.close()
+    assert n.connections == 1
+    assert seen[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert b"\r\nx-request-id: r1\r\n" in seen[0]
+    assert b"\r\ncontent-length: 2\r\n\r\n{}" in seen[0]
+
+
+async def test_a_chunked_stream_arrives_whole_and_its_end_is_known() -> None:
+    events = [b"data: %d\n\n" % i for i in range(5)]
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+    head = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    async with node(answering(head + chunked)) as n:
+        pool = links()
+        response = await pool.post(n.url, "/v1/completions", {}, b"{}")
+        assert response.headers["content-type"] == "text/event-stream"
+        assert await read_all(response) == b"".join(events)
+        assert response.at_eof()
+        response.release()
+        await pool.close()
+
+
+async def test_an_answer_that_ends_with_the_connection_is_read_whole() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it")
+        await writer.drain()
+
+    async with node(answer) as n:
+        pool = links()
+        response = await pool.post(n.url, "/x", {}, b"{}")
+        assert await read_all(response) == b"all of it"
+        response.release()
+        await pool.close()
+
+
+async def test_a_node_that_closes_after_answering_gets_a_new_connection_next_time() -> None:
+    closing = _OK.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1)
+    async with node(answering(closing)) as n:
+        pool = links()
+        for _ in range(2):
+            response = await pool.post(n.url, "/x", {}, b"{}")
+            assert await read_all(response) == b"{}"
+            response.release()
+        await pool.close()
+    assert n.connections == 2
+
+
+async def test_a_node_that_is_down_is_unreachable() -> None:
+    async with node(answering(_OK)) as n:
+        url = n.url
+    with pytest.raises(NodeUnreachable, match="cannot connect"):
+        await links().post(url, "/x", {}, b"{}")
+
+
+async def test_a_node_that_hangs_up_mid_stream_is_a_hang_up_not_a_short_answer() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+
+    async with node(answer) as n:
+        response = await links().post(n.url, "/x", {}, b"{}")
+        assert await response.read_some() == b"hello"
+        with pytest.raises(NodeHungUp, match="closed the connection"):
+            await response.read_some()
+        response.close()
+
+
+async def test_a_node_that_hangs_up_before_answering_is_a_hang_up() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+
+    async with node(answer) as n:
+        with pytest.raises(NodeHungUp):
+            await links().post(n.url, "/x", {}, b"{}")
+
+
+async def test_bytes_that_are_not_http_are_a_bad_answer() -> None:
+    async with node(answering(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")) as n:
+        with pytest.raises(NodeBadAnswer, match=r"not HTTP/1\.1"):
+            await links().post(n.url, "/x", {}, b"{}")
+
+
+async def test_a_stream_that_goes_silent_times_out_and_drops_the_connection() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n")
+        await writer.drain()
+        await reader.read()  # silent until the client gives up
+
+    async with node(answer) as n:
+        response = await links(read_timeout=0.2).post(n.url, "/x", {}, b"{}")
+        assert await response.read_some() == b"hi"
+        with pytest.raises(TimeoutError, match="sent nothing for"):
+            async with asyncio.timeout(10):  # far past the link's own 0.2 s
+                await response.read_some()
+        response.close()
+        await asyncio.wait_for(n.closed.wait(), 10)
+
+
+async def test_a_slow_reader_holds_a_bounded_buffer_and_loses_nothing() -> None:
+    total = 64 * 1024 * 1024  # more than loopback's socket buffers hold
+    block = b"x" * 65536
+    sent_all = asyncio.Event()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % total)
+        for _ in range(total // len(block)):
+            writer.write(block)
+            await writer.drain()
+        sent_all.set()
+
+    async with node(answer) as n:
+        response = await links().post(n.url, "/x", {}, b"{}")
+        connection = response._connection
+        # Nothing reads for a second: unpaused, loopback would move all 64 MiB into the
+        # router's memory well within it. Paused, the node's writes wait.
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            assert connection._buffered < 1024 * 1024
+        assert not sent_all.is_set()
+        assert len(await read_all(response)) == total
+        response.release()
+
+
+async def test_a_request_called_off_while_the_node_works_drops_its_connection() -> None:
+    got_request = asyncio.Event()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        got_request.set()
+        assert await reader.read() == b""  # the router's side closed
+
+    async with node(answer) as n:
+        pool = links()
+        call = asyncio.create_task(pool.post(n.url, "/x", {}, b"{}"))
+        await asyncio.wait_for(got_request.wait(), 10)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await asyncio.wait_for(n.closed.wait(), 10)
+
+
+async def test_an_answer_closed_before_its_end_is_not_reused() -> None:
+    stream = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n"
+    async with node(answering(stream, _OK)) as n:
+        pool = links()
+        response = await pool.post(n.url, "/x", {}, b"{}")
+        assert await response.read_some() == b"hi"
+        response.close()  # the client left: the node must learn it by the connection closing
+        response = await pool.post(n.url, "/x", {}, b"{}")
+        response.release()
+        await pool.close()
+    assert n.connections == 2
+
+
+def test_keep_alive_works_on_uvloop_too() -> None:
+    """The router runs on uvloop, whose transports call ``connection_made`` a turn later."""
+
+    async def main() -> int:
+        async with node(answering(_OK, _OK)) as n:
+            pool = links()
+            for _ in range(2):
+                response = await pool.post(n.url, "/x", {}, b"{}")
+                assert await read_all(response) == b"{}"
+                response.release()
+            await pool.close()
+        return n.connections
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(main()) == 1
+
+
+async def test_headers_without_end_are_a_bad_answer() -> None:
+    endless = b"HTTP/1.1 200 OK\r\n" + b"x-padding: " + b"y" * 70_000 + b"\r\n\r\n"
+    async with node(answering(endless)) as n:
+        with pytest.raises(NodeBadAnswer, match="headers are over"):
+            await links().post(n.url, "/x", {}, b"{}")
+
+
+async def test_an_interim_answer_is_skipped_for_the_real_one() -> None:
+    async with node(answering(b"HTTP/1.1 100 Continue\r\n\r\n" + _OK)) as n:
+        response = await links().post(n.url, "/x", {}, b"{}")
+        assert (response.status, await read_all(response)) == (200, b"{}")
+        response.release()
