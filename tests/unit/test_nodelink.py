@@ -13,6 +13,7 @@ import uvloop
 
 from llmlb.router.nodelink import (
     NodeBadAnswer,
+    NodeCutOff,
     NodeHungUp,
     NodeLinks,
     NodeResponse,
@@ -86,8 +87,21 @@ async def read_all(response: NodeResponse) -> bytes:
     return b"".join(parts)
 
 
-def links(read_timeout: float = 30.0) -> NodeLinks:
-    return NodeLinks(None, connect_timeout=5.0, read_timeout=read_timeout)
+def links(read_timeout: float = 30.0, keepalive: float = 15.0) -> NodeLinks:
+    return NodeLinks(None, connect_timeout=5.0, read_timeout=read_timeout, keepalive=keepalive)
+
+
+def on_uvloop(main: Callable[[], Awaitable[None]]) -> None:
+    """As the router runs: uvloop orders timers, I/O and ``connection_made`` its own way."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())  # type: ignore[arg-type]
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Until the pool's state says so (it has no event to wait on), at most 10 s."""
+    async with asyncio.timeout(10):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
 
 
 async def test_requests_one_after_another_share_one_connection() -> None:
@@ -154,7 +168,7 @@ async def test_a_node_that_is_down_is_unreachable() -> None:
         await links().post(url, "/x", {}, b"{}")
 
 
-async def test_a_node_that_hangs_up_mid_stream_is_a_hang_up_not_a_short_answer() -> None:
+async def test_a_node_that_hangs_up_mid_stream_is_a_cut_off_not_a_short_answer() -> None:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
@@ -163,7 +177,7 @@ async def test_a_node_that_hangs_up_mid_stream_is_a_hang_up_not_a_short_answer()
     async with node(answer) as n:
         response = await links().post(n.url, "/x", {}, b"{}")
         assert await response.read_some() == b"hello"
-        with pytest.raises(NodeHungUp, match="closed the connection"):
+        with pytest.raises(NodeCutOff, match="closed the connection"):
             await response.read_some()
         response.close()
 
@@ -260,7 +274,7 @@ async def test_an_answer_closed_before_its_end_is_not_reused() -> None:
 def test_keep_alive_works_on_uvloop_too() -> None:
     """The router runs on uvloop, whose transports call ``connection_made`` a turn later."""
 
-    async def main() -> int:
+    async def main() -> None:
         async with node(answering(_OK, _OK)) as n:
             pool = links()
             for _ in range(2):
@@ -268,10 +282,9 @@ def test_keep_alive_works_on_uvloop_too() -> None:
                 assert await read_all(response) == b"{}"
                 response.release()
             await pool.close()
-        return n.connections
+        assert n.connections == 1
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        assert runner.run(main()) == 1
+    on_uvloop(main)
 
 
 async def test_headers_without_end_are_a_bad_answer() -> None:
@@ -286,3 +299,84 @@ async def test_an_interim_answer_is_skipped_for_the_real_one() -> None:
         response = await links().post(n.url, "/x", {}, b"{}")
         assert (response.status, await read_all(response)) == (200, b"{}")
         response.release()
+
+
+async def test_a_node_behind_a_path_prefix_gets_the_prefix() -> None:
+    seen: list[bytes] = []
+    async with node(answering(_OK, state=seen)) as n:
+        response = await links().post(n.url + "/gpu1", "/v1/chat/completions", {}, b"{}")
+        response.release()
+    assert seen[0].startswith(b"POST /gpu1/v1/chat/completions HTTP/1.1\r\n")
+
+
+async def test_a_whole_answer_cut_short_is_a_cut_off_whatever_the_header_case() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b'HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\n{"a":\r\n')
+        await writer.drain()
+
+    async with node(answer) as n:
+        response = await links().post(n.url, "/x", {}, b"{}")
+        with pytest.raises(NodeCutOff):
+            await read_all(response)
+        response.close()
+
+
+async def test_more_bytes_than_the_answer_said_are_a_bad_answer() -> None:
+    async with node(answering(_OK + b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab")) as n:
+        response = await links().post(n.url, "/x", {}, b"{}")
+        with pytest.raises(NodeBadAnswer, match="more than one answer"):
+            await read_all(response)
+
+
+async def test_bytes_sent_to_an_idle_connection_take_it_out_of_the_pool() -> None:
+    released = asyncio.Event()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(_OK)
+        await writer.drain()
+        await released.wait()
+        writer.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with node(answer) as n:
+        pool = links()
+        response = await pool.post(n.url, "/x", {}, b"{}")
+        assert await read_all(response) == b"{}"
+        response.release()
+        assert pool.idle_count() == 1
+        released.set()
+        await until(lambda: pool.idle_count() == 0)
+        await asyncio.wait_for(n.closed.wait(), 10)
+
+
+async def test_idle_connections_past_the_keepalive_are_closed_without_new_traffic() -> None:
+    async with node(answering(_OK)) as n:
+        pool = links(keepalive=0.1)
+        response = await pool.post(n.url, "/x", {}, b"{}")
+        await read_all(response)
+        response.release()
+        await asyncio.wait_for(n.closed.wait(), 10)  # the router closed it, unasked
+        assert pool.idle_count() == 0
+
+
+def test_a_reader_slower_than_the_read_timeout_does_not_make_the_node_look_silent() -> None:
+    total = 32 * 1024 * 1024
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % total)
+        writer.write(b"x" * total)
+        await writer.drain()
+
+    async def main() -> None:
+        async with node(answer) as n:
+            response = await links(read_timeout=0.2).post(n.url, "/x", {}, b"{}")
+            await until(lambda: response._connection._paused)
+            await asyncio.sleep(0.5)  # the client reads slower than the node's read timeout
+            assert len(await read_all(response)) == total
+            response.release()
+
+    on_uvloop(main)

@@ -8,10 +8,13 @@ chunked encoding, keep-alive, TLS. So this is a pool of ``asyncio.Protocol`` con
 that parse with httptools (llhttp, as uvicorn does on the server side). aiohttp stays for
 everything else (model downloads, probes, the clouds).
 
-Failures are ``NodeLinkError``s: ``NodeUnreachable`` when no connection could be made (the
-node is down), ``NodeHungUp`` when a connection broke (often a pooled one the node had
-already closed: worth one more try on a new connection), ``NodeBadAnswer`` for bytes that
-are not HTTP. An answer that stalls for ``read_timeout`` seconds raises ``TimeoutError``.
+Failures are ``NodeLinkError``s:
+- ``NodeUnreachable``: no connection could be made (the node is down);
+- ``NodeHungUp``: the connection closed before the answer began (often a pooled one the node
+  had already closed: worth one more try on a new connection to the same node);
+- ``NodeCutOff``: the answer began and then broke off (the node failed while answering);
+- ``NodeBadAnswer``: bytes that are not a well-formed HTTP/1.1 answer.
+An answer that stalls for ``read_timeout`` seconds raises ``TimeoutError``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httptools
 
@@ -47,19 +50,24 @@ class NodeUnreachable(NodeLinkError):
 
 
 class NodeHungUp(NodeLinkError):
-    """The connection closed (or failed) before the answer was complete."""
+    """The connection closed (or failed) before the answer began."""
+
+
+class NodeCutOff(NodeLinkError):
+    """The answer began, then the connection closed (or failed) before its end."""
 
 
 class NodeBadAnswer(NodeLinkError):
     """What came back was not a well-formed HTTP/1.1 answer."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one per base URL (NodeLinks._origins): hashed by identity
 class _Origin:
     host: str
     port: int
     tls: bool
     host_header: bytes
+    prefix: bytes  # the base URL's path (a node behind a gateway at /gpu1), or b""
 
 
 def _origin(base_url: str) -> _Origin:
@@ -68,7 +76,8 @@ def _origin(base_url: str) -> _Origin:
         raise NodeUnreachable(f"not an http(s) URL: {base_url!r}")
     tls = parts.scheme == "https"
     port = parts.port or (443 if tls else 80)
-    return _Origin(parts.hostname, port, tls, parts.netloc.encode("ascii"))
+    prefix = quote(parts.path.rstrip("/"), safe="/%:@!$&'()*+,;=-._~").encode("ascii")
+    return _Origin(parts.hostname, port, tls, parts.netloc.encode("idna"), prefix)
 
 
 class NodeResponse:
@@ -88,8 +97,8 @@ class NodeResponse:
 
     @property
     def content_length(self) -> int | None:
-        value = self.headers.get("content-length")
-        return int(value) if value is not None and value.isdigit() else None
+        value = self.headers.get("content-length", "")
+        return int(value) if value.isascii() and value.isdigit() else None
 
     def at_eof(self) -> bool:
         """Everything the node sent has been read."""
@@ -110,16 +119,17 @@ class _Connection(asyncio.Protocol):
     """One keep-alive connection to a node, carrying one exchange at a time."""
 
     def __init__(self, pool: NodeLinks, origin: _Origin) -> None:
-        self._pool = pool
-        self._origin = origin
+        self.pool = pool
+        self.origin = origin
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self.lost = False
-        self._reset()
         self.idle_since = 0.0
         self._last_data = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._exchanging = False  # a request is out and its answer not yet ended
+        self._reset()
 
     def _reset(self) -> None:
         self._header_list: list[tuple[bytes, bytes]] = []
@@ -142,6 +152,9 @@ class _Connection(asyncio.Protocol):
             self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        if not self._exchanging:  # bytes nobody asked for: the connection is not to be trusted
+            self.abort()
+            return
         self._last_data = self._loop.time()
         try:
             self._parser.feed_data(data)
@@ -156,21 +169,24 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._transport = None
-        self._pool.forget(self)
-        if self._head is None and self._waiter is None and not self._chunks:
-            return  # idle, or the exchange already ended
-        if self._head is not None and self._head.done() and not self._framed:
+        self.pool.forget(self)
+        if not self._exchanging or self._error is not None:
+            return
+        began = self._head is not None and self._head.done()
+        if began and not self._framed and exc is None:
             self._complete = True  # an answer that ends where the connection does
             self._wake()
-            return
-        if not self._complete:
+        elif not self._complete:
             reason = f": {exc}" if exc else ""
-            self._fail(NodeHungUp(f"the node closed the connection{reason}"))
-
-    def pause_writing(self) -> None:  # bodies are small and written at once
-        pass
+            error = NodeCutOff if began else NodeHungUp
+            self._fail(error(f"the node closed the connection{reason}"))
 
     # -- httptools callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._head is None or (self._head.done() and not self._interim):
+            # A second answer to one request (more bytes than the first one's length said).
+            raise NodeBadAnswer("the node sent more than one answer to one request")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value)
@@ -180,13 +196,14 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in self._header_list}
-        if "content-length" in headers or "chunked" in headers.get("transfer-encoding", ""):
-            self._framed = True
         status = self._parser.get_status_code()
         if 100 <= status < 200:
             self._interim = True
             self._header_list = []
+            self._head_bytes = 0
             return
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        self._framed = chunked or "content-length" in headers
         if self._head is not None and not self._head.done():
             self._head.set_result(NodeResponse(self, status, headers))
 
@@ -211,13 +228,16 @@ class _Connection(asyncio.Protocol):
 
     async def exchange(self, head: bytes, body: bytes) -> NodeResponse:
         """Send one request; its answer once the status line and headers have come."""
-        if self._transport is None:  # closed by the node before the first request
+        if self._transport is None or self._transport.is_closing():
             raise NodeHungUp("the node closed the connection")
         self._reset()
+        self._exchanging = True
         self._head = self._loop.create_future()
         self._last_data = self._loop.time()
-        self._transport.write(head + body if len(body) < 16384 else head)
-        if len(body) >= 16384:
+        if len(body) < 16384:
+            self._transport.write(head + body)
+        else:
+            self._transport.write(head)
             self._transport.write(body)
         return await self._head
 
@@ -235,18 +255,17 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
-        if self._transport is not None:
-            self._transport.close()
+        self.abort()
 
     def body_read(self) -> bool:
         return self._complete and not self._chunks
 
     async def read_some(self) -> bytes:
         while not self._chunks:
-            if self._complete:
-                return b""
             if self._error is not None:
                 raise self._error
+            if self._complete:
+                return b""
             self._waiter = self._loop.create_future()
             self._watch_idle()
             try:
@@ -258,6 +277,7 @@ class _Connection(asyncio.Protocol):
         self._buffered = 0
         if self._paused and self._transport is not None:
             self._paused = False
+            self._last_data = self._loop.time()  # the pause was the reader's, not the node's
             self._transport.resume_reading()
         return data
 
@@ -265,38 +285,41 @@ class _Connection(asyncio.Protocol):
         """Fail a wait that gets no bytes for ``read_timeout``: one timer, moved only when it
         fires (not re-armed on every chunk)."""
         if self._timer is None:
-            deadline = self._last_data + self._pool.read_timeout
+            deadline = self._last_data + self.pool.read_timeout
             self._timer = self._loop.call_at(deadline, self._check_idle)
 
     def _check_idle(self) -> None:
         self._timer = None
         if self._waiter is None or self._waiter.done():
             return
-        deadline = self._last_data + self._pool.read_timeout
+        deadline = self._last_data + self.pool.read_timeout
         if self._loop.time() >= deadline:
-            seconds = self._pool.read_timeout
+            seconds = self.pool.read_timeout
             self._fail(TimeoutError(f"the node sent nothing for {seconds:.0f} s"))
         else:
             self._timer = self._loop.call_at(deadline, self._check_idle)
 
     def finish(self, reuse: bool) -> None:
-        """End the exchange: back to the pool when the answer was read whole and the node
-        keeps the connection open; closed otherwise."""
+        """End the exchange: back to the pool when the answer was read whole, the request
+        went out whole, and the node keeps the connection open; dropped otherwise."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._exchanging = False
+        transport = self._transport
         complete = self._complete and not self._chunks and self._error is None
         keep = reuse and complete and self._framed and self._keep_alive
         self._head = None
         self._chunks.clear()
-        if keep and not self.lost:
-            self._pool.put_back(self)
+        if keep and transport is not None and not transport.get_write_buffer_size():
+            self.pool.put_back(self)
         else:
             self.abort()
 
     def abort(self) -> None:
+        """Drop the connection at once (no TLS goodbye to wait on): the node sees it gone."""
         if self._transport is not None:
-            self._transport.close()
+            self._transport.abort()
             self._transport = None
 
 
@@ -304,24 +327,31 @@ class NodeLinks:
     """Keep-alive connections to every node, one exchange at a time on each."""
 
     def __init__(
-        self, tls: ssl.SSLContext | None, connect_timeout: float, read_timeout: float
+        self,
+        tls: ssl.SSLContext | None,
+        connect_timeout: float,
+        read_timeout: float,
+        keepalive: float = KEEPALIVE_SECONDS,
     ) -> None:
         self._tls = tls
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self._keepalive = keepalive
         self._origins: dict[str, _Origin] = {}
-        self._idle: dict[_Origin, list[_Connection]] = {}
+        # Per node, its idle connections oldest first (a dict as an ordered set).
+        self._idle: dict[_Origin, dict[_Connection, None]] = {}
+        self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
 
     async def post(
         self, base_url: str, path: str, headers: dict[str, str], body: bytes, fresh: bool = False
     ) -> NodeResponse:
-        """POST ``body``; the answer once its headers have come. ``fresh``: on a new
-        connection, not a pooled one. ``headers`` must be free of CR and LF."""
+        """POST ``body`` to ``path`` under ``base_url``; the answer once its headers have
+        come. ``fresh``: on a new connection, not a pooled one."""
         origin = self._origins.get(base_url)
         if origin is None:
             origin = self._origins[base_url] = _origin(base_url)
-        head = self._head(origin, path, headers, len(body))
+        head = _request_head(origin, path, headers, len(body))
         connection = None if fresh else self._take_idle(origin)
         if connection is None:
             connection = await self._connect(origin)
@@ -331,28 +361,19 @@ class NodeLinks:
             connection.abort()
             raise
 
-    @staticmethod
-    def _head(origin: _Origin, path: str, headers: dict[str, str], length: int) -> bytes:
-        lines = [f"{name}: {value}\r\n" for name, value in headers.items()]
-        return (
-            b"POST " + path.encode("ascii") + b" HTTP/1.1\r\nHost: " + origin.host_header
-            + b"\r\n" + "".join(lines).encode("latin-1")
-            + b"content-length: " + str(length).encode("ascii") + b"\r\n\r\n"
-        )  # fmt: skip
-
     def _take_idle(self, origin: _Origin) -> _Connection | None:
         idle = self._idle.get(origin)
-        if not idle:
-            return None
-        stale_before = time.monotonic() - KEEPALIVE_SECONDS
+        stale_before = time.monotonic() - self._keepalive
         while idle:
-            connection = idle.pop()  # the most recently used: the least likely to be stale
+            connection, _ = idle.popitem()  # the newest: the least likely to be stale
             if not connection.lost and connection.idle_since > stale_before:
                 return connection
             connection.abort()
         return None
 
     async def _connect(self, origin: _Origin) -> _Connection:
+        if self._closed:
+            raise NodeUnreachable("the router is shutting down")
         loop = asyncio.get_running_loop()
         tls = None
         if origin.tls:
@@ -372,22 +393,61 @@ class NodeLinks:
         return connection
 
     def put_back(self, connection: _Connection) -> None:
-        idle = self._idle.setdefault(connection._origin, [])
+        idle = self._idle.setdefault(connection.origin, {})
         if self._closed or len(idle) >= MAX_IDLE_PER_NODE:
             connection.abort()
             return
         connection.idle_since = time.monotonic()
-        idle.append(connection)
+        idle[connection] = None
+        if self._sweep is None:
+            loop = asyncio.get_running_loop()
+            self._sweep = loop.call_later(self._keepalive, self._drop_stale)
+
+    def _drop_stale(self) -> None:
+        """Close what idled past the keep-alive (after a burst, most of the pool would
+        otherwise stay open for as long as the node allows)."""
+        self._sweep = None
+        stale_before = time.monotonic() - self._keepalive
+        for origin, idle in list(self._idle.items()):
+            while idle:
+                oldest = next(iter(idle))
+                if oldest.idle_since > stale_before:
+                    break
+                del idle[oldest]
+                oldest.abort()
+            if not idle:
+                del self._idle[origin]
+        if self._idle and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._sweep = loop.call_later(self._keepalive, self._drop_stale)
 
     def forget(self, connection: _Connection) -> None:
         """A connection closed: no longer one to reuse."""
-        idle = self._idle.get(connection._origin)
-        if idle and connection in idle:
-            idle.remove(connection)
+        idle = self._idle.get(connection.origin)
+        if idle is not None:
+            idle.pop(connection, None)
+
+    def idle_count(self) -> int:
+        """Idle connections held, over all nodes."""
+        return sum(len(idle) for idle in self._idle.values())
 
     async def close(self) -> None:
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for idle in self._idle.values():
             for connection in idle:
                 connection.abort()
         self._idle.clear()
+
+
+def _request_head(origin: _Origin, path: str, headers: dict[str, str], length: int) -> bytes:
+    fields = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    if fields.count("\n") != len(headers) or fields.count("\r") != len(headers):
+        raise ValueError("a header to a node holds a line break")
+    return (
+        b"POST " + origin.prefix + path.encode("ascii") + b" HTTP/1.1\r\nHost: "
+        + origin.host_header + b"\r\n" + fields.encode("latin-1")
+        + b"content-length: " + str(length).encode("ascii") + b"\r\n\r\n"
+    )  # fmt: skip

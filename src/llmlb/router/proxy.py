@@ -40,6 +40,7 @@ from llmlb.router.clouds import not_a_provider
 from llmlb.router.metrics import RouterMetrics
 from llmlb.router.node_record import NodeRecord
 from llmlb.router.nodelink import (
+    NodeCutOff,
     NodeHungUp,
     NodeLinkError,
     NodeLinks,
@@ -376,7 +377,7 @@ class Proxy:
                 if routed.stream and response.status == 200:
                     first = await response.read_some()
                     if not first:
-                        raise NodeHungUp("the node closed an empty stream")
+                        raise NodeCutOff("the node ended a stream before its first byte")
                 else:
                     first, whole = await _read_up_to(response, self._settings.max_buffered_answer)
                     if whole:
