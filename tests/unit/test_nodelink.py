@@ -80,6 +80,17 @@ def answering(*answers: bytes, state: list[bytes] | None = None) -> Handler:
     return answer
 
 
+def hanging_up_after(raw: bytes) -> Handler:
+    """Reads a request, writes ``raw`` and closes the connection."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+
+    return answer
+
+
 async def read_all(response: NodeResponse) -> bytes:
     parts = []
     while chunk := await response.read_some():
@@ -136,12 +147,9 @@ async def test_a_chunked_stream_arrives_whole_and_its_end_is_known() -> None:
 
 
 async def test_an_answer_that_ends_with_the_connection_is_read_whole() -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it")
-        await writer.drain()
-
-    async with node(answer) as n:
+    async with node(
+        hanging_up_after(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it")
+    ) as n:
         pool = links()
         response = await pool.post(n.url, "/x", {}, b"{}")
         assert await read_all(response) == b"all of it"
@@ -149,16 +157,21 @@ async def test_an_answer_that_ends_with_the_connection_is_read_whole() -> None:
         await pool.close()
 
 
-async def test_a_node_that_closes_after_answering_gets_a_new_connection_next_time() -> None:
-    closing = _OK.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1)
-    async with node(answering(closing)) as n:
+async def connections_for_two_requests(answer: bytes) -> int:
+    """How many connections two requests in turn took, each answered with ``answer``."""
+    async with node(answering(answer, answer)) as n:
         pool = links()
         for _ in range(2):
             response = await pool.post(n.url, "/x", {}, b"{}")
             assert await read_all(response) == b"{}"
             response.release()
         await pool.close()
-    assert n.connections == 2
+    return n.connections
+
+
+async def test_a_node_that_closes_after_answering_gets_a_new_connection_next_time() -> None:
+    closing = _OK.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n", 1)
+    assert await connections_for_two_requests(closing) == 2
 
 
 async def test_a_node_that_is_down_is_unreachable() -> None:
@@ -169,12 +182,9 @@ async def test_a_node_that_is_down_is_unreachable() -> None:
 
 
 async def test_a_node_that_hangs_up_mid_stream_is_a_cut_off_not_a_short_answer() -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
-        await writer.drain()
-
-    async with node(answer) as n:
+    async with node(
+        hanging_up_after(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    ) as n:
         response = await links().post(n.url, "/x", {}, b"{}")
         assert await response.read_some() == b"hello"
         with pytest.raises(NodeCutOff, match="closed the connection"):
@@ -183,10 +193,7 @@ async def test_a_node_that_hangs_up_mid_stream_is_a_cut_off_not_a_short_answer()
 
 
 async def test_a_node_that_hangs_up_before_answering_is_a_hang_up() -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-
-    async with node(answer) as n:
+    async with node(hanging_up_after(b"")) as n:
         with pytest.raises(NodeHungUp):
             await links().post(n.url, "/x", {}, b"{}")
 
@@ -275,14 +282,7 @@ def test_keep_alive_works_on_uvloop_too() -> None:
     """The router runs on uvloop, whose transports call ``connection_made`` a turn later."""
 
     async def main() -> None:
-        async with node(answering(_OK, _OK)) as n:
-            pool = links()
-            for _ in range(2):
-                response = await pool.post(n.url, "/x", {}, b"{}")
-                assert await read_all(response) == b"{}"
-                response.release()
-            await pool.close()
-        assert n.connections == 1
+        assert await connections_for_two_requests(_OK) == 1
 
     on_uvloop(main)
 
@@ -310,12 +310,9 @@ async def test_a_node_behind_a_path_prefix_gets_the_prefix() -> None:
 
 
 async def test_a_whole_answer_cut_short_is_a_cut_off_whatever_the_header_case() -> None:
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b'HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\n{"a":\r\n')
-        await writer.drain()
-
-    async with node(answer) as n:
+    async with node(
+        hanging_up_after(b'HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n5\r\n{"a":\r\n')
+    ) as n:
         response = await links().post(n.url, "/x", {}, b"{}")
         with pytest.raises(NodeCutOff):
             await read_all(response)
