@@ -184,7 +184,7 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self._head is None or (self._head.done() and not self._interim):
+        if self._head is None or self._head.done():  # (a 1xx does not settle _head)
             # A second answer to one request (more bytes than the first one's length said).
             raise NodeBadAnswer("the node sent more than one answer to one request")
 
