@@ -46,10 +46,14 @@ _WHOLE = orjson.dumps(
         "usage": {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15},
     }
 )
-_WHOLE_ANSWER = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-    b"content-length: " + str(len(_WHOLE)).encode() + b"\r\n\r\n" + _WHOLE
-)
+# Answers begin with the status line; the request's ids (echoed as a node echoes them, and
+# as a router checks) and the rest of the head follow.
+_OK_LINE = b"HTTP/1.1 200 OK\r\n"
+_WHOLE_REST = (
+    b"content-type: application/json\r\ncontent-length: "
+    + str(len(_WHOLE)).encode() + b"\r\n\r\n" + _WHOLE
+)  # fmt: skip
+_ECHOED = (b"\r\nx-request-id:", b"\r\nx-llmlb-exchange:")
 
 
 def _event(delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -64,9 +68,7 @@ def _event(delta: dict[str, Any], finish: str | None = None) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-_STREAM_HEAD = (
-    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-)
+_STREAM_REST = b"content-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 _STREAM_EVENTS = (
     [_event({"role": "assistant", "content": ""})]
     + [_event({"content": f" tok{index}"}) for index in range(STREAM_CHUNKS)]
@@ -111,16 +113,28 @@ class FastNode(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         if head.startswith(b"POST /v1/chat/completions"):
+            echoed = _echoed(head)
             if b'"stream":true' in body.replace(b" ", b""):
-                transport.write(_STREAM_HEAD)
+                transport.write(_OK_LINE + echoed + _STREAM_REST)
                 for event in _STREAM_EVENTS:
                     transport.write(event)
             else:
-                transport.write(_WHOLE_ANSWER)
+                transport.write(_OK_LINE + echoed + _WHOLE_REST)
         elif head.startswith(b"GET /health"):
             transport.write(_HEALTH)
         else:
             transport.write(_NOT_FOUND)
+
+
+def _echoed(head: bytes) -> bytes:
+    """The request's id header lines, to echo (the router writes their names in lower case)."""
+    lines = b""
+    for name in _ECHOED:
+        start = head.find(name)
+        if start >= 0:
+            end = head.find(b"\r\n", start + 2)
+            lines += head[start + 2 : end if end > 0 else len(head)] + b"\r\n"
+    return lines
 
 
 class _Link:

@@ -8,8 +8,10 @@ registers with a router as a GPU node and heartbeats, and does what the test set
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,11 +20,12 @@ import orjson
 import uvicorn
 import uvloop
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from llmlb.common.asgi import EXCEPTION_HANDLERS, until_disconnected
+from llmlb.common.asgi import EXCEPTION_HANDLERS, RequestIdMiddleware, until_disconnected
 from llmlb.common.errors import ClientClosedRequest
 from llmlb.common.serving import bind, url_of
 
@@ -40,22 +43,69 @@ class Behaviour:
 
 
 @dataclass
-class FakeNode:
+class Member:
+    """What every fake node does as a member of a fleet: register with a router as a GPU
+    node, heartbeat its load, register again when forgotten."""
+
     name: str
     model: str = "fake-model"
+    url: str = ""
+    node_id: str | None = None
+    in_flight: int = 0  # requests in its hands now (heartbeats report it, as a node does)
+    heartbeats: int = 0  # heartbeats the router answered 200
+    _stop_heartbeats: threading.Event = field(default_factory=threading.Event)
+
+    def load(self) -> dict[str, Any]:
+        return {"state": "ready", "models_loaded": [self.model], "models_on_disk": [self.model],
+                "slots_total": 4, "requests_in_flight": self.in_flight}  # fmt: skip
+
+    def join(
+        self, router_url: str, token: str, interval: float = 0.5, base_url: str | None = None
+    ) -> None:
+        """Register with the router (reachable at ``base_url``, default its own) and heartbeat
+        from a thread until stopped."""
+        headers = {"authorization": f"Bearer {token}"}
+        registration = {
+            "name": self.name, "base_url": base_url or self.url, "version": "fake",
+            "devices": [{"kind": "cuda", "name": "Fake GPU", "memory_total": 8 << 30,
+                         "memory_free": 8 << 30}],
+            "load": self.load(),
+        }  # fmt: skip
+        answer = httpx.post(router_url + "/api/nodes", json=registration, headers=headers)
+        answer.raise_for_status()
+        self.node_id = answer.json()["node_id"]
+
+        def beat() -> None:
+            while not self._stop_heartbeats.wait(interval):
+                try:  # a router that restarts is away for a moment, as for a real node
+                    answer = httpx.post(
+                        f"{router_url}/api/nodes/{self.node_id}/heartbeat",
+                        json=self.load(), headers=headers,
+                    )  # fmt: skip
+                    self.heartbeats += answer.status_code == 200
+                    if answer.status_code == 404:  # forgotten: register again
+                        again = httpx.post(router_url + "/api/nodes", json=registration,
+                                           headers=headers)  # fmt: skip
+                        self.node_id = again.json()["node_id"]
+                except httpx.HTTPError:
+                    continue
+
+        threading.Thread(target=beat, daemon=True).start()
+
+    def stop_heartbeats(self) -> None:
+        self._stop_heartbeats.set()
+
+
+@dataclass
+class FakeNode(Member):
     behaviour: Behaviour = field(default_factory=Behaviour)
     requests: int = 0
-    in_flight: int = 0  # requests in its hands now (heartbeats report it, as a node does)
     last_headers: dict[str, str] = field(default_factory=dict)
     streams_cancelled: int = 0
     requests_abandoned: int = 0  # whole answers whose client left while it was delayed
     logs_query: dict[str, str] = field(default_factory=dict)  # what GET /api/logs was asked
-    url: str = ""
-    node_id: str | None = None
-    heartbeats: int = 0  # heartbeats the router answered 200
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
-    _stop_heartbeats: threading.Event = field(default_factory=threading.Event)
 
     def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -147,6 +197,7 @@ class FakeNode:
                 Route("/health", self._health, methods=["GET"]),
                 Route("/api/logs", self._logs, methods=["GET"]),
             ],
+            middleware=[Middleware(RequestIdMiddleware)],  # as the node: ids echoed
             exception_handlers=EXCEPTION_HANDLERS,
         )
         sock = bind("127.0.0.1", port)
@@ -167,46 +218,6 @@ class FakeNode:
             time.sleep(0.01)
         return self
 
-    def load(self) -> dict[str, Any]:
-        return {"state": "ready", "models_loaded": [self.model], "models_on_disk": [self.model],
-                "slots_total": 4, "requests_in_flight": self.in_flight}  # fmt: skip
-
-    def join(
-        self, router_url: str, token: str, interval: float = 0.5, base_url: str | None = None
-    ) -> None:
-        """Register with the router (reachable at ``base_url``, default its own) and heartbeat
-        from a thread until stopped."""
-        headers = {"authorization": f"Bearer {token}"}
-        registration = {
-            "name": self.name, "base_url": base_url or self.url, "version": "fake",
-            "devices": [{"kind": "cuda", "name": "Fake GPU", "memory_total": 8 << 30,
-                         "memory_free": 8 << 30}],
-            "load": self.load(),
-        }  # fmt: skip
-        answer = httpx.post(router_url + "/api/nodes", json=registration, headers=headers)
-        answer.raise_for_status()
-        self.node_id = answer.json()["node_id"]
-
-        def beat() -> None:
-            while not self._stop_heartbeats.wait(interval):
-                try:  # a router that restarts is away for a moment, as for a real node
-                    answer = httpx.post(
-                        f"{router_url}/api/nodes/{self.node_id}/heartbeat",
-                        json=self.load(), headers=headers,
-                    )  # fmt: skip
-                    self.heartbeats += answer.status_code == 200
-                    if answer.status_code == 404:  # forgotten: register again
-                        again = httpx.post(router_url + "/api/nodes", json=registration,
-                                           headers=headers)  # fmt: skip
-                        self.node_id = again.json()["node_id"]
-                except httpx.HTTPError:
-                    continue
-
-        threading.Thread(target=beat, daemon=True).start()
-
-    def stop_heartbeats(self) -> None:
-        self._stop_heartbeats.set()
-
     def serve_again(self) -> None:
         """Serve on the same address again (a node process that came back)."""
         self.start(int(self.url.rsplit(":", 1)[1]))
@@ -224,3 +235,132 @@ class FakeNode:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(5)
+
+
+@dataclass(frozen=True)
+class RawRequest:
+    """One request as a raw node read it."""
+
+    method: str
+    path: str
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+    def echoed(self) -> bytes:
+        """The header lines that echo the request's ids, as a node writes them."""
+        return b"".join(
+            f"{name}: {self.headers[name]}\r\n".encode("latin-1")
+            for name in ("x-request-id", "x-llmlb-exchange") if name in self.headers
+        )  # fmt: skip
+
+
+# A raw node's handler: it writes what it likes for one request; True keeps the connection.
+RawHandler = Callable[[RawRequest, asyncio.StreamWriter], Awaitable[bool]]
+
+
+def whole_answer(request: RawRequest, content: str, status: int = 200) -> bytes:
+    """A chat completion as the node sends it, its ids echoed."""
+    body = orjson.dumps({
+        "id": "chatcmpl-raw", "object": "chat.completion", "created": 0, "model": "fake-model",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+    })  # fmt: skip
+    head = b"HTTP/1.1 %d OK\r\ncontent-type: application/json\r\n" % status
+    return head + request.echoed() + b"content-length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def stream_answer(request: RawRequest, contents: list[str]) -> bytes:
+    """A chunked SSE chat stream, its ids echoed, ending with [DONE]."""
+    events = [
+        b"data: " + orjson.dumps({
+            "id": "chatcmpl-raw", "object": "chat.completion.chunk", "created": 0,
+            "model": "fake-model",
+            "choices": [{"index": 0, "finish_reason": None, "delta": {"content": text}}],
+        }) + b"\n\n"
+        for text in contents
+    ] + [b"data: [DONE]\n\n"]  # fmt: skip
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(event), event) for event in events)
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n%s"
+        b"transfer-encoding: chunked\r\n\r\n%s0\r\n\r\n" % (request.echoed(), chunked)
+    )
+
+
+@dataclass
+class RawNode(Member):
+    """A node that writes whatever bytes its handler does: for faults of the wire itself
+    (answers for the wrong request, endless headers, statuses HTTP lacks), which a real HTTP
+    server will not produce. ``GET /health`` answers ok; every other request goes to
+    ``handler``."""
+
+    handler: RawHandler | None = None
+    requests: int = 0
+    connections: int = 0
+    _loop: asyncio.AbstractEventLoop | None = None
+    _server: asyncio.Server | None = None
+
+    def start(self) -> RawNode:
+        started = threading.Event()
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+            self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+            started.set()
+            async with self._server:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._server.serve_forever()
+
+        def run() -> None:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(main())
+
+        threading.Thread(target=run, daemon=True).start()
+        started.wait(10)
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while request := await _read_request(reader):
+                if request.path == "/health":
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n%s"
+                        b'content-length: 15\r\n\r\n{"status":"ok"}' % request.echoed()
+                    )
+                    continue
+                self.requests += 1
+                assert self.handler is not None
+                if not await self.handler(request, writer):
+                    break
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    def stop(self) -> None:
+        self._stop_heartbeats.set()
+        if self._loop is not None and self._server is not None:
+            self._loop.call_soon_threadsafe(self._server.close)
+
+
+async def _read_request(reader: asyncio.StreamReader) -> RawRequest | None:
+    """The next request on a connection (Content-Length bodies), None at its end."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    start, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name:
+            headers[name.strip().lower()] = value.strip()
+    method, path, _ = start.split(" ", 2)
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return RawRequest(method, path, headers, body)

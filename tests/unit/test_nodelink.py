@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ from llmlb.router.nodelink import (
     NodeCutOff,
     NodeHungUp,
     NodeLinks,
+    NodeMixedUp,
     NodeResponse,
     NodeUnreachable,
 )
@@ -30,6 +32,18 @@ class Node:
     connections: int = 0
     requests: list[bytes] = field(default_factory=list)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+_STATUS_LINE = re.compile(rb"(HTTP/1\.[01] [0-9]+[^\r\n]*\r\n)")
+_REQUEST_ID = re.compile(rb"\r\nx-request-id: ([^\r]*)\r\n")
+
+
+def echoing(raw: bytes, request: bytes) -> bytes:
+    """``raw`` with the request's id echoed in each answer's head, as a node echoes it."""
+    found = _REQUEST_ID.search(request)
+    assert found is not None
+    return _STATUS_LINE.sub(lambda m: m.group(1) + b"x-request-id: " + found.group(1) + b"\r\n",
+                            raw)  # fmt: skip
 
 
 async def read_request(reader: asyncio.StreamReader) -> bytes:
@@ -73,7 +87,7 @@ def answering(*answers: bytes, state: list[bytes] | None = None) -> Handler:
             request = await read_request(reader)
             if state is not None:
                 state.append(request)
-            writer.write(raw)
+            writer.write(echoing(raw, request))
             await writer.drain()
         await reader.read()  # until the client closes
 
@@ -84,8 +98,8 @@ def hanging_up_after(raw: bytes) -> Handler:
     """Reads a request, writes ``raw`` and closes the connection."""
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(raw)
+        request = await read_request(reader)
+        writer.write(echoing(raw, request))
         await writer.drain()
 
     return answer
@@ -206,8 +220,9 @@ async def test_bytes_that_are_not_http_are_a_bad_answer() -> None:
 
 async def test_a_stream_that_goes_silent_times_out_and_drops_the_connection() -> None:
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n")
+        request = await read_request(reader)
+        head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nhi\r\n"
+        writer.write(echoing(head, request))
         await writer.drain()
         await reader.read()  # silent until the client gives up
 
@@ -227,8 +242,8 @@ async def test_a_slow_reader_holds_a_bounded_buffer_and_loses_nothing() -> None:
     sent_all = asyncio.Event()
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % total)
+        request = await read_request(reader)
+        writer.write(echoing(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % total, request))
         for _ in range(total // len(block)):
             writer.write(block)
             await writer.drain()
@@ -319,19 +334,18 @@ async def test_a_whole_answer_cut_short_is_a_cut_off_whatever_the_header_case() 
         response.close()
 
 
-async def test_more_bytes_than_the_answer_said_are_a_bad_answer() -> None:
-    async with node(answering(_OK + b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab")) as n:
-        response = await links().post(n.url, "/x", {}, b"{}")
-        with pytest.raises(NodeBadAnswer, match="more than one answer"):
-            await read_all(response)
+async def test_bytes_after_the_answer_drop_the_connection_not_the_answer() -> None:
+    """More bytes than the answer's length said (a second answer, whole or not): the answer
+    is whole and is the request's (its ids say so); the connection is never used again."""
+    surplus = _OK + b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab"
+    assert await connections_for_two_requests(surplus) == 2
 
 
 async def test_bytes_sent_to_an_idle_connection_take_it_out_of_the_pool() -> None:
     released = asyncio.Event()
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(_OK)
+        writer.write(echoing(_OK, await read_request(reader)))
         await writer.drain()
         await released.wait()
         writer.write(b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n")
@@ -363,8 +377,8 @@ def test_a_reader_slower_than_the_read_timeout_does_not_make_the_node_look_silen
     total = 32 * 1024 * 1024
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % total)
+        request = await read_request(reader)
+        writer.write(echoing(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % total, request))
         writer.write(b"x" * total)
         await writer.drain()
 
@@ -377,3 +391,105 @@ def test_a_reader_slower_than_the_read_timeout_does_not_make_the_node_look_silen
             response.release()
 
     on_uvloop(main)
+
+
+def _exchange_of(request: bytes) -> bytes:
+    found = re.search(rb"\r\nx-llmlb-exchange: ([0-9a-f]+)\r\n", request)
+    assert found is not None
+    return found.group(1)
+
+
+def _answer_to(request: bytes, content: bytes) -> bytes:
+    """A whole answer to ``request`` that echoes both its ids, as a node does."""
+    head = b"HTTP/1.1 200 OK\r\nx-llmlb-exchange: %s\r\ncontent-length: %d\r\n\r\n" % (
+        _exchange_of(request), len(content))  # fmt: skip
+    return echoing(head, request) + content
+
+
+async def test_a_late_answer_to_an_earlier_request_is_never_delivered_to_the_next() -> None:
+    """A node that answers twice: the second copy lands on the reused connection just as the
+    next request goes out, and must not be taken for that request's answer."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = await read_request(reader)
+        writer.write(_answer_to(first, b"for the first"))
+        await read_request(reader)
+        writer.write(_answer_to(first, b"for the first"))  # again, late
+        await reader.read()
+
+    async with node(answer) as n:
+        pool = links()
+        response = await pool.post(n.url, "/x", {"x-request-id": "first"}, b"{}")
+        assert await read_all(response) == b"for the first"
+        response.release()
+        with pytest.raises(NodeMixedUp, match="not for this request"):
+            await pool.post(n.url, "/x", {"x-request-id": "second"}, b"{}")
+        await asyncio.wait_for(n.closed.wait(), 10)  # and the connection is dropped
+        await pool.close()
+
+
+async def test_two_requests_with_one_client_id_are_still_told_apart() -> None:
+    """Clients choose their ids, and two may choose the same: the exchange id differs."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = await read_request(reader)
+        writer.write(_answer_to(first, b"for the first"))
+        await read_request(reader)
+        writer.write(_answer_to(first, b"for the first"))
+        await reader.read()
+
+    async with node(answer) as n:
+        pool = links()
+        response = await pool.post(n.url, "/x", {"x-request-id": "same"}, b"{}")
+        assert await read_all(response) == b"for the first"
+        response.release()
+        with pytest.raises(NodeMixedUp, match="exchange"):
+            await pool.post(n.url, "/x", {"x-request-id": "same"}, b"{}")
+        await pool.close()
+
+
+async def test_an_answer_that_does_not_echo_the_request_id_is_refused() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(_OK)  # no x-request-id at all
+        await reader.read()
+
+    async with node(answer) as n:
+        with pytest.raises(NodeMixedUp, match="x-request-id missing"):
+            await links().post(n.url, "/x", {"x-request-id": "mine"}, b"{}")
+
+
+async def test_an_endless_header_line_is_cut_off_at_the_limit() -> None:
+    """llhttp holds a header line until it ends, copying it again as it grows: the router
+    must stop reading long before the node stops writing."""
+    offered = 64 * 1024 * 1024
+    written = 0
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal written
+        request = await read_request(reader)
+        writer.write(echoing(b"HTTP/1.1 200 OK\r\n", request) + b"x-endless: ")
+        block = b"a" * 16384
+        while written < offered:
+            writer.write(block)
+            await writer.drain()
+            written += len(block)
+
+    async with node(answer) as n:
+        with pytest.raises(NodeBadAnswer, match="headers are over"):
+            await links().post(n.url, "/x", {"x-request-id": "r"}, b"{}")
+        await asyncio.wait_for(n.closed.wait(), 30)
+    assert written < offered // 4  # what loopback's buffers held, not all of it
+
+
+async def test_a_status_that_http_lacks_is_a_bad_answer() -> None:
+    async with node(answering(b"HTTP/1.1 999 Odd\r\ncontent-length: 2\r\n\r\n{}")) as n:
+        with pytest.raises(NodeBadAnswer, match="status 999"):
+            await links().post(n.url, "/x", {"x-request-id": "r"}, b"{}")
+
+
+async def test_a_flood_of_interim_answers_is_a_bad_answer() -> None:
+    flood = b"HTTP/1.1 100 Continue\r\n\r\n" * 10_000 + _OK
+    async with node(answering(flood)) as n:
+        with pytest.raises(NodeBadAnswer, match="interim answers"):
+            await links().post(n.url, "/x", {"x-request-id": "r"}, b"{}")

@@ -79,11 +79,29 @@ def test_sse_takes_any_bytes(chunks: list[bytes]) -> None:
 
 def test_sse_bounds_one_event() -> None:
     parser = SSEParser()
-    line = b"data: " + b"x" * (1 << 20) + b"\n"  # never an empty line: one event grows
-    for _ in range(MAX_EVENT_BYTES >> 20):  # up to the bound is fine
-        parser.feed(line)
+    line = b"data: " + b"x" * ((1 << 20) - 7) + b"\n"  # 1 MiB with its name and end
+    for _ in range(MAX_EVENT_BYTES >> 20):  # never an empty line: one event grows
+        parser.feed(line)  # up to the bound is fine
     with pytest.raises(StreamBroken):
         parser.feed(line)
+
+
+def test_sse_bounds_an_event_of_empty_data_lines_as_they_come() -> None:
+    """``data:`` lines with nothing after them and no blank line: each adds a line and its
+    bytes, so a stream of them is refused within the bound, not read to its end."""
+    parser = SSEParser()
+    chunk = b"data:\n" * 10_000  # 60 KB a read
+    parser.feed(chunk)  # 10,000 lines: at the bound
+    with pytest.raises(StreamBroken, match="lines"):
+        parser.feed(chunk)  # refused at once, not after the 19 MB that may follow
+
+
+def test_sse_takes_a_long_line_sent_byte_by_byte() -> None:
+    parser = SSEParser()
+    line = b"data: " + b"y" * 100_000
+    for byte in range(len(line)):
+        assert parser.feed(line[byte : byte + 1]) == []
+    assert parser.feed(b"\n\n") == [ServerEvent(None, "y" * 100_000)]
 
 
 # -- names --------------------------------------------------------------------------------

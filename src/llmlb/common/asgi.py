@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 REQUEST_ID_HEADER = "x-request-id"
+# A router's id for one exchange with a node, which the node echoes with the request id: the
+# router delivers an answer only to the request whose ids it carries (router.nodelink).
+EXCHANGE_HEADER = "x-llmlb-exchange"
+_SAFE_EXCHANGE = re.compile(rb"[0-9a-f]{1,32}")
 DEFAULT_BODY_TIMEOUT = 60.0  # apps set their own: app.state.body_timeout
 DEFAULT_SEND_TIMEOUT = 60.0  # and app.state.send_timeout
 _SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -169,8 +173,18 @@ class StreamRelay:
                 check.cancel()
 
 
+def exchange_of(scope: Scope) -> bytes | None:
+    """The router's exchange id (``EXCHANGE_HEADER``) when the request has a well-formed one."""
+    for name, value in scope["headers"]:
+        if name == b"x-llmlb-exchange":
+            return value if _SAFE_EXCHANGE.fullmatch(value) else None
+    return None
+
+
 class RequestIdMiddleware:
-    """Take ``X-Request-Id`` from the client (or make one), log with it, echo it back."""
+    """Take ``X-Request-Id`` from the client (or make one), log with it, echo it back, with
+    the router's exchange id where it sent one. Every answer carries them, an unexpected
+    error's 500 included (Starlette's own handler for it runs outside this middleware)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -182,6 +196,10 @@ class RequestIdMiddleware:
         request_id = request_id_of(scope)
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
+        echoed = [(b"x-request-id", request_id.encode("latin-1"))]
+        exchange = exchange_of(scope)
+        if exchange is not None:
+            echoed.append((b"x-llmlb-exchange", exchange))
 
         started = time.monotonic()
         status = 0
@@ -190,13 +208,17 @@ class RequestIdMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode("latin-1")))
-                message = {**message, "headers": headers}
+                message = {**message, "headers": [*message.get("headers", []), *echoed]}
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if status == 0:  # nothing sent yet: the 500 goes out here, with the ids (and
+                # Starlette's handler, outside, logs the error and sends nothing more)
+                body = error_body(f"internal error: {type(exc).__name__}", "server_error")
+                await ORJSONResponse(body, status_code=500)(scope, receive, send_with_id)
+            raise
         finally:
             log.info(
                 "%s %s %d %.1f ms", scope["method"], scope["path"], status,

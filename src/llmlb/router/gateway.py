@@ -39,6 +39,7 @@ from llmlb.translate.providers.base import (
     StreamFailed,
     StreamTranslator,
 )
+from llmlb.translate.shapes import checked_chunk, checked_completion
 from llmlb.translate.sse import ServerEvent, SSEParser, StreamBroken
 
 _TOKENS = re.compile(rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)')
@@ -124,18 +125,19 @@ class Gateway:
         answer = await self._forwarder.forward(
             routed, caller.headers, caller.key_id, caller.request_id
         )
+        name = answer.node.name
         if answer.chunks is None:
             if answer.status != 200:
                 raise _node_error(answer.status, answer.body)
-            return ChatReply(answer.node.name, whole=orjson.loads(answer.body),
+            return ChatReply(name, whole=_node_answer(name, answer.body),
                              attempts=answer.attempts)  # fmt: skip
         if answer.status != 200 or not stream:  # an answer too large to buffer: read it whole
             async with contextlib.aclosing(answer.chunks) as rest:
                 whole = b"".join([piece async for piece in rest])
             if answer.status != 200:
                 raise _node_error(answer.status, whole)
-            return ChatReply(answer.node.name, whole=orjson.loads(whole), attempts=answer.attempts)
-        return ChatReply(answer.node.name, chunks=_node_chunks(answer.chunks),
+            return ChatReply(name, whole=_node_answer(name, whole), attempts=answer.attempts)
+        return ChatReply(name, chunks=_node_chunks(name, answer.chunks),
                          attempts=answer.attempts)  # fmt: skip
 
     # -- clouds ----------------------------------------------------------------------------
@@ -235,11 +237,14 @@ class Gateway:
 
     async def _events_of(self, call: CloudCall) -> AsyncGenerator[ServerEvent, None]:
         parser = SSEParser()
-        async for raw in self._body_of(call):
-            for event in parser.feed(raw):
+        try:
+            async for raw in self._body_of(call):
+                for event in parser.feed(raw):
+                    yield event
+            for event in parser.finish():
                 yield event
-        for event in parser.finish():
-            yield event
+        except StreamBroken as exc:
+            raise UpstreamFailed(f"{call.provider.name} sent a broken stream: {exc}") from None
 
     async def _body_of(self, call: CloudCall) -> AsyncGenerator[bytes, None]:
         """A provider's stream as it comes; a stall or a cut is a 504 or a 502."""
@@ -252,8 +257,6 @@ class Gateway:
                                   f"{self._settings.request_timeout:g} s") from None  # fmt: skip
         except aiohttp.ClientError as exc:
             raise UpstreamFailed(f"{provider} broke off its stream: {type(exc).__name__}") from None
-        except StreamBroken as exc:
-            raise UpstreamFailed(f"{provider} sent a broken stream: {exc}") from None
 
     async def relay(self, endpoint: str, path: str, body: dict[str, Any],
                     caller: Caller) -> Relayed:  # fmt: skip
@@ -317,20 +320,43 @@ class Gateway:
         self._forwarder.record(routed, caller.request_id, caller.key_id, started, outcome)
 
 
-async def _node_chunks(chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[dict[str, Any], None]:
-    """A node's chat stream as chunk dicts; an error event raises."""
+def _node_answer(node: str, body: bytes) -> dict[str, Any]:
+    """A node's whole chat answer, checked (a node may misbehave)."""
+    try:
+        return checked_completion(orjson.loads(body))
+    except ValueError as exc:
+        raise UpstreamFailed(f"node {node} sent a malformed answer: {exc}") from None
+
+
+async def _node_chunks(
+    node: str, chunks: AsyncGenerator[bytes, None]
+) -> AsyncGenerator[dict[str, Any], None]:
+    """A node's chat stream as checked chunk dicts; an error event, or bytes that are not
+    such a stream, raise."""
     parser = SSEParser()
     async with contextlib.aclosing(chunks) as relay:
         async for raw in relay:
-            for event in parser.feed(raw):
+            try:
+                events = parser.feed(raw)
+            except StreamBroken as exc:
+                raise UpstreamFailed(f"node {node} sent a broken stream: {exc}") from None
+            for event in events:
                 if event.data == "[DONE]":
                     return
-                data = event.json()
-                if isinstance(data, dict) and "error" in data:
-                    error = data["error"] or {}
-                    raise UpstreamFailed(str(error.get("message") or "the node failed"))
-                yield data
-    raise UpstreamFailed("the node's stream ended before [DONE]")
+                yield _node_chunk(node, event)
+    raise UpstreamFailed(f"node {node}'s stream ended before [DONE]")
+
+
+def _node_chunk(node: str, event: ServerEvent) -> dict[str, Any]:
+    try:
+        data = event.json()
+        if isinstance(data, dict) and "error" in data:
+            error = data["error"]
+            message = error.get("message") if isinstance(error, dict) else None
+            raise UpstreamFailed(str(message or "the node failed")[:1000])
+        return checked_chunk(data)
+    except ValueError as exc:
+        raise UpstreamFailed(f"node {node} sent a malformed event: {exc}") from None
 
 
 def _node_error(status: int, body: bytes) -> RelayedError:

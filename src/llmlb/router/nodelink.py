@@ -13,8 +13,18 @@ Failures are ``NodeLinkError``s:
 - ``NodeHungUp``: the connection closed before the answer began (often a pooled one the node
   had already closed: worth one more try on a new connection to the same node);
 - ``NodeCutOff``: the answer began and then broke off (the node failed while answering);
-- ``NodeBadAnswer``: bytes that are not a well-formed HTTP/1.1 answer.
+- ``NodeBadAnswer``: bytes that are not a well-formed HTTP/1.1 answer, or not one a node may
+  send (a status outside 100-599, headers past ``MAX_HEAD_BYTES``, endless interim answers);
+- ``NodeMixedUp``: an answer that is not for the request sent (see below).
 An answer that stalls for ``read_timeout`` seconds raises ``TimeoutError``.
+
+An answer is delivered only to the request it is for. A node (or a gateway in front of one)
+that sends a second or a late answer on a keep-alive connection would otherwise have it read
+as the answer to the next request on that connection: another client's answer. So every
+request carries its ``x-request-id`` and an exchange id unique in this process
+(``EXCHANGE_HEADER``), the node echoes both, and an answer whose ids are missing or differ
+is refused and its connection dropped. Bytes that come to an idle connection, or after an
+answer ended, drop the connection too.
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ from urllib.parse import quote, urlsplit
 
 import httptools
 
+from llmlb.common.asgi import EXCHANGE_HEADER, REQUEST_ID_HEADER
+
 # A reader that falls this far behind (a slow client at the far end) stops the node's socket
 # being read, so that a stream never piles up in the router's memory.
 _HIGH_WATER = 64 * 1024
@@ -37,8 +49,11 @@ _HIGH_WATER = 64 * 1024
 KEEPALIVE_SECONDS = 15.0
 # Idle connections kept per node: enough for the concurrency a node takes, bounded.
 MAX_IDLE_PER_NODE = 512
-# The most header bytes an answer may carry (llhttp itself sets no bound).
+# The most bytes an answer's head may take, interim answers included: counted as they are
+# fed to llhttp, which sets no bound and copies a header line that never ends again and again.
 MAX_HEAD_BYTES = 64 * 1024
+# Interim (1xx) answers before the real one: a node sends one now and then, not a flood.
+MAX_INTERIM_ANSWERS = 8
 
 
 class NodeLinkError(ConnectionError):
@@ -59,6 +74,15 @@ class NodeCutOff(NodeLinkError):
 
 class NodeBadAnswer(NodeLinkError):
     """What came back was not a well-formed HTTP/1.1 answer."""
+
+
+class NodeMixedUp(NodeBadAnswer):
+    """The answer's ids are not the request's: it was for another request (a stale or extra
+    answer on a reused connection), and is never delivered."""
+
+
+class _Surplus(Exception):
+    """Bytes came after the answer's end (it is whole: only the connection is dropped)."""
 
 
 @dataclass(frozen=True, eq=False)  # one per base URL (NodeLinks._origins): hashed by identity
@@ -133,8 +157,11 @@ class _Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self._header_list: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
+        self._head_fed = 0  # bytes fed to the parser before the answer's head was whole
+        self._head_bytes = 0  # header names and values seen, interim answers' included
+        self._interims = 0
         self._interim = False  # a 1xx answer is being read: the real one follows
+        self._ids: tuple[str, str] = ("", "")  # (x-request-id, exchange id) the answer echoes
         self._head: asyncio.Future[NodeResponse] | None = None
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
@@ -156,15 +183,26 @@ class _Connection(asyncio.Protocol):
             self.abort()
             return
         self._last_data = self._loop.time()
+        in_head = self._head is not None and not self._head.done()
+        if in_head:
+            self._head_fed += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(NodeBadAnswer("the node asked to switch protocols"))
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
+            if isinstance(cause, _Surplus):
+                self.abort()
+                return
             self._fail(cause if isinstance(cause, NodeBadAnswer) else NodeBadAnswer(str(exc)))
         except httptools.HttpParserError as exc:
             self._fail(NodeBadAnswer(f"the node's answer is not HTTP/1.1: {exc}"))
+        # Checked after the feed, which is linear in one read: what a head may cost is bounded
+        # by MAX_HEAD_BYTES and one read, however the node spreads it.
+        head = self._head
+        if in_head and self._head_fed > MAX_HEAD_BYTES and head is not None and not head.done():
+            self._fail(NodeBadAnswer(f"the node's headers are over {MAX_HEAD_BYTES} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -185,10 +223,12 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         if self._head is None or self._head.done():  # (a 1xx does not settle _head)
-            # A second answer to one request (more bytes than the first one's length said).
-            raise NodeBadAnswer("the node sent more than one answer to one request")
+            # Bytes after the answer ended (a second answer, or more than its length said):
+            # the answer stands, the connection is not to be trusted with another.
+            raise _Surplus
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # (A head that came in one read is whole before anything else counts its size.)
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > MAX_HEAD_BYTES:
             raise NodeBadAnswer(f"the node's headers are over {MAX_HEAD_BYTES} bytes")
@@ -198,10 +238,21 @@ class _Connection(asyncio.Protocol):
         headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in self._header_list}
         status = self._parser.get_status_code()
         if 100 <= status < 200:
+            self._interims += 1
+            if self._interims > MAX_INTERIM_ANSWERS:
+                raise NodeBadAnswer(f"the node sent over {MAX_INTERIM_ANSWERS} interim answers")
             self._interim = True
             self._header_list = []
-            self._head_bytes = 0
             return
+        if status > 599:
+            raise NodeBadAnswer(f"the node answered with status {status}, which HTTP lacks")
+        request_id, exchange = self._ids
+        echoed = (headers.get(REQUEST_ID_HEADER), headers.get(EXCHANGE_HEADER, exchange))
+        if echoed != self._ids:
+            raise NodeMixedUp(
+                f"the node's answer is not for this request (x-request-id "
+                f"{_shown(echoed[0])}, exchange {_shown(echoed[1])}; sent {request_id}, {exchange})"
+            )
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         self._framed = chunked or "content-length" in headers
         if self._head is not None and not self._head.done():
@@ -226,11 +277,13 @@ class _Connection(asyncio.Protocol):
 
     # -- the exchange ----------------------------------------------------------------------
 
-    async def exchange(self, head: bytes, body: bytes) -> NodeResponse:
-        """Send one request; its answer once the status line and headers have come."""
+    async def exchange(self, head: bytes, body: bytes, ids: tuple[str, str]) -> NodeResponse:
+        """Send one request; its answer once the status line and headers have come, if it
+        echoes ``ids`` (its x-request-id and exchange id)."""
         if self._transport is None or self._transport.is_closing():
             raise NodeHungUp("the node closed the connection")
         self._reset()
+        self._ids = ids
         self._exchanging = True
         self._head = self._loop.create_future()
         self._last_data = self._loop.time()
@@ -342,21 +395,27 @@ class NodeLinks:
         self._idle: dict[_Origin, dict[_Connection, None]] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
+        self._exchanges = 0
 
     async def post(
         self, base_url: str, path: str, headers: dict[str, str], body: bytes, fresh: bool = False
     ) -> NodeResponse:
         """POST ``body`` to ``path`` under ``base_url``; the answer once its headers have
-        come. ``fresh``: on a new connection, not a pooled one."""
+        come. ``fresh``: on a new connection, not a pooled one. The answer must echo the
+        request's ``x-request-id`` (``headers`` has one, or it gets the exchange id)."""
         origin = self._origins.get(base_url)
         if origin is None:
             origin = self._origins[base_url] = _origin(base_url)
+        self._exchanges += 1
+        exchange = f"{self._exchanges:x}"
+        request_id = headers.get(REQUEST_ID_HEADER) or exchange
+        headers = {**headers, REQUEST_ID_HEADER: request_id, EXCHANGE_HEADER: exchange}
         head = _request_head(origin, path, headers, len(body))
         connection = None if fresh else self._take_idle(origin)
         if connection is None:
             connection = await self._connect(origin)
         try:
-            return await connection.exchange(head, body)
+            return await connection.exchange(head, body, (request_id, exchange))
         except BaseException:
             connection.abort()
             raise
@@ -440,6 +499,13 @@ class NodeLinks:
             for connection in idle:
                 connection.abort()
         self._idle.clear()
+
+
+def _shown(value: str | None) -> str:
+    """A node's header value in a message: bounded, printable."""
+    if value is None:
+        return "missing"
+    return repr(value[:64])
 
 
 def _request_head(origin: _Origin, path: str, headers: dict[str, str], length: int) -> bytes:

@@ -44,6 +44,7 @@ from llmlb.router.nodelink import (
     NodeHungUp,
     NodeLinkError,
     NodeLinks,
+    NodeMixedUp,
     NodeResponse,
     NodeUnreachable,
 )
@@ -359,6 +360,12 @@ class Proxy:
             # Most likely a pooled keep-alive connection the node had already closed (it does
             # after an error answer): not a dead node. Once more, on a connection of its own.
             log.info("retrying on a fresh connection to %s (%s)", node.name, _describe(exc))
+            return await self._send(node, routed, headers, fresh=True)
+        except NodeMixedUp as exc:
+            # The pooled connection held an answer to an earlier request (dropped, never
+            # delivered): this request may yet be served, on a connection of its own.
+            log.warning("node %s answered the wrong request on a reused connection; retrying "
+                        "on a fresh one (%s)", node.name, exc)  # fmt: skip
             return await self._send(node, routed, headers, fresh=True)
 
     async def _send(

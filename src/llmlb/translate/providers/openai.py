@@ -11,6 +11,7 @@ from llmlb.translate.providers.base import (
     StreamFailed,
     StreamTranslator,
 )
+from llmlb.translate.shapes import checked_chunk, checked_completion
 from llmlb.translate.sse import ServerEvent
 
 
@@ -24,9 +25,10 @@ class OpenAIStream(StreamTranslator):
             raise ValueError("an event that is not a JSON object")
         if "error" in data:
             raise StreamFailed(str((data["error"] or {}).get("message") or data["error"]))
-        if isinstance(data.get("usage"), dict):
-            self.usage = data["usage"]
-        return [data]
+        chunk = checked_chunk(data)
+        if isinstance(chunk.get("usage"), dict):
+            self.usage = chunk["usage"]
+        return [chunk]
 
 
 class OpenAI(Provider):
@@ -49,7 +51,7 @@ class OpenAI(Provider):
         return ProviderRequest("/chat/completions", payload)
 
     def chat_answer(self, data: dict[str, Any], model: str) -> dict[str, Any]:
-        return data
+        return checked_completion(data)
 
     def chat_stream(self, model: str) -> StreamTranslator:
         return OpenAIStream(model)
