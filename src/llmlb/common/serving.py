@@ -94,6 +94,9 @@ def make_server(app: ASGIApp, settings: CommonSettings) -> uvicorn.Server:
         lifespan="on",
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,
+        # uvicorn believes X-Forwarded-For from loopback by default: only configured proxies.
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or None,
     )
     return uvicorn.Server(config)
 

@@ -20,7 +20,15 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -127,6 +135,13 @@ class CommonSettings(BaseSettings):
     tls_ca: Path | None = Field(
         default=None, description="CA bundle to verify the routers and nodes this process calls"
     )
+    # Whose X-Forwarded-For names the client: a reverse proxy's in front of this process.
+    # Nobody's by default: any caller could otherwise choose the address that login lockouts
+    # and logs see.
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks of reverse proxies whose X-Forwarded-For is believed",
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> CommonSettings:
@@ -230,6 +245,18 @@ class NodeSettings(CommonSettings):
         return self.router is None or self.origin_first
 
 
+class RoleLimits(BaseModel):
+    """What a signed-in user of one role may ask of the client API (``/v1/*``): the
+    dashboard's playground, or a script with basic auth. API keys carry limits of their own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    models: list[str] | None = Field(default=None, min_length=1, max_length=100)
+    cloud: bool = Field(default=False, description="May use openai:, anthropic:, google: models")
+
+
 BalancerStrategy = Literal["load", "round_robin", "least_busy", "prefix_affinity"]
 AutoDistribute = Literal["none", "recommended", "all-that-fit"]
 
@@ -249,6 +276,18 @@ class RouterSettings(CommonSettings):
         default=None, description="The first admin's password; an admin credential while set"
     )
     session_hours: float = Field(default=12.0, gt=0, description="Dashboard login lifetime")
+    viewer_limits: RoleLimits = Field(
+        default_factory=lambda: RoleLimits(requests_per_minute=60, tokens_per_minute=60_000),
+        description="What a viewer's session may use of /v1/* (no cloud models by default)",
+    )
+    admin_limits: RoleLimits = Field(
+        default_factory=lambda: RoleLimits(cloud=True),
+        description="What an admin's session may use of /v1/*",
+    )
+    key_sync_seconds: float = Field(
+        default=0.5, gt=0, le=60,
+        description="How soon a key made or revoked elsewhere counts here (routers, the CLI)",
+    )  # fmt: skip
     heartbeat_interval: float = Field(default=10.0, gt=0)
     balancer: BalancerStrategy = "load"
     request_timeout: float = Field(default=600.0, gt=0, description="Seconds per proxied request")

@@ -195,6 +195,7 @@ def create_app(service: NodeService, links: Sequence[RouterLink] = ()) -> Starle
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # as on the router: an unknown path is a 404
     app.state.body_timeout = service.settings.body_timeout
     # With a router, every route but the probes needs the node key.
     app.state.openapi = orjson.dumps(document(

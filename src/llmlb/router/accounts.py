@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmlb.common.errors import BadRequest, Conflict, NotFound, Overloaded
 from llmlb.router.db import sessions, users
+from llmlb.router.lockout import LoginThrottle, client_key
 
 Role = Literal["admin", "viewer"]
 ROLES: tuple[Role, ...] = get_args(Role)
@@ -112,7 +113,7 @@ class Accounts:
         self._recent: dict[str, tuple[float, Session]] = {}
         self._any_user: tuple[float, bool] = (0.0, False)
         self._hashing = asyncio.Semaphore(2)
-        self.throttle = LoginThrottle()
+        self.throttle = LoginThrottle(engine)
 
     async def _hash(self, password: str) -> str:
         async with self._hashing:
@@ -234,22 +235,22 @@ class Accounts:
         return _user(row)
 
     async def login(self, username: str, password: str, client: str) -> User | None:
-        """``check`` behind the throttle, for every way a password is offered (the login
-        form, basic auth, a password change): 429 while the name or address is locked out.
+        """``check`` behind the throttle (``router.lockout``, shared by the routers on the
+        database), for every way a password is offered (the login form, basic auth, a
+        password change): 429 while the name or address is locked out.
 
         The attempt counts as failed before the hash is checked and is forgiven on success,
         so that a burst of parallel guesses cannot all slip in before the first one fails."""
-        who = ("user:" + username.lower()[:64], "addr:" + client)
-        wait = self.throttle.wait(*who)
+        who = ("user:" + username.lower()[:64], client_key(client))
+        wait = await self.throttle.attempt(*who)
         if wait > 0:
             raise Overloaded(
                 f"too many failed logins; try again in {math.ceil(wait)} s",
                 code="too_many_login_attempts", headers={"Retry-After": str(math.ceil(wait))},
             )  # fmt: skip
-        self.throttle.failed(*who)
         user = await self.check(username, password)
         if user is not None:
-            self.throttle.succeeded(*who)
+            await self.throttle.succeeded(*who)
         return user
 
     # -- sessions ----------------------------------------------------------------------------
@@ -298,39 +299,3 @@ class Accounts:
         self._recent.pop(digest, None)
         async with self._engine.begin() as connection:
             await connection.execute(delete(sessions).where(sessions.c.id == digest))
-
-
-class LoginThrottle:
-    """Failed logins per user name and per client address. After ``allowed`` failures within
-    ``window`` seconds, logins from that name or address wait: 30 s, doubling with each
-    further failure, at most 15 min. Memory is bounded (the oldest entries go first)."""
-
-    def __init__(self, allowed: int = 5, window: float = 900.0, max_entries: int = 10_000) -> None:
-        self._allowed = allowed
-        self._window = window
-        self._max_entries = max_entries
-        self._failures: dict[str, list[float]] = {}
-
-    def wait(self, *who: str) -> float:
-        """Seconds until a login from ``who`` is allowed again (0: now)."""
-        now = time.monotonic()
-        longest = 0.0
-        for key in who:
-            recent = [t for t in self._failures.get(key, ()) if now - t < self._window]
-            over = len(recent) - self._allowed
-            if over >= 0:
-                lock = min(30.0 * 2**over, 900.0)
-                longest = max(longest, recent[-1] + lock - now)
-        return max(longest, 0.0)
-
-    def failed(self, *who: str) -> None:
-        now = time.monotonic()
-        for key in who:
-            recent = [t for t in self._failures.pop(key, ()) if now - t < self._window]
-            self._failures[key] = [*recent[-20:], now]
-        while len(self._failures) > self._max_entries:
-            del self._failures[next(iter(self._failures))]
-
-    def succeeded(self, *who: str) -> None:
-        for key in who:
-            self._failures.pop(key, None)

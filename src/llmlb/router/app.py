@@ -102,6 +102,9 @@ def create_app(service: RouterService) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    # A path with a slash too many is an unknown route (404), not a redirect to the known one:
+    # a 307 told an anonymous caller which routes exist before it was asked for credentials.
+    app.router.redirect_slashes = False
     app.state.service = service
     LogRing.of_process()  # the log page's lines, however the process set up its logging
     app.state.body_timeout = service.settings.body_timeout

@@ -5,8 +5,10 @@
 - Users (``router.accounts``) log in to the dashboard: a session cookie, or HTTP basic auth
   with their name and password. Role ``admin`` may do everything; ``viewer`` may read the
   admin API, and every write (any method but GET and HEAD) is refused. Both may use the client
-  API, which is how the dashboard's playground chats. A cookie-authenticated write must carry
-  the session's CSRF token in ``x-csrf-token``.
+  API, which is how the dashboard's playground chats, within their role's limits
+  (``viewer_limits``, ``admin_limits``: see ``router.limits``). A cookie-authenticated write
+  must carry the session's CSRF token in ``x-csrf-token``. A request that carries a key or
+  basic auth in a header is that credential's, whatever cookie comes with it.
 - The admin password (``LLMLB_ADMIN_PASSWORD``) is the first admin's password at first start,
   and stays an admin credential while it is set: a bearer token, or basic auth, any name.
 - With no usable key of a scope (and, for ``admin``, no password and no user), that scope is
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from llmlb.common.credentials import bearer_token, same_secret
 from llmlb.common.errors import AuthenticationFailed, PermissionDenied
 from llmlb.router.accounts import Accounts, Role, User
+from llmlb.router.history import NOBODY, Who
 from llmlb.router.keys import ApiKey, KeyStore, Scope
 
 SESSION_COOKIE = "llmlb_session"
@@ -54,6 +57,12 @@ class Principal:
     key: ApiKey | None = None  # the API key, with its limits
     role: Role = "admin"
     csrf: str | None = None  # the session's token, for the dashboard (None without a session)
+
+    @property
+    def who(self) -> Who:
+        if self.user is not None:
+            return Who(user_id=self.user.id, user=self.user.username)
+        return Who(key_id=self.key_id) if self.key_id is not None else NOBODY
 
 
 def is_loopback(host: str | None) -> bool:
@@ -105,7 +114,10 @@ class Authenticator:
     async def _identify(self, scope: Scope, offered: Credentials) -> Principal:
         bearer, basic = _credentials(offered.authorization)
         token = bearer or offered.x_api_key
-        if scope in ("admin", "api") and offered.session:
+        # Credentials in a header are the caller's choice; a cookie is the browser's. Where
+        # both come, the header decides (and needs no CSRF token: no other site can set it).
+        explicit = token is not None or basic is not None
+        if scope in ("admin", "api") and offered.session and not explicit:
             session = await self._accounts.session(offered.session)
             if session is not None:
                 if offered.write and not (offered.csrf and same_secret(offered.csrf, session.csrf)):

@@ -76,6 +76,28 @@ api_keys = Table(
     Column("requests_per_minute", Integer, nullable=True),
     Column("tokens_per_minute", Integer, nullable=True),
     Column("models", JSON, nullable=True),  # the models the key may use; None: any
+    # The table's revision when the row was last written (router.revisions): routers read
+    # only the rows written since they last looked.
+    Column("revision", BigInteger, nullable=False, server_default="0"),
+    Index("ix_api_keys_revision", "revision"),
+)
+
+# One counter per table that routers keep in memory (router.revisions).
+revisions = Table(
+    "revisions",
+    metadata,
+    Column("topic", String(50), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)
+
+# Failed logins, shared by the routers on one database (router.accounts.LoginThrottle).
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("who", String(100), nullable=False),  # "user:<name>" or "addr:<address>"
+    Column("at", Float, nullable=False),  # wall clock
+    Index("ix_login_failures_who_at", "who", "at"),
 )
 
 requests = Table(
@@ -85,6 +107,7 @@ requests = Table(
     Column("ts", Float, nullable=False),
     Column("request_id", String(128), nullable=False),
     Column("key_id", String(36), nullable=True),
+    Column("user", String(64), nullable=True),  # a signed-in user's name (the playground)
     Column("endpoint", String(50), nullable=False),
     Column("model", String(200), nullable=False),
     Column("node_id", String(36), nullable=True),

@@ -18,7 +18,7 @@ import orjson
 from llmlb.common.errors import BadRequest, LlmlbError
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import parse_object
-from llmlb.router.history import History, RequestRecord
+from llmlb.router.history import History, RequestRecord, Who
 from llmlb.router.metrics import RouterMetrics
 from llmlb.router.prefixes import prefix_blocks
 from llmlb.router.proxy import Answer, Proxy, Routed, usage_of
@@ -100,7 +100,7 @@ class Forwarder:
         return Routed(endpoint, path, model, stream, raw, prefix, asked if asked != model else "")
 
     async def forward(
-        self, routed: Routed, headers: dict[str, str], key_id: str | None, request_id: str
+        self, routed: Routed, headers: dict[str, str], who: Who, request_id: str
     ) -> Answer:
         """The node's answer, recorded in history and metrics once it is complete."""
         started = time.monotonic()
@@ -108,16 +108,16 @@ class Forwarder:
             answer = await self.proxy.forward(routed, headers)
         except LlmlbError as exc:
             self.record(
-                routed, request_id, key_id, started, outcome_of(None, exc.status, exc.message)
+                routed, request_id, who, started, outcome_of(None, exc.status, exc.message)
             )
             raise
         except asyncio.CancelledError:  # the client left while the node was working
-            self.record(routed, request_id, key_id, started, outcome_of(None, 499, "client left"))
+            self.record(routed, request_id, who, started, outcome_of(None, 499, "client left"))
             raise
         if answer.chunks is None:
-            self.record(routed, request_id, key_id, started, outcome_of(answer, answer.status))
+            self.record(routed, request_id, who, started, outcome_of(answer, answer.status))
             return answer
-        chunks = self._recorded_stream(routed, answer, answer.chunks, request_id, key_id, started)
+        chunks = self._recorded_stream(routed, answer, answer.chunks, request_id, who, started)
         return dataclasses.replace(answer, chunks=chunks)
 
     async def _recorded_stream(
@@ -126,7 +126,7 @@ class Forwarder:
         answer: Answer,
         chunks: AsyncGenerator[bytes, None],
         request_id: str,
-        key_id: str | None,
+        who: Who,
         started: float,
     ) -> AsyncGenerator[bytes, None]:
         """Relays the stream; when it ends (or the client leaves) closes the node's side at
@@ -153,7 +153,7 @@ class Forwarder:
             # far, has the exact counts.
             usage = {"completion_tokens": pieces, **usage_of(tail)}
             seen = dataclasses.replace(answer, body=b"".join(kept), usage=usage)
-            self.record(routed, request_id, key_id, started, outcome_of(seen, status))
+            self.record(routed, request_id, who, started, outcome_of(seen, status))
 
     def _series(self, endpoint: str, model_label: str, provider: str, status: int) -> _Series:
         """The metric children of one (endpoint, model, provider, status): looked up once,
@@ -176,7 +176,7 @@ class Forwarder:
         return model if self._known_model(model) else UNKNOWN_MODEL_LABEL
 
     def record(
-        self, routed: Routed, request_id: str, key_id: str | None, started: float,
+        self, routed: Routed, request_id: str, who: Who, started: float,
         outcome: Outcome,
     ) -> None:  # fmt: skip
         latency = time.monotonic() - started
@@ -200,7 +200,8 @@ class Forwarder:
             RequestRecord(
                 ts=time.time(),
                 request_id=request_id,
-                key_id=key_id,
+                key_id=who.key_id,
+                user=who.user,
                 endpoint=routed.endpoint,
                 model=routed.model[:MAX_MODEL_NAME],
                 node_id=outcome.node_id,

@@ -31,6 +31,7 @@ from llmlb.common.errors import (
 from llmlb.common.settings import RouterSettings
 from llmlb.router.clouds import CloudCall, Clouds, prefix_of
 from llmlb.router.forwarding import MAX_MODEL_NAME, Forwarder, Outcome
+from llmlb.router.history import Who
 from llmlb.router.proxy import Routed
 from llmlb.translate import chat
 from llmlb.translate.providers.base import (
@@ -51,7 +52,7 @@ _USAGE_NAMES = {b"prompt_tokens": "prompt_tokens", b"input_tokens": "prompt_toke
 @dataclass(frozen=True)
 class Caller:
     request_id: str
-    key_id: str | None
+    who: Who
     headers: dict[str, str]  # trace headers to pass on to a node
 
 
@@ -123,7 +124,7 @@ class Gateway:
             request["stream_options"] = {"include_usage": True}
         routed = self._forwarder.route(endpoint, "/v1/chat/completions", orjson.dumps(request))
         answer = await self._forwarder.forward(
-            routed, caller.headers, caller.key_id, caller.request_id
+            routed, caller.headers, caller.who, caller.request_id
         )
         name = answer.node.name
         if answer.chunks is None:
@@ -317,7 +318,7 @@ class Gateway:
     ) -> None:  # fmt: skip
         outcome = Outcome(status, provider.name, provider.name, usage or {}, first_byte_at,
                           attempts, error)  # fmt: skip
-        self._forwarder.record(routed, caller.request_id, caller.key_id, started, outcome)
+        self._forwarder.record(routed, caller.request_id, caller.who, started, outcome)
 
 
 def _node_answer(node: str, body: bytes) -> dict[str, Any]:

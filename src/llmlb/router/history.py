@@ -21,6 +21,24 @@ from llmlb.router.db import ping, requests
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Who:
+    """Who sent a request, as history and limits know them: an API key, or a signed-in user
+    (the dashboard's playground, or basic auth)."""
+
+    key_id: str | None = None
+    user_id: str | None = None
+    user: str | None = None  # the user's name, for the history row
+
+    @property
+    def subject(self) -> str | None:
+        """What limits count against: the key, else the user."""
+        return self.key_id or self.user_id
+
+
+NOBODY = Who()  # a caller with no key or account: loopback before any key exists, --no-auth
+
+
 @dataclass
 class RequestRecord:
     # Rows are this record's __dict__ (not dataclasses.asdict, which deep-copies every value
@@ -40,6 +58,7 @@ class RequestRecord:
     error: str | None = None
     request_body: str | None = None
     response_body: str | None = None
+    user: str | None = None
 
 
 # Rows kept in memory while the database is away (about 1 KB each without bodies).
@@ -284,6 +303,7 @@ class HistoryFilter:
     model: str | None = None
     node_id: str | None = None
     key_id: str | None = None
+    user: str | None = None
     status: int | None = None
     since: float | None = None
     until: float | None = None
@@ -296,6 +316,8 @@ class HistoryFilter:
             conditions.append(requests.c.node_id == self.node_id)
         if self.key_id is not None:
             conditions.append(requests.c.key_id == self.key_id)
+        if self.user is not None:
+            conditions.append(requests.c.user == self.user)
         if self.status is not None:
             conditions.append(requests.c.status == self.status)
         if self.since is not None:

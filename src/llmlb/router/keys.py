@@ -1,14 +1,14 @@
 """API keys: scoped, optionally expiring, stored hashed; the secret is shown once.
 
-Lookups happen on every request, so verified keys are held in memory and the table is only
-read again when this router changes a key or the cache is older than ``refresh_seconds``
-(another router, or the management CLI, may have revoked one).
+Lookups happen on every request, so the keys are held in memory (``KeyStore``), and what
+another router or the management CLI changes reaches this one by revision, not by reading
+the whole table again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import hashlib
 import logging
 import secrets
@@ -27,9 +27,11 @@ from llmlb.common.errors import BadRequest, LlmlbError, NotFound, Unavailable
 from llmlb.common.names import validate_name
 from llmlb.router.clouds import prefix_of
 from llmlb.router.db import api_keys
+from llmlb.router.revisions import current_revision, next_revision
 
 log = logging.getLogger(__name__)
-RELOAD_WAIT = 2.0  # seconds a request may wait for the key table (see KeyStore._refresh)
+RELOAD_WAIT = 2.0  # seconds a request may wait for the key table (see KeyStore.sync)
+TOPIC = "api_keys"  # the revisions row that the key table's writes advance
 
 Scope = Literal["api", "node", "admin"]
 SCOPES: tuple[Scope, ...] = ("api", "node", "admin")
@@ -125,13 +127,21 @@ def _from_row(row: Any) -> ApiKey:
 
 
 class KeyStore:
-    def __init__(self, engine: AsyncEngine, refresh_seconds: float = 5.0) -> None:
+    """The keys, held in memory, kept in step with the table by revision.
+
+    Every write to the table (a key made or revoked, by any router or the management CLI)
+    takes the next number from the ``revisions`` row of ``api_keys`` and stamps the key's row
+    with it, in the same transaction. ``sync`` reads that one row and, when it moved, only
+    the keys stamped since: a change reaches every router within ``sync_seconds`` (the
+    service runs ``sync`` that often), and costs the same with ten keys or ten thousand.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._refresh_seconds = refresh_seconds
         self._by_hash: dict[str, ApiKey] = {}
-        self._loaded_at = 0.0  # 0: read again at the next lookup
-        self._ever_loaded = False
-        self._reloading: asyncio.Task[None] | None = None
+        self._revision = -1  # of the table as read last; -1: never read
+        self._syncing: asyncio.Task[None] | None = None
+        self._again = False  # a change was announced while a sync ran: one more after it
         self._database_away = False
 
     async def create(
@@ -160,9 +170,10 @@ class KeyStore:
                     created_at=key.created_at, expires_at=expires_at,
                     requests_per_minute=limits.requests_per_minute,
                     tokens_per_minute=limits.tokens_per_minute, models=limits.models,
+                    revision=await next_revision(connection, TOPIC),
                 )
             )  # fmt: skip
-        await self._reread()  # this router sees the change at once
+        self._hold(hash_secret(secret), key)  # this router sees it at once
         return key, secret
 
     async def list(self) -> list[ApiKey]:
@@ -172,90 +183,100 @@ class KeyStore:
 
     async def revoke(self, key_id: str) -> ApiKey:
         async with self._engine.begin() as connection:
-            result = await connection.execute(
-                update(api_keys)
-                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=time.time())
-            )
-            if result.rowcount == 0:
-                row = (
-                    await connection.execute(select(api_keys).where(api_keys.c.id == key_id))
-                ).first()
-                if row is None:
-                    raise NotFound(f"no API key with id {key_id!r}")
-        await self._reread()  # this router sees the change at once
-        return next(k for k in await self.list() if k.id == key_id)
+            found = select(api_keys).where(api_keys.c.id == key_id)
+            row = (await connection.execute(found)).first()
+            if row is None:
+                raise NotFound(f"no API key with id {key_id!r}")
+            key = _from_row(row)
+            if key.revoked_at is None:
+                key = dataclasses.replace(key, revoked_at=time.time())
+                await connection.execute(
+                    update(api_keys).where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                    .values(revoked_at=key.revoked_at,
+                            revision=await next_revision(connection, TOPIC))
+                )  # fmt: skip
+        self._hold(row.secret_hash, key)  # this router refuses it at once
+        return key
+
+    def _hold(self, digest: str, key: ApiKey) -> None:
+        self._by_hash[digest] = key
 
     async def verify(self, secret: str) -> ApiKey | None:
-        """The usable key with this secret, or None."""
-        now = time.time()
+        """The usable key with this secret, or None. A secret not held yet (a key just made
+        through another router) waits for one sync, shared with every other such request."""
         digest = hash_secret(secret)
-        age = now - self._loaded_at
-        # Re-read when stale (in the background: requests go on with the keys read last), or
-        # on a miss (a key just made elsewhere: that request waits for it, a little).
-        if digest not in self._by_hash and age > 1.0:
-            await self._refresh(now, wait=True)
-        elif age > self._refresh_seconds:
-            await self._refresh(now, wait=False)
         key = self._by_hash.get(digest)
-        return key if key is not None and key.usable(now) else None
+        if key is None:
+            await self.sync(wait=True)
+            key = self._by_hash.get(digest)
+        return key if key is not None and key.usable(time.time()) else None
 
     async def spent(self, secret: str) -> bool:
         """Whether this secret is a key that was revoked or has expired (verify first)."""
         key = self._by_hash.get(hash_secret(secret))
         return key is not None and not key.usable(time.time())
 
-    async def _reread(self) -> None:
-        """A reload that starts now (one already running may predate a change just made)."""
-        running = self._reloading
-        if running is not None and not running.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(running), RELOAD_WAIT)
-        self._reloading = None
-        await self._refresh(time.time(), wait=True)
+    def changed(self) -> None:
+        """Another router announced a change (``revisions.RevisionListener``): sync now, or
+        once more after the sync in flight, which may have read before the change."""
+        if self._syncing is not None and not self._syncing.done():
+            self._again = True
+            return
+        self._syncing = asyncio.create_task(self._sync())
+        self._syncing.add_done_callback(_retrieve)
 
-    async def _refresh(self, now: float, *, wait: bool) -> None:
-        """One reload at a time, shared by every request that finds the cache stale. Only a
-        request that must (a miss, or nothing read yet) waits for it, and at most
-        ``RELOAD_WAIT`` seconds: a database that hangs cannot hold the requests."""
-        if self._reloading is None or self._reloading.done():
-            self._reloading = asyncio.create_task(self._reload(now))
-            self._reloading.add_done_callback(_retrieve)
-        if wait or not self._ever_loaded:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._reloading), RELOAD_WAIT)
-            except TimeoutError:
-                if not self._ever_loaded:
-                    raise Unavailable("the key database does not answer; try again") from None
+    async def sync(self, *, wait: bool = True) -> None:
+        """Take in what changed in the table since the last sync: one at a time, shared by
+        every caller. Waits at most ``RELOAD_WAIT`` seconds (a database that hangs cannot
+        hold requests), except before the keys were ever read."""
+        if self._syncing is None or self._syncing.done():
+            self._syncing = asyncio.create_task(self._sync())
+            self._syncing.add_done_callback(_retrieve)
+        if not wait and self._revision >= 0:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._syncing), RELOAD_WAIT)
+        except TimeoutError:
+            if self._revision < 0:
+                raise Unavailable("the key database does not answer; try again") from None
 
-    async def _reload(self, now: float) -> None:
-        """Read the keys again. With the database away, the keys read last stay in force
-        (tried again in a second): requests keep being served, and a key revoked meanwhile
-        is refused once the database is back."""
+    async def _sync(self) -> None:
+        await self._read_changes()
+        while self._again:
+            self._again = False
+            await self._read_changes()
+
+    async def _read_changes(self) -> None:
+        """With the database away, the keys read last stay in force: requests go on being
+        served, and a key revoked meanwhile is refused once it is back."""
         try:
             async with self._engine.connect() as connection:
-                rows = await connection.execute(select(api_keys))
-                self._by_hash = {row.secret_hash: _from_row(row) for row in rows}
+                current = await current_revision(connection, TOPIC)
+                if current == self._revision:
+                    return
+                changed = await connection.execute(
+                    select(api_keys).where(api_keys.c.revision > self._revision)
+                )
+                for row in changed:
+                    self._hold(row.secret_hash, _from_row(row))
         except (SQLAlchemyError, OSError) as exc:
-            if not self._ever_loaded:
+            if self._revision < 0:
                 raise Unavailable("the key database cannot be read; try again shortly") from exc
             if not self._database_away:
                 log.warning("cannot read the keys (%s); using the ones read last",
                             type(exc).__name__)  # fmt: skip
             self._database_away = True
-            self._loaded_at = now - self._refresh_seconds + 1.0
             return
         if self._database_away:
             log.info("the key database is back")
         self._database_away = False
-        self._ever_loaded = True
-        self._loaded_at = now
+        self._revision = current
 
     async def has_scope(self, scope: Scope) -> bool:
         """Whether any usable key of this scope exists."""
+        if self._revision < 0:
+            await self.sync()
         now = time.time()
-        if now - self._loaded_at > self._refresh_seconds:
-            await self._refresh(now, wait=False)
         return any(scope in k.scopes and k.usable(now) for k in self._by_hash.values())
 
 

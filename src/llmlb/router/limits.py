@@ -1,5 +1,9 @@
 """Per-key limits on the client API: requests and tokens per minute, and allowed models.
 
+Signed-in users (the dashboard's playground, basic auth) are limited the same way, by their
+role's limits from the settings (``viewer_limits``, ``admin_limits``), each user with
+buckets of their own; a role may also be kept from cloud models (``Allowance.cloud``).
+
 Each limit is a token bucket that holds a minute's allowance and refills continuously, so a
 key may burst up to its limit and then goes at the limit's pace. A request takes one from
 the request bucket before it is forwarded; the tokens it used (prompt and output, as the
@@ -26,7 +30,27 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from llmlb.common.errors import PermissionDenied, RateLimited
-from llmlb.router.keys import ApiKey
+from llmlb.router.clouds import prefix_of
+from llmlb.router.keys import ApiKey, KeyLimits
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """What one caller may ask of the client API, and whose buckets its use counts in."""
+
+    subject: str  # a key's id, or a user's
+    limits: KeyLimits
+    cloud: bool = True  # may use provider models (those in ``limits.models``, where set)
+    holder: str = "this key"  # as refusals name it
+
+    @classmethod
+    def of_key(cls, key: ApiKey) -> Allowance:
+        return cls(key.id, key.limits)
+
+    @property
+    def checked(self) -> bool:
+        """Whether a request needs checking at all (most callers have no limits)."""
+        return self.limits.any or not self.cloud
 
 
 @dataclass
@@ -100,41 +124,52 @@ class KeyLimiter:
                 bucket.give(-amount, now)
 
     def admit(
-        self, key: ApiKey, model: str | None, request_id: str = "", body_bytes: int = 0
-    ) -> None:
-        """Raise unless ``key`` may send a request for ``model`` now; count it."""
-        limits = key.limits
-        if limits.models is not None and model not in limits.models:
+        self, caller: ApiKey | Allowance, model: str | None, request_id: str = "",
+        body_bytes: int = 0,
+    ) -> None:  # fmt: skip
+        """Raise unless ``caller`` may send a request for ``model`` now; count it."""
+        allowance = caller if isinstance(caller, Allowance) else Allowance.of_key(caller)
+        limits, subject, holder = allowance.limits, allowance.subject, allowance.holder
+        listed = limits.models is not None and model in limits.models
+        if limits.models is not None and not listed:
             shown = repr(model) if model is not None else "a model"
             raise PermissionDenied(
-                f"this key may not use {shown}; it may use {', '.join(limits.models)}",
+                f"{holder} may not use {shown}; it may use {', '.join(limits.models)}",
+                param="model", code="model_not_allowed",
+            )  # fmt: skip
+        if not allowance.cloud and not listed and model is not None and prefix_of(model):
+            raise PermissionDenied(
+                f"{holder} may not use cloud models such as {model!r}",
                 param="model", code="model_not_allowed",
             )  # fmt: skip
         now = time.monotonic()
-        requests = self._bucket(self._requests, key.id, limits.requests_per_minute)
-        tokens = self._bucket(self._tokens, key.id, limits.tokens_per_minute)
+        requests = self._bucket(self._requests, subject, limits.requests_per_minute)
+        tokens = self._bucket(self._tokens, subject, limits.tokens_per_minute)
         if tokens is not None:
             wait = tokens.wait_for(1, now)  # any allowance left
             if wait:
-                raise _refused("tokens", limits.tokens_per_minute, wait)
+                raise _refused(holder, "tokens", limits.tokens_per_minute, wait)
         if requests is not None:
             wait = requests.wait_for(1, now)
             if wait:
-                raise _refused("requests", limits.requests_per_minute, wait)
+                raise _refused(holder, "requests", limits.requests_per_minute, wait)
             requests.take(1, now)
-            self._count(key.id, 1, 0)
+            self._count(subject, 1, 0)
         if tokens is not None and request_id:
             estimate = max(1, body_bytes // BYTES_PER_TOKEN)
             tokens.take(estimate, now)
-            self._count(key.id, 0, estimate)
-            self._estimates[request_id] = (key.id, estimate)
+            self._count(subject, 0, estimate)
+            self._estimates[request_id] = (subject, estimate)
             if len(self._estimates) > MAX_PENDING:
                 del self._estimates[next(iter(self._estimates))]
 
     def charge(self, key_id: str | None, tokens: int, request_id: str = "") -> None:
         """The tokens a finished request used, against its key's token allowance (less the
-        estimate taken when it was let in)."""
+        estimate taken when it was let in). A request counted against a user (no key) is
+        known by its estimate."""
         estimate = self._estimates.pop(request_id, None) if request_id else None
+        if key_id is None and estimate is not None:
+            key_id = estimate[0]
         if key_id is None:
             return
         bucket = self._tokens.get(key_id)
@@ -162,10 +197,10 @@ class KeyLimiter:
         return bucket
 
 
-def _refused(kind: str, limit: int | None, wait: float) -> RateLimited:
+def _refused(holder: str, kind: str, limit: int | None, wait: float) -> RateLimited:
     seconds = max(1, math.ceil(wait))
     return RateLimited(
-        f"rate limit reached for this key on {kind} per minute (limit {limit}); "
+        f"rate limit reached for {holder} on {kind} per minute (limit {limit}); "
         f"try again in {seconds} s",
         error_type=kind, headers={"Retry-After": str(seconds)},
     )  # fmt: skip

@@ -24,7 +24,7 @@ from llmlb.common.serving import client_tls
 from llmlb.common.settings import RouterSettings
 from llmlb.models.catalog import Catalog, tiers_from_setting
 from llmlb.router.accounts import Accounts
-from llmlb.router.auth import Authenticator
+from llmlb.router.auth import Authenticator, Principal
 from llmlb.router.clouds import Clouds, prefix_of
 from llmlb.router.db import open_database, ping
 from llmlb.router.distributor import Distributor
@@ -32,14 +32,15 @@ from llmlb.router.fleet import Fleet
 from llmlb.router.forwarding import Forwarder
 from llmlb.router.gateway import Gateway
 from llmlb.router.history import History, RequestRecord
-from llmlb.router.keys import KeyStore
-from llmlb.router.limits import KeyLimiter
+from llmlb.router.keys import KeyLimits, KeyStore, with_resolved_models
+from llmlb.router.limits import Allowance, KeyLimiter
 from llmlb.router.limits_sharing import LimitSharing
 from llmlb.router.metrics import RouterMetrics
 from llmlb.router.models import RouterModels
 from llmlb.router.nodelink import NodeLinks
 from llmlb.router.proxy import Capacity, Proxy
 from llmlb.router.registry import Registry
+from llmlb.router.revisions import RevisionListener
 from llmlb.router.stats import SAMPLE_SECONDS, NodeTrends, overview
 from llmlb.router.tasks import EventBus, TaskManager
 
@@ -97,7 +98,15 @@ class RouterService:
         self.engine = engine
         # First: a broken catalog stops the start.
         self.catalog = Catalog.load(settings.home, tiers=tiers_from_setting(settings.model_tiers))
+        # And so do models in a role's limits that are no model's names.
+        self._role_allowances = {
+            role: (with_resolved_models(KeyLimits(**limits.model_dump(exclude={"cloud"})),
+                                        self.resolve_model), limits.cloud)
+            for role, limits in (("admin", settings.admin_limits),
+                                 ("viewer", settings.viewer_limits))
+        }  # fmt: skip
         self.keys = KeyStore(engine)
+        self.revision_listener = RevisionListener(engine, lambda topic: self.keys.changed())
         self.accounts = Accounts(engine, settings.session_hours)
         self.auth = Authenticator(
             self.keys, self.accounts,
@@ -168,6 +177,17 @@ class RouterService:
         self.node_token_path: Path = settings.home / NODE_TOKEN_FILE
         self._loops: list[asyncio.Task[None]] = []
 
+    def allowance_of(self, principal: Principal) -> Allowance | None:
+        """What a caller may ask of the client API: its key's limits, its role's for a
+        signed-in user; None for a caller nothing limits."""
+        if principal.key is not None:
+            return Allowance.of_key(principal.key)
+        user = principal.user
+        if user is None:
+            return None
+        limits, cloud = self._role_allowances[user.role]
+        return Allowance(user.id, limits, cloud, f"user {user.username!r} (role {user.role})")
+
     def _charge(self, record: RequestRecord) -> None:
         used = (record.tokens_in or 0) + (record.tokens_out or 0)
         self.limiter.charge(record.key_id, used, record.request_id)
@@ -193,6 +213,7 @@ class RouterService:
             asyncio.create_task(self._watch_loop()),
             asyncio.create_task(self._task_lease_loop()),
             asyncio.create_task(self._limit_share_loop()),
+            asyncio.create_task(self._key_sync_loop()),
         ]
         await self.tasks.resume()
 
@@ -204,6 +225,7 @@ class RouterService:
         await self.tasks.close()
         await self.models.downloads.close()
         await self.history.stop()
+        await self.revision_listener.close()
         await self.registry.write_heartbeats()
         with contextlib.suppress(Exception):  # what this router let keys use, for the others
             await self.limit_sharing.share()
@@ -212,6 +234,16 @@ class RouterService:
         await self.node_links.close()
         await self.cloud_session.close()
         await self.engine.dispose()
+
+    async def _key_sync_loop(self) -> None:
+        """Take in keys made or revoked by other routers and the CLI (only those): at once
+        where PostgreSQL announces them, and every ``key_sync_seconds`` in any case."""
+        trouble = Trouble("reading the keys")
+        while True:
+            with trouble:  # the database is away: the keys read last stay in force
+                await self.revision_listener.ensure()
+                await self.keys.sync(wait=True)
+            await asyncio.sleep(self.settings.key_sync_seconds)
 
     async def _limit_share_loop(self) -> None:
         """Share per-key usage with the other routers on this database."""

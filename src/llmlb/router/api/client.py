@@ -85,23 +85,25 @@ async def _forward(request: Request, endpoint: str, request_id: str) -> Response
     raw = await read_body(request, service.settings.max_body_bytes)
     # From here on, one watcher sees the client leave, through to the end of a stream.
     departure = request.scope[DEPARTURE_KEY] = Departure(request.receive)
-    if principal.key is not None and principal.key.limits.any:
+    allowance = service.allowance_of(principal)
+    if allowance is not None and allowance.checked:
         model = _model_of(raw, service.resolve_model)
-        service.limiter.admit(principal.key, model, request_id, len(raw))
+        service.limiter.admit(allowance, model, request_id, len(raw))
+    who = principal.who
     headers = {"x-request-id": request_id}
     for name in _TRACE_HEADERS:
         if name in request.headers:
             headers[name] = request.headers[name]
     if endpoint in _DIALECTS:
-        caller = Caller(request_id, principal.key_id, headers)
+        caller = Caller(request_id, who, headers)
         return await departure.guard(_DIALECTS[endpoint](service.gateway, raw, caller))
     forwarder = service.forwarder
     routed = forwarder.route(endpoint, request.scope["path"], raw)
     if prefix_of(routed.model) is not None:
-        caller = Caller(request_id, principal.key_id, headers)
+        caller = Caller(request_id, who, headers)
         work = translated.cloud(service.gateway, endpoint, request.scope["path"], raw, caller)
         return await departure.guard(work)
-    forwarding = forwarder.forward(routed, headers, principal.key_id, request_id)
+    forwarding = forwarder.forward(routed, headers, who, request_id)
     # A client that leaves before the answer starts takes the node's work with it.
     answer = await departure.guard(forwarding)
     extra = {"x-llmlb-node": answer.node.name, "x-llmlb-attempts": str(answer.attempts)}

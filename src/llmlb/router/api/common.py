@@ -13,6 +13,7 @@ from starlette.responses import Response
 from llmlb.common.errors import BadRequest, PermissionDenied
 from llmlb.router.auth import CSRF_HEADER, SESSION_COOKIE, Credentials, Principal
 from llmlb.router.keys import Scope
+from llmlb.router.lockout import normalised_address
 from llmlb.router.service import RouterService
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -29,7 +30,7 @@ def credentials(request: Request) -> Credentials:
     return Credentials(
         authorization=request.headers.get("authorization"),
         x_api_key=request.headers.get("x-api-key"),
-        client=request.client.host if request.client else None,
+        client=client_address(request),
         session=request.cookies.get(SESSION_COOKIE),
         csrf=request.headers.get(CSRF_HEADER),
         write=request.method not in ("GET", "HEAD"),
@@ -37,7 +38,9 @@ def credentials(request: Request) -> Credentials:
 
 
 def client_address(request: Request) -> str:
-    return request.client.host if request.client else "-"
+    """The caller's address in one spelling (a proxy's X-Forwarded-For counts only from
+    ``trusted_proxies``, see ``common.serving``)."""
+    return normalised_address(request.client.host if request.client else None)
 
 
 # What a plain HTML form (or a no-cors fetch) may send to any address without a preflight.

@@ -34,7 +34,7 @@ EXPORT_MAX_ROWS = 100_000
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _TAG = re.compile(r"[A-Za-z0-9._:-]{1,32}")
 _EXPORT_COLUMNS = (
-    "id", "ts", "request_id", "key_id", "endpoint", "model", "node_id", "status",
+    "id", "ts", "request_id", "key_id", "user", "endpoint", "model", "node_id", "status",
     "latency_ms", "ttft_ms", "tokens_in", "tokens_out", "attempts", "error",
 )  # fmt: skip
 
@@ -43,7 +43,8 @@ def history_filter(request: Request) -> HistoryFilter:
     q = request.query_params
     return HistoryFilter(
         model=q.get("model") or None, node_id=q.get("node_id") or None,
-        key_id=q.get("key_id") or None, status=int_param(request, "status", None, 100, 599),
+        key_id=q.get("key_id") or None, user=q.get("user") or None,
+        status=int_param(request, "status", None, 100, 599),
         since=float_param(request, "since"), until=float_param(request, "until"),
     )  # fmt: skip
 

@@ -475,6 +475,7 @@ function requestsPage(root) {
     node_id: h("select", { name: "node_id" }, h("option", { value: "" }, "any node")),
     status: h("input", { name: "status", placeholder: "status", size: 5, inputmode: "numeric" }),
     key_id: h("input", { name: "key_id", placeholder: "key id" }),
+    user: h("input", { name: "user", placeholder: "user" }),
     since: h("input", { name: "since", type: "datetime-local" }),
     until: h("input", { name: "until", type: "datetime-local" }),
   };
@@ -500,7 +501,7 @@ function requestsPage(root) {
       h("td", {}, fmt.time(r.ts)), h("td", {}, r.model), h("td", { class: "mono" }, r.node_id || "–"),
       h("td", {}, h("span", { class: r.status < 400 ? "status ready" : "status failed" }, r.status)),
       h("td", {}, fmt.ms(r.latency_ms)), h("td", {}, fmt.ms(r.ttft_ms)),
-      h("td", {}, `${r.tokens_in ?? "–"} / ${r.tokens_out ?? "–"}`), h("td", { class: "mono" }, r.key_id || "–"))));
+      h("td", {}, `${r.tokens_in ?? "–"} / ${r.tokens_out ?? "–"}`), h("td", { class: "mono" }, r.key_id || (r.user ? `user ${r.user}` : "–")))));
   };
   const showDetail = async (id) => {
     const r = await api("GET", `/api/requests/${id}`);
@@ -519,7 +520,7 @@ function requestsPage(root) {
       h("button", { class: "secondary", onclick: () => { offset += PAGE; load(); } }, "Older →"), info,
       h("span", {}, "Export: ", exportLink("csv"), " · ", exportLink("json")))),
   h("div", { class: "panel scroll" }, h("table", { "aria-label": "requests" },
-    h("thead", {}, h("tr", {}, ["Time", "Model", "Node", "Status", "Latency", "TTFT", "Tokens in / out", "Key"].map((t) => h("th", {}, t)))), body)),
+    h("thead", {}, h("tr", {}, ["Time", "Model", "Node", "Status", "Latency", "TTFT", "Tokens in / out", "Key or user"].map((t) => h("th", {}, t)))), body)),
   detail);
   api("GET", "/api/nodes").then((nodes) => {
     for (const n of nodes.data) inputs.node_id.append(h("option", { value: n.id }, n.label || n.name));

@@ -1,0 +1,72 @@
+"""The key store keeps in step with the table by revision: making a key reads no other key,
+and a router takes in another's change by reading that change alone."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import insert
+
+from llmlb.router import keys as keys_module
+from llmlb.router.db import api_keys, open_database
+from llmlb.router.keys import ApiKey, KeyStore, hash_secret
+
+MANY = 5_500
+
+
+async def test_a_change_costs_the_same_with_thousands_of_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}")
+    now = time.time()
+    async with engine.begin() as connection:
+        await connection.execute(insert(api_keys), [
+            {"id": f"k{i}", "name": f"k{i}", "scopes": "api", "secret_hash": hash_secret(f"s{i}"),
+             "prefix": "llmlb_x", "created_at": now}
+            for i in range(MANY)
+        ])  # fmt: skip
+    here, there = KeyStore(engine), KeyStore(engine)
+    await here.sync()
+    await there.sync()
+    assert await there.verify("s42") is not None  # the keys made before are all known
+
+    read: list[str] = []
+    original = keys_module._from_row
+
+    def counted(row: Any) -> ApiKey:
+        read.append(row.id)
+        return original(row)
+
+    monkeypatch.setattr(keys_module, "_from_row", counted)
+    made, secret = await here.create("new", ["api"])
+    assert read == []  # making a key read no key (it read all 5,501 before: 90 ms of CPU)
+    assert await here.verify(secret) is not None  # and this router knows it at once
+
+    await there.sync()
+    assert read == [made.id]  # the other router read the one key that changed
+    assert await there.verify(secret) is not None
+    await here.revoke(made.id)
+    read.clear()
+    await there.sync()
+    assert read == [made.id]
+    assert await there.verify(secret) is None
+    assert await there.spent(secret)
+    read.clear()
+    await there.sync()  # nothing changed: nothing read
+    assert read == []
+    await engine.dispose()
+
+
+async def test_a_secret_made_elsewhere_is_found_by_the_request_that_brings_it(
+    tmp_path: Path,
+) -> None:
+    engine = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}")
+    here, there = KeyStore(engine), KeyStore(engine)
+    await there.sync()
+    _, secret = await here.create("elsewhere", ["api"])
+    assert await there.verify(secret) is not None  # a miss syncs, then looks again
+    assert await there.verify("llmlb_not-a-key") is None
+    await engine.dispose()
