@@ -107,9 +107,7 @@ class Forwarder:
         try:
             answer = await self.proxy.forward(routed, headers)
         except LlmlbError as exc:
-            self.record(
-                routed, request_id, who, started, outcome_of(None, exc.status, exc.message)
-            )
+            self.record(routed, request_id, who, started, outcome_of(None, exc.status, exc.message))
             raise
         except asyncio.CancelledError:  # the client left while the node was working
             self.record(routed, request_id, who, started, outcome_of(None, 499, "client left"))
