@@ -3,6 +3,7 @@ and a router takes in another's change by reading that change alone."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -69,4 +70,23 @@ async def test_a_secret_made_elsewhere_is_found_by_the_request_that_brings_it(
     _, secret = await here.create("elsewhere", ["api"])
     assert await there.verify(secret) is not None  # a miss syncs, then looks again
     assert await there.verify("llmlb_not-a-key") is None
+    await engine.dispose()
+
+
+async def test_a_caller_cancelled_as_the_sync_ends_is_still_cancelled(tmp_path: Path) -> None:
+    """Python 3.11's ``wait_for`` returns the result, swallowing the cancellation, when the
+    awaited sync ends in the same turn as the cancel: the router's key sync loop then never
+    stopped, and its shutdown hung (seen as a 300 s test teardown)."""
+    engine = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}")
+    store = KeyStore(engine)
+    await store.sync()
+    for _ in range(20):
+        ending: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        store._syncing = ending  # type: ignore[assignment]  # a sync in flight
+        caller = asyncio.create_task(store.sync(wait=True))
+        await asyncio.sleep(0)  # the caller waits for it
+        ending.set_result(None)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
     await engine.dispose()

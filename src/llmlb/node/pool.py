@@ -200,7 +200,8 @@ class EnginePool(Generic[S, E]):
                 headers={"Retry-After": "5"},
             )
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._cond.wait(), remaining)
+            async with asyncio.timeout(remaining):
+                await self._cond.wait()
 
     async def _load_with(self, spec: S, evicted: list[_Entry[S, E]], keys: list[Hashable]) -> None:
         try:

@@ -71,7 +71,8 @@ class Gate:
         turn = asyncio.get_running_loop().create_future()
         self._waiters.append(turn)
         try:
-            await asyncio.wait_for(asyncio.shield(turn), self._queue_timeout)
+            async with asyncio.timeout(self._queue_timeout):
+                await asyncio.shield(turn)
         except TimeoutError:
             if not turn.done():
                 self._waiters.remove(turn)
@@ -267,7 +268,8 @@ class Clouds:
             if state.fetched_at and time.monotonic() - state.fetched_at < MODELS_TTL:
                 return state.ids
             try:
-                state.ids = await asyncio.wait_for(self._fetch_models(name), MODELS_TIMEOUT)
+                async with asyncio.timeout(MODELS_TIMEOUT):
+                    state.ids = await self._fetch_models(name)
                 state.fetched_at = time.monotonic()
             except Exception as exc:
                 state.retry_at = time.monotonic() + MODELS_RETRY

@@ -175,7 +175,8 @@ class History:
         failing = False
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), 0.5)
+                async with asyncio.timeout(0.5):  # (3.11's wait_for may swallow a cancel)
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.flush()

@@ -235,7 +235,10 @@ class KeyStore:
         if not wait and self._revision >= 0:
             return
         try:
-            await asyncio.wait_for(asyncio.shield(self._syncing), RELOAD_WAIT)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+            # that comes as the sync ends (the key sync loop then never stopped).
+            async with asyncio.timeout(RELOAD_WAIT):
+                await asyncio.shield(self._syncing)
         except TimeoutError:
             if self._revision < 0:
                 raise Unavailable("the key database does not answer; try again") from None

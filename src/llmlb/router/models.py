@@ -137,7 +137,8 @@ class RouterModels:
         partial = partial_path(self.store, name, path.name)
         while not path.is_file() and not partial.is_file() and not task.done():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(progress.changed.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await progress.changed.wait()
         if task.done():
             task.result()  # raises the download's error
         source = path if path.is_file() else partial
@@ -159,7 +160,8 @@ class RouterModels:
             await asyncio.shield(task)
         while progress.bytes_total is None and not task.done():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(progress.changed.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await progress.changed.wait()
         if task.done():
             stored = task.result()  # raises the download's error
             total = stored.size_bytes
@@ -196,7 +198,8 @@ class RouterModels:
                         raise UpstreamFailed(f"the origin download of {path.parent.name} failed")
                     continue  # finished: the rest is on disk now
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(progress.changed.wait(), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await progress.changed.wait()
         finally:
             stream.close()
 

@@ -119,7 +119,8 @@ class Capacity:
     async def wait(self, seconds: float) -> None:
         """Until the next change or ``seconds``, whichever comes first."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._event.wait()
 
 
 def usage_of(data: bytes) -> dict[str, int]:

@@ -168,7 +168,8 @@ async def events(request: Request) -> Response:
         with bus.subscribe() as queue:
             while True:
                 try:
-                    event = await asyncio.wait_for(queue.get(), EVENTS_KEEPALIVE_SECONDS)
+                    async with asyncio.timeout(EVENTS_KEEPALIVE_SECONDS):
+                        event = await queue.get()
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
