@@ -109,8 +109,10 @@ class Run:
         self.latencies: list[float] = []
         self.firsts: list[float] = []
         self.errors = 0
+        self.answered = 0  # warm-up and drain included: what the server did in all
 
     def record(self, latency: float, first: float) -> None:
+        self.answered += 1
         if time.perf_counter() >= self.measure_from:
             self.latencies.append(latency)
             self.firsts.append(first)
@@ -148,6 +150,7 @@ async def load(
     await asyncio.gather(*(c.closed for c in connections))
     return {
         "requests": len(run.latencies),
+        "answered": run.answered,
         "rps": len(run.latencies) / elapsed,
         "p50_ms": percentile(run.latencies, 0.5) * 1000,
         "p99_ms": percentile(run.latencies, 0.99) * 1000,

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from tests.support import free_port, node_token, start_router
 
 BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
-METRICS = ("rps", "p50_ms", "p99_ms", "ttfc_p50_ms", "ttfc_p99_ms")
+METRICS = ("rps", "p50_ms", "p99_ms", "ttfc_p50_ms", "ttfc_p99_ms", "cpu_us")
 WARMUP = 0.5  # seconds of load before each point's measured window
 
 
@@ -99,9 +99,16 @@ def run(report: Report, quick: bool) -> None:
                     for index in range(rounds):
                         order = names[index % len(names) :] + names[: index % len(names)]
                         for side in order:
-                            url, headers, _ = sides[side]
+                            url, headers, pid = sides[side]
                             before = (_children_cpu(), cpu_seconds(upstream.pid))
+                            proxy_cpu = cpu_seconds(pid) if pid is not None else 0.0
                             result = load(url, bodies[mode], concurrency, seconds, headers)
+                            # The proxy's CPU per answer, warm-up and drain included: steadier
+                            # than requests/s on a shared machine, for a before/after.
+                            result["cpu_us"] = (
+                                (cpu_seconds(pid) - proxy_cpu) / max(result["answered"], 1) * 1e6
+                                if pid is not None else float("nan")
+                            )  # fmt: skip
                             if side == "direct":
                                 wall = seconds + WARMUP + 0.2  # and its 0.2 s connect pause
                                 generator = (_children_cpu() - before[0]) / wall
@@ -170,14 +177,15 @@ def _report(report: Report, sides: dict[str, tuple[str, list[str], int | None]],
         f"`bench/loadgen.py` in its own process; {seconds:g} s a point after {WARMUP:g} s of "
         f"warm-up (answers still in flight then get at most {2 * seconds:g} s more), the median "
         f"of {rounds} rounds whose side order rotates. Streams are 34 SSE events; `ttfc` is "
-        f"the time to the first chunk. Latencies in ms."
+        f"the time to the first chunk. Latencies in ms; `CPU µs/req` is the proxy process's "
+        f"CPU time per answer (all it answered, warm-up included)."
         + ("" if "LiteLLM" in sides else " LiteLLM was not measured in this run"
            + (" (`--quick` skips it)." if quick else " (its install failed)."))
         + "".join(f" `{side}` is llmlb's router at that git revision (`LLMLB_BENCH_AGAINST`), "
                   f"for a before/after in the same run." for side in sides if "@" in side),
     )  # fmt: skip
-    headers = ["mode", "conc", "side", "req/s", "p50", "p99", "ttfc p50", "ttfc p99", "errors",
-               "÷ direct", "llmlb ÷ side"]  # fmt: skip
+    headers = ["mode", "conc", "side", "req/s", "p50", "p99", "ttfc p50", "ttfc p99",
+               "CPU µs/req", "errors", "÷ direct", "llmlb ÷ side"]  # fmt: skip
     rows = []
     for mode in ("whole", "stream"):
         for concurrency in concurrencies:
