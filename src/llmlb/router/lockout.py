@@ -13,6 +13,7 @@ what one host is usually given.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import time
@@ -29,6 +30,7 @@ _DOTTED = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}")
 _PURGE_EVERY = 60.0  # seconds between deletions of failures older than the window
 
 
+@functools.lru_cache(maxsize=4096)  # asked on every request; clients come back
 def normalised_address(host: str | None) -> str:
     """One spelling per address: IPv4-mapped IPv6 as IPv4, no leading zeros, IPv6 compressed
     and in lower case; anything else (a name), lower case and bounded."""
