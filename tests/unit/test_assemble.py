@@ -29,9 +29,11 @@ def test_chat_text_usage_and_finish_reason() -> None:
     ])  # fmt: skip
     assert answer["object"] == "chat.completion"
     assert answer["id"] == "chatcmpl-1" and answer["model"] == "m"
+    # OpenAI's schema requires ``logprobs`` and ``message.refusal``: null when absent.
     assert answer["choices"] == [
-        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Paris"}}
-    ]
+        {"index": 0, "finish_reason": "stop", "logprobs": None,
+         "message": {"role": "assistant", "content": "Paris", "refusal": None}}
+    ]  # fmt: skip
     assert answer["usage"]["completion_tokens"] == 3
     assert answer["timings"] == {"predicted_n": 3}
 

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llmlb.common.compression import Inflater
 from llmlb.common.connections import ABORT_KEY
 from llmlb.common.errors import (
     BadRequest,
@@ -230,11 +231,14 @@ class RequestIdMiddleware:
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing bodies over ``limit`` bytes before reading them all, and
     bodies that take longer than the app's ``body_timeout`` (a 408: a slow or endless body
-    must not hold a connection and a task forever)."""
+    must not hold a connection and a task forever). A gzip or deflate body is inflated,
+    within the same limit."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit} bytes")
     timeout: float = getattr(request.app.state, "body_timeout", DEFAULT_BODY_TIMEOUT)
+    encoding = request.headers.get("content-encoding")
+    inflater = Inflater(encoding, limit) if encoding else None  # (common.compression)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -243,9 +247,11 @@ async def read_body(request: Request, limit: int) -> bytes:
                 size += len(chunk)
                 if size > limit:
                     raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-                chunks.append(chunk)
+                chunks.append(inflater.feed(chunk) if inflater is not None else chunk)
     except TimeoutError:
         raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
+    if inflater is not None:
+        inflater.finish()
     return b"".join(chunks)
 
 

@@ -62,6 +62,22 @@ class StreamOptions(OpenModel):
     include_usage: bool = False
 
 
+# Integer fields: a whole-number float (``320.0``, as some languages write every number) is
+# the integer it spells, as OpenAI takes it.
+INTEGER_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "n_predict", "n",
+                  "top_k", "seed", "top_logprobs", "n_probs", "logprobs", "best_of",
+                  "dimensions")  # fmt: skip
+
+
+def whole_numbers(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with whole-number floats in integer fields as integers."""
+    fixed = {
+        name: int(value) for name in INTEGER_FIELDS
+        if isinstance(value := body.get(name), float) and value.is_integer()
+    }  # fmt: skip
+    return {**body, **fixed} if fixed else body
+
+
 def parse_as(model: type[M], body: dict[str, Any]) -> M:
     """``body`` as ``model``; BadRequest naming the first field that does not fit."""
     try:

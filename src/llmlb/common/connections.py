@@ -112,6 +112,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # For a response that must end the connection at once (asgi.StreamRelay, a
             # client that stopped reading): close() would wait to flush to that client.
             self.scope[ABORT_KEY] = self._drop  # type: ignore[literal-required]
+            if self.scope.get("http_version") == "1.0":
+                _close_delimited(self.cycle)
             return
         # Probes answer even at the connection cap: an orchestrator must see the process
         # alive (and busy), not a 503 that looks like a dead one.
@@ -133,6 +135,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+
+def _close_delimited(cycle: Any) -> None:
+    """An HTTP/1.0 client knows no chunked encoding: a body of unknown length (a stream) is
+    sent as it is and ended by closing the connection, as HTTP/1.0 frames it. uvicorn sends
+    chunked to every version; it is told here that the length is known, and held to the
+    real one only at the end. (Its keep-alive is already off for HTTP/1.0.)"""
+    send = cycle.send
+
+    async def send_http10(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            cycle.chunked_encoding = False
+            cycle.expected_content_length = 1 << 62
+        elif message["type"] == "http.response.body" and not message.get("more_body", False):
+            cycle.expected_content_length = len(message.get("body", b""))
+        await send(message)
+
+    cycle.send = send_http10
 
 
 def guarded_protocol(

@@ -7,6 +7,7 @@ response body has OpenAI's shape: ``{"error": {"message", "type", "param", "code
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 
@@ -225,9 +226,17 @@ _ENGINE_TYPES: dict[str, type[LlmlbError]] = {
 }
 
 
+_INPUT_TOO_LARGE = re.compile(r"input \([0-9]+ tokens\) is too large to process")
+
+
 def from_engine_error(payload: dict[str, Any]) -> LlmlbError:
     """Map llama.cpp's server error object (``{"code", "message", "type"}``) onto our tree."""
     message = str(payload.get("message") or "the engine failed")
+    if _INPUT_TOO_LARGE.search(message):  # an embedding input past the context: the client's
+        return ContextLengthExceeded(
+            f"{message.split('.')[0]}: longer than the model's context on this node",
+            param="input",
+        )
     engine_type = str(payload.get("type") or "")
     cls = _ENGINE_TYPES.get(engine_type)
     if cls is None:

@@ -284,6 +284,10 @@ class RouterSettings(CommonSettings):
         default_factory=lambda: RoleLimits(cloud=True),
         description="What an admin's session may use of /v1/*",
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Web origins whose pages may call /v1/* from a browser (* for any)",
+    )
     key_sync_seconds: float = Field(
         default=0.5, gt=0, le=60,
         description="How soon a key made or revoked elsewhere counts here (routers, the CLI)",

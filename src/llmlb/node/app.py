@@ -87,6 +87,11 @@ def create_app(service: NodeService, links: Sequence[RouterLink] = ()) -> Starle
 
         return handler
 
+    async def count_tokens(request: Request) -> Response:
+        with service.handling():
+            body = await _body(request)
+            return ORJSONResponse(await service.count_tokens(body))
+
     async def embeddings(request: Request) -> Response:
         with service.handling():
             return await embed(request)
@@ -180,6 +185,7 @@ def create_app(service: NodeService, links: Sequence[RouterLink] = ()) -> Starle
             Route("/v1/chat/completions", guarded(_generation("chat")), methods=["POST"]),
             Route("/v1/completions", guarded(_generation("completion")), methods=["POST"]),
             Route("/v1/embeddings", guarded(embeddings), methods=["POST"]),
+            Route("/api/count_tokens", guarded(count_tokens), methods=["POST"]),
             Route("/v1/models", guarded(models), methods=["GET"]),
             Route("/api/pull", guarded(pull), methods=["POST"]),
             Route("/api/downloads", guarded(downloads), methods=["GET"]),

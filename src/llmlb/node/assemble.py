@@ -24,11 +24,14 @@ class _Choice:
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     logprobs: list[Any] = field(default_factory=list)
     finish_reason: str | None = None
+    stop_reason: str | None = None  # the client's stop sequence that ended it (node.stops)
     role: str = "assistant"
 
     def take(self, endpoint: Endpoint, choice: dict[str, Any]) -> None:
         if choice.get("finish_reason"):
             self.finish_reason = choice["finish_reason"]
+        if isinstance(choice.get("stop_reason"), str):
+            self.stop_reason = choice["stop_reason"]
         logprobs = choice.get("logprobs")
         if isinstance(logprobs, dict) and isinstance(logprobs.get("content"), list):
             self.logprobs.extend(logprobs["content"])
@@ -55,20 +58,21 @@ class _Choice:
 
     def render(self, endpoint: Endpoint, index: int) -> dict[str, Any]:
         logprobs = {"content": self.logprobs} if self.logprobs else None
+        stop = {"stop_reason": self.stop_reason} if self.stop_reason is not None else {}
         if endpoint == "completion":
             return {"text": "".join(self.text), "index": index, "logprobs": logprobs,
-                    "finish_reason": self.finish_reason}  # fmt: skip
-        message: dict[str, Any] = {"role": self.role, "content": "".join(self.text) or None}
+                    "finish_reason": self.finish_reason, **stop}  # fmt: skip
+        # ``refusal`` and ``logprobs`` are required in OpenAI's schema (null when absent).
+        message: dict[str, Any] = {"role": self.role, "content": "".join(self.text) or None,
+                                   "refusal": None}  # fmt: skip
         if any(self.reasoning):
             message["reasoning_content"] = "".join(self.reasoning)
         if self.tool_calls:
             message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
         elif message["content"] is None:
             message["content"] = ""
-        answer = {"finish_reason": self.finish_reason, "index": index, "message": message}
-        if logprobs is not None:
-            answer["logprobs"] = logprobs
-        return answer
+        return {"finish_reason": self.finish_reason, "index": index, "message": message,
+                "logprobs": logprobs, **stop}  # fmt: skip
 
 
 def assemble(endpoint: Endpoint, chunks: list[dict[str, Any]]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import orjson
 
 from llmlb.common.errors import BadRequest, LlmlbError, ModelLoadFailed, from_engine_error
@@ -32,6 +33,8 @@ from llmlb.node.templates import ChatTemplate
 log = logging.getLogger(__name__)
 
 Purpose = Literal["generate", "embed"]
+# A rewrite of an engine's raw stream chunks (node.tools.rewrite).
+Shape = Callable[[AsyncIterator[bytes]], AsyncGenerator[bytes, None]]
 _END = object()
 
 
@@ -77,8 +80,11 @@ def _engine_params(spec: EngineSpec) -> Any:
     # model around the node's own key.
     params.hostnames = ["127.0.0.1"]
     params.port = 0
-    params.api_keys = [secrets.token_urlsafe(32)]
+    params.api_keys = [secrets.token_urlsafe(32)]  # (the engine keeps it: count_tokens)
     if spec.purpose == "embed":
+        # One input is embedded in one physical batch: at the default 512 tokens an ordinary
+        # RAG chunk failed ("increase the physical batch size"). The whole context instead.
+        params.n_batch = params.n_ubatch = spec.ctx_size
         params.embedding = True
         params.pooling_type = xllamacpp.llama_pooling_type.LLAMA_POOLING_TYPE_MEAN
     if spec.template.jinja is not None:
@@ -90,9 +96,10 @@ def _engine_params(spec: EngineSpec) -> Any:
 class LlamaEngine:
     """A loaded model. Build it with :meth:`load` (blocking: call it off the event loop)."""
 
-    def __init__(self, spec: EngineSpec, server: Any) -> None:
+    def __init__(self, spec: EngineSpec, server: Any, internal_key: str = "") -> None:
         self.spec = spec
         self._server = server
+        self._internal_key = internal_key
         self._executor = ThreadPoolExecutor(
             max_workers=spec.parallel, thread_name_prefix=f"engine-{spec.name}"
         )
@@ -114,23 +121,28 @@ class LlamaEngine:
             raise ModelLoadFailed(f"cannot load model {spec.name!r}: {exc}") from exc
         import xllamacpp
 
+        params = _engine_params(spec)
         try:
-            server = xllamacpp.Server(_engine_params(spec))
+            server = xllamacpp.Server(params)
         except RuntimeError as exc:
             raise ModelLoadFailed(
                 f"cannot load model {spec.name!r} from {spec.path}: llama.cpp rejected it ({exc})"
             ) from exc
-        return cls(spec, server)
+        return cls(spec, server, params.api_keys[0])
 
-    async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(
+        self, endpoint: Endpoint, body: dict[str, Any], shape: Shape | None = None
+    ) -> dict[str, Any]:
         """A whole chat or text completion, generated as a stream and assembled: a caller
         that is cancelled (its client left) stops generation at the next token, which
-        llama.cpp's non-streaming call cannot do (node.assemble)."""
+        llama.cpp's non-streaming call cannot do (node.assemble). ``shape`` rewrites the
+        stream's chunks first (node.tools)."""
         options = body.get("stream_options") or {}
         streamed = {**body, "stream": True, "stream_options": {**options, "include_usage": True}}
         chunks: list[dict[str, Any]] = []
         async with contextlib.aclosing(self.stream(endpoint, streamed)) as stream:
-            async for raw in stream:
+            shaped = shape(stream) if shape is not None else stream
+            async for raw in shaped:
                 chunks.extend(_parse_chunks(raw))
         if not chunks:
             raise LlmlbError(f"model {self.spec.name!r} returned nothing")
@@ -172,6 +184,29 @@ class LlamaEngine:
                 cancelled.set()
                 if not future.done():
                     future.add_done_callback(_consume_exception)
+
+    async def count_tokens(self, endpoint: Endpoint, body: dict[str, Any]) -> int:
+        """The tokens of a request's prompt (a chat's as this model's template renders it):
+        through llama.cpp's own server, its /apply-template and /tokenize (xllamacpp binds
+        neither)."""
+        headers = {"authorization": f"Bearer {self._internal_key}"}
+        async with httpx.AsyncClient(base_url=self.internal_url, headers=headers,
+                                     timeout=60) as client:  # fmt: skip
+            prompt = body.get("prompt") or ""
+            if endpoint == "chat":
+                fields = {k: body[k] for k in ("messages", "tools", "tool_choice") if k in body}
+                rendered = await client.post("/apply-template", json=fields)
+                if rendered.status_code != 200:
+                    raise from_engine_error(_error_payload(rendered.content))
+                prompt = rendered.json().get("prompt", "")
+            if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+                return len(prompt)  # token ids already
+            if isinstance(prompt, list):
+                prompt = "".join(str(p) for p in prompt)
+            tokens = await client.post("/tokenize", json={"content": prompt, "add_special": True})
+            if tokens.status_code != 200:
+                raise from_engine_error(_error_payload(tokens.content))
+            return len(tokens.json().get("tokens") or [])
 
     async def embed(self, body: dict[str, Any]) -> dict[str, Any]:
         payload = orjson.dumps(body)

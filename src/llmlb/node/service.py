@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
+import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
@@ -18,19 +20,27 @@ from typing import Any
 import orjson
 
 from llmlb import __version__
-from llmlb.common.errors import LlmlbError, ModelLoadFailed, NotFound, error_body
+from llmlb.common.errors import (
+    BadRequest,
+    LlmlbError,
+    ModelLoadFailed,
+    NotFound,
+    error_body,
+)
 from llmlb.common.settings import NodeSettings
 from llmlb.common.wire import Device, NodeState
 from llmlb.models.gguf import GGUFError, GGUFInfo, read_gguf
 from llmlb.models.memory import kv_bytes_per_token_of, memory_needed
 from llmlb.models.store import ModelStore, StoredModel
 from llmlb.node.assemble import Endpoint
-from llmlb.node.engine import EngineSpec, LlamaEngine, Purpose, restore_signal_handlers
+from llmlb.node.engine import EngineSpec, LlamaEngine, Purpose, Shape, restore_signal_handlers
 from llmlb.node.metrics import NodeMetrics
 from llmlb.node.pool import EnginePool
 from llmlb.node.resolver import ModelResolver
+from llmlb.node.stops import client_stops, honour_stops
 from llmlb.node.sync import ModelSync
 from llmlb.node.templates import resolve_template, with_stops
+from llmlb.node.tools import plan_tools, rewrite
 from llmlb.node.validation import model_name, validate_embeddings, validate_generation
 
 log = logging.getLogger(__name__)
@@ -54,6 +64,25 @@ def estimate_memory(model: StoredModel, info: GGUFInfo, ctx_size: int) -> int:
     required = configured if isinstance(configured, int) and configured > 0 else None
     kv_cache = kv_bytes_per_token_of(info) * ctx_size
     return memory_needed(model.size_bytes, kv_cache=kv_cache, required=required)
+
+
+def _wants_nothing(body: dict[str, Any]) -> bool:
+    return 0 in (body.get("max_tokens"), body.get("max_completion_tokens"))
+
+
+async def _as_stream(answer: dict[str, Any], with_usage: bool) -> AsyncGenerator[bytes, None]:
+    """A whole (empty) answer as the stream of chunks a client asked for."""
+    head = {k: answer[k] for k in ("id", "created", "model")}
+    kind = "chat.completion.chunk" if answer["object"] == "chat.completion" else "text_completion"
+    if kind == "chat.completion.chunk":
+        delta = {"role": "assistant", "content": ""}
+        piece = {"index": 0, "delta": delta, "finish_reason": "length", "logprobs": None}
+    else:
+        piece = {"index": 0, "text": "", "finish_reason": "length", "logprobs": None}
+    yield sse(orjson.dumps({**head, "object": kind, "choices": [piece]}))
+    usage = {**head, "object": kind, "choices": [], "usage": answer["usage"]}
+    yield sse(orjson.dumps(usage)) if with_usage else b": usage " + orjson.dumps(usage) + b"\n\n"
+    yield DONE_EVENT
 
 
 def sse(data: bytes) -> bytes:
@@ -288,19 +317,34 @@ class NodeService:
 
     async def prepare(
         self, endpoint: Endpoint, body: dict[str, Any]
-    ) -> tuple[EngineSpec, dict[str, Any]]:
+    ) -> tuple[EngineSpec, dict[str, Any], Shape | None]:
+        """The engine, the request as it gets it, and how its answer's chunks are to be
+        rewritten: tool calls in the generic format (node.tools), the client's stop
+        sequences matched by the node (node.stops)."""
         name = self.resolver.canonical(model_name(body))
         spec = await self.spec_for(name, "generate")
         body = validate_generation(body, endpoint, spec.ctx_size, spec.parallel, self.settings)
+        shape: Shape | None = None
+        plan = None
+        if endpoint == "chat":
+            body, plan = plan_tools(body, spec.template)
+            if plan is not None:
+                shape = functools.partial(rewrite, plan)
+        stops = client_stops(body)
+        if plan is None and stops and (body.get("n") or 1) == 1:
+            body = {k: v for k, v in body.items() if k != "stop"} | {"timings_per_token": True}
+            shape = functools.partial(honour_stops, stops, endpoint)
         if endpoint == "chat":
             body = with_stops(body, spec.template)
-        return spec, body
+        return spec, body, shape
 
     async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
-        spec, body = await self.prepare(endpoint, body)
+        spec, body, shape = await self.prepare(endpoint, body)
+        if _wants_nothing(body):
+            return await self._nothing(endpoint, spec, body)
         started = time.monotonic()
         async with self.pool.lease(spec) as engine:
-            response = await engine.complete(endpoint, {**body, "stream": False})
+            response = await engine.complete(endpoint, {**body, "stream": False}, shape)
         timings = response.get("timings") or {}
         self.metrics.record_usage(spec.name, response.get("usage") or {}, timings)
         if "prompt_ms" in timings:
@@ -316,9 +360,11 @@ class NodeService:
         Returns SSE frames; a failure after the first frame ends the stream with one error
         event and ``[DONE]``.
         """
-        spec, body = await self.prepare(endpoint, body)
+        spec, body, shape = await self.prepare(endpoint, body)
         options = body.get("stream_options") or {}
         wants_usage = bool(options.get("include_usage"))
+        if _wants_nothing(body):
+            return _as_stream(await self._nothing(endpoint, spec, body), wants_usage)
         # Always ask for usage so the metrics see token counts; drop it if the client did not.
         body = {**body, "stream": True, "stream_options": {**options, "include_usage": True}}
         started = time.monotonic()
@@ -326,7 +372,10 @@ class NodeService:
         try:
             engine = await stack.enter_async_context(self.pool.lease(spec))
             chunks = engine.stream(endpoint, body)
-            stack.push_async_callback(chunks.aclose)
+            stack.push_async_callback(chunks.aclose)  # (closing the rewrite does not close it)
+            if shape is not None:
+                chunks = shape(chunks)
+                stack.push_async_callback(chunks.aclose)
             first = await anext(chunks)
         except BaseException:
             await stack.aclose()
@@ -373,12 +422,50 @@ class NodeService:
         self.metrics.record_usage(model, usage, data.get("timings") or {})
         return not data.get("choices")
 
+    async def _check_dimensions(self, name: str, dimensions: Any) -> None:
+        """``dimensions`` may only name the model's own size: cutting a vector short is
+        meaningful for models trained for it (OpenAI's), not for an arbitrary GGUF."""
+        if dimensions is None:
+            return
+        info = await self._gguf_info(await self._model(name))
+        size = info.arch_value("embedding_length")
+        if dimensions != size:
+            raise BadRequest(f"this model's embeddings have {size} dimensions; 'dimensions' "
+                             "cannot change that here", param="dimensions")  # fmt: skip
+
+    async def count_tokens(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``{"input_tokens": n}``: the prompt a chat request would give its model (tools
+        described as the node will describe them), without generating."""
+        spec, body, _ = await self.prepare("chat", body)
+        async with self.pool.lease(spec) as engine:
+            return {"input_tokens": await engine.count_tokens("chat", body)}
+
+    async def _nothing(self, endpoint: Endpoint, spec: EngineSpec,
+                       body: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+        """The answer to a request for no output (``max_tokens: 0``): empty, finish reason
+        ``length``, and the prompt's tokens counted, without generating."""
+        async with self.pool.lease(spec) as engine:
+            prompt = await engine.count_tokens(endpoint, body)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "length", "logprobs": None}
+        if endpoint == "chat":
+            choice["message"] = {"role": "assistant", "content": "", "refusal": None}
+        else:
+            choice["text"] = ""
+        return {
+            "id": f"chatcmpl-{secrets.token_hex(12)}", "created": int(time.time()),
+            "model": spec.name, "object": "chat.completion" if endpoint == "chat"
+            else "text_completion", "choices": [choice],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": 0, "total_tokens": prompt},
+        }  # fmt: skip
+
     async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
         """Embeddings, computed ``EMBED_BATCH`` inputs at a time: the engine's one slot is
         released between batches, so a large request does not starve small ones."""
         name = self.resolver.canonical(model_name(body))
         items = validate_embeddings(body, self.settings)
         spec = await self.spec_for(name, "embed")
+        await self._check_dimensions(name, body.get("dimensions"))
+        body = {k: v for k, v in body.items() if k != "dimensions"}
         data: list[dict[str, Any]] = []
         prompt_tokens = 0
         response: dict[str, Any] = {}

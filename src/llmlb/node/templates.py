@@ -58,11 +58,13 @@ LLAMA3_TEMPLATE = (
 
 @dataclass(frozen=True)
 class ChatTemplate:
-    """``jinja`` None means: let llama.cpp use the template inside the GGUF."""
+    """``jinja`` None means: let llama.cpp use the template inside the GGUF. ``has_tools``:
+    the template writes tools and tool calls in the model's own syntax (node.tools)."""
 
     name: str
     jinja: str | None
     stop: tuple[str, ...] = field(default=())
+    has_tools: bool = False
 
 
 BUILTIN: dict[str, ChatTemplate] = {
@@ -100,17 +102,23 @@ def resolve_template(
         if configured in BUILTIN:
             return BUILTIN[configured]
         if "{{" in configured or "{%" in configured:
-            return ChatTemplate("custom", configured)
+            return ChatTemplate("custom", configured, has_tools=_writes_tools(configured))
         raise ValueError(
             f"model {name!r}: unknown chat_template {configured!r}; "
             f"use one of {sorted(BUILTIN)} or a Jinja template"
         )
-    if gguf_metadata.get("tokenizer.chat_template"):
-        return ChatTemplate("gguf", None)
+    inside = gguf_metadata.get("tokenizer.chat_template")
+    if inside:
+        return ChatTemplate("gguf", None, has_tools=_writes_tools(str(inside)))
     if looks_instruction_tuned(gguf_metadata, name):
         arch = str(gguf_metadata.get("general.architecture", ""))
         return BUILTIN[_ARCH_FORMATS.get(arch, "chatml")]
     return BUILTIN["qa"]
+
+
+def _writes_tools(jinja: str) -> bool:
+    """Whether a template renders the request's tools (as llama.cpp judges it: by use)."""
+    return re.search(r"\btools\b", jinja) is not None
 
 
 def with_stops(body: dict[str, Any], template: ChatTemplate) -> dict[str, Any]:

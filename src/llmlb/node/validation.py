@@ -22,6 +22,7 @@ from llmlb.common.chat import (
     Tool,
     ToolCall,
     parse_as,
+    whole_numbers,
 )
 from llmlb.common.errors import BadRequest, ContextLengthExceeded
 from llmlb.common.settings import NodeSettings
@@ -39,7 +40,8 @@ MAX_BYTES_PER_TOKEN = 32
 
 
 class Message(OpenModel):
-    role: Literal["system", "developer", "user", "assistant", "tool"]
+    # ``function``: the deprecated name of a tool's result (read as a ``tool`` message).
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     # Text only: the node's engines take no images or audio.
     content: str | list[TextPart] | None = None
     tool_calls: list[ToolCall] | None = None
@@ -54,12 +56,13 @@ class Message(OpenModel):
         return self
 
 
-Tokens = Annotated[int, Field(ge=1)]
+# 0 is a request for nothing (answered without generating: node.service).
+Tokens = Annotated[int, Field(ge=0)]
 
 
 class _Generation(OpenModel):
     model: str
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     max_tokens: Tokens | None = None
     max_completion_tokens: Tokens | None = None
@@ -101,7 +104,10 @@ Inputs = (
 
 
 class CompletionRequest(_Generation):
-    prompt: Inputs
+    prompt: Inputs | None  # null: an empty prompt (OpenAI's schema allows it)
+    echo: bool | None = None
+    suffix: str | None = None
+    best_of: Annotated[int, Field(ge=1)] | None = None
 
 
 class EmbeddingsRequest(OpenModel):
@@ -144,24 +150,34 @@ def validate_generation(
     A request that sets no output limit gets ``default_max_tokens`` (the OpenAI SDK sends
     none: without it a request would run until the context is full).
     """
+    body = whole_numbers(body)
+    _check_inputs(body, "prompt")
     request = parse_as(ChatRequest if endpoint == "chat" else CompletionRequest, body)
     assert isinstance(request, _Generation)
+    if isinstance(request, CompletionRequest):
+        _refuse_unserved(request)
+        if request.prompt is None:
+            body = {**body, "prompt": ""}
     limits = {
         "max_tokens": request.max_tokens,
         "max_completion_tokens": request.max_completion_tokens,
         "n_predict": request.n_predict,
     }
     for field, value in limits.items():
-        if value is not None and not 1 <= value <= ctx_size:
+        nothing = value == 0 and field != "n_predict"  # asks for no output: served as such
+        if value is not None and not nothing and not 1 <= value <= ctx_size:
             raise BadRequest(
-                f"'{field}' must be an integer from 1 to {ctx_size} (the model's context "
+                f"'{field}' must be an integer from {int(field == 'n_predict')} to {ctx_size} "
+                f"(the model's context "
                 f"length on this node), got {value!r}",
                 param=field,
             )
     if request.n is not None and request.n > slots:
         raise BadRequest(f"'n' must be an integer from 1 to {slots}", param="n")
-    if request.top_logprobs and not request.logprobs:
-        raise BadRequest("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    if request.top_logprobs is not None and not request.logprobs:
+        if request.top_logprobs:
+            raise BadRequest("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+        body = {k: v for k, v in body.items() if k != "top_logprobs"}  # 0 asks for nothing
     logprobs = request.logprobs
     if type(logprobs) is int and not 0 <= logprobs <= MAX_TOP_LOGPROBS:
         raise BadRequest(f"'logprobs' must be from 0 to {MAX_TOP_LOGPROBS}", param="logprobs")
@@ -183,6 +199,8 @@ def validate_generation(
             raise BadRequest("the conversation ends with the assistant's tool calls: add "
                              "their results as 'tool' messages", param="messages")  # fmt: skip
         body = {**body, "messages": _flat_messages(body["messages"])}
+        if body.get("tools"):
+            body["tools"] = [_without_nulls(tool) for tool in body["tools"]]
     if all(value is None for value in limits.values()):
         return {**body, "max_tokens": min(settings.default_max_tokens, ctx_size)}
     return body
@@ -190,17 +208,56 @@ def validate_generation(
 
 def _flat_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Content given as text parts, joined into one string (what they mean in OpenAI's
-    API): chat templates, ours and the ones inside GGUFs, expect a string."""
-    return [
-        {**m, "content": "".join(part["text"] for part in m["content"])}
-        if isinstance(m.get("content"), list)
-        else m
-        for m in messages
-    ]
+    API): chat templates, ours and the ones inside GGUFs, expect a string. A deprecated
+    ``function`` message is the ``tool`` message it stands for."""
+    flat = []
+    for message in messages:
+        if isinstance(message.get("content"), list):
+            message = {**message, "content": "".join(p["text"] for p in message["content"])}
+        if message.get("role") == "function":
+            name = message.get("name")
+            message = {**message, "role": "tool", "tool_call_id": name}
+        flat.append(message)
+    return flat
+
+
+def _check_inputs(body: dict[str, Any], field: str) -> None:
+    """A clear 400 for an input of the wrong shape (pydantic names only its first guess)."""
+    value = body.get(field)
+    if isinstance(value, list) and not value:
+        raise BadRequest(f"'{field}' is an empty list: give a string, strings or token ids",
+                         param=field)  # fmt: skip
+    if value is not None and not isinstance(value, str | list):
+        raise BadRequest(f"'{field}' must be a string, a list of strings, a list of token "
+                         "ids or a list of such lists", param=field)  # fmt: skip
+
+
+def _refuse_unserved(request: CompletionRequest) -> None:
+    """Fields llama.cpp cannot honour: a 400 rather than an answer that ignores them."""
+    if request.echo:
+        raise BadRequest("'echo' is not supported: the prompt is not returned with the "
+                         "completion", param="echo")  # fmt: skip
+    if request.suffix:
+        raise BadRequest("'suffix' is not supported (no fill-in-the-middle on this endpoint)",
+                         param="suffix")  # fmt: skip
+    if request.best_of is not None and request.best_of > (request.n or 1):
+        raise BadRequest("'best_of' above 'n' is not supported: every candidate is returned",
+                         param="best_of")  # fmt: skip
+
+
+def _without_nulls(tool: dict[str, Any]) -> dict[str, Any]:
+    """A tool's function with its null fields left out (``description: null`` is valid in
+    OpenAI's schema; llama.cpp's template code refuses it)."""
+    function = tool.get("function")
+    if not isinstance(function, dict):
+        return tool
+    return {**tool, "function": {k: v for k, v in function.items() if v is not None}}
 
 
 def validate_embeddings(body: dict[str, Any], settings: NodeSettings) -> list[Any]:
     """The request's inputs as a list; BadRequest naming the field and the limit."""
+    body = whole_numbers(body)
+    _check_inputs(body, "input")
     request = parse_as(EmbeddingsRequest, body)
     assert isinstance(request, EmbeddingsRequest)
     value = request.input

@@ -11,12 +11,15 @@ from contextlib import asynccontextmanager
 import orjson
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import Route
 
 from llmlb.common.asgi import EXCEPTION_HANDLERS, RequestIdMiddleware
+from llmlb.common.compression import MIN_COMPRESSED
 from llmlb.common.logs import LogRing
 from llmlb.router.api import accounts, client, console, dashboard, nodes, ops
 from llmlb.router.api import admin as a
+from llmlb.router.api.browsers import BrowserAccess
 from llmlb.router.api.common import admin
 from llmlb.router.openapi import openapi_document
 from llmlb.router.service import RouterService
@@ -26,6 +29,7 @@ POST, GET, DELETE, PATCH = ["POST"], ["GET"], ["DELETE"], ["PATCH"]
 ROUTES = [
     # clients (scope api); the POST endpoints are client.ClientRoutes, in front of these
     Route("/v1/models", client.models, methods=GET),
+    Route("/v1/models/{model:path}", client.model, methods=GET),
     # nodes (scope node)
     Route("/api/nodes", nodes.register, methods=POST),
     # (heartbeats: nodes.HeartbeatRoute, in front of these)
@@ -95,7 +99,11 @@ def create_app(service: RouterService) -> Starlette:
     app = Starlette(
         routes=ROUTES,
         middleware=[
+            Middleware(BrowserAccess, origins=service.settings.cors_origins),
             Middleware(client.ClientRoutes),
+            # The rest (model lists, the admin API, the dashboard's files): Starlette's, which
+            # leaves event streams alone. The client routes compress their own whole answers.
+            Middleware(GZipMiddleware, minimum_size=MIN_COMPRESSED, compresslevel=5),
             Middleware(nodes.HeartbeatRoute),
             Middleware(RequestIdMiddleware),
         ],

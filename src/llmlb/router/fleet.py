@@ -73,12 +73,16 @@ class Fleet:
             for model in node.load.models_loaded:
                 loaded.setdefault(model, []).append(node.id)
         held = self.registry.fleet_models()
-        return [
+        serving = {s.id for s in self.registry.snapshots() if s.serving}
+        rows = [
             {
                 "id": model,
                 "object": "model",
                 "created": 0,
                 "owned_by": "llmlb",
+                # Whether a ready node holds it: it answers now. Otherwise (a catalog model no
+                # node holds) the first request waits for a node to download it.
+                "available": any(node in serving for node in held.get(model, [])),
                 "nodes": sorted(held.get(model, [])),
                 "loaded_on": sorted(loaded.get(model, [])),
                 "in_catalog": model in self.catalog,
@@ -86,3 +90,4 @@ class Fleet:
             }
             for model in sorted(set(held) | set(self.catalog.names()))
         ]
+        return sorted(rows, key=lambda row: not row["available"])  # those that answer first

@@ -92,7 +92,7 @@ class Forwarder:
         if canonical != model:  # an alias (gpt-oss:20b): the nodes know one name only
             model = body["model"] = canonical
             raw = orjson.dumps(body)
-        stream = body.get("stream", False)
+        stream = body.get("stream") or False  # null is the default, as OpenAI's schema says
         if not isinstance(stream, bool):
             raise BadRequest("'stream' must be a boolean", param="stream")
         affine = self.settings.balancer == "prefix_affinity"

@@ -141,6 +141,25 @@ class Gateway:
         return ChatReply(name, chunks=_node_chunks(name, answer.chunks),
                          attempts=answer.attempts)  # fmt: skip
 
+    async def count_tokens(self, request: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """``{"input_tokens": n}`` for a chat request to a local model: counted by a node
+        that holds the model, with its template (the node's ``/api/count_tokens``)."""
+        routed = self._forwarder.route("count_tokens", "/api/count_tokens", orjson.dumps(request))
+        answer = await self._forwarder.forward(
+            routed, caller.headers, caller.who, caller.request_id
+        )
+        body = answer.body
+        if answer.chunks is not None:
+            async with contextlib.aclosing(answer.chunks) as rest:
+                body = b"".join([piece async for piece in rest])
+        if answer.status != 200:
+            raise _node_error(answer.status, body)
+        try:
+            counted = orjson.loads(body)
+            return {"input_tokens": int(counted["input_tokens"])}
+        except (ValueError, KeyError, TypeError):
+            raise UpstreamFailed(f"node {answer.node.name} sent a malformed count") from None
+
     # -- clouds ----------------------------------------------------------------------------
 
     def _routed(self, endpoint: str, model: str, stream: bool, body: dict[str, Any]) -> Routed:
@@ -167,7 +186,7 @@ class Gateway:
         name = model[len(provider.name) + 1 :]
         if not name:
             raise BadRequest(f"name a model after '{provider.name}:'", param="model")
-        chat.check_request(body)
+        body = chat.check_request(body)
         request = provider.chat_request(body, name, stream)
         routed = self._routed(endpoint, model, stream, body)
         started = time.monotonic()
@@ -364,8 +383,11 @@ def _node_error(status: int, body: bytes) -> RelayedError:
     """A node's error answer (OpenAI's shape) as an error to raise."""
     try:
         error = orjson.loads(body)["error"]
-        return RelayedError(str(error["message"]), status=status, error_type=error.get("type"),
-                            code=error.get("code"))  # fmt: skip
+        relayed = RelayedError(str(error["message"]), status=status,
+                               error_type=error.get("type"), code=error.get("code"))  # fmt: skip
+        param = error.get("param")
+        relayed.param = param if isinstance(param, str) and len(param) <= 100 else None
+        return relayed
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return RelayedError(body[:200].decode(errors="replace") or "the node failed",
                             status=status)  # fmt: skip

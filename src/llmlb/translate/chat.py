@@ -30,6 +30,7 @@ from llmlb.common.chat import (
     Tool,
     ToolCall,
     parse_as,
+    whole_numbers,
 )
 from llmlb.common.errors import BadRequest, LlmlbError, PayloadTooLarge
 
@@ -54,7 +55,7 @@ class ChatRequest(OpenModel):
 
     model: str
     messages: Annotated[list[Message], Field(min_length=1, max_length=MAX_MESSAGES)]
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -67,9 +68,12 @@ class ChatRequest(OpenModel):
     parallel_tool_calls: bool | None = None
 
 
-def check_request(body: dict[str, Any]) -> None:
-    """BadRequest naming the first field of ``body`` that is not a chat request's."""
+def check_request(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` as a provider gets it (whole-number floats in integer fields as integers);
+    BadRequest naming the first field that is not a chat request's."""
+    body = whole_numbers(body)
     parse_as(ChatRequest, body)
+    return body
 
 
 _DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+);base64,(.*)", re.DOTALL)
@@ -90,7 +94,7 @@ def completion(
 ) -> dict[str, Any]:  # fmt: skip
     return {
         "id": id_, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None,
+        "choices": [{"index": 0, "message": {"refusal": None, **message}, "logprobs": None,
                      "finish_reason": finish_reason}],
         "usage": tokens,
     }  # fmt: skip

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -27,7 +28,8 @@ from llmlb.common.asgi import (
     read_body,
     request_id_of,
 )
-from llmlb.common.errors import LlmlbError, MethodNotAllowed
+from llmlb.common.compression import MIN_COMPRESSED, accepts_gzip, gzipped
+from llmlb.common.errors import LlmlbError, MethodNotAllowed, ModelNotFound, NotFound
 from llmlb.common.logs import request_id_var
 from llmlb.router.api import translated
 from llmlb.router.api.common import authorize, service_of
@@ -38,8 +40,12 @@ log = logging.getLogger(__name__)
 
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completion",
              "/v1/embeddings": "embeddings", "/v1/responses": "responses",
-             "/v1/messages": "messages"}  # fmt: skip
-_DIALECTS = {"responses": translated.serve_responses, "messages": translated.serve_messages}
+             "/v1/messages": "messages",
+             "/v1/messages/count_tokens": "count_tokens"}  # fmt: skip
+_DIALECTS = {"responses": translated.serve_responses, "messages": translated.serve_messages,
+             "count_tokens": translated.serve_count_tokens}  # fmt: skip
+# Anthropic's clients read errors in Anthropic's shape, an unknown route's 404 included.
+_ANTHROPIC = ("messages", "count_tokens")
 _TRACE_HEADERS = ("traceparent", "tracestate")
 
 
@@ -52,6 +58,10 @@ class ClientRoutes:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = ENDPOINTS.get(scope["path"]) if scope["type"] == "http" else None
         if endpoint is None:
+            if scope["type"] == "http" and scope["path"].startswith("/v1/messages/"):
+                missing = NotFound(f"no route {scope['path'][:100]!r}", code="not_found")
+                await translated.anthropic_error(missing)(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         started = time.monotonic()
@@ -66,9 +76,11 @@ class ClientRoutes:
             except LlmlbError as exc:
                 if exc.status >= 500:
                     log.warning("%s %s failed: %s", scope["method"], scope["path"], exc.message)
-                response = (translated.anthropic_error(exc) if endpoint == "messages"
+                response = (translated.anthropic_error(exc) if endpoint in _ANTHROPIC
                             else error_response(exc))  # fmt: skip
             response.headers["x-request-id"] = request_id
+            if isinstance(response, Response) and len(response.body) >= MIN_COMPRESSED:
+                response = _gzipped_if_accepted(response, scope)
             await response(scope, receive, send)
             log.info("%s %s %d %.1f ms", scope["method"], scope["path"], response.status_code,
                      (time.monotonic() - started) * 1000)  # fmt: skip
@@ -77,6 +89,18 @@ class ClientRoutes:
             if departure is not None:
                 departure.close()
             request_id_var.reset(token)
+
+
+def _gzipped_if_accepted(response: Response, scope: Scope) -> Response:
+    """A whole answer, gzipped for a client that accepts it (common.compression)."""
+    accept = next((v for n, v in scope["headers"] if n == b"accept-encoding"), b"")
+    if not accepts_gzip(accept.decode("latin-1")) or "content-encoding" in response.headers:
+        return response
+    headers = {k: v for k, v in response.headers.items() if k != "content-length"}
+    zipped = Response(gzipped(bytes(response.body)), response.status_code, headers=headers)
+    zipped.headers["content-encoding"] = "gzip"
+    zipped.headers["vary"] = "accept-encoding"
+    return zipped
 
 
 async def _forward(request: Request, endpoint: str, request_id: str) -> Response | StreamRelay:
@@ -133,7 +157,41 @@ def _model_of(raw: bytes, resolve: Callable[[str], str]) -> str | None:
 
 
 async def models(request: Request) -> Response:
+    """The models a client may name: ``?available=true`` only those that answer now. In
+    Anthropic's shape for Anthropic's clients (they send ``anthropic-version``)."""
     await authorize(request, "api")
+    rows = await _model_rows(request)
+    if request.query_params.get("available") in ("1", "true"):
+        rows = [row for row in rows if row.get("available", True)]
+    if "anthropic-version" in request.headers:
+        data = [_anthropic_model(row) for row in rows]
+        return ORJSONResponse({"data": data, "has_more": False,
+                               "first_id": data[0]["id"] if data else None,
+                               "last_id": data[-1]["id"] if data else None})  # fmt: skip
+    return ORJSONResponse({"object": "list", "data": rows})
+
+
+async def model(request: Request) -> Response:
+    """One model (the OpenAI SDK's ``models.retrieve``), by its id or an alias."""
+    await authorize(request, "api")
+    wanted = request.path_params["model"]
+    rows = await _model_rows(request)
+    found = next((row for row in rows if wanted == row["id"]
+                  or wanted in (row.get("aliases") or ())), None)  # fmt: skip
+    if found is None:
+        raise ModelNotFound(f"no model {wanted[:200]!r} in the fleet, the catalog or a "
+                            "configured provider", param="model")  # fmt: skip
+    if "anthropic-version" in request.headers:
+        return ORJSONResponse(_anthropic_model(found))
+    return ORJSONResponse(found)
+
+
+async def _model_rows(request: Request) -> list[dict[str, Any]]:
     service = service_of(request)
     cloud = await service.clouds.model_list()
-    return ORJSONResponse({"object": "list", "data": service.fleet.model_list() + cloud})
+    return service.fleet.model_list() + cloud
+
+
+def _anthropic_model(row: dict[str, Any]) -> dict[str, Any]:
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(row.get("created") or 0)))
+    return {"type": "model", "id": row["id"], "display_name": row["id"], "created_at": created}

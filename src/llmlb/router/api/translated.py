@@ -22,6 +22,9 @@ from llmlb.translate.sse import DONE, encode
 class Dialect(Protocol):
     """A module of ``llmlb.translate.dialects``."""
 
+    # Chat's names for the dialect's fields, as errors from the chat side name them.
+    CHAT_FIELDS: dict[str, str]
+
     def to_chat(self, body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]: ...
     def from_chat(self, answer: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]: ...
     def stream(
@@ -80,13 +83,45 @@ async def _serve_dialect(
     if prefix_of(model) is not None and gateway.speaks(model, path):
         return _relayed(await gateway.relay(endpoint, path, body, caller))
     request, ignored = dialect.to_chat(body)
-    reply = await gateway.chat(endpoint, request, caller)
+    try:
+        reply = await gateway.chat(endpoint, request, caller)
+    except LlmlbError as exc:
+        raise in_terms_of(exc, dialect.CHAT_FIELDS) from None
     headers = _headers(reply.target, reply.attempts, [*ignored, *reply.ignored])
     if reply.chunks is not None:
         return StreamRelay(dialect.stream(reply.chunks, body), 200, _SSE,
                            _stream_headers(headers))  # fmt: skip
     assert reply.whole is not None
     return _json(dialect.from_chat(reply.whole, body), headers)
+
+
+async def serve_count_tokens(gateway: Gateway, raw: bytes,
+                             caller: Caller) -> Response | StreamRelay:  # fmt: skip
+    """Anthropic's ``/v1/messages/count_tokens``: relayed to Anthropic for its models,
+    counted by a node with the model's template for local ones."""
+    body = parse_object(raw)
+    model = model_of(body)
+    path = "/v1/messages/count_tokens"
+    if prefix_of(model) is not None:
+        if not gateway.speaks(model, path):
+            raise BadRequest(f"{prefix_of(model)} models have no token count here; count "
+                             "anthropic: and local models", param="model")  # fmt: skip
+        return _relayed(await gateway.relay("count_tokens", path, body, caller))
+    counted = await gateway.count_tokens(messages.count_request(body), caller)
+    return _json(counted, {})
+
+
+def in_terms_of(exc: LlmlbError, names: dict[str, str]) -> LlmlbError:
+    """``exc`` with chat's field names as the client's dialect calls them (a 400 about
+    ``'messages'`` is about ``'input'`` to a Responses client)."""
+    for chat_name, own in names.items():
+        pattern = re.compile(rf"'{re.escape(chat_name)}(?=['.\[])")
+        exc.message = pattern.sub(f"'{own}", exc.message)
+        if exc.param is not None and (exc.param == chat_name
+                                      or exc.param.startswith(chat_name + ".")):  # fmt: skip
+            exc.param = own + exc.param[len(chat_name) :]
+    exc.args = (exc.message,)
+    return exc
 
 
 def anthropic_error(exc: LlmlbError) -> Response:

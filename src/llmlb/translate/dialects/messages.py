@@ -17,6 +17,9 @@ from llmlb.translate.sse import encode
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
                 "function_call": "tool_use", "content_filter": "refusal"}  # fmt: skip
 
+# Chat's names for this dialect's fields (errors from the chat side are renamed).
+CHAT_FIELDS = {"stop": "stop_sequences", "max_completion_tokens": "max_tokens"}
+
 
 class MessagesRequest(OpenModel):
     """The types of a Messages request's fields; blocks are checked as they are read."""
@@ -116,6 +119,13 @@ def _tool_choice(choice: Any) -> Any:
     return mapped
 
 
+def count_request(body: dict[str, Any]) -> dict[str, Any]:
+    """The chat request whose prompt a ``count_tokens`` request counts (it has no
+    ``max_tokens``: the count does not depend on it)."""
+    request, _ = to_chat({**body, "max_tokens": 1, "stream": False})
+    return request
+
+
 def to_chat(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """(the chat request, the fields it drops) for a Messages request."""
     parse_as(MessagesRequest, body)
@@ -185,9 +195,17 @@ def from_chat(answer: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": _message_id(), "type": "message", "role": "assistant", "model": model,
         "content": content,
-        "stop_reason": STOP_REASONS.get(choice.get("finish_reason") or "stop", "end_turn"),
-        "stop_sequence": None, "usage": _usage(answer.get("usage")),
+        **_stop(choice.get("finish_reason"), choice.get("stop_reason")),
+        "usage": _usage(answer.get("usage")),
     }  # fmt: skip
+
+
+def _stop(finish: Any, stop_reason: Any) -> dict[str, Any]:
+    """Anthropic's ``stop_reason`` and ``stop_sequence`` for a chat finish: the node names
+    the client's stop sequence that ended the answer (``stop_reason``, as vLLM does)."""
+    if finish == "stop" and isinstance(stop_reason, str):
+        return {"stop_reason": "stop_sequence", "stop_sequence": stop_reason}
+    return {"stop_reason": STOP_REASONS.get(finish or "stop", "end_turn"), "stop_sequence": None}
 
 
 def error_event(error: LlmlbError) -> bytes:
@@ -216,7 +234,7 @@ async def _events(
     block = -1  # the index of the open content block
     open_kind: str | None = None
     tools: dict[int, int] = {}  # chat tool call index -> block index
-    finish, tokens = None, None
+    finish, tokens, stop_sequence = None, None, None
 
     def stop_block() -> bytes:
         nonlocal open_kind
@@ -265,12 +283,13 @@ async def _events(
                                                     "partial_json": arguments}},
                                          "content_block_delta")  # fmt: skip
                     finish = choice.get("finish_reason") or finish
+                    stop_sequence = choice.get("stop_reason") or stop_sequence
     except LlmlbError as exc:
         yield error_event(exc)
         return
     if open_kind is not None:
         yield stop_block()
-    delta = {"stop_reason": STOP_REASONS.get(finish or "stop", "end_turn"), "stop_sequence": None}
+    delta = _stop(finish, stop_sequence)
     yield encode({"type": "message_delta", "delta": delta, "usage": _usage(tokens)},
                  "message_delta")  # fmt: skip
     yield encode({"type": "message_stop"}, "message_stop")

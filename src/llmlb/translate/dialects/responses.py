@@ -20,6 +20,10 @@ from llmlb.common.errors import BadRequest, LlmlbError
 from llmlb.translate import chat
 from llmlb.translate.sse import encode
 
+# Chat's names for this dialect's fields (errors from the chat side are renamed).
+CHAT_FIELDS = {"messages": "input", "max_tokens": "max_output_tokens",
+               "max_completion_tokens": "max_output_tokens", "response_format": "text.format"}
+
 
 class ResponsesRequest(OpenModel):
     """The types of a Responses request's fields; items are checked as they are read."""
@@ -171,18 +175,23 @@ def _response(body: dict[str, Any], id_: str, created: float, model: str, status
               output: list[dict[str, Any]], usage: dict[str, Any] | None,
               finish: str | None = None) -> dict[str, Any]:  # fmt: skip
     incomplete = {"reason": "max_output_tokens"} if finish == "length" else None
-    return {
+    parallel = body.get("parallel_tool_calls")
+    response = {
         "id": id_, "object": "response", "created_at": created, "status": status,
         "error": None, "incomplete_details": incomplete, "instructions": body.get("instructions"),
         "max_output_tokens": body.get("max_output_tokens"), "model": model, "output": output,
-        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        # A boolean in the schema: a request's explicit null is the default, true.
+        "parallel_tool_calls": parallel if isinstance(parallel, bool) else True,
         "previous_response_id": None, "reasoning": {"effort": None, "summary": None},
         "store": False, "temperature": body.get("temperature"),
         "text": body.get("text") or {"format": {"type": "text"}},
         "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
         "top_p": body.get("top_p"), "truncation": "disabled", "usage": usage,
-        "user": body.get("user"), "metadata": body.get("metadata") or {},
+        "metadata": body.get("metadata") or {},
     }  # fmt: skip
+    if isinstance(body.get("user"), str):  # a string where given; absent, not null
+        response["user"] = body["user"]
+    return response
 
 
 def _message_item(id_: str, text: str, status: str) -> dict[str, Any]:

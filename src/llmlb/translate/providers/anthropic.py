@@ -154,7 +154,9 @@ class Anthropic(Provider):
     name = "anthropic"
     key_setting = "ANTHROPIC_API_KEY"
     models_path = "/v1/models"
-    passthrough: ClassVar[dict[str, str]] = {"/v1/messages": "/v1/messages"}
+    passthrough: ClassVar[dict[str, str]] = {
+        "/v1/messages": "/v1/messages", "/v1/messages/count_tokens": "/v1/messages/count_tokens",
+    }  # fmt: skip
 
     def headers(self) -> dict[str, str]:
         return {"x-api-key": self.api_key, "anthropic-version": API_VERSION}
