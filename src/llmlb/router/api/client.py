@@ -194,4 +194,5 @@ async def _model_rows(request: Request) -> list[dict[str, Any]]:
 
 def _anthropic_model(row: dict[str, Any]) -> dict[str, Any]:
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(row.get("created") or 0)))
-    return {"type": "model", "id": row["id"], "display_name": row["id"], "created_at": created}
+    return {"type": "model", "id": row["id"], "display_name": row["id"], "created_at": created,
+            "lifecycle": "active"}  # fmt: skip
