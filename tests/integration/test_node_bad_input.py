@@ -69,10 +69,6 @@ def test_model_names_cannot_escape_the_store(http: httpx.Client, name: str) -> N
         ({"model": MODEL, "messages": "hello"}, "messages"),
         ({"model": MODEL, "messages": [{"content": "x"}]}, "messages.0.role"),
         (
-            {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
-            "max_tokens",
-        ),
-        (
             {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**9},
             "max_tokens",
         ),

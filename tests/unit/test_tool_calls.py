@@ -84,8 +84,8 @@ def test_none_sends_no_tools_and_keeps_the_history_readable() -> None:
         ({"tool_choice": "required", "tools": None}, "tool_choice"),
         ({"tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
         ({"tool_choice": "sometimes"}, "tool_choice"),
-        ({"tool_choice": "required", "response_format": {"type": "json_object"}},
-         "response_format"),
+        ({"tool_choice": "required", "grammar": "root ::= \"x\""}, "grammar"),
+        ({"tool_choice": {"type": "custom", "custom": {"name": "x"}}}, "tool_choice"),
     ],
 )  # fmt: skip
 def test_a_choice_that_cannot_be_honoured_is_a_400(fields: dict[str, Any], param: str) -> None:
@@ -128,6 +128,26 @@ async def test_an_answer_instead_of_a_call_is_plain_content() -> None:
     out = await rewritten(['{"response": "It is sunny."}'])
     assert out[1]["choices"][0]["delta"] == {"content": "It is sunny."}
     assert out[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_allowed_tools_narrow_the_tools_and_set_the_mode() -> None:
+    choice = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [
+        {"type": "function", "function": {"name": "get_time"}}]}}  # fmt: skip
+    body, plan = plan_tools(request(tool_choice=choice), QA)
+    assert plan is not None and plan.tools == ("get_time",)
+    assert "anyOf" not in body["json_schema"]
+
+
+async def test_an_answer_beside_tools_follows_the_response_format() -> None:
+    fmt: dict[str, Any] = {"type": "json_schema", "json_schema": {"name": "w", "schema": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}  # fmt: skip
+    body, plan = plan_tools(request(response_format=fmt), QA)
+    assert plan is not None and "response_format" not in body
+    answer = body["json_schema"]["anyOf"][1]["properties"]["response"]
+    assert answer == fmt["json_schema"]["schema"]
+    pieces = [chunk({"content": '{"response": {"city": "Paris"}}'}), chunk({}, "stop")]
+    out = [orjson.loads(c) async for c in rewrite(plan, stream(*pieces))]
+    assert orjson.loads(out[0]["choices"][0]["delta"]["content"]) == {"city": "Paris"}
 
 
 async def test_json_cut_short_by_the_length_limit_is_given_as_it_came() -> None:

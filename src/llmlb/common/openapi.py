@@ -43,9 +43,14 @@ def _operation(
     return operation
 
 
+_CONVERTOR = re.compile(r":[a-z]+}")
+
+
 def routes_of(routes: list[Any]) -> list[tuple[str, str]]:
-    """(method, path) of every route in a table (HEAD left out: it mirrors GET)."""
-    return [(method.lower(), route.path) for route in routes if isinstance(route, Route)
+    """(method, path) of every route in a table (HEAD left out: it mirrors GET), its path
+    parameters as OpenAPI writes them (``{model}``, not Starlette's ``{model:path}``)."""
+    return [(method.lower(), _CONVERTOR.sub("}", route.path)) for route in routes
+            if isinstance(route, Route)
             for method in sorted(route.methods or ()) if method != "HEAD"]  # fmt: skip
 
 

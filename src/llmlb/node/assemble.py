@@ -57,7 +57,9 @@ class _Choice:
         merged["function"]["arguments"] += function.get("arguments") or ""
 
     def render(self, endpoint: Endpoint, index: int) -> dict[str, Any]:
-        logprobs = {"content": self.logprobs} if self.logprobs else None
+        logprobs: dict[str, Any] | None = {"content": self.logprobs} if self.logprobs else None
+        if logprobs is not None and endpoint == "chat":
+            logprobs["refusal"] = None  # required beside content in OpenAI's schema
         stop = {"stop_reason": self.stop_reason} if self.stop_reason is not None else {}
         if endpoint == "completion":
             return {"text": "".join(self.text), "index": index, "logprobs": logprobs,

@@ -28,7 +28,6 @@ from llmlb.common.errors import BadRequest
 from llmlb.node.templates import ChatTemplate
 
 _REQUEST_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
-_CONSTRAINTS = ("grammar", "json_schema", "response_format")
 
 
 @dataclass(frozen=True)
@@ -36,6 +35,7 @@ class ToolPlan:
     """Tools served in the generic format: what to rewrite the answer into."""
 
     tools: tuple[str, ...]
+    structured: bool = False  # a plain answer is JSON (response_format): given as its text
 
 
 def plan_tools(
@@ -44,6 +44,7 @@ def plan_tools(
     """The request as the engine gets it, and the plan for its answer (None: as it comes)."""
     tools = [t["function"] for t in body.get("tools") or []]
     choice = body.get("tool_choice")
+    tools, choice = _allowed(choice, tools)
     named = _named(choice, tools)
     forced = choice == "required" or named is not None
     if not tools and forced:
@@ -57,17 +58,37 @@ def plan_tools(
     messages = _generic_messages(body["messages"])
     if not tools or choice == "none":
         return {**_without_tools(body), "messages": messages}, None
-    if any(body.get(field) is not None for field in _CONSTRAINTS):
-        field = next(f for f in _CONSTRAINTS if body.get(f) is not None)
+    if body.get("grammar") is not None or body.get("json_schema") is not None:
+        field = "grammar" if body.get("grammar") is not None else "json_schema"
         raise BadRequest(f"'{field}' cannot be combined with tools on this model (its calls "
                          "are constrained by a grammar of their own)", param=field)  # fmt: skip
     offered = [t for t in tools if named is None or t["name"] == named]
+    answer = None if forced else _answer_schema(body.get("response_format"))
     instructions = _instructions(offered, forced)
+    engine_body = {k: v for k, v in _without_tools(body).items() if k != "response_format"}
     return {
-        **_without_tools(body),
+        **engine_body,
         "messages": [{"role": "system", "content": instructions}, *messages],
-        "json_schema": _schema(offered, forced),
-    }, ToolPlan(tuple(t["name"] for t in offered))
+        "json_schema": _schema(offered, answer),
+    }, ToolPlan(
+        tuple(t["name"] for t in offered),
+        structured=answer is not None and answer != {"type": "string"},
+    )
+
+
+def _allowed(choice: Any, tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Any]:
+    """``allowed_tools`` (the tools of the request a turn may use, ``auto`` or ``required``)
+    as the tools it leaves and the plain choice it stands for."""
+    if not isinstance(choice, dict) or choice.get("type") != "allowed_tools":
+        return tools, choice
+    allowed = choice.get("allowed_tools")
+    listed = allowed.get("tools") if isinstance(allowed, dict) else None
+    mode = allowed.get("mode") if isinstance(allowed, dict) else None
+    if not isinstance(listed, list) or mode not in ("auto", "required"):
+        raise BadRequest("'tool_choice.allowed_tools' needs 'mode' (auto or required) and "
+                         "'tools'", param="tool_choice")  # fmt: skip
+    names = {str((t.get("function") or {}).get("name")) for t in listed if isinstance(t, dict)}
+    return [t for t in tools if t["name"] in names], mode
 
 
 def _named(choice: Any, tools: list[dict[str, Any]]) -> str | None:
@@ -75,6 +96,13 @@ def _named(choice: Any, tools: list[dict[str, Any]]) -> str | None:
         return None
     function = choice.get("function")
     name = function.get("name") if isinstance(function, dict) else None
+    if choice.get("type") == "custom":
+        raise BadRequest("custom (free-form) tools are not served: only function tools",
+                         param="tool_choice")  # fmt: skip
+    if choice.get("type") != "function":
+        raise BadRequest(f"'tool_choice' of type {str(choice.get('type'))[:40]!r} is not "
+                         "served: use none, auto, required, a function or allowed_tools",
+                         param="tool_choice")  # fmt: skip
     if choice.get("type") != "function" or not isinstance(name, str):
         raise BadRequest("a named 'tool_choice' is {'type': 'function', 'function': "
                          "{'name': ...}}", param="tool_choice")  # fmt: skip
@@ -88,7 +116,21 @@ def _without_tools(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k not in _REQUEST_FIELDS}
 
 
-def _schema(tools: list[dict[str, Any]], forced: bool) -> dict[str, Any]:
+def _answer_schema(response_format: Any) -> dict[str, Any]:
+    """What a plain answer is, beside a call: text, or the JSON ``response_format`` asks."""
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        return schema if isinstance(schema, dict) else {"type": "object"}
+    return {"type": "string"}
+
+
+def _schema(tools: list[dict[str, Any]], answer: dict[str, Any] | None) -> dict[str, Any]:
+    """A call of one of ``tools``; or, where ``answer`` is given (the choice is not forced),
+    that instead."""
     calls = [
         {"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
          "properties": {"name": {"const": t["name"]},
@@ -98,10 +140,10 @@ def _schema(tools: list[dict[str, Any]], forced: bool) -> dict[str, Any]:
     one = calls[0] if len(calls) == 1 else {"anyOf": calls}
     call = {"type": "object", "additionalProperties": False, "required": ["tool_call"],
             "properties": {"tool_call": one}}  # fmt: skip
-    if forced:
+    if answer is None:
         return call
     response = {"type": "object", "additionalProperties": False, "required": ["response"],
-                "properties": {"response": {"type": "string"}}}  # fmt: skip
+                "properties": {"response": answer}}  # fmt: skip
     return {"anyOf": [call, response]}
 
 
@@ -193,8 +235,12 @@ def _answer(text: str, plan: ToolPlan, finish: str) -> tuple[dict[str, Any], str
         tool_call = {"index": 0, "id": f"call_{secrets.token_hex(12)}", "type": "function",
                      "function": {"name": call["name"], "arguments": arguments}}  # fmt: skip
         return {"content": None, "tool_calls": [tool_call]}, "tool_calls"
-    if isinstance(reply, dict) and isinstance(reply.get("response"), str):
-        return {"content": reply["response"]}, finish
+    if isinstance(reply, dict) and "response" in reply:
+        response = reply["response"]
+        if plan.structured:  # the JSON the client's response_format asked for, as text
+            return {"content": orjson.dumps(response).decode()}, finish
+        if isinstance(response, str):
+            return {"content": response}, finish
     return {"content": text}, finish
 
 

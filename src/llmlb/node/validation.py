@@ -34,6 +34,7 @@ MAX_LOGIT_BIAS = 1024
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_LENGTH = 512
 MAX_GRAMMAR_BYTES = 64 * 1024  # grammar, json_schema, response_format, each
+MAX_TOKEN_ID = 2**31  # llama.cpp's token ids are 32-bit
 # A prompt longer than this many bytes per context token cannot fit, whatever the text:
 # refused before the (slow) tokenizer sees it.
 MAX_BYTES_PER_TOKEN = 32
@@ -48,11 +49,27 @@ class Message(OpenModel):
     name: str | None = None
     tool_call_id: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, data: Any) -> Any:
+        """Parts other than text get a message that says so (pydantic would only say that
+        the content is not a string)."""
+        content = data.get("content") if isinstance(data, dict) else None
+        if isinstance(content, list):
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind != "text":
+                    raise ValueError(f"content parts of type {str(kind)[:40]!r} are not "
+                                     "taken here: this model reads text only")  # fmt: skip
+        return data
+
     @model_validator(mode="after")
     def _has_content(self) -> Message:
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise ValueError("'content' is required (only an assistant turn with tool_calls "
-                             "may leave it out)")  # fmt: skip
+        # An assistant's turn may be empty, and so may a function's result (OpenAI's schema
+        # allows both); any other needs text.
+        if self.content is None and self.role not in ("assistant", "function"):
+            raise ValueError("'content' is required (only an assistant's turn may leave it "
+                             "out)")  # fmt: skip
         return self
 
 
@@ -107,7 +124,7 @@ class CompletionRequest(_Generation):
     prompt: Inputs | None  # null: an empty prompt (OpenAI's schema allows it)
     echo: bool | None = None
     suffix: str | None = None
-    best_of: Annotated[int, Field(ge=1)] | None = None
+    best_of: Annotated[int, Field(ge=0)] | None = None
 
 
 class EmbeddingsRequest(OpenModel):
@@ -217,8 +234,25 @@ def _flat_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if message.get("role") == "function":
             name = message.get("name")
             message = {**message, "role": "tool", "tool_call_id": name}
+        if message.get("content") is None and not message.get("tool_calls"):
+            message = {**message, "content": ""}  # (llama.cpp refuses an empty turn)
         flat.append(message)
-    return flat
+    return _one_last_assistant_turn(flat)
+
+
+def _one_last_assistant_turn(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Assistant turns at the end, joined into one: the answer's beginning, which the model
+    continues (llama.cpp refuses two or more there)."""
+    end = len(messages)
+    while end > 0 and messages[end - 1].get("role") == "assistant":
+        end -= 1
+    if len(messages) - end < 2:
+        return messages
+    if any(m.get("tool_calls") for m in messages[end:]):
+        raise BadRequest("the conversation ends with the assistant's tool calls: add their "
+                         "results as 'tool' messages", param="messages")  # fmt: skip
+    joined = "".join(str(m.get("content") or "") for m in messages[end:])
+    return [*messages[:end], {"role": "assistant", "content": joined}]
 
 
 def _check_inputs(body: dict[str, Any], field: str) -> None:
@@ -230,6 +264,13 @@ def _check_inputs(body: dict[str, Any], field: str) -> None:
     if value is not None and not isinstance(value, str | list):
         raise BadRequest(f"'{field}' must be a string, a list of strings, a list of token "
                          "ids or a list of such lists", param=field)  # fmt: skip
+    if isinstance(value, list):
+        ids = [i for item in value for i in (item if isinstance(item, list) else [item])]
+        if any(
+            isinstance(i, float) or (type(i) is int and not 0 <= i < MAX_TOKEN_ID) for i in ids
+        ):  # (a number past 64 bits arrives as a float)
+            raise BadRequest(f"'{field}' holds a token id that is not a token (negative, or "
+                             "past any vocabulary)", param=field)  # fmt: skip
 
 
 def _refuse_unserved(request: CompletionRequest) -> None:

@@ -11,6 +11,7 @@ import orjson
 from starlette.responses import Response
 
 from llmlb.common.asgi import StreamRelay
+from llmlb.common.chat import whole_numbers
 from llmlb.common.errors import BadRequest, LlmlbError
 from llmlb.common.wire import parse_object
 from llmlb.router.clouds import prefix_of
@@ -77,7 +78,7 @@ async def _serve_dialect(
     gateway: Gateway, raw: bytes, caller: Caller, endpoint: str, dialect: Dialect
 ) -> Response | StreamRelay:
     """A dialect's request: relayed to a provider that speaks it, else through chat."""
-    body = parse_object(raw)
+    body = whole_numbers(parse_object(raw))
     model = model_of(body)
     path = f"/v1/{endpoint}"
     if prefix_of(model) is not None and gateway.speaks(model, path):

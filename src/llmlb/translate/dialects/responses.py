@@ -21,8 +21,12 @@ from llmlb.translate import chat
 from llmlb.translate.sse import encode
 
 # Chat's names for this dialect's fields (errors from the chat side are renamed).
-CHAT_FIELDS = {"messages": "input", "max_tokens": "max_output_tokens",
-               "max_completion_tokens": "max_output_tokens", "response_format": "text.format"}
+CHAT_FIELDS = {
+    "messages": "input",
+    "max_tokens": "max_output_tokens",
+    "max_completion_tokens": "max_output_tokens",
+    "response_format": "text.format",
+}
 
 
 class ResponsesRequest(OpenModel):
@@ -79,7 +83,11 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     for item in items:
         if not isinstance(item, dict):
             raise BadRequest("each input item must be an object", param="input")
-        kind = item.get("type", "message")
+        kind = item.get("type") or ("item_reference" if "role" not in item else "message")
+        if kind == "item_reference":
+            raise BadRequest("input items that refer to stored ones (item_reference) need "
+                             "stored responses: this router stores none; send the items "
+                             "themselves", param="input")  # fmt: skip
         if kind == "message":
             role = item.get("role")
             if role not in ("user", "assistant", "system", "developer"):
@@ -118,8 +126,17 @@ def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _tool_choice(choice: Any) -> Any:
-    if isinstance(choice, dict) and choice.get("type") == "function":
+    """Chat's ``tool_choice`` for a Responses one (function tools are named at the top)."""
+    if not isinstance(choice, dict):
+        return choice
+    kind = choice.get("type")
+    if kind == "function":
         return {"type": "function", "function": {"name": choice.get("name")}}
+    if kind == "allowed_tools":
+        tools = [{"type": "function", "function": {"name": t.get("name")}}
+                 for t in choice.get("tools") or [] if isinstance(t, dict)]  # fmt: skip
+        return {"type": "allowed_tools",
+                "allowed_tools": {"mode": choice.get("mode"), "tools": tools}}  # fmt: skip
     return choice
 
 
