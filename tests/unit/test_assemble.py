@@ -61,7 +61,7 @@ def test_reasoning_and_log_probabilities_are_kept() -> None:
     answer = assemble("chat", [first, chat_chunk(finish="stop")])
     choice = answer["choices"][0]
     assert choice["message"]["reasoning_content"] == "think"
-    assert choice["logprobs"] == {"content": [{"token": "A", "logprob": -0.1}]}
+    assert choice["logprobs"] == {"content": [{"token": "A", "logprob": -0.1}], "refusal": None}
 
 
 def test_text_completions_with_several_choices() -> None:
