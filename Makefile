@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser database run test lint fmt bench bench-quick native clean
+.PHONY: setup browser database clients run test lint fmt bench bench-quick native clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,11 +36,30 @@ database:
 		$$SUDO apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql faketime; }
 
+# The client frameworks the suite drives against a real router (tests/clients): each Python
+# one in a virtualenv of its own (their pins conflict with each other), and the Vercel AI SDK
+# from the npm registry with Node.js (installed here when missing). A second run only
+# reinstalls what changed.
+CLIENT_VENVS := $(patsubst tests/clients/requirements/%.txt,.venv-clients/%/.installed,$(wildcard tests/clients/requirements/*.txt))
+.venv-clients/%/.installed: tests/clients/requirements/%.txt
+	test -x .venv-clients/$*/bin/python || $(PYTHON) -m venv .venv-clients/$*
+	.venv-clients/$*/bin/python -m pip install --quiet --upgrade pip
+	.venv-clients/$*/bin/python -m pip install --quiet -r $<
+	touch $@
+tests/clients/node/node_modules/.installed: tests/clients/node/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+		echo "installing Debian's nodejs and npm for the Vercel AI SDK's checks"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q nodejs npm; }
+	cd tests/clients/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+clients: $(CLIENT_VENVS) tests/clients/node/node_modules/.installed
+
 # A router on http://127.0.0.1:32768 with one local node serving the small bundled model.
 run: setup
 	exec $(BIN)/llmlb up
 
-test: setup browser database
+test: setup browser database clients
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: setup
@@ -81,4 +100,4 @@ native: setup
 	$(BIN)/python -m pip install --force-reinstall --no-deps "$$wheel"
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-clients tests/clients/node/node_modules .mypy_cache .ruff_cache .pytest_cache

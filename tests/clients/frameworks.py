@@ -151,20 +151,21 @@ def instructor_client(url: str, model: str) -> dict[str, Check]:
     def tools(u: str, m: str) -> Any:
         client = instructor.from_openai(openai, mode=instructor.Mode.TOOLS)
         return client.chat.completions.create(model=m, response_model=Weather,
-                                              messages=weather, max_tokens=80,
+                                              messages=weather, max_tokens=120, temperature=0,
                                               max_retries=0)  # fmt: skip
 
     def responses_tools(u: str, m: str) -> Any:
         client = instructor.from_openai(openai, mode=instructor.Mode.RESPONSES_TOOLS)
         return client.responses.create(model=m, response_model=Weather, input=WEATHER,
-                                       max_output_tokens=80, max_retries=0)  # fmt: skip
+                                       max_output_tokens=120, temperature=0,
+                                       max_retries=0)  # fmt: skip
 
     return {"structured output (tools)": tools, "structured output (responses)": responses_tools}
 
 
 FRAMEWORKS: dict[str, Callable[[str, str], dict[str, Check]]] = {
     "openai-agents": openai_agents,
-    "langchain-openai": langchain,
+    "langchain": langchain,
     "llama-index": llama_index,
     "litellm": litellm_client,
     "instructor": instructor_client,

@@ -40,7 +40,7 @@ from llmlb.node.resolver import ModelResolver
 from llmlb.node.stops import client_stops, honour_stops
 from llmlb.node.sync import ModelSync
 from llmlb.node.templates import resolve_template, with_stops
-from llmlb.node.tools import plan_tools, rewrite
+from llmlb.node.tools import plan_tools, rewrite, with_closing_penalty
 from llmlb.node.validation import model_name, validate_embeddings, validate_generation
 
 log = logging.getLogger(__name__)
@@ -330,6 +330,7 @@ class NodeService:
             body, plan = plan_tools(body, spec.template)
             if plan is not None:
                 shape = functools.partial(rewrite, plan)
+        body = with_closing_penalty(body)
         stops = client_stops(body)
         if plan is None and stops and (body.get("n") or 1) == 1:
             body = {k: v for k, v in body.items() if k != "stop"} | {"timings_per_token": True}

@@ -28,6 +28,8 @@ from llmlb.common.errors import BadRequest
 from llmlb.node.templates import ChatTemplate
 
 _REQUEST_FIELDS = ("tools", "tool_choice", "parallel_tool_calls")
+_PENALTIES = ("repeat_penalty", "frequency_penalty", "presence_penalty")
+CALL_REPEAT_PENALTY = 1.1
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,19 @@ def plan_tools(
         tuple(t["name"] for t in offered),
         structured=answer is not None and answer != {"type": "string"},
     )
+
+
+def with_closing_penalty(body: dict[str, Any]) -> dict[str, Any]:
+    """A request whose output a grammar constrains (a call, a JSON schema), with a mild
+    penalty on repeats where the client set none: a small model decoding greedily can repeat
+    one token inside a string (a forecast of "10000000...") until the output limit, leaving
+    the JSON unfinished; the penalty lets it close the string."""
+    constrained = any(body.get(f) is not None for f in ("json_schema", "grammar")) or (
+        isinstance(body.get("response_format"), dict)
+        and body["response_format"].get("type") in ("json_object", "json_schema"))  # fmt: skip
+    if not constrained or any(body.get(p) is not None for p in _PENALTIES):
+        return body
+    return {**body, "repeat_penalty": CALL_REPEAT_PENALTY}
 
 
 def _allowed(choice: Any, tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], Any]:

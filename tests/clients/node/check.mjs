@@ -32,13 +32,13 @@ const checks = {
   "forced tool call": async () => {
     const result = await generateText({
       model, prompt: WEATHER, tools: { get_weather: weatherTool }, toolChoice: "required",
-      maxOutputTokens: 60, maxRetries: 0,
+      maxOutputTokens: 60, maxRetries: 0, temperature: 0,
     });
     return result.toolCalls.map((call) => ({ name: call.toolName, input: call.input }));
   },
   "structured output": async () => {
     const result = await generateText({
-      model, prompt: WEATHER, maxOutputTokens: 60, maxRetries: 0,
+      model, prompt: WEATHER, maxOutputTokens: 80, maxRetries: 0, temperature: 0,
       output: Output.object({ schema: z.object({ city: z.string(), forecast: z.string() }) }),
     });
     return result.output;
