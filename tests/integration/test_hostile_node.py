@@ -63,22 +63,21 @@ def asked(request: RawRequest) -> str:
 
 def answering_twice(share: float, stream: bool) -> RawHandler:
     """A node that answers every request, and sends a ``share`` of its answers a second
-    time a moment later, on the same connection: as a buggy gateway or a retrying proxy in
-    front of a node may."""
+    time, late: as the next request on the same connection arrives, before that one's own
+    answer (as a buggy gateway or a retrying proxy in front of a node may). Every late copy
+    lands on a connection the router has reused for another client's request."""
     chance = random.Random(7)
+    owed: dict[asyncio.StreamWriter, bytes] = {}  # per connection: the copy still to send
 
     async def handler(request: RawRequest, writer: asyncio.StreamWriter) -> bool:
+        if writer in owed:
+            writer.write(owed.pop(writer))
         content = f"the answer to {asked(request)}"
         answer = (stream_answer(request, [content[:10], content[10:]]) if stream
                   else whole_answer(request, content))  # fmt: skip
         writer.write(answer)
         if chance.random() < share:
-
-            def again() -> None:
-                if not writer.is_closing():
-                    writer.write(answer)
-
-            asyncio.get_running_loop().call_later(chance.random() * 0.004, again)
+            owed[writer] = answer
         return True
 
     return handler
