@@ -28,11 +28,11 @@ from bench.router_overhead import BODY, load
 from llmlb.common.serving import tune_gc
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import Device, NodeLoad, RegisterRequest
-from llmlb.router.db import open_database
-from llmlb.router.metrics import RouterMetrics
-from llmlb.router.nodelink import NodeLinks
-from llmlb.router.proxy import Capacity, Proxy, Routed
-from llmlb.router.registry import Registry
+from llmlb.router.fleet.registry import Registry
+from llmlb.router.proxy.failover import Capacity, Proxy, Routed
+from llmlb.router.proxy.nodelink import NodeLinks
+from llmlb.router.storage.db import open_database
+from llmlb.router.telemetry.metrics import RouterMetrics
 
 sys.path.insert(0, str(ROOT))
 from tests.support import node_token, start_router

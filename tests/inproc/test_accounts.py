@@ -16,7 +16,7 @@ import pytest
 from starlette.routing import Route
 
 from llmlb.router.app import ROUTES
-from llmlb.router.history import RequestRecord
+from llmlb.router.telemetry.history import RequestRecord
 from tests.inproc.conftest import LOOPBACK, REMOTE, InProcessRouter
 
 ADMIN = ("root", "root-pass-1")

@@ -62,7 +62,7 @@ async def test_anonymous_and_wrong_scope_callers_are_refused(
             return
         assert anonymous.status_code in (401, 403), (anonymous.status_code, anonymous.text)
         scope = scope_of(method, path)
-        # An admin key works for every scope (router.auth); the others only for their own.
+        # An admin key works for every scope (router.access.auth); the others only for their own.
         wrong = [s for s in ("api", "node") if s != scope and scope != "session"]
         for other in wrong:
             reply = await client.request(

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from llmlb.router.db import nodes
+from llmlb.router.storage.db import nodes
 from tests.inproc.conftest import REMOTE, InProcessRouter
 
 CHAT = "/v1/chat/completions"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from llmlb.router.balancer import (
+from llmlb.router.balancer.ranking import (
     DEFAULT_LOAD_SECONDS,
     NodeSnapshot,
     expected_start_seconds,

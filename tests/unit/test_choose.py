@@ -11,12 +11,12 @@ import pytest
 
 from llmlb.common.settings import BalancerStrategy, RouterSettings
 from llmlb.common.wire import Device, NodeLoad, RegisterRequest
-from llmlb.router.db import open_database
-from llmlb.router.metrics import RouterMetrics
-from llmlb.router.nodelink import NodeLinks
-from llmlb.router.prefixes import prefix_blocks
-from llmlb.router.proxy import SAMPLE, Capacity, Proxy, Routed
-from llmlb.router.registry import Registry
+from llmlb.router.balancer.prefixes import prefix_blocks
+from llmlb.router.fleet.registry import Registry
+from llmlb.router.proxy.failover import SAMPLE, Capacity, Proxy, Routed
+from llmlb.router.proxy.nodelink import NodeLinks
+from llmlb.router.storage.db import open_database
+from llmlb.router.telemetry.metrics import RouterMetrics
 
 GPU = Device(kind="cuda", name="GPU", memory_total=80 << 30, memory_free=80 << 30)
 HOLDS = NodeLoad(state="ready", models_loaded=["m"], models_on_disk=["m"], slots_total=4)

@@ -6,7 +6,7 @@ import asyncio
 
 from sqlalchemy import text
 
-from llmlb.router.db import open_database
+from llmlb.router.storage.db import open_database
 
 
 async def test_routers_starting_together_migrate_one_after_the_other(database_url: str) -> None:

@@ -1,7 +1,7 @@
 """The auto-distribution policy and the choice of targets for ``auto``."""
 
 from llmlb.models.catalog import CatalogEntry, Tier
-from llmlb.router.distribution import assign_models, pick_auto_targets
+from llmlb.router.distribution.policy import assign_models, pick_auto_targets
 
 
 def entry(name: str, size: int, memory: int | None = None) -> CatalogEntry:

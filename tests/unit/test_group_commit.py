@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, insert, select
 
-from llmlb.router.db import GroupCommit, api_keys, open_database
+from llmlb.router.storage.db import GroupCommit, api_keys, open_database
 
 
 def key_row(key_id: str, secret_hash: str) -> dict[str, object]:

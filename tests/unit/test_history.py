@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from llmlb.router.db import open_database
-from llmlb.router.history import History, HistoryFilter, RequestRecord
+from llmlb.router.storage.db import open_database
+from llmlb.router.telemetry.history import History, HistoryFilter, RequestRecord
 
 
 def record(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from llmlb.common.errors import RateLimited
-from llmlb.router.keys import ApiKey, KeyLimits
-from llmlb.router.limits import KeyLimiter
+from llmlb.router.access.keys import ApiKey, KeyLimits
+from llmlb.router.access.limits import KeyLimiter
 
 KEY = ApiKey("k1", "limited", frozenset({"api"}), "llmlb_x", 0.0, None, None,
              KeyLimits(tokens_per_minute=100))  # fmt: skip

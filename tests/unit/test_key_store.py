@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from sqlalchemy import insert
 
-from llmlb.router import keys as keys_module
-from llmlb.router.db import api_keys, open_database
-from llmlb.router.keys import ApiKey, KeyStore, hash_secret
+from llmlb.router.access import keys as keys_module
+from llmlb.router.access.keys import ApiKey, KeyStore, hash_secret
+from llmlb.router.storage.db import api_keys, open_database
 
 MANY = 5_500
 

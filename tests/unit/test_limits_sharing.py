@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import select
 
 from llmlb.common.errors import RateLimited
-from llmlb.router import limits_sharing
-from llmlb.router.db import key_usage, open_database
-from llmlb.router.keys import ApiKey, KeyLimits
-from llmlb.router.limits import KeyLimiter
-from llmlb.router.limits_sharing import LimitSharing
+from llmlb.router.access import sharing as limits_sharing
+from llmlb.router.access.keys import ApiKey, KeyLimits
+from llmlb.router.access.limits import KeyLimiter
+from llmlb.router.access.sharing import LimitSharing
+from llmlb.router.storage.db import key_usage, open_database
 
 
 def key(requests_per_minute: int | None = None, tokens_per_minute: int | None = None) -> ApiKey:

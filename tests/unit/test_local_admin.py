@@ -7,11 +7,11 @@ from pathlib import Path
 
 from sqlalchemy import update
 
-from llmlb.admin import LocalAdmin
+from llmlb.cli.local_admin import LocalAdmin
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import Device, RegisterRequest
-from llmlb.router.db import nodes, open_database
-from llmlb.router.registry import Registry
+from llmlb.router.fleet.registry import Registry
+from llmlb.router.storage.db import nodes, open_database
 
 GPU = Device(kind="cuda", name="GPU", memory_total=8 << 30, memory_free=8 << 30)
 

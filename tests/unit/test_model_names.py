@@ -9,7 +9,7 @@ import pytest
 
 from llmlb.common.names import InvalidModelName, canonical_name, store_name
 from llmlb.models.catalog import Catalog, CatalogError
-from llmlb.router.distribution import tier_for
+from llmlb.router.distribution.policy import tier_for
 
 GIB = 2**30
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 import uvloop
 
-from llmlb.router.nodelink import (
+from llmlb.router.proxy.nodelink import (
     NodeBadAnswer,
     NodeCutOff,
     NodeHungUp,

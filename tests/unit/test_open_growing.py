@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 
 from llmlb.common.errors import UpstreamFailed
-from llmlb.router.models import open_growing
+from llmlb.router.distribution.model_store import open_growing
 
 
 def _download(outcome: Exception | None) -> asyncio.Task[Any]:

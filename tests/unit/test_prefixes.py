@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from llmlb.router.prefixes import BLOCK, PrefixIndex, prefix_blocks, prompt_text
+from llmlb.router.balancer.prefixes import BLOCK, PrefixIndex, prefix_blocks, prompt_text
 
 SYSTEM = "You are a careful assistant for the harbour office. " * 40  # ~2,000 characters
 

@@ -200,5 +200,5 @@ def test_a_stream_translator_takes_any_event(name: str, feed: list[ServerEvent])
         try:
             chunks = translator.feed(event)
         except (StreamFailed, LlmlbError, *MALFORMED_EVENT):
-            return  # what the gateway turns into a clear 502 (router.gateway)
+            return  # what the gateway turns into a clear 502 (router.cloud.gateway)
         assert all(isinstance(chunk, dict) for chunk in chunks)

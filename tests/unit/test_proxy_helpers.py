@@ -2,7 +2,7 @@
 
 import re
 
-from llmlb.router.proxy import forwarded_headers, traceparent, usage_of
+from llmlb.router.proxy.failover import forwarded_headers, traceparent, usage_of
 
 
 def test_usage_from_a_whole_answer() -> None:

@@ -13,8 +13,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmlb.common.wire import Device, RegisterRequest
-from llmlb.router.db import nodes, open_database
-from llmlb.router.registry import Registry
+from llmlb.router.fleet.registry import Registry
+from llmlb.router.storage.db import nodes, open_database
 
 SETTINGS: dict[str, Any] = dict(
     heartbeat_interval=10, allow_cpu_nodes=False, require_approval=False,

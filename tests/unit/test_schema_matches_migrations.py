@@ -1,5 +1,5 @@
 """A router's schema is the same however its database got it, on SQLite and on PostgreSQL:
-the migrations build exactly the tables the code uses (router.db's metadata), a new database
+the migrations build exactly the tables the code uses (router.storage.db's metadata), a new database
 built straight from those tables is stamped as current, and an older one is migrated."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from llmlb.router.db import api_keys, metadata, open_database
-from llmlb.router.schema import HEAD, alembic_config, migrate
+from llmlb.router.storage.db import api_keys, metadata, open_database
+from llmlb.router.storage.schema import HEAD, alembic_config, migrate
 
 
 def _differences(connection: Connection) -> list[Any]:
@@ -52,7 +52,7 @@ async def test_a_new_database_is_built_from_the_tables_without_loading_alembic(
     started = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-c", "import asyncio, sys\n"
-         "from llmlb.router.db import open_database\n"
+         "from llmlb.router.storage.db import open_database\n"
          f"asyncio.run(open_database({database_url!r}))\n"
          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')))"],
         capture_output=True, text=True, check=True, timeout=60,

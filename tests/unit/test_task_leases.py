@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, update
 
-from llmlb.router.db import open_database, tasks
-from llmlb.router.tasks import EventBus, TaskManager
+from llmlb.router.distribution.tasks import EventBus, TaskManager
+from llmlb.router.storage.db import open_database, tasks
 
 LEASE = 0.3
 

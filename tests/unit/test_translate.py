@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from llmlb.common.errors import BadRequest, Overloaded, UpstreamFailed, UpstreamTimeout
-from llmlb.router.clouds import Gate, _retry_after
+from llmlb.router.cloud.clouds import Gate, _retry_after
 from llmlb.translate import chat
 from llmlb.translate.dialects import messages, responses
 from llmlb.translate.providers.anthropic import Anthropic

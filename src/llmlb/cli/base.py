@@ -29,7 +29,7 @@ from llmlb.common.settings import (
 from llmlb.models.store import ModelStore
 
 if TYPE_CHECKING:
-    from llmlb.admin import RemoteAdmin
+    from llmlb.cli.local_admin import RemoteAdmin
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -109,7 +109,7 @@ def _remember_tls_ca(context: click.Context, _: click.Parameter, value: Path | N
 
 def remote_admin(url: str, password: str | None, api_key: str | None) -> RemoteAdmin:
     """An admin client for the router at ``url``, trusting the command's ``--tls-ca``."""
-    from llmlb.admin import RemoteAdmin
+    from llmlb.cli.local_admin import RemoteAdmin
 
     context = click.get_current_context(silent=True)
     tls_ca = context.meta.get(TLS_CA) if context is not None else None

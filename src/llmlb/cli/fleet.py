@@ -30,7 +30,7 @@ def nodes() -> None:
 
 
 def _admin(router: str | None, admin_password: str | None, api_key: str | None) -> Any:
-    from llmlb.admin import LocalAdmin
+    from llmlb.cli.local_admin import LocalAdmin
 
     if router:
         return remote_admin(router, admin_password, api_key)

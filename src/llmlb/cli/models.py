@@ -76,7 +76,7 @@ def models_install_small(home: Path | None) -> None:
 @click.option("--home", type=click.Path(path_type=Path), default=None)
 def models_pull(name: str, home: Path | None) -> None:
     """Fetch a catalog model from its origin into this host's store, with progress."""
-    from llmlb.pull import pull_with_progress
+    from llmlb.cli.pull import pull_with_progress
 
     try:
         stored = run_async(pull_with_progress(name, home or default_home(), console))
@@ -101,8 +101,8 @@ def models_distribute(
     api_key: str | None,
 ) -> None:
     """Send a model to nodes through the router and follow the tasks."""
-    from llmlb.admin import RemoteAdmin
-    from llmlb.pull import follow_tasks
+    from llmlb.cli.local_admin import RemoteAdmin
+    from llmlb.cli.pull import follow_tasks
 
     url = router_url(router)
     target = targets[0] if len(targets) == 1 and targets[0] in ("all", "auto") else "specific"

@@ -134,7 +134,7 @@ def up(config: Path | None, node_port: int, **cli: Any) -> None:
     """Run a router and one local node serving the small bundled model."""
     cli["allow_cpu_nodes"] = True if cli.get("allow_cpu_nodes") is None else cli["allow_cpu_nodes"]
     settings = cli_settings(RouterSettings, cli, config)
-    from llmlb.up import run_up
+    from llmlb.cli.up import run_up
 
     serve_until_stopped(run_up(settings, node_port))
 
@@ -146,7 +146,7 @@ def status(
     router: str | None, admin_password: str | None, api_key: str | None, as_json: bool
 ) -> None:
     """Router health, nodes and their models."""
-    from llmlb.admin import RemoteAdmin
+    from llmlb.cli.local_admin import RemoteAdmin
 
     url = router_url(router)
 

@@ -35,7 +35,7 @@ T = TypeVar("T")
 
 REQUEST_ID_HEADER = "x-request-id"
 # A router's id for one exchange with a node, which the node echoes with the request id: the
-# router delivers an answer only to the request whose ids it carries (router.nodelink).
+# router delivers an answer only to the request whose ids it carries (router.proxy.nodelink).
 EXCHANGE_HEADER = "x-llmlb-exchange"
 _SAFE_EXCHANGE = re.compile(rb"[0-9a-f]{1,32}")
 DEFAULT_BODY_TIMEOUT = 60.0  # apps set their own: app.state.body_timeout

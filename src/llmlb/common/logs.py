@@ -126,7 +126,7 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
         logger.propagate = True
     # One line per outgoing request would drown the log (heartbeats); keep them at debug only.
     logging.getLogger("httpx").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
-    # Alembic narrates every plugin it sets up; llmlb logs the migration it ran (router.db).
+    # Alembic narrates every plugin it sets up; llmlb logs the migration it ran (router.storage.db).
     logging.getLogger("alembic").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     # Access lines duplicate our own request log; keep them at debug only.
     logging.getLogger("uvicorn.access").setLevel(

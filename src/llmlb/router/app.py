@@ -21,7 +21,7 @@ from llmlb.router.api import accounts, client, console, dashboard, nodes, ops
 from llmlb.router.api import admin as a
 from llmlb.router.api.browsers import BrowserAccess
 from llmlb.router.api.common import admin
-from llmlb.router.openapi import openapi_document
+from llmlb.router.api.openapi import openapi_document
 from llmlb.router.service import RouterService
 
 POST, GET, DELETE, PATCH = ["POST"], ["GET"], ["DELETE"], ["PATCH"]

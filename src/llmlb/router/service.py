@@ -23,26 +23,26 @@ from llmlb.common.files import write_private
 from llmlb.common.serving import client_tls
 from llmlb.common.settings import RouterSettings
 from llmlb.models.catalog import Catalog, tiers_from_setting
-from llmlb.router.accounts import Accounts
-from llmlb.router.auth import Authenticator, Principal
-from llmlb.router.clouds import Clouds, prefix_of
-from llmlb.router.db import open_database, ping
-from llmlb.router.distributor import Distributor
-from llmlb.router.fleet import Fleet
-from llmlb.router.forwarding import Forwarder
-from llmlb.router.gateway import Gateway
-from llmlb.router.history import History, RequestRecord
-from llmlb.router.keys import KeyLimits, KeyStore, with_resolved_models
-from llmlb.router.limits import Allowance, KeyLimiter
-from llmlb.router.limits_sharing import LimitSharing
-from llmlb.router.metrics import RouterMetrics
-from llmlb.router.models import RouterModels
-from llmlb.router.nodelink import NodeLinks
-from llmlb.router.proxy import Capacity, Proxy
-from llmlb.router.registry import Registry
-from llmlb.router.revisions import RevisionListener
-from llmlb.router.stats import SAMPLE_SECONDS, NodeTrends, overview
-from llmlb.router.tasks import EventBus, TaskManager
+from llmlb.router.access.accounts import Accounts
+from llmlb.router.access.auth import Authenticator, Principal
+from llmlb.router.access.keys import KeyLimits, KeyStore, with_resolved_models
+from llmlb.router.access.limits import Allowance, KeyLimiter
+from llmlb.router.access.sharing import LimitSharing
+from llmlb.router.cloud.clouds import Clouds, prefix_of
+from llmlb.router.cloud.gateway import Gateway
+from llmlb.router.distribution.distributor import Distributor
+from llmlb.router.distribution.model_store import RouterModels
+from llmlb.router.distribution.tasks import EventBus, TaskManager
+from llmlb.router.fleet.fleet import Fleet
+from llmlb.router.fleet.registry import Registry
+from llmlb.router.proxy.failover import Capacity, Proxy
+from llmlb.router.proxy.forwarding import Forwarder
+from llmlb.router.proxy.nodelink import NodeLinks
+from llmlb.router.storage.db import open_database, ping
+from llmlb.router.storage.revisions import RevisionListener
+from llmlb.router.telemetry.history import History, RequestRecord
+from llmlb.router.telemetry.metrics import RouterMetrics
+from llmlb.router.telemetry.overview import SAMPLE_SECONDS, NodeTrends, overview
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from starlette.responses import Response
 
 from llmlb.common.asgi import ClosingStreamingResponse, ORJSONResponse, read_json
 from llmlb.common.errors import BadRequest
+from llmlb.router.access.keys import KeyLimits, key_name, with_resolved_models
 from llmlb.router.api.common import Handler, int_param, service_of, validated
 from llmlb.router.api.console import history_filter
-from llmlb.router.keys import KeyLimits, key_name, with_resolved_models
 
 HISTORY_PAGE_MAX = 1000  # rows per page of /api/requests
 # An idle event stream sends a comment this often, so proxies and clients see it alive.

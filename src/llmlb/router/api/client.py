@@ -33,8 +33,8 @@ from llmlb.common.errors import LlmlbError, MethodNotAllowed, ModelNotFound, Not
 from llmlb.common.logs import request_id_var
 from llmlb.router.api import translated
 from llmlb.router.api.common import authorize, service_of
-from llmlb.router.clouds import prefix_of
-from llmlb.router.gateway import Caller
+from llmlb.router.cloud.clouds import prefix_of
+from llmlb.router.cloud.gateway import Caller
 
 log = logging.getLogger(__name__)
 

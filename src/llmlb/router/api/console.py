@@ -28,7 +28,7 @@ from llmlb.common.asgi import (
 from llmlb.common.errors import BadRequest, Unavailable
 from llmlb.common.wire import read_limited
 from llmlb.router.api.common import float_param, int_param, service_of
-from llmlb.router.history import HistoryFilter
+from llmlb.router.telemetry.history import HistoryFilter
 
 EXPORT_MAX_ROWS = 100_000
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

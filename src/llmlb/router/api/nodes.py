@@ -18,7 +18,7 @@ from llmlb.common.credentials import bearer_token
 from llmlb.common.errors import BadRequest, LlmlbError, NotFound
 from llmlb.common.wire import NodeLoad, RegisterRequest
 from llmlb.router.api.common import authorize, service_of, validated
-from llmlb.router.forwarding import UNKNOWN_MODEL_LABEL
+from llmlb.router.proxy.forwarding import UNKNOWN_MODEL_LABEL
 
 
 async def register(request: Request) -> Response:

@@ -29,5 +29,5 @@ async def metrics(request: Request) -> Response:
 
 
 async def openapi_json(request: Request) -> Response:
-    """The router's OpenAPI document (public: it names routes, not data; router.openapi)."""
+    """The router's OpenAPI document (public: it names routes, not data; router.api.openapi)."""
     return Response(request.app.state.openapi, media_type="application/json")

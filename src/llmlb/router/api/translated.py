@@ -1,5 +1,5 @@
 """Client requests that need translation: cloud models on the OpenAI endpoints, and the
-Responses and Messages dialects for any model (handlers over ``router.gateway``)."""
+Responses and Messages dialects for any model (handlers over ``router.cloud.gateway``)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from llmlb.common.asgi import StreamRelay
 from llmlb.common.chat import whole_numbers
 from llmlb.common.errors import BadRequest, LlmlbError
 from llmlb.common.wire import parse_object
-from llmlb.router.clouds import prefix_of
-from llmlb.router.gateway import Caller, ChatReply, Gateway, Relayed, model_of
+from llmlb.router.cloud.clouds import prefix_of
+from llmlb.router.cloud.gateway import Caller, ChatReply, Gateway, Relayed, model_of
 from llmlb.translate.dialects import messages, responses
 from llmlb.translate.sse import DONE, encode
 

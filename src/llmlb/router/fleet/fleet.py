@@ -1,0 +1,93 @@
+"""The fleet as the API sees it: nodes joining and reporting, and what they can serve."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from llmlb.common.errors import BadRequest
+from llmlb.common.settings import RouterSettings
+from llmlb.common.wire import NodeLoad, RegisterRequest, RegisterResponse
+from llmlb.models.catalog import Catalog
+from llmlb.router.distribution.distributor import Distributor
+from llmlb.router.fleet.registry import Registry
+
+
+class Fleet:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        registry: Registry,
+        distributor: Distributor,
+        catalog: Catalog,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.distributor = distributor
+        self.catalog = catalog
+        self.own_port: int | None = None  # the router's listening port, once it listens
+
+    def _refuse_own_address(self, base_url: str) -> None:
+        """A node URL that points at this router would make it forward requests to itself."""
+        parts = urlsplit(base_url)
+        if self.own_port is None or parts.port != self.own_port:
+            return
+        own_hosts = {self.settings.host, "localhost", "127.0.0.1", "::1", "0.0.0.0", "::"}
+        if parts.hostname in own_hosts or (parts.hostname or "").startswith("127."):
+            raise BadRequest(f"base_url {base_url} is this router's own address", param="base_url")
+
+    def knows(self, model: str) -> bool:
+        """Whether the catalog lists the model or some node holds it."""
+        return model in self.catalog or model in self.registry.fleet_models()
+
+    async def register_node(self, request: RegisterRequest, token: str | None) -> RegisterResponse:
+        self._refuse_own_address(request.base_url)
+        node = await self.registry.register(request, token)
+        assigned = await self.distributor.assign_on_registration(node)
+        return RegisterResponse(
+            node_id=node.id,
+            heartbeat_interval=self.settings.heartbeat_interval,
+            status=node.status(self.settings.heartbeat_interval),
+            assigned_models=assigned,
+        )
+
+    async def heartbeat(self, node_id: str, load: NodeLoad, token: str | None) -> dict[str, Any]:
+        node = await self.registry.heartbeat(node_id, load, token)
+        return {
+            "status": node.status(self.settings.heartbeat_interval),
+            "assigned_models": node.assigned,
+        }
+
+    def nodes(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [n.to_dict(self.settings.heartbeat_interval, now) for n in self.registry.all()]
+
+    def node(self, node_id: str) -> dict[str, Any]:
+        return self.registry.get(node_id).to_dict(self.settings.heartbeat_interval)
+
+    def model_list(self) -> list[dict[str, Any]]:
+        """What the fleet can serve: models on nodes, and catalog models (fetched on demand)."""
+        loaded: dict[str, list[str]] = {}
+        for node in self.registry.all():
+            for model in node.load.models_loaded:
+                loaded.setdefault(model, []).append(node.id)
+        held = self.registry.fleet_models()
+        serving = {s.id for s in self.registry.snapshots() if s.serving}
+        rows = [
+            {
+                "id": model,
+                "object": "model",
+                "created": 0,
+                "owned_by": "llmlb",
+                # Whether a ready node holds it: it answers now. Otherwise (a catalog model no
+                # node holds) the first request waits for a node to download it.
+                "available": any(node in serving for node in held.get(model, [])),
+                "nodes": sorted(held.get(model, [])),
+                "loaded_on": sorted(loaded.get(model, [])),
+                "in_catalog": model in self.catalog,
+                "aliases": self.catalog.aliases_of(model),
+            }
+            for model in sorted(set(held) | set(self.catalog.names()))
+        ]
+        return sorted(rows, key=lambda row: not row["available"])  # those that answer first

@@ -1,0 +1,122 @@
+"""One node as a router knows it: what it reported, what the router wants on it, and
+whether it may serve now.
+
+Liveness is judged on the router's monotonic clock (``heard_at``): by heartbeats, or by the
+node's database row changing (another router heard it). Wall-clock times are only shown and
+stored, so a stepped clock, or routers whose clocks differ, take no node offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmlb.common.wire import Device, NodeLoad
+
+MISSED_HEARTBEATS_OFFLINE = 3
+
+
+@dataclass
+class NodeRecord:
+    id: str
+    name: str
+    base_url: str
+    version: str
+    devices: list[Device]
+    approved: bool
+    draining: bool
+    registered_at: float
+    last_seen: float  # wall clock (shown to people, shared through the database)
+    load: NodeLoad
+    label: str | None = None  # the operator's name for the node (its own name stays)
+    tags: list[str] = field(default_factory=list)
+    # What the router wants on the node (registration's policy, the operator's distributions);
+    # sent in every registration and heartbeat answer.
+    assigned: list[str] = field(default_factory=list)
+    assigned_version: int = 0  # the database's count of changes to ``assigned``
+    active: int = 0  # the router's own requests in flight to this node
+    unreachable: bool = field(default=False)
+    # The node's own key (memory only): the router presents it when it calls the node.
+    # None until the node registers or heartbeats to this router process.
+    token: str | None = field(default=None, repr=False)
+    live: bool = field(default=False)
+    # Attempts waiting for this node's first byte -> when they were sent (router.proxy.failover),
+    # and whether the node stopped getting them while it still heartbeats (see Registry.heartbeat).
+    sending: dict[asyncio.Task[Any], float] = field(default_factory=dict, repr=False)
+    called_off: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
+    stalled: bool = field(default=False)
+    # When this router last had word of the node (a heartbeat, or its database row's
+    # last_seen changing), on this process's monotonic clock: liveness is judged by this,
+    # so a wall clock stepped by hours, or another router's clock that differs from this
+    # one's, neither takes a node offline nor keeps a dead one online.
+    heard_at: float = field(default=float("-inf"))
+
+    def heard(self, ago: float = 0.0) -> None:
+        self.heard_at = time.monotonic() - max(ago, 0.0)
+
+    @property
+    def first_seen_now(self) -> bool:
+        """Whether this registration was the node's first (not a return after a restart)."""
+        return self.registered_at == self.last_seen
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def silent_for(self, now: float | None = None) -> float:
+        """Seconds since this router last had word of the node (monotonic)."""
+        return (time.monotonic() if now is None else now) - self.heard_at
+
+    def status(self, interval: float, now: float | None = None) -> str:
+        """``now`` is a ``time.monotonic()`` reading (taken here when not given)."""
+        if not self.approved:
+            return "pending"
+        stale = self.silent_for(now) > MISSED_HEARTBEATS_OFFLINE * interval
+        # After a router restart a node counts once it has spoken to this process again.
+        if stale or self.unreachable or not self.live:
+            return "offline"
+        if self.draining or self.load.state == "draining":
+            return "draining"
+        return self.load.state
+
+    def to_dict(self, interval: float, now: float | None = None) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "base_url": self.base_url,
+            "version": self.version,
+            "status": self.status(interval, now),
+            "label": self.label,
+            "tags": self.tags,
+            "approved": self.approved,
+            "draining": self.draining,
+            "devices": [d.model_dump() for d in self.devices],
+            "registered_at": self.registered_at,
+            "last_seen": self.last_seen,
+            # What the node said in its last heartbeat (active_requests, queued_requests,
+            # slots, ...) and, beside it, what this router has in flight to it right now.
+            **self.load.model_dump(),
+            "assigned_models": self.assigned,
+            "router_in_flight": self.active,
+        }
+
+
+def record_of(row: Any) -> NodeRecord:
+    """A node's database row as a record (live fields at their defaults)."""
+    return NodeRecord(
+        id=row.id,
+        name=row.name,
+        base_url=row.base_url,
+        version=row.version,
+        devices=[Device.model_validate(d) for d in row.devices],
+        approved=row.approved,
+        draining=row.draining,
+        registered_at=row.registered_at,
+        last_seen=row.last_seen,
+        load=NodeLoad.model_validate(row.load),
+        label=row.label,
+        tags=list(row.tags or ()),
+        assigned=list(row.assigned or ()),
+        assigned_version=row.assigned_version,
+    )

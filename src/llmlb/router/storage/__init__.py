@@ -1,0 +1,1 @@
+"""The router's database: engine, tables, schema and migrations, revisions."""
