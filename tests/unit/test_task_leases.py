@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, update
 
-from llmlb.router.distribution.tasks import EventBus, TaskManager
+from llmlb.router.distribution.tasks import TaskManager
 from llmlb.router.storage.db import open_database, tasks
+from llmlb.router.telemetry.events import EventBus
 
 LEASE = 0.3
 

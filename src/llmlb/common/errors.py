@@ -36,6 +36,11 @@ class LlmlbError(Exception):
         return error_body(self.message, self.error_type, param=self.param, code=self.code)
 
 
+def describe(exc: BaseException) -> str:
+    """An exception in a log line or a message: its type, and what it says if anything."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def error_body(
     message: str, error_type: str, *, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:

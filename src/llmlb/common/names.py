@@ -15,6 +15,9 @@ from llmlb.common.errors import BadRequest
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 TAG_SEPARATOR = ":"
+# Requests for models nobody knows count under this one metric label (clients choose model
+# names, and a label per name would let them grow the metrics without bound).
+UNKNOWN_MODEL_LABEL = "unknown"
 LATEST = "latest"
 
 

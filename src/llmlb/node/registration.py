@@ -17,6 +17,7 @@ import httpx
 import psutil
 
 from llmlb import __version__
+from llmlb.common.backoff import backoff
 from llmlb.common.names import is_model_name
 from llmlb.common.wire import NodeLoad, RegisterRequest, error_message
 from llmlb.node.gpu import NvidiaMeter
@@ -102,7 +103,7 @@ class RouterLink:
 
     async def run(self) -> None:
         """Register, then heartbeat forever. Survives every error: log, back off, retry."""
-        backoff = 1.0
+        failures = 0
         # One connection for the node's life: httpx drops an idle one after 5 s by default,
         # which would make every heartbeat (10 s apart) a new TCP connection to the router.
         limits = httpx.Limits(max_connections=4, keepalive_expiry=KEEPALIVE_SECONDS)
@@ -118,19 +119,22 @@ class RouterLink:
                 except httpx.TransportError as exc:
                     # The reason matters when it is TLS (an untrusted certificate).
                     detail = f": {str(exc)[:200]}" if "SSL" in str(exc) else ""
-                    self._failed(f"router unreachable ({type(exc).__name__}{detail})", backoff)
+                    reason = f"router unreachable ({type(exc).__name__}{detail})"
+                    level = logging.WARNING
                 except _Refused as exc:
-                    self._failed(f"router refused this node: {exc}", backoff, logging.ERROR)
+                    reason, level = f"router refused this node: {exc}", logging.ERROR
                 except Exception as exc:  # a broken answer, a bug: the link must not die
                     log.exception("router link failed")
-                    self._failed(f"{type(exc).__name__}: {exc}", backoff)
+                    reason, level = f"{type(exc).__name__}: {exc}", logging.WARNING
                 else:
                     self.last_contact, self.last_error = time.time(), None
-                    backoff = 1.0
+                    failures = 0
                     await asyncio.sleep(self.interval)
                     continue
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, max(self.interval, 5.0))
+                failures += 1
+                wait = backoff(failures, 1.0, max(self.interval, 5.0))
+                self._failed(reason, wait, level)
+                await asyncio.sleep(wait)
 
     def _failed(self, reason: str, retry_in: float, level: int = logging.WARNING) -> None:
         self.last_error = reason

@@ -27,6 +27,7 @@ from llmlb.common.errors import (
     NotFound,
     error_body,
 )
+from llmlb.common.names import UNKNOWN_MODEL_LABEL
 from llmlb.common.settings import NodeSettings
 from llmlb.common.wire import Device, NodeState
 from llmlb.models.gguf import GGUFError, GGUFInfo, read_gguf
@@ -46,7 +47,6 @@ from llmlb.node.validation import model_name, validate_embeddings, validate_gene
 log = logging.getLogger(__name__)
 
 DONE_EVENT = b"data: [DONE]\n\n"
-UNKNOWN_MODEL_LABEL = "unknown"
 LAST_USED_WRITE_SECONDS = 60.0
 EMBED_BATCH = 16  # inputs per engine call of an embedding request
 

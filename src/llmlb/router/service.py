@@ -32,7 +32,8 @@ from llmlb.router.cloud.clouds import Clouds, prefix_of
 from llmlb.router.cloud.gateway import Gateway
 from llmlb.router.distribution.distributor import Distributor
 from llmlb.router.distribution.model_store import RouterModels
-from llmlb.router.distribution.tasks import EventBus, TaskManager
+from llmlb.router.distribution.tasks import TaskManager
+from llmlb.router.fleet.control import NodeControl
 from llmlb.router.fleet.fleet import Fleet
 from llmlb.router.fleet.registry import Registry
 from llmlb.router.proxy.failover import Capacity, Proxy
@@ -40,6 +41,7 @@ from llmlb.router.proxy.forwarding import Forwarder
 from llmlb.router.proxy.nodelink import NodeLinks
 from llmlb.router.storage.db import open_database, ping
 from llmlb.router.storage.revisions import RevisionListener
+from llmlb.router.telemetry.events import EventBus
 from llmlb.router.telemetry.history import History, RequestRecord
 from llmlb.router.telemetry.metrics import RouterMetrics
 from llmlb.router.telemetry.overview import SAMPLE_SECONDS, NodeTrends, overview
@@ -147,6 +149,7 @@ class RouterService:
             connector=aiohttp.TCPConnector(force_close=True, ssl=client_tls(settings)),
             auto_decompress=False,
         )  # fmt: skip
+        self.control = NodeControl(self.session, self.fresh_session)
         self.models = RouterModels(settings.home, self.catalog, self.session)
         self.proxy = Proxy(
             self.registry, settings, self.node_links, self.metrics, capacity,
@@ -156,12 +159,12 @@ class RouterService:
         self.trends = NodeTrends()
         self.metrics.event_streams.set_function(lambda: self.events.subscribers)
         self.tasks = TaskManager(
-            engine, self.registry, self.models, self.session, self.events,
+            engine, self.registry, self.models, self.control, self.events,
             max_concurrent=settings.max_concurrent_downloads,
             owner=router_id(settings.home), lease_seconds=settings.task_lease_seconds,
         )  # fmt: skip
         self.distributor = Distributor(
-            settings, self.registry, self.models, self.tasks, self.session
+            settings, self.registry, self.models, self.tasks, self.control
         )
         self.fleet = Fleet(settings, self.registry, self.distributor, self.catalog)
         # Cloud providers get a session of their own: they compress, and their pool must not
@@ -267,14 +270,8 @@ class RouterService:
         while True:
             await asyncio.sleep(PROBE_INTERVAL)
             for node in [n for n in self.registry.all() if n.unreachable]:
-                try:
-                    async with self.fresh_session.get(
-                        node.base_url + "/health", timeout=aiohttp.ClientTimeout(total=1.0)
-                    ) as response:
-                        if response.status == 200:
-                            self.registry.mark_reachable(node.id)
-                except (aiohttp.ClientError, TimeoutError):
-                    continue
+                if await self.control.probe(node):
+                    self.registry.mark_reachable(node.id)
 
     async def overview(self) -> dict[str, Any]:
         return await overview(

@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import aiohttp
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,8 +24,7 @@ from llmlb.common.asgi import (
     log_lines,
     read_json,
 )
-from llmlb.common.errors import BadRequest, Unavailable
-from llmlb.common.wire import read_limited
+from llmlb.common.errors import BadRequest
 from llmlb.router.api.common import float_param, int_param, service_of
 from llmlb.router.telemetry.history import HistoryFilter
 
@@ -94,10 +92,6 @@ async def router_logs(request: Request) -> Response:
     return ORJSONResponse({"data": log_lines(request)})
 
 
-# A node keeps at most 2,000 lines of at most 4,000 characters: what one answer can hold.
-_NODE_ANSWER_MAX_BYTES = 12 * 1024 * 1024
-
-
 async def node_logs(request: Request) -> Response:
     """The node's recent log lines, fetched from it with its own key. Only the checked query
     goes to the node, and only a bounded JSON answer comes back from it."""
@@ -138,27 +132,10 @@ _NODE_MODEL_FIELDS = ("size_bytes", "sha256", "parts", "installed_at", "last_use
 
 
 async def _from_node(request: Request, path: str, what: str, params: dict[str, str]) -> list[Any]:
-    """A node's ``{"data": [...]}`` answer, fetched with its own key: bounded, JSON or 503."""
+    """A node's ``{"data": [...]}`` answer, fetched with its own key (fleet.control)."""
     service = service_of(request)
     node = service.registry.get(request.path_params["node_id"])
-    try:
-        async with service.session.get(
-            node.base_url + path, params=params,
-            headers=node.auth_headers(), timeout=aiohttp.ClientTimeout(total=5),
-        ) as response:  # fmt: skip
-            if response.status != 200:
-                raise Unavailable(f"node {node.name} answered {response.status} for its {what}")
-            body, whole = await read_limited(response, _NODE_ANSWER_MAX_BYTES)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        reason = type(exc).__name__
-        raise Unavailable(f"node {node.name} did not give its {what}: {reason}") from exc
-    try:
-        data = orjson.loads(body)["data"] if whole else None
-    except (orjson.JSONDecodeError, TypeError, KeyError):
-        data = None
-    if not isinstance(data, list):
-        raise Unavailable(f"node {node.name} gave no readable {what}")
-    return data
+    return await service.control.listing(node, path, what, params)
 
 
 async def show_request(request: Request) -> Response:

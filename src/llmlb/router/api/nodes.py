@@ -16,9 +16,9 @@ from llmlb.common.asgi import (
 )
 from llmlb.common.credentials import bearer_token
 from llmlb.common.errors import BadRequest, LlmlbError, NotFound
+from llmlb.common.names import UNKNOWN_MODEL_LABEL
 from llmlb.common.wire import NodeLoad, RegisterRequest
 from llmlb.router.api.common import authorize, service_of, validated
-from llmlb.router.proxy.forwarding import UNKNOWN_MODEL_LABEL
 
 
 async def register(request: Request) -> Response:

@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from llmlb.common.backoff import backoff
 from llmlb.common.errors import (
     AuthenticationFailed,
     ModelNotSupported,
@@ -28,6 +29,7 @@ from llmlb.common.errors import (
     RelayedError,
     UpstreamFailed,
     UpstreamTimeout,
+    describe,
 )
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import read_limited
@@ -195,9 +197,9 @@ class Clouds:
                 ) from None
             except aiohttp.ClientError as exc:
                 if attempt > retries:
-                    raise UpstreamFailed(f"{provider.name} failed: {self.scrub(_describe(exc))}",
+                    raise UpstreamFailed(f"{provider.name} failed: {self.scrub(describe(exc))}",
                                          code="provider_error") from None  # fmt: skip
-                await asyncio.sleep(_backoff(attempt))
+                await asyncio.sleep(backoff(attempt, 0.5, 8.0))
                 continue
             wait = _retry_after(response.headers.get("retry-after"), attempt)
             if (response.status in RETRIED_STATUSES and attempt <= retries
@@ -232,7 +234,7 @@ class Clouds:
             raise UpstreamTimeout(f"{call.provider.name} stopped sending its answer") from None
         except aiohttp.ClientError as exc:
             raise UpstreamFailed(f"{call.provider.name} broke off its answer: "
-                                 f"{self.scrub(_describe(exc))}") from None  # fmt: skip
+                                 f"{self.scrub(describe(exc))}") from None  # fmt: skip
         finally:
             call.close()
         try:
@@ -273,7 +275,7 @@ class Clouds:
                 state.fetched_at = time.monotonic()
             except Exception as exc:
                 state.retry_at = time.monotonic() + MODELS_RETRY
-                log.warning("listing %s's models failed: %s", name, self.scrub(_describe(exc)))
+                log.warning("listing %s's models failed: %s", name, self.scrub(describe(exc)))
         return state.ids
 
     async def _fetch_models(self, name: str) -> list[str]:
@@ -296,10 +298,6 @@ class Clouds:
         return sorted(set(ids))[:MAX_MODELS]
 
 
-def _backoff(attempt: int) -> float:
-    return float(min(0.5 * 2 ** (attempt - 1), 8.0))
-
-
 def _retry_after(value: str | None, attempt: int) -> float:
     """Seconds to wait: the provider's ``Retry-After`` (seconds or a date), else a backoff."""
     if value:
@@ -310,13 +308,9 @@ def _retry_after(value: str | None, attempt: int) -> float:
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
-            return _backoff(attempt)
+            return backoff(attempt, 0.5, 8.0)
         return max(0.0, when.timestamp() - time.time())
-    return _backoff(attempt)
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return backoff(attempt, 0.5, 8.0)
 
 
 def not_a_provider(model: str, canonical: str) -> ModelNotSupported:

@@ -12,7 +12,6 @@ history and metrics like a node's, with the provider in the node's place.
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from llmlb.common.settings import RouterSettings
 from llmlb.router.cloud.clouds import CloudCall, Clouds, prefix_of
 from llmlb.router.proxy.failover import Routed
 from llmlb.router.proxy.forwarding import MAX_MODEL_NAME, Forwarder, Outcome
+from llmlb.router.proxy.usage import usage_in
 from llmlb.router.telemetry.history import Who
 from llmlb.translate import chat
 from llmlb.translate.providers.base import (
@@ -42,11 +42,6 @@ from llmlb.translate.providers.base import (
 )
 from llmlb.translate.shapes import checked_chunk, checked_completion
 from llmlb.translate.sse import ServerEvent, SSEParser, StreamBroken
-
-_TOKENS = re.compile(rb'"(prompt_tokens|completion_tokens|input_tokens|output_tokens)"\s*:\s*(\d+)')
-_USAGE_NAMES = {b"prompt_tokens": "prompt_tokens", b"input_tokens": "prompt_tokens",
-                b"completion_tokens": "completion_tokens",
-                b"output_tokens": "completion_tokens"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -77,12 +72,6 @@ class Relayed:
     body: bytes = b""
     chunks: AsyncGenerator[bytes, None] | None = None
     attempts: int = 1
-
-
-def usage_in(data: bytes, usage: dict[str, int]) -> None:
-    """Token counts in ``data`` (either API's names), the last of each winning."""
-    for name, value in _TOKENS.findall(data):
-        usage[_USAGE_NAMES[name]] = int(value)
 
 
 def model_of(body: dict[str, Any]) -> str:

@@ -8,14 +8,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
-from llmlb.common.errors import BadRequest, Conflict, Unavailable, UpstreamFailed
+from llmlb.common.errors import BadRequest, Unavailable
 from llmlb.common.settings import RouterSettings
 from llmlb.models.memory import DEFAULT_PLAN_CTX, gib
 from llmlb.router.distribution.model_store import RouterModels
 from llmlb.router.distribution.policy import assign_models, pick_auto_targets
 from llmlb.router.distribution.tasks import TaskManager
+from llmlb.router.fleet.control import NodeControl
 from llmlb.router.fleet.node_record import NodeRecord
 from llmlb.router.fleet.registry import Registry
 
@@ -40,13 +39,13 @@ class Distributor:
         registry: Registry,
         models: RouterModels,
         tasks: TaskManager,
-        session: aiohttp.ClientSession,
+        control: NodeControl,
     ) -> None:
         self._settings = settings
         self._registry = registry
         self._models = models
         self._tasks = tasks
-        self._session = session
+        self._control = control
 
     def assignments(self, node: NodeRecord) -> list[str]:
         """What the auto-distribution policy wants on the node (held or not)."""
@@ -143,21 +142,7 @@ class Distributor:
         model = self._models.canonical(model)
         node = self._registry.get(node_id)
         await self._registry.assign(node.id, remove=[model])
-        url = f"{node.base_url}/api/models/{model}"
-        try:
-            async with self._session.delete(url, headers=node.auth_headers()) as response:
-                if response.status == 409:
-                    raise Conflict(
-                        f"node {node.name} is serving {model!r} right now; it is "
-                        "no longer assigned there: try the removal again later"
-                    )
-                if response.status not in (200, 204, 404):
-                    raise UpstreamFailed(f"node {node.name} answered {response.status}")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UpstreamFailed(
-                f"node {node.name} is unreachable ({type(exc).__name__}); {model!r} is no longer "
-                "assigned there, and its file stays until the removal is tried again"
-            ) from exc
+        await self._control.remove_model(node, model)
         for attr in ("models_on_disk", "models_loaded"):
             names = getattr(node.load, attr)
             if model in names:

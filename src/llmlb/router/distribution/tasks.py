@@ -23,50 +23,23 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmlb.common.errors import LlmlbError, NotFound, UpstreamFailed
-from llmlb.common.wire import error_message
 from llmlb.router.distribution.model_store import RouterModels
+from llmlb.router.fleet.control import NodeControl, NodeUnreached
 from llmlb.router.fleet.registry import Registry
 from llmlb.router.storage.db import tasks
+from llmlb.router.telemetry.events import EventBus
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
 NODE_LOST_SECONDS = 60.0
 ACTIVE = ("pending", "in_progress")
-
-
-class EventBus:
-    """Fan-out of JSON-able events to every open ``/api/events`` stream."""
-
-    def __init__(self) -> None:
-        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
-
-    @property
-    def subscribers(self) -> int:
-        return len(self._subscribers)
-
-    def publish(self, event: dict[str, Any]) -> None:
-        for queue in self._subscribers:
-            if queue.qsize() < 1000:  # a stalled reader loses events, never memory
-                queue.put_nowait(event)
-
-    @contextlib.contextmanager
-    def subscribe(self) -> Iterator[asyncio.Queue[dict[str, Any]]]:
-        """A queue of the events published while the ``with`` block runs."""
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._subscribers.add(queue)
-        try:
-            yield queue
-        finally:
-            self._subscribers.discard(queue)
 
 
 def _row(row: Any) -> dict[str, Any]:
@@ -83,7 +56,7 @@ class TaskManager:
         engine: AsyncEngine,
         registry: Registry,
         models: RouterModels,
-        session: aiohttp.ClientSession,
+        control: NodeControl,
         bus: EventBus,
         *,
         max_concurrent: int,
@@ -95,7 +68,7 @@ class TaskManager:
         self._engine = engine
         self._registry = registry
         self._models = models
-        self._session = session
+        self._control = control
         self._bus = bus
         self._slots = asyncio.Semaphore(max_concurrent)
         self._running: dict[str, asyncio.Task[None]] = {}
@@ -255,34 +228,26 @@ class TaskManager:
 
     async def _follow_node_pull(self, task: dict[str, Any]) -> None:
         node = self._registry.get(task["node_id"])
-        base = node.base_url
         waited = 0.0
         while not node.live:  # after a router restart: until the node has heartbeated again
             if waited > NODE_LOST_SECONDS:
                 raise UpstreamFailed(f"node {node.name} has not been seen since the router started")
             await asyncio.sleep(POLL_SECONDS)
             waited += POLL_SECONDS
-        await self._ask_pull(node.name, base, task["model"], node.auth_headers())
+        await self._control.pull(node, task["model"])
         lost_since: float | None = None
         while True:
             await asyncio.sleep(POLL_SECONDS)
             try:
-                url = f"{base}/api/downloads/{task['model']}"
-                async with self._session.get(url, headers=node.auth_headers()) as response:
-                    if response.status == 404:  # the node restarted: ask again, it resumes
-                        progress = None
-                    elif response.status != 200:
-                        raise UpstreamFailed(await _message(response))
-                    else:
-                        progress = await response.json()
-                if progress is None:
-                    await self._ask_pull(node.name, base, task["model"], node.auth_headers())
+                progress = await self._control.download(node, task["model"])
+                if progress is None:  # the node restarted: ask again, it resumes
+                    await self._control.pull(node, task["model"])
                     continue
                 lost_since = None
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except NodeUnreached:
                 lost_since = lost_since or time.monotonic()
                 if time.monotonic() - lost_since > NODE_LOST_SECONDS:
-                    raise UpstreamFailed(f"node {node.name} unreachable: {exc}") from exc
+                    raise
                 continue
             state = progress.get("state")
             if state == "completed":
@@ -299,13 +264,6 @@ class TaskManager:
                 raise UpstreamFailed(f"node {node.name}: {progress.get('error')}")
             await self._save_progress(task, progress)
 
-    async def _ask_pull(self, node: str, base: str, model: str, headers: dict[str, str]) -> None:
-        async with self._session.post(
-            f"{base}/api/pull", json={"model": model, "assign": True}, headers=headers
-        ) as response:
-            if response.status not in (200, 202):
-                raise UpstreamFailed(f"node {node} refused the pull: {await _message(response)}")
-
     async def _save_progress(self, task: dict[str, Any], progress: dict[str, Any]) -> None:
         await self._save(
             task,
@@ -315,6 +273,3 @@ class TaskManager:
             eta_seconds=progress.get("eta_seconds"),
         )
 
-
-async def _message(response: aiohttp.ClientResponse) -> str:
-    return f"{response.status} {error_message(await response.read())}"

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import logging
 import random
-import re
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from llmlb.common.errors import (
     Unavailable,
     UpstreamFailed,
     UpstreamTimeout,
+    describe,
     error_body,
 )
 from llmlb.common.settings import RouterSettings
@@ -49,12 +49,11 @@ from llmlb.router.proxy.nodelink import (
     NodeResponse,
     NodeUnreachable,
 )
+from llmlb.router.proxy.usage import usage_in
 from llmlb.router.telemetry.metrics import RouterMetrics
 
 log = logging.getLogger(__name__)
 
-_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
-_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 _FORWARDED_HEADERS = ("x-request-id", "traceparent", "tracestate")
 # Nodes ranked per request when more hold the model (see Proxy.choose).
 SAMPLE = 16
@@ -121,18 +120,6 @@ class Capacity:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._event.wait()
-
-
-def usage_of(data: bytes) -> dict[str, int]:
-    """Token counts found in a response (the last ``usage`` object wins); {} when none."""
-    usage = {}
-    prompt = _PROMPT_TOKENS.findall(data)
-    completion = _COMPLETION_TOKENS.findall(data)
-    if prompt:
-        usage["prompt_tokens"] = int(prompt[-1])
-    if completion:
-        usage["completion_tokens"] = int(completion[-1])
-    return usage
 
 
 def traceparent() -> str:
@@ -360,7 +347,7 @@ class Proxy:
         except NodeHungUp as exc:
             # Most likely a pooled keep-alive connection the node had already closed (it does
             # after an error answer): not a dead node. Once more, on a connection of its own.
-            log.info("retrying on a fresh connection to %s (%s)", node.name, _describe(exc))
+            log.info("retrying on a fresh connection to %s (%s)", node.name, describe(exc))
             return await self._send(node, routed, headers, fresh=True)
         except NodeMixedUp as exc:
             # The pooled connection held an answer to an earlier request (dropped, never
@@ -392,7 +379,7 @@ class Proxy:
                         response.release()
                         return Answer(
                             response.status, node, content_type, body=first,
-                            usage=usage_of(first), first_byte_at=time.monotonic(),
+                            usage=usage_in(first), first_byte_at=time.monotonic(),
                         )  # fmt: skip
                     # Larger than the router will hold: relayed as it comes instead.
             except BaseException:
@@ -414,7 +401,7 @@ class Proxy:
                 yield LastChunk(chunk) if response.at_eof() else chunk
         except _RETRYABLE as exc:
             self._registry.mark_unreachable(node.id)
-            message = f"node {node.name} failed mid-stream: {_describe(exc)}"
+            message = f"node {node.name} failed mid-stream: {describe(exc)}"
             log.warning(message)
             yield b"data: " + orjson.dumps(error_body(message, "upstream_error")) + b"\n\n"
             yield b"data: [DONE]\n\n"
@@ -459,11 +446,7 @@ def _final(last: Answer | LlmlbError, reason: LlmlbError | None) -> Answer:
     raise last
 
 
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
 def _upstream_error(node: NodeRecord, exc: BaseException) -> LlmlbError:
     if isinstance(exc, TimeoutError):
-        return UpstreamTimeout(f"node {node.name} did not answer in time ({_describe(exc)})")
-    return UpstreamFailed(f"node {node.name} failed: {_describe(exc)}")
+        return UpstreamTimeout(f"node {node.name} did not answer in time ({describe(exc)})")
+    return UpstreamFailed(f"node {node.name} failed: {describe(exc)}")

@@ -16,18 +16,18 @@ from typing import Any
 import orjson
 
 from llmlb.common.errors import BadRequest, LlmlbError
+from llmlb.common.names import UNKNOWN_MODEL_LABEL
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import parse_object
 from llmlb.router.balancer.prefixes import prefix_blocks
-from llmlb.router.proxy.failover import Answer, Proxy, Routed, usage_of
+from llmlb.router.proxy.failover import Answer, Proxy, Routed
+from llmlb.router.proxy.usage import usage_in
 from llmlb.router.telemetry.history import History, RequestRecord, Who
 from llmlb.router.telemetry.metrics import RouterMetrics
 
 _BODY_LOG_LIMIT = 64 * 1024
 # The usage object of a stream is in its last event; this much of the tail always holds it.
 _USAGE_TAIL = 4096
-# Requests for models nobody knows count under this one label (clients choose model names).
-UNKNOWN_MODEL_LABEL = "unknown"
 # The history column's width: longer names are refused before they reach a node or a row.
 MAX_MODEL_NAME = 200
 
@@ -149,7 +149,7 @@ class Forwarder:
         finally:
             # llama.cpp sends one piece per token; the usage event, when the stream got that
             # far, has the exact counts.
-            usage = {"completion_tokens": pieces, **usage_of(tail)}
+            usage = {"completion_tokens": pieces, **usage_in(tail)}
             seen = dataclasses.replace(answer, body=b"".join(kept), usage=usage)
             self.record(routed, request_id, who, started, outcome_of(seen, status))
 
