@@ -29,8 +29,10 @@ from llmlb.common.serving import tune_gc
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import Device, NodeLoad, RegisterRequest
 from llmlb.router.fleet.registry import Registry
-from llmlb.router.proxy.failover import Capacity, Proxy, Routed
+from llmlb.router.proxy.admission import Capacity
+from llmlb.router.proxy.failover import Proxy
 from llmlb.router.proxy.nodelink import NodeLinks
+from llmlb.router.proxy.routing import Routed
 from llmlb.router.storage.db import open_database
 from llmlb.router.telemetry.metrics import RouterMetrics
 

@@ -11,10 +11,13 @@ import pytest
 
 from llmlb.common.settings import BalancerStrategy, RouterSettings
 from llmlb.common.wire import Device, NodeLoad, RegisterRequest
+from llmlb.router.balancer.choice import SAMPLE
 from llmlb.router.balancer.prefixes import prefix_blocks
 from llmlb.router.fleet.registry import Registry
-from llmlb.router.proxy.failover import SAMPLE, Capacity, Proxy, Routed
+from llmlb.router.proxy.admission import Capacity
+from llmlb.router.proxy.failover import Proxy
 from llmlb.router.proxy.nodelink import NodeLinks
+from llmlb.router.proxy.routing import Routed
 from llmlb.router.storage.db import open_database
 from llmlb.router.telemetry.metrics import RouterMetrics
 

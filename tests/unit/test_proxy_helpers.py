@@ -2,7 +2,7 @@
 
 import re
 
-from llmlb.router.proxy.failover import forwarded_headers, traceparent
+from llmlb.router.proxy.routing import forwarded_headers, traceparent
 from llmlb.router.proxy.usage import usage_in
 
 

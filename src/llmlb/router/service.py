@@ -35,8 +35,10 @@ from llmlb.router.distribution.model_store import RouterModels
 from llmlb.router.distribution.tasks import TaskManager
 from llmlb.router.fleet.control import NodeControl
 from llmlb.router.fleet.fleet import Fleet
+from llmlb.router.fleet.node_record import NodeRecord
 from llmlb.router.fleet.registry import Registry
-from llmlb.router.proxy.failover import Capacity, Proxy
+from llmlb.router.proxy.admission import Capacity
+from llmlb.router.proxy.failover import Proxy
 from llmlb.router.proxy.forwarding import Forwarder
 from llmlb.router.proxy.nodelink import NodeLinks
 from llmlb.router.storage.db import open_database, ping
@@ -122,6 +124,7 @@ class RouterService:
             allow_cpu_nodes=settings.allow_cpu_nodes,
             require_approval=settings.require_node_approval,
             node_max_concurrency=settings.node_max_concurrency,
+            on_stall=self._call_off,
         )
         self.limiter = KeyLimiter()
         self.limit_sharing = LimitSharing(engine, self.limiter)
@@ -179,6 +182,10 @@ class RouterService:
         self.gateway = Gateway(settings, self.forwarder, self.clouds)
         self.node_token_path: Path = settings.home / NODE_TOKEN_FILE
         self._loops: list[asyncio.Task[None]] = []
+
+    def _call_off(self, node: NodeRecord) -> None:
+        """A stalled node's exchanges waiting for an answer fail, to go to other nodes."""
+        self.node_links.call_off(node.base_url, f"node {node.name} is not receiving requests")
 
     def allowance_of(self, principal: Principal) -> Allowance | None:
         """What a caller may ask of the client API: its key's limits, its role's for a

@@ -29,8 +29,8 @@ from llmlb.common.errors import (
 )
 from llmlb.common.settings import RouterSettings
 from llmlb.router.cloud.clouds import CloudCall, Clouds, prefix_of
-from llmlb.router.proxy.failover import Routed
 from llmlb.router.proxy.forwarding import MAX_MODEL_NAME, Forwarder, Outcome
+from llmlb.router.proxy.routing import Routed
 from llmlb.router.proxy.usage import usage_in
 from llmlb.router.telemetry.history import Who
 from llmlb.translate import chat

@@ -8,7 +8,6 @@ stored, so a stepped clock, or routers whose clocks differ, take no node offline
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,8 +43,7 @@ class NodeRecord:
     live: bool = field(default=False)
     # Attempts waiting for this node's first byte -> when they were sent (router.proxy.failover),
     # and whether the node stopped getting them while it still heartbeats (see Registry.heartbeat).
-    sending: dict[asyncio.Task[Any], float] = field(default_factory=dict, repr=False)
-    called_off: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
+    sending: dict[object, float] = field(default_factory=dict, repr=False)
     stalled: bool = field(default=False)
     # When this router last had word of the node (a heartbeat, or its database row's
     # last_seen changing), on this process's monotonic clock: liveness is judged by this,

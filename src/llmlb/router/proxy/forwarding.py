@@ -20,7 +20,8 @@ from llmlb.common.names import UNKNOWN_MODEL_LABEL
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import parse_object
 from llmlb.router.balancer.prefixes import prefix_blocks
-from llmlb.router.proxy.failover import Answer, Proxy, Routed
+from llmlb.router.proxy.failover import Answer, Proxy
+from llmlb.router.proxy.routing import Routed
 from llmlb.router.proxy.usage import usage_in
 from llmlb.router.telemetry.history import History, RequestRecord, Who
 from llmlb.router.telemetry.metrics import RouterMetrics

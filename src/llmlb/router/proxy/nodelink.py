@@ -15,7 +15,8 @@ Failures are ``NodeLinkError``s:
 - ``NodeCutOff``: the answer began and then broke off (the node failed while answering);
 - ``NodeBadAnswer``: bytes that are not a well-formed HTTP/1.1 answer, or not one a node may
   send (a status outside 100-599, headers past ``MAX_HEAD_BYTES``, endless interim answers);
-- ``NodeMixedUp``: an answer that is not for the request sent (see below).
+- ``NodeMixedUp``: an answer that is not for the request sent (see below);
+- ``NodeStalled``: the fleet called the exchange off (``NodeLinks.call_off``).
 An answer that stalls for ``read_timeout`` seconds raises ``TimeoutError``.
 
 An answer is delivered only to the request it is for. A node (or a gateway in front of one)
@@ -74,6 +75,11 @@ class NodeCutOff(NodeLinkError):
 
 class NodeBadAnswer(NodeLinkError):
     """What came back was not a well-formed HTTP/1.1 answer."""
+
+
+class NodeStalled(NodeLinkError):
+    """Called off by the fleet while waiting for the answer: the node heartbeats but does not
+    get the requests sent to it (``router.fleet.health``)."""
 
 
 class NodeMixedUp(NodeBadAnswer):
@@ -208,6 +214,7 @@ class _Connection(asyncio.Protocol):
         self.lost = True
         self._transport = None
         self.pool.forget(self)
+        self.pool.done(self)
         if not self._exchanging or self._error is not None:
             return
         began = self._head is not None and self._head.done()
@@ -352,9 +359,16 @@ class _Connection(asyncio.Protocol):
         else:
             self._timer = self._loop.call_at(deadline, self._check_idle)
 
+    def awaiting_head(self) -> bool:
+        return self._exchanging and self._head is not None and not self._head.done()
+
+    def call_off(self, error: NodeLinkError) -> None:
+        self._fail(error)
+
     def finish(self, reuse: bool) -> None:
         """End the exchange: back to the pool when the answer was read whole, the request
         went out whole, and the node keeps the connection open; dropped otherwise."""
+        self.pool.done(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -393,6 +407,8 @@ class NodeLinks:
         self._origins: dict[str, _Origin] = {}
         # Per node, its idle connections oldest first (a dict as an ordered set).
         self._idle: dict[_Origin, dict[_Connection, None]] = {}
+        # Per node, its connections carrying an exchange now (what call_off reaches).
+        self._busy: dict[_Origin, set[_Connection]] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False
         self._exchanges = 0
@@ -414,11 +430,30 @@ class NodeLinks:
         connection = None if fresh else self._take_idle(origin)
         if connection is None:
             connection = await self._connect(origin)
+        busy = self._busy.get(origin)
+        if busy is None:
+            busy = self._busy[origin] = set()
+        busy.add(connection)
         try:
             return await connection.exchange(head, body, (request_id, exchange))
         except BaseException:
             connection.abort()
             raise
+
+    def call_off(self, base_url: str, reason: str) -> int:
+        """Fail every exchange with the node at ``base_url`` that still waits for its answer
+        to begin, with ``NodeStalled``; how many there were."""
+        origin = self._origins.get(base_url)
+        waiting = [c for c in self._busy.get(origin, ()) if c.awaiting_head()] if origin else []
+        for connection in waiting:
+            connection.call_off(NodeStalled(reason))
+        return len(waiting)
+
+    def done(self, connection: _Connection) -> None:
+        """A connection's exchange is over (it goes back to the pool, or is dropped)."""
+        busy = self._busy.get(connection.origin)
+        if busy is not None:
+            busy.discard(connection)
 
     def _take_idle(self, origin: _Origin) -> _Connection | None:
         idle = self._idle.get(origin)

@@ -1,0 +1,48 @@
+"""Whether a node that heartbeats really serves: black holes and probes.
+
+- A node whose heartbeats arrive but which holds none of the requests this router sent it
+  two heartbeats or more ago lost them on the way (a network that drops traffic without
+  closing connections). It is *stalled*: no traffic until a probe gets through, and the
+  exchanges still waiting on it are called off (the router's node client raises them as
+  ``NodeStalled``) to be tried on another node; none of them had a byte yet.
+- A node that refused a connection, or stalled, is probed (``GET /health`` on a new
+  connection) every second, not only at its next heartbeat: a restart or a blip costs it a
+  second of traffic.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from llmlb.common.wire import NodeLoad
+from llmlb.router.fleet.control import NodeControl
+from llmlb.router.fleet.node_record import NodeRecord
+
+if TYPE_CHECKING:  # (the registry asks this module whether a node is a black hole)
+    from llmlb.router.fleet.registry import Registry
+
+PROBE_INTERVAL = 1.0  # seconds between probes of a node that refused a connection
+
+
+def black_holed(node: NodeRecord, load: NodeLoad, heartbeat_interval: float) -> bool:
+    """Whether the node, by its own report, holds none of the requests this router sent it
+    two heartbeats or more ago."""
+    if not node.sending or load.requests_in_flight is None:  # nothing sent, or a node too
+        return False  # old to say
+    holds = load.requests_in_flight + load.active_requests + load.queued_requests
+    oldest = min(node.sending.values())
+    return holds == 0 and time.monotonic() - oldest > 2 * heartbeat_interval
+
+
+class Prober:
+    """Probes the nodes that get no traffic for want of an answer (unreachable, stalled)."""
+
+    def __init__(self, registry: Registry, control: NodeControl) -> None:
+        self._registry = registry
+        self._control = control
+
+    async def probe_all(self) -> None:
+        for node in [n for n in self._registry.all() if n.unreachable]:
+            if await self._control.probe(node):
+                self._registry.mark_reachable(node.id)
