@@ -192,7 +192,7 @@ async def test_a_queued_call_times_out_and_a_cancelled_one_loses_no_slot() -> No
     await gate.enter()
     with pytest.raises(UpstreamTimeout):
         await gate.enter()
-    gate._queue_timeout = 5
+    gate._line.timeout = 5  # the next waits long enough to be cancelled
     left = asyncio.create_task(gate.enter())
     await asyncio.sleep(0)
     left.cancel()

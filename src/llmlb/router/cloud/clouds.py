@@ -25,7 +25,6 @@ from llmlb.common.backoff import backoff
 from llmlb.common.errors import (
     AuthenticationFailed,
     ModelNotSupported,
-    Overloaded,
     RelayedError,
     UpstreamFailed,
     UpstreamTimeout,
@@ -33,6 +32,7 @@ from llmlb.common.errors import (
 )
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import read_limited
+from llmlb.router.proxy.admission import WaitLine
 from llmlb.translate.providers import PROVIDERS
 from llmlb.translate.providers.base import Provider
 
@@ -53,41 +53,40 @@ def prefix_of(model: str) -> str | None:
 
 
 class Gate:
-    """At most ``limit`` calls at once; the rest wait in order, bounded in number and time."""
+    """At most ``limit`` calls at once; the rest wait in order, in a bounded line
+    (``router.proxy.admission``: the same bound and deadline as the nodes' queue)."""
 
     def __init__(self, name: str, limit: int, queue_size: int, queue_timeout: float) -> None:
         self.name = name
         self.limit = limit
         self.active = 0
-        self._queue_size = queue_size
-        self._queue_timeout = queue_timeout
+        self._line = WaitLine(queue_size, queue_timeout)
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
     async def enter(self) -> None:
         if self.active < self.limit and not self._waiters:
             self.active += 1
             return
-        if len(self._waiters) >= self._queue_size:
-            raise Overloaded(f"{self.limit} requests to {self.name} are in flight and the "
-                             f"queue is full", headers={"Retry-After": "1"})  # fmt: skip
+        place = self._line.join(f"{self.limit} requests to {self.name} are in flight and the "
+                                "queue is full")  # fmt: skip
         turn = asyncio.get_running_loop().create_future()
         self._waiters.append(turn)
         try:
-            async with asyncio.timeout(self._queue_timeout):
+            async with asyncio.timeout(place.remaining()):
                 await asyncio.shield(turn)
         except TimeoutError:
             if not turn.done():
                 self._waiters.remove(turn)
-                raise UpstreamTimeout(
-                    f"waited {self._queue_timeout:.0f} s for a free slot to {self.name}",
-                    code="queue_timeout",
-                ) from None
+                raise place.timed_out(f"waited {self._line.timeout:.0f} s for a free slot to "
+                                      f"{self.name}") from None  # fmt: skip
         except asyncio.CancelledError:
             if turn.done():
                 self.leave()  # handed a slot just as the caller left: pass it on
             else:
                 self._waiters.remove(turn)
             raise
+        finally:
+            place.leave()
 
     def leave(self) -> None:
         while self._waiters:
