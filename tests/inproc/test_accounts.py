@@ -256,7 +256,7 @@ async def test_the_last_admin_stays_and_bad_names_are_refused(router: InProcessR
 
 async def test_the_first_admin_comes_from_the_admin_password(router: InProcessRouter) -> None:
     router.service.settings.admin_password = "first-pass-1"
-    await router.service.ensure_first_admin()
+    await router.service.provisioning.ensure_first_admin()
     users = await router.service.accounts.list()
     assert [(u.username, u.role) for u in users] == [("admin", "admin")]
     async with router.client(REMOTE) as client:

@@ -20,7 +20,8 @@ def node(name: str, free: int) -> dict[str, Any]:
 
 
 def node_auth(router: InProcessRouter) -> dict[str, str]:
-    return {"authorization": f"Bearer {router.service.node_token_path.read_text().strip()}"}
+    token = router.service.provisioning.node_token_path.read_text().strip()
+    return {"authorization": f"Bearer {token}"}
 
 
 @pytest.mark.parametrize(

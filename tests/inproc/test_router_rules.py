@@ -15,7 +15,8 @@ CHAT = "/v1/chat/completions"
 
 
 def node_auth(router: InProcessRouter) -> dict[str, str]:
-    return {"authorization": f"Bearer {router.service.node_token_path.read_text().strip()}"}
+    token = router.service.provisioning.node_token_path.read_text().strip()
+    return {"authorization": f"Bearer {token}"}
 
 
 def error_of(response: httpx.Response) -> dict[str, Any]:
@@ -74,7 +75,7 @@ async def test_a_head_on_a_blob_the_router_lacks_starts_no_download(
     router: InProcessRouter,
 ) -> None:
     name = next(n for n in router.service.catalog.names() if n != "gemma-3-270m")
-    token = router.service.node_token_path.read_text().strip()
+    token = router.service.provisioning.node_token_path.read_text().strip()
     async with router.client() as client:
         response = await client.head(
             f"/v0/models/blob/{name}", headers={"authorization": f"Bearer {token}"}

@@ -42,7 +42,7 @@ async def run_up(settings: RouterSettings, node_port: int) -> None:
 
     async def start_node(url: str, service: RouterService) -> None:
         nonlocal node, watcher
-        token = service.node_token_path.read_text().strip()
+        token = service.provisioning.node_token_path.read_text().strip()
         env = {**os.environ, "LLMLB_HOME": str(settings.home), "LLMLB_NODE_TOKEN": token}
         node = subprocess.Popen(  # noqa: ASYNC220 (returns at once; the node runs beside us)
             [sys.executable, "-m", "llmlb", "node", "--router", url, "--allow-cpu",

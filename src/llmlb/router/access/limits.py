@@ -27,10 +27,13 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llmlb.common.errors import PermissionDenied, RateLimited
-from llmlb.router.access.keys import ApiKey, KeyLimits
+from llmlb.common.settings import RoleLimits
+from llmlb.router.access.auth import Principal
+from llmlb.router.access.keys import ApiKey, KeyLimits, with_resolved_models
 from llmlb.router.cloud.clouds import prefix_of
 
 
@@ -51,6 +54,28 @@ class Allowance:
     def checked(self) -> bool:
         """Whether a request needs checking at all (most callers have no limits)."""
         return self.limits.any or not self.cloud
+
+
+class Allowances:
+    """Each caller's allowance: its key's limits, its role's for a signed-in user."""
+
+    def __init__(self, roles: dict[str, RoleLimits], resolve: Callable[[str], str]) -> None:
+        # Models in a role's limits that are no model's names stop the start.
+        self._roles = {
+            role: (with_resolved_models(KeyLimits(**limits.model_dump(exclude={"cloud"})),
+                                        resolve), limits.cloud)
+            for role, limits in roles.items()
+        }  # fmt: skip
+
+    def of(self, principal: Principal) -> Allowance | None:
+        """What a caller may ask of the client API; None for a caller nothing limits."""
+        if principal.key is not None:
+            return Allowance.of_key(principal.key)
+        user = principal.user
+        if user is None:
+            return None
+        limits, cloud = self._roles[user.role]
+        return Allowance(user.id, limits, cloud, f"user {user.username!r} (role {user.role})")
 
 
 @dataclass

@@ -45,14 +45,14 @@ def node_flag(**flags: bool) -> Handler:
     async def handler(request: Request) -> Response:
         fleet = service_of(request).fleet
         node_id = request.path_params["node_id"]
-        await fleet.registry.set_flags(node_id, **flags)
+        await fleet.set_flags(node_id, **flags)
         return ORJSONResponse(fleet.node(node_id))
 
     return handler
 
 
 async def remove_node(request: Request) -> Response:
-    await service_of(request).registry.remove(request.path_params["node_id"])
+    await service_of(request).fleet.remove(request.path_params["node_id"])
     return Response(status_code=204)
 
 

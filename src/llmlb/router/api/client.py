@@ -109,9 +109,9 @@ async def _forward(request: Request, endpoint: str, request_id: str) -> Response
     raw = await read_body(request, service.settings.max_body_bytes)
     # From here on, one watcher sees the client leave, through to the end of a stream.
     departure = request.scope[DEPARTURE_KEY] = Departure(request.receive)
-    allowance = service.allowance_of(principal)
+    allowance = service.allowances.of(principal)
     if allowance is not None and allowance.checked:
-        model = _model_of(raw, service.resolve_model)
+        model = _model_of(raw, service.fleet.resolve)
         service.limiter.admit(allowance, model, request_id, len(raw))
     who = principal.who
     headers = {"x-request-id": request_id}

@@ -48,7 +48,7 @@ def history_filter(request: Request) -> HistoryFilter:
 
 
 async def overview(request: Request) -> Response:
-    return ORJSONResponse(await service_of(request).overview())
+    return ORJSONResponse(await service_of(request).overview.now())
 
 
 async def series(request: Request) -> Response:
@@ -61,15 +61,15 @@ async def series(request: Request) -> Response:
 
 async def node_trends(request: Request) -> Response:
     service = service_of(request)
-    node = service.registry.get(request.path_params["node_id"])  # 404 for an unknown id
-    return ORJSONResponse({"data": service.trends.of(node.id)})
+    node = service.fleet.record(request.path_params["node_id"])  # 404 for an unknown id
+    return ORJSONResponse({"data": service.overview.trends.of(node.id)})
 
 
 async def label_node(request: Request) -> Response:
     """``{"label": "gpu-3 (rack 2)", "tags": ["rack2", "a100"]}``: the operator's names."""
     service = service_of(request)
     body = await read_json(request, service.settings.max_admin_body_bytes)
-    node = service.registry.get(request.path_params["node_id"])
+    node = service.fleet.record(request.path_params["node_id"])
     label = body.get("label", node.label)
     tags = body.get("tags", node.tags)
     if label is not None and (not isinstance(label, str) or len(label) > 100):
@@ -84,7 +84,7 @@ async def label_node(request: Request) -> Response:
         raise BadRequest(
             "'tags' is up to 16 tags of 1 to 32 letters, digits and . _ : -", param="tags"
         )
-    await service.registry.set_label(node.id, label or None, sorted(set(tags)))
+    await service.fleet.set_label(node.id, label or None, sorted(set(tags)))
     return ORJSONResponse(service.fleet.node(node.id))
 
 
@@ -104,7 +104,7 @@ async def node_models(request: Request) -> Response:
     """The models on a node as the node lists them (name, size, sha256, when installed and
     last used, loaded, assigned), the assigned ones it still lacks, and its sync state."""
     service = service_of(request)
-    node = service.registry.get(request.path_params["node_id"])
+    node = service.fleet.record(request.path_params["node_id"])
     rows = await _from_node(request, "/v1/models", "models", {})
     models = []
     for row in rows:
@@ -134,7 +134,7 @@ _NODE_MODEL_FIELDS = ("size_bytes", "sha256", "parts", "installed_at", "last_use
 async def _from_node(request: Request, path: str, what: str, params: dict[str, str]) -> list[Any]:
     """A node's ``{"data": [...]}`` answer, fetched with its own key (fleet.control)."""
     service = service_of(request)
-    node = service.registry.get(request.path_params["node_id"])
+    node = service.fleet.record(request.path_params["node_id"])
     return await service.control.listing(node, path, what, params)
 
 

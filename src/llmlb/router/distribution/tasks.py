@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -40,6 +41,21 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0
 NODE_LOST_SECONDS = 60.0
 ACTIVE = ("pending", "in_progress")
+
+
+ROUTER_ID_FILE = "router_id"
+
+
+def router_id(home: Path) -> str:
+    """This router's id, kept in its home: a router restarted there owns its tasks again."""
+    path = home / ROUTER_ID_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        identity = str(uuid.uuid4())
+        home.mkdir(parents=True, exist_ok=True)
+        path.write_text(identity + "\n")
+        return identity
 
 
 def _row(row: Any) -> dict[str, Any]:
@@ -272,4 +288,3 @@ class TaskManager:
             speed=float(progress.get("speed_bytes_per_s") or 0.0),
             eta_seconds=progress.get("eta_seconds"),
         )
-

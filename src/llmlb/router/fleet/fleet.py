@@ -1,4 +1,5 @@
-"""The fleet as the API sees it: nodes joining and reporting, and what they can serve."""
+"""The fleet as the API sees it, its one door: nodes joining and reporting, the operator's
+changes to them, what they can serve, and the names clients may use for it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from llmlb.common.errors import BadRequest
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import NodeLoad, RegisterRequest, RegisterResponse
 from llmlb.models.catalog import Catalog
+from llmlb.router.cloud.clouds import prefix_of
 from llmlb.router.distribution.distributor import Distributor
+from llmlb.router.fleet.node_record import NodeRecord
 from llmlb.router.fleet.registry import Registry
 
 
@@ -36,6 +39,11 @@ class Fleet:
         own_hosts = {self.settings.host, "localhost", "127.0.0.1", "::1", "0.0.0.0", "::"}
         if parts.hostname in own_hosts or (parts.hostname or "").startswith("127."):
             raise BadRequest(f"base_url {base_url} is this router's own address", param="base_url")
+
+    def resolve(self, model: str) -> str:
+        """The name the nodes know for a model as a client typed it (``gpt-oss:20b`` ->
+        ``gpt-oss-20b``); cloud names (``openai:...``) as they are."""
+        return model if prefix_of(model) is not None else self.catalog.resolve(model)
 
     def knows(self, model: str) -> bool:
         """Whether the catalog lists the model or some node holds it."""
@@ -65,6 +73,26 @@ class Fleet:
 
     def node(self, node_id: str) -> dict[str, Any]:
         return self.registry.get(node_id).to_dict(self.settings.heartbeat_interval)
+
+    def record(self, node_id: str) -> NodeRecord:
+        """The node's record (NotFound for an id the fleet does not hold)."""
+        return self.registry.get(node_id)
+
+    async def set_flags(self, node_id: str, **flags: bool) -> NodeRecord:
+        """The operator's switches: ``approved``, ``disabled``, ``draining``."""
+        return await self.registry.set_flags(node_id, **flags)
+
+    async def set_label(self, node_id: str, label: str | None, tags: list[str]) -> NodeRecord:
+        return await self.registry.set_label(node_id, label, tags)
+
+    async def remove(self, node_id: str) -> None:
+        await self.registry.remove(node_id)
+
+    async def sync(self) -> None:
+        """Take in the operator's changes made by the CLI or by other routers on the same
+        database, and forget nodes offline past ``offline_node_expiry``."""
+        await self.registry.load()
+        await self.registry.purge_offline(self.settings.offline_node_expiry)
 
     def model_list(self) -> list[dict[str, Any]]:
         """What the fleet can serve: models on nodes, and catalog models (fetched on demand)."""

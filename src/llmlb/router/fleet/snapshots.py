@@ -78,5 +78,3 @@ class Snapshots:
             load_seconds=load.load_seconds,
             request_seconds=load.request_seconds,
         )
-
-

@@ -44,6 +44,7 @@ from llmlb.router.telemetry.metrics import RouterMetrics
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Answer:
     """A node's answer, ready to relay: a whole body or a stream of raw bytes.

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from llmlb.router.fleet.node_record import NodeRecord
 from llmlb.router.fleet.registry import Registry
+from llmlb.router.telemetry.events import EventBus
 from llmlb.router.telemetry.history import History
 
 SAMPLE_SECONDS = 30.0
 SAMPLES_KEPT = 120  # an hour
+PUBLISH_SECONDS = 5.0
 
 
 class NodeTrends:
@@ -84,19 +87,42 @@ def fleet_figures(registry: Registry, interval: float) -> dict[str, Any]:
     }
 
 
-async def overview(
-    registry: Registry, history: History, interval: float, queued: int,
-    providers: dict[str, bool],
-) -> dict[str, Any]:  # fmt: skip
-    """The overview's cards: the fleet now, and the requests of the last minute."""
-    last_minute = await history.summary(time.time() - 60)
-    return {
-        "ts": time.time(),
-        **fleet_figures(registry, interval),
-        "queued": queued,
-        "requests_per_minute": last_minute["requests"],
-        "success_rate": last_minute["success_rate"],
-        "latency_ms": last_minute["latency_ms"],
-        "ttft_ms": last_minute["ttft_ms"],
-        "providers": providers,
-    }
+class Overview:
+    """The overview's cards and the node trends, for the console's pages: asked for, and
+    pushed every ``PUBLISH_SECONDS`` on the event bus while a page listens (pages never poll)."""
+
+    def __init__(
+        self, registry: Registry, history: History, events: EventBus, interval: float,
+        waiting: Callable[[], int], providers: Callable[[], dict[str, bool]],
+        nodes: Callable[[], list[dict[str, Any]]],
+    ) -> None:  # fmt: skip
+        self.trends = NodeTrends()
+        self._registry = registry
+        self._history = history
+        self._events = events
+        self._interval = interval
+        self._waiting = waiting
+        self._providers = providers
+        self._nodes = nodes
+
+    async def now(self) -> dict[str, Any]:
+        """The fleet now, and the requests of the last minute."""
+        last_minute = await self._history.summary(time.time() - 60)
+        return {
+            "ts": time.time(),
+            **fleet_figures(self._registry, self._interval),
+            "queued": self._waiting(),
+            "requests_per_minute": last_minute["requests"],
+            "success_rate": last_minute["success_rate"],
+            "latency_ms": last_minute["latency_ms"],
+            "ttft_ms": last_minute["ttft_ms"],
+            "providers": self._providers(),
+        }
+
+    async def publish(self) -> None:
+        if self._events.subscribers:
+            self._events.publish({"type": "overview", **await self.now()})
+            self._events.publish({"type": "nodes", "data": self._nodes()})
+
+    async def sample(self) -> None:
+        self.trends.sample(self._registry.all())
