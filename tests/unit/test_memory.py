@@ -11,7 +11,7 @@ from llmlb.models.catalog import Catalog, CatalogEntry, serving_metadata
 from llmlb.models.gguf import read_gguf
 from llmlb.models.memory import kv_bytes_per_token, kv_bytes_per_token_of, memory_needed
 from llmlb.models.store import StoredModel
-from llmlb.node.service import estimate_memory
+from llmlb.node.inventory import estimate_memory
 
 
 def test_a_figure_given_by_the_operator_wins_everywhere() -> None:

@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 import pytest
 import uvloop
 
-from llmlb.router.proxy.nodelink import (
+from llmlb.router.proxy.node_connection import NodeResponse
+from llmlb.router.proxy.node_errors import (
     NodeBadAnswer,
     NodeCutOff,
     NodeHungUp,
-    NodeLinks,
     NodeMixedUp,
-    NodeResponse,
     NodeUnreachable,
 )
+from llmlb.router.proxy.nodelink import NodeLinks
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 _OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"

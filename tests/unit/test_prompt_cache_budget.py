@@ -23,8 +23,10 @@ def service(home: Path, devices: list[Device], prompt_cache_mib: int = 512) -> N
 
 
 async def test_a_cpu_node_counts_the_prompt_cache_in_its_memory(tmp_path: Path) -> None:
-    without = await service(tmp_path / "a", [], prompt_cache_mib=0).spec_for("tiny", "generate")
-    default = await service(tmp_path / "b", []).spec_for("tiny", "generate")
+    without = await service(tmp_path / "a", [], prompt_cache_mib=0).inventory.spec_for(
+        "tiny", "generate"
+    )
+    default = await service(tmp_path / "b", []).inventory.spec_for("tiny", "generate")
     assert default.prompt_cache_mib == 512
     assert default.memory_bytes - without.memory_bytes == 512 << 20
     assert _engine_params(default).cache_ram_mib == 512  # what llama.cpp is told
@@ -32,8 +34,10 @@ async def test_a_cpu_node_counts_the_prompt_cache_in_its_memory(tmp_path: Path) 
 
 
 async def test_a_gpu_node_keeps_host_memory_out_of_its_gpu_budget(tmp_path: Path) -> None:
-    without = await service(tmp_path / "a", [GPU], prompt_cache_mib=0).spec_for("tiny", "generate")
-    default = await service(tmp_path / "b", [GPU]).spec_for("tiny", "generate")
+    without = await service(tmp_path / "a", [GPU], prompt_cache_mib=0).inventory.spec_for(
+        "tiny", "generate"
+    )
+    default = await service(tmp_path / "b", [GPU]).inventory.spec_for("tiny", "generate")
     assert default.memory_bytes == without.memory_bytes
-    embed = await service(tmp_path / "c", [GPU]).spec_for("tiny", "embed")
+    embed = await service(tmp_path / "c", [GPU]).inventory.spec_for("tiny", "embed")
     assert embed.prompt_cache_mib == 0  # embeddings reuse no prompts

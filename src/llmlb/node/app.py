@@ -41,6 +41,7 @@ NODE_PROBES = {"/health", "/startup", "/metrics", "/openapi.json"}
 
 def create_app(service: NodeService, links: Sequence[RouterLink] = ()) -> Starlette:
     limit = service.settings.max_body_bytes
+    inventory, inference = service.inventory, service.inference
     token = service.settings.node_token
 
     def guarded(handler: Any) -> Any:
@@ -70,19 +71,19 @@ def create_app(service: NodeService, links: Sequence[RouterLink] = ()) -> Starle
             body = await _body(request)
             try:
                 if body.get("stream") is True:
-                    frames = await service.open_stream(endpoint, body)
+                    frames = await inference.open_stream(endpoint, body)
                     response: Response = ClosingStreamingResponse(
                         frames, media_type="text/event-stream", headers=SSE_HEADERS
                     )
                 else:
-                    answer = await until_disconnected(request, service.complete(endpoint, body))
+                    answer = await until_disconnected(request, inference.complete(endpoint, body))
                     response = ORJSONResponse(answer)
             except LlmlbError as exc:
                 service.metrics.errors.labels(exc.code or exc.error_type).inc()
-                label = service.model_label(body)
+                label = inventory.model_label(body)
                 service.metrics.requests.labels(endpoint, label, str(exc.status)).inc()
                 raise
-            service.metrics.requests.labels(endpoint, service.model_label(body), "200").inc()
+            service.metrics.requests.labels(endpoint, inventory.model_label(body), "200").inc()
             return response
 
         return handler
@@ -90,7 +91,7 @@ def create_app(service: NodeService, links: Sequence[RouterLink] = ()) -> Starle
     async def count_tokens(request: Request) -> Response:
         with service.handling():
             body = await _body(request)
-            return ORJSONResponse(await service.count_tokens(body))
+            return ORJSONResponse(await inference.count_tokens(body))
 
     async def embeddings(request: Request) -> Response:
         with service.handling():
@@ -99,15 +100,15 @@ def create_app(service: NodeService, links: Sequence[RouterLink] = ()) -> Starle
     async def embed(request: Request) -> Response:
         body = await _body(request)
         try:
-            result = await service.embeddings(body)
+            result = await inference.embeddings(body)
         except LlmlbError as exc:
             service.metrics.errors.labels(exc.code or exc.error_type).inc()
             raise
-        service.metrics.requests.labels("embeddings", service.model_label(body), "200").inc()
+        service.metrics.requests.labels("embeddings", inventory.model_label(body), "200").inc()
         return ORJSONResponse(result)
 
     async def models(request: Request) -> Response:
-        return ORJSONResponse({"object": "list", "data": service.list_models()})
+        return ORJSONResponse({"object": "list", "data": inventory.list_models()})
 
     async def pull(request: Request) -> Response:
         body = await _body(request)
@@ -115,7 +116,7 @@ def create_app(service: NodeService, links: Sequence[RouterLink] = ()) -> Starle
         if not isinstance(name, str):
             raise BadRequest("'model' is required", param="model")
         assign = body.get("assign") is True  # the router assigns it (see node.sync)
-        return ORJSONResponse(await service.pull(name, assign=assign), status_code=202)
+        return ORJSONResponse(await inventory.pull(name, assign=assign), status_code=202)
 
     async def downloads(request: Request) -> Response:
         return ORJSONResponse({"data": service.resolver.active_progress()})
@@ -128,7 +129,7 @@ def create_app(service: NodeService, links: Sequence[RouterLink] = ()) -> Starle
         return ORJSONResponse(progress)
 
     async def delete_model(request: Request) -> Response:
-        await service.delete_model(request.path_params["name"])
+        await inventory.delete_model(request.path_params["name"])
         return Response(status_code=204)
 
     async def logs(request: Request) -> Response:

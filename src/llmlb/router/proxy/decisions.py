@@ -13,7 +13,7 @@ that every case is a line of a table test (``tests/unit/router/proxy/test_decisi
 
 from __future__ import annotations
 
-from llmlb.router.proxy.nodelink import NodeHungUp, NodeLinkError, NodeMixedUp, NodeUnreachable
+from llmlb.router.proxy.node_errors import NodeHungUp, NodeLinkError, NodeMixedUp, NodeUnreachable
 
 
 def should_try_next(outcome: int | BaseException, body: bytes = b"") -> bool:

@@ -35,7 +35,7 @@ from llmlb.router.fleet.node_record import NodeRecord
 from llmlb.router.fleet.registry import Registry
 from llmlb.router.proxy.admission import Capacity, WaitLine, WaitPlace
 from llmlb.router.proxy.decisions import marks_unreachable, should_retry_here, should_try_next
-from llmlb.router.proxy.nodelink import NodeCutOff, NodeMixedUp
+from llmlb.router.proxy.node_errors import NodeCutOff, NodeMixedUp
 from llmlb.router.proxy.relay import read_up_to, relay
 from llmlb.router.proxy.routing import Routed, forwarded_headers
 from llmlb.router.proxy.transport import NodeTransport

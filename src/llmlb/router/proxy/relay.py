@@ -10,7 +10,7 @@ import orjson
 
 from llmlb.common.asgi import LastChunk
 from llmlb.common.errors import describe, error_body
-from llmlb.router.proxy.nodelink import NodeLinkError
+from llmlb.router.proxy.node_errors import NodeLinkError
 from llmlb.router.proxy.transport import NodeAnswerBody
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The router's state: SQLAlchemy Core tables on SQLite (default) or PostgreSQL.
 
 The schema is brought to the newest at start (``router/schema``): a new database from these
-tables, an older one by Alembic's migrations (``router/migrations``), which these mirror.
+tables, an older one by Alembic's migrations (``router/storage/migrations``), which these mirror.
 """
 
 from __future__ import annotations

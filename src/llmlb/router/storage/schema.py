@@ -2,7 +2,7 @@
 
 - A new database gets its tables straight from ``db.metadata`` and is stamped with the newest
   migration, as Alembic's documentation advises for a database built from scratch.
-- An older one is upgraded by Alembic, through the migrations in ``router/migrations``.
+- An older one is upgraded by Alembic, through the migrations in ``router/storage/migrations``.
 - A current one is left alone.
 
 Alembic, with Mako and Pygments, is imported only for an upgrade: 10 MiB of resident memory
