@@ -10,14 +10,9 @@ import aiohttp
 import pytest
 
 from llmlb.common.errors import CorruptDownload, UpstreamFailed
-from llmlb.models.download import (
-    ModelFile,
-    Progress,
-    Source,
-    download,
-    fetch_files,
-    partial_path,
-)
+from llmlb.models.download import ModelFile, Source, download, fetch_files
+from llmlb.models.partial import partial_path
+from llmlb.models.progress import Progress
 from llmlb.models.store import ModelStore, part_file
 from tests.fakehub import FakeHub
 from tests.support import write_tiny_gguf

@@ -9,7 +9,7 @@ import pytest
 
 from llmlb.common.errors import InsufficientStorage
 from llmlb.common.settings import NodeSettings
-from llmlb.models.download import Progress
+from llmlb.models.progress import Progress
 from llmlb.models.store import ModelStore, StoredModel
 from llmlb.node.resolver import ModelResolver
 from llmlb.node.sync import ModelSync

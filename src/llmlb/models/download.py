@@ -13,6 +13,9 @@ again anyway.
 A split model downloads as a set (``ModelFile`` per part): each part the same way, under its
 own ``.partial``, verified against its own sha256. Parts already in place are skipped, so a
 restart resumes at the part it was on; one progress counts the bytes of all parts.
+
+This module is the transfer and the single flight; the partial file's own checks are in
+``models/partial.py``, the progress and the bandwidth cap in ``models/progress.py``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import errno
 import hashlib
 import logging
 import os
-import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,13 +35,13 @@ from typing import Any
 import aiohttp
 
 from llmlb.common.errors import CorruptDownload, InsufficientStorage, LlmlbError, UpstreamFailed
-from llmlb.models.gguf import GGUF_MAGIC, GGUFError, read_gguf
+from llmlb.models.partial import check_space, disk_full, hash_prefix, partial_path, verify
+from llmlb.models.progress import Progress, Throttle, account_speed
 from llmlb.models.store import MODEL_FILE, ModelStore, StoredModel, sha256_file
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
-PARTIAL_SUFFIX = ".partial"
 
 
 @dataclass
@@ -49,53 +51,6 @@ class Source:
     label: str
     url: str
     headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Progress:
-    model: str
-    state: str = "pending"  # pending, downloading, verifying, completed, failed
-    source: str = ""
-    bytes_done: int = 0
-    bytes_total: int | None = None
-    speed: float = 0.0  # bytes/s, smoothed
-    error: str | None = None
-    started_at: float = field(default_factory=time.time)
-    updated_at: float = field(default_factory=time.time)  # wall clock, for people
-    touched_at: float = field(default_factory=time.monotonic)  # for intervals (clocks jump)
-    changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
-
-    @property
-    def eta_seconds(self) -> float | None:
-        if not self.bytes_total or self.speed <= 0:
-            return None
-        return max(self.bytes_total - self.bytes_done, 0) / self.speed
-
-    @property
-    def percent(self) -> float | None:
-        if not self.bytes_total:
-            return None
-        return round(100.0 * self.bytes_done / self.bytes_total, 1)
-
-    def touch(self) -> None:
-        self.updated_at, self.touched_at = time.time(), time.monotonic()
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "state": self.state,
-            "source": self.source,
-            "bytes_done": self.bytes_done,
-            "bytes_total": self.bytes_total,
-            "percent": self.percent,
-            "speed_bytes_per_s": round(self.speed),
-            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
-            "error": self.error,
-            "started_at": self.started_at,
-            "updated_at": self.updated_at,
-        }
 
 
 @dataclass(frozen=True)
@@ -110,45 +65,6 @@ class ModelFile:
 
 def single_file(sources: list[Source], sha256: str | None, size: int | None) -> list[ModelFile]:
     return [ModelFile(MODEL_FILE, sources, sha256, size)]
-
-
-def partial_path(store: ModelStore, name: str, target: str = MODEL_FILE) -> Path:
-    return store.folder(name) / (target + PARTIAL_SUFFIX)
-
-
-def _disk_full(partial: Path, name: str, total: int) -> InsufficientStorage:
-    """The error for a disk that filled up mid-download, once the partial file is gone."""
-    written = partial.stat().st_size if partial.exists() else 0
-    partial.unlink(missing_ok=True)
-    of_total = f" of {total}" if total else ""
-    return InsufficientStorage(
-        f"the disk holding {partial.parent} filled up while downloading {name!r} "
-        f"({written}{of_total} bytes written); the partial file was deleted to free the "
-        "disk. Make room and ask again."
-    )
-
-
-def check_space(folder: Path, needed: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free
-    if needed > free:
-        raise InsufficientStorage(
-            f"not enough disk space in {folder}: the download needs {needed} more bytes, "
-            f"{free} are free"
-        )
-
-
-async def _hash_prefix(path: Path) -> tuple[Any, int]:
-    def run() -> tuple[Any, int]:
-        digest = hashlib.sha256()
-        size = 0
-        with path.open("rb") as stream:
-            while block := stream.read(8 * CHUNK):
-                digest.update(block)
-                size += len(block)
-        return digest, size
-
-    return await asyncio.to_thread(run)
 
 
 async def download(
@@ -186,7 +102,7 @@ async def fetch_file(
     ``progress``. Raises on failure (the partial stays, unless it proved corrupt)."""
     partial = partial_path(store, name, file.target)
     partial.parent.mkdir(parents=True, exist_ok=True)
-    digest, offset = await _hash_prefix(partial) if partial.exists() else (hashlib.sha256(), 0)
+    digest, offset = await hash_prefix(partial) if partial.exists() else (hashlib.sha256(), 0)
     headers = dict(source.headers)
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -211,8 +127,8 @@ async def fetch_file(
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
-                raise _disk_full(partial, name, total) from exc
-    await _verify(partial, digest.hexdigest(), file.sha256, progress, source)
+                raise disk_full(partial, name, total) from exc
+    await verify(partial, digest.hexdigest(), file.sha256, progress, source.label)
     os.replace(partial, store.folder(name) / file.target)
     return str(digest.hexdigest())
 
@@ -350,72 +266,13 @@ async def _receive(
                 if throttle is not None:
                     await throttle.took(buffered)
                 buffer, buffered = [], 0
-                window_start, window_bytes = _account(progress, window_start, window_bytes)
+                window_start, window_bytes = account_speed(progress, window_start, window_bytes)
         if buffer:
             await asyncio.to_thread(write, buffer)
             progress.bytes_done += buffered
             progress.touch()
             if throttle is not None:
                 await throttle.took(buffered)
-
-
-def _account(progress: Progress, window_start: float, window_bytes: int) -> tuple[float, int]:
-    elapsed = time.monotonic() - window_start
-    if elapsed >= 0.5:
-        rate = window_bytes / elapsed
-        progress.speed = rate if progress.speed == 0 else 0.7 * progress.speed + 0.3 * rate
-        window_start, window_bytes = time.monotonic(), 0
-    progress.touch()
-    return window_start, window_bytes
-
-
-class Throttle:
-    """Holds one transfer to ``bandwidth`` bytes/s.
-
-    Counts only the bytes of this transfer: a resumed download's earlier bytes were paid
-    for by an earlier transfer (counting them made a resume sleep for them again).
-    """
-
-    def __init__(self, bandwidth: int) -> None:
-        self._bandwidth = bandwidth
-        self._started = time.monotonic()
-        self._bytes = 0
-
-    async def took(self, size: int) -> None:
-        self._bytes += size
-        ahead = self._bytes / self._bandwidth - (time.monotonic() - self._started)
-        if ahead > 0:
-            await asyncio.sleep(ahead)
-
-
-def _gguf_problem(path: Path) -> str | None:
-    """Why ``path`` is not a whole GGUF model, or None when it is."""
-    with path.open("rb") as stream:
-        if stream.read(4) != GGUF_MAGIC:
-            return "is not a GGUF file"
-    try:
-        read_gguf(path)
-    except GGUFError as exc:
-        return f"is not a whole GGUF model ({exc})"
-    return None
-
-
-async def _verify(
-    partial: Path, actual: str, sha256: str | None, progress: Progress, source: Source
-) -> None:
-    """The downloaded file is what was asked for, else deleted and CorruptDownload."""
-    progress.state = "verifying"
-    progress.touch()
-    problem = None
-    if sha256 and actual != sha256:
-        problem = f"has sha256 {actual}, expected {sha256}"
-    else:
-        # Without a catalog sha256 (the hub's own figure is recorded below) the file must at
-        # least be a whole GGUF: a header that parses and tensor data that fits in the file.
-        problem = await asyncio.to_thread(_gguf_problem, partial)
-    if problem:
-        partial.unlink(missing_ok=True)  # noqa: ASYNC240 (one unlink)
-        raise CorruptDownload(f"the file from {source.label} {problem}; it was deleted")
 
 
 class Downloads:
@@ -480,22 +337,3 @@ class Downloads:
 def _retrieve(task: asyncio.Task[StoredModel]) -> None:
     if not task.cancelled():
         task.exception()
-
-
-async def download_with_retries(
-    session: aiohttp.ClientSession,
-    store: ModelStore,
-    name: str,
-    sources: list[Source],
-    progress: Progress,
-    *,
-    sha256: str | None,
-    size_hint: int | None,
-    bandwidth: int | None = None,
-    attempts: int = 3,
-) -> StoredModel:
-    """A single-file model from the first source that works (``fetch_files``)."""
-    return await fetch_files(
-        session, store, name, single_file(sources, sha256, size_hint), progress,
-        bandwidth=bandwidth, attempts=attempts,
-    )  # fmt: skip

@@ -12,7 +12,8 @@ from typing import Any
 
 from llmlb.common.errors import UpstreamFailed
 from llmlb.models.catalog import CatalogEntry
-from llmlb.models.download import ModelFile, Progress, Source, single_file
+from llmlb.models.download import ModelFile, Source, single_file
+from llmlb.models.progress import Progress
 from llmlb.models.store import ModelStore, StoredModel, part_file
 
 

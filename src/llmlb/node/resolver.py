@@ -24,8 +24,9 @@ from llmlb.common.names import validate_name
 from llmlb.common.serving import client_tls
 from llmlb.common.settings import NodeSettings
 from llmlb.models.catalog import Catalog, CatalogEntry, serving_metadata
-from llmlb.models.download import Downloads, ModelFile, Progress, Source, fetch_files
+from llmlb.models.download import Downloads, ModelFile, Source, fetch_files
 from llmlb.models.origins import install_package, model_files, origin_files
+from llmlb.models.progress import Progress
 from llmlb.models.store import MODEL_FILE, ModelStore, StoredModel
 
 log = logging.getLogger(__name__)

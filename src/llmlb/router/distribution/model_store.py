@@ -21,8 +21,10 @@ import aiohttp
 from llmlb.common.errors import BadRequest, ModelNotSupported, UpstreamFailed
 from llmlb.common.names import validate_name
 from llmlb.models.catalog import Catalog, CatalogEntry, serving_metadata
-from llmlb.models.download import PARTIAL_SUFFIX, Downloads, Progress, fetch_files, partial_path
+from llmlb.models.download import Downloads, fetch_files
 from llmlb.models.origins import install_package, origin_files
+from llmlb.models.partial import PARTIAL_SUFFIX, partial_path
+from llmlb.models.progress import Progress
 from llmlb.models.store import ModelStore, StoredModel, part_file
 
 log = logging.getLogger(__name__)
