@@ -25,7 +25,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from llmlb.common.asgi import EXCEPTION_HANDLERS, RequestIdMiddleware, until_disconnected
+from llmlb.common.asgi import EXCEPTION_HANDLERS, RequestIdMiddleware
+from llmlb.common.departure import until_disconnected
 from llmlb.common.errors import ClientClosedRequest
 from llmlb.common.serving import bind, url_of
 

@@ -20,8 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.fakeclouds import FakeClouds
 from tests.support import node_token, start_fleet_node, start_router, wait_until

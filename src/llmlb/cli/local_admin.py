@@ -19,10 +19,16 @@ from llmlb.common.errors import LlmlbError
 from llmlb.common.serving import trusting
 from llmlb.common.settings import RouterSettings
 from llmlb.models.catalog import Catalog
-from llmlb.router.access.accounts import Accounts, User, check_role
-from llmlb.router.access.keys import KeyLimits, KeyStore, with_resolved_models
-from llmlb.router.fleet.registry import Registry
-from llmlb.router.storage.db import open_database
+from llmlb.router.access import (
+    Accounts,
+    KeyLimits,
+    KeyStore,
+    User,
+    check_role,
+    with_resolved_models,
+)
+from llmlb.router.fleet import Registry
+from llmlb.router.storage import open_database
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ from rich.progress import (
 from llmlb.cli.local_admin import RemoteAdmin
 from llmlb.models.catalog import Catalog
 from llmlb.models.store import StoredModel
-from llmlb.router.distribution.model_store import RouterModels
+from llmlb.router.distribution import RouterModels
 
 
 def _bar(console: Console) -> Progress:

@@ -9,6 +9,10 @@ Sizes accept plain bytes or units: ``"8GiB"``, ``"512MB"``.
 
 Where router and node differ (``host``, ``port``), each has its own environment variables,
 ``LLMLB_ROUTER_PORT`` and ``LLMLB_NODE_PORT``: one ``LLMLB_PORT`` would give both the same.
+
+Longer than most modules on purpose: it is the one table of every setting (name, default,
+bound, description), which the CLI's flags, the docs and the TOML check all read; split, a
+setting's parts would live in two places.
 """
 
 from __future__ import annotations

@@ -23,9 +23,9 @@ from llmlb.common.asgi import (
     RequestIdMiddleware,
     log_lines,
     read_json,
-    until_disconnected,
 )
 from llmlb.common.credentials import bearer_token, same_secret
+from llmlb.common.departure import until_disconnected
 from llmlb.common.errors import AuthenticationFailed, BadRequest, LlmlbError, NotFound
 from llmlb.common.openapi import document, routes_of
 from llmlb.node.assemble import Endpoint

@@ -17,8 +17,7 @@ from starlette.routing import Route
 from llmlb.common.asgi import EXCEPTION_HANDLERS, RequestIdMiddleware
 from llmlb.common.compression import MIN_COMPRESSED
 from llmlb.common.logs import LogRing
-from llmlb.router.api import accounts, client, console, dashboard, nodes, ops
-from llmlb.router.api import admin as a
+from llmlb.router.api import accounts, admin as a, client, console, dashboard, nodes, ops
 from llmlb.router.api.browsers import BrowserAccess
 from llmlb.router.api.common import admin
 from llmlb.router.api.openapi import openapi_document

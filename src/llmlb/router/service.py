@@ -16,33 +16,30 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llmlb.common.serving import client_tls
 from llmlb.common.settings import RouterSettings
 from llmlb.models.catalog import Catalog, tiers_from_setting
-from llmlb.router.access.accounts import Accounts
-from llmlb.router.access.auth import Authenticator
-from llmlb.router.access.keys import KeyStore
-from llmlb.router.access.limits import Allowances, KeyLimiter
-from llmlb.router.access.provisioning import Provisioning
-from llmlb.router.access.sharing import LimitSharing
-from llmlb.router.cloud.clouds import Clouds
-from llmlb.router.cloud.gateway import Gateway
-from llmlb.router.distribution.distributor import Distributor
-from llmlb.router.distribution.model_store import RouterModels
-from llmlb.router.distribution.tasks import TaskManager, router_id
-from llmlb.router.fleet.control import NodeControl
-from llmlb.router.fleet.fleet import Fleet
-from llmlb.router.fleet.health import PROBE_INTERVAL, Prober
-from llmlb.router.fleet.node_record import NodeRecord
-from llmlb.router.fleet.registry import Registry
-from llmlb.router.proxy.admission import Capacity
-from llmlb.router.proxy.failover import Proxy
-from llmlb.router.proxy.forwarding import Forwarder
-from llmlb.router.proxy.nodelink import NodeLinks
-from llmlb.router.storage.db import open_database, ping
-from llmlb.router.storage.revisions import RevisionListener
+from llmlb.router.access import (
+    Accounts,
+    Allowances,
+    Authenticator,
+    KeyLimiter,
+    KeyStore,
+    LimitSharing,
+    Provisioning,
+)
+from llmlb.router.cloud import Clouds, Gateway
+from llmlb.router.distribution import Distributor, RouterModels, TaskManager, router_id
+from llmlb.router.fleet import PROBE_INTERVAL, Fleet, NodeControl, NodeRecord, Prober, Registry
+from llmlb.router.proxy import Capacity, Forwarder, NodeLinks, Proxy
+from llmlb.router.storage import RevisionListener, open_database, ping
 from llmlb.router.supervisor import Job, Supervisor
-from llmlb.router.telemetry.events import EventBus
-from llmlb.router.telemetry.history import History, RequestRecord
-from llmlb.router.telemetry.metrics import RouterMetrics
-from llmlb.router.telemetry.overview import PUBLISH_SECONDS, SAMPLE_SECONDS, Overview
+from llmlb.router.telemetry import (
+    PUBLISH_SECONDS,
+    SAMPLE_SECONDS,
+    EventBus,
+    History,
+    Overview,
+    RequestRecord,
+    RouterMetrics,
+)
 
 FLEET_SYNC_SECONDS = 2.0
 

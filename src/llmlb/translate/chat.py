@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import os
 import re
+import secrets
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -80,7 +80,7 @@ _DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+);base64,(.*)", re.DOTALL)
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}{os.urandom(12).hex()}"
+    return f"{prefix}{secrets.token_hex(12)}"
 
 
 def usage(prompt: int | None, completion: int | None) -> dict[str, int]:

@@ -13,8 +13,14 @@ from starlette.responses import Response
 
 from llmlb.common.asgi import ORJSONResponse, read_json
 from llmlb.common.errors import AuthenticationFailed, BadRequest
-from llmlb.router.access.accounts import Session, User, check_password, check_role, check_username
-from llmlb.router.access.auth import SESSION_COOKIE
+from llmlb.router.access import (
+    SESSION_COOKIE,
+    Session,
+    User,
+    check_password,
+    check_role,
+    check_username,
+)
 from llmlb.router.api.common import authorize, client_address, refuse_cross_site, service_of
 
 _BODY_LIMIT = 16 * 1024

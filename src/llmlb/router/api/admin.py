@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from llmlb.common.asgi import ClosingStreamingResponse, ORJSONResponse, read_json
 from llmlb.common.errors import BadRequest
-from llmlb.router.access.keys import KeyLimits, key_name, with_resolved_models
+from llmlb.router.access import KeyLimits, key_name, with_resolved_models
 from llmlb.router.api.common import Handler, int_param, service_of, validated
 from llmlb.router.api.console import history_filter
 

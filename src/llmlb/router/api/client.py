@@ -19,22 +19,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llmlb.common.asgi import (
-    DEPARTURE_KEY,
-    Departure,
-    ORJSONResponse,
-    StreamRelay,
-    error_response,
-    read_body,
-    request_id_of,
-)
+from llmlb.common.asgi import ORJSONResponse, StreamRelay, error_response, read_body, request_id_of
 from llmlb.common.compression import MIN_COMPRESSED, accepts_gzip, gzipped
+from llmlb.common.departure import DEPARTURE_KEY, Departure
 from llmlb.common.errors import LlmlbError, MethodNotAllowed, ModelNotFound, NotFound
 from llmlb.common.logs import request_id_var
 from llmlb.router.api import translated
 from llmlb.router.api.common import authorize, service_of
-from llmlb.router.cloud.clouds import prefix_of
-from llmlb.router.cloud.gateway import Caller
+from llmlb.router.cloud import Caller, prefix_of
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from llmlb.common.errors import BadRequest, PermissionDenied
-from llmlb.router.access.auth import CSRF_HEADER, SESSION_COOKIE, Credentials, Principal
-from llmlb.router.access.keys import Scope
-from llmlb.router.access.lockout import normalised_address
+from llmlb.router.access import (
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    Credentials,
+    Principal,
+    Scope,
+    normalised_address,
+)
 from llmlb.router.service import RouterService
 
 Handler = Callable[[Request], Awaitable[Response]]

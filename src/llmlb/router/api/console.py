@@ -26,7 +26,7 @@ from llmlb.common.asgi import (
 )
 from llmlb.common.errors import BadRequest
 from llmlb.router.api.common import float_param, int_param, service_of
-from llmlb.router.telemetry.history import HistoryFilter
+from llmlb.router.telemetry import HistoryFilter
 
 EXPORT_MAX_ROWS = 100_000
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from llmlb.common.openapi import document, routes_of
 from llmlb.common.wire import NodeLoad, RegisterRequest
-from llmlb.router.access.keys import KeyLimits
+from llmlb.router.access import KeyLimits
 from llmlb.router.api.client import ENDPOINTS
 from llmlb.translate.chat import ChatRequest
 

@@ -14,8 +14,7 @@ from llmlb.common.asgi import StreamRelay
 from llmlb.common.chat import whole_numbers
 from llmlb.common.errors import BadRequest, LlmlbError
 from llmlb.common.wire import parse_object
-from llmlb.router.cloud.clouds import prefix_of
-from llmlb.router.cloud.gateway import Caller, ChatReply, Gateway, Relayed, model_of
+from llmlb.router.cloud import Caller, ChatReply, Gateway, Relayed, model_of, prefix_of
 from llmlb.translate.dialects import messages, responses
 from llmlb.translate.sse import DONE, encode
 

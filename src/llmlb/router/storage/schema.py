@@ -7,7 +7,8 @@
 
 Alembic, with Mako and Pygments, is imported only for an upgrade: 10 MiB of resident memory
 that a router on a new or current database never carries.
-``tests/unit/test_schema_matches_migrations.py`` checks that both ways build the same tables.
+``tests/unit/router/storage/test_schema_matches_migrations.py`` checks that both ways build
+the same tables.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import gc
 
 import pytest
 
-from llmlb.common.asgi import Departure, until_gone
+from llmlb.common.departure import Departure, until_gone
 from llmlb.common.errors import ClientClosedRequest
 
 
