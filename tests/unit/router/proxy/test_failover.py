@@ -80,6 +80,7 @@ class ScriptedTransport:
             outcome = self._outcomes.pop(0)
         if isinstance(outcome, BaseException):
             raise outcome
+        assert isinstance(outcome, Scripted), "an Event is followed by the outcome it holds"
         return outcome
 
     @property
