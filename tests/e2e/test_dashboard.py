@@ -388,3 +388,26 @@ def test_the_pages_fit_a_phone_and_the_dark_theme(console: Console, browser: Bro
         expect(page.locator("table[aria-label=metrics]")).to_contain_text("llmlb_requests_total")
     finally:
         context.close()
+
+
+def test_a_node_whose_gpu_goes_unused_says_why_in_the_nodes_table(
+    console: Console, page: Page
+) -> None:
+    token = {"authorization": f"Bearer {node_token(console.router_home)}"}
+    why = "found NVIDIA H100 (cuda), but the inference engine has no GPU backend"
+    engine = {"backend": "cpu", "build": "xllamacpp (AVX2)", "warning": why}
+    fallback = {"name": "fallback", "base_url": "http://127.0.0.1:9", "devices": [
+        {"kind": "cpu", "name": "x", "memory_total": 1, "memory_free": 1}],
+        "load": {"engine": engine}}  # fmt: skip
+    with httpx.Client(base_url=console.router.url, headers=token) as http:
+        assert http.post("/api/nodes", json=fallback).status_code in (200, 201)
+    try:
+        log_in(page, console, where="#/nodes")
+        row = page.locator("tr[data-node=fallback]")
+        expect(row.locator("[data-engine=cpu]")).to_contain_text(why)
+        expect(page.locator("tr[data-node=gpu-1] [data-engine=cpu]")).to_have_text("engine: cpu")
+    finally:
+        with console.http() as http:
+            for node in http.get("/api/nodes").json()["data"]:
+                if node["name"] == "fallback":
+                    http.delete(f"/api/nodes/{node['id']}")

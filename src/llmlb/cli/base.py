@@ -192,6 +192,21 @@ def store_at(home: Path | None) -> ModelStore:
     return ModelStore((home or default_home()) / "models")
 
 
+def engine_text(node: dict[str, Any]) -> str:
+    """What a node's engine runs on, and its GPUs: ``cuda: 2 × NVIDIA H100``, ``cpu``."""
+    engine = node.get("engine") or {}
+    backend = engine.get("backend") or "?"
+    gpus = [d["name"] for d in node.get("devices") or [] if d.get("kind") != "cpu"]
+    shown = f"{backend}: {len(gpus)} × {gpus[0]}" if gpus and len(set(gpus)) == 1 else backend
+    return shown + (" (GPU unused: see below)" if engine.get("warning") else "")
+
+
+def engine_warnings(node: dict[str, Any]) -> str | None:
+    """The node's engine warning, for under a table; None without one."""
+    warning = (node.get("engine") or {}).get("warning")
+    return f"{node['name']}: {warning}" if warning else None
+
+
 def sync_text(node: dict[str, Any]) -> str:
     """A node's sync state in a few words: in sync, syncing N% (models), failed: why."""
     sync = node.get("sync") or {}

@@ -8,11 +8,14 @@ from typing import Any
 import click
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from llmlb.cli.base import (
     cli_settings,
     console,
+    engine_text,
+    engine_warnings,
     main,
     remote_admin,
     remote_options,
@@ -52,12 +55,15 @@ def nodes_list(
     if as_json:
         click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
         return
-    table = Table("id", "name", "status", "url", "models", "sync")
+    table = Table("id", "name", "status", "url", "engine", "models", "sync")
     for node in found:
         models_text = ", ".join(sorted({*node["models_loaded"], *node["models_on_disk"]}))
-        table.add_row(node["id"], node["name"], node["status"], node["base_url"], models_text,
-                      sync_text(node))  # fmt: skip
-    Console().print(table)
+        table.add_row(node["id"], node["name"], node["status"], node["base_url"],
+                      engine_text(node), models_text, sync_text(node))  # fmt: skip
+    console = Console()
+    console.print(table)
+    for warning in filter(None, map(engine_warnings, found)):
+        console.print(f"[yellow]{escape(warning)}[/yellow]")
 
 
 def _node_command(action: str, help_text: str) -> None:

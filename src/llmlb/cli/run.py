@@ -8,11 +8,14 @@ from typing import Any
 import click
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from llmlb.cli.base import (
     cli_settings,
     common_options,
+    engine_text,
+    engine_warnings,
     main,
     remote_admin,
     remote_options,
@@ -36,7 +39,15 @@ from llmlb.common.settings import (
     "--port", type=int, default=None, help=f"Port (0 = any)  [default: {DEFAULT_NODE_PORT}]"
 )
 @click.option(
-    "--allow-cpu", is_flag=True, default=None, help="Serve on the CPU when no GPU is found"
+    "--allow-cpu",
+    is_flag=True,
+    default=None,
+    help="Serve on the CPU when no GPU is found, or the engine cannot drive it",
+)
+@click.option(
+    "--gpus",
+    default=None,
+    help="GPUs to serve on, by index or UUID, e.g. 0,2  [default: every visible one]",
 )
 @click.option(
     "--memory-budget",
@@ -160,11 +171,14 @@ def status(
     console_out = Console()
     console_out.print(f"router [bold]{url}[/bold]: {report['health']['status']} "
                       f"(version {report['health']['version']})")  # fmt: skip
-    table = Table("id", "name", "status", "url", "loaded", "on disk", "slots busy/total", "sync")
+    table = Table("id", "name", "status", "url", "engine", "loaded", "on disk",
+                  "slots busy/total", "sync")  # fmt: skip
     for node in report["nodes"]:
         table.add_row(
-            node["id"][:8], node["name"], node["status"], node["base_url"],
+            node["id"][:8], node["name"], node["status"], node["base_url"], engine_text(node),
             ", ".join(node["models_loaded"]), ", ".join(node["models_on_disk"]),
             f"{node['slots_busy']}/{node['slots_total']}", sync_text(node),
         )  # fmt: skip
     console_out.print(table)
+    for warning in filter(None, map(engine_warnings, report["nodes"])):
+        console_out.print(f"[yellow]{escape(warning)}[/yellow]")

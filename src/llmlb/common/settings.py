@@ -180,6 +180,9 @@ class NodeSettings(CommonSettings):
     host: str = "127.0.0.1"
     port: int = DEFAULT_NODE_PORT
     allow_cpu: bool = False
+    gpus: str | None = Field(
+        default=None, description="GPUs to serve on, by index or UUID: 0,2 (default: every visible)"
+    )
     memory_budget: ByteSize | None = Field(
         default=None, description="Bytes of model memory; default: GPU memory, else 80% of RAM"
     )

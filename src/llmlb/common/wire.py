@@ -69,11 +69,20 @@ class Device(BaseModel):
     kind: Literal["cuda", "rocm", "metal", "cpu"]
     name: str = Field(max_length=200)
     memory_total: int = Field(ge=0)
-    memory_free: int = Field(ge=0)
+    memory_free: int = Field(ge=0)  # at registration; heartbeats carry fresh figures
+    uuid: str = Field(default="", max_length=100)  # the vendor's id (NVML, amdsmi); "" if none
 
     @property
     def is_gpu(self) -> bool:
         return self.kind != "cpu"
+
+
+class EngineInfo(BaseModel):
+    """What the node's inference engine (llama.cpp, through xllamacpp) runs on."""
+
+    backend: str = Field(default="", max_length=40)  # cpu, cuda, rocm, vulkan, metal
+    build: str = Field(default="", max_length=200)  # xllamacpp's version, the CPU features
+    warning: str = Field(default="", max_length=1000)  # e.g. a GPU the engine cannot drive
 
 
 def _model_name(value: str) -> str:
@@ -124,6 +133,10 @@ class NodeLoad(BaseModel):
     cpu_percent: float = Field(default=0.0, ge=0)
     ram_percent: float = Field(default=0.0, ge=0)
     gpu_percent: float = Field(default=0.0, ge=0)
+    # Free bytes of each reported GPU, in the order of the registration's devices, as of this
+    # heartbeat: the router plans with these, not with the figures of the registration.
+    gpu_free: list[int] = Field(default_factory=list, max_length=MAX_DEVICES)
+    engine: EngineInfo = Field(default_factory=EngineInfo)
     downloads: Annotated[
         dict[ModelName, dict[str, Any]], Field(max_length=MAX_REPORTED_DOWNLOADS)
     ] = Field(default_factory=dict)

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def probe_nvidia() -> list[Device]:
+    """Every NVIDIA GPU on the machine (NVML ignores CUDA_VISIBLE_DEVICES: node.devices
+    applies it)."""
     try:
         import pynvml
     except ImportError:
@@ -34,14 +36,14 @@ def probe_nvidia() -> list[Device]:
         devices = []
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            name = pynvml.nvmlDeviceGetName(handle)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
             devices.append(
                 Device(
                     kind="cuda",
-                    name=name.decode() if isinstance(name, bytes) else str(name),
+                    name=_text(pynvml.nvmlDeviceGetName(handle)),
                     memory_total=int(memory.total),
                     memory_free=int(memory.free),
+                    uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
                 )
             )
         return devices
@@ -49,35 +51,68 @@ def probe_nvidia() -> list[Device]:
         pynvml.nvmlShutdown()
 
 
-class NvidiaMeter:
-    """GPU busy percentage for heartbeats. NVML is initialised once, not per heartbeat."""
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
-    def __init__(self) -> None:
+
+def cuda_driver_version() -> tuple[int, int] | None:
+    """The newest CUDA version the NVIDIA driver supports, e.g. (12, 4); None without NVML."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    try:
+        version = int(pynvml.nvmlSystemGetCudaDriverVersion())  # 12040 for 12.4
+        return version // 1000, version % 1000 // 10
+    except Exception:
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
+class NvidiaMeter:
+    """GPU use and free memory for heartbeats, from NVML: initialised once and the handles of
+    the reported GPUs kept, so a heartbeat costs a few NVML calls, not a probe."""
+
+    def __init__(self, uuids: list[str] | None = None) -> None:
+        self._uuids = uuids or []
         self._nvml: Any = None
+        self._handles: list[Any] = []
         self._failed = False
 
-    def utilization(self) -> float:
-        """Mean busy percentage over NVIDIA devices (0 where NVML is absent)."""
+    def _open(self) -> Any:
         if self._nvml is None and not self._failed:
             try:
                 import pynvml
 
                 pynvml.nvmlInit()
-                self._nvml = pynvml
+                count = pynvml.nvmlDeviceGetCount()
+                handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+                if self._uuids:  # the reported GPUs, in the reported order
+                    by_uuid = {_text(pynvml.nvmlDeviceGetUUID(h)): h for h in handles}
+                    handles = [by_uuid[u] for u in self._uuids if u in by_uuid]
+                self._nvml, self._handles = pynvml, handles
             except Exception:
                 self._failed = True
-        if self._nvml is None:
-            return 0.0
-        nvml = self._nvml
+        return self._nvml
+
+    def utilization(self) -> float:
+        """Mean busy percentage over the GPUs (0 where NVML is absent)."""
+        return self.sample()[0]
+
+    def sample(self) -> tuple[float, list[int]]:
+        """(mean busy percentage, free bytes of each GPU); (0, []) where NVML is absent."""
+        nvml = self._open()
+        if nvml is None or not self._handles:
+            return 0.0, []
         try:
-            count = nvml.nvmlDeviceGetCount()
-            busy = [
-                nvml.nvmlDeviceGetUtilizationRates(nvml.nvmlDeviceGetHandleByIndex(i)).gpu
-                for i in range(count)
-            ]
+            busy = [nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self._handles]
+            free = [int(nvml.nvmlDeviceGetMemoryInfo(h).free) for h in self._handles]
         except Exception:
-            return 0.0
-        return float(sum(busy) / len(busy)) if busy else 0.0
+            return 0.0, []
+        return float(sum(busy) / len(busy)), free
 
     def close(self) -> None:
         if self._nvml is not None:
@@ -101,12 +136,16 @@ def probe_amd() -> list[Device]:
             info = amdsmi.amdsmi_get_gpu_asic_info(handle)
             total = amdsmi.amdsmi_get_gpu_memory_total(handle, amdsmi.AmdSmiMemoryType.VRAM)
             used = amdsmi.amdsmi_get_gpu_memory_usage(handle, amdsmi.AmdSmiMemoryType.VRAM)
+            uuid = ""
+            with contextlib.suppress(Exception):
+                uuid = str(amdsmi.amdsmi_get_gpu_device_uuid(handle))
             devices.append(
                 Device(
                     kind="rocm",
                     name=str(info.get("market_name", "AMD GPU")),
                     memory_total=total,
                     memory_free=total - used,
+                    uuid=uuid,
                 )
             )
         return devices

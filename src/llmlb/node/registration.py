@@ -46,7 +46,7 @@ class RouterLink:
         self._name = name
         self._public_url = public_url
         self._transport = transport  # tests put a scripted router here
-        self._gpu_meter = NvidiaMeter()
+        self._gpu_meter = NvidiaMeter([d.uuid for d in service.devices if d.kind == "cuda"])
         self.node_id: str | None = None
         self.interval = 10.0
         self.last_contact: float | None = None  # time of the last exchange the router accepted
@@ -65,6 +65,7 @@ class RouterLink:
     def load(self) -> NodeLoad:
         service = self._service
         engines = [e for e in service.pool.loaded().values() if e.spec.purpose == "generate"]
+        gpu_percent, gpu_free = self._gpu_use()
         return NodeLoad(
             state=service.reported_state(),
             models_loaded=sorted({e.spec.name for e in engines}),
@@ -83,13 +84,16 @@ class RouterLink:
             tokens_per_second=service.recent_tokens_per_second(),
             cpu_percent=psutil.cpu_percent(None),
             ram_percent=psutil.virtual_memory().percent,
-            gpu_percent=self._gpu_use(),
+            gpu_percent=gpu_percent,
+            gpu_free=gpu_free,
+            engine=service.engine,
         )
 
-    def _gpu_use(self) -> float:
+    def _gpu_use(self) -> tuple[float, list[int]]:
+        """(busy percentage, free bytes per reported GPU), sampled now."""
         if any(d.kind == "cuda" for d in self._service.devices):
-            return self._gpu_meter.utilization()
-        return 0.0
+            return self._gpu_meter.sample()
+        return 0.0, []
 
     def _registration(self) -> dict[str, Any]:
         request = RegisterRequest(

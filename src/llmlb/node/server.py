@@ -11,33 +11,12 @@ import psutil
 from llmlb.common.errors import LlmlbError
 from llmlb.common.serving import bind, client_tls, serve, url_of
 from llmlb.common.settings import NodeSettings
-from llmlb.common.wire import Device
 from llmlb.node.app import create_app
-from llmlb.node.gpu import cpu_device, probe_gpus
+from llmlb.node.devices import detect_devices
 from llmlb.node.registration import RouterLink
 from llmlb.node.service import NodeService
 
 log = logging.getLogger(__name__)
-
-
-class NoGPU(LlmlbError):
-    """The node found no GPU and was not told it may run on the CPU."""
-
-
-def detect_devices(allow_cpu: bool) -> list[Device]:
-    gpus = probe_gpus()
-    if gpus:
-        for gpu in gpus:
-            log.info("GPU: %s (%s), %d MiB", gpu.name, gpu.kind, gpu.memory_total // 2**20)
-        return gpus
-    if not allow_cpu:
-        raise NoGPU(
-            "no GPU found (looked for NVIDIA via NVML, AMD via amdsmi/rocm-smi, Apple via "
-            "system_profiler). Run with --allow-cpu (or LLMLB_ALLOW_CPU=1) to serve on the CPU."
-        )
-    cpu = cpu_device()
-    log.warning("no GPU found: running on the CPU (%s) as --allow-cpu asks", cpu.name)
-    return [cpu]
 
 
 class NoAdvertiseUrl(LlmlbError):
@@ -71,8 +50,8 @@ def advertised_url(sock: socket.socket, router: str, tls: bool = False) -> str:
 
 
 def build_service(settings: NodeSettings) -> NodeService:
-    devices = detect_devices(settings.allow_cpu)
-    return NodeService(settings, devices, psutil.virtual_memory().total)
+    devices, engine = detect_devices(settings.allow_cpu, settings.gpus)
+    return NodeService(settings, devices, psutil.virtual_memory().total, engine=engine)
 
 
 async def run_node(settings: NodeSettings) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from llmlb import __version__
 from llmlb.common.settings import NodeSettings
-from llmlb.common.wire import Device, NodeState
+from llmlb.common.wire import Device, EngineInfo, NodeState
 from llmlb.models.store import ModelStore
 from llmlb.node.engine import EngineSpec, LlamaEngine, restore_signal_handlers
 from llmlb.node.inference import Inference
@@ -40,9 +40,11 @@ class NodeService:
         devices: list[Device],
         ram_total: int,
         load: Callable[[EngineSpec], LlamaEngine] = LlamaEngine.load,
+        engine: EngineInfo | None = None,
     ) -> None:
         self.settings = settings
         self.devices = devices
+        self.engine = engine or EngineInfo()  # what llama.cpp runs on (node.devices)
         self.store = ModelStore(settings.models_dir)
         self.state: NodeState = "initializing"
         self.started_at = time.monotonic()  # for the uptime (a wall clock may jump)

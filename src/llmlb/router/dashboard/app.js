@@ -339,7 +339,8 @@ function nodesPage(root, [detail]) {
         n.label ? h("div", { class: "muted" }, n.name) : null,
         (n.tags || []).map((t) => h("span", { class: "chip" }, t))),
       h("td", {}, statusCell(n.status)),
-      h("td", {}, n.devices.map((d) => h("div", {}, `${d.kind} ${d.name}`, h("div", { class: "muted" }, `${fmt.bytes(d.memory_total - d.memory_free)} / ${fmt.bytes(d.memory_total)}`)))),
+      h("td", {}, n.devices.map((d) => h("div", {}, `${d.kind} ${d.name}`, h("div", { class: "muted" }, `${fmt.bytes(d.memory_total - d.memory_free)} / ${fmt.bytes(d.memory_total)}`))),
+        engineNote(n)),
       h("td", {}, n.models_loaded.map((m) => h("span", { class: "chip" }, m))),
       h("td", {}, n.models_on_disk.map((m) => h("span", { class: "chip" }, m))),
       h("td", { "data-sync": n.sync.state }, syncText(n.sync)),
@@ -352,6 +353,13 @@ function nodesPage(root, [detail]) {
   const refresh = async () => show((await api("GET", "/api/nodes")).data);
   refresh().catch((err) => toast(err.message));
   return { onNodes: show };
+}
+
+// What a node's engine runs on, and why a GPU goes unused when it does (node.devices).
+function engineNote(node) {
+  const engine = node.engine || {};
+  return h("div", { class: engine.warning ? "error" : "muted", "data-engine": engine.backend || "" },
+    `engine: ${engine.backend || "?"}`, engine.warning ? h("div", {}, engine.warning) : null);
 }
 
 // A node's sync state in a few words (the CLI says the same: cli/base.py sync_text).
@@ -377,12 +385,14 @@ function nodeDetailPage(root, id) {
       return;
     }
     info.replaceChildren(h("h2", {}, node.label || node.name), h("table", {}, h("tbody", {},
-      [["Name", node.name], ["Id", node.id], ["URL", node.base_url], ["Version", node.version], ["State", statusCell(node.status)],
+      [["Name", node.name], ["Id", node.id], ["URL", node.base_url], ["Version", node.version], ["Engine", `${(node.engine || {}).backend || "?"} · ${(node.engine || {}).build || ""}`],
+       ["State", statusCell(node.status)],
        ["Registered", fmt.time(node.registered_at)], ["Last heartbeat", fmt.ago(node.last_seen)],
        ["Slots", `${node.slots_busy} / ${node.slots_total}`], ["Active / queued", `${node.active_requests} / ${node.queued_requests}`],
        ["CPU / RAM / GPU", `${fmt.num(node.cpu_percent)} % / ${fmt.num(node.ram_percent)} % / ${fmt.num(node.gpu_percent)} %`],
        ["Sync", syncText(node.sync)], ["Assigned", node.assigned_models.join(", ") || "–"],
        ["Tags", (node.tags || []).join(", ") || "–"]].map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v))))),
+      (node.engine || {}).warning ? h("p", { class: "error" }, node.engine.warning) : null,
       nodeActions(node, refresh));
     const trends = (await api("GET", `/api/nodes/${encodeURIComponent(id)}/trends`)).data;
     charts.replaceChildren(

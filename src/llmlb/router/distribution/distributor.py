@@ -28,7 +28,8 @@ class Distribution:
 
 
 def node_memory(node: NodeRecord, free: bool = False) -> int:
-    gpus = [d for d in node.devices if d.kind != "cpu"] or node.devices
+    devices = node.current_devices()
+    gpus = [d for d in devices if d.kind != "cpu"] or devices
     return sum(d.memory_free if free else d.memory_total for d in gpus)
 
 
@@ -50,7 +51,7 @@ class Distributor:
     def assignments(self, node: NodeRecord) -> list[str]:
         """What the auto-distribution policy wants on the node (held or not)."""
         catalog = self._models.catalog
-        gpu_free = sum(d.memory_free for d in node.devices if d.is_gpu)
+        gpu_free = sum(d.memory_free for d in node.current_devices() if d.is_gpu)
         ctx_size = node.load.ctx_size or DEFAULT_PLAN_CTX
         models = assign_models(
             catalog.entries(), node_memory(node), self._settings.auto_distribute,

@@ -59,6 +59,19 @@ class NodeRecord:
         """Whether this registration was the node's first (not a return after a restart)."""
         return self.registered_at == self.last_seen
 
+    def current_devices(self) -> list[Device]:
+        """The devices with the free memory of the last heartbeat (the registration's figures
+        where the node sent none): what placement and the dashboard go by."""
+        fresh = self.load.gpu_free
+        gpus = [d for d in self.devices if d.is_gpu]
+        if not fresh or len(fresh) != len(gpus):
+            return self.devices
+        free = iter(fresh)
+        return [
+            d.model_copy(update={"memory_free": min(next(free), d.memory_total)}) if d.is_gpu else d
+            for d in self.devices
+        ]
+
     def auth_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.token}"} if self.token else {}
 
@@ -89,7 +102,7 @@ class NodeRecord:
             "tags": self.tags,
             "approved": self.approved,
             "draining": self.draining,
-            "devices": [d.model_dump() for d in self.devices],
+            "devices": [d.model_dump() for d in self.current_devices()],
             "registered_at": self.registered_at,
             "last_seen": self.last_seen,
             # What the node said in its last heartbeat (active_requests, queued_requests,

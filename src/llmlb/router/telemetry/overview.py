@@ -30,7 +30,7 @@ class NodeTrends:
         present = set()
         for node in nodes:
             present.add(node.id)
-            used = sum(d.memory_total - d.memory_free for d in node.devices if d.is_gpu)
+            used = sum(d.memory_total - d.memory_free for d in node.current_devices() if d.is_gpu)
             load = node.load
             self._samples.setdefault(node.id, deque(maxlen=SAMPLES_KEPT)).append({
                 "ts": now,
@@ -67,7 +67,7 @@ def fleet_figures(registry: Registry, interval: float) -> dict[str, Any]:
         tokens_per_second += node.load.tokens_per_second
         slots_busy += node.load.slots_busy
         slots_total += node.load.slots_total
-        gpus = [d for d in node.devices if d.is_gpu]
+        gpus = [d for d in node.current_devices() if d.is_gpu]
         if gpus:
             gpu_percents.append(node.load.gpu_percent)
         gpu_total += sum(d.memory_total for d in gpus)
