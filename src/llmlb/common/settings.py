@@ -277,6 +277,10 @@ class RouterSettings(CommonSettings):
         default=None, description="SQLAlchemy URL (default: SQLite file <home>/llmlb.db)"
     )
     allow_cpu_nodes: bool = False
+    gpu_split: bool = Field(
+        default=True,
+        description="Plan a model over several GPUs of a node when no single one holds it",
+    )
     require_node_approval: bool = False
     no_auth: bool = False
     admin_password: str | None = Field(

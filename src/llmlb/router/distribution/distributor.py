@@ -27,10 +27,15 @@ class Distribution:
     skipped: list[dict[str, str]]  # nodes ``all`` left out, with their status
 
 
-def node_memory(node: NodeRecord, free: bool = False) -> int:
+def device_memory(node: NodeRecord, free: bool = False) -> list[int]:
+    """The memory models go in, per device: each GPU's (a CPU node's RAM), free or in all."""
     devices = node.current_devices()
     gpus = [d for d in devices if d.kind != "cpu"] or devices
-    return sum(d.memory_free if free else d.memory_total for d in gpus)
+    return [d.memory_free if free else d.memory_total for d in gpus]
+
+
+def node_memory(node: NodeRecord, free: bool = False) -> int:
+    return sum(device_memory(node, free))
 
 
 class Distributor:
@@ -51,12 +56,14 @@ class Distributor:
     def assignments(self, node: NodeRecord) -> list[str]:
         """What the auto-distribution policy wants on the node (held or not)."""
         catalog = self._models.catalog
-        gpu_free = sum(d.memory_free for d in node.current_devices() if d.is_gpu)
+        gpus_free = [d.memory_free for d in node.current_devices() if d.is_gpu]
+        gpu_free = sum(gpus_free)
         ctx_size = node.load.ctx_size or DEFAULT_PLAN_CTX
         models = assign_models(
-            catalog.entries(), node_memory(node), self._settings.auto_distribute,
+            catalog.entries(), device_memory(node), self._settings.auto_distribute,
             [catalog.resolve(name) for name in self._settings.recommended_models],
-            tiers=catalog.tiers, gpu_memory=gpu_free, ctx_size=ctx_size,
+            tiers=catalog.tiers, gpu_memory=gpus_free or 0, ctx_size=ctx_size,
+            split=self._settings.gpu_split,
         )  # fmt: skip
         for model in models:
             if model in node.assigned:
@@ -113,9 +120,11 @@ class Distributor:
                 raise BadRequest("target 'specific' needs node_ids", param="node_ids")
             chosen = [self._registry.get(node_id) for node_id in node_ids]
         elif target == "auto":
-            ready = {n.id: node_memory(n, free=True) for n in self._registry.all()
+            ready = {n.id: device_memory(n, free=True) for n in self._registry.all()
                      if n.status(interval, now) in ("ready", "initializing")}  # fmt: skip
-            picked = pick_auto_targets(ready, entry.memory_needed(), count)
+            picked = pick_auto_targets(
+                ready, entry.memory_needed(), count, self._settings.gpu_split
+            )
             if not picked:
                 raise Unavailable(f"no ready node has the free GPU memory {model!r} needs")
             chosen = [self._registry.get(node_id) for node_id in picked]

@@ -43,3 +43,21 @@ def test_auto_targets_most_free_memory_that_fits() -> None:
     assert pick_auto_targets(free, 2000) == ["b"]
     assert pick_auto_targets(free, 2000, count=2) == ["b", "c"]
     assert pick_auto_targets(free, 9000) == []
+
+
+GiB = 1 << 30
+TWELVE_SIX = entry("twelve-six", int(12.6 * GiB), memory=int(12.6 * GiB))
+
+
+def test_a_model_fits_a_node_by_its_gpus_not_their_sum() -> None:
+    two_8 = [8 * GiB, 8 * GiB]
+    assert assign_models([TWELVE_SIX], two_8, "all-that-fit", split=True) == ["twelve-six"]
+    assert assign_models([TWELVE_SIX], two_8, "all-that-fit", split=False) == []
+    assert assign_models([TWELVE_SIX], [24 * GiB], "all-that-fit", split=False) == ["twelve-six"]
+
+
+def test_auto_picks_a_node_whose_gpus_hold_the_model() -> None:
+    free = {"two-8": [8 * GiB, 8 * GiB], "one-16": [16 * GiB], "one-12": [12 * GiB]}
+    assert pick_auto_targets(free, int(12.6 * GiB), count=3, split=False) == ["one-16"]
+    # Split allowed: still a node that holds it on one GPU first (no hop between GPUs).
+    assert pick_auto_targets(free, int(12.6 * GiB), count=3) == ["one-16", "two-8"]
