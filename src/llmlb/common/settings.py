@@ -190,6 +190,9 @@ class NodeSettings(CommonSettings):
     ctx_size: int = Field(default=4096, ge=64, description="Context tokens per model (shared)")
     threads: int | None = Field(default=None, ge=1, description="CPU threads per model")
     gpu_layers: int = Field(default=-1, description="Layers to offload to the GPU (-1 = all)")
+    gpu_split: bool = Field(
+        default=True, description="Split a model over several GPUs when no single one holds it"
+    )
     prompt_cache_mib: int = Field(
         default=512, ge=0, le=1 << 20,
         description="Host memory per generating model for llama.cpp's prompt cache (0: off)",

@@ -49,6 +49,9 @@ class EngineSpec:
     parallel: int
     threads: int
     gpu_layers: int = -1
+    # Each GPU's share of the layers (node.devices order), from models.placement; () leaves
+    # llama.cpp's default (every visible GPU). One non-zero share: that GPU alone.
+    gpu_shares: tuple[float, ...] = ()
     prompt_cache_mib: int = 0  # llama.cpp's host-memory prompt cache; 0: off
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -69,6 +72,7 @@ def _engine_params(spec: EngineSpec) -> Any:
     params.kv_unified = True
     params.cont_batching = True
     params.n_gpu_layers = spec.gpu_layers
+    _place_on_gpus(params, spec.gpu_shares)
     params.cpuparams.n_threads = spec.threads
     params.cpuparams_batch.n_threads = spec.threads
     # llama.cpp keeps finished prompts' KV in host memory to reuse their prefixes (8 GiB a
@@ -91,6 +95,26 @@ def _engine_params(spec: EngineSpec) -> Any:
         params.use_jinja = True
         params.chat_template = spec.template.jinja
     return params
+
+
+def _place_on_gpus(params: Any, shares: tuple[float, ...]) -> None:
+    """The engine's GPU options for a placement: one GPU (no split), or layers split in
+    proportion to ``shares`` with the largest share's GPU the main one."""
+    import xllamacpp
+
+    used = [index for index, share in enumerate(shares) if share > 0]
+    if not used:
+        return
+    main = max(used, key=lambda index: shares[index])
+    params.main_gpu = main
+    if len(used) == 1:
+        params.split_mode = xllamacpp.llama_split_mode.LLAMA_SPLIT_MODE_NONE
+        return
+    params.split_mode = xllamacpp.llama_split_mode.LLAMA_SPLIT_MODE_LAYER
+    split = list(params.tensor_split)
+    for index, share in enumerate(shares[: len(split)]):
+        split[index] = share
+    params.tensor_split = split
 
 
 class LlamaEngine:

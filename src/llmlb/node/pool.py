@@ -4,6 +4,11 @@ A model loads on its first request; concurrent first requests share one load. Lo
 model evicts least-recently-used idle engines until the new one fits the memory budget. An
 engine with requests in flight or queued is never evicted: a request that needs its memory
 waits until it is idle (bounded by ``wait_seconds``).
+
+The budget is per device: one figure per GPU (a CPU node's one figure for its RAM). Where a
+model goes is ``models.placement``'s rule (one GPU, the roomiest; else split by layer), the
+same the router plans with; eviction frees memory until the rule finds room, and each engine
+counts against the devices it was placed on.
 """
 
 from __future__ import annotations
@@ -12,12 +17,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from llmlb.common.errors import Conflict, InsufficientMemory
+from llmlb.models.placement import Placement, place
 
 log = logging.getLogger(__name__)
 
@@ -46,28 +52,55 @@ class Resident:
     memory_bytes: int
     in_use: int
     last_used: float
+    usage: tuple[int, ...] = ()  # bytes on each device; () for (memory_bytes,) on one
 
 
-def choose_evictions(
-    residents: list[Resident], reserved: int, incoming: int, budget: int
-) -> list[Hashable] | None:
-    """Keys to evict, least recently used first, so that ``incoming`` bytes fit.
+def usage_of(placement: Placement, needed: int, devices: int) -> tuple[int, ...]:
+    """Bytes on each of ``devices`` for a model of ``needed`` bytes placed so."""
+    usage = [0] * devices
+    for gpu, share in zip(placement.gpus, placement.shares, strict=True):
+        usage[gpu] = int(needed * share)
+    if placement.gpus:  # rounding: the main device takes what the shares left over
+        usage[placement.gpus[0]] += needed - sum(usage)
+    return tuple(usage)
 
-    ``reserved`` is memory held by loads still in progress. Returns [] when it fits already,
-    and None when it cannot fit even after evicting every idle engine (the caller waits).
+
+def plan_load(
+    residents: list[Resident], held: Sequence[int], incoming: int, budgets: Sequence[int],
+    split: bool = True,
+) -> tuple[list[Hashable], Placement] | None:  # fmt: skip
+    """Keys to evict, least recently used first, and where ``incoming`` bytes then go.
+
+    ``held``: memory per device of loads in progress and engines still closing. Returns no
+    keys when it fits already, and None when it cannot fit even after evicting every idle
+    engine (the caller waits).
     """
-    used = reserved + sum(r.memory_bytes for r in residents)
-    if used + incoming <= budget:
-        return []
+    free = [budget - hold for budget, hold in zip(budgets, held, strict=True)]
+    for resident in residents:
+        for device, size in enumerate(resident.usage or (resident.memory_bytes,)):
+            free[device] -= size
+    placement = place(incoming, free, split=split)
+    if placement.fits:
+        return [], placement
     victims: list[Hashable] = []
     for resident in sorted(residents, key=lambda r: r.last_used):
         if resident.in_use:
             continue
         victims.append(resident.key)
-        used -= resident.memory_bytes
-        if used + incoming <= budget:
-            return victims
+        for device, size in enumerate(resident.usage or (resident.memory_bytes,)):
+            free[device] += size
+        placement = place(incoming, free, split=split)
+        if placement.fits:
+            return victims, placement
     return None
+
+
+def choose_evictions(
+    residents: list[Resident], reserved: int, incoming: int, budget: int
+) -> list[Hashable] | None:
+    """``plan_load`` on one device: the keys to evict so that ``incoming`` bytes fit."""
+    plan = plan_load(residents, [reserved], incoming, [budget])
+    return None if plan is None else plan[0]
 
 
 @dataclass
@@ -75,6 +108,7 @@ class _Entry(Generic[S, E]):
     spec: S
     engine: E
     memory_bytes: int
+    usage: tuple[int, ...]  # bytes on each device
     in_use: int = 0
     last_used: float = 0.0
 
@@ -82,30 +116,41 @@ class _Entry(Generic[S, E]):
 class EnginePool(Generic[S, E]):
     def __init__(
         self,
-        budget_bytes: int,
+        budget_bytes: int | Sequence[int],
         load: Callable[[S], E],
         *,
         wait_seconds: float = 120.0,
         on_change: Callable[[str, Hashable], None] | None = None,
+        split: bool = True,
+        placed: Callable[[S, Placement], S] = lambda spec, placement: spec,
     ) -> None:
-        self.budget_bytes = budget_bytes
+        """``budget_bytes``: per device (one figure: one device). ``placed``: the spec as it
+        loads on the devices chosen (the engine's GPU options)."""
+        self.budgets = [budget_bytes] if isinstance(budget_bytes, int) else list(budget_bytes)
+        self.budget_bytes = sum(self.budgets)
+        self._split = split
+        self._placed = placed
         self._load = load
         self._wait_seconds = wait_seconds
         self._on_change = on_change or (lambda event, key: None)
         self._loaded: dict[Hashable, _Entry[S, E]] = {}
         self._loading: dict[Hashable, asyncio.Task[None]] = {}
         self._claims: dict[Hashable, int] = {}  # requests waiting on each load
-        self._reserved = 0  # memory of loads in progress
+        self._reserved = [0] * len(self.budgets)  # memory of loads in progress
         # Memory of evicted engines still being freed: it counts until close() returns, or a
         # load could start while the victim is still resident (an out-of-memory on a GPU).
-        self._releasing = 0
+        self._releasing = [0] * len(self.budgets)
         self._cond = asyncio.Condition()
         self.load_seconds: dict[Hashable, float] = {}  # how long each key's last load took
 
     @property
     def used_bytes(self) -> int:
-        held = self._reserved + self._releasing
+        held = sum(self._reserved) + sum(self._releasing)
         return held + sum(e.memory_bytes for e in self._loaded.values())
+
+    def _hold(self, counter: list[int], usage: tuple[int, ...], sign: int) -> None:
+        for device, size in enumerate(usage):
+            counter[device] += sign * size
 
     def loading(self) -> list[Hashable]:
         """The keys of the engines being loaded right now."""
@@ -127,10 +172,13 @@ class EnginePool(Generic[S, E]):
                 self._cond.notify_all()
 
     async def _acquire(self, spec: S) -> _Entry[S, E]:
-        if spec.memory_bytes > self.budget_bytes:
+        alone = place(spec.memory_bytes, self.budgets, split=self._split)
+        if not alone.fits:
+            budget = (f"{self.budget_bytes} bytes" if len(self.budgets) == 1 else
+                      " + ".join(str(b) for b in self.budgets) + " bytes on its GPUs")  # fmt: skip
             raise InsufficientMemory(
                 f"model {spec.key!r} needs {spec.memory_bytes} bytes but the node's memory "
-                f"budget is {self.budget_bytes} bytes"
+                f"budget is {budget}" + (f" ({alone.reason})" if len(self.budgets) > 1 else "")
             )
         deadline = time.monotonic() + self._wait_seconds
         async with self._cond:
@@ -146,20 +194,25 @@ class EnginePool(Generic[S, E]):
                     if claimed is not None:
                         return claimed
                     continue
-                victims = choose_evictions(
-                    [Resident(k, e.memory_bytes, e.in_use, e.last_used)
+                held = [r + f for r, f in zip(self._reserved, self._releasing, strict=True)]
+                plan = plan_load(
+                    [Resident(k, e.memory_bytes, e.in_use, e.last_used, e.usage)
                      for k, e in self._loaded.items()],
-                    self._reserved + self._releasing, spec.memory_bytes, self.budget_bytes,
+                    held, spec.memory_bytes, self.budgets, self._split,
                 )  # fmt: skip
-                if victims is None:
+                if plan is None:
                     await self._wait(deadline, spec)
                     continue
+                victims, placement = plan
+                usage = usage_of(placement, spec.memory_bytes, len(self.budgets))
                 evicted = [self._loaded.pop(key) for key in victims]
-                self._releasing += sum(entry.memory_bytes for entry in evicted)
-                self._reserved += spec.memory_bytes
+                for entry in evicted:
+                    self._hold(self._releasing, entry.usage, +1)
+                self._hold(self._reserved, usage, +1)
                 # A task of its own: a request that gives up while the model loads must not
                 # abandon a half-made engine (its memory would never be counted or freed).
-                load = asyncio.create_task(self._load_with(spec, evicted, victims))
+                placed = self._placed(spec, placement)
+                load = asyncio.create_task(self._load_with(placed, usage, evicted, victims))
                 load.add_done_callback(_retrieve)
                 self._loading[spec.key] = load
 
@@ -203,7 +256,9 @@ class EnginePool(Generic[S, E]):
             async with asyncio.timeout(remaining):
                 await self._cond.wait()
 
-    async def _load_with(self, spec: S, evicted: list[_Entry[S, E]], keys: list[Hashable]) -> None:
+    async def _load_with(
+        self, spec: S, usage: tuple[int, ...], evicted: list[_Entry[S, E]], keys: list[Hashable]
+    ) -> None:
         try:
             for key, victim in zip(keys, evicted, strict=True):
                 log.info("evicting model %s to make room for %s", key, spec.key)
@@ -217,7 +272,7 @@ class EnginePool(Generic[S, E]):
             engine = await asyncio.to_thread(self._load, spec)
         except BaseException:
             async with self._cond:
-                self._reserved -= spec.memory_bytes
+                self._hold(self._reserved, usage, -1)
                 self._loading.pop(spec.key, None)
                 self._claims.pop(spec.key, None)  # every waiter sees the error instead
                 self._cond.notify_all()
@@ -228,9 +283,9 @@ class EnginePool(Generic[S, E]):
         async with self._cond:
             claims = self._claims.pop(spec.key, 0)
             entry = _Entry(
-                spec, engine, spec.memory_bytes, in_use=claims, last_used=time.monotonic()
+                spec, engine, spec.memory_bytes, usage, in_use=claims, last_used=time.monotonic()
             )
-            self._reserved -= spec.memory_bytes
+            self._hold(self._reserved, usage, -1)
             self._loaded[spec.key] = entry
             self._loading.pop(spec.key, None)
             self._cond.notify_all()
@@ -243,7 +298,8 @@ class EnginePool(Generic[S, E]):
             if busy:
                 raise Conflict(f"model {busy[0]!r} is serving requests; try again when idle")
             entries = [self._loaded.pop(key) for key in keys]
-            self._releasing += sum(entry.memory_bytes for entry in entries)
+            for entry in entries:
+                self._hold(self._releasing, entry.usage, +1)
         for entry in entries:
             await self._free(entry)
             self._on_change("evicted", entry.spec.key)
@@ -254,7 +310,7 @@ class EnginePool(Generic[S, E]):
             await asyncio.to_thread(entry.engine.close)
         finally:
             async with self._cond:
-                self._releasing -= entry.memory_bytes
+                self._hold(self._releasing, entry.usage, -1)
                 self._cond.notify_all()
 
     async def close(self) -> None:

@@ -9,6 +9,7 @@ No web framework here: the HTTP layer (``node.app``) parses and answers, these m
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from typing import Any
 from llmlb import __version__
 from llmlb.common.settings import NodeSettings
 from llmlb.common.wire import Device, EngineInfo, NodeState
+from llmlb.models.placement import Placement
 from llmlb.models.store import ModelStore
 from llmlb.node.engine import EngineSpec, LlamaEngine, restore_signal_handlers
 from llmlb.node.inference import Inference
@@ -29,8 +31,34 @@ from llmlb.node.sync import ModelSync
 
 def default_memory_budget(devices: list[Device], ram_total: int) -> int:
     """All GPU memory when there are GPUs; otherwise 80% of the machine's RAM."""
-    gpu_total = sum(d.memory_total for d in devices if d.is_gpu)
-    return gpu_total if gpu_total else int(ram_total * 0.8)
+    return sum(memory_budgets(devices, ram_total))
+
+
+def memory_budgets(devices: list[Device], ram_total: int, total: int | None = None) -> list[int]:
+    """The pool's budget per device: each GPU's memory (``total``, where the operator set
+    one, shared in proportion to their sizes); without a GPU, one figure for RAM (80% of it
+    by default)."""
+    gpus = [d.memory_total for d in devices if d.is_gpu]
+    if not gpus or not sum(gpus):
+        return [total if total is not None else int(ram_total * 0.8)]
+    if total is None:
+        return gpus
+    return [total * size // sum(gpus) for size in gpus]
+
+
+def placed_on(gpus: int) -> Callable[[EngineSpec, Placement], EngineSpec]:
+    """The spec as it loads where ``models.placement`` put it, on a node with ``gpus`` GPUs
+    (with one, or none, llama.cpp's default is that placement already)."""
+
+    def placed(spec: EngineSpec, placement: Placement) -> EngineSpec:
+        if gpus < 2:
+            return spec
+        shares = [0.0] * gpus
+        for gpu, share in zip(placement.gpus, placement.shares, strict=True):
+            shares[gpu] = share
+        return dataclasses.replace(spec, gpu_shares=tuple(shares))
+
+    return placed
 
 
 class NodeService:
@@ -48,10 +76,11 @@ class NodeService:
         self.store = ModelStore(settings.models_dir)
         self.state: NodeState = "initializing"
         self.started_at = time.monotonic()  # for the uptime (a wall clock may jump)
-        budget = settings.memory_budget or default_memory_budget(devices, ram_total)
+        budgets = memory_budgets(devices, ram_total, settings.memory_budget)
         self.pool: EnginePool[EngineSpec, LlamaEngine] = EnginePool(
-            budget, load, wait_seconds=settings.load_wait_seconds, on_change=self._model_event
-        )
+            budgets, load, wait_seconds=settings.load_wait_seconds, on_change=self._model_event,
+            split=settings.gpu_split, placed=placed_on(sum(d.is_gpu for d in devices)),
+        )  # fmt: skip
         self.metrics = NodeMetrics(self.pool_state)
         self.resolver = ModelResolver(settings, self.store)
         self.sync = ModelSync(settings, self.resolver, self.loaded_models)

@@ -203,3 +203,35 @@ async def test_a_fresh_engine_is_not_evicted_before_its_requests_run() -> None:
     assert sorted(served) == ["a", "a", "b", "b"]
     assert len(loader.loads) <= 3  # at most one reload, not a thrash
     await pool.close()
+
+
+async def test_on_several_gpus_models_spread_then_split_then_evict_by_gpu() -> None:
+    from llmlb.models.placement import Placement
+
+    placed: dict[str, Placement] = {}
+
+    def remember(spec: FakeSpec, placement: Placement) -> FakeSpec:
+        placed[spec.key] = placement
+        return spec
+
+    loader = Loader()
+    pool: EnginePool[FakeSpec, FakeEngine] = EnginePool(
+        [100, 100], loader, wait_seconds=5, placed=remember
+    )
+    for key in ("a", "b"):  # one on each GPU, not both on the first
+        async with pool.lease(FakeSpec(key, 60)):
+            pass
+    assert (placed["a"].gpus, placed["b"].gpus) == ((0,), (1,))
+    # 120 fits no single GPU and only together once the older model is gone: it is evicted,
+    # and the new one split over both, the roomier GPU the main one.
+    async with pool.lease(FakeSpec("c", 120)) as engine:
+        assert not engine.closed
+    assert (placed["c"].how, placed["c"].gpus) == ("split", (0, 1))
+    assert set(pool.loaded()) == {"b", "c"} and pool.used_bytes == 180
+
+
+async def test_without_splitting_a_model_larger_than_any_gpu_is_refused_with_the_figures() -> None:
+    pool: EnginePool[FakeSpec, FakeEngine] = EnginePool([100, 100], Loader(), split=False)
+    with pytest.raises(InsufficientMemory, match=r"100 \+ 100 bytes on its GPUs"):
+        async with pool.lease(FakeSpec("big", 150)):
+            pass
