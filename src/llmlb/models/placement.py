@@ -22,6 +22,15 @@ from typing import Literal
 
 GiB = 1 << 30
 How = Literal["one", "split", "partial", "none"]
+# Apple silicon's GPU shares the machine's memory with everything else on it. Metal lets a
+# process keep about three quarters of it resident (``recommendedMaxWorkingSetSize``, which
+# llama.cpp's Metal backend also goes by); past that the system pages and the machine stalls.
+UNIFIED_MEMORY_SHARE = 0.75
+
+
+def usable_memory(kind: str, size: int) -> int:
+    """What models may take of a device of ``size`` bytes (``kind``: cuda, rocm, metal)."""
+    return int(size * UNIFIED_MEMORY_SHARE) if kind == "metal" else size
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 from llmlb import __version__
 from llmlb.common.settings import NodeSettings
 from llmlb.common.wire import Device, EngineInfo, NodeState
-from llmlb.models.placement import Placement
+from llmlb.models.placement import Placement, usable_memory
 from llmlb.models.store import ModelStore
 from llmlb.node.engine import EngineSpec, LlamaEngine, restore_signal_handlers
 from llmlb.node.inference import Inference
@@ -36,9 +36,9 @@ def default_memory_budget(devices: list[Device], ram_total: int) -> int:
 
 def memory_budgets(devices: list[Device], ram_total: int, total: int | None = None) -> list[int]:
     """The pool's budget per device: each GPU's memory (``total``, where the operator set
-    one, shared in proportion to their sizes); without a GPU, one figure for RAM (80% of it
-    by default)."""
-    gpus = [d.memory_total for d in devices if d.is_gpu]
+    one, shared in proportion to their sizes; an Apple GPU's share of the unified memory);
+    without a GPU, one figure for RAM (80% of it by default)."""
+    gpus = [usable_memory(d.kind, d.memory_total) for d in devices if d.is_gpu]
     if not gpus or not sum(gpus):
         return [total if total is not None else int(ram_total * 0.8)]
     if total is None:

@@ -27,6 +27,9 @@ def test_each_gpu_is_budgeted_on_its_own() -> None:
     assert memory_budgets([gpu(24), gpu(12)], 64 * GiB, 18 * GiB) == [12 * GiB, 6 * GiB]
     cpu = Device(kind="cpu", name="cpu", memory_total=64 * GiB, memory_free=60 * GiB)
     assert memory_budgets([cpu], 64 * GiB) == [int(64 * GiB * 0.8)]
+    # Apple: the GPU's memory is the machine's; the system keeps a quarter of it.
+    apple = Device(kind="metal", name="Apple M3 Max", memory_total=64 * GiB, memory_free=50 * GiB)
+    assert memory_budgets([apple], 64 * GiB) == [48 * GiB]
 
 
 SPEC = EngineSpec(

@@ -11,6 +11,7 @@ from typing import Any
 from llmlb.common.errors import BadRequest, Unavailable
 from llmlb.common.settings import RouterSettings
 from llmlb.models.memory import DEFAULT_PLAN_CTX, gib
+from llmlb.models.placement import usable_memory
 from llmlb.router.distribution.model_store import RouterModels
 from llmlb.router.distribution.policy import assign_models, pick_auto_targets
 from llmlb.router.distribution.tasks import TaskManager
@@ -31,7 +32,9 @@ def device_memory(node: NodeRecord, free: bool = False) -> list[int]:
     """The memory models go in, per device: each GPU's (a CPU node's RAM), free or in all."""
     devices = node.current_devices()
     gpus = [d for d in devices if d.kind != "cpu"] or devices
-    return [d.memory_free if free else d.memory_total for d in gpus]
+    if free:
+        return [d.memory_free for d in gpus]
+    return [usable_memory(d.kind, d.memory_total) for d in gpus]  # as the node budgets it
 
 
 def node_memory(node: NodeRecord, free: bool = False) -> int:
