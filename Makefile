@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser database clients run test lint fmt bench bench-quick native clean
+.PHONY: setup browser database clients run test lint fmt bench bench-quick native engine doctor clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -98,6 +98,15 @@ native: setup
 		wheel=$$(ls $(NATIVE_WHEELS)/xllamacpp-$$version-*.whl | head -1); \
 	fi; \
 	$(BIN)/python -m pip install --force-reinstall --no-deps "$$wheel"
+
+# The engine build for this machine's GPUs (ENGINE=cuda|rocm|vulkan|metal|cpu to choose), and
+# what a node here would use.
+ENGINE ?= auto
+engine: setup
+	$(BIN)/llmlb engine install $(ENGINE)
+
+doctor: setup
+	$(BIN)/llmlb doctor
 
 clean:
 	rm -rf $(VENV) .venv-clients tests/clients/node/node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -26,15 +26,11 @@ from dataclasses import dataclass
 
 from llmlb.common.errors import LlmlbError
 from llmlb.common.wire import Device, EngineInfo
+from llmlb.node.engine_builds import install_hint
 
 log = logging.getLogger(__name__)
 
 MASKS = {"cuda": ("CUDA_VISIBLE_DEVICES",), "rocm": ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")}
-WHEELS = "https://xorbitsai.github.io/xllamacpp/whl"
-# xllamacpp's published CUDA builds, newest first: (the CUDA version a driver must support,
-# the index's name). A driver supports every CUDA version up to its own.
-CUDA_BUILDS = ((13, 2, "cu132"), (12, 8, "cu128"), (12, 4, "cu124"))
-ROCM_BUILD = "rocm-6.4.1"
 
 
 class NoGPU(LlmlbError):
@@ -136,24 +132,6 @@ def engine_build() -> str:
     return f"xllamacpp {version} ({' '.join(features)})"[:200]
 
 
-def install_command(gpu: Device, cuda_driver: tuple[int, int] | None) -> str:
-    """The command that installs an engine for ``gpu`` (``cuda_driver``: the CUDA version
-    the NVIDIA driver supports)."""
-    pip = "pip install --force-reinstall xllamacpp --index-url {}/{} "
-    pip += "--extra-index-url https://pypi.org/simple"
-    if gpu.kind == "cuda":
-        if cuda_driver is None:
-            return pip.format(WHEELS, "cu124") + " (or the CUDA build your driver supports)"
-        for major, minor, name in CUDA_BUILDS:
-            if cuda_driver >= (major, minor):
-                return pip.format(WHEELS, name)
-        return (f"update the NVIDIA driver: it supports CUDA {cuda_driver[0]}.{cuda_driver[1]}, "
-                f"and llama.cpp's CUDA builds need 12.4 or newer")  # fmt: skip
-    if gpu.kind == "rocm":
-        return pip.format(WHEELS, ROCM_BUILD)
-    return "pip install --force-reinstall xllamacpp (its macOS build has Metal)"
-
-
 def match_engine(
     gpus: list[Device], engine: list[EngineDevice], build: str, allow_cpu: bool,
     cpu: Device, cuda_driver: tuple[int, int] | None = None,
@@ -175,7 +153,7 @@ def match_engine(
         problem = (
             f"found {names}, but the inference engine has no GPU backend (its backends: "
             f"{', '.join(backends)}), so every model would run on the CPU. Install the engine "
-            f"for this GPU: {install_command(gpus[0], cuda_driver)}"
+            f"for this GPU: {install_hint(gpus[0], cuda_driver)}"
         )
         if not allow_cpu:
             raise EngineMismatch(problem + "; or run with --allow-cpu to serve on the CPU anyway.")
