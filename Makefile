@@ -80,24 +80,13 @@ bench-quick: setup
 	$(BIN)/python -m bench all --quick
 
 # Rebuild the inference engine (xllamacpp, the same version) from its source for this
-# machine's CPU (GGML_NATIVE: AVX-512 and the like, which the prebuilt wheel leaves out).
-# About 15 min on 2 cores; the wheel is kept in NATIVE_WHEELS, so a second run only installs.
+# machine's CPU, naming the instruction sets the kernel lets processes use (AVX-512 and the
+# like, which the prebuilt wheel leaves out), smoke-test it on the small model, and only then
+# install it (llmlb engine install native). About 16 min on 2 cores; the wheel is kept in
+# ~/.cache/llmlb/engine-wheels, so a second run only tests and installs.
 # For a GPU: XLLAMACPP_BUILD_CUDA=1 make native (or XLLAMACPP_BUILD_HIP=1, _VULKAN=1).
-NATIVE_WHEELS ?= $(HOME)/.cache/llmlb/native-wheels
-# AMX stays off: a CPU may list it while the kernel or a sandbox refuses it to processes
-# (seen here: SIGILL in ggml's AMX kernels). LLGUIDANCE and BoringSSL would fetch sources.
-NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
-NATIVE_CMAKE_ARGS ?= -DLLAMA_LLGUIDANCE=OFF -DLLAMA_BUILD_BORINGSSL=OFF -DLLAMA_OPENSSL=OFF \
-	'-DCMAKE_C_FLAGS=$(NO_AMX)' '-DCMAKE_CXX_FLAGS=$(NO_AMX)'
 native: setup
-	version=$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("xllamacpp"))'); \
-	wheel=$$(ls $(NATIVE_WHEELS)/xllamacpp-$$version-*.whl 2>/dev/null | head -1); \
-	if [ -z "$$wheel" ]; then \
-		CMAKE_ARGS="$(NATIVE_CMAKE_ARGS) $$CMAKE_ARGS" $(BIN)/python -m pip wheel --no-deps \
-			--no-binary xllamacpp -w $(NATIVE_WHEELS) "xllamacpp==$$version" && \
-		wheel=$$(ls $(NATIVE_WHEELS)/xllamacpp-$$version-*.whl | head -1); \
-	fi; \
-	$(BIN)/python -m pip install --force-reinstall --no-deps "$$wheel"
+	$(BIN)/llmlb engine install native
 
 # The engine build for this machine's GPUs (ENGINE=cuda|rocm|vulkan|metal|cpu to choose), and
 # what a node here would use.

@@ -1,7 +1,9 @@
 """llama.cpp's own ``llama-server``, built on this machine for its CPU: the engine baseline.
 
 The sources are those in PyPI's ``llama-cpp-python`` source distribution (PyPI is reachable
-where GitHub may not be). The build (``-DGGML_NATIVE=ON``, about 9 minutes on 2 cores) goes to
+where GitHub may not be). The build names this CPU's instruction sets one by one, as
+``llmlb engine install native`` does (``GGML_NATIVE=ON`` takes every set cpuid advertises, and
+in a virtual machine that died with an illegal instruction); about 9 minutes on 2 cores, into
 the bench cache, outside the repository, once.
 """
 
@@ -15,10 +17,7 @@ from pathlib import Path
 from bench.procs import CACHE
 
 SDIST_VERSION = "0.3.36"
-# As in the Makefile's `native`: a CPU may list AMX while the kernel or a sandbox refuses it
-# to processes (here: SIGILL in ggml's AMX kernels), so the native build leaves it out.
-NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-FOLDER = CACHE / "llama-server"
+FOLDER = CACHE / "llama-server-explicit"  # not the GGML_NATIVE=ON build of earlier runs
 
 
 def _sources(log: Path) -> None:
@@ -46,10 +45,9 @@ def llama_server(log: Path, build: bool) -> Path | None:
     _sources(log)
     with log.open("ab") as out:
         for step in (
-            ["cmake", "-S", str(sources), "-B", str(sources / "build"), "-DGGML_NATIVE=ON",
+            ["cmake", "-S", str(sources), "-B", str(sources / "build"), *_cpu_options(),
              "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-             "-DCMAKE_BUILD_TYPE=Release", f"-DCMAKE_C_FLAGS={NO_AMX}",
-             f"-DCMAKE_CXX_FLAGS={NO_AMX}"],
+             "-DCMAKE_BUILD_TYPE=Release"],
             ["cmake", "--build", str(sources / "build"), "--target", "llama-server", "-j"],
         ):  # fmt: skip
             if subprocess.run(step, stdout=out, stderr=out).returncode != 0:
@@ -57,7 +55,14 @@ def llama_server(log: Path, build: bool) -> Path | None:
     return binary if binary.exists() else None
 
 
-WHEELS = Path.home() / ".cache" / "llmlb" / "native-wheels"  # where `make native` builds
+def _cpu_options() -> list[str]:
+    from llmlb.node.engine_builds import features_available, native_cmake_args
+
+    return native_cmake_args(features_available(Path("/proc/cpuinfo").read_text()))
+
+
+# Where `llmlb engine install native` (`make native`) keeps its wheels, one folder per build.
+WHEELS = Path.home() / ".cache" / "llmlb" / "engine-wheels"
 VENV = CACHE / "native-venv"
 
 
@@ -67,7 +72,7 @@ def native_python(log: Path) -> Path | None:
     python = VENV / "bin" / "python"
     if (VENV / ".ready").exists():
         return python
-    wheels = sorted(WHEELS.glob("xllamacpp-*.whl"))
+    wheels = sorted(WHEELS.glob("native-*/xllamacpp-*.whl"))
     if not wheels:
         return None
     root = Path(__file__).resolve().parent.parent

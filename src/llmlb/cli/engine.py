@@ -3,6 +3,7 @@ and what a node here would use."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
@@ -25,11 +26,12 @@ def engine() -> None:
 
 @engine.command("install")
 @click.argument("backend", default="auto",
-                type=click.Choice(["auto", "cpu", "cuda", "rocm", "vulkan", "metal"]))  # fmt: skip
+                type=click.Choice(["auto", "cpu", "native", "cuda", "rocm", "vulkan", "metal"]))  # fmt: skip
 @click.option("--wheels", default=None, help="Wheel index root (a mirror of xllamacpp's)")
 @click.option("--force", is_flag=True, help="Reinstall even when the engine already fits")
 def install(backend: str, wheels: str | None, force: bool) -> None:
-    """Install the engine build for this machine's GPUs (auto) or for BACKEND."""
+    """Install the engine build for this machine's GPUs (auto) or for BACKEND; ``native``
+    builds one for this CPU, smoke-tests it, and only then installs it."""
     from llmlb.node.devices import backend_of, engine_devices
     from llmlb.node.engine_builds import (
         WHEELS,
@@ -40,6 +42,9 @@ def install(backend: str, wheels: str | None, force: bool) -> None:
     )
     from llmlb.node.gpu import cuda_driver_version, probe_gpus
 
+    if backend == "native":
+        _install_native(force)
+        return
     gpus = probe_gpus()
     try:
         build = build_for(backend, gpus, cuda_driver_version(), platform.system())
@@ -66,6 +71,73 @@ def install(backend: str, wheels: str | None, force: bool) -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     click.echo(f"installed; the engine's devices now: {check.stdout.strip() or check.stderr}")
+
+
+def _install_native(force: bool) -> None:
+    """Build xllamacpp (the installed version) from source for this CPU's instruction sets,
+    load the small model with it and complete a few tokens, then install it; a build that
+    fails either step leaves the installed engine as it was."""
+    import importlib.metadata
+    import tempfile
+
+    import xllamacpp
+
+    from llmlb.common.settings import default_home
+    from llmlb.models.smallmodel import install_small_model
+    from llmlb.models.store import ModelStore
+    from llmlb.node.engine_builds import (
+        SMOKE_TEST,
+        features_available,
+        features_used,
+        native_cmake_args,
+        native_wanted,
+    )
+
+    if platform.machine() not in ("x86_64", "AMD64") or not CPUINFO.exists():
+        fail("native builds name x86-64 instruction sets; on this machine use the wheel "
+             "(llmlb engine install cpu)")  # fmt: skip
+    available = features_available(CPUINFO.read_text())
+    missing = native_wanted(available) - features_used(xllamacpp.get_system_info())
+    if not missing and not force:
+        click.echo("the installed engine already uses every instruction set this CPU offers: "
+                   "nothing to do")  # fmt: skip
+        return
+    version = importlib.metadata.version("xllamacpp")
+    args = native_cmake_args(available)
+    tag = hashlib.sha256(" ".join(args).encode()).hexdigest()[:12]
+    folder = Path.home() / ".cache" / "llmlb" / "engine-wheels" / f"native-{version}-{tag}"
+    wheels = sorted(folder.glob("xllamacpp-*.whl"))
+    if not wheels:
+        click.echo(f"building xllamacpp {version} for this CPU ({', '.join(sorted(available))}); "
+                   "about 16 minutes on 2 cores", err=True)  # fmt: skip
+        cmake = " ".join([*args, os.environ.get("CMAKE_ARGS", "")]).strip()
+        built = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-binary", "xllamacpp",
+             "-w", str(folder), f"xllamacpp=={version}"],
+            env={**os.environ, "CMAKE_ARGS": cmake},
+        )  # fmt: skip
+        wheels = sorted(folder.glob("xllamacpp-*.whl"))
+        if built.returncode != 0 or not wheels:
+            fail("the build failed (its output is above); the installed engine is unchanged")
+    wheel = wheels[-1]
+    model = install_small_model(ModelStore(default_home() / "models"))
+    with tempfile.TemporaryDirectory(prefix="llmlb-engine-") as trial:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                        "--target", trial, str(wheel)], check=True)  # fmt: skip
+        smoke = subprocess.run(
+            [sys.executable, "-c", SMOKE_TEST, str(model.path)],
+            env={**os.environ, "PYTHONPATH": trial}, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    if smoke.returncode != 0:
+        died = (f"died with signal {-smoke.returncode}" + (" (an illegal instruction: the CPU "
+                "or the virtual machine refuses a set it advertises)" if smoke.returncode == -4
+                else "")) if smoke.returncode < 0 else "failed"  # fmt: skip
+        fail(f"the build for this CPU {died} in its smoke test; the installed engine is "
+             f"unchanged (the wheel: {wheel}).\n{smoke.stderr[-1000:]}")  # fmt: skip
+    click.echo(smoke.stdout.strip())
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--force-reinstall",
+                    "--no-deps", str(wheel)], check=True)  # fmt: skip
+    click.echo(f"installed the build for this CPU: {wheel.name}")
 
 
 @main.command()

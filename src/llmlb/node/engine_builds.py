@@ -29,7 +29,7 @@ WHEELS = "https://xorbitsai.github.io/xllamacpp/whl"
 # the index's name). A driver supports every CUDA version up to its own.
 CUDA_BUILDS = ((13, 2, "cu132"), (12, 8, "cu128"), (12, 4, "cu124"))
 ROCM_BUILD = "rocm-6.4.1"
-BACKENDS = ("auto", "cpu", "cuda", "rocm", "vulkan", "metal")
+BACKENDS = ("auto", "cpu", "native", "cuda", "rocm", "vulkan", "metal")
 
 
 class NoBuild(LlmlbError):
@@ -134,3 +134,44 @@ def features_available(cpuinfo: str) -> set[str]:
             flags |= set(line.split(":", 1)[1].split())
             break
     return {name for name, flag in _CPUINFO.items() if flag in flags}
+
+
+# A build for this CPU names its instruction sets one by one (``GGML_NATIVE=OFF``): with
+# ``GGML_NATIVE=ON`` the compiler takes every set cpuid advertises, and in a virtual machine
+# that can be more than a process may use (seen here: an illegal instruction at the thread
+# pool's start, AMX on or off). /proc/cpuinfo's flags are what the kernel lets processes use.
+_CMAKE_OPTION = {"AVX": "GGML_AVX", "AVX2": "GGML_AVX2", "FMA": "GGML_FMA", "F16C": "GGML_F16C",
+                 "AVX512": "GGML_AVX512", "AVX512_VBMI": "GGML_AVX512_VBMI",
+                 "AVX512_VNNI": "GGML_AVX512_VNNI", "AVX512_BF16": "GGML_AVX512_BF16"}  # fmt: skip
+# Sources llama.cpp's build would otherwise fetch, and AMX (its kernels need a kernel's leave).
+_NATIVE_FIXED = ["-DGGML_NATIVE=OFF", "-DLLAMA_LLGUIDANCE=OFF", "-DLLAMA_BUILD_BORINGSSL=OFF",
+                 "-DLLAMA_OPENSSL=OFF", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF",
+                 "-DGGML_AMX_BF16=OFF"]  # fmt: skip
+
+
+def native_cmake_args(available: set[str]) -> list[str]:
+    """CMake options for a build that uses exactly the instruction sets ``available``."""
+    chosen = [f"-D{option}={'ON' if feature in available else 'OFF'}"
+              for feature, option in _CMAKE_OPTION.items()]  # fmt: skip
+    return _NATIVE_FIXED + chosen
+
+
+def native_wanted(available: set[str]) -> set[str]:
+    """The features a build for this CPU uses (what the installed build must have, at least,
+    for a native install to have nothing to do)."""
+    return available & set(_CMAKE_OPTION)
+
+
+# Loads the model in argv[1] with the engine found first on sys.path and completes a few
+# tokens: a build that cannot run on this CPU dies here, not in a node.
+SMOKE_TEST = """
+import sys, xllamacpp
+params = xllamacpp.CommonParams()
+params.model.path = sys.argv[1]
+params.n_ctx, params.n_parallel, params.verbosity = 256, 1, -1
+params.hostnames, params.port, params.api_keys = ["127.0.0.1"], 0, ["smoke-test"]
+server = xllamacpp.Server(params)
+answer = server.handle_completions({"prompt": "The capital of France is", "max_tokens": 4})
+assert answer["usage"]["completion_tokens"] > 0, answer
+print("smoke test:", repr(answer["choices"][0]["text"]))
+"""

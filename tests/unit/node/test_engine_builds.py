@@ -13,6 +13,7 @@ from llmlb.node.engine_builds import (
     features_available,
     features_used,
     install_line,
+    native_cmake_args,
     pip_environment,
 )
 
@@ -64,3 +65,12 @@ def test_cpu_features_are_read_as_llama_cpp_names_them() -> None:
     assert used == {"SSE3", "AVX", "AVX2", "FMA"}
     cpuinfo = "processor : 0\nflags : fpu avx avx2 fma avx512f avx512_vnni\nflags : avx512_bf16\n"
     assert features_available(cpuinfo) == {"AVX", "AVX2", "FMA", "AVX512", "AVX512_VNNI"}
+
+
+def test_a_build_for_this_cpu_names_its_instruction_sets_and_never_native_or_amx() -> None:
+    args = native_cmake_args({"AVX", "AVX2", "FMA", "F16C", "AVX512", "AVX512_VNNI"})
+    assert "-DGGML_NATIVE=OFF" in args  # cpuid may advertise more than a process may use
+    assert {"-DGGML_AVX512=ON", "-DGGML_AVX512_VNNI=ON", "-DGGML_AVX2=ON"} <= set(args)
+    assert {"-DGGML_AVX512_BF16=OFF", "-DGGML_AVX512_VBMI=OFF", "-DGGML_AMX_INT8=OFF"} <= set(args)
+    plain = native_cmake_args({"AVX", "AVX2", "FMA", "F16C"})
+    assert "-DGGML_AVX512=OFF" in plain
