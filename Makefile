@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser database clients run test lint fmt bench bench-quick native engine doctor clean
+.PHONY: setup browser database clients run test lint fmt bench bench-quick native engine doctor gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -96,6 +96,12 @@ engine: setup
 
 doctor: setup
 	$(BIN)/llmlb doctor
+
+# On a GPU machine: the engine for its GPUs, then a node on the GPU against the same on the
+# CPU (bench/gpu_check.py); the report goes to bench/results/<date>/.
+gpu-check: setup
+	$(BIN)/llmlb engine install auto
+	$(BIN)/python -m bench gpu
 
 clean:
 	rm -rf $(VENV) .venv-clients tests/clients/node/node_modules .mypy_cache .ruff_cache .pytest_cache

@@ -1,7 +1,8 @@
 """The benchmark suite's one entry point: ``python -m bench [suite ...] [--quick]``.
 
 Suites: router, node, routing, scale, soak, distribution; ``all`` (the default) runs each
-in that order. The report (Markdown and PNG charts) goes to ``bench/results/<date>/``.
+in that order. ``gpu`` (``make gpu-check``) runs only when named: it needs a GPU. The report
+(Markdown and PNG charts) goes to ``bench/results/<date>/``.
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ SUITES = {
     "soak": "bench.soak",
     "distribution": "bench.distribution",
 }
+# Run only when named: they need hardware the others do not.
+ON_REQUEST = {"gpu": "bench.gpu_check"}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("suites", nargs="*", default=["all"], choices=["all", *SUITES])
+    parser.add_argument("suites", nargs="*", default=["all"],
+                        choices=["all", *SUITES, *ON_REQUEST])  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="short runs (under 3 minutes)")
     parser.add_argument("--out", type=Path, help="report folder (default bench/results/<date>)")
     args = parser.parse_args(argv)
@@ -40,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         began = time.monotonic()
         try:
-            importlib.import_module(SUITES[name]).run(report, args.quick)
+            importlib.import_module({**SUITES, **ON_REQUEST}[name]).run(report, args.quick)
         except Exception:  # one broken suite must not cost the others' figures
             traceback.print_exc()
             failed.append(name)

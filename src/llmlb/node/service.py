@@ -158,6 +158,7 @@ class NodeService:
             "version": __version__,
             "uptime_seconds": round(time.monotonic() - self.started_at, 1),
             "devices": [d.model_dump() for d in self.devices],
+            "engine": self.engine.model_dump(),
             "sync": self.sync.state().model_dump(),
             **self.pool_state(),
         }
