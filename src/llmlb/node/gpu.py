@@ -36,19 +36,41 @@ def probe_nvidia() -> list[Device]:
         devices = []
         for index in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            devices.append(
-                Device(
-                    kind="cuda",
-                    name=_text(pynvml.nvmlDeviceGetName(handle)),
-                    memory_total=int(memory.total),
-                    memory_free=int(memory.free),
-                    uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
-                )
-            )
+            # A GPU in MIG mode serves through its instances: each is a device of its own to
+            # CUDA (named by its MIG- UUID in CUDA_VISIBLE_DEVICES), with its own memory.
+            devices += [_nvidia_device(pynvml, h) for h in _mig_instances(pynvml, handle)] or [
+                _nvidia_device(pynvml, handle)
+            ]
         return devices
     finally:
         pynvml.nvmlShutdown()
+
+
+def _nvidia_device(pynvml: Any, handle: Any) -> Device:
+    memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+    return Device(
+        kind="cuda",
+        name=_text(pynvml.nvmlDeviceGetName(handle)),
+        memory_total=int(memory.total),
+        memory_free=int(memory.free),
+        uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
+    )
+
+
+def _mig_instances(pynvml: Any, handle: Any) -> list[Any]:
+    """The MIG instances of a GPU in MIG mode; [] for one that is not."""
+    try:
+        current, _ = pynvml.nvmlDeviceGetMigMode(handle)
+        if current != pynvml.NVML_DEVICE_MIG_ENABLE:
+            return []
+        slots = pynvml.nvmlDeviceGetMaxMigDeviceCount(handle)
+    except Exception:  # NVML_ERROR_NOT_SUPPORTED: a GPU without MIG
+        return []
+    instances = []
+    for slot in range(slots):
+        with contextlib.suppress(Exception):  # an empty slot: NVML_ERROR_NOT_FOUND
+            instances.append(pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot))
+    return instances
 
 
 def _text(value: object) -> str:
@@ -89,7 +111,10 @@ class NvidiaMeter:
 
                 pynvml.nvmlInit()
                 count = pynvml.nvmlDeviceGetCount()
-                handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+                handles = []
+                for index in range(count):
+                    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                    handles += _mig_instances(pynvml, handle) or [handle]
                 if self._uuids:  # the reported GPUs, in the reported order
                     by_uuid = {_text(pynvml.nvmlDeviceGetUUID(h)): h for h in handles}
                     handles = [by_uuid[u] for u in self._uuids if u in by_uuid]
@@ -108,11 +133,14 @@ class NvidiaMeter:
         if nvml is None or not self._handles:
             return 0.0, []
         try:
-            busy = [nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self._handles]
             free = [int(nvml.nvmlDeviceGetMemoryInfo(h).free) for h in self._handles]
         except Exception:
             return 0.0, []
-        return float(sum(busy) / len(busy)), free
+        busy = []
+        for handle in self._handles:
+            with contextlib.suppress(Exception):  # none for a MIG instance
+                busy.append(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+        return (float(sum(busy) / len(busy)) if busy else 0.0), free
 
     def close(self) -> None:
         if self._nvml is not None:

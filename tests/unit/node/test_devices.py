@@ -176,3 +176,27 @@ def test_backends_are_named_from_the_engines_devices() -> None:
     assert [backend_of(EngineDevice(n, "", n != "CPU")) for n in names] == [
         "cpu", "cuda", "cuda", "rocm", "vulkan", "metal", "rocm"
     ]  # fmt: skip
+
+
+def test_a_gpu_in_mig_mode_is_its_instances(nvml: pytest.MonkeyPatch) -> None:
+    described = machine(80, 24)
+    h100 = described["gpus"][0]  # type: ignore[index]
+    h100["mig"] = [
+        {"name": "NVIDIA H100 MIG 3g.40gb", "total": 40 * GiB, "free": 39 * GiB,
+         "uuid": "MIG-aaaaaaaa-0000-0000-0000-000000000001"},
+        {"name": "NVIDIA H100 MIG 3g.40gb", "total": 40 * GiB, "free": 40 * GiB,
+         "uuid": "MIG-aaaaaaaa-0000-0000-0000-000000000002"},
+    ]  # fmt: skip
+    nvml.setenv("LLMLB_FAKE_NVML", json.dumps(described))
+    gpus = probes.probe_nvidia()
+    assert [(g.name, g.memory_total // GiB) for g in gpus] == [
+        ("NVIDIA H100 MIG 3g.40gb", 40), ("NVIDIA H100 MIG 3g.40gb", 40), ("NVIDIA GPU 24G", 24)
+    ]  # fmt: skip
+    # Pinned to one instance by its MIG UUID, as CUDA takes it.
+    (instance,) = visible(
+        gpus, {"CUDA_VISIBLE_DEVICES": "MIG-aaaaaaaa-0000-0000-0000-000000000002"}, None
+    )
+    assert instance.memory_free == 40 * GiB
+    meter = probes.NvidiaMeter([instance.uuid])
+    assert meter.sample() == (0.0, [40 * GiB])  # no utilisation for an instance; memory yes
+    meter.close()
