@@ -193,6 +193,10 @@ class NodeSettings(CommonSettings):
     gpu_split: bool = Field(
         default=True, description="Split a model over several GPUs when no single one holds it"
     )
+    gpu_overflow: Literal["refuse", "partial"] = Field(
+        default="refuse",
+        description="A model the GPUs cannot hold: refused with the figures, or partly on the CPU",
+    )
     prompt_cache_mib: int = Field(
         default=512, ge=0, le=1 << 20,
         description="Host memory per generating model for llama.cpp's prompt cache (0: off)",

@@ -49,6 +49,7 @@ class EngineSpec:
     parallel: int
     threads: int
     gpu_layers: int = -1
+    layers: int = 0  # the model's layer count (for a partial offload); 0: not known
     # Each GPU's share of the layers (node.devices order), from models.placement; () leaves
     # llama.cpp's default (every visible GPU). One non-zero share: that GPU alone.
     gpu_shares: tuple[float, ...] = ()

@@ -116,6 +116,7 @@ class Inventory:
             parallel=self.settings.parallel if purpose == "generate" else 1,
             threads=self._threads,
             gpu_layers=self.settings.gpu_layers,
+            layers=_layer_count(info),
         )
 
     def list_models(self) -> list[dict[str, Any]]:
@@ -179,3 +180,8 @@ class Inventory:
         if not self.store.remove(name):
             raise NotFound(f"model {name!r} is not in this node's store", code="model_not_found")
         self._gguf.pop(name, None)
+
+
+def _layer_count(info: GGUFInfo) -> int:
+    count = info.arch_value("block_count")
+    return count if isinstance(count, int) else 0

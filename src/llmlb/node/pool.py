@@ -55,8 +55,11 @@ class Resident:
     usage: tuple[int, ...] = ()  # bytes on each device; () for (memory_bytes,) on one
 
 
-def usage_of(placement: Placement, needed: int, devices: int) -> tuple[int, ...]:
-    """Bytes on each of ``devices`` for a model of ``needed`` bytes placed so."""
+def usage_of(placement: Placement, needed: int, devices: int, layers: int = 0) -> tuple[int, ...]:
+    """Bytes on each of ``devices`` for a model of ``needed`` bytes placed so (a partial
+    offload: the share of its ``layers`` on the GPUs)."""
+    if placement.how == "partial" and placement.gpu_layers is not None and layers:
+        needed = needed * placement.gpu_layers // layers
     usage = [0] * devices
     for gpu, share in zip(placement.gpus, placement.shares, strict=True):
         usage[gpu] = int(needed * share)
@@ -67,13 +70,15 @@ def usage_of(placement: Placement, needed: int, devices: int) -> tuple[int, ...]
 
 def plan_load(
     residents: list[Resident], held: Sequence[int], incoming: int, budgets: Sequence[int],
-    split: bool = True,
+    split: bool = True, layers: int = 0,
 ) -> tuple[list[Hashable], Placement] | None:  # fmt: skip
     """Keys to evict, least recently used first, and where ``incoming`` bytes then go.
 
     ``held``: memory per device of loads in progress and engines still closing. Returns no
     keys when it fits already, and None when it cannot fit even after evicting every idle
-    engine (the caller waits).
+    engine (the caller waits). ``layers`` (a partial offload allowed): a model that fits the
+    budgets nowhere, whole, gets as many layers on the GPUs as every idle engine's memory
+    makes room for.
     """
     free = [budget - hold for budget, hold in zip(budgets, held, strict=True)]
     for resident in residents:
@@ -92,6 +97,11 @@ def plan_load(
         placement = place(incoming, free, split=split)
         if placement.fits:
             return victims, placement
+    if layers and not place(incoming, list(budgets), split=split).fits:
+        partly = place(incoming, [max(f, 0) for f in free], split=split, partial=True,
+                       layers=layers)  # fmt: skip
+        if partly.how == "partial":
+            return victims, partly
     return None
 
 
@@ -122,6 +132,7 @@ class EnginePool(Generic[S, E]):
         wait_seconds: float = 120.0,
         on_change: Callable[[str, Hashable], None] | None = None,
         split: bool = True,
+        partial: bool = False,
         placed: Callable[[S, Placement], S] = lambda spec, placement: spec,
     ) -> None:
         """``budget_bytes``: per device (one figure: one device). ``placed``: the spec as it
@@ -129,6 +140,7 @@ class EnginePool(Generic[S, E]):
         self.budgets = [budget_bytes] if isinstance(budget_bytes, int) else list(budget_bytes)
         self.budget_bytes = sum(self.budgets)
         self._split = split
+        self._partial = partial  # a model too large for the GPUs: partly on the CPU
         self._placed = placed
         self._load = load
         self._wait_seconds = wait_seconds
@@ -147,6 +159,11 @@ class EnginePool(Generic[S, E]):
     def used_bytes(self) -> int:
         held = sum(self._reserved) + sum(self._releasing)
         return held + sum(e.memory_bytes for e in self._loaded.values())
+
+    def _layers(self, spec: S) -> int:
+        """The spec's layer count where a partial offload is allowed (and known), else 0."""
+        layers = getattr(spec, "layers", 0) if self._partial else 0
+        return layers if isinstance(layers, int) else 0
 
     def _hold(self, counter: list[int], usage: tuple[int, ...], sign: int) -> None:
         for device, size in enumerate(usage):
@@ -172,8 +189,10 @@ class EnginePool(Generic[S, E]):
                 self._cond.notify_all()
 
     async def _acquire(self, spec: S) -> _Entry[S, E]:
-        alone = place(spec.memory_bytes, self.budgets, split=self._split)
-        if not alone.fits:
+        layers = self._layers(spec)
+        alone = place(spec.memory_bytes, self.budgets, split=self._split, partial=bool(layers),
+                      layers=layers)  # fmt: skip
+        if alone.how == "none":
             budget = (f"{self.budget_bytes} bytes" if len(self.budgets) == 1 else
                       " + ".join(str(b) for b in self.budgets) + " bytes on its GPUs")  # fmt: skip
             raise InsufficientMemory(
@@ -198,13 +217,13 @@ class EnginePool(Generic[S, E]):
                 plan = plan_load(
                     [Resident(k, e.memory_bytes, e.in_use, e.last_used, e.usage)
                      for k, e in self._loaded.items()],
-                    held, spec.memory_bytes, self.budgets, self._split,
+                    held, spec.memory_bytes, self.budgets, self._split, layers,
                 )  # fmt: skip
                 if plan is None:
                     await self._wait(deadline, spec)
                     continue
                 victims, placement = plan
-                usage = usage_of(placement, spec.memory_bytes, len(self.budgets))
+                usage = usage_of(placement, spec.memory_bytes, len(self.budgets), layers)
                 evicted = [self._loaded.pop(key) for key in victims]
                 for entry in evicted:
                     self._hold(self._releasing, entry.usage, +1)

@@ -48,9 +48,12 @@ def memory_budgets(devices: list[Device], ram_total: int, total: int | None = No
 
 def placed_on(gpus: int) -> Callable[[EngineSpec, Placement], EngineSpec]:
     """The spec as it loads where ``models.placement`` put it, on a node with ``gpus`` GPUs
-    (with one, or none, llama.cpp's default is that placement already)."""
+    (with one, or none, llama.cpp's default is the placement already, a partial offload's
+    layer count aside)."""
 
     def placed(spec: EngineSpec, placement: Placement) -> EngineSpec:
+        if placement.how == "partial" and placement.gpu_layers is not None:
+            spec = dataclasses.replace(spec, gpu_layers=placement.gpu_layers)
         if gpus < 2:
             return spec
         shares = [0.0] * gpus
@@ -80,6 +83,7 @@ class NodeService:
         self.pool: EnginePool[EngineSpec, LlamaEngine] = EnginePool(
             budgets, load, wait_seconds=settings.load_wait_seconds, on_change=self._model_event,
             split=settings.gpu_split, placed=placed_on(sum(d.is_gpu for d in devices)),
+            partial=settings.gpu_overflow == "partial" and any(d.is_gpu for d in devices),
         )  # fmt: skip
         self.metrics = NodeMetrics(self.pool_state)
         self.resolver = ModelResolver(settings, self.store)

@@ -59,3 +59,8 @@ def test_one_gpu_keeps_llama_cpps_defaults() -> None:
     params = _engine_params(spec)
     assert spec.gpu_shares == () and params.main_gpu == 0
     assert params.split_mode == xllamacpp.CommonParams().split_mode
+
+
+def test_a_partial_offload_starts_the_engine_with_that_many_layers_on_the_gpu() -> None:
+    spec = placed_on(1)(SPEC, place(40 * GiB, [20 * GiB], partial=True, layers=32))
+    assert spec.gpu_layers == 16 and _engine_params(spec).n_gpu_layers == 16

@@ -14,6 +14,7 @@ from llmlb.node.pool import EnginePool
 class FakeSpec:
     key: str
     memory_bytes: int
+    layers: int = 0
 
 
 class FakeEngine:
@@ -234,4 +235,30 @@ async def test_without_splitting_a_model_larger_than_any_gpu_is_refused_with_the
     pool: EnginePool[FakeSpec, FakeEngine] = EnginePool([100, 100], Loader(), split=False)
     with pytest.raises(InsufficientMemory, match=r"100 \+ 100 bytes on its GPUs"):
         async with pool.lease(FakeSpec("big", 150)):
+            pass
+
+
+async def test_a_model_too_large_for_the_gpus_is_partly_offloaded_when_the_operator_allows() -> (
+    None
+):
+    from llmlb.models.placement import Placement
+
+    placed: dict[str, Placement] = {}
+
+    def remember(spec: FakeSpec, placement: Placement) -> FakeSpec:
+        placed[spec.key] = placement
+        return spec
+
+    pool: EnginePool[FakeSpec, FakeEngine] = EnginePool(
+        [100], Loader(), partial=True, placed=remember
+    )
+    async with pool.lease(FakeSpec("small", 60)):
+        pass
+    async with pool.lease(FakeSpec("big", 150, layers=30)):
+        pass  # the idle small model made room: 20 of 30 layers fill the GPU's 100
+    assert (placed["big"].how, placed["big"].gpu_layers) == ("partial", 20)
+    assert set(pool.loaded()) == {"big"} and pool.used_bytes == 150
+    refusing: EnginePool[FakeSpec, FakeEngine] = EnginePool([100], Loader())
+    with pytest.raises(InsufficientMemory, match="needs 150 bytes"):
+        async with refusing.lease(FakeSpec("big", 150, layers=30)):
             pass
