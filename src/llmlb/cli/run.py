@@ -50,6 +50,17 @@ from llmlb.common.settings import (
     help="GPUs to serve on, by index or UUID, e.g. 0,2  [default: every visible one]",
 )
 @click.option(
+    "--gpu-split/--no-gpu-split",
+    default=None,
+    help="Split a model over several GPUs when none holds it alone  [default: split]",
+)
+@click.option(
+    "--gpu-overflow",
+    type=click.Choice(["refuse", "partial"]),
+    default=None,
+    help="A model larger than the GPUs: refuse, or put part of it on the CPU  [default: refuse]",
+)
+@click.option(
     "--memory-budget",
     default=None,
     help="Model memory, e.g. 8GiB  [default: GPU memory, else 80% of RAM]",
