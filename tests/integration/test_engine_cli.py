@@ -1,5 +1,5 @@
 """``llmlb doctor`` and ``llmlb engine install`` as an operator runs them: on this machine's
-CPU, and "on an H100" through the stand-in NVML (tests/fake_nvml)."""
+CPU, and "on an H100" through the stand-in NVML (tests/fake_gpus)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.support import llmlb
 
-FAKE_NVML = str(Path(__file__).resolve().parents[1] / "fake_nvml")
+FAKE_NVML = str(Path(__file__).resolve().parents[1] / "fake_gpus")
 H100 = {"name": "NVIDIA H100 80GB HBM3", "total": 80 << 30, "free": 79 << 30,
         "uuid": "GPU-5f1c0e2a-0b64-4c2f-9d0a-3c1e2f4a5b6c"}  # fmt: skip
 ON_AN_H100 = {

@@ -1,5 +1,5 @@
 """A node on a GPU machine whose engine cannot drive the GPU (here: NVML answers for an
-H100 through tests/fake_nvml, and the engine is the CPU build this machine has): it refuses
+H100 through tests/fake_gpus, and the engine is the CPU build this machine has): it refuses
 to start and says what to install; with --allow-cpu it serves as a CPU node, and the reason
 reaches the router, the CLI and the dashboard's API."""
 
@@ -13,7 +13,7 @@ import httpx
 
 from tests.support import llmlb, start_fleet_node, start_router, wait_until
 
-FAKE_NVML = str(Path(__file__).resolve().parents[1] / "fake_nvml")
+FAKE_NVML = str(Path(__file__).resolve().parents[1] / "fake_gpus")
 H100 = {"name": "NVIDIA H100 80GB HBM3", "total": 80 << 30, "free": 79 << 30,
         "uuid": "GPU-5f1c0e2a-0b64-4c2f-9d0a-3c1e2f4a5b6c", "util": 0}  # fmt: skip
 ON_AN_H100 = {

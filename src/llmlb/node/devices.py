@@ -1,7 +1,7 @@
 """The devices a node serves on: the GPUs it may use, and whether its engine can drive them.
 
-**Which GPUs.** CUDA reads ``CUDA_VISIBLE_DEVICES``, ROCm ``HIP_VISIBLE_DEVICES`` and
-``ROCR_VISIBLE_DEVICES``: a comma-separated list of device indices or UUIDs (an unambiguous
+**Which GPUs.** CUDA reads ``CUDA_VISIBLE_DEVICES``, ROCm ``ROCR_VISIBLE_DEVICES`` then
+``HIP_VISIBLE_DEVICES``: a comma-separated list of device indices or UUIDs (an unambiguous
 prefix will do), in the order the process is to see them. The runtimes stop at the first
 entry they cannot use (an index out of range, an unknown or ambiguous UUID, a repeat) and keep
 the entries before it; an empty value hides every device. NVML and amdsmi ignore these
@@ -30,7 +30,8 @@ from llmlb.node.engine_builds import install_hint
 
 log = logging.getLogger(__name__)
 
-MASKS = {"cuda": ("CUDA_VISIBLE_DEVICES",), "rocm": ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES")}
+# In the order the runtimes apply them: ROCm's ROCR layer first, then HIP over what it left.
+MASKS = {"cuda": ("CUDA_VISIBLE_DEVICES",), "rocm": ("ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")}
 
 
 class NoGPU(LlmlbError):
@@ -87,8 +88,11 @@ def pin_engine(gpus: list[Device], environ: MutableMapping[str, str]) -> None:
     """Show the engine exactly ``gpus``, in their order (before it first lists its devices)."""
     if not gpus or any(not g.uuid for g in gpus):
         return  # without ids the masks were applied by index, and stay as they are
-    for variable in MASKS.get(gpus[0].kind, ())[:1]:
-        environ[variable] = ",".join(g.uuid for g in gpus)
+    first, *later = MASKS.get(gpus[0].kind, ("",))
+    if first:
+        environ[first] = ",".join(g.uuid for g in gpus)
+    for variable in later:  # already applied: the list above is what they left
+        environ.pop(variable, None)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from llmlb.node.devices import (
 )
 
 GiB = 1 << 30
-FAKE_NVML = Path(__file__).resolve().parents[2] / "fake_nvml"
+FAKE_GPUS = Path(__file__).resolve().parents[2] / "fake_gpus"
 
 
 def machine(*sizes: int, driver: int = 12040) -> dict[str, object]:
@@ -44,7 +44,7 @@ def machine(*sizes: int, driver: int = 12040) -> dict[str, object]:
 @pytest.fixture
 def nvml(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """The stand-in NVML as ``pynvml``; the machine set with ``LLMLB_FAKE_NVML``."""
-    monkeypatch.syspath_prepend(str(FAKE_NVML))
+    monkeypatch.syspath_prepend(str(FAKE_GPUS))
     monkeypatch.delitem(sys.modules, "pynvml", raising=False)
     importlib.import_module("pynvml")
     yield monkeypatch
@@ -200,3 +200,20 @@ def test_a_gpu_in_mig_mode_is_its_instances(nvml: pytest.MonkeyPatch) -> None:
     meter = probes.NvidiaMeter([instance.uuid])
     assert meter.sample() == (0.0, [40 * GiB])  # no utilisation for an instance; memory yes
     meter.close()
+
+
+def test_amd_gpus_follow_hip_and_rocr_visible_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(FAKE_GPUS))
+    monkeypatch.delitem(sys.modules, "amdsmi", raising=False)
+    cards = [{"name": f"AMD Instinct MI300X {i}", "total": 192 * GiB, "free": 190 * GiB,
+              "uuid": f"GPU-amd0000{i}"} for i in range(4)]  # fmt: skip
+    monkeypatch.setenv("LLMLB_FAKE_AMDSMI", json.dumps({"gpus": cards}))
+    gpus = probes.probe_amd()
+    sys.modules.pop("amdsmi", None)
+    assert [(g.kind, g.uuid) for g in gpus] == [("rocm", f"GPU-amd0000{i}") for i in range(4)]
+    # ROCR first, then HIP over what ROCR left, as the ROCm runtime applies them.
+    environ = {"ROCR_VISIBLE_DEVICES": "3,1,0", "HIP_VISIBLE_DEVICES": "0,2"}
+    shown = visible(gpus, environ, None)
+    assert [g.name for g in shown] == ["AMD Instinct MI300X 3", "AMD Instinct MI300X 0"]
+    pin_engine(shown, environ)  # the engine sees exactly those, by UUID, HIP's mask spent
+    assert environ == {"ROCR_VISIBLE_DEVICES": "GPU-amd00003,GPU-amd00000"}
