@@ -37,9 +37,8 @@ from tests.support import Process, start_node
 
 
 def _layers(model: Path) -> int:
-    info = read_gguf(model)
-    count = next((v for k, v in info.metadata.items() if k.endswith(".block_count")), 0)
-    return int(count) if isinstance(count, int) else 0
+    count = read_gguf(model).arch_value("block_count")
+    return count if isinstance(count, int) else 0
 
 
 def _loaded(url: str) -> None:
@@ -64,6 +63,7 @@ def run(report: Report, quick: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="llmlb-gpu-check-") as scratch:
         home = Path(scratch)
         model = install_small_model(ModelStore(home / "models"))
+        layers = _layers(model.path)
         common = ("--parallel", str(PARALLEL), "--ctx-size", str(CTX), "--log-level", "warning")
         nodes: dict[str, Process] = {}
         try:
@@ -76,6 +76,9 @@ def run(report: Report, quick: bool) -> None:
                                                        name="cpu-node")  # fmt: skip
             _loaded(nodes["CPU (--gpu-layers 0)"].url)
             health = httpx.get(nodes["all layers on the GPU"].url + "/health").json()
+            if not rehearsal and (health.get("engine") or {}).get("backend") == "cpu":
+                raise RuntimeError("the node runs on the CPU, not the GPU: "
+                                   + str(health["engine"].get("warning")))  # fmt: skip
             names = list(nodes)
             results: dict[tuple[str, int], list[float]] = {}
             for concurrency in concurrencies:
@@ -92,7 +95,7 @@ def run(report: Report, quick: bool) -> None:
     engine = health.get("engine") or {}
     report.section(
         "GPU check" + (" (rehearsal on the CPU: not a GPU figure)" if rehearsal else ""),
-        f"The bundled {SMALL_MODEL_NAME} ({model.size_bytes >> 20} MiB, {_layers(model.path)} "
+        f"The bundled {SMALL_MODEL_NAME} ({model.size_bytes >> 20} MiB, {layers} "
         f"layers), served by one node with every layer on the GPU and one with none; "
         f"{tokens} tokens a stream, {PARALLEL} slots, median of {rounds} rounds. Engine: "
         f"{engine.get('backend', '?')}, {engine.get('build', '?')}. GPU memory the model took: "
