@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, get_args
 import click
 from rich.console import Console
 
-from llmlb import __version__
 from llmlb.common.errors import LlmlbError
 from llmlb.common.logs import configure_logging
 from llmlb.common.serving import run_async
@@ -159,13 +158,27 @@ def with_admin(make: Callable[[], Any], call: Callable[[Any], Awaitable[T]]) -> 
         raise  # unreachable: fail exits
 
 
+def _print_version(ctx: click.Context) -> None:
+    from llmlb.build_info import describe
+
+    click.echo(describe())
+    ctx.exit()
+
+
 def fail(message: str) -> NoReturn:
     console.print(f"[red]error:[/red] {message}")
     sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.version_option(__version__, prog_name="llmlb")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, _, shown: _print_version(ctx) if shown else None,
+    help="Show the version and the commit, and exit.",
+)
 def main() -> None:
     """llmlb: one OpenAI-compatible endpoint in front of a fleet of local-LLM nodes."""
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import resource
 import socket
 import struct
 from typing import Any
@@ -163,7 +162,12 @@ def guarded_protocol(
 
 
 def raise_open_file_limit() -> int:
-    """Lift the soft limit on open files to the hard one (every connection is a file)."""
+    """Lift the soft limit on open files to the hard one (every connection is a file); 0
+    where the platform has no such limit (Windows)."""
+    try:
+        import resource  # POSIX only: imported here so the module imports everywhere
+    except ImportError:
+        return 0
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or soft < hard:
         target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -273,10 +273,28 @@ async def _sqlite_migration_lock(url: str) -> AsyncIterator[None]:
         return
     descriptor = os.open(url.split("///", 1)[1] + ".migrating", os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        await asyncio.to_thread(fcntl.flock, descriptor, fcntl.LOCK_EX)
+        await asyncio.to_thread(_lock_exclusively, descriptor)
         yield
     finally:
         os.close(descriptor)  # and with it the lock
+
+
+def _lock_exclusively(descriptor: int) -> None:
+    """Wait for an exclusive lock on an open file: ``flock`` on POSIX, a locked byte on
+    Windows (imported here: the router must import on every platform)."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        while True:
+            try:
+                msvcrt.locking(descriptor, msvcrt.LK_LOCK, 1)
+                return
+            except OSError:  # LK_LOCK gives up after 10 s of trying: keep waiting
+                continue
+    else:
+        import fcntl
+
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
 
 
 async def ping(engine: AsyncEngine) -> bool:
