@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser database clients run test lint fmt bench bench-quick native engine doctor gpu-check clean
+.PHONY: setup browser database deploy-tools clients run test lint fmt bench bench-quick native engine doctor gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,13 @@ database:
 		$$SUDO apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q postgresql faketime; }
 
+# The deployment files' checks: systemd-analyze verifies the units (Debian's systemd).
+deploy-tools:
+	@command -v systemd-analyze >/dev/null 2>&1 || { \
+		echo "installing Debian's systemd for the unit checks (systemd-analyze)"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q systemd; }
+
 # The client frameworks the suite drives against a real router (tests/clients): each Python
 # one in a virtualenv of its own (their pins conflict with each other), and the Vercel AI SDK
 # from the npm registry with Node.js (installed here when missing). A second run only
@@ -59,7 +66,7 @@ clients: $(CLIENT_VENVS) tests/clients/node/node_modules/.installed
 run: setup
 	exec $(BIN)/llmlb up
 
-test: setup browser database clients
+test: setup browser database deploy-tools clients
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: setup
