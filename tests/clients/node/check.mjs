@@ -22,9 +22,9 @@ const weatherTool = tool({
 });
 
 const checks = {
-  chat: async () => (await generateText({ model, prompt: FRANCE, maxOutputTokens: 12, maxRetries: 0 })).text,
+  chat: async () => (await generateText({ model, prompt: FRANCE, maxOutputTokens: 12, maxRetries: 0, temperature: 0 })).text,
   stream: async () => {
-    const result = streamText({ model, prompt: FRANCE, maxOutputTokens: 12, maxRetries: 0 });
+    const result = streamText({ model, prompt: FRANCE, maxOutputTokens: 12, maxRetries: 0, temperature: 0 });
     let text = "";
     for await (const piece of result.textStream) text += piece;
     return text;
