@@ -104,8 +104,7 @@ def pip_environment(environ: dict[str, str]) -> dict[str, str]:
 def install_hint(gpu: Device, cuda_driver: tuple[int, int] | None) -> str:
     """What to run to get an engine for ``gpu``, for a message."""
     try:
-        build = build_for(gpu.kind if gpu.kind != "metal" else "metal", [gpu], cuda_driver,
-                          "Darwin" if gpu.kind == "metal" else platform.system())  # fmt: skip
+        build = build_for(gpu.kind, [gpu], cuda_driver, platform.system())
     except NoBuild as exc:
         return exc.message
     pip = " ".join(install_line(build, python="python")[1:])
