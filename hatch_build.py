@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -16,13 +17,21 @@ class CommitHook(BuildHookInterface):  # type: ignore[misc]
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
         if version == "editable":  # a checkout: llmlb asks its git at run time
             return
+        commit = os.environ.get("LLMLB_COMMIT", "").strip()  # an image build has no .git
+        if not commit:
+            commit = self._git_commit()
+        if not commit:
+            return  # a source tree without git: the version alone
+        folder = Path(tempfile.mkdtemp(prefix="llmlb-build-"))
+        (folder / "_commit").write_text(commit + "\n")
+        build_data["force_include"][str(folder / "_commit")] = "llmlb/_commit"
+
+    def _git_commit(self) -> str:
         try:
             found = subprocess.run(
                 ["git", "-C", self.root, "rev-parse", "--short=12", "HEAD"],
                 capture_output=True, text=True, timeout=10, check=True,
             )  # fmt: skip
         except (OSError, subprocess.SubprocessError):
-            return  # a source tree without git: the version alone
-        folder = Path(tempfile.mkdtemp(prefix="llmlb-build-"))
-        (folder / "_commit").write_text(found.stdout.strip() + "\n")
-        build_data["force_include"][str(folder / "_commit")] = "llmlb/_commit"
+            return ""
+        return found.stdout.strip()

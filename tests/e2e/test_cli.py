@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from llmlb.node.gpu import probe_gpus
-from tests.support import start_node, wait_until
+from tests.support import Process, free_port, start_node, wait_until
 
 
 def llmlb(*args: str, home: Path, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -132,3 +132,21 @@ def test_models_pull_from_a_hub_with_progress(tmp_path: Path) -> None:
     assert (home / "models" / "tiny" / "model.gguf").read_bytes() == data
     listed = json.loads(llmlb("models", "list", "--json", home=home).stdout)
     assert listed[0]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_health_checks_the_part_running_here_and_fails_when_none_is(
+    tmp_path: Path, node: Process
+) -> None:
+    """The container's HEALTHCHECK: the node answers on its port, no router on the other."""
+    port = str(httpx.URL(node.url).port)
+    nothing = str(free_port())
+    env = {**os.environ, "LLMLB_HOME": str(tmp_path), "LLMLB_NODE_PORT": port,
+           "LLMLB_ROUTER_PORT": nothing}  # fmt: skip
+    run = [sys.executable, "-m", "llmlb", "health"]
+    found = subprocess.run(run, capture_output=True, text=True, env=env, timeout=60)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "node ok"
+    env["LLMLB_NODE_PORT"] = nothing
+    absent = subprocess.run(run, capture_output=True, text=True, env=env, timeout=60)
+    assert absent.returncode == 1
+    assert "neither a router nor a node answers" in absent.stdout + absent.stderr

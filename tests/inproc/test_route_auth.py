@@ -15,7 +15,8 @@ from tests.inproc.conftest import REMOTE, InProcessRouter
 # Open to anyone: probes, the dashboard's page and files (its data comes from the admin
 # API), and the login form's own endpoints, which check credentials themselves.
 PUBLIC = {
-    ("GET", "/health"), ("GET", "/ready"), ("GET", "/metrics"), ("GET", "/openapi.json"),
+    ("GET", "/health"), ("GET", "/ready"), ("GET", "/startup"), ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
     ("GET", "/"), ("GET", "/dashboard"), ("GET", "/dashboard/"),
     ("GET", "/dashboard/assets/{name}"), ("HEAD", "/dashboard/assets/{name}"),
     ("POST", "/api/auth/login"), ("POST", "/api/auth/logout"),

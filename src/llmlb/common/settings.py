@@ -293,6 +293,11 @@ class RouterSettings(CommonSettings):
     admin_password: str | None = Field(
         default=None, description="The first admin's password; an admin credential while set"
     )
+    node_token: SecretStr | None = Field(
+        default=None,
+        description="The nodes' token, e.g. from a secret store (default: made on first start, "
+        "kept in <home>/node_token)",
+    )
     session_hours: float = Field(default=12.0, gt=0, description="Dashboard login lifetime")
     viewer_limits: RoleLimits = Field(
         default_factory=lambda: RoleLimits(requests_per_minute=60, tokens_per_minute=60_000),
@@ -374,6 +379,12 @@ class RouterSettings(CommonSettings):
     max_image_bytes: ByteSize = Field(
         default=20 * 1024 * 1024, description="Largest image in a request sent to a cloud"
     )
+
+    @model_validator(mode="after")
+    def _node_token_strong(self) -> RouterSettings:
+        if self.node_token is not None and len(self.node_token.get_secret_value()) < 32:
+            raise ValueError("node_token must be at least 32 characters (openssl rand -hex 32)")
+        return self
 
     @property
     def db_url(self) -> str:

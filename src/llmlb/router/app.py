@@ -79,6 +79,7 @@ ROUTES = [
     # probes
     Route("/health", ops.health, methods=GET),
     Route("/ready", ops.ready, methods=GET),
+    Route("/startup", ops.startup, methods=GET),
     Route("/metrics", ops.metrics, methods=GET),
 ]
 ROUTES.append(Route("/openapi.json", ops.openapi_json, methods=GET))

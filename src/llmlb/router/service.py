@@ -48,6 +48,7 @@ class RouterService:
     def __init__(self, settings: RouterSettings, engine: AsyncEngine) -> None:
         self.settings = settings
         self.engine = engine
+        self.started = False  # start() finished: /startup
         # First: a broken catalog stops the start.
         self.catalog = Catalog.load(settings.home, tiers=tiers_from_setting(settings.model_tiers))
         self.keys = KeyStore(engine)
@@ -180,6 +181,7 @@ class RouterService:
         self.history.start()
         self.supervisor.start()
         await self.tasks.resume()
+        self.started = True
 
     async def close(self) -> None:
         await self.supervisor.stop()

@@ -150,13 +150,16 @@ class KeyStore:
         scopes: list[str],
         expires_at: float | None = None,
         limits: KeyLimits | None = None,
+        secret: str | None = None,
     ) -> tuple[ApiKey, str]:
+        """A new key; its secret is made here unless the operator supplies one (a deployment's
+        node token, handed to the nodes from its own secret store)."""
         unknown = set(scopes) - set(SCOPES)
         if not scopes or unknown:
             raise BadRequest(f"scopes must be a non-empty subset of {list(SCOPES)}", param="scopes")
         if expires_at is not None and expires_at <= time.time():
             raise BadRequest("expires_at must be in the future", param="expires_at")
-        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        secret = secret or SECRET_PREFIX + secrets.token_urlsafe(32)
         limits = limits or KeyLimits()
         key = ApiKey(
             str(uuid.uuid4()), key_name(name), frozenset(scopes), secret[:12], time.time(),

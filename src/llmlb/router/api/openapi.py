@@ -15,8 +15,9 @@ from llmlb.router.access import KeyLimits
 from llmlb.router.api.client import ENDPOINTS
 from llmlb.translate.chat import ChatRequest
 
-_PUBLIC = {"/health", "/ready", "/metrics", "/openapi.json", "/", "/dashboard", "/dashboard/",
-           "/dashboard/assets/{name}", "/api/auth/login", "/api/auth/logout"}  # fmt: skip
+_PUBLIC = {"/health", "/ready", "/startup", "/metrics", "/openapi.json", "/", "/dashboard",
+           "/dashboard/", "/dashboard/assets/{name}", "/api/auth/login",
+           "/api/auth/logout"}  # fmt: skip
 _NODE_PATHS = {"/api/nodes": {"post"}, "/api/nodes/{node_id}/heartbeat": {"post"}}
 _BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/v1/chat/completions"): ChatRequest,

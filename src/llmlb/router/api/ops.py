@@ -24,6 +24,13 @@ async def ready(request: Request) -> Response:
     )
 
 
+async def startup(request: Request) -> Response:
+    """200 once the router has started (migrations applied, fleet and keys loaded): a
+    Kubernetes startup probe, so a slow first migration is not killed by the liveness one."""
+    started = service_of(request).started
+    return ORJSONResponse({"started": started}, status_code=200 if started else 503)
+
+
 async def metrics(request: Request) -> Response:
     return Response(service_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
