@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser database deploy-tools clients run test lint fmt bench bench-quick native engine doctor gpu-check clean
+.PHONY: setup browser database deploy-tools container-tools clients run test lint fmt bench bench-quick native engine doctor gpu-check image image-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,25 @@ deploy-tools:
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q systemd; }
 
+# The container checks (tests/deploy): podman builds and runs the image and the compose stack;
+# mmdebstrap makes their base from Debian's packages, as this machine reaches no registry.
+container-tools:
+	@command -v podman >/dev/null 2>&1 && command -v mmdebstrap >/dev/null 2>&1 \
+	&& command -v runc >/dev/null 2>&1 || { \
+		echo "installing Debian's podman, mmdebstrap and runc for the image and compose tests"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q \
+			podman mmdebstrap runc uidmap slirp4netns netavark aardvark-dns; }
+
+# The CPU image, localhost/llmlb:latest (over a Debian-made base where no registry answers:
+# tests/deploy/containers.py). `docker build -t llmlb .` is the same on a connected machine.
+image: setup container-tools
+	$(BIN)/python -m tests.deploy.containers build
+
+# The image run: `llmlb up` inside it answers "Paris" (part of `make test` too).
+image-test: setup container-tools
+	$(BIN)/pytest -q tests/deploy/test_image.py
+
 # The client frameworks the suite drives against a real router (tests/clients): each Python
 # one in a virtualenv of its own (their pins conflict with each other), and the Vercel AI SDK
 # from the npm registry with Node.js (installed here when missing). A second run only
@@ -66,7 +85,7 @@ clients: $(CLIENT_VENVS) tests/clients/node/node_modules/.installed
 run: setup
 	exec $(BIN)/llmlb up
 
-test: setup browser database deploy-tools clients
+test: setup browser database deploy-tools container-tools clients
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: setup
