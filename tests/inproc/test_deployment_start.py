@@ -4,18 +4,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr, ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import func, make_url, select
+from sqlalchemy.exc import DBAPIError
 
 from llmlb.common.errors import LlmlbError
 from llmlb.common.settings import RouterSettings
 from llmlb.router.access.keys import hash_secret
 from llmlb.router.service import RouterService
-from llmlb.router.storage.db import api_keys
+from llmlb.router.storage.db import api_keys, open_database
 from tests.inproc.conftest import InProcessRouter
+from tests.postgres import PostgresServer
 
 TOKEN = "llmlb_" + "k" * 40  # as `openssl rand -hex 32` would give, in the compose .env
 
@@ -99,3 +102,40 @@ async def test_startup_answers_503_until_the_router_has_started(
             assert answer.status_code == 200 and answer.json() == {"started": True}
     finally:
         await service.close()
+
+
+async def wait_for(predicate: Callable[[], bool]) -> None:
+    async with asyncio.timeout(60):
+        while not predicate():  # noqa: ASYNC110 (a log line: no event to wait on)
+            await asyncio.sleep(0.05)
+
+
+async def test_a_router_waits_for_a_database_server_that_starts_after_it(
+    postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As in compose or Kubernetes, where PostgreSQL starts beside the routers."""
+    url = postgres.new_database()
+    postgres.pause()
+    try:
+        opening = asyncio.create_task(open_database(url, wait_seconds=120))
+        await wait_for(lambda: "not reachable yet" in caplog.text)
+        assert not opening.done()
+    finally:
+        postgres.resume()
+    engine = await opening
+    try:
+        async with engine.connect() as connection:
+            assert (
+                await connection.execute(select(func.count()).select_from(api_keys))
+            ).scalar() == 0
+    finally:
+        await engine.dispose()
+
+
+async def test_a_wrong_database_password_fails_at_once(
+    postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = make_url(postgres.new_database()).set(username="nobody", password="wrong")
+    with pytest.raises(DBAPIError):
+        await open_database(url.render_as_string(hide_password=False), wait_seconds=120)
+    assert "not reachable yet" not in caplog.text  # no waiting on what will not change

@@ -283,6 +283,9 @@ class RouterSettings(CommonSettings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL (default: SQLite file <home>/llmlb.db)"
     )
+    database_wait_seconds: float = Field(
+        default=60.0, ge=0, description="How long a starting router waits for its database server"
+    )
     allow_cpu_nodes: bool = False
     gpu_split: bool = Field(
         default=True,

@@ -171,7 +171,7 @@ class RouterService:
 
     @classmethod
     async def open(cls, settings: RouterSettings) -> RouterService:
-        engine = await open_database(settings.db_url)
+        engine = await open_database(settings.db_url, settings.database_wait_seconds)
         return cls(settings, engine)
 
     async def start(self) -> None:

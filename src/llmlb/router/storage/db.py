@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from sqlalchemy import (
     event,
     text,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.expression import Executable
 
@@ -239,8 +241,10 @@ def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-async def open_database(url: str) -> AsyncEngine:
-    """Connect and bring the schema to the newest migration."""
+async def open_database(url: str, wait_seconds: float = 0.0) -> AsyncEngine:
+    """Connect and bring the schema to the newest migration. A database server that is not
+    reachable yet (starting beside the router, as in compose or Kubernetes) is waited for up
+    to ``wait_seconds``; a refusal such as a wrong password fails at once."""
     if url.startswith("sqlite"):
         _private_database_file(Path(url.split("///", 1)[1]))
     # A database server that stops answering (a partition, a failover) must not hold the
@@ -256,12 +260,38 @@ async def open_database(url: str) -> AsyncEngine:
     )  # fmt: skip
     if url.startswith("sqlite"):
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-    async with _sqlite_migration_lock(url), engine.begin() as connection:
-        if url.startswith("sqlite"):
-            # WAL: readers (management CLI, dashboards) never block the router's writes.
-            await connection.execute(text("PRAGMA journal_mode=WAL"))
-        await connection.run_sync(bring_to_head, metadata)
-    return engine
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.5
+    while True:
+        try:
+            async with _sqlite_migration_lock(url), engine.begin() as connection:
+                if url.startswith("sqlite"):
+                    # WAL: readers (management CLI, dashboards) never block the router's writes.
+                    await connection.execute(text("PRAGMA journal_mode=WAL"))
+                await connection.run_sync(bring_to_head, metadata)
+            return engine
+        except Exception as exc:
+            reason = _not_reachable_yet(exc)
+            if url.startswith("sqlite") or reason is None or time.monotonic() > deadline:
+                await engine.dispose()
+                raise
+            where = make_url(url).render_as_string(hide_password=True)
+            log.warning("the database %s is not reachable yet (%s); trying again", where, reason)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _not_reachable_yet(exc: BaseException) -> str | None:
+    """Why the database server cannot be reached, when that may pass (refused, unknown host,
+    timed out, starting up); None for an answer that will not change (a wrong password)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError):  # refused, no such host (yet), timed out (TimeoutError)
+            return f"{type(seen).__name__}: {seen}"
+        if type(seen).__name__ == "CannotConnectNowError":  # asyncpg: the server is starting
+            return str(seen)
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return None
 
 
 @contextlib.asynccontextmanager
