@@ -40,12 +40,6 @@ def test_hadolint_passes_the_dockerfile() -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-@pytest.fixture(scope="session")
-def image() -> str:
-    assert not containers.missing_tools(), "make test installs them (make container-tools)"
-    return containers.build_image()
-
-
 class Container:
     """One container of the image; `ask` runs a client inside it (loopback: no key needed,
     as for a user of `llmlb up` on their own machine)."""
