@@ -79,6 +79,9 @@ def _provider_env(name: str, default: Any) -> Any:
     )  # fmt: skip
 
 
+# ``--router dns+http://routers:32768``: every address of the name is a router.
+DNS_PREFIX = "dns+"
+
 # Keys whose value differs between router and node: only LLMLB_ROUTER_* / LLMLB_NODE_* set them.
 PART_SPECIFIC = frozenset({"host", "port"})
 
@@ -207,7 +210,9 @@ class NodeSettings(CommonSettings):
     )
     # Joining a router (issue: the fleet). Without ``router`` the node serves on its own.
     router: str | None = Field(
-        default=None, description="Router URL to register with (several: URL1,URL2)"
+        default=None,
+        description="Router URL to register with (several: URL1,URL2; dns+URL: every address "
+        "of its name)",
     )
     node_token: str | None = Field(default=None, description="Router key of scope 'node'")
     node_name: str | None = Field(default=None, description="Name in the fleet (default: hostname)")
@@ -246,7 +251,18 @@ class NodeSettings(CommonSettings):
 
     @property
     def routers(self) -> list[str]:
-        """Every router the node joins: each hears its heartbeats and may call it."""
+        """Every router the node joins: each hears its heartbeats and may call it. A URL given
+        as ``dns+URL`` is the URL (any of its routers answers for all); ``router_groups``."""
+        return [url.removeprefix(DNS_PREFIX) for url in self._router_urls()]
+
+    @property
+    def router_groups(self) -> list[str]:
+        """The routers given as ``dns+URL``: every address the URL's name resolves to is a
+        router of its own (a Kubernetes headless Service's pods; node/router_links.py)."""
+        urls = self._router_urls()
+        return [url.removeprefix(DNS_PREFIX) for url in urls if url.startswith(DNS_PREFIX)]
+
+    def _router_urls(self) -> list[str]:
         return [url.strip().rstrip("/") for url in (self.router or "").split(",") if url.strip()]
 
     @property

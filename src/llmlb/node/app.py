@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,7 +27,7 @@ from llmlb.common.departure import until_disconnected
 from llmlb.common.errors import AuthenticationFailed, BadRequest, LlmlbError, NotFound
 from llmlb.common.openapi import document, routes_of
 from llmlb.node.assemble import Endpoint
-from llmlb.node.registration import RouterLink
+from llmlb.node.router_links import RouterLinks
 from llmlb.node.service import NodeService
 from llmlb.node.validation import ChatRequest
 
@@ -39,7 +37,7 @@ SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 NODE_PROBES = {"/health", "/startup", "/metrics", "/openapi.json"}
 
 
-def create_app(service: NodeService, links: Sequence[RouterLink] = ()) -> Starlette:
+def create_app(service: NodeService, links: RouterLinks | None = None) -> Starlette:
     limit = service.settings.max_body_bytes
     inventory, inference = service.inventory, service.inference
     token = service.settings.node_token
@@ -138,8 +136,8 @@ def create_app(service: NodeService, links: Sequence[RouterLink] = ()) -> Starle
 
     async def health(request: Request) -> Response:
         health = service.health()
-        if links:
-            health["routers"] = [link.status() for link in links]
+        if links is not None and links.current():
+            health["routers"] = [link.status() for link in links.current()]
             health["router"] = health["routers"][0]
             if not any(status["connected"] for status in health["routers"]):
                 health["status"] = "degraded"  # serving, but no router hears us
@@ -152,7 +150,7 @@ def create_app(service: NodeService, links: Sequence[RouterLink] = ()) -> Starle
         waiting_for = []
         if state == "initializing":
             waiting_for.append("assigned models")
-        if links and all(link.node_id is None for link in links):
+        if links is not None and all(link.node_id is None for link in links.current()):
             waiting_for.append("registration with the router")
         body = {"state": state, "waiting_for": waiting_for}
         return ORJSONResponse(body, status_code=503 if waiting_for else 200)
@@ -167,17 +165,15 @@ def create_app(service: NodeService, links: Sequence[RouterLink] = ()) -> Starle
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service.state = "ready"
-        link_tasks = [asyncio.create_task(link.run()) for link in links]
+        if links is not None:
+            await links.start()
         try:
             yield
         finally:
             service.state = "draining"
-            for task in link_tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
             # Each link never dies with an error (see RouterLink.run); each says goodbye.
-            await asyncio.gather(*(link.goodbye() for link in links))
+            if links is not None:
+                await links.close()
             await service.pool.close()
             await service.resolver.close()
 

@@ -174,7 +174,7 @@ class RouterLink:
             return
         try:
             async with httpx.AsyncClient(
-                timeout=2.0, headers=self._headers, verify=self._verify
+                timeout=2.0, headers=self._headers, verify=self._verify, transport=self._transport
             ) as client:
                 await client.post(
                     f"{self._router}/api/nodes/{self.node_id}/heartbeat",

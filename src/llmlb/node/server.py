@@ -14,6 +14,7 @@ from llmlb.common.settings import NodeSettings
 from llmlb.node.app import create_app
 from llmlb.node.devices import detect_devices
 from llmlb.node.registration import RouterLink
+from llmlb.node.router_links import RouterLinks
 from llmlb.node.service import NodeService
 
 log = logging.getLogger(__name__)
@@ -57,18 +58,22 @@ def build_service(settings: NodeSettings) -> NodeService:
 async def run_node(settings: NodeSettings) -> None:
     service = build_service(settings)
     sock = bind(settings.host, settings.port)
-    links = []
+    links = None
     if settings.routers:
         public_url = settings.advertise_url or advertised_url(
             sock, settings.routers[0], settings.tls_cert is not None
         )
         log.info("the router will reach this node at %s", public_url)
         name = settings.node_name or socket.gethostname()
+        verify = client_tls(settings)
         # Every router hears the node: each learns its key from the heartbeats and can call
         # it, and each sees it alive directly (several routers share one database).
-        links = [RouterLink(service, router, settings.node_token, name, public_url,
-                            verify=client_tls(settings))
-                 for router in settings.routers]  # fmt: skip
+        groups = settings.router_groups
+        links = RouterLinks(
+            lambda url: RouterLink(service, url, settings.node_token, name, public_url,
+                                   verify=verify),
+            fixed=[url for url in settings.routers if url not in groups], groups=groups,
+        )  # fmt: skip
     app = create_app(service, links)
 
     def announce(url: str) -> None:
