@@ -32,7 +32,7 @@ KUBERNETES = ("1.25.0", "1.37.0")  # the chart's kubeVersion floor, and the newe
 MONITORING = "monitoring.coreos.com/v1"
 CRDS = {"ServiceMonitor", "PrometheusRule"}  # the Prometheus Operator's: no schema here
 DATABASE = {"database": {"existingSecret": "llmlb-database"}}
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": DATABASE,
     "bundled-postgresql": {"postgresql": {"bundled": True}},
     "amd-statefulset-pvc": {**DATABASE, "node": {"kind": "StatefulSet", "replicas": 3,
@@ -195,6 +195,7 @@ def test_the_schema_knows_every_llmlb_setting_and_refuses_anything_else() -> Non
     assert allowed == {"shared": set(CommonSettings.model_fields),
                        "router": set(RouterSettings.model_fields),
                        "node": set(NodeSettings.model_fields)}  # fmt: skip
+    wrong: dict[str, Any]
     for wrong in ({"config": {"router": {"queue_sise": 10}}}, {"router": {"replicas": "two"}},
                   {"node": {"gpu": {"vendor": "intel"}}}, {"routers": {}}):  # fmt: skip
         with pytest.raises(helm.HelmValuesError):
