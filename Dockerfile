@@ -22,7 +22,7 @@ RUN python=""; \
         || python="python3 python3-venv ca-certificates"; \
     apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libgomp1 $python \
-    && rm -rf /var/lib/apt/lists/*
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*
 
 FROM python AS build
 # The commit `llmlb --version` names (the build context has no .git).
@@ -34,7 +34,7 @@ WORKDIR /src
 COPY pyproject.toml hatch_build.py README.md ./
 COPY src ./src
 RUN python3 -m venv /opt/llmlb \
-    && LLMLB_COMMIT="$LLMLB_COMMIT" /opt/llmlb/bin/pip install --no-compile . \
+    && LLMLB_COMMIT="$LLMLB_COMMIT" /opt/llmlb/bin/pip install . \
     && if [ "$ENGINE" != cpu ]; then /opt/llmlb/bin/llmlb engine install "$ENGINE"; fi \
     && /opt/llmlb/bin/llmlb --version
 

@@ -79,6 +79,7 @@ def build_image(tag: str = IMAGE) -> str:
     """``docker build`` of the repository's Dockerfile over the local base."""
     podman("build", *FORMAT, "--build-arg", f"BASE={ensure_base()}", "--build-arg",
            f"LLMLB_COMMIT={commit()}", "-t", tag, str(REPO), timeout=BUILD_SECONDS)  # fmt: skip
+    podman("image", "prune", "-f", check=False)  # the builds this one replaced
     return tag
 
 

@@ -77,12 +77,13 @@ def stack(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stac
     stand_ins = {name: containers.build_helper_image(name)
                  for name in ("postgres", "prometheus", "nginx")}  # fmt: skip
     port, prometheus_port = free_port(), free_port()
+    subnet = random.randrange(100, 250)
     env_file = tmp_path_factory.mktemp("compose") / ".env"
     env_file.write_text(
         f"POSTGRES_PASSWORD={secrets.token_hex(16)}\nLLMLB_ADMIN_PASSWORD={secrets.token_hex(16)}\n"
         f"LLMLB_NODE_TOKEN={secrets.token_hex(32)}\nGRAFANA_ADMIN_PASSWORD=unused\n"
         f"LLMLB_PORT={port}\nPROMETHEUS_PORT={prometheus_port}\nGRAFANA_PORT={free_port()}\n"
-        f"LLMLB_SUBNET=10.89.{random.randrange(100, 250)}.0/24\n"
+        f"LLMLB_SUBNET=10.89.{subnet}.0/24\nLLMLB_PROXY_ADDRESS=10.89.{subnet}.10\n"
     )
     environment = {**containers.env(), "LLMLB_IMAGE": image,
                    "POSTGRES_IMAGE": stand_ins["postgres"], "NGINX_IMAGE": stand_ins["nginx"],

@@ -31,6 +31,9 @@ CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "llmlb"
 KUBERNETES = ("1.25.0", "1.37.0")  # the chart's kubeVersion floor, and the newest known
 MONITORING = "monitoring.coreos.com/v1"
 CRDS = {"ServiceMonitor", "PrometheusRule"}  # the Prometheus Operator's: no schema here
+# Secrets go in Secrets (extraEnv with secretKeyRef), never in the config's ConfigMap.
+SECRET_SETTINGS = {"admin_password", "node_token", "database_url", "openai_api_key",
+                   "anthropic_api_key", "google_api_key"}  # fmt: skip
 DATABASE = {"database": {"existingSecret": "llmlb-database"}}
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": DATABASE,
@@ -192,25 +195,28 @@ def test_the_schema_knows_every_llmlb_setting_and_refuses_anything_else() -> Non
     schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["config"]
     allowed = {part: set(schema["properties"][part]["propertyNames"]["enum"])
                for part in ("shared", "router", "node")}  # fmt: skip
-    assert allowed == {"shared": set(CommonSettings.model_fields),
-                       "router": set(RouterSettings.model_fields),
-                       "node": set(NodeSettings.model_fields)}  # fmt: skip
+    assert allowed == {"shared": set(CommonSettings.model_fields) - SECRET_SETTINGS,
+                       "router": set(RouterSettings.model_fields) - SECRET_SETTINGS,
+                       "node": set(NodeSettings.model_fields) - SECRET_SETTINGS}  # fmt: skip
     wrong: dict[str, Any]
     for wrong in ({"config": {"router": {"queue_sise": 10}}}, {"router": {"replicas": "two"}},
-                  {"node": {"gpu": {"vendor": "intel"}}}, {"routers": {}}):  # fmt: skip
+                  {"node": {"gpu": {"vendor": "intel"}}}, {"routers": {}},
+                  {"config": {"router": {"admin_password": "in a ConfigMap"}}}):  # fmt: skip
         with pytest.raises(helm.HelmValuesError):
             render({**DATABASE, **wrong})
 
 
 def test_gpu_nodes_ask_for_their_vendors_gpus_and_cpu_nodes_for_none() -> None:
-    for vendor, resource, suffix in (("nvidia", "nvidia.com/gpu", "-cuda"),
-                                     ("amd", "amd.com/gpu", "-rocm")):  # fmt: skip
+    for vendor, resource, suffix, label in (
+        ("nvidia", "nvidia.com/gpu", "-cuda", "nvidia.com/gpu.present"),  # GPU feature discovery
+        ("amd", "amd.com/gpu", "-rocm", "feature.node.kubernetes.io/amd-gpu"),  # AMD's operator
+    ):
         manifests = render({**DATABASE, "node": {"gpu": {"vendor": vendor, "count": 2}}})
         node = container(manifests, "DaemonSet", "node")
         assert node["resources"]["limits"] == {resource: 2}
         assert node["image"].endswith(f":{llmlb.__version__}{suffix}")
         spec = one(manifests, "DaemonSet")["spec"]["template"]["spec"]
-        assert spec["nodeSelector"] == {f"{vendor}.com/gpu.present": "true"}
+        assert spec["nodeSelector"] == {label: "true"}
         assert spec["tolerations"][0]["key"] == resource
         assert "--allow-cpu" not in node["args"]
     cpu = render({**DATABASE, "node": {"gpu": {"vendor": "none"}}})
@@ -227,6 +233,12 @@ def test_a_statefulset_of_nodes_gets_a_volume_each() -> None:
     assert claim["spec"]["resources"]["requests"]["storage"] == "500Gi"
     assert env_of(nodes["spec"]["template"]["spec"]["containers"][0])["LLMLB_NODE_NAME"] == {
         "fieldRef": {"fieldPath": "metadata.name"}}  # fmt: skip
+    shared_machine = render({**DATABASE, "node": {"kind": "StatefulSet", "replicas": 2}})
+    pod = one(shared_machine, "StatefulSet", "demo-llmlb-node")["spec"]["template"]["spec"]
+    for part in (pod["containers"][0], pod["initContainers"][0]):  # a folder each on the host
+        store = next(m for m in part["volumeMounts"] if m["name"] == "store")
+        assert store["subPathExpr"] == "$(POD_NAME)"
+        assert env_of(part)["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     with pytest.raises(helm.HelmError, match=r"needs node\.kind=StatefulSet"):
         render({**DATABASE, "node": {"store": {"type": "pvc"}}})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -187,6 +188,44 @@ def test_drained_node_gets_no_new_requests(fleet: Fleet) -> None:
         finally:
             http.post(f"/api/nodes/{node_a['id']}/undrain")
         assert fleet.status_of("node-a") == "ready"
+
+
+def test_a_stopping_node_is_draining_at_once_and_finishes_its_answer(fleet: Fleet) -> None:
+    """SIGTERM (a pod deleted, a rolling update): the routers hear "draining" as the signal
+    arrives, while the answer in flight is still being written, so new requests go elsewhere;
+    that answer then ends whole."""
+    story = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 500,
+             "ignore_eos": True, "stream": True}  # fmt: skip
+    lines: list[str] = []
+    started, finished = threading.Event(), threading.Event()
+    serving: list[str] = []
+
+    def read() -> None:
+        with fleet.http() as http, http.stream("POST", "/v1/completions", json=story) as stream:
+            serving.append(stream.headers["x-llmlb-node"])
+            for line in stream.iter_lines():
+                if line:
+                    lines.append(line)
+                    started.set()
+        finished.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    assert started.wait(60)
+    name = serving[0]
+    fleet.nodes[name].proc.send_signal(signal.SIGTERM)
+    try:
+        wait_until(lambda: fleet.status_of(name) == "draining", timeout=20, step=0.05)
+        assert not finished.is_set()  # heard while the answer is still being written
+        with fleet.http() as http:
+            other = ask(http)
+        assert other.status_code == 200 and other.headers["x-llmlb-node"] != name
+        reader.join(120)
+        assert lines[-1] == "data: [DONE]"
+        assert '"finish_reason":"length"' in lines[-2].replace(" ", "")  # all 500 tokens
+    finally:
+        fleet.nodes[name].stop()
+        fleet.start_node(name)
 
 
 def test_metrics(fleet: Fleet) -> None:

@@ -9,6 +9,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import uvicorn
@@ -82,7 +83,26 @@ def trusting(ca_bundle: Path | None) -> ssl.SSLContext:
     return context
 
 
-def make_server(app: ASGIApp, settings: CommonSettings) -> uvicorn.Server:
+class _Server(uvicorn.Server):
+    """uvicorn's server that also says when a stop signal arrives: the drain starts then,
+    and whoever sends work here should hear of it then, not when it is over."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets=sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self._loop is not None:  # from a signal handler: through the loop's wakeup
+            self._loop.call_soon_threadsafe(self.stopping.set)
+
+
+def make_server(app: ASGIApp, settings: CommonSettings) -> _Server:
     config = uvicorn.Config(
         app,
         log_config=None,
@@ -98,7 +118,7 @@ def make_server(app: ASGIApp, settings: CommonSettings) -> uvicorn.Server:
         proxy_headers=bool(settings.trusted_proxies),
         forwarded_allow_ips=settings.trusted_proxies or None,
     )
-    return uvicorn.Server(config)
+    return _Server(config)
 
 
 async def serve(
@@ -106,11 +126,22 @@ async def serve(
     sock: socket.socket,
     settings: CommonSettings,
     on_started: Callable[[str], Awaitable[None] | None] | None = None,
+    on_stopping: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; in-flight requests get ``shutdown_grace_seconds``."""
+    """Serve until SIGINT/SIGTERM; in-flight requests get ``shutdown_grace_seconds``.
+    ``on_stopping`` runs as the signal arrives, while those requests finish."""
     raise_open_file_limit()
     server = make_server(app, settings)
     task = asyncio.create_task(server.serve(sockets=[sock]))
+    if on_stopping is not None:
+        stop_hook = on_stopping
+
+        async def when_stopping() -> None:
+            await server.stopping.wait()
+            await stop_hook()
+
+        watcher = asyncio.create_task(when_stopping())
+        task.add_done_callback(lambda _: watcher.cancel())
     while not server.started and not task.done():  # noqa: ASYNC110 (uvicorn has no event)
         await asyncio.sleep(0.02)
     if server.started and on_started is not None:

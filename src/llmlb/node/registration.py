@@ -170,6 +170,11 @@ class RouterLink:
     async def goodbye(self) -> None:
         """Tell the router we are draining, so it sends nothing new while we finish."""
         self._gpu_meter.close()
+        await self.report()
+
+    async def report(self) -> None:
+        """One heartbeat now, outside the link's rhythm (a state change); lost if the router
+        does not answer within 2 s (the next heartbeat says it again)."""
         if self.node_id is None:
             return
         try:

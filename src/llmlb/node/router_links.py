@@ -111,6 +111,10 @@ class RouterLinks:
             await task
         await link.goodbye()
 
+    async def announce(self) -> None:
+        """A heartbeat to every router now (the node's state changed: it is draining)."""
+        await asyncio.gather(*(link.report() for link in self._links.values()))
+
     async def close(self) -> None:
         """Stop every link; each says goodbye (the node is draining)."""
         if self._watcher is not None:

@@ -83,4 +83,10 @@ async def run_node(settings: NodeSettings) -> None:
         # Tests and scripts read this line to find the port when started with --port 0.
         print(f"llmlb node listening on {url}", flush=True)
 
-    await serve(app, sock, settings, announce)
+    async def draining() -> None:
+        """Tell the routers at once: they send nothing new while the requests here finish."""
+        service.state = "draining"
+        if links is not None:
+            await links.announce()
+
+    await serve(app, sock, settings, announce, on_stopping=draining)
