@@ -28,7 +28,9 @@ from llmlb.common.settings import ByteSize
 from llmlb.models.memory import DEFAULT_PLAN_CTX, memory_needed
 
 CATALOG_FILE = "supported_models.json"
-Capability = Literal["chat", "completion", "embedding"]
+# What a model can do; the router refuses a request that needs one its model lacks
+# (router/proxy/capabilities.py).
+Capability = Literal["chat", "completion", "embedding", "vision", "tools", "reasoning"]
 
 
 class HubOrigin(BaseModel):

@@ -124,7 +124,7 @@ class RouterService:
         self.forwarder = Forwarder(
             settings, self.proxy, self.history, self.metrics,
             lambda model: self.fleet.knows(model) or self.clouds.knows(model),
-            self.fleet.resolve,
+            self.fleet.resolve, self.fleet.capabilities,
         )  # fmt: skip
         self.gateway = Gateway(settings, self.forwarder, self.clouds)
         self.overview = Overview(

@@ -4,17 +4,19 @@ changes to them, what they can serve, and the names clients may use for it."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
 from llmlb.common.errors import BadRequest
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import NodeLoad, RegisterRequest, RegisterResponse
-from llmlb.models.catalog import Catalog
+from llmlb.models.catalog import Capability, Catalog
 from llmlb.router.cloud.clouds import prefix_of
 from llmlb.router.distribution.distributor import Distributor
 from llmlb.router.fleet.node_record import NodeRecord
 from llmlb.router.fleet.registry import Registry
+
+CLOUD_CAPABILITIES = frozenset(get_args(Capability))
 
 
 class Fleet:
@@ -44,6 +46,14 @@ class Fleet:
         """The name the nodes know for a model as a client typed it (``gpt-oss:20b`` ->
         ``gpt-oss-20b``); cloud names (``openai:...``) as they are."""
         return model if prefix_of(model) is not None else self.catalog.resolve(model)
+
+    def capabilities(self, model: str) -> frozenset[str] | None:
+        """What the catalog says a model can do (every capability for a cloud model: its
+        provider decides); None for a local model the catalog does not list."""
+        if prefix_of(model) is not None:
+            return CLOUD_CAPABILITIES
+        entry = self.catalog.get(model)
+        return None if entry is None else frozenset(entry.capabilities)
 
     def knows(self, model: str) -> bool:
         """Whether the catalog lists the model or some node holds it."""

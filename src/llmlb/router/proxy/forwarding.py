@@ -20,6 +20,7 @@ from llmlb.common.names import UNKNOWN_MODEL_LABEL
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import parse_object
 from llmlb.router.balancer.prefixes import prefix_blocks
+from llmlb.router.proxy import capabilities
 from llmlb.router.proxy.failover import Answer, Proxy
 from llmlb.router.proxy.routing import Routed
 from llmlb.router.proxy.usage import usage_in
@@ -72,6 +73,7 @@ class Forwarder:
         metrics: RouterMetrics,
         known_model: Callable[[str], bool],
         resolve: Callable[[str], str] = lambda model: model,
+        capabilities: Callable[[str], frozenset[str] | None] = lambda model: None,
     ) -> None:
         self.settings = settings
         self.proxy = proxy
@@ -79,6 +81,7 @@ class Forwarder:
         self.metrics = metrics
         self._known_model = known_model
         self._resolve = resolve  # a name as typed -> the name the nodes know
+        self._capabilities = capabilities  # from the catalog; None: a model it does not list
         # Bounded: endpoints x known models (others share one label) x status codes.
         self._metric_series: dict[tuple[str, str, str, int], _Series] = {}
 
@@ -93,6 +96,8 @@ class Forwarder:
         if canonical != model:  # an alias (gpt-oss:20b): the nodes know one name only
             model = body["model"] = canonical
             raw = orjson.dumps(body)
+        if self._known_model(model):  # an unknown one is a 404, later
+            capabilities.check(model, endpoint, body, self._capabilities(model))  # before a node
         stream = body.get("stream") or False  # null is the default, as OpenAI's schema says
         if not isinstance(stream, bool):
             raise BadRequest("'stream' must be a boolean", param="stream")
