@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.deploy import containers
@@ -29,7 +30,7 @@ QUESTION = {
 }  # fmt: skip
 # Long enough to be under way when the stop comes: 120 tokens, whatever the model would say.
 STORY = {"model": "gemma-3-270m", "prompt": "Once upon a time", "max_tokens": 120,
-         "ignore_eos": True}  # fmt: skip
+         "ignore_eos": True, "stream": True}  # fmt: skip
 
 
 def test_hadolint_passes_the_dockerfile() -> None:
@@ -41,33 +42,34 @@ def test_hadolint_passes_the_dockerfile() -> None:
 
 
 class Container:
-    """One container of the image; `ask` runs a client inside it (loopback: no key needed,
-    as for a user of `llmlb up` on their own machine)."""
+    """One container of the image, its router port published on loopback. `ask` runs a
+    client inside it (loopback: no key needed, as for a user of `llmlb up` on their own
+    machine); from the host, a client needs a key, as the README says."""
 
     def __init__(self, image: str, volume: str, *args: str) -> None:
         self.name = f"llmlb-test-{uuid.uuid4().hex[:8]}"
-        podman("run", "-d", "--name", self.name, "-v", f"{volume}:/var/lib/llmlb", image, *args)
+        podman("run", "-d", "--name", self.name, "-v", f"{volume}:/var/lib/llmlb",
+               "-p", "127.0.0.1::32768", image, *args)  # fmt: skip
+        published = podman("port", self.name, "32768/tcp").stdout.strip().splitlines()[0]
+        self.url = "http://" + published
 
     def logs(self) -> str:
         done = podman("logs", self.name, check=False)
         return done.stdout + done.stderr
 
-    def ask(
-        self, body: dict[str, object], stream: bool = False, path: str = "/v1/chat/completions"
-    ) -> str:
+    def ask(self, body: dict[str, object]) -> str:
         client = (
-            "import pathlib, sys, urllib.request\n"
-            "request = urllib.request.Request('http://127.0.0.1:32768' + sys.argv[2],"
+            "import sys, urllib.request\n"
+            "request = urllib.request.Request('http://127.0.0.1:32768/v1/chat/completions',"
             " data=sys.argv[1].encode(), headers={'content-type': 'application/json'})\n"
-            "with urllib.request.urlopen(request, timeout=110) as answer:\n"
-            "    for line in answer:\n"
-            "        pathlib.Path('/tmp/answering').touch()\n"
-            "        sys.stdout.write(line.decode()); sys.stdout.flush()\n"
+            "print(urllib.request.urlopen(request, timeout=110).read().decode())\n"
         )
-        body = {**body, "stream": stream}
-        done = podman("exec", self.name, "python3", "-c", client, json.dumps(body), path,
-                      timeout=120)  # fmt: skip
-        return done.stdout
+        return podman("exec", self.name, "python3", "-c", client, json.dumps(body),
+                      timeout=120).stdout  # fmt: skip
+
+    def key(self) -> str:
+        made = podman("exec", self.name, "llmlb", "keys", "create", "test")
+        return str(re.findall(r"llmlb_[\w-]+", made.stdout + made.stderr)[-1])
 
     def remove(self) -> None:
         podman("rm", "-f", "-t", "0", self.name, check=False)
@@ -92,23 +94,26 @@ def test_llmlb_up_in_the_image_answers_and_stops_by_draining(image: str, volume:
         version = podman("exec", box.name, "llmlb", "--version").stdout
         assert f"(commit {containers.commit()})" in version
 
-        # `docker stop` while an answer streams: SIGTERM, and the answer still ends whole.
-        chunks: list[str] = []
-        streaming = threading.Thread(
-            target=lambda: chunks.append(box.ask(STORY, stream=True, path="/v1/completions"))
-        )
-        podman("exec", box.name, "rm", "-f", "/tmp/answering")
-        streaming.start()
-        wait_until(lambda: podman("exec", box.name, "test", "-f", "/tmp/answering",
-                                  check=False).returncode == 0,
-                   timeout=60, step=0.2)  # fmt: skip
-        started = time.monotonic()
-        podman("stop", "-t", "45", box.name, timeout=90)
+        # `docker stop` while an answer streams to a client on the host: SIGTERM, and the
+        # answer still ends whole (the client outside, so the container's end cannot cut it).
+        headers = {"authorization": f"Bearer {box.key()}"}
+        lines: list[str] = []
+        with httpx.stream("POST", f"{box.url}/v1/completions", json=STORY, headers=headers,
+                          timeout=120) as stream:  # fmt: skip
+            assert stream.status_code == 200
+            chunks = stream.iter_lines()
+            lines.append(next(chunks))  # under way
+            started = time.monotonic()
+            stopping = threading.Thread(
+                target=lambda: podman("stop", "-t", "45", box.name, timeout=90)
+            )
+            stopping.start()
+            lines.extend(line for line in chunks if line)
+        stopping.join(90)
         stopped_in = time.monotonic() - started
-        streaming.join(60)
-        assert chunks and chunks[0].rstrip().endswith("data: [DONE]"), chunks
-        reasons = re.findall(r'"finish_reason":\s*"(\w+)"', chunks[0])
-        assert reasons == ["length"], chunks[0][-800:]  # all 120 tokens
+        assert lines[-1] == "data: [DONE]", lines[-3:]
+        reasons = re.findall(r'"finish_reason":\s*"(\w+)"', "\n".join(lines))
+        assert reasons == ["length"], lines[-3:]  # all 120 tokens
         state = json.loads(podman("inspect", box.name).stdout)[0]["State"]
         assert state["ExitCode"] == 0, box.logs()  # not 137: nothing was killed
         assert stopped_in < 45
