@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,6 +19,7 @@ from llmlb.common.settings import NodeSettings
 from llmlb.common.wire import Device, EngineInfo, NodeState
 from llmlb.models.placement import Placement, usable_memory
 from llmlb.models.store import ModelStore
+from llmlb.node.cpus import usable_cpus
 from llmlb.node.engine import EngineSpec, LlamaEngine, restore_signal_handlers
 from llmlb.node.inference import Inference
 from llmlb.node.inventory import Inventory, loaded_models
@@ -90,7 +90,7 @@ class NodeService:
         self.sync = ModelSync(settings, self.resolver, self.loaded_models)
         self.inventory = Inventory(
             settings, devices, self.store, self.resolver, self.sync, self.pool,
-            threads=settings.threads or os.cpu_count() or 1,
+            threads=settings.threads or usable_cpus(),
         )  # fmt: skip
         self.inference = Inference(settings, self.inventory, self.pool, self.metrics)
         self.requests_in_flight = 0  # client requests in this node's hands, at any stage
