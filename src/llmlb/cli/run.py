@@ -72,7 +72,10 @@ from llmlb.common.settings import (
     "--ctx-size", type=int, default=None, help="Context tokens per model  [default: 4096]"
 )
 @click.option(
-    "--threads", type=int, default=None, help="CPU threads per model  [default: the CPUs this process may use: affinity, cgroup quota]"
+    "--threads",
+    type=int,
+    default=None,
+    help="CPU threads per model  [default: the CPUs this process may use: affinity, cgroup quota]",
 )
 @click.option(
     "--gpu-layers", type=int, default=None, help="Layers on the GPU, -1 = all  [default: -1]"
