@@ -24,7 +24,7 @@ class Process:
 
     def __init__(
         self, args: list[str], home: Path, log_path: Path, env: dict[str, str],
-        python: str = sys.executable,
+        python: str = sys.executable, module: str = "llmlb",
     ) -> None:  # fmt: skip
         self.log_path = log_path
         self._log: IO[bytes] = log_path.open("ab")
@@ -33,7 +33,7 @@ class Process:
         inherited = {k: v for k, v in os.environ.items() if not _CLOUD_VARIABLE.fullmatch(k)}
         full_env = {**inherited, "LLMLB_HOME": str(home), "PYTHONUNBUFFERED": "1", **env}
         self.proc = subprocess.Popen(
-            [python, "-m", "llmlb", *args],
+            [python, "-m", module, *args],
             stdout=subprocess.PIPE,
             stderr=self._log,
             env=full_env,
@@ -88,7 +88,7 @@ class ThreadServer:
     """An ASGI app on 127.0.0.1:0, served by uvicorn on uvloop in a daemon thread (the
     loopback fakes of the hub and the clouds)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, port: int = 0) -> None:
         import asyncio
 
         import uvicorn
@@ -96,7 +96,7 @@ class ThreadServer:
 
         from llmlb.common.serving import bind, url_of
 
-        sock = bind("127.0.0.1", 0)
+        sock = bind("127.0.0.1", port)
         self.url = url_of(sock)
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")
         self._server = server = uvicorn.Server(config)

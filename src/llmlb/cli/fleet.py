@@ -55,10 +55,11 @@ def nodes_list(
     if as_json:
         click.echo(orjson.dumps(found, option=orjson.OPT_INDENT_2).decode())
         return
-    table = Table("id", "name", "status", "url", "engine", "models", "sync")
+    table = Table("id", "name", "kind", "status", "url", "engine", "models", "sync")
     for node in found:
         models_text = ", ".join(sorted({*node["models_loaded"], *node["models_on_disk"]}))
-        table.add_row(node["id"], node["name"], node["status"], node["base_url"],
+        table.add_row(node["id"], node["name"], node.get("kind", "node"), node["status"],
+                      node["base_url"],
                       engine_text(node), models_text, sync_text(node))  # fmt: skip
     console = Console()
     console.print(table)

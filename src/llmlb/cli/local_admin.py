@@ -15,9 +15,10 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
-from llmlb.common.errors import LlmlbError
+from llmlb.common.errors import LlmlbError, NotFound
 from llmlb.common.serving import trusting
 from llmlb.common.settings import RouterSettings
+from llmlb.common.wire import EndpointSpec
 from llmlb.models.catalog import Catalog
 from llmlb.router.access import (
     Accounts,
@@ -28,6 +29,8 @@ from llmlb.router.access import (
     with_resolved_models,
 )
 from llmlb.router.fleet import Registry
+from llmlb.router.fleet.endpoints import key_of
+from llmlb.router.fleet.node_record import EndpointConfig
 from llmlb.router.storage import open_database
 
 T = TypeVar("T")
@@ -68,6 +71,28 @@ class LocalAdmin:
                      "approve": {"approved": True}}[action]  # fmt: skip
             node = await registry.set_flags(node_id, **flags)
             return node.to_dict(self._settings.heartbeat_interval)
+        finally:
+            await engine.dispose()
+
+    async def add_endpoint(self, spec: EndpointSpec) -> dict[str, Any]:
+        """Written to the database: a running router takes it in at its next sync and polls
+        it from then on."""
+        engine, registry, _ = await self._open()
+        try:
+            config = EndpointConfig(spec.models, spec.max_concurrency)
+            node = await registry.add_endpoint(
+                spec.display_name(), spec.url, spec.kind, key_of(spec), config
+            )
+            return node.to_dict(self._settings.heartbeat_interval)
+        finally:
+            await engine.dispose()
+
+    async def remove_endpoint(self, node_id: str) -> None:
+        engine, registry, _ = await self._open()
+        try:
+            if not registry.get(node_id).is_endpoint:
+                raise NotFound(f"no endpoint with id {node_id!r}", code="endpoint_not_found")
+            await registry.remove(node_id)
         finally:
             await engine.dispose()
 
@@ -175,6 +200,13 @@ class RemoteAdmin:
             await self._call("DELETE", f"/api/nodes/{node_id}")
             return None
         return dict(await self._call("POST", f"/api/nodes/{node_id}/{action}"))
+
+    async def add_endpoint(self, spec: EndpointSpec) -> dict[str, Any]:
+        body = spec.model_dump(exclude_none=True)
+        return dict(await self._call("POST", "/api/endpoints", json=body))
+
+    async def remove_endpoint(self, node_id: str) -> None:
+        await self._call("DELETE", f"/api/endpoints/{quote(node_id, safe='')}")
 
     async def keys(self) -> list[dict[str, Any]]:
         return list((await self._call("GET", "/api/keys"))["data"])

@@ -128,6 +128,9 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     logging.getLogger("httpx").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     # Alembic narrates every plugin it sets up; llmlb logs the migration it ran (router.storage.db).
     logging.getLogger("alembic").setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
+    # aiosqlite's debug lines carry every statement's parameters: endpoints' keys, password
+    # and key hashes. Never logged, whatever the level.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
     # Access lines duplicate our own request log; keep them at debug only.
     logging.getLogger("uvicorn.access").setLevel(
         logging.DEBUG if level == "debug" else logging.WARNING

@@ -41,6 +41,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from llmlb.common.wire import EndpointSpec
+
 DEFAULT_ROUTER_PORT = 32768
 DEFAULT_NODE_PORT = 32769
 # A running router writes its URL here (in its home) so that the CLI on the same host finds it.
@@ -335,6 +337,10 @@ class RouterSettings(CommonSettings):
         description="How soon a key made or revoked elsewhere counts here (routers, the CLI)",
     )  # fmt: skip
     heartbeat_interval: float = Field(default=10.0, gt=0)
+    endpoints: list[EndpointSpec] = Field(
+        default_factory=list, max_length=1000,
+        description="OpenAI-compatible servers in the fleet beside the nodes (a key by key_env)",
+    )  # fmt: skip
     balancer: BalancerStrategy = "load"
     request_timeout: float = Field(default=600.0, gt=0, description="Seconds per proxied request")
     connect_timeout: float = Field(default=5.0, gt=0)
@@ -403,6 +409,16 @@ class RouterSettings(CommonSettings):
     def _node_token_strong(self) -> RouterSettings:
         if self.node_token is not None and len(self.node_token.get_secret_value()) < 32:
             raise ValueError("node_token must be at least 32 characters (openssl rand -hex 32)")
+        return self
+
+    @model_validator(mode="after")
+    def _endpoint_keys_named(self) -> RouterSettings:
+        for spec in self.endpoints:
+            if spec.key is not None:
+                raise ValueError(
+                    f"endpoint {spec.url}: name the environment variable that holds its key "
+                    "(key_env), so that no secret sits in the settings"
+                )
         return self
 
     @property

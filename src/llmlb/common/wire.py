@@ -177,6 +177,50 @@ class RegisterRequest(BaseModel):
     load: NodeLoad = Field(default_factory=NodeLoad)
 
 
+# Kinds of server an endpoint may be: where the kind changes what the router does (where it
+# lists models, which metrics give its load) router.fleet.endpoints says; "openai" is any
+# other server that speaks OpenAI's API.
+EndpointKind = Literal[
+    "openai", "vllm", "sglang", "llama-server", "ollama", "lmstudio", "tgi", "llmlb"
+]
+MAX_ENDPOINT_CONCURRENCY = 10_000
+DEFAULT_ENDPOINT_CONCURRENCY = 16
+
+
+def endpoint_url(value: str) -> str:
+    """An endpoint's base URL as operators copy it (``http://host:8000/v1``): without the
+    ``/v1`` the router's paths already start with."""
+    value = node_base_url(value)
+    return value.removesuffix("/v1") if value.endswith("/v1") else value
+
+
+class EndpointSpec(BaseModel):
+    """An OpenAI-compatible server the operator adds to the fleet (admin API, CLI, the
+    settings file's ``endpoints``). Its key is either given (``key``: API and CLI) or named
+    (``key_env``: the settings file, so that no secret sits in it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: Annotated[str, Field(max_length=500), AfterValidator(endpoint_url)]
+    kind: EndpointKind = "openai"
+    name: NodeName | None = None  # default: the URL's host and port
+    key: str | None = Field(default=None, min_length=1, max_length=1000, repr=False)
+    key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+    # The endpoint's own model ids to serve (default: every one it lists).
+    models: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=MAX_REPORTED_MODELS
+    )
+    max_concurrency: int = Field(
+        default=DEFAULT_ENDPOINT_CONCURRENCY, ge=1, le=MAX_ENDPOINT_CONCURRENCY
+    )
+
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        parts = urlsplit(self.url)
+        return f"{parts.hostname}:{parts.port}"
+
+
 class RegisterResponse(BaseModel):
     node_id: str
     heartbeat_interval: float

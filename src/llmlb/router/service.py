@@ -27,7 +27,15 @@ from llmlb.router.access import (
 )
 from llmlb.router.cloud import Clouds, Gateway
 from llmlb.router.distribution import Distributor, RouterModels, TaskManager, router_id
-from llmlb.router.fleet import PROBE_INTERVAL, Fleet, NodeControl, NodeRecord, Prober, Registry
+from llmlb.router.fleet import (
+    PROBE_INTERVAL,
+    Endpoints,
+    Fleet,
+    NodeControl,
+    NodeRecord,
+    Prober,
+    Registry,
+)
 from llmlb.router.proxy import Capacity, Forwarder, NodeLinks, Proxy
 from llmlb.router.storage import RevisionListener, open_database, ping
 from llmlb.router.supervisor import Job, Supervisor
@@ -112,7 +120,8 @@ class RouterService:
         self.distributor = Distributor(
             settings, self.registry, self.models, self.tasks, self.control
         )
-        self.fleet = Fleet(settings, self.registry, self.distributor, self.catalog)
+        self.endpoints = Endpoints(self.registry, self.control)
+        self.fleet = Fleet(settings, self.registry, self.distributor, self.catalog, self.endpoints)
         # And so do models in a role's limits that are no model's names.
         self.allowances = Allowances(
             {"admin": settings.admin_limits, "viewer": settings.viewer_limits}, self.fleet.resolve
@@ -141,6 +150,9 @@ class RouterService:
             # A node that refused a connection is probed every second, not only at its next
             # heartbeat: a restart or a blip costs it a second of traffic.
             Job("probing unreachable nodes", PROBE_INTERVAL, self.prober.probe_all, "fleet"),
+            # Endpoints do not heartbeat: the router asks them, as often as nodes report.
+            Job("polling endpoints", settings.heartbeat_interval, self.endpoints.poll_all,
+                "fleet"),
             Job("sampling node trends", SAMPLE_SECONDS, self.overview.sample, "telemetry",
                 at_start=True),
             Job("computing the overview", PUBLISH_SECONDS, self.overview.publish, "telemetry",
@@ -176,6 +188,7 @@ class RouterService:
 
     async def start(self) -> None:
         await self.registry.load()
+        await self.endpoints.apply_settings(self.settings.endpoints)
         await self.provisioning.ensure_node_token()
         await self.provisioning.ensure_first_admin()
         self.history.start()

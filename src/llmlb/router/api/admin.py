@@ -15,6 +15,7 @@ from starlette.responses import Response
 
 from llmlb.common.asgi import ClosingStreamingResponse, ORJSONResponse, read_json
 from llmlb.common.errors import BadRequest
+from llmlb.common.wire import EndpointSpec
 from llmlb.router.access import KeyLimits, key_name, with_resolved_models
 from llmlb.router.api.common import Handler, int_param, service_of, validated
 from llmlb.router.api.console import history_filter
@@ -53,6 +54,28 @@ def node_flag(**flags: bool) -> Handler:
 
 async def remove_node(request: Request) -> Response:
     await service_of(request).fleet.remove(request.path_params["node_id"])
+    return Response(status_code=204)
+
+
+# -- endpoints: other OpenAI-compatible servers (router.fleet.endpoints) ----------------------
+
+
+async def list_endpoints(request: Request) -> Response:
+    return ORJSONResponse({"data": service_of(request).fleet.endpoint_list()})
+
+
+async def add_endpoint(request: Request) -> Response:
+    spec = validated(EndpointSpec, await _body(request))
+    if spec.key_env is not None:  # (the router's environment is not the caller's to read)
+        raise BadRequest("give the endpoint's key itself as 'key' (key_env is for the "
+                         "settings file)", param="key_env")  # fmt: skip
+    return ORJSONResponse(await service_of(request).fleet.add_endpoint(spec), status_code=201)
+
+
+async def remove_endpoint(request: Request) -> Response:
+    fleet = service_of(request).fleet
+    node = fleet.endpoints.get(request.path_params["node_id"])
+    await fleet.remove(node.id)
     return Response(status_code=204)
 
 

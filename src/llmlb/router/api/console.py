@@ -135,6 +135,9 @@ async def _from_node(request: Request, path: str, what: str, params: dict[str, s
     """A node's ``{"data": [...]}`` answer, fetched with its own key (fleet.control)."""
     service = service_of(request)
     node = service.fleet.record(request.path_params["node_id"])
+    if node.is_endpoint and path != "/v1/models":
+        raise BadRequest(f"{node.name} is an endpoint ({node.kind}): the router cannot read "
+                         f"its {what}", code="node_is_endpoint")  # fmt: skip
     return await service.control.listing(node, path, what, params)
 
 

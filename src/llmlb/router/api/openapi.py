@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from starlette.routing import Route
 
 from llmlb.common.openapi import document, routes_of
-from llmlb.common.wire import NodeLoad, RegisterRequest
+from llmlb.common.wire import EndpointSpec, NodeLoad, RegisterRequest
 from llmlb.router.access import KeyLimits
 from llmlb.router.api.client import ENDPOINTS
 from llmlb.translate.chat import ChatRequest
@@ -23,6 +23,7 @@ _BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/v1/chat/completions"): ChatRequest,
     ("post", "/api/nodes"): RegisterRequest,
     ("post", "/api/nodes/{node_id}/heartbeat"): NodeLoad,
+    ("post", "/api/endpoints"): EndpointSpec,
 }
 
 

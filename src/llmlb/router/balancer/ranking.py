@@ -68,9 +68,18 @@ class NodeSnapshot:
     serving: bool = True  # ready, approved, not draining, not offline, reachable
     load_seconds: Mapping[str, float] = field(default_factory=dict)  # the node's last loads
     request_seconds: float = 0.0  # the node's recent mean request duration; 0: unknown
+    fetches: bool = True  # fetches a catalog model it lacks (an endpoint never does)
 
     def has(self, model: str) -> bool:
         return model in self.models_loaded or model in self.models_on_disk
+
+    def can_serve(self, model: str, fetchable: bool) -> bool:
+        """Holds the model, or may fetch it (``fetchable``: the catalog lists it)."""
+        return (
+            model in self.models_loaded
+            or model in self.models_on_disk
+            or (fetchable and self.fetches)
+        )
 
     @property
     def saturated(self) -> bool:
@@ -130,7 +139,7 @@ def rank(
     """
     eligible = [
         n for n in nodes
-        if n.serving and (fetchable or n.has(model)) and not n.saturated and n.id not in exclude
+        if n.serving and n.can_serve(model, fetchable) and not n.saturated and n.id not in exclude
     ]  # fmt: skip
     if not eligible:
         return []

@@ -113,6 +113,8 @@ class Distributor:
         if target == "all":
             chosen = []
             for node in self._registry.all():
+                if node.is_endpoint:
+                    continue  # it serves what it has; the router puts nothing on it
                 status = node.status(interval, now)
                 if status in ("offline", "pending"):
                     skipped.append({"node_id": node.id, "node": node.name, "status": status})
@@ -122,9 +124,11 @@ class Distributor:
             if not node_ids:
                 raise BadRequest("target 'specific' needs node_ids", param="node_ids")
             chosen = [self._registry.get(node_id) for node_id in node_ids]
+            _refuse_endpoints(chosen)
         elif target == "auto":
             ready = {n.id: device_memory(n, free=True) for n in self._registry.all()
-                     if n.status(interval, now) in ("ready", "initializing")}  # fmt: skip
+                     if n.status(interval, now) in ("ready", "initializing")
+                     and not n.is_endpoint}  # fmt: skip
             picked = pick_auto_targets(
                 ready, entry.memory_needed(), count, self._settings.gpu_split
             )
@@ -154,6 +158,7 @@ class Distributor:
         a node that never had it (404) is done."""
         model = self._models.canonical(model)
         node = self._registry.get(node_id)
+        _refuse_endpoints([node])
         await self._registry.assign(node.id, remove=[model])
         await self._control.remove_model(node, model)
         for attr in ("models_on_disk", "models_loaded"):
@@ -192,3 +197,13 @@ def _state_on(node: NodeRecord, model: str) -> dict[str, Any]:
     if download and download.get("state") in ("pending", "downloading", "verifying"):
         return {"state": "downloading", "percent": download.get("percent")}
     return {"state": "absent"}
+
+
+def _refuse_endpoints(nodes: list[NodeRecord]) -> None:
+    """The router puts no model on an endpoint, and takes none off it: it serves its own."""
+    endpoints = [n.name for n in nodes if n.is_endpoint]
+    if endpoints:
+        raise BadRequest(
+            f"{', '.join(endpoints)}: an endpoint serves the models it has; the router "
+            "distributes models only to llmlb nodes", param="node_ids", code="node_is_endpoint",
+        )  # fmt: skip

@@ -6,6 +6,8 @@
 - ``node_record``: one node as the router knows it.
 - ``table``: the fleet"s rows in the database, written through and synced between routers.
 - ``snapshots``: the balancer"s cached view of the fleet.
+- ``endpoints``: Endpoints, other OpenAI-compatible servers in the fleet, added by the
+  operator and polled by the router (no heartbeats).
 - ``health``: black holes (heartbeats but no answers) and the prober.
 - ``control``: NodeControl, the one client for the router"s control calls to nodes (pull,
   follow, remove, logs, probe).
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
         NodeControl as NodeControl,
         NodeUnreached as NodeUnreached,
     )
+    from llmlb.router.fleet.endpoints import Endpoints as Endpoints
     from llmlb.router.fleet.fleet import Fleet as Fleet
     from llmlb.router.fleet.health import PROBE_INTERVAL as PROBE_INTERVAL, Prober as Prober
     from llmlb.router.fleet.node_record import NodeRecord as NodeRecord
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
 
 _OWNERS = {
     "control": ["NodeControl", "NodeUnreached"],
+    "endpoints": ["Endpoints"],
     "fleet": ["Fleet"],
     "health": ["PROBE_INTERVAL", "Prober"],
     "node_record": ["NodeRecord"],

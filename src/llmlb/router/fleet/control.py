@@ -105,12 +105,26 @@ class NodeControl:
             raise Unavailable(f"node {node.name} gave no readable {what}")
         return data
 
-    async def probe(self, node: NodeRecord) -> bool:
-        """Whether the node answers ``GET /health`` on a new connection, within a second."""
+    async def fetch(self, node: NodeRecord, path: str, limit: int) -> tuple[int, bytes]:
+        """``GET path`` with the node's key, within ``QUERY_SECONDS``: (status, at most
+        ``limit`` bytes of the body; b"" when there were more). Raises NodeUnreached."""
+        try:
+            async with self.session.get(
+                node.base_url + path, headers=node.auth_headers(),
+                timeout=aiohttp.ClientTimeout(total=QUERY_SECONDS),
+            ) as response:  # fmt: skip
+                body, whole = await read_limited(response, limit)
+                return response.status, body if whole else b""
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise NodeUnreached(f"no answer to GET {path}: {type(exc).__name__}") from exc
+
+    async def probe(self, node: NodeRecord, path: str = "/health") -> bool:
+        """Whether the node answers ``GET path`` on a new connection, within a second."""
         try:
             async with self.probes.get(
-                node.base_url + "/health", timeout=aiohttp.ClientTimeout(total=PROBE_SECONDS)
-            ) as response:
+                node.base_url + path, headers=node.auth_headers(),
+                timeout=aiohttp.ClientTimeout(total=PROBE_SECONDS),
+            ) as response:  # fmt: skip
                 return response.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False

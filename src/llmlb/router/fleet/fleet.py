@@ -8,11 +8,13 @@ from typing import Any, get_args
 from urllib.parse import urlsplit
 
 from llmlb.common.errors import BadRequest
+from llmlb.common.names import canonical_name
 from llmlb.common.settings import RouterSettings
-from llmlb.common.wire import NodeLoad, RegisterRequest, RegisterResponse
+from llmlb.common.wire import EndpointSpec, NodeLoad, RegisterRequest, RegisterResponse
 from llmlb.models.catalog import Capability, Catalog
 from llmlb.router.cloud.clouds import prefix_of
 from llmlb.router.distribution.distributor import Distributor
+from llmlb.router.fleet.endpoints import Endpoints
 from llmlb.router.fleet.node_record import NodeRecord
 from llmlb.router.fleet.registry import Registry
 
@@ -26,11 +28,13 @@ class Fleet:
         registry: Registry,
         distributor: Distributor,
         catalog: Catalog,
+        endpoints: Endpoints,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.distributor = distributor
         self.catalog = catalog
+        self.endpoints = endpoints
         self.own_port: int | None = None  # the router's listening port, once it listens
 
     def _refuse_own_address(self, base_url: str) -> None:
@@ -45,7 +49,17 @@ class Fleet:
     def resolve(self, model: str) -> str:
         """The name the nodes know for a model as a client typed it (``gpt-oss:20b`` ->
         ``gpt-oss-20b``); cloud names (``openai:...``) as they are."""
-        return model if prefix_of(model) is not None else self.catalog.resolve(model)
+        if prefix_of(model) is not None:
+            return model
+        # An endpoint's own id for a model (``Qwen/Qwen2.5-0.5B-Instruct``): the fleet's name.
+        if (named := self.registry.endpoint_model(model)) is not None:
+            return named
+        # A name some node or endpoint serves as it is (an Ollama endpoint's ``llama3.2:1b``)
+        # is that model, even where the catalog has an alias of that name for another.
+        canonical = canonical_name(model)
+        if canonical in self.registry.fleet_models():
+            return canonical
+        return self.catalog.resolve(model)
 
     def capabilities(self, model: str) -> frozenset[str] | None:
         """What the catalog says a model can do (every capability for a cloud model: its
@@ -69,6 +83,18 @@ class Fleet:
             status=node.status(self.settings.heartbeat_interval),
             assigned_models=assigned,
         )
+
+    async def add_endpoint(self, spec: EndpointSpec) -> dict[str, Any]:
+        """An endpoint the operator adds (polled at once: its models are listed when it was
+        reachable)."""
+        self._refuse_own_address(spec.url)
+        node = await self.endpoints.add(spec)
+        return node.to_dict(self.settings.heartbeat_interval)
+
+    def endpoint_list(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        interval = self.settings.heartbeat_interval
+        return [n.to_dict(interval, now) for n in self.registry.all() if n.is_endpoint]
 
     async def heartbeat(self, node_id: str, load: NodeLoad, token: str | None) -> dict[str, Any]:
         node = await self.registry.heartbeat(node_id, load, token)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from llmlb.common.wire import NodeLoad
 from llmlb.router.fleet.control import NodeControl
+from llmlb.router.fleet.endpoints import listing_path
 from llmlb.router.fleet.node_record import NodeRecord
 
 if TYPE_CHECKING:  # (the registry asks this module whether a node is a black hole)
@@ -44,5 +45,7 @@ class Prober:
 
     async def probe_all(self) -> None:
         for node in [n for n in self._registry.all() if n.unreachable]:
-            if await self._control.probe(node):
+            # (An endpoint need not have /health: its model list says that it serves.)
+            path = listing_path(node.kind) if node.is_endpoint else "/health"
+            if await self._control.probe(node, path):
                 self._registry.mark_reachable(node.id)

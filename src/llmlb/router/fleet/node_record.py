@@ -15,6 +15,27 @@ from typing import Any
 from llmlb.common.wire import Device, NodeLoad
 
 MISSED_HEARTBEATS_OFFLINE = 3
+NODE_KIND = "node"  # a node that registers itself; any other kind is an endpoint's
+
+
+@dataclass
+class EndpointConfig:
+    """What the operator said of an endpoint (``common.wire.EndpointSpec``, less its key and
+    address): kept in the node row's ``endpoint`` column."""
+
+    models: list[str] = field(default_factory=list)  # its own ids to serve; [] for all
+    max_concurrency: int = 16
+    static: bool = False  # from the settings file: its entry there is the truth
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"models": self.models, "max_concurrency": self.max_concurrency,
+                "static": self.static}  # fmt: skip
+
+    @classmethod
+    def of(cls, value: Any) -> EndpointConfig:
+        value = value if isinstance(value, dict) else {}
+        return cls(list(value.get("models") or ()), int(value.get("max_concurrency") or 16),
+                   bool(value.get("static")))  # fmt: skip
 
 
 @dataclass
@@ -45,11 +66,27 @@ class NodeRecord:
     # and whether the node stopped getting them while it still heartbeats (see Registry.heartbeat).
     sending: dict[object, float] = field(default_factory=dict, repr=False)
     stalled: bool = field(default=False)
+    kind: str = NODE_KIND
+    endpoint: EndpointConfig | None = None  # an endpoint's settings; None for a node
+    # An endpoint's own ids of the models it serves, by the names the fleet knows them by
+    # (``Qwen/Qwen2.5-0.5B-Instruct`` is ``Qwen2.5-0.5B-Instruct``): from its last listing.
+    upstream: dict[str, str] = field(default_factory=dict, repr=False)
     # When this router last had word of the node (a heartbeat, or its database row's
     # last_seen changing), on this process's monotonic clock: liveness is judged by this,
     # so a wall clock stepped by hours, or another router's clock that differs from this
     # one's, neither takes a node offline nor keeps a dead one online.
     heard_at: float = field(default=float("-inf"))
+
+    @property
+    def is_endpoint(self) -> bool:
+        """A server the router polls (router.fleet.endpoints), not a node that reports."""
+        return self.kind != NODE_KIND
+
+    @property
+    def echoes_ids(self) -> bool:
+        """Whether its answers echo the router's request and exchange ids (router.proxy.
+        nodelink): llmlb's own nodes do, other servers do not."""
+        return self.kind in (NODE_KIND, "llmlb")
 
     def heard(self, ago: float = 0.0) -> None:
         self.heard_at = time.monotonic() - max(ago, 0.0)
@@ -95,6 +132,7 @@ class NodeRecord:
         return {
             "id": self.id,
             "name": self.name,
+            "kind": self.kind,
             "base_url": self.base_url,
             "version": self.version,
             "status": self.status(interval, now),
@@ -110,11 +148,16 @@ class NodeRecord:
             **self.load.model_dump(),
             "assigned_models": self.assigned,
             "router_in_flight": self.active,
-        }
+            **({"endpoint": self.endpoint.to_dict(), "has_key": self.token is not None}
+               if self.endpoint is not None else {}),
+        }  # fmt: skip
 
 
 def record_of(row: Any) -> NodeRecord:
-    """A node's database row as a record (live fields at their defaults)."""
+    """A node's database row as a record (live fields at their defaults; an endpoint with
+    the key the router presents to it)."""
+    kind = getattr(row, "kind", None) or NODE_KIND
+    endpoint = EndpointConfig.of(row.endpoint) if kind != NODE_KIND else None
     return NodeRecord(
         id=row.id,
         name=row.name,
@@ -130,4 +173,7 @@ def record_of(row: Any) -> NodeRecord:
         tags=list(row.tags or ()),
         assigned=list(row.assigned or ()),
         assigned_version=row.assigned_version,
+        token=row.secret if endpoint is not None else None,
+        kind=kind,
+        endpoint=endpoint,
     )

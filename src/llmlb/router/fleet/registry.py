@@ -18,11 +18,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmlb.common.credentials import same_secret
-from llmlb.common.errors import NotFound, PermissionDenied
+from llmlb.common.errors import Conflict, NotFound, PermissionDenied
 from llmlb.common.wire import NodeLoad, RegisterRequest
 from llmlb.router.balancer.ranking import NodeSnapshot
 from llmlb.router.fleet.health import black_holed
-from llmlb.router.fleet.node_record import MISSED_HEARTBEATS_OFFLINE, NodeRecord, record_of
+from llmlb.router.fleet.node_record import (
+    MISSED_HEARTBEATS_OFFLINE,
+    EndpointConfig,
+    NodeRecord,
+    record_of,
+)
 from llmlb.router.fleet.snapshots import Snapshots
 from llmlb.router.fleet.table import NodeTable
 
@@ -57,6 +62,8 @@ class Registry:
         self._addresses: dict[tuple[str, str], str] = {}  # (name, base_url) -> node id
         self._views = Snapshots(self._nodes, heartbeat_interval, node_max_concurrency)
         self._unwritten: set[str] = set()  # nodes whose last heartbeat is not in the database
+        # Endpoints' own model ids -> the fleet's names for them (router.fleet.endpoints).
+        self._upstream_names: dict[str, str] = {}
 
     # -- the index -------------------------------------------------------------------------
 
@@ -118,6 +125,8 @@ class Registry:
         stale = existing is not None and (
             existing.silent_for() > MISSED_HEARTBEATS_OFFLINE * self.heartbeat_interval
         )
+        if existing is not None and existing.is_endpoint:
+            raise _endpoint_conflict(existing)
         if existing is not None and not stale:  # a node gone for a while may come back rekeyed
             _check_credential(existing, token)
         values = {
@@ -172,6 +181,8 @@ class Registry:
 
     async def heartbeat(self, node_id: str, load: NodeLoad, token: str | None = None) -> NodeRecord:
         node = self.get(node_id)
+        if node.is_endpoint:
+            raise _endpoint_conflict(node)
         _check_credential(node, token)
         now = time.time()
         self._unwritten.add(node_id)  # written with the others by write_heartbeats()
@@ -190,6 +201,73 @@ class Registry:
         self.changed(node, models=not same_models)
         return node
 
+    # -- endpoints (router.fleet.endpoints polls them) --------------------------------------
+
+    async def add_endpoint(
+        self, name: str, base_url: str, kind: str, key: str | None, config: EndpointConfig
+    ) -> NodeRecord:
+        """A new endpoint (Conflict when a node or endpoint has that name and address); it
+        serves once its first poll has listed its models."""
+        if (name, base_url) in self._addresses:
+            raise Conflict(f"{name} ({base_url}) is in the fleet already", code="node_exists")
+        now = time.time()
+        record = NodeRecord(
+            str(uuid.uuid4()), name, base_url, "", [], approved=True, draining=False,
+            registered_at=now, last_seen=now, load=NodeLoad(state="initializing"),
+            token=key, kind=kind, endpoint=config,
+        )  # fmt: skip
+        try:
+            await self._table.add({
+                "id": record.id, "name": name, "base_url": base_url, "version": "",
+                "devices": [], "approved": True, "draining": False, "registered_at": now,
+                "last_seen": now, "load": record.load.model_dump(), "kind": kind,
+                "endpoint": config.to_dict(), "secret": key,
+            })  # fmt: skip
+        except IntegrityError:
+            raise Conflict(f"{name} ({base_url}) is in the fleet already",
+                           code="node_exists") from None  # fmt: skip
+        self._add(record)
+        log.info("endpoint %s (%s, %s) added as %s", name, kind, base_url, record.id)
+        self.changed(record)
+        return record
+
+    async def update_endpoint(
+        self, node: NodeRecord, kind: str, key: str | None, config: EndpointConfig
+    ) -> None:
+        """New settings for an endpoint (the settings file changed); other routers take them
+        at their next sync."""
+        await self._table.set(node.id, kind=kind, secret=key, endpoint=config.to_dict(),
+                              assigned_version=node.assigned_version + 1)  # fmt: skip
+        node.kind, node.token, node.endpoint = kind, key, config
+        node.assigned_version += 1
+        self.changed(node)
+
+    def endpoint_polled(self, node_id: str, load: NodeLoad, upstream: dict[str, str]) -> None:
+        """An endpoint answered its poll: what it serves and its load, as a heartbeat would
+        say. Written to the database with the heartbeats (for the CLI and the dashboard)."""
+        node = self._nodes.get(node_id)
+        if node is None:
+            return
+        same_models = load.models_loaded == node.load.models_loaded
+        if node.unreachable:
+            log.info("endpoint %s answers again", node.name)
+        renamed = upstream != node.upstream
+        node.last_seen, node.load, node.upstream = time.time(), load, upstream
+        node.unreachable = node.stalled = False
+        node.live = True
+        node.heard()
+        self._unwritten.add(node_id)
+        if renamed:
+            self._upstream_names = {
+                own: name for n in self._nodes.values() for name, own in n.upstream.items()
+                if own != name
+            }  # fmt: skip
+        self.changed(node, models=not same_models)
+
+    def endpoint_model(self, upstream: str) -> str | None:
+        """The fleet's name for a model an endpoint calls ``upstream``; None if none does."""
+        return self._upstream_names.get(upstream)
+
     async def write_heartbeats(self) -> None:
         """Write the heartbeats received since the last call, in one statement.
 
@@ -200,11 +278,13 @@ class Registry:
         if not self._unwritten:
             return
         ids, self._unwritten = self._unwritten, set()
-        await self._table.heartbeats([
+        rows = [
             {"node": node.id, "seen": node.last_seen, "report": node.load.model_dump()}
             for node in (self._nodes.get(i) for i in ids)
             if node is not None
-        ])  # fmt: skip
+        ]  # fmt: skip
+        if rows:  # (none when every one was removed meanwhile: no statement at all)
+            await self._table.heartbeats(rows)
 
     # -- the table, read back --------------------------------------------------------------
 
@@ -228,7 +308,8 @@ class Registry:
                 # First sight (this router's start, or another router's new node): the
                 # wall clock's word is all there is, read once. Later only a change of the
                 # row counts.
-                current.live = row.last_seen >= self._started_at
+                # (An endpoint serves once this router's own poll has reached it.)
+                current.live = row.last_seen >= self._started_at and not current.is_endpoint
                 current.heard(ago=time.time() - row.last_seen)
                 changed = True
                 continue
@@ -239,6 +320,13 @@ class Registry:
             if row.id in full and row.assigned_version != current.assigned_version:
                 current.assigned = list(full[row.id].assigned or ())  # changed by another router
                 current.assigned_version = row.assigned_version
+                if current.is_endpoint:  # its settings may have changed too
+                    renewed = record_of(full[row.id])
+                    current.kind, current.endpoint = renewed.kind, renewed.endpoint
+                    current.token = renewed.token
+                    changed = True
+            if current.is_endpoint:
+                continue  # polled by this router: another one's word of it is not needed
             if row.id in full and row.last_seen != current.last_seen and row.id not in unwritten:
                 # Another router heard the node since (this one writes its own heartbeats
                 # before reading): word of it, whatever that router's clock says.
@@ -257,8 +345,11 @@ class Registry:
         """Forget nodes this router has not heard of for ``max_age`` seconds (on its
         monotonic clock); the names of those removed."""
         now = time.monotonic()
-        stale = {n.id: (n, n.last_seen) for n in self._nodes.values()
-                 if n.silent_for(now) > max_age}  # fmt: skip
+        stale = {
+            n.id: (n, n.last_seen)
+            for n in self._nodes.values()
+            if n.silent_for(now) > max_age and not n.is_endpoint
+        }  # (the operator's)
         if not stale:
             return []
         deleted = await self._table.delete_unchanged((i, seen) for i, (_, seen) in stale.items())
@@ -331,6 +422,13 @@ class Registry:
         node.stalled = node.unreachable = True
         self._on_stall(node)
         self.changed(node, models=False)
+
+
+def _endpoint_conflict(node: NodeRecord) -> Conflict:
+    return Conflict(
+        f"{node.name} ({node.base_url}) is an endpoint the router polls; a node cannot "
+        "register or heartbeat as it", code="node_is_endpoint",
+    )  # fmt: skip
 
 
 def _check_credential(node: NodeRecord, token: str | None) -> None:

@@ -64,6 +64,8 @@ class Snapshots:
     def _snapshot(self, node: NodeRecord) -> NodeSnapshot:
         load = node.load
         slots = max(load.slots_total, load.slots_per_model, 1)
+        # An endpoint takes what the operator declared it takes (its slots), no more.
+        limit = slots if node.is_endpoint else self._max_concurrency or slots * 2
         return NodeSnapshot(
             id=node.id,
             name=node.name,
@@ -72,9 +74,10 @@ class Snapshots:
             active=node.active,
             queued=load.queued_requests,
             slots=slots,
-            limit=self._max_concurrency or slots * 2,
+            limit=limit,
             tokens_per_second=load.tokens_per_second,
             gpu_use=load.gpu_percent / 100.0,
             load_seconds=load.load_seconds,
             request_seconds=load.request_seconds,
+            fetches=not node.is_endpoint,
         )

@@ -18,6 +18,8 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
+import orjson
+
 from llmlb.common.errors import (
     LlmlbError,
     ModelNotFound,
@@ -110,7 +112,7 @@ class Proxy:
                     return node, (time.monotonic() - started) * 1000
                 able = [
                     s for s in self._registry.snapshots()
-                    if s.serving and (fetchable or s.has(routed.model)) and s.id not in tried
+                    if s.serving and s.can_serve(routed.model, fetchable) and s.id not in tried
                 ]  # fmt: skip
                 if not able:
                     raise self._no_node(routed.model, tried, routed.asked)
@@ -234,9 +236,12 @@ class Proxy:
     ) -> Answer:  # fmt: skip
         if node.token:
             headers = {**headers, "authorization": f"Bearer {node.token}"}
+        body = routed.body
+        if node.upstream:  # an endpoint: the model by its own name for it
+            body = renamed(body, node.upstream.get(routed.model, routed.model))
         async with asyncio.timeout(self._settings.request_timeout):
             response = await self._transport.post(
-                node.base_url, routed.path, headers, routed.body, fresh
+                node.base_url, routed.path, headers, body, fresh, echoes=node.echoes_ids
             )
             node.sending.pop(token, None)  # the node has the request: its answer began
             try:
@@ -263,6 +268,16 @@ class Proxy:
         return Answer(
             response.status, node, content_type, chunks=chunks, first_byte_at=time.monotonic()
         )
+
+
+def renamed(body: bytes, model: str) -> bytes:
+    """The request with ``model`` in place of the name the client used (only re-encoded when
+    the names differ: most endpoints' names are the fleet's)."""
+    parsed = orjson.loads(body)
+    if parsed.get("model") == model:
+        return body
+    parsed["model"] = model
+    return orjson.dumps(parsed)
 
 
 def _upstream_error(node: NodeRecord, exc: BaseException) -> LlmlbError:

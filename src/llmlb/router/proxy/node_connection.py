@@ -128,7 +128,8 @@ class NodeConnection(asyncio.Protocol):
         self._head_bytes = 0  # header names and values seen, interim answers' included
         self._interims = 0
         self._interim = False  # a 1xx answer is being read: the real one follows
-        self._ids: tuple[str, str] = ("", "")  # (x-request-id, exchange id) the answer echoes
+        # (x-request-id, exchange id) the answer echoes; None: a server that echoes nothing
+        self._ids: tuple[str, str] | None = ("", "")
         self._head: asyncio.Future[NodeResponse] | None = None
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
@@ -214,17 +215,22 @@ class NodeConnection(asyncio.Protocol):
             return
         if status > 599:
             raise NodeBadAnswer(f"the node answered with status {status}, which HTTP lacks")
-        request_id, exchange = self._ids
-        echoed = (headers.get(REQUEST_ID_HEADER), headers.get(EXCHANGE_HEADER, exchange))
-        if echoed != self._ids:
-            raise NodeMixedUp(
-                f"the node's answer is not for this request (x-request-id "
-                f"{_shown(echoed[0])}, exchange {_shown(echoed[1])}; sent {request_id}, {exchange})"
-            )
+        if self._ids is not None:
+            self._check_ids(headers, self._ids)
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         self._framed = chunked or "content-length" in headers
         if self._head is not None and not self._head.done():
             self._head.set_result(NodeResponse(self, status, headers))
+
+    @staticmethod
+    def _check_ids(headers: dict[str, str], ids: tuple[str, str]) -> None:
+        request_id, exchange = ids
+        echoed = (headers.get(REQUEST_ID_HEADER), headers.get(EXCHANGE_HEADER, exchange))
+        if echoed != ids:
+            raise NodeMixedUp(
+                f"the node's answer is not for this request (x-request-id "
+                f"{_shown(echoed[0])}, exchange {_shown(echoed[1])}; sent {request_id}, {exchange})"
+            )
 
     def on_body(self, body: bytes) -> None:
         self._chunks.append(body)
@@ -245,9 +251,9 @@ class NodeConnection(asyncio.Protocol):
 
     # -- the exchange ----------------------------------------------------------------------
 
-    async def exchange(self, head: bytes, body: bytes, ids: tuple[str, str]) -> NodeResponse:
+    async def exchange(self, head: bytes, body: bytes, ids: tuple[str, str] | None) -> NodeResponse:
         """Send one request; its answer once the status line and headers have come, if it
-        echoes ``ids`` (its x-request-id and exchange id)."""
+        echoes ``ids`` (its x-request-id and exchange id; None: a server that echoes none)."""
         if self._transport is None or self._transport.is_closing():
             raise NodeHungUp("the node closed the connection")
         self._reset()

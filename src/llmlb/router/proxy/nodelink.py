@@ -65,11 +65,14 @@ class NodeLinks:
         self._exchanges = 0
 
     async def post(
-        self, base_url: str, path: str, headers: dict[str, str], body: bytes, fresh: bool = False
-    ) -> NodeResponse:
+        self, base_url: str, path: str, headers: dict[str, str], body: bytes, fresh: bool = False,
+        echoes: bool = True,
+    ) -> NodeResponse:  # fmt: skip
         """POST ``body`` to ``path`` under ``base_url``; the answer once its headers have
         come. ``fresh``: on a new connection, not a pooled one. The answer must echo the
-        request's ``x-request-id`` (``headers`` has one, or it gets the exchange id)."""
+        request's ``x-request-id`` (``headers`` has one, or it gets the exchange id), unless
+        the server is one that does not (``echoes``: an endpoint such as vLLM): for those the
+        framing of HTTP/1.1 alone tells answers apart."""
         origin = self._origins.get(base_url)
         if origin is None:
             origin = self._origins[base_url] = origin_of(base_url)
@@ -86,7 +89,8 @@ class NodeLinks:
             busy = self._busy[origin] = set()
         busy.add(connection)
         try:
-            return await connection.exchange(head, body, (request_id, exchange))
+            ids = (request_id, exchange) if echoes else None
+            return await connection.exchange(head, body, ids)
         except BaseException:
             connection.abort()
             raise

@@ -28,8 +28,10 @@ class NodeAnswerBody(Protocol):
 
 class NodeTransport(Protocol):
     async def post(
-        self, base_url: str, path: str, headers: dict[str, str], body: bytes, fresh: bool = False
-    ) -> NodeAnswerBody:
+        self, base_url: str, path: str, headers: dict[str, str], body: bytes, fresh: bool = False,
+        echoes: bool = True,
+    ) -> NodeAnswerBody:  # fmt: skip
         """POST ``body``; the answer once its head has come. Raises ``NodeLinkError``s
-        (``router.proxy.nodelink``) and ``TimeoutError``; ``fresh``: on a new connection."""
+        (``router.proxy.nodelink``) and ``TimeoutError``; ``fresh``: on a new connection;
+        ``echoes``: the answer must echo the request's ids (llmlb's nodes do)."""
         ...

@@ -61,6 +61,10 @@ nodes = Table(
     Column("tags", JSON, nullable=True),
     Column("assigned", JSON, nullable=True),  # models the router wants on the node
     Column("assigned_version", Integer, nullable=False, server_default="0"),
+    # "node" for a node that registers itself; else an endpoint's kind (router.fleet.endpoints)
+    Column("kind", String(20), nullable=False, server_default="node"),
+    Column("endpoint", JSON, nullable=True),  # an endpoint's settings (models, concurrency)
+    Column("secret", String(1000), nullable=True),  # an endpoint's API key, never shown
     UniqueConstraint("name", "base_url", name="uq_nodes_name_url"),
 )
 

@@ -137,3 +137,11 @@ def test_prefix_affinity_prefers_the_node_with_the_longest_prefix_while_it_has_a
     # A home that cannot serve at all is not ranked.
     gone = [node("a"), node("b", serving=False)]
     assert [n.id for n in rank(gone, M, "prefix_affinity", affinity={"b": 30})] == ["a"]
+
+
+def test_an_endpoint_is_never_chosen_to_fetch_a_catalog_model() -> None:
+    endpoint = node("endpoint", loaded=False, on_disk=False)
+    endpoint.fetches = False
+    fetcher = node("node", loaded=False, on_disk=False, active=3)
+    assert ids(rank([endpoint, fetcher], M, fetchable=True)) == ["node"]
+    assert rank([endpoint], M, fetchable=True) == []

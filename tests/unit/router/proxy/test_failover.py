@@ -14,6 +14,7 @@ import pytest
 from llmlb.common.errors import ModelNotSupported, UpstreamFailed, UpstreamTimeout
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import Device, NodeLoad, RegisterRequest
+from llmlb.router.fleet.node_record import EndpointConfig
 from llmlb.router.fleet.registry import Registry
 from llmlb.router.proxy.admission import Capacity
 from llmlb.router.proxy.failover import Proxy
@@ -67,12 +68,15 @@ class ScriptedTransport:
     def __init__(self, *outcomes: Outcome) -> None:
         self._outcomes = list(outcomes)
         self.calls: list[tuple[str, bool]] = []  # (node's base URL, on a fresh connection)
+        self.sent: list[tuple[bytes, bool]] = []  # (the body, whether ids must be echoed)
         self.called = asyncio.Event()
 
     async def post(
-        self, base_url: str, path: str, headers: dict[str, str], body: bytes, fresh: bool = False
-    ) -> Scripted:
+        self, base_url: str, path: str, headers: dict[str, str], body: bytes, fresh: bool = False,
+        echoes: bool = True,
+    ) -> Scripted:  # fmt: skip
         self.calls.append((base_url, fresh))
+        self.sent.append((body, echoes))
         self.called.set()
         outcome = self._outcomes.pop(0)
         if isinstance(outcome, asyncio.Event):
@@ -208,3 +212,21 @@ async def test_a_model_no_node_holds_is_the_clients_mistake(
     with pytest.raises(ModelNotSupported) as caught:
         await proxy(registry, transport, tmp_path).forward(other, {})
     assert caught.value.status == 404 and not transport.calls  # as OpenAI answers
+
+
+async def test_an_endpoint_gets_its_own_name_for_the_model_and_no_id_echo_is_required(
+    registry: Registry, tmp_path: Path
+) -> None:
+    endpoint = await registry.add_endpoint(
+        "vllm", "http://vllm:8000", "vllm", "k", EndpointConfig()
+    )
+    own = NodeLoad(state="ready", models_loaded=["m"], slots_total=4)
+    registry.endpoint_polled(endpoint.id, own, {"m": "org/m"})
+    for node in registry.all():
+        if not node.is_endpoint:
+            await registry.set_flags(node.id, draining=True)  # only the endpoint serves
+    transport = ScriptedTransport(Scripted(200, GOOD))
+    answer = await proxy(registry, transport, tmp_path).forward(REQUEST, {})
+    assert answer.status == 200 and answer.node.id == endpoint.id
+    ((body, echoes),) = transport.sent
+    assert orjson.loads(body) == {"model": "org/m"} and echoes is False
