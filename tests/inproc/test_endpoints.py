@@ -101,8 +101,8 @@ async def test_endpoints_serve_their_models_under_fleet_names_with_their_own_ids
 
         # Removed, it serves no more.
         assert (await client.delete(f"/api/endpoints/{added['id']}")).status_code == 204
-        gone = await client.post("/v1/chat/completions",
-                                 json={"model": "Qwen2.5-0.5B-Instruct", "messages": CHAT})  # fmt: skip
+        body = {"model": "Qwen2.5-0.5B-Instruct", "messages": CHAT}
+        gone = await client.post("/v1/chat/completions", json=body)
         assert gone.status_code == 404
 
 
@@ -181,7 +181,8 @@ async def test_a_node_cannot_heartbeat_or_register_as_an_endpoint(
         assert beat.status_code == 409
         joined = await client.post("/api/nodes", headers=auth, json={
             "name": "studio", "base_url": ollama.url, "version": "x",
-            "devices": [{"kind": "cuda", "name": "G", "memory_total": 1, "memory_free": 1}]})  # fmt: skip
+            "devices": [{"kind": "cuda", "name": "G", "memory_total": 1,
+                         "memory_free": 1}]})  # fmt: skip
         assert joined.status_code == 409
     assert router.service.registry.get(added["id"]).kind == "ollama"
 

@@ -72,7 +72,8 @@ def mixed(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         processes.append(standalone)
         model = str(model_home / "models" / SMALL_MODEL_NAME / "model.gguf")
         llama_server = Process([model, SMALL_MODEL_NAME, LLAMA_SERVER_KEY], model_home,
-                               logs / "llama-server.log", {}, module="tests.llama_server")  # fmt: skip
+                               logs / "llama-server.log", {},
+                               module="tests.llama_server")  # fmt: skip
         processes.append(llama_server)
         mixed = Mixed(router, node, standalone, llama_server)
         wait_until(lambda: mixed.status_of("node-a") == "ready", timeout=60)
@@ -88,8 +89,8 @@ def test_requests_spread_over_a_node_and_two_endpoints_and_fail_over(mixed: Mixe
             (mixed.standalone.url + "/v1", "llmlb", "standalone", STANDALONE_KEY),
             (mixed.llama_server.url, "llama-server", "llama-server", LLAMA_SERVER_KEY),
         ]:
-            added = http.post("/api/endpoints", json={
-                "url": url, "kind": kind, "name": name, "key": key, "max_concurrency": 2})  # fmt: skip
+            body = {"url": url, "kind": kind, "name": name, "key": key, "max_concurrency": 2}
+            added = http.post("/api/endpoints", json=body)
             assert added.status_code == 201, added.text
             assert added.json()["status"] == "ready"
             assert added.json()["models_loaded"] == [SMALL_MODEL_NAME]

@@ -50,8 +50,10 @@ def test_vllms_metrics_give_its_running_and_waiting_requests() -> None:
     assert load_from_metrics("vllm", "# nothing here\n") is None
     assert load_from_metrics("vllm", "not { prometheus") is None
     assert load_from_metrics("ollama", _vllm_metrics(3, 2)) is None  # exports none
-    llama_server = ("# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing 1\n"
-                    "# TYPE llamacpp:requests_deferred gauge\nllamacpp:requests_deferred 4\n")  # fmt: skip
+    llama_server = (
+        "# TYPE llamacpp:requests_processing gauge\nllamacpp:requests_processing 1\n"
+        "# TYPE llamacpp:requests_deferred gauge\nllamacpp:requests_deferred 4\n"
+    )
     assert load_from_metrics("llama-server", llama_server) == (1, 4)
 
 
