@@ -35,6 +35,7 @@ from playwright.sync_api import (
 
 from llmlb.models.smallmodel import SMALL_MODEL_NAME
 from llmlb.models.store import ModelStore
+from tests.fakeendpoints import FakeEndpoint
 from tests.fakehub import FakeHub
 from tests.support import (
     Process,
@@ -265,6 +266,31 @@ def test_a_key_made_in_the_page_works_until_revoked(console: Console, page: Page
         client.chat.completions.create(
             model=SMALL_MODEL_NAME, max_tokens=4, messages=[{"role": "user", "content": "hi"}]
         )
+
+
+def test_an_endpoint_added_in_the_page_serves_beside_the_node(console: Console, page: Page) -> None:
+    ollama = FakeEndpoint("ollama").start()
+    try:
+        log_in(page, console, where="#/nodes")
+        page.fill("input[name=endpoint_url]", ollama.url)
+        page.select_option("select[name=endpoint_kind]", "ollama")
+        page.fill("input[name=endpoint_name]", "studio")
+        page.get_by_role("button", name="Add", exact=True).click()
+        row = page.locator("tr[data-node=studio]")
+        expect(row.locator("[data-kind]")).to_have_text("ollama")
+        expect(row).to_contain_text("ready")
+        expect(row).to_contain_text("llama3.2-1b")
+        shot(page, "endpoints")
+        client = openai.OpenAI(base_url=console.router.url + "/v1", api_key=console.admin_key,
+                               max_retries=0)  # fmt: skip
+        reply = client.chat.completions.create(
+            model="llama3.2:1b", messages=[{"role": "user", "content": "Capital of France?"}]
+        )
+        assert reply.choices[0].message.content == "Paris, says ollama"
+        row.get_by_role("button", name="Remove").click()
+        expect(page.locator("tr[data-node=studio]")).to_have_count(0)
+    finally:
+        ollama.stop()
 
 
 def test_a_viewer_sees_no_write_controls_and_the_api_refuses_them(

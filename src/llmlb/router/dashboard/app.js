@@ -312,7 +312,32 @@ function nodeActions(node, refresh) {
       ? h("button", { class: "secondary", onclick: () => call("POST", `/api/nodes/${node.id}/undrain`, `${node.name} takes requests again`) }, "Undrain")
       : h("button", { class: "secondary", onclick: () => call("POST", `/api/nodes/${node.id}/drain`, `draining ${node.name}`) }, "Drain"),
     h("button", { class: "secondary", onclick: () => editLabel(node, refresh) }, "Rename / tag"),
-    h("button", { class: "danger", onclick: () => confirm(`Remove node ${node.name}? It registers again if it is still running.`) && call("DELETE", `/api/nodes/${node.id}`, `removed ${node.name}`) }, "Remove"));
+    node.kind && node.kind !== "node"
+      ? h("button", { class: "danger", onclick: () => confirm(`Remove endpoint ${node.name}? The server itself is not touched.`) && call("DELETE", `/api/endpoints/${node.id}`, `removed ${node.name}`) }, "Remove")
+      : h("button", { class: "danger", onclick: () => confirm(`Remove node ${node.name}? It registers again if it is still running.`) && call("DELETE", `/api/nodes/${node.id}`, `removed ${node.name}`) }, "Remove"));
+}
+
+// Another OpenAI-compatible server (vLLM, Ollama, ...) into the fleet: POST /api/endpoints.
+function endpointForm(refresh) {
+  const url = h("input", { name: "endpoint_url", placeholder: "http://gpu7:8000/v1", required: true, maxlength: 500 });
+  const kind = h("select", { name: "endpoint_kind" }, ["openai", "vllm", "sglang", "llama-server", "ollama", "lmstudio", "tgi", "llmlb"].map((k) => h("option", { value: k }, k)));
+  const name = h("input", { name: "endpoint_name", placeholder: "name (default: host:port)", maxlength: 200 });
+  const key = h("input", { name: "endpoint_key", type: "password", placeholder: "API key (if it needs one)", autocomplete: "off", maxlength: 1000 });
+  const limit = h("input", { name: "endpoint_concurrency", type: "number", min: 1, max: 10000, value: 16 });
+  const add = () => act(async () => {
+    const body = { url: url.value.trim(), kind: kind.value, max_concurrency: Number(limit.value) };
+    if (name.value.trim()) body.name = name.value.trim();
+    if (key.value) body.key = key.value;
+    const added = await api("POST", "/api/endpoints", body);
+    url.value = name.value = key.value = "";  // the key is not kept in the page
+    await refresh();
+    return added;
+  }, "endpoint added");
+  return h("div", { class: "panel" }, h("h2", {}, "Add an endpoint"),
+    h("p", { class: "muted" }, "A server that speaks OpenAI's API (vLLM, SGLang, llama-server, Ollama, LM Studio, TGI): the router lists its models and balances over it with the nodes."),
+    h("form", { class: "form-row", onsubmit: (e) => { e.preventDefault(); add(); } },
+      h("label", {}, "URL", url), h("label", {}, "Kind", kind), h("label", {}, "Name", name),
+      h("label", {}, "Key", key), h("label", {}, "Concurrency", limit), h("button", { type: "submit" }, "Add")));
 }
 
 function editLabel(node, refresh) {
@@ -336,6 +361,7 @@ function nodesPage(root, [detail]) {
     state.nodes = nodes;
     body.replaceChildren(...(nodes.length ? nodes.map((n) => h("tr", { "data-node": n.name },
       h("td", {}, h("a", { href: `#/nodes/${encodeURIComponent(n.id)}` }, n.label || n.name),
+        n.kind && n.kind !== "node" ? h("span", { class: "chip", "data-kind": n.kind, title: "an endpoint the router polls" }, n.kind) : null,
         n.label ? h("div", { class: "muted" }, n.name) : null,
         (n.tags || []).map((t) => h("span", { class: "chip" }, t))),
       h("td", {}, statusCell(n.status)),
@@ -351,12 +377,14 @@ function nodesPage(root, [detail]) {
       : [h("tr", {}, h("td", { colspan: 10, class: "muted" }, "No nodes yet. Start one with: llmlb node --router URL"))]));
   };
   const refresh = async () => show((await api("GET", "/api/nodes")).data);
+  if (canWrite()) root.append(endpointForm(refresh));
   refresh().catch((err) => toast(err.message));
   return { onNodes: show };
 }
 
 // What a node's engine runs on, and why a GPU goes unused when it does (node.devices).
 function engineNote(node) {
+  if (node.kind && node.kind !== "node") return h("div", { class: "muted" }, node.base_url);  // an endpoint: its own server
   const engine = node.engine || {};
   return h("div", { class: engine.warning ? "error" : "muted", "data-engine": engine.backend || "" },
     `engine: ${engine.backend || "?"}`, engine.warning ? h("div", {}, engine.warning) : null);
@@ -385,7 +413,7 @@ function nodeDetailPage(root, id) {
       return;
     }
     info.replaceChildren(h("h2", {}, node.label || node.name), h("table", {}, h("tbody", {},
-      [["Name", node.name], ["Id", node.id], ["URL", node.base_url], ["Version", node.version], ["Engine", `${(node.engine || {}).backend || "?"} · ${(node.engine || {}).build || ""}`],
+      [["Name", node.name], ["Kind", node.kind || "node"], ["Id", node.id], ["URL", node.base_url], ["Version", node.version], ["Engine", `${(node.engine || {}).backend || "?"} · ${(node.engine || {}).build || ""}`],
        ["State", statusCell(node.status)],
        ["Registered", fmt.time(node.registered_at)], ["Last heartbeat", fmt.ago(node.last_seen)],
        ["Slots", `${node.slots_busy} / ${node.slots_total}`], ["Active / queued", `${node.active_requests} / ${node.queued_requests}`],
