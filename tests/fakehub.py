@@ -1,10 +1,16 @@
-"""A loopback stand-in for the Hugging Face hub's file endpoint.
+"""A loopback stand-in for the Hugging Face hub's file endpoint and repository listing.
 
 ``GET|HEAD /{org}/{repo}/resolve/{revision}/{file}`` with the headers huggingface_hub reads
 (``ETag`` and ``X-Linked-Etag`` = the file's sha256 in quotes, ``X-Linked-Size``,
-``X-Repo-Commit``, ``Content-Length``, ``Accept-Ranges``) and HTTP Range (206 with
-``Content-Range``). Scriptable per file: cut the first transfer after a fraction of the
-bytes, throttle, or lie about the length. Counts requests and bytes sent.
+``X-Repo-Commit``, ``Content-Length``, ``Accept-Ranges``) and HTTP Range (``bytes=N-`` and
+``bytes=N-M``: 206 with ``Content-Range``). Scriptable per file: cut the first transfer after
+a fraction of the bytes, throttle, or lie about the length. Counts requests and bytes sent.
+
+``GET /api/models/{org}/{repo}/tree/{revision}?recursive=true`` lists a repository as the hub
+does: ``{"type": "file", "oid", "size", "path"}`` with ``"lfs": {"oid": sha256, "size",
+"pointerSize"}`` for large files, pages of ``PAGE_SIZE`` linked by ``Link: <...>;
+rel="next"``; a repository it does not have is a 401 with ``X-Error-Code: RepoNotFound``, as
+the hub answers a caller without a token.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -27,6 +34,7 @@ from starlette.routing import Route
 from tests.support import ThreadServer
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+PAGE_SIZE = 50
 
 
 @dataclass
@@ -66,32 +74,64 @@ class FakeHub:
         if hub_file is None:
             return Response("Entry not found", 404, headers={"X-Error-Code": "EntryNotFound"})
         size = len(hub_file.data)
-        start = 0
+        start, end = 0, size  # end: exclusive
         header = request.headers.get("range", "")
-        if header.startswith("bytes=") and header.endswith("-"):
-            start = int(header[6:-1])
+        if header.startswith("bytes="):
+            first, _, last = header[6:].partition("-")
+            start = int(first)
+            end = min(int(last) + 1, size) if last else size
         headers = {
             "etag": f'"{hub_file.sha256}"',
             "x-linked-etag": f'"{hub_file.sha256}"',
             "x-linked-size": str(size),
             "x-repo-commit": COMMIT,
             "accept-ranges": "bytes",
-            "content-length": str(hub_file.declared_length or size - start),
+            "content-length": str(hub_file.declared_length or end - start),
         }
         if request.method == "HEAD":
             return Response(b"", 200, headers=headers)
         self.gets[key] += 1
         self.range_starts.setdefault(key, []).append(start)
         status = 200
-        if start:
+        if start or end < size:
             status = 206
-            headers["content-range"] = f"bytes {start}-{size - 1}/{size}"
-        return StreamingResponse(self._body(key, hub_file, start), status, headers=headers)
+            headers["content-range"] = f"bytes {start}-{end - 1}/{size}"
+        return StreamingResponse(self._body(key, hub_file, start, end), status, headers=headers)
 
-    async def _body(self, key: str, hub_file: HubFile, start: int) -> AsyncIterator[bytes]:
+    async def _tree(self, request: Request) -> Response:
+        p = request.path_params
+        prefix = f"{p['org']}/{p['repo']}/"
+        if not any(key.startswith(prefix) for key in self.files):
+            return Response(b'{"error":"Repository not found"}', 401,
+                            headers={"X-Error-Code": "RepoNotFound"})  # fmt: skip
+        items: list[dict[str, Any]] = [
+            {"type": "file", "oid": hashlib.sha1(f.data).hexdigest(), "size": len(f.data),
+             "path": key[len(prefix):],
+             "lfs": {"oid": f.sha256, "size": len(f.data), "pointerSize": 134}}
+            for key, f in sorted(self.files.items()) if key.startswith(prefix)
+        ]  # fmt: skip
+        folders = sorted({i["path"].rsplit("/", 1)[0] for i in items if "/" in i["path"]})
+        items += [{"type": "directory", "oid": "0" * 40, "size": 0, "path": f} for f in folders]
+        items.append({"type": "file", "oid": "1" * 40, "size": 12, "path": "README.md"})
+        start = int(request.query_params.get("cursor", "0"))
+        page = items[start : start + PAGE_SIZE]
+        headers = {}
+        if start + PAGE_SIZE < len(items):
+            following = request.url.include_query_params(cursor=start + PAGE_SIZE)
+            headers["link"] = f'<{following}>; rel="next"'
+        return Response(orjson.dumps(page), headers=headers, media_type="application/json")
+
+    async def _body(
+        self, key: str, hub_file: HubFile, start: int, end: int
+    ) -> AsyncIterator[bytes]:
         data = hub_file.data
-        stop = len(data)
-        cut = hub_file.cut_at is not None and hub_file.cuts_left > 0 and start == 0
+        stop = end
+        cut = (
+            hub_file.cut_at is not None
+            and hub_file.cuts_left > 0
+            and start == 0
+            and end == len(data)
+        )  # (a Range read of its head is not the transfer)
         if cut:
             hub_file.cuts_left -= 1
             stop = int(len(data) * (hub_file.cut_at or 0))
@@ -119,7 +159,9 @@ class FakeHub:
 
     def start(self) -> FakeHub:
         route = "/{org}/{repo}/resolve/{revision}/{file:path}"
-        app = Starlette(routes=[Route(route, self._resolve, methods=["GET", "HEAD"])])
+        tree = "/api/models/{org}/{repo}/tree/{revision}"
+        app = Starlette(routes=[Route(route, self._resolve, methods=["GET", "HEAD"]),
+                                Route(tree, self._tree, methods=["GET"])])  # fmt: skip
         self._server = ThreadServer(app)
         self.url = self._server.url
         return self

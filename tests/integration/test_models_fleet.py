@@ -591,3 +591,48 @@ def test_a_fleet_node_serves_only_holders_of_the_node_key(fleet: ModelsFleet) ->
     assert httpx.get(url + "/health").status_code == 200  # probes stay open
     with fleet.node_http("node-b") as http:
         assert http.get("/v1/models").status_code == 200
+
+
+def test_a_model_registered_from_the_hub_is_distributed_and_answers(
+    fleet: ModelsFleet, small_model_path: Path
+) -> None:
+    fleet.hub.add("google/gemma-3-270m-GGUF", "gemma-3-270m-Q4_K_M.gguf", small_model_path)
+    with fleet.http() as http:
+        made = http.post("/api/models/register",
+                         json={"model": "hf.co/google/gemma-3-270m-GGUF"})  # fmt: skip
+        assert made.status_code == 201, made.text
+        assert made.json()["name"] == "gemma-3-270m-q4_k_m"
+        assert made.json()["sha256"] == GEMMA_SHA  # the hub's LFS sha256, checked on arrival
+        answer = http.post("/api/models/distribute", json={
+            "model": "hf.co/google/gemma-3-270m-GGUF:Q4_K_M", "target": "specific",
+            "node_ids": [fleet.node_id("node-c")]})  # fmt: skip
+        assert answer.status_code == 202, answer.text
+        (task,) = answer.json()["task_ids"]
+        wait_until(lambda: http.get(f"/api/tasks/{task}").json()["state"] == "completed",
+                   timeout=120)  # fmt: skip
+        reply = ask_capital_of_france(http, "gemma-3-270m-q4_k_m")
+        assert reply.headers["x-llmlb-node"] == "node-c"
+    stored = fleet.homes["node-c"] / "models" / "gemma-3-270m-q4_k_m" / "model.gguf"
+    assert stored.stat().st_size == small_model_path.stat().st_size
+
+
+def test_the_cli_registers_lists_edits_and_unregisters_a_hub_model(fleet: ModelsFleet) -> None:
+    fleet.hub.add("test/Cli-GGUF", "Cli-Q8_0.gguf", fleet.tiny["t1"])
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "llmlb", "models", *args, "--router", fleet.router.url],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    made = cli("register", "hf.co/test/Cli-GGUF", "--alias", "cli-model")
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith("registered cli-q8_0: Cli-Q8_0.gguf (Q8_0, the default;")
+    listed = cli("registered", "--json")
+    assert [row["name"] for row in json.loads(listed.stdout)] == ["cli-q8_0"]
+    assert cli("edit", "cli-model", "--alias", "renamed", "--tier", "2GiB").returncode == 0
+    assert cli("edit", "renamed", "--tier", "lots").returncode == 1
+    missing = cli("register", "hf.co/test/No-Such-GGUF")
+    assert missing.returncode == 1 and "no such" in missing.stderr and "404" in missing.stderr
+    assert cli("unregister", "renamed").returncode == 0
+    assert json.loads(cli("registered", "--json").stdout) == []

@@ -6,6 +6,7 @@ from llmlb.cli import (  # noqa: F401  (they add their commands to main)
     fleet,
     models,
     probe,
+    registered,
     run,
     users,
 )

@@ -179,6 +179,10 @@ class RemoteAdmin:
             base_url=url.rstrip("/"), headers=headers, timeout=30, verify=trusting(tls_ca)
         )
 
+    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Any admin API call: its JSON answer (RemoteError naming the router's message)."""
+        return await self._call(method, path, **kwargs)
+
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = await self._client.request(method, path, **kwargs)

@@ -15,6 +15,7 @@ Tiers: the ``recommended`` assignment gives a node the model of the largest tier
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +29,11 @@ from llmlb.common.settings import ByteSize
 from llmlb.models.memory import DEFAULT_PLAN_CTX, memory_needed
 
 CATALOG_FILE = "supported_models.json"
+# A quantisation in a GGUF file's name (``...-Q4_K_M.gguf``), for hub references.
+QUANT_IN_NAME = re.compile(
+    r"(?<![A-Za-z0-9])(I?Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32|MXFP4(?:_MOE)?)(?![A-Za-z0-9])",
+    re.IGNORECASE,
+)
 # What a model can do; the router refuses a request that needs one its model lacks
 # (router/proxy/capabilities.py).
 Capability = Literal["chat", "completion", "embedding", "vision", "tools", "reasoning"]
@@ -162,29 +168,71 @@ def tiers_from_setting(table: dict[int, str] | None) -> list[Tier] | None:
 
 
 class Catalog:
+    """The shipped entries and the home's file (``load``), plus the models operators
+    registered from the hub (``set_registered``: kept in the router's database)."""
+
     def __init__(self, entries: dict[str, CatalogEntry], tiers: list[Tier] | None = None) -> None:
-        self._entries = entries
-        self._aliases: dict[str, str] = {}  # canonical form of an alias -> entry name
+        self._base = dict(entries)
+        self._base_tiers = list(tiers or [])
+        self._registered: set[str] = set()
+        self._build(self._base, self._base_tiers)
+
+    def _build(self, entries: dict[str, CatalogEntry], tiers: list[Tier]) -> None:
+        aliases: dict[str, str] = {}  # canonical form of an alias -> entry name
+        hub_refs: dict[str, str] = {}  # "org/repo" and "org/repo:quant", lower case -> name
         for entry in entries.values():
             for alias in entry.aliases:
                 key = canonical_name(alias)
-                owner = self._aliases.get(key) or (key if key in entries else entry.name)
+                owner = aliases.get(key) or (key if key in entries else entry.name)
                 if owner != entry.name:
                     raise CatalogError(
                         f"alias {alias!r} of model {entry.name!r} already names {owner!r}"
                     )
                 if key != entry.name:
-                    self._aliases[key] = entry.name
-        self.tiers: list[Tier] = []
-        for tier in sorted(tiers or [], key=lambda t: -t.min_gpu_memory_bytes):
-            model = self.resolve(tier.model)
+                    aliases[key] = entry.name
+            hub = entry.origin.hub
+            if hub is not None:
+                repo = hub.repo.lower()
+                hub_refs.setdefault(repo, entry.name)
+                quant = QUANT_IN_NAME.findall(hub.file.rsplit("/", 1)[-1])
+                if quant:
+                    hub_refs.setdefault(f"{repo}:{quant[-1].lower()}", entry.name)
+        kept: list[Tier] = []
+        for tier in sorted(tiers, key=lambda t: -t.min_gpu_memory_bytes):
+            model = aliases.get(canonical_name(tier.model), canonical_name(tier.model))
             if model not in entries:
                 raise CatalogError(f"tier {tier.model!r} names no model in the catalog")
-            self.tiers.append(Tier(min_gpu_memory_bytes=tier.min_gpu_memory_bytes, model=model))
+            kept.append(Tier(min_gpu_memory_bytes=tier.min_gpu_memory_bytes, model=model))
+        self._entries, self._aliases, self._hub_refs, self.tiers = entries, aliases, hub_refs, kept
+
+    def set_registered(self, registered: list[CatalogEntry], tiers: list[Tier]) -> None:
+        """The registered models (and their tiers) in place of the last set. CatalogError
+        when one collides with another's name or alias; the catalog is then unchanged."""
+        entries = dict(self._base)
+        for entry in registered:
+            if entry.name in entries:
+                raise CatalogError(f"model {entry.name!r} is in the catalog already")
+            entries[entry.name] = entry
+        self._build(entries, [*self._base_tiers, *tiers])
+        self._registered = {entry.name for entry in registered}
+
+    def is_registered(self, name: str) -> bool:
+        """Whether the model was registered (by an operator, from the hub)."""
+        return name in self._registered
+
+    def registered(self) -> list[CatalogEntry]:
+        return [self._entries[name] for name in sorted(self._registered)]
 
     def resolve(self, name: str) -> str:
-        """The canonical name of a model as typed: an alias's entry, else ``model:tag`` as
+        """The canonical name of a model as typed: an alias's entry, a hub reference's
+        (``hf.co/org/repo:Q4_K_M``, as Ollama users type them), else ``model:tag`` as
         ``model-tag`` (not validated; an unknown name stays unknown)."""
+        if "/" in name:
+            lowered = name.lower()
+            for host in ("hf.co/", "huggingface.co/"):
+                if lowered.startswith(host):
+                    return self._hub_refs.get(lowered[len(host) :], name)
+            return name
         key = canonical_name(name)
         return self._aliases.get(key, key)
 

@@ -7,6 +7,7 @@ skips arrays without materialising them and never reads tensor data.
 
 from __future__ import annotations
 
+import io
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,16 +75,22 @@ class GGUFInfo:
 
 
 class _Reader:
-    def __init__(self, stream: BinaryIO, file_size: int) -> None:
+    def __init__(self, stream: BinaryIO, file_size: int, available: int | None = None) -> None:
         self._stream = stream
-        self._file_size = file_size
+        self.file_size = file_size
+        self._available = file_size if available is None else available  # bytes at hand
         self.position = 0
 
-    def read(self, size: int) -> bytes:
+    def _check(self, size: int) -> None:
         # A length from a corrupt header can be anything up to 2**64: check it against the
         # file before asking for the memory (found by bench/distribution.py: MemoryError).
-        if size > self._file_size - self.position:
+        if size > self.file_size - self.position:
             raise GGUFError("file ends inside the GGUF header (truncated or corrupt)")
+        if size > self._available - self.position:
+            raise GGUFIncomplete(f"the header goes on past byte {self._available}")
+
+    def read(self, size: int) -> bytes:
+        self._check(size)
         data = self._stream.read(size)
         if len(data) != size:
             raise GGUFError("file ends inside the GGUF header (truncated)")
@@ -91,6 +98,7 @@ class _Reader:
         return data
 
     def skip(self, size: int) -> None:
+        self._check(size)
         self._stream.seek(size, 1)
         self.position += size
 
@@ -109,52 +117,71 @@ class _Reader:
         raise GGUFError(f"unknown GGUF value type {value_type}")
 
 
+class GGUFIncomplete(GGUFError):
+    """The bytes at hand end inside the header: read more of the file."""
+
+
 def read_gguf(path: Path) -> GGUFInfo:
     """Read a GGUF file's header and check that the file holds all of its tensor data."""
     file_size = path.stat().st_size
     with path.open("rb") as stream:
-        reader = _Reader(stream, file_size)
-        if reader.read(4) != GGUF_MAGIC:
-            raise GGUFError(f"{path} is not a GGUF file (bad magic)")
-        version = reader.unpack("<I")
-        if version < 2:
-            raise GGUFError(f"{path} uses GGUF version {version}; 2 or later is required")
-        tensor_count = reader.unpack("<Q")
-        kv_count = reader.unpack("<Q")
-        metadata: dict[str, Any] = {}
-        skipped: dict[str, int] = {}
-        for _ in range(kv_count):
-            key = reader.string()
-            value_type = reader.unpack("<I")
-            if value_type != _ARRAY:
-                metadata[key] = reader.value(value_type)
-                continue
-            item_type = reader.unpack("<I")
-            count = reader.unpack("<Q")
-            if count <= _MAX_KEPT_ARRAY:
-                metadata[key] = [reader.value(item_type) for _ in range(count)]
-            else:
-                skipped[key] = count
-                _skip_array(reader, item_type, count)
-        ends: list[int] = []
-        for _ in range(tensor_count):
-            reader.string()
-            n_dims = reader.unpack("<I")
-            elements = 1
-            for _ in range(n_dims):
-                elements *= reader.unpack("<Q")
-            tensor_type = reader.unpack("<I")
-            offset = reader.unpack("<Q")
-            sizes = _TYPE_SIZES.get(tensor_type)
-            ends.append(offset + elements // sizes[0] * sizes[1] if sizes else offset)
-        alignment = int(metadata.get("general.alignment", 32))
-        data_offset = -(-reader.position // alignment) * alignment
-    required = data_offset + max(ends, default=0)
-    if required > file_size:
+        try:
+            info = _read_header(_Reader(stream, file_size), str(path))
+        except GGUFIncomplete as exc:
+            raise GGUFError(f"{path}: {exc}") from None
+    if info.required_size is not None and info.required_size > file_size:
         raise GGUFError(
-            f"{path} is truncated: its tensors need {required} bytes, the file has {file_size}"
+            f"{path} is truncated: its tensors need {info.required_size} bytes, the file has "
+            f"{file_size}"
         )
-    return GGUFInfo(version, metadata, tensor_count, data_offset, required, file_size, skipped)
+    return info
+
+
+def read_gguf_header(head: bytes, file_size: int, where: str = "the file") -> GGUFInfo:
+    """The header of a GGUF file of ``file_size`` bytes from its first bytes (``head``, e.g.
+    a Range request's): GGUFIncomplete when they end inside the header."""
+    return _read_header(_Reader(io.BytesIO(head), file_size, len(head)), where)
+
+
+def _read_header(reader: _Reader, where: str) -> GGUFInfo:
+    if reader.read(4) != GGUF_MAGIC:
+        raise GGUFError(f"{where} is not a GGUF file (bad magic)")
+    version = reader.unpack("<I")
+    if version < 2:
+        raise GGUFError(f"{where} uses GGUF version {version}; 2 or later is required")
+    tensor_count = reader.unpack("<Q")
+    kv_count = reader.unpack("<Q")
+    metadata: dict[str, Any] = {}
+    skipped: dict[str, int] = {}
+    for _ in range(kv_count):
+        key = reader.string()
+        value_type = reader.unpack("<I")
+        if value_type != _ARRAY:
+            metadata[key] = reader.value(value_type)
+            continue
+        item_type = reader.unpack("<I")
+        count = reader.unpack("<Q")
+        if count <= _MAX_KEPT_ARRAY:
+            metadata[key] = [reader.value(item_type) for _ in range(count)]
+        else:
+            skipped[key] = count
+            _skip_array(reader, item_type, count)
+    ends: list[int] = []
+    for _ in range(tensor_count):
+        reader.string()
+        n_dims = reader.unpack("<I")
+        elements = 1
+        for _ in range(n_dims):
+            elements *= reader.unpack("<Q")
+        tensor_type = reader.unpack("<I")
+        offset = reader.unpack("<Q")
+        sizes = _TYPE_SIZES.get(tensor_type)
+        ends.append(offset + elements // sizes[0] * sizes[1] if sizes else offset)
+    alignment = int(metadata.get("general.alignment", 32))
+    data_offset = -(-reader.position // alignment) * alignment
+    required = data_offset + max(ends, default=0)
+    return GGUFInfo(version, metadata, tensor_count, data_offset, required, reader.file_size,
+                    skipped)  # fmt: skip
 
 
 def _skip_array(reader: _Reader, item_type: int, count: int) -> None:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llmlb.common.serving import client_tls
 from llmlb.common.settings import RouterSettings
 from llmlb.models.catalog import Catalog, tiers_from_setting
+from llmlb.models.hub import Hub
 from llmlb.router.access import (
     Accounts,
     Allowances,
@@ -26,7 +27,13 @@ from llmlb.router.access import (
     Provisioning,
 )
 from llmlb.router.cloud import Clouds, Gateway
-from llmlb.router.distribution import Distributor, RouterModels, TaskManager, router_id
+from llmlb.router.distribution import (
+    Distributor,
+    Registrations,
+    RouterModels,
+    TaskManager,
+    router_id,
+)
 from llmlb.router.fleet import (
     PROBE_INTERVAL,
     Endpoints,
@@ -106,6 +113,7 @@ class RouterService:
         self.control = NodeControl(self.session, self.fresh_session)
         self.prober = Prober(self.registry, self.control)
         self.models = RouterModels(settings.home, self.catalog, self.session)
+        self.registrations = Registrations(engine, self.catalog, Hub(self.session))
         self.proxy = Proxy(
             self.registry, settings, self.node_links, self.metrics, capacity,
             lambda m: m in self.catalog,
@@ -147,6 +155,9 @@ class RouterService:
         settings = self.settings
         return [
             Job("reading the node table", FLEET_SYNC_SECONDS, self.fleet.sync, "fleet"),
+            # Models another router (or the CLI through one) registered from the hub.
+            Job("reading the registered models", FLEET_SYNC_SECONDS, self.registrations.sync,
+                "distribution"),
             # A node that refused a connection is probed every second, not only at its next
             # heartbeat: a restart or a blip costs it a second of traffic.
             Job("probing unreachable nodes", PROBE_INTERVAL, self.prober.probe_all, "fleet"),
@@ -187,6 +198,7 @@ class RouterService:
         return cls(settings, engine)
 
     async def start(self) -> None:
+        await self.registrations.sync()  # (the catalog is whole before anything reads it)
         await self.registry.load()
         await self.endpoints.apply_settings(self.settings.endpoints)
         await self.provisioning.ensure_node_token()

@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -122,6 +123,40 @@ async def list_requests(request: Request) -> Response:
 
 async def available(request: Request) -> Response:
     return ORJSONResponse({"data": service_of(request).distributor.available()})
+
+
+class _Registration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=500)  # hf.co/ORG/REPO:QUANT, a link, ...
+    name: str | None = Field(default=None, max_length=128)
+    aliases: list[str] = Field(default_factory=list, max_length=32)
+
+
+async def register_model(request: Request) -> Response:
+    """A model from Hugging Face into the catalog (router.distribution.registrations)."""
+    body = validated(_Registration, await _body(request))
+    service = service_of(request)
+    who = request.state.principal.who
+    entry, how = await service.registrations.register(
+        body.model, body.name, body.aliases, who.user or who.key_id
+    )
+    return ORJSONResponse({**entry.public(), "chosen": how}, status_code=201)
+
+
+async def list_registered(request: Request) -> Response:
+    return ORJSONResponse({"data": service_of(request).registrations.listing()})
+
+
+async def update_registered(request: Request) -> Response:
+    registrations = service_of(request).registrations
+    entry = await registrations.update(request.path_params["name"], await _body(request))
+    return ORJSONResponse(entry.public())
+
+
+async def unregister_model(request: Request) -> Response:
+    await service_of(request).registrations.remove(request.path_params["name"])
+    return Response(status_code=204)
 
 
 async def pull_to_router(request: Request) -> Response:

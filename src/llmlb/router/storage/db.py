@@ -89,6 +89,18 @@ api_keys = Table(
 )
 
 # One counter per table that routers keep in memory (router.storage.revisions).
+# Models operators registered from the hub (models.hub): catalog entries every router adds
+# to its catalog; each write takes the next revision of the "catalog" topic.
+registered_models = Table(
+    "registered_models",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("entry", JSON, nullable=False),  # the CatalogEntry
+    Column("tier_min_gpu_memory_bytes", BigInteger, nullable=True),
+    Column("registered_at", Float, nullable=False),
+    Column("registered_by", String(200), nullable=True),
+)
+
 revisions = Table(
     "revisions",
     metadata,
