@@ -293,6 +293,24 @@ def test_an_endpoint_added_in_the_page_serves_beside_the_node(console: Console, 
         ollama.stop()
 
 
+def test_a_model_registered_from_the_hub_in_the_page_joins_the_table(
+    console: Console, page: Page, tmp_path: Path
+) -> None:
+    tiny = write_tiny_gguf(tmp_path / "dash.gguf", 1, seed=21)
+    console.hub.add("test/Dash-GGUF", "Dash-Q4_K_M.gguf", tiny)
+    log_in(page, console, where="#/models")
+    page.fill("input[name=hub_reference]", "hf.co/test/Missing-GGUF")
+    page.get_by_role("button", name="Register", exact=True).click()
+    expect(page.get_by_role("status").last).to_contain_text("no such repository")
+    page.fill("input[name=hub_reference]", "hf.co/test/Dash-GGUF")
+    page.get_by_role("button", name="Register", exact=True).click()
+    row = page.locator("tr[data-model=dash-q4_k_m]")
+    expect(row.locator("[data-registered]")).to_have_text("from Hugging Face")
+    shot(page, "models-registered")
+    row.get_by_role("button", name="Unregister").click()
+    expect(page.locator("tr[data-model=dash-q4_k_m]")).to_have_count(0)
+
+
 def test_a_viewer_sees_no_write_controls_and_the_api_refuses_them(
     console: Console, page: Page
 ) -> None:

@@ -436,6 +436,24 @@ function nodeDetailPage(root, id) {
   return { onNodes: (nodes) => { if (!nodes.find((n) => n.id === id)) refresh(); } };
 }
 
+// A GGUF from Hugging Face into the catalog: POST /api/models/register.
+function registerForm(refresh) {
+  const reference = h("input", { name: "hub_reference", placeholder: "hf.co/unsloth/Qwen3-4B-GGUF:Q4_K_M", required: true, maxlength: 500, size: 40 });
+  const name = h("input", { name: "hub_name", placeholder: "name (default: from the file)", maxlength: 128 });
+  const register = () => act(async () => {
+    const body = { model: reference.value.trim() };
+    if (name.value.trim()) body.name = name.value.trim();
+    const entry = await api("POST", "/api/models/register", body);
+    toast(`registered ${entry.name}: ${entry.origin.hub.file} (${entry.chosen})`, true);
+    reference.value = name.value = "";
+    await refresh();
+  });
+  return h("div", { class: "panel" }, h("h2", {}, "Register a model from Hugging Face"),
+    h("form", { class: "form-row", onsubmit: (e) => { e.preventDefault(); register(); } },
+      h("label", {}, "Repository or link", reference), h("label", {}, "Name", name),
+      h("button", { type: "submit" }, "Register")));
+}
+
 function modelsPage(root) {
   const table = h("div", { class: "panel scroll" });
   root.append(table);
@@ -462,13 +480,15 @@ function modelsPage(root) {
       h("thead", {}, h("tr", {}, h("th", {}, "Model"), h("th", {}, "Size"), h("th", {}, "Router store"),
         nodes.map((n) => h("th", {}, n.node)), h("th", {}, ""))),
       h("tbody", {}, models.map((m) => h("tr", { "data-model": m.name },
-        h("td", {}, m.name, m.in_catalog ? null : h("div", { class: "muted" }, "not in catalog")),
+        h("td", {}, m.name, m.in_catalog ? null : h("div", { class: "muted" }, "not in catalog"),
+          m.registered ? h("div", { class: "muted", "data-registered": "" }, "from Hugging Face") : null),
         h("td", {}, fmt.bytes(m.size_bytes)),
         h("td", {}, m.on_router ? "stored" : "–"),
         m.nodes.map((n) => cell(m, n)),
         h("td", {}, canWrite() ? h("div", { class: "actions" },
           h("button", { onclick: () => distribute(m, nodes) }, "Distribute…"),
-          m.in_catalog && !m.on_router ? h("button", { class: "secondary", onclick: () => act(() => api("POST", `/api/models/${encodeURIComponent(m.name)}/pull`), `pulling ${m.name} into the router's store`) }, "Pull to router") : null) : null))))));
+          m.in_catalog && !m.on_router ? h("button", { class: "secondary", onclick: () => act(() => api("POST", `/api/models/${encodeURIComponent(m.name)}/pull`), `pulling ${m.name} into the router's store`) }, "Pull to router") : null,
+          m.registered ? h("button", { class: "danger", onclick: () => confirm(`Unregister ${m.name}? Nodes keep their copies.`) && act(async () => { await api("DELETE", `/api/models/registered/${encodeURIComponent(m.name)}`); await refresh(); }, `unregistered ${m.name}`) }, "Unregister") : null) : null))))));
   };
   const distribute = (model, nodes) => {
     const boxes = nodes.map((n) => h("input", { type: "checkbox", value: n.node_id, "aria-label": n.node }));
@@ -494,6 +514,7 @@ function modelsPage(root) {
     for (const t of tasks.reverse()) if (t.node_id) progress[`${t.node_id}/${t.model}`] = t;
     show();
   };
+  if (canWrite()) root.prepend(registerForm(() => refresh()));
   refresh().catch((err) => toast(err.message));
   return {
     // What nodes hold comes with their heartbeats: look again when the node table arrives.

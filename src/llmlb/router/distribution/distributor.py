@@ -180,6 +180,7 @@ class Distributor:
             rows.append({
                 "name": name,
                 "in_catalog": entry is not None,
+                "registered": self._models.catalog.is_registered(name),  # from the hub
                 "on_router": self._models.store.get(name) is not None,
                 "size_bytes": entry.size_bytes if entry else None,
                 "required_memory_bytes": entry.memory_needed() if entry else None,
