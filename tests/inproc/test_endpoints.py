@@ -77,6 +77,11 @@ async def test_endpoints_serve_their_models_under_fleet_names_with_their_own_ids
             assert answer.json()["system_fingerprint"] == f"fp_{fake.kind}"
             assert answer.json()["model"] == own
             assert fake.chats()[-1].model == own
+        # An image to an endpoint's model: its server decides (vLLM serves vision models).
+        image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0K"}}
+        seen = await client.post("/v1/chat/completions", json={
+            "model": VLLM_MODEL, "messages": [{"role": "user", "content": [image]}]})  # fmt: skip
+        assert seen.status_code == 200, seen.text
         stream = await client.post("/v1/chat/completions", json={
             "model": "Qwen2.5-0.5B-Instruct", "messages": CHAT, "stream": True})  # fmt: skip
         assert stream.status_code == 200 and stream.text.endswith("data: [DONE]\n\n")

@@ -62,12 +62,18 @@ class Fleet:
         return self.catalog.resolve(model)
 
     def capabilities(self, model: str) -> frozenset[str] | None:
-        """What the catalog says a model can do (every capability for a cloud model: its
-        provider decides); None for a local model the catalog does not list."""
+        """What the catalog says a model can do (every capability for a cloud model, or one
+        only endpoints serve: their servers decide); None for a local model the catalog does
+        not list."""
         if prefix_of(model) is not None:
             return CLOUD_CAPABILITIES
         entry = self.catalog.get(model)
-        return None if entry is None else frozenset(entry.capabilities)
+        if entry is not None:
+            return frozenset(entry.capabilities)
+        holders = self.registry.holders(model)
+        if holders and all(self.registry.get(i).is_endpoint for i in holders):
+            return CLOUD_CAPABILITIES  # its server decides (a vLLM serving a vision model)
+        return None
 
     def knows(self, model: str) -> bool:
         """Whether the catalog lists the model or some node holds it."""
