@@ -41,15 +41,20 @@ def models() -> None:
 @click.option(
     "--chat-template", default=None, help="Template name (qa, chatml, gemma, llama3) or Jinja"
 )
+@click.option("--mmproj", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Its multimodal projector (llama.cpp's mmproj): it sees images")  # fmt: skip
 @click.option("--home", type=click.Path(path_type=Path), default=None)
 def models_add(
-    name: str, path: Path, copy: bool, chat_template: str | None, home: Path | None
-) -> None:
+    name: str, path: Path, copy: bool, chat_template: str | None, mmproj: Path | None,
+    home: Path | None,
+) -> None:  # fmt: skip
     """Put the GGUF file PATH into the store as NAME."""
     from llmlb.models.gguf import GGUFError, read_gguf
 
     try:
         read_gguf(path)
+        if mmproj is not None and read_gguf(mmproj).architecture != "clip":
+            fail(f"{mmproj} is not a projector (its architecture is not clip)")
     except GGUFError as exc:
         fail(str(exc))
     store = store_at(home)
@@ -57,6 +62,8 @@ def models_add(
     try:
         with console.status(f"adding {name} (hashing {path.stat().st_size / 2**20:.0f} MiB)"):
             model = store.add(name, path, link=not copy, metadata=metadata)
+            if mmproj is not None:
+                model = store.add_projector(name, mmproj)
     except LlmlbError as exc:
         fail(exc.message)
     console.print(f"added [bold]{model.name}[/bold] sha256 {model.sha256}")

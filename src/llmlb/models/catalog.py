@@ -79,6 +79,15 @@ class ModelPart(BaseModel):
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
+class ProjectorFile(BaseModel):
+    """A vision model's multimodal projector (llama.cpp's mmproj): a file in the hub origin's
+    repository, or a URL beside a URL origin. Fetched, verified and distributed with it."""
+
+    file: str = Field(min_length=1, max_length=500)
+    size_bytes: int = Field(gt=0)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
 class CatalogEntry(BaseModel):
     name: str
     aliases: list[str] = Field(default_factory=list, max_length=32)
@@ -96,6 +105,20 @@ class CatalogEntry(BaseModel):
     # A split GGUF: its files in order (``origin.hub.file`` names the first); size_bytes is
     # their sum and sha256 stays unset (each part has its own).
     parts: list[ModelPart] | None = Field(default=None, min_length=2, max_length=256)
+    mmproj: ProjectorFile | None = None  # it sees images (vision) through this projector
+
+    @model_validator(mode="after")
+    def _projector_sees(self) -> CatalogEntry:
+        if self.mmproj is not None:
+            if self.origin.package is not None:
+                raise ValueError("a projector (mmproj) needs a hub or url origin")
+            if self.origin.url is not None and not self.mmproj.file.startswith(
+                ("http://", "https://")
+            ):
+                raise ValueError("with a url origin, mmproj.file is the projector's URL")
+            if "vision" not in self.capabilities:
+                self.capabilities = [*self.capabilities, "vision"]
+        return self
 
     @model_validator(mode="after")
     def _parts_add_up(self) -> CatalogEntry:

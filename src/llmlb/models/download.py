@@ -37,7 +37,7 @@ import aiohttp
 from llmlb.common.errors import CorruptDownload, InsufficientStorage, LlmlbError, UpstreamFailed
 from llmlb.models.partial import check_space, disk_full, hash_prefix, partial_path, verify
 from llmlb.models.progress import Progress, Throttle, account_speed
-from llmlb.models.store import MODEL_FILE, ModelStore, StoredModel, sha256_file
+from llmlb.models.store import MODEL_FILE, PROJECTOR_FILE, ModelStore, StoredModel, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +215,8 @@ def _record(
 ) -> StoredModel:
     """metadata.json for a model whose files are all in place."""
     folder = store.folder(name)
+    projector = [(t, d) for t, d in digests if t == PROJECTOR_FILE]
+    digests = [(t, d) for t, d in digests if t != PROJECTOR_FILE]
     meta: dict[str, Any] = {
         "name": name,
         "size_bytes": sum((folder / target).stat().st_size for target, _ in digests),
@@ -225,6 +227,8 @@ def _record(
         meta["sha256"] = digests[0][1]
     else:
         meta["parts"] = [{"file": target, "sha256": digest} for target, digest in digests]
+    if projector:
+        meta["projector"] = {"file": PROJECTOR_FILE, "sha256": projector[0][1]}
     store.write_metadata(name, meta)
     stored = store.get(name)
     assert stored is not None, f"{name}: files missing after the download"

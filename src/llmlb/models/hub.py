@@ -158,6 +158,14 @@ def _with_parts(first: HubFile, ggufs: list[HubFile]) -> list[HubFile]:
     return parts
 
 
+def projector_of(files: list[HubFile]) -> HubFile | None:
+    """The repository's multimodal projector (``mmproj-*.gguf``): it sees images. F16 where
+    there are several, as llama.cpp's own vision repositories ship it."""
+    found = sorted((f for f in files if f.path.endswith(".gguf") and "mmproj" in f.path.lower()),
+                   key=lambda f: (quant_of(f.path) != "F16", f.path))  # fmt: skip
+    return found[0] if found else None
+
+
 def default_name(files: list[HubFile]) -> str:
     """A store name from the file's name: lower case, without ``.gguf`` or a part suffix."""
     stem = files[0].path.rsplit("/", 1)[-1]
@@ -183,8 +191,9 @@ def capabilities_of(info: GGUFInfo) -> list[Capability]:
 
 
 def entry_for(ref: HubRef, files: list[HubFile], info: GGUFInfo, name: str,
-              aliases: list[str]) -> CatalogEntry:  # fmt: skip
-    """The catalog entry of the chosen file(s), with what the header says."""
+              aliases: list[str], projector: HubFile | None = None) -> CatalogEntry:  # fmt: skip
+    """The catalog entry of the chosen file(s), with what the header says (and the
+    projector, which makes it a vision model)."""
     first = files[0]
     kv = kv_bytes_per_token_of(info)
     data: dict[str, Any] = {
@@ -196,6 +205,9 @@ def entry_for(ref: HubRef, files: list[HubFile], info: GGUFInfo, name: str,
         "kv_bytes_per_token": kv or None, "capabilities": capabilities_of(info),
         "tags": ["hub", info.architecture] if info.architecture else ["hub"],
     }  # fmt: skip
+    if projector is not None and "embedding" not in data["capabilities"]:
+        data["mmproj"] = {"file": projector.path, "size_bytes": projector.size,
+                          "sha256": projector.sha256}  # fmt: skip
     if len(files) == 1:
         data["sha256"] = first.sha256
     else:

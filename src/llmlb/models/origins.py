@@ -14,7 +14,7 @@ from llmlb.common.errors import UpstreamFailed
 from llmlb.models.catalog import CatalogEntry
 from llmlb.models.download import ModelFile, Source, single_file
 from llmlb.models.progress import Progress
-from llmlb.models.store import ModelStore, StoredModel, part_file
+from llmlb.models.store import PROJECTOR_FILE, ModelStore, StoredModel, part_file
 
 
 def origin_source(entry: CatalogEntry, file: str | None = None) -> Source | None:
@@ -42,10 +42,14 @@ def _beside(first: str, file: str) -> str:
 
 
 def model_files(entry: CatalogEntry, sources: list[Source]) -> list[ModelFile]:
-    """The files of an entry, each from ``sources`` (URLs of its single file or first part:
-    the parts' URLs are made from them by ``part_source``)."""
+    """The files of an entry, each from ``sources`` (router blob URLs of its single file or
+    first part: the parts' and the projector's URLs are made from them)."""
+    projector = []
+    if entry.mmproj is not None:
+        projector = [ModelFile(PROJECTOR_FILE, [projector_source(s) for s in sources],
+                               entry.mmproj.sha256, entry.mmproj.size_bytes)]  # fmt: skip
     if entry.parts is None:
-        return single_file(sources, entry.sha256, entry.size_bytes)
+        return single_file(sources, entry.sha256, entry.size_bytes) + projector
     count = len(entry.parts)
     return [
         ModelFile(
@@ -55,22 +59,45 @@ def model_files(entry: CatalogEntry, sources: list[Source]) -> list[ModelFile]:
             part.size_bytes,
         )
         for index, part in enumerate(entry.parts, start=1)
-    ]
+    ] + projector
 
 
 def origin_files(entry: CatalogEntry) -> list[ModelFile]:
     """The files of an entry, each from its origin (hub or URL; not a package)."""
+    projector = []
+    if entry.mmproj is not None:
+        projector = [ModelFile(PROJECTOR_FILE, [projector_origin(entry)], entry.mmproj.sha256,
+                               entry.mmproj.size_bytes)]  # fmt: skip
     if entry.parts is None:
         source = origin_source(entry)
         assert source is not None, "package origins are installed, not downloaded"
-        return single_file([source], entry.sha256, entry.size_bytes)
+        return single_file([source], entry.sha256, entry.size_bytes) + projector
     count = len(entry.parts)
     files = []
     for index, part in enumerate(entry.parts, start=1):
         source = origin_source(entry, part.file)
         assert source is not None
         files.append(ModelFile(part_file(index, count), [source], part.sha256, part.size_bytes))
-    return files
+    return files + projector
+
+
+def projector_origin(entry: CatalogEntry) -> Source:
+    """Where an entry's projector comes from: its file in the hub repository, or its URL."""
+    assert entry.mmproj is not None
+    hub = entry.origin.hub
+    if hub is not None:
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
+
+        url = hf_hub_url(hub.repo, entry.mmproj.file, revision=hub.revision)
+        headers = {k: v for k, v in build_hf_headers().items() if k.lower() != "user-agent"}
+        return Source(f"origin {entry.origin.describe()} (projector)", url, headers)
+    return Source(f"origin {entry.origin.describe()} (projector)", entry.mmproj.file)
+
+
+def projector_source(source: Source) -> Source:
+    """A router blob URL for a model's projector (``?file=mmproj``)."""
+    return Source(source.label, f"{source.url}?file=mmproj", source.headers)
 
 
 def part_source(source: Source, index: int) -> Source:

@@ -27,6 +27,8 @@ from llmlb.common.names import InvalidModelName, is_model_name, validate_name
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.gguf"
+# A vision model's multimodal projector (llama.cpp's mmproj), beside its model file.
+PROJECTOR_FILE = "mmproj.gguf"
 METADATA_FILE = "metadata.json"
 _FIRST_PART = re.compile(r"model-00001-of-(\d{5})\.gguf")
 
@@ -67,6 +69,12 @@ class StoredModel:
     def sha256(self) -> str | None:
         value = self.metadata.get("sha256")
         return str(value) if value else None
+
+    @property
+    def projector(self) -> Path | None:
+        """Its multimodal projector, when it has one: it sees images."""
+        path = self.path.parent / PROJECTOR_FILE
+        return path if path.is_file() else None
 
 
 class ModelStore:
@@ -155,6 +163,18 @@ class ModelStore:
         stored = self.get(name)
         assert stored is not None
         return stored
+
+    def add_projector(self, name: str, source: Path) -> StoredModel:
+        """Give a stored model its multimodal projector (copied; renamed into place)."""
+        model = self.get(name)
+        if model is None:
+            raise InvalidModelName(f"model {name!r} is not in the store")
+        staging = model.path.parent / (PROJECTOR_FILE + ".partial")
+        shutil.copyfile(source, staging)
+        digest = sha256_file(staging)
+        os.replace(staging, model.path.parent / PROJECTOR_FILE)
+        return self.update_metadata(name, {"projector": {"file": PROJECTOR_FILE,
+                                                         "sha256": digest}})  # fmt: skip
 
     def write_metadata(self, name: str, metadata: dict[str, Any]) -> None:
         folder = self.folder(name)

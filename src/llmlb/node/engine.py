@@ -54,6 +54,8 @@ class EngineSpec:
     # llama.cpp's default (every visible GPU). One non-zero share: that GPU alone.
     gpu_shares: tuple[float, ...] = ()
     prompt_cache_mib: int = 0  # llama.cpp's host-memory prompt cache; 0: off
+    # The multimodal projector (mmproj) that lets the model see images; None: text only.
+    projector: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -95,6 +97,8 @@ def _engine_params(spec: EngineSpec) -> Any:
     if spec.template.jinja is not None:
         params.use_jinja = True
         params.chat_template = spec.template.jinja
+    if spec.projector is not None:
+        params.mmproj.path = str(spec.projector)
     return params
 
 

@@ -89,7 +89,8 @@ class Inference:
         sequences matched by the node (node.stops)."""
         name = self.inventory.resolver.canonical(model_name(body))
         spec = await self.inventory.spec_for(name, "generate")
-        body = validate_generation(body, endpoint, spec.ctx_size, spec.parallel, self.settings)
+        body = validate_generation(body, endpoint, spec.ctx_size, spec.parallel, self.settings,
+                                   sees=spec.projector is not None)  # fmt: skip
         shape: Shape | None = None
         plan = None
         if endpoint == "chat":

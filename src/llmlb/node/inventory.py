@@ -117,6 +117,7 @@ class Inventory:
             threads=self._threads,
             gpu_layers=self.settings.gpu_layers,
             layers=_layer_count(info),
+            projector=model.projector if purpose == "generate" else None,
         )
 
     def list_models(self) -> list[dict[str, Any]]:

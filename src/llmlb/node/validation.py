@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, model_validator
 from llmlb.common.chat import (
     MAX_MESSAGES,
     MAX_TOOLS,
+    ImagePart,
     OpenModel,
     StreamOptions,
     TextPart,
@@ -40,11 +41,16 @@ MAX_TOKEN_ID = 2**31  # llama.cpp's token ids are 32-bit
 MAX_BYTES_PER_TOKEN = 32
 
 
+# Images in one request, at most: each is encoded by the model's projector before generation.
+MAX_IMAGES = 16
+IMAGE_DATA_PREFIX = "data:image/"
+
+
 class Message(OpenModel):
     # ``function``: the deprecated name of a tool's result (read as a ``tool`` message).
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    # Text only: the node's engines take no images or audio.
-    content: str | list[TextPart] | None = None
+    # Text, and images (inline, as data URLs) for a model with a projector (mmproj).
+    content: str | list[TextPart | ImagePart] | None = None
     tool_calls: list[ToolCall] | None = None
     name: str | None = None
     tool_call_id: str | None = None
@@ -58,9 +64,9 @@ class Message(OpenModel):
         if isinstance(content, list):
             for part in content:
                 kind = part.get("type") if isinstance(part, dict) else None
-                if kind != "text":
+                if kind not in ("text", "image_url"):
                     raise ValueError(f"content parts of type {str(kind)[:40]!r} are not "
-                                     "taken here: this model reads text only")  # fmt: skip
+                                     "taken here (text and image_url are)")  # fmt: skip
         return data
 
     @model_validator(mode="after")
@@ -141,9 +147,9 @@ def model_name(body: dict[str, Any]) -> str:
     return model
 
 
-def _content_bytes(content: str | list[TextPart] | None) -> int:
+def _content_bytes(content: str | list[TextPart | ImagePart] | None) -> int:
     if isinstance(content, list):
-        return sum(len(part.text.encode()) for part in content)
+        return sum(len(part.text.encode()) for part in content if isinstance(part, TextPart))
     return len(content.encode()) if content else 0
 
 
@@ -160,9 +166,11 @@ def _prompt_bytes(request: BaseModel) -> int:
 
 
 def validate_generation(
-    body: dict[str, Any], endpoint: str, ctx_size: int, slots: int, settings: NodeSettings
-) -> dict[str, Any]:
+    body: dict[str, Any], endpoint: str, ctx_size: int, slots: int, settings: NodeSettings,
+    sees: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     """The request body with its bounds applied; BadRequest naming the first bad field.
+    ``sees``: the model has a projector, so chat messages may carry images.
 
     A request that sets no output limit gets ``default_max_tokens`` (the OpenAI SDK sends
     none: without it a request would run until the context is full).
@@ -171,6 +179,8 @@ def validate_generation(
     _check_inputs(body, "prompt")
     request = parse_as(ChatRequest if endpoint == "chat" else CompletionRequest, body)
     assert isinstance(request, _Generation)
+    if isinstance(request, ChatRequest):
+        _check_images(request, sees)
     if isinstance(request, CompletionRequest):
         _refuse_unserved(request)
         if request.prompt is None:
@@ -223,13 +233,37 @@ def validate_generation(
     return body
 
 
+def _check_images(request: ChatRequest, sees: bool) -> None:
+    """Images only to a model that sees, inline, and not too many."""
+    images = [part.image_url.url for message in request.messages
+              if isinstance(message.content, list)
+              for part in message.content if isinstance(part, ImagePart)]  # fmt: skip
+    if not images:
+        return
+    if not sees:
+        raise BadRequest("this model reads text only (it has no projector, mmproj): send "
+                         "text, or name a vision model", param="messages",
+                         code="model_lacks_capability")  # fmt: skip
+    if len(images) > MAX_IMAGES:
+        raise BadRequest(f"at most {MAX_IMAGES} images a request, got {len(images)}",
+                         param="messages")  # fmt: skip
+    for url in images:
+        if not url.startswith(IMAGE_DATA_PREFIX) or ";base64," not in url[:100]:
+            raise BadRequest("an image reaches a node inline, as a data:image/...;base64 "
+                             "URL (the router fetches http(s) ones)", param="messages")  # fmt: skip
+
+
 def _flat_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Content given as text parts, joined into one string (what they mean in OpenAI's
-    API): chat templates, ours and the ones inside GGUFs, expect a string. A deprecated
+    API): chat templates, ours and the ones inside GGUFs, expect a string; content with
+    images stays a list of parts, which llama.cpp gives its projector. A deprecated
     ``function`` message is the ``tool`` message it stands for."""
     flat = []
     for message in messages:
-        if isinstance(message.get("content"), list):
+        content = message.get("content")
+        if isinstance(content, list) and any(p.get("type") == "image_url" for p in content):
+            pass  # (llama.cpp reads OpenAI's parts, the images through the projector)
+        elif isinstance(content, list):
             message = {**message, "content": "".join(p["text"] for p in message["content"])}
         if message.get("role") == "function":
             name = message.get("name")

@@ -79,8 +79,9 @@ def _range_start(header: str | None) -> int:
 
 
 async def blob(request: Request) -> Response:
-    """A model file (``?part=N``: a part of a split model): from the router's store (Range,
-    ETag), or pulled through from its origin while it downloads."""
+    """A model file (``?part=N``: a part of a split model; ``?file=mmproj``: a vision
+    model's projector): from the router's store (Range, ETag), or pulled through from its
+    origin while it downloads."""
     await authorize(request, "node")
     service = service_of(request)
     models = service.models
@@ -88,9 +89,15 @@ async def blob(request: Request) -> Response:
     known = name in service.catalog or models.store.get(name) is not None
     service.metrics.blob_requests.labels(name if known else UNKNOWN_MODEL_LABEL).inc()
     part = _part_number(request.query_params.get("part"))
-    if part is None and models.is_split(name):
+    which = request.query_params.get("file")
+    if which not in (None, "mmproj"):
+        raise BadRequest("file is 'mmproj' (a vision model's projector) or absent", param="file")
+    if which is None and part is None and models.is_split(name):
         raise BadRequest(f"model {name!r} is a split model: ask for each ?part=N", param="part")
-    if part is not None:
+    if which == "mmproj":
+        path, _, sha256 = models.projector(name)
+        held = path if path.is_file() else None
+    elif part is not None:
         path, _, sha256 = models.part(name, part)
         held = path if path.is_file() else None
     else:
@@ -105,7 +112,9 @@ async def blob(request: Request) -> Response:
             code="model_not_on_router",
         )
     start = _range_start(request.headers.get("range"))
-    if part is not None:
+    if which == "mmproj":
+        stream = await models.projector_through(name, start)
+    elif part is not None:
         stream = await models.part_through(name, part, start)
     else:
         stream = await models.pull_through(name, start)

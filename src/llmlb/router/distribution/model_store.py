@@ -25,7 +25,7 @@ from llmlb.models.download import Downloads, fetch_files
 from llmlb.models.origins import install_package, origin_files
 from llmlb.models.partial import PARTIAL_SUFFIX, partial_path
 from llmlb.models.progress import Progress
-from llmlb.models.store import ModelStore, StoredModel, part_file
+from llmlb.models.store import PROJECTOR_FILE, ModelStore, StoredModel, part_file
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,38 @@ class RouterModels:
             raise UpstreamFailed(f"range start {start} is past the end of part {index} ({total})")
         return BlobStream(total, start, sha256, self._tail(source, start, total, task, progress))
 
+    def projector(self, name: str) -> tuple[Path, int, str | None]:
+        """A vision model's projector: where it is or will be on the router, its size and
+        sha256. BadRequest for a model without one."""
+        name = self.canonical(name)
+        entry = self.catalog.get(name)
+        path = self.store.folder(name) / PROJECTOR_FILE
+        if entry is not None and entry.mmproj is not None:
+            return path, entry.mmproj.size_bytes, entry.mmproj.sha256
+        if path.is_file():
+            return path, path.stat().st_size, None
+        raise BadRequest(f"model {name!r} has no projector (mmproj)", param="file")
+
+    async def projector_through(self, name: str, start: int) -> BlobStream:
+        """Stream the projector of a model the router is still fetching (its last file)."""
+        name = self.canonical(name)
+        path, total, sha256 = self.projector(name)
+        task = self.pull(name)
+        progress = self.downloads.progress[name]
+        partial = partial_path(self.store, name, PROJECTOR_FILE)
+        while not path.is_file() and not partial.is_file() and not task.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await progress.changed.wait()
+        if task.done():
+            task.result()  # raises the download's error
+        source = path if path.is_file() else partial
+        if not source.is_file():
+            raise UpstreamFailed(f"the router's download of {name!r} has no projector")
+        if start >= total:
+            raise UpstreamFailed(f"range start {start} is past the end of the projector ({total})")
+        return BlobStream(total, start, sha256, self._tail(source, start, total, task, progress))
+
     async def pull_through(self, name: str, start: int) -> BlobStream:
         """Stream a model the router is still fetching, from byte ``start``."""
         name = self.canonical(name)
@@ -169,7 +201,9 @@ class RouterModels:
             total = stored.size_bytes
             path = stored.path
         else:
-            total = progress.bytes_total or 0
+            # (The progress counts a projector too: the model file's own size, where known.)
+            total = (entry.size_bytes if entry is not None and entry.mmproj is not None
+                     else None) or progress.bytes_total or 0  # fmt: skip
             path = partial_path(self.store, name)
         if start >= total > 0:
             raise UpstreamFailed(f"range start {start} is past the end of {name!r} ({total})")

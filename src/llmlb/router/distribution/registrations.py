@@ -22,7 +22,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from llmlb.common.errors import BadRequest, Conflict, NotFound
 from llmlb.common.names import store_name
 from llmlb.models.catalog import Catalog, CatalogEntry, CatalogError, Tier
-from llmlb.models.hub import Hub, choose, default_name, entry_for, parse_reference
+from llmlb.models.hub import (
+    Hub,
+    choose,
+    default_name,
+    entry_for,
+    parse_reference,
+    projector_of,
+)
 from llmlb.router.storage.db import registered_models
 from llmlb.router.storage.revisions import current_revision, next_revision
 
@@ -78,11 +85,12 @@ class Registrations:
     ) -> tuple[CatalogEntry, str]:
         """The new entry, and how its file was chosen (``Q4_K_M, the default``)."""
         ref = parse_reference(reference)
-        files, how = choose(ref, await self._hub.files(ref))
+        listing = await self._hub.files(ref)
+        files, how = choose(ref, listing)
         info = await self._hub.header(ref, files[0])
         chosen = store_name(name) if name else default_name(files)
         try:
-            entry = entry_for(ref, files, info, chosen, aliases)
+            entry = entry_for(ref, files, info, chosen, aliases, projector_of(listing))
         except ValueError as exc:
             raise BadRequest(f"{ref.describe()}: {exc}", param="aliases") from exc
         await self.sync()
