@@ -402,7 +402,12 @@ class RouterSettings(CommonSettings):
         default=30.0, ge=0, description="Longest Retry-After a retry waits out (seconds)"
     )
     max_image_bytes: ByteSize = Field(
-        default=20 * 1024 * 1024, description="Largest image in a request sent to a cloud"
+        default=20 * 1024 * 1024,
+        description="Largest image in a request: sent to a cloud, or fetched by URL for a node",
+    )
+    image_fetch_private: bool = Field(
+        default=False,
+        description="Fetch images by URL from private and local addresses too (for nodes)",
     )
 
     @model_validator(mode="after")

@@ -115,6 +115,7 @@ class NodeLoad(BaseModel):
     state: NodeState = "ready"
     models_loaded: Models = Field(default_factory=list)
     models_on_disk: Models = Field(default_factory=list)
+    models_seeing: Models = Field(default_factory=list)  # those with a projector (vision)
     active_requests: int = Field(default=0, ge=0)
     queued_requests: int = Field(default=0, ge=0)
     # Client requests the node holds at any stage (downloading, loading, generating); None

@@ -72,7 +72,10 @@ class StoredModel:
 
     @property
     def projector(self) -> Path | None:
-        """Its multimodal projector, when it has one: it sees images."""
+        """Its multimodal projector, when it has one: it sees images. (Only in a model's own
+        folder: a shared folder's loose GGUFs have none.)"""
+        if self.path.name != MODEL_FILE and not _FIRST_PART.fullmatch(self.path.name):
+            return None
         path = self.path.parent / PROJECTOR_FILE
         return path if path.is_file() else None
 

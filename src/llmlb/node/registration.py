@@ -66,10 +66,12 @@ class RouterLink:
         service = self._service
         engines = [e for e in service.pool.loaded().values() if e.spec.purpose == "generate"]
         gpu_percent, gpu_free = self._gpu_use()
+        local = service.resolver.all_local()
         return NodeLoad(
             state=service.reported_state(),
             models_loaded=sorted({e.spec.name for e in engines}),
-            models_on_disk=[m.name for m in service.resolver.all_local()],
+            models_on_disk=[m.name for m in local],
+            models_seeing=[m.name for m in local if m.projector is not None],
             downloads=service.resolver.active_progress(),
             sync=service.sync.state(),
             active_requests=sum(e.busy for e in engines),

@@ -240,6 +240,12 @@ def _check_images(request: ChatRequest, sees: bool) -> None:
               for part in message.content if isinstance(part, ImagePart)]  # fmt: skip
     if not images:
         return
+    elsewhere = [m for m in request.messages if m.role != "user" and isinstance(m.content, list)
+                 and any(isinstance(p, ImagePart) for p in m.content)]  # fmt: skip
+    if elsewhere:
+        # (llama.cpp aborts on a prompt that ends in an image, as an assistant turn left
+        # open for its continuation would: llama.cpp #15812.)
+        raise BadRequest("images go in user messages only", param="messages")
     if not sees:
         raise BadRequest("this model reads text only (it has no projector, mmproj): send "
                          "text, or name a vision model", param="messages",

@@ -44,6 +44,7 @@ from llmlb.router.fleet import (
     Registry,
 )
 from llmlb.router.proxy import Capacity, Forwarder, NodeLinks, Proxy
+from llmlb.router.proxy.images import ImageFetcher, PublicResolver
 from llmlb.router.storage import RevisionListener, open_database, ping
 from llmlb.router.supervisor import Job, Supervisor
 from llmlb.router.telemetry import (
@@ -138,10 +139,18 @@ class RouterService:
         # crowd the nodes'.
         self.cloud_session = aiohttp.ClientSession(timeout=timeout)
         self.clouds = Clouds(settings, self.cloud_session)
+        # Images by URL, fetched for nodes (router.proxy.images): public addresses only,
+        # checked again as each connection is made, unless the operator allows others.
+        resolver = None if settings.image_fetch_private else PublicResolver()
+        self.image_session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(resolver=resolver, limit=64)
+        )
         self.forwarder = Forwarder(
             settings, self.proxy, self.history, self.metrics,
             lambda model: self.fleet.knows(model) or self.clouds.knows(model),
             self.fleet.resolve, self.fleet.capabilities,
+            ImageFetcher(self.image_session, settings.max_image_bytes,
+                         settings.image_fetch_private),
         )  # fmt: skip
         self.gateway = Gateway(settings, self.forwarder, self.clouds)
         self.overview = Overview(
@@ -221,6 +230,7 @@ class RouterService:
         await self.fresh_session.close()
         await self.node_links.close()
         await self.cloud_session.close()
+        await self.image_session.close()
         await self.engine.dispose()
 
     async def ready(self) -> bool:

@@ -70,9 +70,11 @@ class Fleet:
         entry = self.catalog.get(model)
         if entry is not None:
             return frozenset(entry.capabilities)
-        holders = self.registry.holders(model)
-        if holders and all(self.registry.get(i).is_endpoint for i in holders):
+        holders = [self.registry.get(i) for i in self.registry.holders(model)]
+        if holders and all(node.is_endpoint for node in holders):
             return CLOUD_CAPABILITIES  # its server decides (a vLLM serving a vision model)
+        if any(model in node.load.models_seeing for node in holders):
+            return CLOUD_CAPABILITIES  # a node holds it with its projector: images are its
         return None
 
     def knows(self, model: str) -> bool:

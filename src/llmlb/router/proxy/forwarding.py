@@ -22,6 +22,7 @@ from llmlb.common.wire import parse_object
 from llmlb.router.balancer.prefixes import prefix_blocks
 from llmlb.router.proxy import capabilities
 from llmlb.router.proxy.failover import Answer, Proxy
+from llmlb.router.proxy.images import ImageFetcher, image_urls
 from llmlb.router.proxy.routing import Routed
 from llmlb.router.proxy.usage import usage_in
 from llmlb.router.telemetry.history import History, RequestRecord, Who
@@ -74,6 +75,7 @@ class Forwarder:
         known_model: Callable[[str], bool],
         resolve: Callable[[str], str] = lambda model: model,
         capabilities: Callable[[str], frozenset[str] | None] = lambda model: None,
+        images: ImageFetcher | None = None,
     ) -> None:
         self.settings = settings
         self.proxy = proxy
@@ -82,6 +84,7 @@ class Forwarder:
         self._known_model = known_model
         self._resolve = resolve  # a name as typed -> the name the nodes know
         self._capabilities = capabilities  # from the catalog; None: a model it does not list
+        self._images = images  # puts images given by URL inline for nodes
         # Bounded: endpoints x known models (others share one label) x status codes.
         self._metric_series: dict[tuple[str, str, str, int], _Series] = {}
 
@@ -103,7 +106,9 @@ class Forwarder:
             raise BadRequest("'stream' must be a boolean", param="stream")
         affine = self.settings.balancer == "prefix_affinity"
         prefix = prefix_blocks(model, body) if affine else ()
-        return Routed(endpoint, path, model, stream, raw, prefix, asked if asked != model else "")
+        fetch = endpoint == "chat" and self._images is not None and bool(image_urls(body))
+        return Routed(endpoint, path, model, stream, raw, prefix, asked if asked != model else "",
+                      fetch)  # fmt: skip
 
     async def forward(
         self, routed: Routed, headers: dict[str, str], who: Who, request_id: str
@@ -111,6 +116,8 @@ class Forwarder:
         """The node's answer, recorded in history and metrics once it is complete."""
         started = time.monotonic()
         try:
+            if routed.fetch_images and self._images is not None:
+                routed = dataclasses.replace(routed, body=await self._images.inline(routed.body))
             answer = await self.proxy.forward(routed, headers)
         except LlmlbError as exc:
             self.record(routed, request_id, who, started, outcome_of(None, exc.status, exc.message))

@@ -19,6 +19,7 @@ class Routed:
     body: bytes
     prefix: tuple[int, ...] = ()  # prompt block keys, for prefix_affinity
     asked: str = ""  # the model as the client typed it, where that was another name
+    fetch_images: bool = False  # images by http(s) URL, to be put inline for a node
 
 
 def traceparent() -> str:
