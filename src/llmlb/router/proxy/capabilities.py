@@ -1,10 +1,11 @@
 """What a request needs of its model, checked at the router before any node is called.
 
 A model the catalog lists is sent only the work its capabilities name (a chat model gets no
-``/v1/embeddings``). Images need ``vision``, which a model has only when the catalog says
-so: llmlb's nodes read text only today, so an image never reaches a node that would refuse
-it. A model the catalog does not list (added to a node's store by hand) is left to its node
-for everything but images. Pure: no I/O.
+``/v1/embeddings``). Images need ``vision``: a catalog entry with a projector (mmproj), a
+model a node reports it holds with one, or a model only endpoints serve (their servers
+decide), so an image never reaches a node whose model would refuse it. A model the catalog
+does not list (added to a node's store by hand) is left to its node for everything but
+images. Pure: no I/O.
 """
 
 from __future__ import annotations
