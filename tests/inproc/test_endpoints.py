@@ -241,3 +241,37 @@ async def test_endpoints_from_the_settings_file_are_added_at_start_and_follow_th
 def test_a_key_in_the_settings_file_is_refused_for_key_env() -> None:
     with pytest.raises(ValueError, match="key_env"):
         RouterSettings.model_validate({"endpoints": [{"url": "http://h:1", "key": "secret"}]})
+
+
+@pytest.fixture
+async def affine(tmp_path: Path, database_url: str) -> AsyncIterator[InProcessRouter]:
+    settings = RouterSettings(home=tmp_path, auto_distribute="none", database_url=database_url,
+                              balancer="prefix_affinity")  # fmt: skip
+    service = await RouterService.open(settings)
+    await service.start()
+    yield InProcessRouter(service, tmp_path)
+    await service.close()
+
+
+async def test_prefix_affinity_keeps_a_conversation_on_one_endpoint(
+    affine: InProcessRouter,
+) -> None:
+    fakes = [FakeEndpoint("ollama").start() for _ in range(2)]
+    try:
+        for index, fake in enumerate(fakes):
+            await _add(affine, {"url": fake.url, "kind": "ollama", "name": f"box-{index}"})
+        served: dict[str, set[str]] = {}
+        async with affine.client() as client:
+            for turn in range(4):
+                for talk in ("a", "b", "c"):
+                    history = [{"role": "system", "content": f"conversation {talk} " * 40},
+                               {"role": "user", "content": f"turn {turn}"}]  # fmt: skip
+                    body = {"model": OLLAMA_MODEL, "messages": history}
+                    answer = await client.post("/v1/chat/completions", json=body)
+                    assert answer.status_code == 200
+                    served.setdefault(talk, set()).add(answer.headers["x-llmlb-node"])
+        assert all(len(boxes) == 1 for boxes in served.values()), served  # each stays home
+        assert len(set().union(*served.values())) == 2  # and new ones spread over both
+    finally:
+        for fake in fakes:
+            fake.stop()
