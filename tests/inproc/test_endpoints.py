@@ -233,7 +233,16 @@ async def test_endpoints_from_the_settings_file_are_added_at_start_and_follow_th
     assert node.kind == "vllm" and node.load.models_loaded == ["Qwen2.5-0.5B-Instruct"]
     assert node.load.slots_total == 4
     assert vllm.calls[0].authorization == f"Bearer {VLLM_KEY}"
-    # The file no longer names it: the next start takes it out.
+    # Another router on the database, whose file names no endpoint, leaves it alone.
+    other = await RouterService.open(RouterSettings(
+        home=configured.settings.home / "other", auto_distribute="none",
+        database_url=configured.settings.database_url))  # fmt: skip
+    await other.start()
+    try:
+        assert [n.name for n in other.registry.all() if n.is_endpoint] == [node.name]
+    finally:
+        await other.close()
+    # Its own file no longer names it: its next start takes it out.
     await configured.endpoints.apply_settings([])
     assert not [n for n in configured.registry.all() if n.is_endpoint]
 

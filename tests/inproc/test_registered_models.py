@@ -14,7 +14,7 @@ import pytest
 
 from llmlb.common.settings import RouterSettings
 from llmlb.router.service import RouterService
-from tests.fakehub import PAGE_SIZE, FakeHub
+from tests.fakehub import COMMIT, PAGE_SIZE, FakeHub
 from tests.inproc.conftest import InProcessRouter
 
 TEMPLATE = "{% for m in messages %}{{ m.content }}{% endfor %}{% if tools %}{{ tools }}{% endif %}"
@@ -87,8 +87,10 @@ async def test_a_repository_becomes_a_catalog_entry_with_its_default_quantisatio
     assert entry["context_length"] == 8192 and entry["chat_template"] == TEMPLATE
     assert entry["kv_bytes_per_token"] == 2 * 2 * (16 + 16) * 2
     assert entry["capabilities"] == ["chat", "completion", "tools"]
+    # Pinned to the commit the hub served it from (a later upload under the same name is
+    # another file).
     assert entry["origin"]["hub"] == {"repo": "unsloth/Tiny-GGUF", "file": "Tiny-Q4_K_M.gguf",
-                                      "revision": "main"}  # fmt: skip
+                                      "revision": COMMIT}  # fmt: skip
     async with router.client() as client:
         models = {m["id"]: m for m in (await client.get("/v1/models")).json()["data"]}
         assert models["tiny-q4_k_m"]["in_catalog"] is True
@@ -126,6 +128,7 @@ async def test_quantisations_files_and_split_models(router: InProcessRouter) -> 
         ({"model": "hf.co/unsloth/Tiny-GGUF", "name": "gemma-3-270m"}, 409, "model_exists"),
         ({"model": "hf.co/unsloth/Tiny-GGUF", "aliases": ["gpt-oss"]}, 409, "model_exists"),
         ({"model": "hf.co/unsloth/Tiny-GGUF", "extra": True}, 400, None),
+        ({"model": "https://huggingface.co/unsloth/Tiny-GGUF/resolve/../x.gguf"}, 400, None),
     ],
 )
 async def test_what_cannot_be_registered_is_a_4xx_at_once(
@@ -151,6 +154,10 @@ async def test_an_entry_is_edited_and_removed_and_the_catalog_follows(
         assert any(t.model == "tiny-q4_k_m" for t in router.service.catalog.tiers)
         refused = await client.patch("/api/models/registered/tiny-q4_k_m", json={"origin": {}})
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "origin"
+        for tier in (True, -1, 2**70, "16GiB"):
+            odd = await client.patch("/api/models/registered/tiny-q4_k_m",
+                                     json={"tier_min_gpu_memory_bytes": tier})  # fmt: skip
+            assert odd.status_code == 400, (tier, odd.text)
         shipped = await client.delete("/api/models/registered/gemma-3-270m")
         assert shipped.status_code == 404  # shipped entries are not changed here
         assert (await client.delete("/api/models/registered/tiny")).status_code == 204

@@ -4,6 +4,7 @@ router's catalog (router.distribution.registrations), through a running router."
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import click
 import orjson
@@ -80,8 +81,8 @@ def models_edit(name: str, aliases: tuple[str, ...], description: str | None, ti
             changes["tier_min_gpu_memory_bytes"] = None if tier == "none" else parse_size(tier)
         except ValueError as exc:
             fail(f"--tier: {exc}")
-    entry = _call(router, admin_password, api_key, "PATCH", f"/api/models/registered/{name}",
-                  json=changes)  # fmt: skip
+    entry = _call(router, admin_password, api_key, "PATCH",
+                  f"/api/models/registered/{quote(name, safe='')}", json=changes)  # fmt: skip
     click.echo(f"{entry['name']}: aliases {', '.join(entry['aliases']) or 'none'}")
 
 
@@ -91,5 +92,6 @@ def models_edit(name: str, aliases: tuple[str, ...], description: str | None, ti
 def models_unregister(name: str, router: str | None, admin_password: str | None,
                       api_key: str | None) -> None:  # fmt: skip
     """Take a registered model out of the catalog (nodes keep their copies)."""
-    _call(router, admin_password, api_key, "DELETE", f"/api/models/registered/{name}")
+    _call(router, admin_password, api_key, "DELETE",
+          f"/api/models/registered/{quote(name, safe='')}")  # fmt: skip
     click.echo(f"unregistered {name}")

@@ -189,8 +189,17 @@ DEFAULT_ENDPOINT_CONCURRENCY = 16
 
 
 def endpoint_url(value: str) -> str:
-    """An endpoint's base URL as operators copy it (``http://host:8000/v1``): without the
+    """An endpoint's base URL as operators copy it (``http://host:8000/v1``,
+    ``https://api.example.com/v1``): with its port (the scheme's when not given), without the
     ``/v1`` the router's paths already start with."""
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0  # (node_base_url says what is wrong with it)
+    if port is None and parts.scheme in ("http", "https") and parts.hostname:
+        default = 443 if parts.scheme == "https" else 80
+        value = parts._replace(netloc=f"{parts.netloc}:{default}").geturl()
     value = node_base_url(value)
     return value.removesuffix("/v1") if value.endswith("/v1") else value
 

@@ -91,7 +91,7 @@ def _checked(ref: HubRef) -> HubRef:
         raise BadRequest(f"{ref.repo[:100]!r} is not a repository (ORG/REPO)", param="model")
     if ref.file is not None and (not ref.file.endswith(".gguf") or ".." in ref.file.split("/")):
         raise BadRequest(f"{ref.file[:100]!r} is not a GGUF file", param="model")
-    if not re.fullmatch(r"[\w.-]{1,100}", ref.revision):
+    if not re.fullmatch(r"[\w.-]{1,100}", ref.revision) or set(ref.revision) == {"."}:
         raise BadRequest(f"{ref.revision[:100]!r} is not a revision", param="model")
     return ref
 
@@ -248,14 +248,16 @@ class Hub:
             except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
                 raise UpstreamFailed(f"the hub did not list {ref.repo}: {exc}") from exc
             for item in page if isinstance(page, list) else []:
-                if isinstance(item, dict) and item.get("type") == "file":
+                if isinstance(item, dict) and item.get("type") == "file" and _plain_path(item):
                     lfs = item.get("lfs") or {}
                     found.append(HubFile(str(item.get("path")), int(item.get("size") or 0),
                                          lfs.get("oid") if lfs else None))  # fmt: skip
         return found
 
-    async def header(self, ref: HubRef, file: HubFile) -> GGUFInfo:
-        """The GGUF header of ``file``, read from its start with Range requests."""
+    async def header(self, ref: HubRef, file: HubFile) -> tuple[GGUFInfo, str | None]:
+        """The GGUF header of ``file``, read from its start with Range requests, and the
+        commit the hub served it from (``X-Repo-Commit``), to pin the entry to: a file
+        uploaded again under the same name later is then not mistaken for this one."""
         endpoint, headers = self._endpoint_and_headers()
         url = f"{endpoint}/{ref.repo}/resolve/{quote(ref.revision, safe='')}/{file.path}"
         size = HEADER_FIRST_READ
@@ -266,11 +268,12 @@ class Hub:
                     url, headers={**headers, "range": f"bytes=0-{want - 1}"}
                 ) as response:
                     await _refused(response, ref)
+                    commit = response.headers.get("x-repo-commit")
                     head = await _first_bytes(response, want)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise UpstreamFailed(f"the hub did not send {file.path}: {exc}") from exc
             try:
-                return read_gguf_header(head, file.size, file.path)
+                info = read_gguf_header(head, file.size, file.path)
             except GGUFIncomplete:
                 if want >= file.size or size >= HEADER_MAX_READ:
                     limit = f"{HEADER_MAX_READ >> 20} MiB"
@@ -280,6 +283,16 @@ class Hub:
             except GGUFError as exc:
                 raise BadRequest(f"{file.path} is not a usable GGUF file: {exc}",
                                  param="model") from exc  # fmt: skip
+            else:
+                pinned = commit if commit and re.fullmatch(r"[0-9a-f]{40}", commit) else None
+                return info, pinned
+
+
+def _plain_path(item: dict[str, Any]) -> bool:
+    """A listed file's path is one we would ask for again: relative, no ``..``, sane."""
+    path = item.get("path")
+    return (isinstance(path, str) and 0 < len(path) <= 500 and not path.startswith("/")
+            and ".." not in path.split("/") and not any(ord(c) < 32 for c in path))  # fmt: skip
 
 
 async def _first_bytes(response: aiohttp.ClientResponse, count: int) -> bytes:

@@ -48,10 +48,12 @@ def model_files(entry: CatalogEntry, sources: list[Source]) -> list[ModelFile]:
     if entry.mmproj is not None:
         projector = [ModelFile(PROJECTOR_FILE, [projector_source(s) for s in sources],
                                entry.mmproj.sha256, entry.mmproj.size_bytes)]  # fmt: skip
+    # The projector first: a model counts as stored once its model file is in place, so
+    # that must be the last file to land (else a failed projector left it text-only).
     if entry.parts is None:
-        return single_file(sources, entry.sha256, entry.size_bytes) + projector
+        return projector + single_file(sources, entry.sha256, entry.size_bytes)
     count = len(entry.parts)
-    return [
+    return projector + [
         ModelFile(
             part_file(index, count),
             [part_source(s, index) for s in sources],
@@ -59,7 +61,7 @@ def model_files(entry: CatalogEntry, sources: list[Source]) -> list[ModelFile]:
             part.size_bytes,
         )
         for index, part in enumerate(entry.parts, start=1)
-    ] + projector
+    ]
 
 
 def origin_files(entry: CatalogEntry) -> list[ModelFile]:
@@ -68,17 +70,17 @@ def origin_files(entry: CatalogEntry) -> list[ModelFile]:
     if entry.mmproj is not None:
         projector = [ModelFile(PROJECTOR_FILE, [projector_origin(entry)], entry.mmproj.sha256,
                                entry.mmproj.size_bytes)]  # fmt: skip
-    if entry.parts is None:
+    if entry.parts is None:  # (the projector first: see model_files)
         source = origin_source(entry)
         assert source is not None, "package origins are installed, not downloaded"
-        return single_file([source], entry.sha256, entry.size_bytes) + projector
+        return projector + single_file([source], entry.sha256, entry.size_bytes)
     count = len(entry.parts)
-    files = []
+    files = projector
     for index, part in enumerate(entry.parts, start=1):
         source = origin_source(entry, part.file)
         assert source is not None
         files.append(ModelFile(part_file(index, count), [source], part.sha256, part.size_bytes))
-    return files + projector
+    return files
 
 
 def projector_origin(entry: CatalogEntry) -> Source:

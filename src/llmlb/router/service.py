@@ -129,7 +129,7 @@ class RouterService:
         self.distributor = Distributor(
             settings, self.registry, self.models, self.tasks, self.control
         )
-        self.endpoints = Endpoints(self.registry, self.control)
+        self.endpoints = Endpoints(self.registry, self.control, router_id(settings.home))
         self.fleet = Fleet(settings, self.registry, self.distributor, self.catalog, self.endpoints)
         # And so do models in a role's limits that are no model's names.
         self.allowances = Allowances(

@@ -163,7 +163,7 @@ class RouterModels:
         raise BadRequest(f"model {name!r} has no projector (mmproj)", param="file")
 
     async def projector_through(self, name: str, start: int) -> BlobStream:
-        """Stream the projector of a model the router is still fetching (its last file)."""
+        """Stream the projector of a model the router is still fetching (its first file)."""
         name = self.canonical(name)
         path, total, sha256 = self.projector(name)
         task = self.pull(name)

@@ -11,6 +11,7 @@ catalog model.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -66,11 +67,27 @@ class Registrations:
                                   model=entry.name))  # fmt: skip
         try:
             self._catalog.set_registered(entries, tiers)
-        except CatalogError as exc:  # (a shipped or home entry took a name meanwhile)
-            log.error("registered models left as they were: %s", exc.message)
-            return
+        except CatalogError:  # (a home entry took a name since, or two routers raced)
+            entries, tiers = self._without_clashes(entries, tiers)
+            self._catalog.set_registered(entries, tiers)
         self._rows = {row.name: row for row in rows}
         self._seen = revision
+
+    def _without_clashes(
+        self, entries: list[CatalogEntry], tiers: list[Tier]
+    ) -> tuple[list[CatalogEntry], list[Tier]]:
+        """The registered models that fit together with the catalog, in the order they were
+        read; each one left out is logged with the reason."""
+        kept: list[CatalogEntry] = []
+        for entry in entries:
+            try:
+                self._catalog.set_registered([*kept, entry], [])
+            except CatalogError as exc:
+                log.error("registered model %s left out: %s", entry.name, exc.message)
+                continue
+            kept.append(entry)
+        names = {entry.name for entry in kept}
+        return kept, [tier for tier in tiers if tier.model in names]
 
     def listing(self) -> list[dict[str, Any]]:
         return [
@@ -87,7 +104,9 @@ class Registrations:
         ref = parse_reference(reference)
         listing = await self._hub.files(ref)
         files, how = choose(ref, listing)
-        info = await self._hub.header(ref, files[0])
+        info, commit = await self._hub.header(ref, files[0])
+        if commit is not None:
+            ref = dataclasses.replace(ref, revision=commit)
         chosen = store_name(name) if name else default_name(files)
         try:
             entry = entry_for(ref, files, info, chosen, aliases, projector_of(listing))
@@ -128,7 +147,8 @@ class Registrations:
         except ValueError as exc:
             raise BadRequest(f"model {name!r}: {exc}") from exc
         tier = changes.get("tier_min_gpu_memory_bytes", row.tier_min_gpu_memory_bytes)
-        if tier is not None and (not isinstance(tier, int) or tier < 0):
+        if tier is not None and (isinstance(tier, bool) or not isinstance(tier, int)
+                                 or not 0 <= tier < 2**63):  # fmt: skip
             raise BadRequest("'tier_min_gpu_memory_bytes' is a number of bytes",
                              param="tier_min_gpu_memory_bytes")  # fmt: skip
         others = [e for e in self._catalog.registered() if e.name != name]

@@ -136,14 +136,16 @@ def key_of(spec: EndpointSpec) -> str | None:
 class Endpoints:
     """Adding endpoints, and polling them for what they serve and how busy they are."""
 
-    def __init__(self, registry: Registry, control: NodeControl) -> None:
+    def __init__(self, registry: Registry, control: NodeControl, router: str = "") -> None:
         self._registry = registry
         self._control = control
+        self._router = router  # this router's id (the owner of its settings' endpoints)
 
     async def add(self, spec: EndpointSpec, static: bool = False) -> NodeRecord:
         """A new endpoint, polled at once: it answers with its models listed when it was
         reachable (``status`` says whether it is)."""
-        config = EndpointConfig(spec.models, spec.max_concurrency, static)
+        config = EndpointConfig(spec.models, spec.max_concurrency, static,
+                                self._router if static else None)  # fmt: skip
         node = await self._registry.add_endpoint(
             spec.display_name(), spec.url, spec.kind, key_of(spec), config
         )
@@ -152,13 +154,14 @@ class Endpoints:
 
     async def apply_settings(self, specs: list[EndpointSpec]) -> None:
         """The settings file's endpoints, at the router's start: each added or brought up
-        to date, and those it no longer names (added by an earlier file) removed."""
+        to date, and those it no longer names that this router's file added removed (not
+        another router's: routers on one database may have different files)."""
         present = {(n.name, n.base_url): n for n in self._registry.all() if n.is_endpoint}
         named = set()
         for spec in specs:
             address = (spec.display_name(), spec.url)
             named.add(address)
-            config = EndpointConfig(spec.models, spec.max_concurrency, static=True)
+            config = EndpointConfig(spec.models, spec.max_concurrency, True, self._router)
             node = present.get(address)
             if node is None:
                 try:
@@ -166,9 +169,13 @@ class Endpoints:
                 except Conflict:  # another router starting on this database added it
                     log.info("endpoint %s was added by another router", spec.display_name())
             elif (node.kind, node.token, node.endpoint) != (spec.kind, key_of(spec), config):
+                assert node.endpoint is not None
+                config.owner = node.endpoint.owner or self._router  # (who added it stays)
                 await self._registry.update_endpoint(node, spec.kind, key_of(spec), config)
         for address, node in present.items():
-            if node.endpoint is not None and node.endpoint.static and address not in named:
+            config_of = node.endpoint
+            if (config_of is not None and config_of.static and config_of.owner == self._router
+                    and address not in named):  # fmt: skip
                 log.info("endpoint %s is no longer in the settings: removed", node.name)
                 await self._registry.remove(node.id)
 

@@ -25,17 +25,20 @@ class EndpointConfig:
 
     models: list[str] = field(default_factory=list)  # its own ids to serve; [] for all
     max_concurrency: int = 16
-    static: bool = False  # from the settings file: its entry there is the truth
+    static: bool = False  # from a settings file: its entry there is the truth
+    # The router whose settings file added it (router_id): only that one removes it when
+    # its file no longer names it (routers on one database may have different files).
+    owner: str | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"models": self.models, "max_concurrency": self.max_concurrency,
-                "static": self.static}  # fmt: skip
+                "static": self.static, "owner": self.owner}  # fmt: skip
 
     @classmethod
     def of(cls, value: Any) -> EndpointConfig:
         value = value if isinstance(value, dict) else {}
         return cls(list(value.get("models") or ()), int(value.get("max_concurrency") or 16),
-                   bool(value.get("static")))  # fmt: skip
+                   bool(value.get("static")), value.get("owner"))  # fmt: skip
 
 
 @dataclass

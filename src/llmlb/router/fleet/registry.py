@@ -85,6 +85,14 @@ class Registry:
         record = self._nodes.pop(node_id, None)
         if record is not None:
             self._addresses.pop((record.name, record.base_url), None)
+            if record.upstream:
+                self._index_upstream_names()
+
+    def _index_upstream_names(self) -> None:
+        self._upstream_names = {
+            own: name for n in self._nodes.values() for name, own in n.upstream.items()
+            if own != name
+        }  # fmt: skip
 
     # -- what the balancer reads (balancer.choice.FleetView) --------------------------------
 
@@ -258,10 +266,7 @@ class Registry:
         node.heard()
         self._unwritten.add(node_id)
         if renamed:
-            self._upstream_names = {
-                own: name for n in self._nodes.values() for name, own in n.upstream.items()
-                if own != name
-            }  # fmt: skip
+            self._index_upstream_names()
         self.changed(node, models=not same_models)
 
     def endpoint_model(self, upstream: str) -> str | None:
@@ -309,7 +314,9 @@ class Registry:
                 # wall clock's word is all there is, read once. Later only a change of the
                 # row counts.
                 # (An endpoint serves once this router's own poll has reached it.)
-                current.live = row.last_seen >= self._started_at and not current.is_endpoint
+                # (The CLI reading the table, started_at 0, shows the last poll's word.)
+                polled_here = current.is_endpoint and self._started_at > 0
+                current.live = row.last_seen >= self._started_at and not polled_here
                 current.heard(ago=time.time() - row.last_seen)
                 changed = True
                 continue

@@ -106,7 +106,9 @@ class Forwarder:
             raise BadRequest("'stream' must be a boolean", param="stream")
         affine = self.settings.balancer == "prefix_affinity"
         prefix = prefix_blocks(model, body) if affine else ()
-        fetch = endpoint == "chat" and self._images is not None and bool(image_urls(body))
+        # (The dialects arrive translated to chat: their images by URL are parts like these.)
+        fetch = endpoint in ("chat", "messages", "responses") and self._images is not None
+        fetch = fetch and bool(image_urls(body))
         return Routed(endpoint, path, model, stream, raw, prefix, asked if asked != model else "",
                       fetch)  # fmt: skip
 

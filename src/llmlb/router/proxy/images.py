@@ -28,22 +28,30 @@ from llmlb.common.errors import BadRequest, PayloadTooLarge
 IMAGE_FETCH_SECONDS = 10.0
 MAX_REDIRECTS = 3
 MAX_FETCHED_IMAGES = 16
+# What one request's images may come to together, in max_image_bytes.
+MAX_IMAGES_BYTES_FACTOR = 4
+FETCHES_AT_ONCE = 16  # requests whose images are being fetched at once, over all clients
 
 
-def image_urls(body: dict[str, Any]) -> list[str]:
-    """The http(s) URLs of a chat request's ``image_url`` parts."""
+def _image_parts(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A chat request's well-formed ``image_url`` parts (others are the node's to refuse)."""
     messages = body.get("messages")
     if not isinstance(messages, list):
         return []
     return [
-        part["image_url"]["url"]
+        part
         for message in messages if isinstance(message, dict)
         and isinstance(message.get("content"), list)
         for part in message["content"] if isinstance(part, dict)
         and part.get("type") == "image_url" and isinstance(part.get("image_url"), dict)
         and isinstance(part["image_url"].get("url"), str)
-        and part["image_url"]["url"].startswith(("http://", "https://"))
     ]  # fmt: skip
+
+
+def image_urls(body: dict[str, Any]) -> list[str]:
+    """The http(s) URLs of a chat request's ``image_url`` parts."""
+    return [part["image_url"]["url"] for part in _image_parts(body)
+            if part["image_url"]["url"].startswith(("http://", "https://"))]  # fmt: skip
 
 
 class ImageFetcher:
@@ -51,6 +59,7 @@ class ImageFetcher:
         self._session = session
         self._limit = limit
         self._private = private
+        self._slots = asyncio.Semaphore(FETCHES_AT_ONCE)
 
     async def inline(self, raw: bytes) -> bytes:
         """The request with each http(s) image as a data URL (the same bytes when it has
@@ -59,18 +68,21 @@ class ImageFetcher:
         urls = image_urls(body)
         if not urls:
             return raw
-        if len(urls) > MAX_FETCHED_IMAGES:
+        unique = list(dict.fromkeys(urls))
+        if len(unique) > MAX_FETCHED_IMAGES:
             raise BadRequest(f"at most {MAX_FETCHED_IMAGES} images by URL a request",
                              param="messages")  # fmt: skip
-        fetched = dict(zip(urls, await asyncio.gather(*(self._fetch(u) for u in set(urls))),
-                           strict=False))  # fmt: skip
-        for message in body["messages"]:
-            content = message.get("content") if isinstance(message, dict) else None
-            for part in content if isinstance(content, list) else []:
-                if isinstance(part, dict) and part.get("type") == "image_url":
-                    url = part.get("image_url", {}).get("url")
-                    if url in fetched:
-                        part["image_url"] = {**part["image_url"], "url": fetched[url]}
+        async with self._slots:  # (the router holds what it fetches: bounded over requests)
+            images = await asyncio.gather(*(self._fetch(url) for url in unique))
+        if sum(len(image) for image in images) > self._limit * MAX_IMAGES_BYTES_FACTOR:
+            raise PayloadTooLarge("the images of this request are larger than "
+                                  f"{self._limit * MAX_IMAGES_BYTES_FACTOR} bytes together",
+                                  param="messages")  # fmt: skip
+        fetched = dict(zip(unique, images, strict=True))
+        for part in _image_parts(body):
+            url = part["image_url"]["url"]
+            if url in fetched:
+                part["image_url"] = {**part["image_url"], "url": fetched[url]}
         return orjson.dumps(body)
 
     async def _fetch(self, url: str) -> str:
@@ -84,7 +96,11 @@ class ImageFetcher:
                     ) as response,
                 ):
                     if response.status in (301, 302, 303, 307, 308):
-                        url = urljoin(url, response.headers.get("location", ""))
+                        try:
+                            url = urljoin(url, response.headers.get("location", ""))
+                        except ValueError:
+                            raise BadRequest(f"the image at {_shown(url)} redirects nowhere",
+                                             param="messages") from None  # fmt: skip
                         continue
                     if response.status != 200:
                         raise BadRequest(f"the image at {_shown(url)} answered {response.status}",
@@ -114,22 +130,24 @@ class ImageFetcher:
 
     async def _check_address(self, url: str) -> None:
         """Refuse a URL whose host is, or resolves to, a private or local address."""
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise BadRequest(f"not a URL: {_shown(url)}", param="messages") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BadRequest(f"an image URL must be http(s): {_shown(url)}", param="messages")
         if self._private:
             return
         try:
             infos = await asyncio.get_running_loop().getaddrinfo(
-                parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-                type=socket.SOCK_STREAM,
-            )  # fmt: skip
-        except OSError as exc:
+                parts.hostname, port, type=socket.SOCK_STREAM
+            )
+        except (OSError, UnicodeError) as exc:
             raise BadRequest(f"the image's host {parts.hostname[:100]!r} is unknown",
                              param="messages") from exc  # fmt: skip
         for info in infos:
-            address = ipaddress.ip_address(info[4][0])
-            if not address.is_global:
+            if not is_public(str(info[4][0])):
                 raise BadRequest(
                     f"the image at {_shown(url)} is on a private or local address; the router "
                     "fetches only public ones (image_fetch_private allows others)",
@@ -145,9 +163,28 @@ class PublicResolver(aiohttp.ThreadedResolver):
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[Any]:  # fmt: skip
         found = await super().resolve(host, port, family)
-        if any(not ipaddress.ip_address(entry["host"]).is_global for entry in found):
+        if any(not is_public(entry["host"]) for entry in found):
             raise OSError(f"{host} resolves to a private or local address")
         return found
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def is_public(text: str) -> bool:
+    """Whether an address is public, and so is any IPv4 address it carries (IPv4-mapped and
+    -compatible, 6to4, Teredo, NAT64: ways to reach a private IPv4 host through IPv6)."""
+    address = ipaddress.ip_address(text.split("%", 1)[0])
+    if not address.is_global:
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        carried = [address.ipv4_mapped, address.sixtofour]
+        if address.teredo is not None:
+            carried.append(address.teredo[1])
+        if address in _NAT64 or int(address) >> 32 == 0:  # NAT64, IPv4-compatible (::a.b.c.d)
+            carried.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        return all(v4 is None or v4.is_global for v4 in carried)
+    return True
 
 
 def _shown(url: str) -> str:

@@ -15,7 +15,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from llmlb.common.errors import BadRequest, PayloadTooLarge
-from llmlb.router.proxy.images import ImageFetcher, image_urls
+from llmlb.router.proxy.images import ImageFetcher, image_urls, is_public
 from tests.support import ThreadServer
 from tests.vision import tiny_png
 
@@ -86,4 +86,37 @@ async def test_a_private_address_is_refused_unless_allowed(
     for url in (f"{server.url}/cat.png", "http://localhost:9/x.png", "http://169.254.169.254/x",
                 "http://[::1]:9/x.png", "http://10.1.2.3/x.png"):  # fmt: skip
         with pytest.raises(BadRequest, match="private or local address"):
+            await ImageFetcher(session, 4096, private=False).inline(request(url))
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [("8.8.8.8", True), ("2001:4860:4860::8888", True), ("10.0.0.1", False), ("::1", False),
+     ("0.0.0.0", False), ("169.254.169.254", False), ("::ffff:10.0.0.1", False),
+     ("64:ff9b::a00:1", False), ("2002:a00:1::", False), ("::127.0.0.1", False),
+     ("2001:0:4136:e378:8000:63bf:f5ff:fffe", False), ("fe80::1%eth0", False)],
+)  # fmt: skip
+def test_addresses_that_reach_a_private_host_another_way_are_not_public(
+    address: str, public: bool
+) -> None:
+    assert is_public(address) is public
+
+
+async def test_odd_image_parts_are_left_to_the_node_not_a_500(
+    server: ThreadServer, session: aiohttp.ClientSession
+) -> None:
+    fetcher = ImageFetcher(session, 4096, private=True)
+    cat = {"type": "image_url", "image_url": {"url": f"{server.url}/cat.png"}}
+    body = {"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": "not a dict"},
+        {"type": "image_url", "image_url": {"url": ["a", "list"]}},
+        cat, cat, "text"]}]}  # fmt: skip
+    inlined = orjson.loads(await fetcher.inline(orjson.dumps(body)))
+    parts = inlined["messages"][0]["content"]
+    assert parts[0]["image_url"] == "not a dict" and parts[1]["image_url"]["url"] == ["a", "list"]
+    assert (
+        parts[2]["image_url"]["url"].startswith("data:image/png;base64,") and parts[2] == parts[3]
+    )
+    for url in ("http://[::1/x.png", "http://host:99999/x.png"):
+        with pytest.raises(BadRequest, match="not a URL"):
             await ImageFetcher(session, 4096, private=False).inline(request(url))
