@@ -165,7 +165,40 @@ def instructor_client(url: str, model: str) -> dict[str, Check]:
     return {"structured output (tools)": tools, "structured output (responses)": responses_tools}
 
 
+def ollama_client(url: str, model: str) -> dict[str, Check]:
+    """The ``ollama`` library and LangChain's ``ChatOllama``, pointed at the router as at an
+    Ollama server (its host URL, no path)."""
+    import ollama
+    from langchain_ollama import ChatOllama, OllamaEmbeddings
+
+    client = ollama.Client(host=url)
+    options = {"num_predict": 60, "temperature": 0}
+    question = [{"role": "user", "content": FRANCE}]
+
+    def structured(u: str, m: str) -> Weather:
+        answer = client.chat(model=m, messages=[{"role": "user", "content": WEATHER}],
+                             format=Weather.model_json_schema(), options=options)  # fmt: skip
+        return Weather.model_validate_json(answer.message.content or "")
+
+    return {
+        "chat": lambda u, m: client.chat(model=m, messages=question, options=options)
+        .message.content,
+        "stream": lambda u, m: "".join(
+            part.message.content or ""
+            for part in client.chat(model=m, messages=question, options=options, stream=True)),
+        "generate": lambda u, m: client.generate(model=m, prompt=FRANCE, options=options).response,
+        "structured output": structured,
+        "embeddings": lambda u, m: len(client.embed(model=m, input="hello").embeddings[0]),
+        "models listed": lambda u, m: [row.model for row in client.list().models],
+        "chat (langchain)": lambda u, m: ChatOllama(
+            base_url=u, model=m, num_predict=60, temperature=0).invoke(FRANCE).content,
+        "embeddings (langchain)": lambda u, m: len(
+            OllamaEmbeddings(base_url=u, model=m).embed_query("hello")),
+    }  # fmt: skip
+
+
 FRAMEWORKS: dict[str, Callable[[str, str], dict[str, Check]]] = {
+    "ollama": ollama_client,
     "openai-agents": openai_agents,
     "langchain": langchain,
     "llama-index": llama_index,

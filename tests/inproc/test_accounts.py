@@ -15,6 +15,7 @@ import httpx
 import pytest
 from starlette.routing import Route
 
+from llmlb.router.api.ollama import CLIENT_PATHS as OLLAMA_PATHS
 from llmlb.router.app import ROUTES
 from llmlb.router.telemetry.history import RequestRecord
 from tests.inproc.conftest import LOOPBACK, REMOTE, InProcessRouter
@@ -69,6 +70,7 @@ async def test_every_admin_write_refuses_a_viewer(router: InProcessRouter) -> No
         if isinstance(route, Route) and route.path.startswith("/api/")
         and not route.path.startswith(("/api/auth/", "/api/nodes/{node_id}/heartbeat"))
         and route.path != "/api/nodes"  # registration is the node's, not an operator's
+        and route.path not in OLLAMA_PATHS  # Ollama's API: a client's, scope api
         for method in (route.methods or set()) - {"GET", "HEAD"}
     ]  # fmt: skip
     assert len(writes) >= 12

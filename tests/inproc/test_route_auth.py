@@ -9,6 +9,7 @@ import re
 import pytest
 
 from llmlb.router.api.client import ENDPOINTS
+from llmlb.router.api.ollama import CLIENT_PATHS as OLLAMA_PATHS
 from llmlb.router.app import ROUTES
 from tests.inproc.conftest import REMOTE, InProcessRouter
 
@@ -17,7 +18,8 @@ from tests.inproc.conftest import REMOTE, InProcessRouter
 PUBLIC = {
     ("GET", "/health"), ("GET", "/ready"), ("GET", "/startup"), ("GET", "/metrics"),
     ("GET", "/openapi.json"),
-    ("GET", "/"), ("GET", "/dashboard"), ("GET", "/dashboard/"),
+    ("GET", "/"), ("HEAD", "/"),  # (Ollama's clients probe it)
+    ("GET", "/dashboard"), ("GET", "/dashboard/"),
     ("GET", "/dashboard/assets/{name}"), ("HEAD", "/dashboard/assets/{name}"),
     ("POST", "/api/auth/login"), ("POST", "/api/auth/logout"),
 }  # fmt: skip
@@ -37,6 +39,8 @@ def scope_of(method: str, path: str) -> str:
         return "node"
     if path.startswith("/api/auth/"):
         return "session"
+    if path in OLLAMA_PATHS:  # Ollama's API: a client's
+        return "api"
     return next(scope for prefix, scope in SCOPE_OF_PREFIX if path.startswith(prefix))
 
 

@@ -53,6 +53,10 @@ EXPECTED: dict[str, Callable[[Any], bool]] = {
     "structured output (tools)": _weather,
     "structured output (responses)": _weather,
     "embeddings": lambda got: got == SIZE,
+    "generate": _text,
+    "models listed": lambda got: isinstance(got, list) and f"{LOCAL}:latest" in got,
+    "chat (langchain)": _text,
+    "embeddings (langchain)": lambda got: got == SIZE,
 }
 FRAMEWORKS = {
     "openai-agents": {"chat", "forced tool call (chat completions)",
@@ -62,6 +66,11 @@ FRAMEWORKS = {
     "litellm": {"chat", "stream", "forced tool call", "embeddings"},
     "instructor": {"structured output (tools)", "structured output (responses)"},
     "vercel-ai-sdk": {"chat", "stream", "forced tool call", "structured output", "embeddings"},
+    # Ollama's API: the ``ollama`` library and langchain-ollama
+    "ollama": {"chat", "stream", "generate", "structured output", "embeddings", "models listed",
+               "chat (langchain)", "embeddings (langchain)"},
+    "ollama-js": {"chat", "stream", "generate", "structured output", "embeddings",
+                  "models listed"},
 }  # fmt: skip
 
 
@@ -83,6 +92,8 @@ def router(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def run_checks(framework: str, url: str) -> dict[str, dict[str, Any]]:
     if framework == "vercel-ai-sdk":
         command = ["node", str(CLIENTS / "node" / "check.mjs"), url, LOCAL]
+    elif framework == "ollama-js":
+        command = ["node", str(CLIENTS / "node" / "ollama.mjs"), url, LOCAL]
     else:
         python = ROOT / ".venv-clients" / framework / "bin" / "python"
         assert python.exists(), f"{python} is missing: `make clients` installs it"

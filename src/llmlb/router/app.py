@@ -17,7 +17,7 @@ from starlette.routing import Route
 from llmlb.common.asgi import EXCEPTION_HANDLERS, RequestIdMiddleware
 from llmlb.common.compression import MIN_COMPRESSED
 from llmlb.common.logs import LogRing
-from llmlb.router.api import accounts, admin as a, client, console, dashboard, nodes, ops
+from llmlb.router.api import accounts, admin as a, client, console, dashboard, nodes, ollama, ops
 from llmlb.router.api.browsers import BrowserAccess
 from llmlb.router.api.common import admin
 from llmlb.router.api.openapi import openapi_document
@@ -29,6 +29,11 @@ ROUTES = [
     # clients (scope api); the POST endpoints are client.ClientRoutes, in front of these
     Route("/v1/models", client.models, methods=GET),
     Route("/v1/models/{model:path}", client.model, methods=GET),
+    # Ollama's clients (scope api; /api/chat, /api/generate, /api/embed(dings): ClientRoutes)
+    Route("/api/version", ollama.ollama_errors(ollama.version), methods=GET),
+    Route("/api/tags", ollama.ollama_errors(ollama.tags), methods=GET),
+    Route("/api/show", ollama.ollama_errors(ollama.show), methods=POST),
+    Route("/api/ps", ollama.ollama_errors(ollama.ps), methods=GET),
     # nodes (scope node)
     Route("/api/nodes", nodes.register, methods=POST),
     # (heartbeats: nodes.HeartbeatRoute, in front of these)
@@ -69,7 +74,7 @@ ROUTES = [
     Route("/api/auth/me", accounts.me, methods=GET),
     Route("/api/auth/password", accounts.change_password, methods=POST),
     # the dashboard's page and files (public: what they show comes from the API above)
-    Route("/", dashboard.home, methods=GET),
+    Route("/", ollama.root, methods=["GET", "HEAD"]),  # (a browser goes to the dashboard)
     Route("/dashboard", dashboard.page, methods=GET),
     Route("/dashboard/", dashboard.page, methods=GET),
     Route("/dashboard/assets/{name}", dashboard.asset, methods=["GET", "HEAD"]),

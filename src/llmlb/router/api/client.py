@@ -24,7 +24,7 @@ from llmlb.common.compression import MIN_COMPRESSED, accepts_gzip, gzipped
 from llmlb.common.departure import DEPARTURE_KEY, Departure
 from llmlb.common.errors import LlmlbError, MethodNotAllowed, ModelNotFound, NotFound
 from llmlb.common.logs import request_id_var
-from llmlb.router.api import translated
+from llmlb.router.api import ollama, translated
 from llmlb.router.api.common import authorize, service_of
 from llmlb.router.cloud import Caller, prefix_of
 
@@ -33,11 +33,19 @@ log = logging.getLogger(__name__)
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completion",
              "/v1/embeddings": "embeddings", "/v1/responses": "responses",
              "/v1/messages": "messages",
-             "/v1/messages/count_tokens": "count_tokens"}  # fmt: skip
+             "/v1/messages/count_tokens": "count_tokens",
+             # Ollama's API (router.api.ollama)
+             "/api/chat": "ollama_chat", "/api/generate": "ollama_generate",
+             "/api/embed": "ollama_embed", "/api/embeddings": "ollama_embeddings"}  # fmt: skip
 _DIALECTS = {"responses": translated.serve_responses, "messages": translated.serve_messages,
-             "count_tokens": translated.serve_count_tokens}  # fmt: skip
-# Anthropic's clients read errors in Anthropic's shape, an unknown route's 404 included.
+             "count_tokens": translated.serve_count_tokens,
+             "ollama_chat": ollama.serve_chat, "ollama_generate": ollama.serve_generate,
+             "ollama_embed": ollama.serve_embed,
+             "ollama_embeddings": ollama.serve_embeddings}  # fmt: skip
+# Anthropic's clients read errors in Anthropic's shape, an unknown route's 404 included;
+# Ollama's in Ollama's.
 _ANTHROPIC = ("messages", "count_tokens")
+_OLLAMA = ("ollama_chat", "ollama_generate", "ollama_embed", "ollama_embeddings")
 _TRACE_HEADERS = ("traceparent", "tracestate")
 
 
@@ -69,6 +77,7 @@ class ClientRoutes:
                 if exc.status >= 500:
                     log.warning("%s %s failed: %s", scope["method"], scope["path"], exc.message)
                 response = (translated.anthropic_error(exc) if endpoint in _ANTHROPIC
+                            else ollama.error(exc) if endpoint in _OLLAMA
                             else error_response(exc))  # fmt: skip
             response.headers["x-request-id"] = request_id
             if isinstance(response, Response) and len(response.body) >= MIN_COMPRESSED:

@@ -13,7 +13,7 @@ import hashlib
 from importlib import resources
 
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 
 from llmlb.common.errors import NotFound
 
@@ -62,7 +62,3 @@ async def asset(request: Request) -> Response:
     if name == "index.html":
         raise NotFound("no dashboard file named 'index.html' here: the page is /dashboard")
     return _file(request, name)
-
-
-async def home(request: Request) -> Response:
-    return RedirectResponse("/dashboard", status_code=307)

@@ -13,6 +13,7 @@ from llmlb.common.openapi import document, routes_of
 from llmlb.common.wire import EndpointSpec, NodeLoad, RegisterRequest
 from llmlb.router.access import KeyLimits
 from llmlb.router.api.client import ENDPOINTS
+from llmlb.router.api.ollama import CLIENT_PATHS as OLLAMA_PATHS
 from llmlb.translate.chat import ChatRequest
 
 _PUBLIC = {"/health", "/ready", "/startup", "/metrics", "/openapi.json", "/", "/dashboard",
@@ -42,7 +43,7 @@ def _scope(method: str, path: str) -> str | None:
         return None
     if method in _NODE_PATHS.get(path, ()) or path.startswith("/v0/"):
         return "node"
-    if path.startswith("/v1/"):
+    if path.startswith("/v1/") or path in OLLAMA_PATHS:
         return "api"
     return "admin"
 

@@ -32,12 +32,12 @@ class Dialect(Protocol):
     ) -> AsyncGenerator[bytes, None]: ...
 
 
-_FIELD_NAME = re.compile(r"[A-Za-z0-9_]{1,40}")
+_FIELD_NAME = re.compile(r"[A-Za-z0-9_.]{1,40}")
 _MAX_NAMED_FIELDS = 20
 _SSE = "text/event-stream"
 
 
-def _headers(target: str, attempts: int, ignored: list[str]) -> dict[str, str]:
+def reply_headers(target: str, attempts: int, ignored: list[str]) -> dict[str, str]:
     headers = {"x-llmlb-node": target, "x-llmlb-attempts": str(attempts)}
     # Field names come from the client: only plain ones are echoed, and only so many.
     named = [name for name in ignored if _FIELD_NAME.fullmatch(name)][:_MAX_NAMED_FIELDS]
@@ -87,7 +87,7 @@ async def _serve_dialect(
         reply = await gateway.chat(endpoint, request, caller)
     except LlmlbError as exc:
         raise in_terms_of(exc, dialect.CHAT_FIELDS) from None
-    headers = _headers(reply.target, reply.attempts, [*ignored, *reply.ignored])
+    headers = reply_headers(reply.target, reply.attempts, [*ignored, *reply.ignored])
     if reply.chunks is not None:
         return StreamRelay(dialect.stream(reply.chunks, body), 200, _SSE,
                            _stream_headers(headers))  # fmt: skip
@@ -141,7 +141,7 @@ def _json(data: dict[str, Any], headers: dict[str, str]) -> Response:
 
 
 def _chat_response(reply: ChatReply, include_usage: bool) -> Response | StreamRelay:
-    headers = _headers(reply.target, reply.attempts, reply.ignored)
+    headers = reply_headers(reply.target, reply.attempts, reply.ignored)
     if reply.chunks is None:
         assert reply.whole is not None
         return _json(reply.whole, headers)
@@ -165,7 +165,7 @@ async def _chat_events(
 
 
 def _relayed(relayed: Relayed) -> Response | StreamRelay:
-    headers = _headers(relayed.target, relayed.attempts, [])
+    headers = reply_headers(relayed.target, relayed.attempts, [])
     if relayed.chunks is not None:
         return StreamRelay(relayed.chunks, relayed.status, relayed.content_type,
                            _stream_headers(headers))  # fmt: skip

@@ -149,6 +149,33 @@ class Gateway:
         except (ValueError, KeyError, TypeError):
             raise UpstreamFailed(f"node {answer.node.name} sent a malformed count") from None
 
+    async def embeddings(
+        self, endpoint: str, request: dict[str, Any], caller: Caller
+    ) -> tuple[str, int, dict[str, Any]]:
+        """An embeddings answer from a node for a local model: (the node's name, attempts,
+        the answer)."""
+        model = model_of(request)
+        if prefix_of(model) is not None:
+            raise BadRequest(f"{prefix_of(model)} models are embedded on /v1/embeddings",
+                             param="model")  # fmt: skip
+        routed = self._forwarder.route(endpoint, "/v1/embeddings", orjson.dumps(request))
+        answer = await self._forwarder.forward(
+            routed, caller.headers, caller.who, caller.request_id
+        )
+        body = answer.body
+        if answer.chunks is not None:  # (a large answer comes as it is sent)
+            async with contextlib.aclosing(answer.chunks) as rest:
+                body = b"".join([piece async for piece in rest])
+        if answer.status != 200:
+            raise _node_error(answer.status, body)
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamFailed(f"node {answer.node.name} sent malformed embeddings") from None
+        if not isinstance(parsed, dict):
+            raise UpstreamFailed(f"node {answer.node.name} sent malformed embeddings")
+        return answer.node.name, answer.attempts, parsed
+
     # -- clouds ----------------------------------------------------------------------------
 
     def _routed(self, endpoint: str, model: str, stream: bool, body: dict[str, Any]) -> Routed:

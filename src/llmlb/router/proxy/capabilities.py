@@ -16,7 +16,9 @@ from llmlb.common.errors import BadRequest
 
 # The endpoint's work, as a capability; the translating dialects send chat.
 _ENDPOINT_NEEDS = {"chat": "chat", "messages": "chat", "responses": "chat",
-                   "completion": "completion", "embeddings": "embedding"}  # fmt: skip
+                   "completion": "completion", "embeddings": "embedding",
+                   "ollama_chat": "chat", "ollama_generate": "chat",
+                   "ollama_embed": "embedding"}  # fmt: skip
 
 
 def needed(endpoint: str, body: dict[str, Any]) -> set[str]:

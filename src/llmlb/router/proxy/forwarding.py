@@ -107,7 +107,7 @@ class Forwarder:
         affine = self.settings.balancer == "prefix_affinity"
         prefix = prefix_blocks(model, body) if affine else ()
         # (The dialects arrive translated to chat: their images by URL are parts like these.)
-        fetch = endpoint in ("chat", "messages", "responses") and self._images is not None
+        fetch = self._images is not None and capabilities.needed(endpoint, body) >= {"chat"}
         fetch = fetch and bool(image_urls(body))
         return Routed(endpoint, path, model, stream, raw, prefix, asked if asked != model else "",
                       fetch)  # fmt: skip

@@ -1,0 +1,136 @@
+"""Ollama's requests as chat requests, and chat answers as Ollama's, field by field."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+import pytest
+
+from llmlb.common.errors import BadRequest
+from llmlb.translate.dialects import ollama
+
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16).decode()
+JPEG = base64.b64encode(b"\xff\xd8\xff\xe0" + b"\x00" * 16).decode()
+
+
+def test_options_format_tools_images_and_think_map_to_chat() -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    request, ignored = ollama.chat_request({
+        "model": "m", "tools": tools, "format": {"type": "object"}, "think": False,
+        "keep_alive": "5m",
+        "options": {"num_predict": 12, "temperature": 0.5, "top_k": 4, "stop": ["\n"],
+                    "num_ctx": 8192, "repeat_penalty": 1.1},
+        "messages": [
+            {"role": "user", "content": "What is this?", "images": [PNG, JPEG]},
+            {"role": "assistant", "content": "",
+             "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+            {"role": "tool", "tool_name": "get_weather", "content": "sunny"},
+        ],
+    })  # fmt: skip
+    assert request["stream"] is True  # Ollama streams unless told not to
+    assert (request["max_tokens"], request["temperature"], request["top_k"]) == (12, 0.5, 4)
+    assert request["stop"] == ["\n"] and request["repeat_penalty"] == 1.1
+    assert request["response_format"]["json_schema"]["schema"] == {"type": "object"}
+    assert request["chat_template_kwargs"] == {"enable_thinking": False}
+    assert request["tools"] == tools
+    user, assistant, tool = request["messages"]
+    assert [p["type"] for p in user["content"]] == ["text", "image_url", "image_url"]
+    assert user["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert user["content"][2]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    call = assistant["tool_calls"][0]
+    assert orjson.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    assert tool["tool_call_id"] == call["id"]
+    assert ignored == ["keep_alive", "options.num_ctx"]
+
+
+def test_generate_is_a_system_and_a_user_turn_and_an_empty_one_loads() -> None:
+    request, _ = ollama.generate_request({"model": "m", "prompt": "Hi", "system": "Be brief",
+                                          "stream": False, "format": "json"})  # fmt: skip
+    assert request["messages"] == [{"role": "system", "content": "Be brief"},
+                                   {"role": "user", "content": "Hi"}]  # fmt: skip
+    assert request["response_format"] == {"type": "json_object"} and request["stream"] is False
+    assert ollama.just_loads({"model": "m"}) and not ollama.just_loads(
+        {"model": "m", "prompt": "x"}
+    )
+    assert ollama.loaded({"model": "m"})["done_reason"] == "load"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"messages": []}, {"model": "m", "messages": "hi"}, {"model": "m", "messages": [5]},
+     {"model": "m", "messages": [], "stream": "yes"}, {"model": "m", "messages": [], "format": 1},
+     {"model": "m", "messages": [], "options": []},
+     {"model": "m", "messages": [{"role": "user", "content": 5}]},
+     {"model": "m", "messages": [{"role": "user", "content": "x", "images": "one"}]},
+     {"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"function": {}}]}]}],
+)  # fmt: skip
+def test_malformed_requests_are_refused_naming_the_field(body: dict[str, Any]) -> None:
+    with pytest.raises(BadRequest):
+        ollama.chat_request(body)
+
+
+ANSWER = {
+    "choices": [{"finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": "", "reasoning_content": "They want the weather.",
+        "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]}}],
+    "usage": {"prompt_tokens": 11, "completion_tokens": 7},
+    "timings": {"prompt_ms": 12.5, "predicted_ms": 40.0},
+}  # fmt: skip
+
+
+def test_a_whole_answer_has_ollamas_fields_and_object_arguments() -> None:
+    reply = ollama.chat_answer(ANSWER, {"model": "m:latest"}, ollama.Clock())
+    assert reply["message"]["tool_calls"] == [
+        {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]  # fmt: skip
+    assert reply["message"]["thinking"] == "They want the weather."
+    assert (reply["done"], reply["done_reason"], reply["model"]) == (True, "stop", "m:latest")
+    assert (reply["prompt_eval_count"], reply["eval_count"]) == (11, 7)
+    assert (reply["prompt_eval_duration"], reply["eval_duration"]) == (12_500_000, 40_000_000)
+    generated = ollama.generate_answer(ANSWER, {"model": "m"}, ollama.Clock())
+    assert generated["response"] == "" and generated["thinking"] == "They want the weather."
+
+
+async def _chunks() -> AsyncGenerator[dict[str, Any], None]:
+    yield {"choices": [{"delta": {"role": "assistant", "content": "Par"}}]}
+    yield {"choices": [{"delta": {"content": "is"}}]}
+    yield {
+        "choices": [
+            {
+                "delta": {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "c1",
+                            "function": {"name": "get_weather", "arguments": '{"ci'},
+                        }
+                    ]
+                }
+            }
+        ]
+    }
+    yield {
+        "choices": [
+            {
+                "delta": {"tool_calls": [{"index": 0, "function": {"arguments": 'ty": "Paris"}'}}]},
+                "finish_reason": "length",
+            }
+        ]
+    }
+    yield {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2},
+           "timings": {"prompt_ms": 1.0, "predicted_ms": 2.0}}  # fmt: skip
+
+
+async def test_a_stream_is_ndjson_ending_done_with_the_calls_assembled() -> None:
+    out = [orjson.loads(line) async for line in
+           ollama.stream(_chunks(), {"model": "m"}, False, ollama.Clock())]  # fmt: skip
+    assert [e["message"]["content"] for e in out] == ["Par", "is", ""]
+    assert [e["done"] for e in out] == [False, False, True]
+    last = out[-1]
+    assert last["message"]["tool_calls"] == [
+        {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]  # fmt: skip
+    assert last["done_reason"] == "length" and last["eval_count"] == 2
+    assert last["eval_duration"] == 2_000_000
