@@ -148,6 +148,30 @@ messages_request = st.fixed_dictionaries(
                                                        "input_schema": anything}), max_size=2)),
     },
 )  # fmt: skip
+ollama_options = st.dictionaries(
+    st.sampled_from(["num_predict", "temperature", "top_k", "top_p", "min_p", "seed", "stop",
+                     "repeat_penalty", "num_ctx", "mirostat", "x"]),
+    anything, max_size=4,
+)  # fmt: skip
+ollama_message = st.fixed_dictionaries(
+    {"role": field(st.sampled_from(["user", "assistant", "system", "tool"]))},
+    optional={"content": anything, "images": anything, "tool_calls": anything,
+              "tool_name": anything, "thinking": anything},
+)  # fmt: skip
+ollama_common = {"stream": field(st.booleans()), "options": field(ollama_options),
+                 "format": anything, "think": anything, "keep_alive": anything}  # fmt: skip
+ollama_chat = st.fixed_dictionaries(
+    {"model": field(st.just(MODEL)), "messages": field(st.lists(ollama_message, max_size=3))},
+    optional={**ollama_common, "tools": anything},
+)  # fmt: skip
+ollama_generate = st.fixed_dictionaries(
+    {"model": field(st.just(MODEL))},
+    optional={**ollama_common, "prompt": anything, "system": anything, "images": anything,
+              "raw": anything, "suffix": anything, "template": anything},
+)  # fmt: skip
+ollama_embed = st.fixed_dictionaries(
+    {"model": field(st.just(MODEL))}, optional={"input": anything, "dimensions": anything},
+)  # fmt: skip
 ENDPOINTS = {
     "/v1/chat/completions": chat,
     "/v1/completions": completion,
@@ -158,6 +182,10 @@ ROUTER_ENDPOINTS = {
     "/v1/responses": responses_request,
     "/v1/messages": messages_request,
     "cloud /v1/chat/completions": cloud_chat,
+    # Ollama's API
+    "/api/chat": ollama_chat,
+    "/api/generate": ollama_generate,
+    "/api/embed": ollama_embed,
 }
 
 
