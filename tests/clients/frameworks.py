@@ -176,8 +176,13 @@ def ollama_client(url: str, model: str) -> dict[str, Check]:
     question = [{"role": "user", "content": FRANCE}]
 
     def structured(u: str, m: str) -> Weather:
+        # Bounded strings: the small base model would otherwise fill a free one until
+        # num_predict cuts the JSON short.
+        schema = Weather.model_json_schema()
+        for field in schema["properties"].values():
+            field["maxLength"] = 40
         answer = client.chat(model=m, messages=[{"role": "user", "content": WEATHER}],
-                             format=Weather.model_json_schema(), options=options)  # fmt: skip
+                             format=schema, options=options)  # fmt: skip
         return Weather.model_validate_json(answer.message.content or "")
 
     return {

@@ -60,7 +60,7 @@ def anthropic_client(router: Process) -> anthropic.Anthropic:
 
 def test_anthropic_tool_choice_any_is_a_tool_use(router: Process) -> None:
     message = anthropic_client(router).messages.create(
-        model=LOCAL, max_tokens=60, messages=PARIS, tool_choice={"type": "any"},
+        model=LOCAL, max_tokens=60, messages=PARIS, tool_choice={"type": "any"}, temperature=0,
         tools=[{"name": "get_weather", "description": "The weather in a city",
                 "input_schema": WEATHER["function"]["parameters"]}],
     )  # fmt: skip

@@ -26,7 +26,9 @@ const checks = {
   generate: async () => (await ollama.generate({ model, prompt: FRANCE, options })).response,
   "structured output": async () => {
     const format = {
-      type: "object", properties: { city: { type: "string" }, forecast: { type: "string" } },
+      type: "object",
+      // Bounded strings: the small base model would otherwise fill one until num_predict.
+      properties: { city: { type: "string", maxLength: 40 }, forecast: { type: "string", maxLength: 40 } },
       required: ["city", "forecast"],
     };
     const answer = await ollama.chat({ model, messages: [{ role: "user", content: WEATHER }], format, options });
