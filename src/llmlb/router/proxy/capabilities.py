@@ -28,10 +28,12 @@ def needed(endpoint: str, body: dict[str, Any]) -> set[str]:
     return needs
 
 
-def check(model: str, endpoint: str, body: dict[str, Any], has: frozenset[str] | None) -> None:
+def check(model: str, endpoint: str, body: dict[str, Any], has: frozenset[str] | None,
+          needs: set[str] | None = None) -> None:  # fmt: skip
     """Refuse (400, ``model_lacks_capability``) what ``model`` cannot do; ``has`` is what
-    the catalog says it can, None when the catalog does not list it."""
-    needs = needed(endpoint, body)
+    the catalog says it can, None when the catalog does not list it; ``needs``: what the
+    request needs, when the caller has it already."""
+    needs = needed(endpoint, body) if needs is None else needs
     if "vision" in needs and (has is None or "vision" not in has):
         raise BadRequest(
             f"model {model!r} does not take images (it has no 'vision' capability): send "

@@ -99,16 +99,17 @@ class Forwarder:
         if canonical != model:  # an alias (gpt-oss:20b): the nodes know one name only
             model = body["model"] = canonical
             raw = orjson.dumps(body)
+        needs = capabilities.needed(endpoint, body)
         if self._known_model(model):  # an unknown one is a 404, later
-            capabilities.check(model, endpoint, body, self._capabilities(model))  # before a node
+            capabilities.check(model, endpoint, body, self._capabilities(model), needs)
         stream = body.get("stream") or False  # null is the default, as OpenAI's schema says
         if not isinstance(stream, bool):
             raise BadRequest("'stream' must be a boolean", param="stream")
         affine = self.settings.balancer == "prefix_affinity"
         prefix = prefix_blocks(model, body) if affine else ()
         # (The dialects arrive translated to chat: their images by URL are parts like these.)
-        fetch = self._images is not None and capabilities.needed(endpoint, body) >= {"chat"}
-        fetch = fetch and bool(image_urls(body))
+        # (Only a request with images needs "vision": the others pay no scan for URLs.)
+        fetch = "vision" in needs and self._images is not None and bool(image_urls(body))
         return Routed(endpoint, path, model, stream, raw, prefix, asked if asked != model else "",
                       fetch)  # fmt: skip
 
