@@ -176,13 +176,13 @@ def ollama_client(url: str, model: str) -> dict[str, Check]:
     question = [{"role": "user", "content": FRANCE}]
 
     def structured(u: str, m: str) -> Weather:
-        # Bounded strings: the small base model would otherwise fill a free one until
-        # num_predict cuts the JSON short.
+        # Bounded strings and room to finish: the small base model pads the JSON with
+        # whitespace (the grammar allows it), so 60 tokens could cut it short.
         schema = Weather.model_json_schema()
         for field in schema["properties"].values():
             field["maxLength"] = 40
         answer = client.chat(model=m, messages=[{"role": "user", "content": WEATHER}],
-                             format=schema, options=options)  # fmt: skip
+                             format=schema, options={**options, "num_predict": 200})  # fmt: skip
         return Weather.model_validate_json(answer.message.content or "")
 
     return {

@@ -60,7 +60,8 @@ def anthropic_client(router: Process) -> anthropic.Anthropic:
 
 def test_anthropic_tool_choice_any_is_a_tool_use(router: Process) -> None:
     message = anthropic_client(router).messages.create(
-        model=LOCAL, max_tokens=60, messages=PARIS, tool_choice={"type": "any"}, temperature=0,
+        model=LOCAL, max_tokens=60, messages=PARIS, tool_choice={"type": "any"},
+        extra_body={"temperature": 0},  # (deterministic; this SDK's create has no temperature)
         tools=[{"name": "get_weather", "description": "The weather in a city",
                 "input_schema": WEATHER["function"]["parameters"]}],
     )  # fmt: skip
