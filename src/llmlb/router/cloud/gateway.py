@@ -29,6 +29,7 @@ from llmlb.common.errors import (
 )
 from llmlb.common.settings import RouterSettings
 from llmlb.router.cloud.clouds import CloudCall, Clouds, prefix_of
+from llmlb.router.proxy.failover import Answer
 from llmlb.router.proxy.forwarding import MAX_MODEL_NAME, Forwarder, Outcome
 from llmlb.router.proxy.routing import Routed
 from llmlb.router.proxy.usage import usage_in
@@ -134,20 +135,26 @@ class Gateway:
         """``{"input_tokens": n}`` for a chat request to a local model: counted by a node
         that holds the model, with its template (the node's ``/api/count_tokens``)."""
         routed = self._forwarder.route("count_tokens", "/api/count_tokens", orjson.dumps(request))
-        answer = await self._forwarder.forward(
-            routed, caller.headers, caller.who, caller.request_id
-        )
-        body = answer.body
-        if answer.chunks is not None:
-            async with contextlib.aclosing(answer.chunks) as rest:
-                body = b"".join([piece async for piece in rest])
-        if answer.status != 200:
-            raise _node_error(answer.status, body)
+        answer, body = await self._whole(routed, caller)
         try:
             counted = orjson.loads(body)
             return {"input_tokens": int(counted["input_tokens"])}
         except (ValueError, KeyError, TypeError):
             raise UpstreamFailed(f"node {answer.node.name} sent a malformed count") from None
+
+    async def _whole(self, routed: Routed, caller: Caller) -> tuple[Answer, bytes]:
+        """A node's whole answer (read to its end where it came as a stream); its own error
+        raised as the router's."""
+        answer = await self._forwarder.forward(
+            routed, caller.headers, caller.who, caller.request_id
+        )
+        body = answer.body
+        if answer.chunks is not None:  # (a large answer comes as it is sent)
+            async with contextlib.aclosing(answer.chunks) as rest:
+                body = b"".join([piece async for piece in rest])
+        if answer.status != 200:
+            raise _node_error(answer.status, body)
+        return answer, body
 
     async def embeddings(
         self, endpoint: str, request: dict[str, Any], caller: Caller
@@ -159,15 +166,7 @@ class Gateway:
             raise BadRequest(f"{prefix_of(model)} models are embedded on /v1/embeddings",
                              param="model")  # fmt: skip
         routed = self._forwarder.route(endpoint, "/v1/embeddings", orjson.dumps(request))
-        answer = await self._forwarder.forward(
-            routed, caller.headers, caller.who, caller.request_id
-        )
-        body = answer.body
-        if answer.chunks is not None:  # (a large answer comes as it is sent)
-            async with contextlib.aclosing(answer.chunks) as rest:
-                body = b"".join([piece async for piece in rest])
-        if answer.status != 200:
-            raise _node_error(answer.status, body)
+        answer, body = await self._whole(routed, caller)
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:

@@ -133,7 +133,14 @@ class RouterModels:
         """Stream part ``index`` of a split model the router is still fetching, from byte
         ``start``: the parts arrive in order, and a node tails each one as it grows."""
         name = self.canonical(name)
-        path, total, sha256 = self.part(name, index)
+        return await self._file_through(name, self.part(name, index), start, f"part {index}")
+
+    async def _file_through(self, name: str, file: tuple[Path, int, str | None], start: int,
+                            what: str) -> BlobStream:  # fmt: skip
+        """Stream one file of a model the router is still fetching (a part, the projector:
+        ``file`` is where it lands, its size and sha256), from byte ``start``, once its
+        download has begun."""
+        path, total, sha256 = file
         task = self.pull(name)
         progress = self.downloads.progress[name]
         partial = partial_path(self.store, name, path.name)
@@ -145,9 +152,9 @@ class RouterModels:
             task.result()  # raises the download's error
         source = path if path.is_file() else partial
         if not source.is_file():
-            raise UpstreamFailed(f"the router's download of {name!r} has no part {index}")
+            raise UpstreamFailed(f"the router's download of {name!r} has no {what}")
         if start >= total:
-            raise UpstreamFailed(f"range start {start} is past the end of part {index} ({total})")
+            raise UpstreamFailed(f"range start {start} is past the end of the {what} ({total})")
         return BlobStream(total, start, sha256, self._tail(source, start, total, task, progress))
 
     def projector(self, name: str) -> tuple[Path, int, str | None]:
@@ -165,22 +172,7 @@ class RouterModels:
     async def projector_through(self, name: str, start: int) -> BlobStream:
         """Stream the projector of a model the router is still fetching (its first file)."""
         name = self.canonical(name)
-        path, total, sha256 = self.projector(name)
-        task = self.pull(name)
-        progress = self.downloads.progress[name]
-        partial = partial_path(self.store, name, PROJECTOR_FILE)
-        while not path.is_file() and not partial.is_file() and not task.done():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await progress.changed.wait()
-        if task.done():
-            task.result()  # raises the download's error
-        source = path if path.is_file() else partial
-        if not source.is_file():
-            raise UpstreamFailed(f"the router's download of {name!r} has no projector")
-        if start >= total:
-            raise UpstreamFailed(f"range start {start} is past the end of the projector ({total})")
-        return BlobStream(total, start, sha256, self._tail(source, start, total, task, progress))
+        return await self._file_through(name, self.projector(name), start, "projector")
 
     async def pull_through(self, name: str, start: int) -> BlobStream:
         """Stream a model the router is still fetching, from byte ``start``."""
