@@ -7,6 +7,9 @@ comes back as a ``chat.completion`` or a stream of chunks, for the endpoint's di
 render. Requests a provider speaks natively (``openai:`` on ``/v1/responses``, ``anthropic:``
 on ``/v1/messages``) are relayed as they are, the model renamed. Every call is recorded in
 history and metrics like a node's, with the provider in the node's place.
+
+A little over 400 lines: the local and cloud halves share the recording and the reading of
+answers, and the provider-specific parts already live in ``llmlb.translate.providers``.
 """
 
 from __future__ import annotations

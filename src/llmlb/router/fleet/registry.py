@@ -5,6 +5,11 @@ The hot copy lives in memory (the balancer reads it on every request, through
 and operator flags (approved, draining, removed) are read back from it periodically, so the
 management CLI and other routers sharing the database are seen within a few seconds. Whether
 a node that heartbeats really serves is ``fleet.health``'s to say.
+
+Longer than most modules on purpose: it is the one writer of the in-memory index (nodes,
+endpoints, their addresses and the endpoints' model names), and every change to it is here,
+beside the write-through that must happen with it; split, the index and its invariants would
+be kept in two places.
 """
 
 from __future__ import annotations
