@@ -32,6 +32,7 @@ class Process:
         # tests talk to loopback fakes only.
         inherited = {k: v for k, v in os.environ.items() if not _CLOUD_VARIABLE.fullmatch(k)}
         full_env = {**inherited, "LLMLB_HOME": str(home), "PYTHONUNBUFFERED": "1", **env}
+        self.announced: list[str] = []  # what it printed up to its URL
         self.proc = subprocess.Popen(
             [python, "-m", module, *args],
             stdout=subprocess.PIPE,
@@ -62,6 +63,7 @@ class Process:
                 pending += data
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
+                    self.announced.append(line.decode(errors="replace"))
                     if b" listening on " in line:
                         return line.decode().rsplit(" ", 1)[1].strip()
         raise RuntimeError(f"no URL announced within {timeout} s:\n{self.log_tail()}")

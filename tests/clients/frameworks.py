@@ -195,6 +195,9 @@ def ollama_client(url: str, model: str) -> dict[str, Check]:
         "structured output": structured,
         "embeddings": lambda u, m: len(client.embed(model=m, input="hello").embeddings[0]),
         "models listed": lambda u, m: [row.model for row in client.list().models],
+        "model shown": lambda u, m: client.show(m).capabilities,
+        "models running": lambda u, m: [row.model for row in client.ps().models],
+        "pull": lambda u, m: [part.status for part in client.pull(m, stream=True)],
         "chat (langchain)": lambda u, m: ChatOllama(
             base_url=u, model=m, num_predict=60, temperature=0).invoke(FRANCE).content,
         "embeddings (langchain)": lambda u, m: len(
@@ -202,8 +205,40 @@ def ollama_client(url: str, model: str) -> dict[str, Check]:
     }  # fmt: skip
 
 
+def ollama_tools(url: str, model: str) -> dict[str, Check]:
+    """Tool calls and thinking through the ``ollama`` library (against a model that makes
+    calls: ``tests.harmony``'s), whole and streamed, as its own types carry them."""
+    import ollama
+
+    client = ollama.Client(host=url)
+    weather = [{"role": "user", "content": WEATHER}]
+
+    def called(message: Any) -> dict[str, Any]:
+        [call] = message.tool_calls or []
+        return {"name": call.function.name, "arguments": dict(call.function.arguments),
+                "thinking": message.thinking}  # fmt: skip
+
+    def streamed(u: str, m: str) -> dict[str, Any]:
+        thinking, calls = "", list[Any]()
+        for part in client.chat(model=m, messages=weather, tools=[get_weather], think=True,
+                                stream=True, options={"num_predict": 40}):  # fmt: skip
+            thinking += part.message.thinking or ""
+            calls += part.message.tool_calls or []
+        [call] = calls
+        return {"name": call.function.name, "arguments": dict(call.function.arguments),
+                "thinking": thinking}  # fmt: skip
+
+    return {
+        "tool call": lambda u, m: called(client.chat(
+            model=m, messages=weather, tools=[get_weather], think=True,
+            options={"num_predict": 40}).message),
+        "tool call (stream)": streamed,
+    }  # fmt: skip
+
+
 FRAMEWORKS: dict[str, Callable[[str, str], dict[str, Check]]] = {
     "ollama": ollama_client,
+    "ollama-tools": ollama_tools,  # (in the ollama environment; run by test_harmony)
     "openai-agents": openai_agents,
     "langchain": langchain,
     "llama-index": llama_index,

@@ -140,9 +140,9 @@ async def test_node_urls_are_only_scheme_host_port_and_path(
 
 
 async def test_a_node_cannot_point_at_the_router_itself(router: InProcessRouter) -> None:
-    router.service.fleet.own_port = 32768
+    router.service.fleet.own_ports = frozenset({32768, 11434})  # (and Ollama's: --ollama-port)
     async with router.client() as client:
-        for url in ("http://127.0.0.1:32768", "http://localhost:32768/v1"):
+        for url in ("http://127.0.0.1:32768", "http://localhost:32768/v1", "http://[::1]:11434"):
             answer = await client.post("/api/nodes", json={**NODE, "base_url": url},
                                        headers=node_auth(router))  # fmt: skip
             assert answer.status_code == 400

@@ -55,6 +55,11 @@ EXPECTED: dict[str, Callable[[Any], bool]] = {
     "embeddings": lambda got: got == SIZE,
     "generate": _text,
     "models listed": lambda got: isinstance(got, list) and f"{LOCAL}:latest" in got,
+    "model shown": lambda got: isinstance(got, list) and "completion" in got,
+    "models running": lambda got: isinstance(got, list) and f"{LOCAL}:latest" in got,
+    "pull": lambda got: (
+        isinstance(got, list) and got[0] == "pulling manifest" and got[-1] == "success"
+    ),
     "chat (langchain)": _text,
     "embeddings (langchain)": lambda got: got == SIZE,
 }
@@ -68,9 +73,10 @@ FRAMEWORKS = {
     "vercel-ai-sdk": {"chat", "stream", "forced tool call", "structured output", "embeddings"},
     # Ollama's API: the ``ollama`` library and langchain-ollama
     "ollama": {"chat", "stream", "generate", "structured output", "embeddings", "models listed",
-               "chat (langchain)", "embeddings (langchain)"},
+               "model shown", "models running", "pull", "chat (langchain)",
+               "embeddings (langchain)"},
     "ollama-js": {"chat", "stream", "generate", "structured output", "embeddings",
-                  "models listed"},
+                  "models listed", "model shown", "models running", "pull"},
 }  # fmt: skip
 
 

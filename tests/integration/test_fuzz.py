@@ -167,8 +167,18 @@ ollama_chat = st.fixed_dictionaries(
 ollama_generate = st.fixed_dictionaries(
     {"model": field(st.just(MODEL))},
     optional={**ollama_common, "prompt": anything, "system": anything, "images": anything,
-              "raw": anything, "suffix": anything, "template": anything},
+              "raw": field(st.booleans()), "suffix": anything, "template": anything,
+              "context": anything},
 )  # fmt: skip
+# Pull and delete with names no node holds (a deleted MODEL would end the other cases), and
+# none with a slash (a Hugging Face reference: this test's router reaches no hub).
+ollama_names = st.one_of(st.text(max_size=20).filter(lambda s: "/" not in s and MODEL not in s),
+                         anything)  # fmt: skip
+ollama_pull = st.fixed_dictionaries(
+    {"model": field(ollama_names)}, optional={"stream": anything, "insecure": anything},
+)  # fmt: skip
+ollama_show = st.fixed_dictionaries({}, optional={"model": anything, "name": anything,
+                                                  "verbose": anything})  # fmt: skip
 ollama_embed = st.fixed_dictionaries(
     {"model": field(st.just(MODEL))}, optional={"input": anything, "dimensions": anything},
 )  # fmt: skip
@@ -186,6 +196,9 @@ ROUTER_ENDPOINTS = {
     "/api/chat": ollama_chat,
     "/api/generate": ollama_generate,
     "/api/embed": ollama_embed,
+    "/api/pull": ollama_pull,
+    "/api/show": ollama_show,
+    "DELETE /api/delete": ollama_pull,
 }
 
 
@@ -232,6 +245,7 @@ def test_no_request_is_a_5xx_or_goes_unanswered(
     url, headers = targets[target]
     strategy = {**ENDPOINTS, **ROUTER_ENDPOINTS}[endpoint]
     path = endpoint.split(" ")[-1]
+    method = "DELETE" if endpoint.startswith("DELETE ") else "POST"
     statuses: list[int] = []
 
     # CI replays the same cases every run (derandomize), so a red build means a change broke
@@ -244,7 +258,7 @@ def test_no_request_is_a_5xx_or_goes_unanswered(
         # A stream is read to its end: a failure inside it must end it, not hang it.
         with (
             httpx.Client(base_url=url, headers=headers, timeout=DEADLINE) as http,
-            http.stream("POST", path, json=body) as response,
+            http.stream(method, path, json=body) as response,
         ):
             response.read()
         statuses.append(response.status_code)

@@ -7,14 +7,18 @@ call of ``get_weather``."""
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.harmony import ARGUMENTS, REASONING, TOOL, write_harmony_gguf
-from tests.support import Process, start_node
+from tests.support import Process, start_fleet_node, start_node, start_router
+
+ROOT = Path(__file__).parent.parent.parent
 
 TOOLS = [{
     "type": "function",
@@ -105,3 +109,33 @@ def test_the_template_in_use_is_the_one_in_the_gguf(harmony_node: Process) -> No
     message = reply.json()["choices"][0]["message"]
     assert message["reasoning_content"] == REASONING
     assert "<|channel|>" not in (message.get("content") or "")
+
+
+def test_the_ollama_library_gets_the_calls_and_the_thinking(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Through the router's Ollama API, the ``ollama`` library (unmodified, in its own
+    environment) reads the call with object arguments and the reasoning as ``thinking``."""
+    home = tmp_path_factory.mktemp("harmony-fleet")
+    folder = home / "models" / "gpt-oss-tiny"
+    folder.mkdir(parents=True)
+    write_harmony_gguf(folder / "model.gguf")
+    router = start_router(home, home, "--allow-cpu-nodes", "--heartbeat-interval", "1",
+                          env={"LLMLB_AUTO_DISTRIBUTE": "none"})  # fmt: skip
+    node = start_fleet_node(home, home, router, home, "harmony", "--parallel", "1",
+                            "--ctx-size", "512")  # fmt: skip
+    try:
+        python = ROOT / ".venv-clients" / "ollama" / "bin" / "python"
+        assert python.exists(), f"{python} is missing: `make clients` installs it"
+        done = subprocess.run(
+            [str(python), str(ROOT / "tests" / "clients" / "frameworks.py"), "ollama-tools",
+             router.url, "gpt-oss-tiny"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+        )  # fmt: skip
+        results = {r["check"]: r for r in map(json.loads, done.stdout.splitlines())}
+        assert set(results) == {"tool call", "tool call (stream)"}, done.stderr[-3000:]
+        for result in results.values():
+            assert result["ok"], result["got"]
+            assert result["got"] == {"name": TOOL, "arguments": ARGUMENTS, "thinking": REASONING}
+    finally:
+        node.stop()
+        router.stop()

@@ -127,12 +127,14 @@ async def serve(
     settings: CommonSettings,
     on_started: Callable[[str], Awaitable[None] | None] | None = None,
     on_stopping: Callable[[], Awaitable[None]] | None = None,
+    extra: list[socket.socket] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests get ``shutdown_grace_seconds``.
-    ``on_stopping`` runs as the signal arrives, while those requests finish."""
+    ``on_stopping`` runs as the signal arrives, while those requests finish. ``extra``:
+    more sockets for the same app (the URL announced is ``sock``'s)."""
     raise_open_file_limit()
     server = make_server(app, settings)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+    task = asyncio.create_task(server.serve(sockets=[sock, *(extra or [])]))
     if on_stopping is not None:
         stop_hook = on_stopping
 

@@ -298,6 +298,11 @@ class RouterSettings(CommonSettings):
 
     host: str = "127.0.0.1"
     port: int = DEFAULT_ROUTER_PORT
+    ollama_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="Also listen on this port (Ollama's is 11434), on the same host, so that "
+        "clients set up for an Ollama server need no change (default: off)",
+    )  # fmt: skip
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL (default: SQLite file <home>/llmlb.db)"
     )

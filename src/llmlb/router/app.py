@@ -17,7 +17,17 @@ from starlette.routing import Route
 from llmlb.common.asgi import EXCEPTION_HANDLERS, RequestIdMiddleware
 from llmlb.common.compression import MIN_COMPRESSED
 from llmlb.common.logs import LogRing
-from llmlb.router.api import accounts, admin as a, client, console, dashboard, nodes, ollama, ops
+from llmlb.router.api import (
+    accounts,
+    admin as a,
+    client,
+    console,
+    dashboard,
+    nodes,
+    ollama,
+    ollama_store,
+    ops,
+)
 from llmlb.router.api.browsers import BrowserAccess
 from llmlb.router.api.common import admin
 from llmlb.router.api.openapi import openapi_document
@@ -30,10 +40,13 @@ ROUTES = [
     Route("/v1/models", client.models, methods=GET),
     Route("/v1/models/{model:path}", client.model, methods=GET),
     # Ollama's clients (scope api; /api/chat, /api/generate, /api/embed(dings): ClientRoutes)
-    Route("/api/version", ollama.ollama_errors(ollama.version), methods=GET),
+    Route("/api/version", ollama.ollama_errors(ollama.version), methods=["GET", "HEAD"]),
     Route("/api/tags", ollama.ollama_errors(ollama.tags), methods=GET),
     Route("/api/show", ollama.ollama_errors(ollama.show), methods=POST),
     Route("/api/ps", ollama.ollama_errors(ollama.ps), methods=GET),
+    # (and the operator's, in Ollama's shape: admins only)
+    Route("/api/pull", ollama.ollama_errors(admin(ollama_store.pull)), methods=POST),
+    Route("/api/delete", ollama.ollama_errors(admin(ollama_store.delete)), methods=DELETE),
     # nodes (scope node)
     Route("/api/nodes", nodes.register, methods=POST),
     # (heartbeats: nodes.HeartbeatRoute, in front of these)

@@ -22,12 +22,18 @@ async def run_router(
     service = await RouterService.open(settings)
     app = create_app(service)
     sock = bind(settings.host, settings.port)
+    # Ollama's port, for clients set up for an Ollama server: the same app (Ollama's routes
+    # are the router's), another socket.
+    extra = [bind(settings.host, settings.ollama_port)] if settings.ollama_port is not None else []
 
     url_file = settings.home / ROUTER_URL_FILE
 
     async def announce(url: str) -> None:
-        service.fleet.own_port = sock.getsockname()[1]
+        service.fleet.own_ports = frozenset(s.getsockname()[1] for s in (sock, *extra))
         write_private(url_file, url + "\n")
+        for other in extra:  # (before the URL line, which scripts wait for)
+            print(f"Ollama's API also on {url_of(other, settings.tls_cert is not None)}",
+                  flush=True)  # fmt: skip
         print(f"llmlb router listening on {url}", flush=True)
         if on_started is not None:
             result = on_started(url, service)
@@ -35,7 +41,7 @@ async def run_router(
                 await result
 
     try:
-        await serve(app, sock, settings, announce)
+        await serve(app, sock, settings, announce, extra=extra)
     finally:
         # Only our own URL: another router may have started on this home since.
         with contextlib.suppress(OSError):

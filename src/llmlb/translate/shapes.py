@@ -18,6 +18,7 @@ def checked_chunk(data: Any) -> dict[str, Any]:
     _common(piece)
     for choice in _list(piece, "choices"):
         _optional(_object(choice, "a choice"), "finish_reason", str)
+        _optional(choice, "text", str)  # (a text completion's)
         if choice.get("delta") is not None:
             _message(_object(choice["delta"], "a choice's delta"))
     return piece
@@ -29,6 +30,7 @@ def checked_completion(data: Any) -> dict[str, Any]:
     _common(answer)
     for choice in _list(answer, "choices"):
         _optional(_object(choice, "a choice"), "finish_reason", str)
+        _optional(choice, "text", str)  # (a text completion's)
         if choice.get("message") is not None:
             _message(_object(choice["message"], "a choice's message"))
     return answer

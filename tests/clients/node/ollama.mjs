@@ -39,6 +39,13 @@ const checks = {
   },
   embeddings: async () => (await ollama.embed({ model, input: "hello" })).embeddings[0].length,
   "models listed": async () => (await ollama.list()).models.map((row) => row.model),
+  "model shown": async () => (await ollama.show({ model })).capabilities,
+  "models running": async () => (await ollama.ps()).models.map((row) => row.model),
+  pull: async () => {
+    const statuses = [];
+    for await (const part of await ollama.pull({ model, stream: true })) statuses.push(part.status);
+    return statuses;
+  },
 };
 
 for (const [name, check] of Object.entries(checks)) {

@@ -43,7 +43,13 @@ def test_options_format_tools_images_and_think_map_to_chat() -> None:
     call = assistant["tool_calls"][0]
     assert orjson.loads(call["function"]["arguments"]) == {"city": "Paris"}
     assert tool["tool_call_id"] == call["id"]
-    assert ignored == ["keep_alive", "options.num_ctx"]
+    # A client that echoes the ids newer Ollamas give calls keeps them.
+    echoed, _ = ollama.chat_request({"model": "m", "messages": [
+        {"role": "assistant", "tool_calls": [{"id": "call_x1", "function": {"name": "f"}}]},
+        {"role": "tool", "tool_call_id": "call_x1", "content": "42"}]})  # fmt: skip
+    assert echoed["messages"][0]["tool_calls"][0]["id"] == "call_x1"
+    assert echoed["messages"][1]["tool_call_id"] == "call_x1"
+    assert ignored == ["keep_alive"]  # (num_ctx: checked, see below)
 
 
 def test_generate_is_a_system_and_a_user_turn_and_an_empty_one_loads() -> None:
@@ -85,7 +91,8 @@ ANSWER = {
 def test_a_whole_answer_has_ollamas_fields_and_object_arguments() -> None:
     reply = ollama.chat_answer(ANSWER, {"model": "m:latest"}, ollama.Clock())
     assert reply["message"]["tool_calls"] == [
-        {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]  # fmt: skip
+        {"id": "c1", "function": {"index": 0, "name": "get_weather",
+                                  "arguments": {"city": "Paris"}}}]  # fmt: skip
     assert reply["message"]["thinking"] == "They want the weather."
     assert (reply["done"], reply["done_reason"], reply["model"]) == (True, "stop", "m:latest")
     assert (reply["prompt_eval_count"], reply["eval_count"]) == (11, 7)
@@ -131,6 +138,91 @@ async def test_a_stream_is_ndjson_ending_done_with_the_calls_assembled() -> None
     assert [e["done"] for e in out] == [False, False, True]
     last = out[-1]
     assert last["message"]["tool_calls"] == [
-        {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]  # fmt: skip
+        {"id": "c1", "function": {"index": 0, "name": "get_weather",
+                                  "arguments": {"city": "Paris"}}}]  # fmt: skip
     assert last["done_reason"] == "length" and last["eval_count"] == 2
     assert last["eval_duration"] == 2_000_000
+
+
+def test_num_ctx_is_checked_and_answered_not_sent_or_ignored() -> None:
+    body = {"model": "m", "prompt": "Hi", "options": {"num_ctx": 8192, "num_thread": 4}}
+    request, ignored = ollama.generate_request(body)
+    assert ollama.num_ctx(body) == 8192 and "num_ctx" not in str(request)
+    assert ignored == ["options.num_thread"]  # (a node's own setting: named, not sent)
+    assert ollama.num_ctx({"model": "m"}) is None
+    for bad in (0, -1, "8k", 2.5, True, 1 << 30):
+        with pytest.raises(BadRequest) as refused:
+            ollama.num_ctx({"model": "m", "options": {"num_ctx": bad}})
+        assert refused.value.param == "options.num_ctx"
+
+
+def test_raw_is_a_text_completion_of_the_prompt_as_written() -> None:
+    body = {"model": "m", "prompt": "<s>The capital of France is", "raw": True,
+            "stream": False, "think": False, "keep_alive": 0,
+            "options": {"num_predict": 4, "temperature": 0}}  # fmt: skip
+    request, ignored = ollama.generate_request(body)
+    assert request == {"model": "m", "prompt": "<s>The capital of France is", "stream": False,
+                       "max_tokens": 4, "temperature": 0}  # fmt: skip
+    assert ignored == ["keep_alive"] and ollama.is_raw(body)
+    completion = {"choices": [{"text": " Paris", "finish_reason": "length"}],
+                  "usage": {"prompt_tokens": 6, "completion_tokens": 4}}  # fmt: skip
+    reply = ollama.generate_answer(completion, body, ollama.Clock())
+    assert (reply["response"], reply["done_reason"], reply["eval_count"]) == (" Paris", "length", 4)
+    for refused, field in (({"raw": "yes"}, "raw"), ({"raw": True, "images": [PNG]}, "images"),
+                           ({"raw": True, "system": "Be brief"}, "raw"),  # (as Ollama does)
+                           ({"raw": True, "template": "{{ .Prompt }}"}, "raw"),
+                           ({"suffix": "return x"}, "suffix")):  # fmt: skip
+        with pytest.raises(BadRequest) as error:
+            ollama.generate_request({"model": "m", "prompt": "def f(x):", **refused})
+        assert error.value.param == field
+    with pytest.raises(BadRequest, match="does not support insert"):
+        ollama.generate_request({"model": "m", "suffix": "x"})
+
+
+async def test_a_raw_stream_carries_the_completions_text() -> None:
+    async def pieces() -> AsyncGenerator[dict[str, Any], None]:
+        for text in (" Par", "is"):
+            yield {"choices": [{"index": 0, "text": text, "finish_reason": None}]}
+        yield {"choices": [{"index": 0, "text": "", "finish_reason": "stop"}]}
+
+    out = [orjson.loads(line) async for line in
+           ollama.stream(pieces(), {"model": "m"}, True, ollama.Clock())]  # fmt: skip
+    assert [e["response"] for e in out] == [" Par", "is", ""]
+    assert out[-1]["done"] is True and out[-1]["done_reason"] == "stop"
+
+
+NODE_STREAM = b"".join(
+    b"data: " + orjson.dumps(chunk) + b"\n\n"
+    for chunk in [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Pa"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "ris été"}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+         "usage": {"prompt_tokens": 5, "completion_tokens": 2}},
+    ]
+) + b"data: [DONE]\n\n"  # fmt: skip
+
+
+async def _ndjson(parts: list[bytes]) -> list[dict[str, Any]]:
+    """The NDJSON lines for a node's stream that arrives in ``parts``, without the clock's
+    figures (they differ from run to run)."""
+    from llmlb.router.cloud.gateway import _node_chunks
+
+    async def arriving() -> AsyncGenerator[bytes, None]:
+        for part in parts:
+            yield part
+
+    lines = [line async for line in ollama.stream(_node_chunks("n", arriving()), {"model": "m"},
+                                                  False, ollama.Clock())]  # fmt: skip
+    assert all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in lines)
+    volatile = ("created_at", "total_duration")
+    return [{k: v for k, v in orjson.loads(line).items() if k not in volatile} for line in lines]
+
+
+async def test_the_ndjson_is_the_same_wherever_the_nodes_stream_is_split() -> None:
+    whole = await _ndjson([NODE_STREAM])
+    assert "".join(e["message"]["content"] for e in whole) == "Paris été"
+    assert whole[-1]["done"] is True and whole[-1]["eval_count"] == 2
+    for cut in range(1, len(NODE_STREAM)):  # every byte, inside UTF-8 characters too
+        assert await _ndjson([NODE_STREAM[:cut], NODE_STREAM[cut:]]) == whole, cut
+    one_by_one = [NODE_STREAM[i : i + 1] for i in range(len(NODE_STREAM))]
+    assert await _ndjson(one_by_one) == whole

@@ -31,6 +31,8 @@ NDJSON = "application/x-ndjson"
 # Ollama's routes: a client's (scope api), not the operator's, though under /api/.
 CLIENT_PATHS = frozenset({"/api/chat", "/api/generate", "/api/embed", "/api/embeddings",
                           "/api/version", "/api/tags", "/api/show", "/api/ps"})  # fmt: skip
+# The operator's, in Ollama's shape (router.api.ollama_store; scope admin).
+OPERATOR_PATHS = frozenset({"/api/pull", "/api/delete"})
 # The Ollama version clients are told: the API this router speaks (clients gate features
 # on it, e.g. structured outputs from 0.5).
 OLLAMA_VERSION = "0.12.6"
@@ -63,13 +65,19 @@ async def _generate(gateway: Gateway, raw: bytes, caller: Caller,
     if generate and ollama.just_loads(body):
         return _json(ollama.loaded(body))
     request, ignored = (ollama.generate_request if generate else ollama.chat_request)(body)
+    context = ollama.num_ctx(body)
     clock = ollama.Clock()
-    endpoint = "ollama_generate" if generate else "ollama_chat"
     try:
-        reply = await gateway.chat(endpoint, request, caller)
+        if generate and ollama.is_raw(body):
+            reply = await gateway.completion("ollama_raw", request, caller)
+        else:
+            endpoint = "ollama_generate" if generate else "ollama_chat"
+            reply = await gateway.chat(endpoint, request, caller)
     except LlmlbError as exc:
         raise in_terms_of(exc, ollama.CHAT_FIELDS) from None
     headers = reply_headers(reply.target, reply.attempts, [*ignored, *reply.ignored])
+    if context is not None and reply.context:  # the context it ran with (ollama.num_ctx)
+        headers["x-llmlb-context-length"] = str(reply.context)
     if reply.chunks is not None:
         lines = ollama.stream(reply.chunks, body, generate, clock)
         return StreamRelay(lines, 200, NDJSON, {**headers, "cache-control": "no-cache",

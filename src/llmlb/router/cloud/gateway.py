@@ -64,6 +64,7 @@ class ChatReply:
     chunks: AsyncGenerator[dict[str, Any], None] | None = None
     ignored: list[str] = field(default_factory=list)  # request fields the target lacks
     attempts: int = 1
+    context: int = 0  # the node's context in tokens (0: a provider's, or not said)
 
 
 @dataclass
@@ -102,6 +103,16 @@ class Gateway:
         provider = self._clouds.provider(prefix)
         return await self._cloud_chat(endpoint, provider, model, body, stream, caller)
 
+    async def completion(self, endpoint: str, body: dict[str, Any], caller: Caller) -> ChatReply:
+        """A text completion (``/v1/completions``, no chat template) from a node, its choices
+        carrying ``text``: Ollama's raw prompts. Local models only."""
+        model = model_of(body)
+        if prefix_of(model) is not None:
+            raise BadRequest(f"raw prompts are for the fleet's models, not {prefix_of(model)}'s",
+                             param="raw")  # fmt: skip
+        return await self._local_chat(endpoint, body, body.get("stream") is True, caller,
+                                      "/v1/completions")  # fmt: skip
+
     def speaks(self, model: str, path: str) -> bool:
         """Whether ``model``'s provider takes ``path``'s requests as they are."""
         prefix = prefix_of(model)
@@ -110,29 +121,31 @@ class Gateway:
     # -- nodes -----------------------------------------------------------------------------
 
     async def _local_chat(
-        self, endpoint: str, body: dict[str, Any], stream: bool, caller: Caller
-    ) -> ChatReply:
+        self, endpoint: str, body: dict[str, Any], stream: bool, caller: Caller,
+        path: str = "/v1/chat/completions",
+    ) -> ChatReply:  # fmt: skip
         request = {**body, "stream": stream}
         if stream:
             request["stream_options"] = {"include_usage": True}
-        routed = self._forwarder.route(endpoint, "/v1/chat/completions", orjson.dumps(request))
+        routed = self._forwarder.route(endpoint, path, orjson.dumps(request))
         answer = await self._forwarder.forward(
             routed, caller.headers, caller.who, caller.request_id
         )
-        name = answer.node.name
+        name, context = answer.node.name, answer.node.load.ctx_size
         if answer.chunks is None:
             if answer.status != 200:
                 raise _node_error(answer.status, answer.body)
             return ChatReply(name, whole=_node_answer(name, answer.body),
-                             attempts=answer.attempts)  # fmt: skip
+                             attempts=answer.attempts, context=context)  # fmt: skip
         if answer.status != 200 or not stream:  # an answer too large to buffer: read it whole
             async with contextlib.aclosing(answer.chunks) as rest:
                 whole = b"".join([piece async for piece in rest])
             if answer.status != 200:
                 raise _node_error(answer.status, whole)
-            return ChatReply(name, whole=_node_answer(name, whole), attempts=answer.attempts)
+            return ChatReply(name, whole=_node_answer(name, whole), attempts=answer.attempts,
+                             context=context)  # fmt: skip
         return ChatReply(name, chunks=_node_chunks(name, answer.chunks),
-                         attempts=answer.attempts)  # fmt: skip
+                         attempts=answer.attempts, context=context)  # fmt: skip
 
     async def count_tokens(self, request: dict[str, Any], caller: Caller) -> dict[str, Any]:
         """``{"input_tokens": n}`` for a chat request to a local model: counted by a node

@@ -35,12 +35,12 @@ class Fleet:
         self.distributor = distributor
         self.catalog = catalog
         self.endpoints = endpoints
-        self.own_port: int | None = None  # the router's listening port, once it listens
+        self.own_ports: frozenset[int] = frozenset()  # the router's listening ports, once open
 
     def _refuse_own_address(self, base_url: str) -> None:
         """A node URL that points at this router would make it forward requests to itself."""
         parts = urlsplit(base_url)
-        if self.own_port is None or parts.port != self.own_port:
+        if parts.port not in self.own_ports:
             return
         own_hosts = {self.settings.host, "localhost", "127.0.0.1", "::1", "0.0.0.0", "::"}
         if parts.hostname in own_hosts or (parts.hostname or "").startswith("127."):

@@ -17,7 +17,7 @@ from llmlb.common.errors import BadRequest
 # The endpoint's work, as a capability; the translating dialects send chat.
 _ENDPOINT_NEEDS = {"chat": "chat", "messages": "chat", "responses": "chat",
                    "completion": "completion", "embeddings": "embedding",
-                   "ollama_chat": "chat", "ollama_generate": "chat",
+                   "ollama_chat": "chat", "ollama_generate": "chat", "ollama_raw": "completion",
                    "ollama_embed": "embedding"}  # fmt: skip
 
 

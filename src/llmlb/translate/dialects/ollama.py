@@ -7,11 +7,17 @@ send and relay.
   (``num_predict``, ``temperature``, ``top_p``, ``top_k``, ``min_p``, ``seed``, ``stop``,
   ``repeat_penalty``, ``presence_penalty``, ``frequency_penalty``), ``format`` (``"json"``
   or a JSON schema) as structured output, ``tools``, ``think``. A generate's ``prompt`` and
-  ``system`` are a chat turn (Ollama applies the model's template to them too).
+  ``system`` are a chat turn (Ollama applies the model's template to them too); with
+  ``raw: true`` its prompt is a text completion's, as written (``/v1/completions``).
+- ``options.num_ctx`` is checked (a positive number of tokens) and not sent: a node's
+  context is set when it starts. Like Ollama, which clamps a ``num_ctx`` past what the model
+  was trained for, the request runs with the node's context, and the router's handler says
+  which (``x-llmlb-context-length``).
+- ``suffix`` (fill-in-the-middle) is refused as Ollama refuses it for a model whose template
+  has no insert: the nodes' completions take none.
 - Fields with no counterpart here (``keep_alive``: the node decides what stays loaded;
-  ``raw``, ``template``, ``suffix``, ``context``; options such as ``num_ctx`` that are the
-  node's to set) are named in the ``x-llmlb-ignored-fields`` header, as for the other
-  dialects.
+  ``template``, ``context``; options that are the node's to set, such as ``num_thread``) are
+  named in the ``x-llmlb-ignored-fields`` header, as for the other dialects.
 - Answers: Ollama's fields (``created_at``, ``done``, ``done_reason``, ``total_duration``,
   ``load_duration``, ``prompt_eval_count``, ``prompt_eval_duration``, ``eval_count``,
   ``eval_duration``, in nanoseconds) from the node's own timings (llama.cpp's ``timings``);
@@ -44,8 +50,9 @@ _OPTIONS = {"num_predict": "max_tokens", "temperature": "temperature", "top_p": 
 _CHAT_UNDERSTOOD = frozenset({"model", "messages", "tools", "format", "options", "stream",
                               "think"})  # fmt: skip
 _GENERATE_UNDERSTOOD = frozenset({"model", "prompt", "system", "images", "format", "options",
-                                  "stream", "think"})  # fmt: skip
+                                  "stream", "think", "raw", "suffix"})  # fmt: skip
 MAX_IMAGES = 16
+MAX_NUM_CTX = 1 << 24  # (past any model's context; a bound on what is echoed)
 
 
 def created_at() -> str:
@@ -100,7 +107,10 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
                     raise BadRequest("a tool call has a 'function' with a 'name'",
                                      param="messages")  # fmt: skip
                 calls += 1
-                call_id = f"call_{calls}"
+                given = call.get("id")  # (newer Ollamas give calls ids; clients echo them)
+                call_id = (
+                    given if isinstance(given, str) and 0 < len(given) <= 64 else f"call_{calls}"
+                )
                 last_call_ids[function["name"]] = call_id
                 arguments = function.get("arguments") or {}
                 openai_calls.append(chat.tool_call(
@@ -110,7 +120,9 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
             turn["tool_calls"] = openai_calls
         if role == "tool":
             name = message.get("tool_name") or message.get("name")
-            turn["tool_call_id"] = last_call_ids.get(str(name), f"call_{calls}")
+            given = message.get("tool_call_id")
+            turn["tool_call_id"] = (given if isinstance(given, str) and 0 < len(given) <= 64
+                                    else last_call_ids.get(str(name), f"call_{calls}"))  # fmt: skip
         out.append(turn)
     return out
 
@@ -123,12 +135,26 @@ def _options(body: dict[str, Any], request: dict[str, Any], ignored: list[str]) 
         raise BadRequest("'options' is an object", param="options")
     for name, value in options.items():
         field = _OPTIONS.get(name)
+        if name == "num_ctx":
+            continue  # (num_ctx(): checked, answered with the node's own)
         if field is None:
             ignored.append(f"options.{name}" if len(name) <= 30 else "options")
         elif name == "num_predict" and isinstance(value, int) and value < 0:
             continue  # -1: no limit, -2: until the context is full (the node's default)
         else:
             request[field] = value
+
+
+def num_ctx(body: dict[str, Any]) -> int | None:
+    """The context a request asks for (``options.num_ctx``), checked; None if not asked."""
+    options = body.get("options")
+    value = options.get("num_ctx") if isinstance(options, dict) else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_NUM_CTX:
+        raise BadRequest(f"'options.num_ctx' is a number of tokens from 1 to {MAX_NUM_CTX}",
+                         param="options.num_ctx")  # fmt: skip
+    return value
 
 
 def _format(body: dict[str, Any], request: dict[str, Any]) -> None:
@@ -173,13 +199,36 @@ def chat_request(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return request, ignored
 
 
+def is_raw(body: dict[str, Any]) -> bool:
+    """A generate whose prompt goes to the model as written (no chat template)."""
+    raw = body.get("raw", False)
+    if not isinstance(raw, bool):
+        raise BadRequest("'raw' is a boolean", param="raw")
+    return raw
+
+
 def generate_request(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """``/api/generate`` as a chat completion request (its prompt a user turn, its system
-    a system turn), and the fields left out."""
+    a system turn), or for ``raw`` a text completion request; and the fields left out."""
     ignored = chat.ignored_fields(body, _GENERATE_UNDERSTOOD)
     prompt = body.get("prompt") or ""
     if not isinstance(prompt, str):
         raise BadRequest("'prompt' is a string", param="prompt")
+    if body.get("suffix"):  # (Ollama's own refusal for a template without an insert)
+        raise BadRequest(f"{_model(body)[:200]} does not support insert: fill-in-the-middle "
+                         "('suffix') is not served", param="suffix")  # fmt: skip
+    if is_raw(body):
+        if body.get("images"):
+            raise BadRequest("images go through the model's template: send them without "
+                             "'raw'", param="images")  # fmt: skip
+        if body.get("system") or body.get("template") or body.get("context"):
+            # (Ollama's words: in raw mode the prompt is all the model sees)
+            raise BadRequest("raw mode does not support template, system, or context",
+                             param="raw")  # fmt: skip
+        completion: dict[str, Any] = {"model": _model(body), "prompt": prompt}
+        _common(body, completion, ignored)
+        completion.pop("chat_template_kwargs", None)
+        return completion, ignored
     messages = []
     if isinstance(body.get("system"), str) and body["system"]:
         messages.append({"role": "system", "content": body["system"]})
@@ -222,7 +271,7 @@ def _done_reason(finish: Any) -> str:
 
 
 def _calls(calls: Any) -> list[dict[str, Any]]:
-    out = []
+    out: list[dict[str, Any]] = []
     for call in calls or []:
         function = call.get("function") or {}
         arguments = function.get("arguments")
@@ -230,14 +279,18 @@ def _calls(calls: Any) -> list[dict[str, Any]]:
             value = orjson.loads(arguments) if isinstance(arguments, str) else arguments or {}
         except orjson.JSONDecodeError:
             value = {"_raw": arguments}  # the model wrote no JSON: kept, not lost
-        out.append({"function": {"name": str(function.get("name")), "arguments": value}})
+        kept: dict[str, Any] = {"function": {"index": len(out), "name": str(function.get("name")),
+                                             "arguments": value}}  # fmt: skip
+        if isinstance(call.get("id"), str) and call["id"]:
+            kept = {"id": call["id"], **kept}  # (Ollama's ToolCall: id, then function)
+        out.append(kept)
     return out
 
 
 def chat_answer(answer: dict[str, Any], body: dict[str, Any], clock: Clock) -> dict[str, Any]:
     """``/api/chat``'s whole answer for a chat completion."""
     choice = (answer.get("choices") or [{}])[0]
-    message = choice.get("message") or {}
+    message = choice.get("message") or {"content": choice.get("text")}  # (raw: a completion)
     reply: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
     if message.get("reasoning_content"):
         reply["thinking"] = message["reasoning_content"]
@@ -292,9 +345,12 @@ def stream(chunks: chat.Chunks, body: dict[str, Any], generate: bool,
                             function = call.get("function") or {}
                             empty = {"function": {"name": "", "arguments": ""}}
                             kept = calls.setdefault(index, empty)
+                            if call.get("id"):
+                                kept["id"] = str(call["id"])
                             kept["function"]["name"] += str(function.get("name") or "")
                             kept["function"]["arguments"] += str(function.get("arguments") or "")
-                        text, thought = delta.get("content"), delta.get("reasoning_content")
+                        text = delta.get("content") or choice.get("text")  # (raw: completions)
+                        thought = delta.get("reasoning_content")
                         if text or thought:
                             yield line(_piece(model, generate, text or "", thought))
         except LlmlbError as exc:
