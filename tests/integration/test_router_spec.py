@@ -248,6 +248,27 @@ def test_another_sites_page_cannot_call_the_client_api(
     assert preflight.status_code == 403
 
 
+def test_ollamas_client_routes_take_the_same_allow_list(router: Process) -> None:
+    """Ollama's routes are the client API too (ollama-js runs in browsers): CORS for an
+    allowed origin, and another site's page refused in Ollama's error shape."""
+    body = {"model": LOCAL, "stream": False, "options": {"num_predict": 2}, "messages": PARIS}
+    with httpx.Client(base_url=router.url, timeout=60) as http:
+        preflight = http.options("/api/chat", headers={
+            "origin": ALLOWED, "access-control-request-method": "POST",
+            "access-control-request-headers": "content-type"})  # fmt: skip
+        page = {"origin": ALLOWED, "sec-fetch-site": "cross-site"}
+        answer = http.post("/api/chat", json=body, headers=page)
+        evil = http.post("/api/chat", content=json.dumps(body), headers={
+            "origin": "https://evil.example", "content-type": "text/plain"})  # fmt: skip
+        listing = http.get("/api/tags", headers=page)
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == ALLOWED
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == ALLOWED
+    assert listing.headers["access-control-allow-origin"] == ALLOWED
+    assert evil.status_code == 403 and set(evil.json()) == {"error"}
+    assert "access-control-allow-origin" not in evil.headers
+
+
 def test_the_admin_api_answers_no_preflight(router: Process) -> None:
     with httpx.Client(base_url=router.url, timeout=30) as http:
         preflight = http.options("/api/keys", headers={

@@ -1,7 +1,8 @@
-"""Browsers as clients of the client API (``/v1/*``): CORS for the origins an operator allows,
+"""Browsers as clients of the client API (``/v1/*``, with Anthropic's ``/v1/messages``, and
+Ollama's client routes, ``/api/chat`` and the rest): CORS for the origins an operator allows,
 and no request on a user's behalf from any other site.
 
-- ``cors_origins`` (none by default; ``*`` for any) may call ``/v1/*`` from a page: their
+- ``cors_origins`` (none by default; ``*`` for any) may call the client API from a page: their
   preflights are answered, and answers carry ``Access-Control-Allow-Origin`` for them. The
   admin API stays same-origin (it answers no preflight).
 - Any other site's page can still make a browser send a request that needs no preflight (a
@@ -16,7 +17,8 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmlb.common.asgi import error_response
-from llmlb.common.errors import PermissionDenied
+from llmlb.common.errors import LlmlbError, PermissionDenied
+from llmlb.router.api import ollama
 
 _FORM_TYPES = (b"application/x-www-form-urlencoded", b"multipart/form-data", b"text/plain")
 # Request headers a page may send (what the OpenAI, Anthropic and Ollama clients use).
@@ -26,7 +28,7 @@ _ALLOWED_HEADERS = frozenset({
     "openai-project", "openai-beta", "traceparent", "tracestate", "user-agent",
     "x-stainless-arch", "x-stainless-lang", "x-stainless-os", "x-stainless-package-version",
     "x-stainless-runtime", "x-stainless-runtime-version", "x-stainless-retry-count",
-    "x-stainless-timeout", "x-stainless-helper-method",
+    "x-stainless-timeout", "x-stainless-helper-method", "accept",
 })  # fmt: skip
 _EXPOSED = b"x-request-id, x-llmlb-node, x-llmlb-attempts, retry-after"
 MAX_AGE = b"600"
@@ -41,7 +43,9 @@ class BrowserAccess:
         self._origins = frozenset(o.rstrip("/").encode("latin-1") for o in origins if o != "*")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http" or not (
+            scope["path"].startswith("/v1/") or scope["path"] in ollama.CLIENT_PATHS
+        ):
             await self.app(scope, receive, send)
             return
         origin = site = media = wanted = None
@@ -66,7 +70,7 @@ class BrowserAccess:
                 "requests to the client API from another site's page are refused unless its "
                 "origin is in cors_origins", code="cross_site_request",
             )  # fmt: skip
-            await error_response(refused)(scope, receive, send)
+            await _refusal(scope, refused)(scope, receive, send)
             return
         if not allowed:
             await self.app(scope, receive, send)
@@ -86,7 +90,7 @@ class BrowserAccess:
         if origin is None:
             refused = PermissionDenied("this origin may not call the client API (cors_origins)",
                                        code="cross_site_request")  # fmt: skip
-            await error_response(refused)(scope, receive, send)
+            await _refusal(scope, refused)(scope, receive, send)
             return
         names = [n.strip().lower() for n in (wanted or b"").decode("latin-1").split(",")]
         allowed = ", ".join(n for n in names if n in _ALLOWED_HEADERS).encode("latin-1")
@@ -95,6 +99,11 @@ class BrowserAccess:
                    (b"access-control-max-age", MAX_AGE), (b"content-length", b"0")]  # fmt: skip
         await send({"type": "http.response.start", "status": 204, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
+
+
+def _refusal(scope: Scope, exc: LlmlbError) -> ASGIApp:
+    """The refusal in the shape the path's clients read (Ollama's for its routes)."""
+    return ollama.error(exc) if scope["path"] in ollama.CLIENT_PATHS else error_response(exc)
 
 
 def _cors_headers(origin: bytes) -> list[tuple[bytes, bytes]]:
