@@ -4,6 +4,7 @@ from llmlb.cli import (  # noqa: F401  (they add their commands to main)
     endpoints,
     engine,
     fleet,
+    logs,
     models,
     probe,
     registered,

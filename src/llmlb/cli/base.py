@@ -93,6 +93,7 @@ def router_options(func: F) -> F:
         click.option("--heartbeat-interval", type=float, default=None, help="Seconds between node heartbeats  [default: 10]"),
         click.option("--request-timeout", type=float, default=None, help="Seconds per proxied request  [default: 600]"),
         click.option("--log-bodies", is_flag=True, default=None, help="Keep request and response bodies in the history"),
+        click.option("--access-log", is_flag=True, default=None, help="A log line per client request (logger llmlb.access; no bodies)"),
         click.option("--auto-distribute", type=click.Choice(get_args(AutoDistribute)), default=None, help="Models assigned to new nodes  [default: recommended]"),
     ]  # fmt: skip
     for decorator in reversed(decorators):

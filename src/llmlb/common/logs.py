@@ -1,9 +1,18 @@
-"""Logging: human-readable lines by default, JSON lines on request; a request id on every line."""
+"""Logging: human-readable lines by default, JSON lines on request; a request id on every line;
+levels changed per logger while the process runs (``set_level``, through the admin API).
+
+The router's access log is the logger ``llmlb.access``: one line per client request once it
+is settled (a stream at its end), with its request id, key, model, node, status, latency,
+time to first token and tokens, never a body. It is at warning (off) unless the settings'
+``access_log`` or a runtime level of ``info`` turns it on; in JSON the fields are keys of
+the line.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
+import re
 import sys
 import time
 from collections import deque
@@ -11,6 +20,8 @@ from contextvars import ContextVar
 from typing import Any
 
 import orjson
+
+from llmlb.common.errors import BadRequest
 
 request_id_var: ContextVar[str] = ContextVar("llmlb_request_id", default="-")
 
@@ -37,6 +48,9 @@ class JSONFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", "-"),
             "msg": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):  # (the access log's: keys of the line)
+            entry.update(fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()
@@ -135,3 +149,49 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     logging.getLogger("uvicorn.access").setLevel(
         logging.DEBUG if level == "debug" else logging.WARNING
     )
+
+
+ACCESS_LOGGER = "llmlb.access"
+LEVELS = ("debug", "info", "warning", "error", "critical")
+_LOGGER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}")
+# Never below info: aiosqlite's debug lines carry statements' parameters (key and password
+# hashes, endpoints' keys).
+_FLOORS = {"aiosqlite": logging.INFO}
+
+
+def levels() -> dict[str, str]:
+    """The root's level (as ``""``) and every logger's that has one of its own."""
+    out = {"": logging.getLevelName(logging.getLogger().level).lower()}
+    for name, logger in sorted(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET:
+            out[name] = logging.getLevelName(logger.level).lower()
+    return out
+
+
+def level_change(body: dict[str, Any]) -> tuple[str, str | None]:
+    """``{"logger": NAME, "level": LEVEL}`` (the root's name is ``""``; a null level: the
+    parent's), as a change for ``set_level``."""
+    name, level = body.get("logger", ""), body.get("level")
+    if not isinstance(name, str):
+        raise BadRequest("'logger' is a logger's name (\"\" for the root)", param="logger")
+    if level is not None and not isinstance(level, str):
+        raise BadRequest("'level' is a level's name, or null", param="level")
+    return name, level
+
+
+def set_level(name: str, level: str | None) -> None:
+    """Set a logger's level while the process runs (``None``: back to its parent's, for a
+    logger other than the root). Only loggers that exist: a caller cannot make new ones."""
+    if name and (not _LOGGER_NAME.fullmatch(name) or name not in logging.root.manager.loggerDict):
+        raise BadRequest(f"no logger named {name[:100]!r} in this process", param="logger")
+    if level is not None and level not in LEVELS:
+        raise BadRequest(f"'level' is one of {', '.join(LEVELS)}, or null to inherit",
+                         param="level")  # fmt: skip
+    if level is None and not name:
+        raise BadRequest("the root logger has a level of its own: name one", param="level")
+    value = logging.getLevelName(level.upper()) if level is not None else logging.NOTSET
+    floor = _FLOORS.get(name.split(".", 1)[0], logging.NOTSET)
+    if value < floor or (level is None and floor):
+        raise BadRequest(f"{name} stays at info or above: its debug lines carry secrets",
+                         param="level")  # fmt: skip
+    logging.getLogger(name or None).setLevel(value)

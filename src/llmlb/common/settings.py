@@ -357,6 +357,11 @@ class RouterSettings(CommonSettings):
     queue_timeout: float = Field(default=60.0, gt=0)
     history_days: float = Field(default=7.0, gt=0)
     log_bodies: bool = False
+    access_log: bool = Field(
+        default=False,
+        description="A line per client request on the logger llmlb.access (request id, key, "
+        "model, node, status, latency, tokens; no bodies); JSON fields with --log-format json",
+    )
     max_body_bytes: ByteSize = Field(
         default=8 * 1024 * 1024, description="Largest client request body"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -25,13 +26,16 @@ from llmlb.common.asgi import (
 from llmlb.common.credentials import bearer_token, same_secret
 from llmlb.common.departure import until_disconnected
 from llmlb.common.errors import AuthenticationFailed, BadRequest, LlmlbError, NotFound
+from llmlb.common.logs import level_change, levels, set_level
 from llmlb.common.openapi import document, routes_of
 from llmlb.node.assemble import Endpoint
 from llmlb.node.router_links import RouterLinks
 from llmlb.node.service import NodeService
 from llmlb.node.validation import ChatRequest
 
+log = logging.getLogger(__name__)
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+MAX_LEVEL_CHANGE_BYTES = 4096
 
 
 NODE_PROBES = {"/health", "/startup", "/metrics", "/openapi.json"}
@@ -134,6 +138,14 @@ def create_app(service: NodeService, links: RouterLinks | None = None) -> Starle
         """The node's recent log lines (``limit``, ``level``, ``after``: a line's ``seq``)."""
         return ORJSONResponse({"data": log_lines(request)})
 
+    async def log_levels(request: Request) -> Response:
+        if request.method == "PUT":  # (common.logs: existing loggers only, secrets' kept)
+            name, level = level_change(await read_json(request, MAX_LEVEL_CHANGE_BYTES))
+            set_level(name, level)
+            log.warning("log level of %s set to %s", name or "the root logger",
+                        level or "its parent's")  # fmt: skip
+        return ORJSONResponse({"data": levels()})
+
     async def health(request: Request) -> Response:
         health = service.health()
         if links is not None and links.current():
@@ -189,6 +201,7 @@ def create_app(service: NodeService, links: RouterLinks | None = None) -> Starle
             Route("/api/downloads/{name}", guarded(download), methods=["GET"]),
             Route("/api/models/{name}", guarded(delete_model), methods=["DELETE"]),
             Route("/api/logs", guarded(logs), methods=["GET"]),
+            Route("/api/logs/levels", guarded(log_levels), methods=["GET", "PUT"]),
             Route("/health", health, methods=["GET"]),
             Route("/startup", startup, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),

@@ -5,6 +5,7 @@ Handlers live in ``router.api``, one module per audience.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,7 +17,7 @@ from starlette.routing import Route
 
 from llmlb.common.asgi import EXCEPTION_HANDLERS, RequestIdMiddleware
 from llmlb.common.compression import MIN_COMPRESSED
-from llmlb.common.logs import LogRing
+from llmlb.common.logs import ACCESS_LOGGER, LogRing
 from llmlb.router.api import (
     accounts,
     admin as a,
@@ -77,6 +78,9 @@ ROUTES = [
     Route("/api/stats/overview", admin(console.overview), methods=GET),
     Route("/api/stats/series", admin(console.series), methods=GET),
     Route("/api/logs", admin(console.router_logs), methods=GET),
+    Route("/api/logs/levels", admin(console.log_levels), methods=GET),
+    Route("/api/logs/levels", admin(console.set_log_level), methods=["PUT"]),
+    Route("/api/nodes/{node_id}/logs/levels", admin(console.set_node_log_level), methods=["PUT"]),
     Route("/api/users", admin(accounts.list_users), methods=GET),
     Route("/api/users", admin(accounts.create_user), methods=POST),
     Route("/api/users/{username}", admin(accounts.update_user), methods=PATCH),
@@ -140,6 +144,9 @@ def create_app(service: RouterService) -> Starlette:
     app.router.redirect_slashes = False
     app.state.service = service
     LogRing.of_process()  # the log page's lines, however the process set up its logging
+    logging.getLogger(ACCESS_LOGGER).setLevel(
+        logging.INFO if service.settings.access_log else logging.WARNING
+    )
     app.state.body_timeout = service.settings.body_timeout
     app.state.send_timeout = service.settings.send_timeout
     app.state.openapi = orjson.dumps(openapi_document(ROUTES))

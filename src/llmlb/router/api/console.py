@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
 import time
 from collections.abc import AsyncGenerator
@@ -17,6 +18,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from llmlb.common import logs
 from llmlb.common.asgi import (
     ClosingStreamingResponse,
     LogQuery,
@@ -27,6 +29,8 @@ from llmlb.common.asgi import (
 from llmlb.common.errors import BadRequest
 from llmlb.router.api.common import float_param, int_param, service_of
 from llmlb.router.telemetry import HistoryFilter
+
+log = logging.getLogger(__name__)
 
 EXPORT_MAX_ROWS = 100_000
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -182,3 +186,32 @@ def _csv_row(values: tuple[Any, ...]) -> bytes:
     cells = ["'" + v if isinstance(v, str) and v[:1] in _FORMULA_STARTS else v for v in values]
     csv.writer(out, lineterminator="\n").writerow(cells)
     return out.getvalue().encode()
+
+
+# -- log levels, while the process runs (common.logs) -----------------------------------------
+
+
+async def log_levels(request: Request) -> Response:
+    return ORJSONResponse({"data": logs.levels()})
+
+
+async def set_log_level(request: Request) -> Response:
+    """``{"logger": NAME, "level": LEVEL}`` for this router (each router has its own)."""
+    body = await read_json(request, service_of(request).settings.max_admin_body_bytes)
+    name, level = logs.level_change(body)
+    logs.set_level(name, level)
+    log.warning("log level of %s set to %s", name or "the root logger", level or "its parent's")
+    return ORJSONResponse({"data": logs.levels()})
+
+
+async def set_node_log_level(request: Request) -> Response:
+    """The same for a node, passed on to it with its own key."""
+    service = service_of(request)
+    body = await read_json(request, service.settings.max_admin_body_bytes)
+    name, level = logs.level_change(body)
+    node = service.fleet.record(request.path_params["node_id"])
+    if node.is_endpoint:
+        raise BadRequest(f"{node.name} is an endpoint ({node.kind}): its logs are its own",
+                         code="node_is_endpoint")  # fmt: skip
+    levels = await service.control.set_log_level(node, name, level)
+    return ORJSONResponse({"data": levels})

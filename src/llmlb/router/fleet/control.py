@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from llmlb.common.errors import Conflict, Unavailable, UpstreamFailed
+from llmlb.common.errors import BadRequest, Conflict, Unavailable, UpstreamFailed
 from llmlb.common.wire import error_message, read_limited
 from llmlb.router.fleet.node_record import NodeRecord
 
@@ -104,6 +104,31 @@ class NodeControl:
         if not isinstance(data, list):
             raise Unavailable(f"node {node.name} gave no readable {what}")
         return data
+
+    async def set_log_level(self, node: NodeRecord, name: str,
+                            level: str | None) -> dict[str, Any]:  # fmt: skip
+        """Change a logger's level on the node; its levels after. The node's 400 (no such
+        logger, a level it refuses) is passed on as the router's."""
+        body = {"logger": name, "level": level}
+        try:
+            async with self.session.put(
+                node.base_url + "/api/logs/levels", json=body, headers=node.auth_headers(),
+                timeout=aiohttp.ClientTimeout(total=QUERY_SECONDS),
+            ) as response:  # fmt: skip
+                answer, whole = await read_limited(response, NODE_ANSWER_MAX_BYTES)
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable(f"node {node.name} did not answer: {type(exc).__name__}") from exc
+        try:
+            data = orjson.loads(answer) if whole else None
+        except orjson.JSONDecodeError:
+            data = None
+        if status == 400 and isinstance(data, dict) and isinstance(data.get("error"), dict):
+            raise BadRequest(str(data["error"].get("message"))[:300], param="logger")
+        levels = data.get("data") if isinstance(data, dict) else None
+        if status != 200 or not isinstance(levels, dict):
+            raise Unavailable(f"node {node.name} answered {status} for its log levels")
+        return levels
 
     async def fetch(self, node: NodeRecord, path: str, limit: int) -> tuple[int, bytes]:
         """``GET path`` with the node's key, within ``QUERY_SECONDS``: (status, at most

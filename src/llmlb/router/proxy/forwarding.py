@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import orjson
 
 from llmlb.common.errors import BadRequest, LlmlbError
+from llmlb.common.logs import ACCESS_LOGGER
 from llmlb.common.names import UNKNOWN_MODEL_LABEL
 from llmlb.common.settings import RouterSettings
 from llmlb.common.wire import parse_object
@@ -33,6 +35,9 @@ _BODY_LOG_LIMIT = 64 * 1024
 _USAGE_TAIL = 4096
 # The history column's width: longer names are refused before they reach a node or a row.
 MAX_MODEL_NAME = 200
+
+
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +214,8 @@ class Forwarder:
             series.ttft.observe(ttft / 1000)
         if outcome.error is not None or status >= 400:
             self.metrics.errors.labels(str(status)).inc()
+        if access_log.isEnabledFor(logging.INFO):  # (one check when it is off)
+            _log_access(routed, request_id, who, outcome, latency, ttft)
         log_bodies = self.settings.log_bodies
         self.history.add(
             RequestRecord(
@@ -234,3 +241,20 @@ class Forwarder:
                 else None,
             )
         )
+
+
+def _log_access(routed: Routed, request_id: str, who: Who, outcome: Outcome, latency: float,
+                ttft: float | None) -> None:  # fmt: skip
+    """A settled request's access line (``common.logs``): no body, the model bounded."""
+    usage = outcome.usage
+    fields = {
+        "request_id": request_id, "key_id": who.key_id, "user": who.user,
+        "endpoint": routed.endpoint, "model": routed.model[:MAX_MODEL_NAME],
+        "node": outcome.node_id, "provider": outcome.provider, "status": outcome.status,
+        "latency_ms": round(latency * 1000, 2),
+        "ttft_ms": round(ttft, 2) if ttft is not None else None,
+        "tokens_in": usage.get("prompt_tokens"), "tokens_out": usage.get("completion_tokens"),
+        "attempts": outcome.attempts,
+    }  # fmt: skip
+    access_log.info(" ".join(f"{k}={v}" for k, v in fields.items() if v is not None),
+                    extra={"fields": fields})  # fmt: skip
