@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 
+from llmlb.common.errors import BadRequest, LlmlbError, Unavailable
 from llmlb.common.files import write_private
 from llmlb.common.serving import bind, serve, url_of
 from llmlb.common.settings import ROUTER_URL_FILE, RouterSettings
@@ -19,12 +21,23 @@ async def run_router(
     settings: RouterSettings,
     on_started: Callable[[str, RouterService], Awaitable[None] | None] | None = None,
 ) -> None:
-    service = await RouterService.open(settings)
-    app = create_app(service)
-    sock = bind(settings.host, settings.port)
+    # The ports first: one that is taken is a clear error, before anything is opened.
+    sock = _listening(settings.host, settings.port, "--port")
     # Ollama's port, for clients set up for an Ollama server: the same app (Ollama's routes
     # are the router's), another socket.
-    extra = [bind(settings.host, settings.ollama_port)] if settings.ollama_port is not None else []
+    extra = []
+    if settings.ollama_port is not None:
+        if settings.ollama_port == settings.port and settings.port != 0:
+            sock.close()
+            raise BadRequest(f"--ollama-port {settings.ollama_port} is the router's --port: "
+                             "give another", param="ollama_port")  # fmt: skip
+        try:
+            extra.append(_listening(settings.host, settings.ollama_port, "--ollama-port"))
+        except LlmlbError:
+            sock.close()
+            raise
+    service = await RouterService.open(settings)
+    app = create_app(service)
 
     url_file = settings.home / ROUTER_URL_FILE
 
@@ -47,3 +60,11 @@ async def run_router(
         with contextlib.suppress(OSError):
             if url_file.read_text().strip() == url_of(sock, settings.tls_cert is not None):
                 url_file.unlink()
+
+
+def _listening(host: str, port: int, option: str) -> socket.socket:
+    try:
+        return bind(host, port)
+    except OSError as exc:  # (taken: an Ollama server on 11434, another router)
+        raise Unavailable(f"cannot listen on {host}:{port} ({option}): {exc.strerror or exc}",
+                          code="port_unavailable") from None  # fmt: skip

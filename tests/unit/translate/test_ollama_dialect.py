@@ -49,6 +49,12 @@ def test_options_format_tools_images_and_think_map_to_chat() -> None:
         {"role": "tool", "tool_call_id": "call_x1", "content": "42"}]})  # fmt: skip
     assert echoed["messages"][0]["tool_calls"][0]["id"] == "call_x1"
     assert echoed["messages"][1]["tool_call_id"] == "call_x1"
+    # An id made for a call without one never takes one a client gave.
+    calls = [{"function": {"name": "f"}}, {"id": "call_1", "function": {"name": "g"}}]
+    mixed, _ = ollama.chat_request({"model": "m", "messages": [
+        {"role": "assistant", "tool_calls": calls}]})  # fmt: skip
+    ids = [call["id"] for call in mixed["messages"][0]["tool_calls"]]
+    assert ids[1] == "call_1" and ids[0] != "call_1" and len(set(ids)) == 2
     assert ignored == ["keep_alive"]  # (num_ctx: checked, see below)
 
 
@@ -150,7 +156,9 @@ def test_num_ctx_is_checked_and_answered_not_sent_or_ignored() -> None:
     assert ollama.num_ctx(body) == 8192 and "num_ctx" not in str(request)
     assert ignored == ["options.num_thread"]  # (a node's own setting: named, not sent)
     assert ollama.num_ctx({"model": "m"}) is None
-    for bad in (0, -1, "8k", 2.5, True, 1 << 30):
+    assert ollama.num_ctx({"options": {"num_ctx": 4096.0}}) == 4096  # (a number, as Ollama's)
+    assert ollama.num_ctx({"options": {"num_ctx": 1 << 40}}) == ollama.MAX_NUM_CTX
+    for bad in (0, -1, "8k", 0.5, True, [4096]):
         with pytest.raises(BadRequest) as refused:
             ollama.num_ctx({"model": "m", "options": {"num_ctx": bad}})
         assert refused.value.param == "options.num_ctx"
@@ -164,6 +172,11 @@ def test_raw_is_a_text_completion_of_the_prompt_as_written() -> None:
     assert request == {"model": "m", "prompt": "<s>The capital of France is", "stream": False,
                        "max_tokens": 4, "temperature": 0}  # fmt: skip
     assert ignored == ["keep_alive"] and ollama.is_raw(body)
+    # Structured output in raw mode: llama.cpp constrains a completion by json_schema.
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}}
+    for given, sent in (({"format": schema}, schema), ({"format": "json"}, {"type": "object"})):
+        constrained, _ = ollama.generate_request({**body, **given})
+        assert constrained["json_schema"] == sent and "response_format" not in constrained
     completion = {"choices": [{"text": " Paris", "finish_reason": "length"}],
                   "usage": {"prompt_tokens": 6, "completion_tokens": 4}}  # fmt: skip
     reply = ollama.generate_answer(completion, body, ollama.Clock())

@@ -93,6 +93,9 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     calls = 0
     last_call_ids: dict[str, str] = {}  # a tool's name -> its latest call's id
+    given_ids = {call["id"] for m in messages if isinstance(m, dict)
+                 and isinstance(m.get("tool_calls"), list) for call in m["tool_calls"]
+                 if isinstance(call, dict) and _an_id(call.get("id"))}  # fmt: skip
     for message in messages:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise BadRequest("each message has a 'role' and a 'content'", param="messages")
@@ -107,10 +110,13 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
                     raise BadRequest("a tool call has a 'function' with a 'name'",
                                      param="messages")  # fmt: skip
                 calls += 1
-                given = call.get("id")  # (newer Ollamas give calls ids; clients echo them)
-                call_id = (
-                    given if isinstance(given, str) and 0 < len(given) <= 64 else f"call_{calls}"
-                )
+                # Newer Ollamas give calls ids and clients echo them; an id made here never
+                # takes one a client gave.
+                call_id = call.get("id")
+                if not _an_id(call_id):
+                    call_id = f"call_{calls}"
+                    while call_id in given_ids:
+                        call_id += "_"
                 last_call_ids[function["name"]] = call_id
                 arguments = function.get("arguments") or {}
                 openai_calls.append(chat.tool_call(
@@ -121,10 +127,14 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
         if role == "tool":
             name = message.get("tool_name") or message.get("name")
             given = message.get("tool_call_id")
-            turn["tool_call_id"] = (given if isinstance(given, str) and 0 < len(given) <= 64
+            turn["tool_call_id"] = (given if _an_id(given)
                                     else last_call_ids.get(str(name), f"call_{calls}"))  # fmt: skip
         out.append(turn)
     return out
+
+
+def _an_id(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 64
 
 
 def _options(body: dict[str, Any], request: dict[str, Any], ignored: list[str]) -> None:
@@ -151,10 +161,10 @@ def num_ctx(body: dict[str, Any]) -> int | None:
     value = options.get("num_ctx") if isinstance(options, dict) else None
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_NUM_CTX:
-        raise BadRequest(f"'options.num_ctx' is a number of tokens from 1 to {MAX_NUM_CTX}",
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 1:
+        raise BadRequest("'options.num_ctx' is a number of tokens (1 or more)",
                          param="options.num_ctx")  # fmt: skip
-    return value
+    return int(min(value, MAX_NUM_CTX))  # (past any node's: the node's context it is)
 
 
 def _format(body: dict[str, Any], request: dict[str, Any]) -> None:
@@ -228,6 +238,11 @@ def generate_request(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         completion: dict[str, Any] = {"model": _model(body), "prompt": prompt}
         _common(body, completion, ignored)
         completion.pop("chat_template_kwargs", None)
+        # llama.cpp constrains a completion by ``json_schema`` (``response_format`` is chat's).
+        wanted = completion.pop("response_format", None)
+        if wanted is not None:
+            schema = wanted.get("json_schema", {}).get("schema")
+            completion["json_schema"] = schema if schema is not None else {"type": "object"}
         return completion, ignored
     messages = []
     if isinstance(body.get("system"), str) and body["system"]:
