@@ -268,6 +268,25 @@ def test_a_key_made_in_the_page_works_until_revoked(console: Console, page: Page
         )
 
 
+def test_the_audit_page_shows_who_changed_what_and_no_secret(console: Console, page: Page) -> None:
+    log_in(page, console, where="#/keys")
+    page.fill("input[name=key_name]", "audited-key")
+    page.click("text=Create")
+    secret = page.locator("[data-secret]").inner_text().strip()
+    page.goto(f"{console.router.url}/dashboard#/audit")
+    table = page.locator("table[aria-label=audit]")
+    expect(table).to_contain_text("POST /api/keys")
+    row = table.locator("tr", has_text="audited-key")
+    expect(row).to_contain_text("user admin")
+    expect(row).to_contain_text("201")
+    assert secret not in table.inner_text()
+    page.fill("input[name=action]", "POST /api/auth/login")
+    page.click("form button[type=submit]")
+    expect(table.locator("tbody tr").first).to_contain_text("POST /api/auth/login")
+    expect(table).not_to_contain_text("audited-key")
+    shot(page, "audit")
+
+
 def test_an_endpoint_added_in_the_page_serves_beside_the_node(console: Console, page: Page) -> None:
     ollama = FakeEndpoint("ollama").start()
     try:

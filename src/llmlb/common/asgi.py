@@ -229,6 +229,9 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
+BODY_KEY = "llmlb.body"  # where read_body leaves the body it read, in the request's scope
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing bodies over ``limit`` bytes before reading them all, and
     bodies that take longer than the app's ``body_timeout`` (a 408: a slow or endless body
@@ -253,7 +256,9 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
     if inflater is not None:
         inflater.finish()
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    request.scope[BODY_KEY] = body  # (kept for the audit trail: router.telemetry.audit)
+    return body
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:

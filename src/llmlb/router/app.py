@@ -21,6 +21,7 @@ from llmlb.common.logs import ACCESS_LOGGER, LogRing
 from llmlb.router.api import (
     accounts,
     admin as a,
+    audit,
     client,
     console,
     dashboard,
@@ -77,6 +78,8 @@ ROUTES = [
     Route("/api/requests/{row_id}", admin(console.show_request), methods=GET),
     Route("/api/stats/overview", admin(console.overview), methods=GET),
     Route("/api/stats/series", admin(console.series), methods=GET),
+    Route("/api/audit", admin(audit.list_audit), methods=GET),
+    Route("/api/audit/export", admin(audit.export_audit), methods=GET),
     Route("/api/logs", admin(console.router_logs), methods=GET),
     Route("/api/logs/levels", admin(console.log_levels), methods=GET),
     Route("/api/logs/levels", admin(console.set_log_level), methods=["PUT"]),

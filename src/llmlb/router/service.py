@@ -50,6 +50,7 @@ from llmlb.router.supervisor import Job, Supervisor
 from llmlb.router.telemetry import (
     PUBLISH_SECONDS,
     SAMPLE_SECONDS,
+    AuditTrail,
     EventBus,
     History,
     Overview,
@@ -58,6 +59,7 @@ from llmlb.router.telemetry import (
 )
 
 FLEET_SYNC_SECONDS = 2.0
+AUDIT_PRUNE_SECONDS = 3600.0
 
 
 class RouterService:
@@ -89,6 +91,7 @@ class RouterService:
         self.limit_sharing = LimitSharing(engine, self.limiter)
         # Every request's record passes here: its tokens count against its key's allowance.
         self.history = History(engine, settings.history_days, on_record=self._charge)
+        self.audit = AuditTrail(engine, settings.history_days)
         self.metrics = RouterMetrics(self.registry.all, settings.heartbeat_interval)
         # Requests to nodes go over the router's own HTTP/1.1 pool (proxy.nodelink); aiohttp
         # serves the rest: model transfers, probes, the clouds.
@@ -186,6 +189,8 @@ class RouterService:
             # announces them, and every key_sync_seconds in any case (the database away: the
             # keys read last stay in force).
             Job("reading the keys", settings.key_sync_seconds, self._sync_keys, "access",
+                at_start=True),
+            Job("pruning the audit trail", AUDIT_PRUNE_SECONDS, self.audit.prune, "telemetry",
                 at_start=True),
         ]  # fmt: skip
 

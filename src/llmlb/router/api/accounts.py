@@ -21,7 +21,14 @@ from llmlb.router.access import (
     check_role,
     check_username,
 )
-from llmlb.router.api.common import authorize, client_address, refuse_cross_site, service_of
+from llmlb.router.api.common import (
+    audited,
+    authorize,
+    client_address,
+    refuse_cross_site,
+    service_of,
+)
+from llmlb.router.telemetry.history import Who
 
 _BODY_LIMIT = 16 * 1024
 
@@ -44,9 +51,11 @@ async def login(request: Request) -> Response:
     if not isinstance(username, str) or not isinstance(password, str):
         raise BadRequest("'username' and 'password' are required")
     user = await service.accounts.login(username, password, client_address(request))
-    if user is None:
+    if user is None:  # (failures: counted by the login throttle, not the audit trail)
         raise AuthenticationFailed("wrong user name or password", code="invalid_login")
-    return await _new_session(request, user)
+    response = await _new_session(request, user)
+    await audited(request, Who(user_id=user.id, user=user.username), response.status_code)
+    return response
 
 
 async def _new_session(request: Request, user: User) -> Response:
@@ -97,7 +106,9 @@ async def change_password(request: Request) -> Response:
         raise AuthenticationFailed("the current password is wrong", code="invalid_login")
     user = await accounts.set_password(principal.user.username, str(new))
     service_of(request).auth.forget_passwords()
-    return await _new_session(request, user)
+    response = await _new_session(request, user)
+    await audited(request, principal.who, response.status_code)
+    return response
 
 
 # -- users (behind ``admin`` in the route table) -------------------------------------------------

@@ -10,7 +10,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from llmlb.common.errors import BadRequest, PermissionDenied
+from llmlb.common.asgi import BODY_KEY
+from llmlb.common.errors import BadRequest, LlmlbError, PermissionDenied
 from llmlb.router.access import (
     CSRF_HEADER,
     SESSION_COOKIE,
@@ -20,6 +21,7 @@ from llmlb.router.access import (
     normalised_address,
 )
 from llmlb.router.service import RouterService
+from llmlb.router.telemetry.history import Who
 
 Handler = Callable[[Request], Awaitable[Response]]
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
@@ -80,13 +82,33 @@ async def authorize(request: Request, scope: Scope, *, own_account: bool = False
 
 
 def admin(handler: Handler) -> Handler:
-    """The handler behind the admin login: a user (writes need role admin) or an admin key."""
+    """The handler behind the admin login: a user (writes need role admin) or an admin key.
+    Every write the caller may try goes into the audit trail with its result."""
 
     async def guarded(request: Request) -> Response:
-        request.state.principal = await authorize(request, "admin")
-        return await handler(request)
+        request.state.principal = principal = await authorize(request, "admin")
+        if request.method in ("GET", "HEAD"):
+            return await handler(request)
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status_code
+            return response
+        except LlmlbError as exc:
+            status = exc.status
+            raise
+        finally:
+            await audited(request, principal.who, status)
 
     return guarded
+
+
+async def audited(request: Request, who: Who, status: int) -> None:
+    """The request as a change in the audit trail (router.telemetry.audit)."""
+    await service_of(request).audit.record(
+        who, client_address(request), request.method, request.url.path,
+        dict(request.path_params), status, request.scope.get(BODY_KEY),
+    )  # fmt: skip
 
 
 def validated(model: type[M], data: Any) -> M:

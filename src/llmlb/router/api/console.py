@@ -163,10 +163,10 @@ async def export_requests(request: Request) -> Response:
 
     async def lines() -> AsyncGenerator[bytes, None]:
         if kind == "csv":
-            yield _csv_row(_EXPORT_COLUMNS)
+            yield csv_row(_EXPORT_COLUMNS)
         async for rows in pages:
             if kind == "csv":
-                yield b"".join(_csv_row(tuple(r.get(c) for c in _EXPORT_COLUMNS)) for r in rows)
+                yield b"".join(csv_row(tuple(r.get(c) for c in _EXPORT_COLUMNS)) for r in rows)
             else:
                 yield b"".join(orjson.dumps(r) + b"\n" for r in rows)
 
@@ -179,7 +179,7 @@ async def export_requests(request: Request) -> Response:
     )  # fmt: skip
 
 
-def _csv_row(values: tuple[Any, ...]) -> bytes:
+def csv_row(values: tuple[Any, ...]) -> bytes:
     out = io.StringIO()
     # A cell that starts with = + - @ (or a tab or carriage return before one) is a formula
     # to a spreadsheet: quote it as text.

@@ -8,7 +8,7 @@ const state = { me: null, csrf: null, page: null, events: null, live: [], nodes:
 const PAGES = [
   ["overview", "Overview"], ["nodes", "Nodes"], ["models", "Models"], ["requests", "Requests"],
   ["playground", "Playground"], ["keys", "Keys"], ["users", "Users"], ["logs", "Logs"],
-  ["metrics", "Metrics"],
+  ["audit", "Audit"], ["metrics", "Metrics"],
 ];
 
 // -- small helpers ---------------------------------------------------------------------------
@@ -799,9 +799,51 @@ function metricsPage(root) {
   return {};
 }
 
+// The audit trail: every change through the admin API, newest first (secrets never kept).
+function auditPage(root) {
+  const inputs = {
+    user: h("input", { name: "user", placeholder: "user" }),
+    key_id: h("input", { name: "key_id", placeholder: "key id" }),
+    action: h("input", { name: "action", placeholder: "POST /api/keys", size: 24 }),
+  };
+  const PAGE = 50;
+  let offset = 0;
+  const body = h("tbody");
+  const info = h("span", { class: "muted" });
+  const query = () => {
+    const q = new URLSearchParams();
+    for (const [k, el] of Object.entries(inputs)) if (el.value.trim()) q.set(k, el.value.trim());
+    return q;
+  };
+  const exportLink = (format) => h("a", { href: "#", onclick: (e) => { e.preventDefault(); const q = query(); q.set("format", format); location.href = `/api/audit/export?${q}`; } }, format.toUpperCase());
+  const load = async () => {
+    const q = query(); q.set("limit", PAGE); q.set("offset", offset);
+    const page = await api("GET", `/api/audit?${q}`);
+    info.textContent = page.total ? `${offset + 1}–${offset + page.data.length} of ${page.total}` : "no changes match";
+    body.replaceChildren(...page.data.map((r) => h("tr", {},
+      h("td", {}, fmt.time(r.ts)), h("td", { class: "mono" }, r.user ? `user ${r.user}` : r.key_id ? `key ${r.key_id}` : "loopback"),
+      h("td", { class: "mono" }, r.source || "–"), h("td", { class: "mono" }, r.action),
+      h("td", {}, h("span", { class: r.status < 400 ? "status ready" : "status failed" }, r.status)),
+      h("td", { class: "mono" }, r.detail ? JSON.stringify(r.detail) : "–"))));
+  };
+  const search = () => { offset = 0; load().catch((err) => toast(err.message)); };
+  root.append(h("div", { class: "panel" },
+    h("form", { class: "form-row", onsubmit: (e) => { e.preventDefault(); search(); } },
+      Object.entries(inputs).map(([k, el]) => h("label", {}, k.replace("_id", ""), el)),
+      h("button", { type: "submit" }, "Filter")),
+    h("div", { class: "actions" }, h("button", { class: "secondary", onclick: () => { offset = Math.max(0, offset - PAGE); load(); } }, "← Newer"),
+      h("button", { class: "secondary", onclick: () => { offset += PAGE; load(); } }, "Older →"), info,
+      h("span", {}, "Export: ", exportLink("csv"), " · ", exportLink("json")))),
+  h("div", { class: "panel scroll" }, h("table", { "aria-label": "audit" },
+    h("thead", {}, h("tr", {}, ["Time", "Who", "From", "Change", "Result", "Detail"].map((t) => h("th", {}, t)))), body)));
+  search();
+  return {};
+}
+
 const PAGE_BUILDERS = {
   overview: overviewPage, nodes: nodesPage, models: modelsPage, requests: requestsPage,
-  playground: playgroundPage, keys: keysPage, users: usersPage, logs: logsPage, metrics: metricsPage,
+  playground: playgroundPage, keys: keysPage, users: usersPage, logs: logsPage, audit: auditPage,
+  metrics: metricsPage,
 };
 
 // -- start ---------------------------------------------------------------------------------------

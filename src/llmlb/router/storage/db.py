@@ -142,6 +142,23 @@ requests = Table(
     Index("ix_requests_model_ts", "model", "ts"),
 )
 
+# Changes made through the admin API (router.telemetry.audit): who, what, when, from where,
+# the result; a body's secrets blanked. Kept as long as the request history.
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("user", String(64), nullable=True),  # a signed-in user's name
+    Column("key_id", String(36), nullable=True),  # or an API key's id (neither: loopback)
+    Column("source", String(64), nullable=True),  # the client's address
+    Column("action", String(300), nullable=False),  # "POST /api/keys"
+    Column("target", JSON, nullable=True),  # the path's parameters
+    Column("status", Integer, nullable=False),
+    Column("detail", JSON, nullable=True),  # the body's fields, secrets blanked
+    Index("ix_audit_ts", "ts"),
+)
+
 tasks = Table(
     "tasks",
     metadata,

@@ -4,6 +4,7 @@
 - ``metrics``: Prometheus metrics, in a registry of the router"s own.
 - ``overview``: the fleet at a glance and each node"s recent trends.
 - ``events``: the live event bus the dashboard follows.
+- ``audit``: the changes made through the admin API, who made them and how they ended.
 """
 
 from typing import TYPE_CHECKING
@@ -11,6 +12,10 @@ from typing import TYPE_CHECKING
 from llmlb.common.exports import exported, lazy_exports
 
 if TYPE_CHECKING:
+    from llmlb.router.telemetry.audit import (
+        AuditFilter as AuditFilter,
+        AuditTrail as AuditTrail,
+    )
     from llmlb.router.telemetry.events import EventBus as EventBus
     from llmlb.router.telemetry.history import (
         History as History,
@@ -25,6 +30,7 @@ if TYPE_CHECKING:
     )
 
 _OWNERS = {
+    "audit": ["AuditFilter", "AuditTrail"],
     "events": ["EventBus"],
     "history": ["History", "HistoryFilter", "RequestRecord"],
     "metrics": ["RouterMetrics"],
