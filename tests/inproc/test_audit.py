@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import time
+from typing import Any
 
 import httpx
 
@@ -17,10 +18,10 @@ from tests.inproc.test_accounts import ADMIN, VIEWER, accounts, logged_in
 SECRETS = ("user-pass-123", "sk-endpoint-secret", "root-pass-1")
 
 
-async def trail(client: httpx.AsyncClient, **params: str) -> list[dict[str, object]]:
+async def trail(client: httpx.AsyncClient, **params: str) -> list[dict[str, Any]]:
     answer = await client.get("/api/audit", params=params)
     assert answer.status_code == 200, answer.text
-    rows: list[dict[str, object]] = answer.json()["data"]
+    rows: list[dict[str, Any]] = answer.json()["data"]
     return rows
 
 
