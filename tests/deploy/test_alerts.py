@@ -14,6 +14,7 @@ from tests.deploy import containers
 from tests.deploy.containers import podman
 from tests.deploy.test_helm import DATABASE, one, render
 
+GPU_MEMORY = "llmlb_node_gpu_memory_bytes"
 ROUTER_PODS = {"namespace": "llm", "service": "demo-llmlb-router-pods"}
 
 
@@ -67,13 +68,101 @@ CASES: list[dict[str, Any]] = [
     },
     {
         "interval": "1m",
-        "input_series": [
+        "input_series": [  # 80 of 100 places taken, then 3
             series("llmlb_queue_depth", "80x10 3x10", instance="r1"),
+            series("llmlb_queue_capacity", "100x20", instance="r1"),
         ],
         "alert_rule_test": [
             alert("LlmlbQueueBacklog", "8m", {"severity": "warning"}),
             alert("LlmlbQueueBacklog", "20m"),
         ],
+    },
+    {
+        "interval": "1m",
+        "input_series": [  # the only ready node holding m1 goes; m2 keeps one
+            series("llmlb_model_ready_nodes", "1 1 0x20", model="m1", instance="r1"),
+            series("llmlb_model_ready_nodes", "1x22", model="m2", instance="r1"),
+        ],
+        "alert_rule_test": [
+            alert("LlmlbModelUnavailable", "4m"),
+            alert("LlmlbModelUnavailable", "10m", {"severity": "critical", "model": "m1"}),
+        ],
+    },
+    {
+        "interval": "1m",
+        "input_series": [  # every first byte between 10 and 30 s for half an hour, then fast
+            series(
+                "llmlb_time_to_first_byte_seconds_bucket",
+                "0+0x30 0+10x30",
+                le="1",
+                provider="local",
+                endpoint="chat",
+                node="gpu-1",
+            ),
+            series(
+                "llmlb_time_to_first_byte_seconds_bucket",
+                "0+0x30 0+10x30",
+                le="10",
+                provider="local",
+                endpoint="chat",
+                node="gpu-1",
+            ),
+            series(
+                "llmlb_time_to_first_byte_seconds_bucket",
+                "0+10x30 300+10x30",
+                le="30",
+                provider="local",
+                endpoint="chat",
+                node="gpu-1",
+            ),
+            series(
+                "llmlb_time_to_first_byte_seconds_bucket",
+                "0+10x30 300+10x30",
+                le="+Inf",
+                provider="local",
+                endpoint="chat",
+                node="gpu-1",
+            ),
+        ],
+        "alert_rule_test": [
+            alert("LlmlbSlowFirstByte", "8m"),
+            alert("LlmlbSlowFirstByte", "20m", {"severity": "warning"}),
+            alert("LlmlbSlowFirstByte", "58m"),
+        ],
+    },
+    {
+        "interval": "1m",
+        "input_series": [  # one GPU 1 % free for 20 minutes, the other half free
+            series(GPU_MEMORY, "1x20", kind="free", node="gpu-1", device="0:H200"),
+            series(GPU_MEMORY, "100x20", kind="total", node="gpu-1", device="0:H200"),
+            series(GPU_MEMORY, "50x20", kind="free", node="gpu-1", device="1:H200"),
+            series(GPU_MEMORY, "100x20", kind="total", node="gpu-1", device="1:H200"),
+        ],
+        "alert_rule_test": [
+            alert("LlmlbGpuMemoryFull", "10m"),
+            alert(
+                "LlmlbGpuMemoryFull",
+                "18m",
+                {"severity": "warning", "node": "gpu-1", "device": "0:H200"},
+            ),
+        ],
+    },
+    {
+        "interval": "1m",
+        "input_series": [  # a certificate good for 10 more days; another for a year
+            series("llmlb_tls_certificate_expiry_timestamp_seconds", "864000x150", instance="r1"),
+        ],
+        "alert_rule_test": [
+            alert("LlmlbCertificateExpiry", "30m"),
+            alert("LlmlbCertificateExpiry", "2h", {"severity": "warning"}),
+        ],
+    },
+    {
+        "interval": "1m",
+        "input_series": [
+            series("llmlb_tls_certificate_expiry_timestamp_seconds", "31536000x150", instance="r1"),
+        ],
+        "alert_rule_test": [alert("LlmlbCertificateExpiry", "2h")],
     },
     {
         "interval": "1m",

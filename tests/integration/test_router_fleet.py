@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -230,15 +231,23 @@ def test_a_stopping_node_is_draining_at_once_and_finishes_its_answer(fleet: Flee
 
 def test_metrics(fleet: Fleet) -> None:
     with fleet.http() as http:
-        ask(http, max_tokens=2)
+        served_by = ask(http, max_tokens=2).headers["x-llmlb-node"]
         text = http.get("/metrics").text
     assert (
         'llmlb_requests_total{endpoint="chat",model="gemma-3-270m",provider="local",status="200"}'
         in text
     )
     assert 'llmlb_node_state{node="node-a",state="ready"} 1.0' in text
-    assert "llmlb_request_duration_seconds_bucket" in text
-    assert "llmlb_queue_depth" in text
+    assert 'llmlb_node_up{node="node-a"} 1.0' in text
+    # Latency and time to first byte by provider and node (what a pager's rules need).
+    labels = f'endpoint="chat",le="+Inf",node="{served_by}",provider="local"'
+    assert f"llmlb_request_duration_seconds_bucket{{{labels}}}" in text
+    assert f"llmlb_time_to_first_byte_seconds_bucket{{{labels}}}" in text
+    assert "llmlb_queue_depth" in text and "llmlb_queue_capacity 256.0" in text
+    assert re.search(r"^llmlb_queue_wait_seconds_count [1-9]", text, re.M)
+    # Every ready node holds the bundled model.
+    ready = sum(n["status"] == "ready" for n in fleet.node_list())
+    assert f'llmlb_model_ready_nodes{{model="gemma-3-270m"}} {ready:.1f}' in text
     assert 'llmlb_tokens_total{direction="out",model="gemma-3-270m",provider="local"}' in text
 
 

@@ -92,7 +92,8 @@ class RouterService:
         # Every request's record passes here: its tokens count against its key's allowance.
         self.history = History(engine, settings.history_days, on_record=self._charge)
         self.audit = AuditTrail(engine, settings.history_days)
-        self.metrics = RouterMetrics(self.registry.all, settings.heartbeat_interval)
+        self.metrics = RouterMetrics(self.registry.all, settings.heartbeat_interval,
+                                     settings.queue_size, settings.tls_cert)  # fmt: skip
         # Requests to nodes go over the router's own HTTP/1.1 pool (proxy.nodelink); aiohttp
         # serves the rest: model transfers, probes, the clouds.
         self.node_links = NodeLinks(

@@ -367,7 +367,7 @@ class Gateway:
         first_byte_at: float | None = None, attempts: int = 1,
     ) -> None:  # fmt: skip
         outcome = Outcome(status, provider.name, provider.name, usage or {}, first_byte_at,
-                          attempts, error)  # fmt: skip
+                          attempts, error, node_name=provider.name)  # fmt: skip
         self._forwarder.record(routed, caller.request_id, caller.who, started, outcome)
 
 

@@ -175,6 +175,8 @@ class Proxy:
                     raise failed from exc
                 raise
             queue_wait += waited
+            if attempt == 1:
+                self._metrics.queue_wait.observe(waited / 1000)
             tried.add(node.id)
             if attempt > 1:
                 self._metrics.retries.inc()

@@ -28,7 +28,7 @@ from llmlb.router.proxy.images import ImageFetcher, image_urls
 from llmlb.router.proxy.routing import Routed
 from llmlb.router.proxy.usage import usage_in
 from llmlb.router.telemetry.history import History, RequestRecord, Who
-from llmlb.router.telemetry.metrics import RouterMetrics
+from llmlb.router.telemetry.metrics import MAX_NODE_LABELS, RouterMetrics
 
 _BODY_LOG_LIMIT = 64 * 1024
 # The usage object of a stream is in its last event; this much of the tail always holds it.
@@ -52,13 +52,14 @@ class Outcome:
     attempts: int = 1
     error: str | None = None
     response_body: bytes = b""
+    node_name: str | None = None  # a node's name, or a cloud provider's (a metric label)
 
 
 def outcome_of(answer: Answer | None, status: int, error: str | None = None) -> Outcome:
     if answer is None:
         return Outcome(status, error=error)
     return Outcome(status, answer.node.id, "local", answer.usage, answer.first_byte_at,
-                   answer.attempts, error, answer.body)  # fmt: skip
+                   answer.attempts, error, answer.body, answer.node.name)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +92,8 @@ class Forwarder:
         self._capabilities = capabilities  # from the catalog; None: a model it does not list
         self._images = images  # puts images given by URL inline for nodes
         # Bounded: endpoints x known models (others share one label) x status codes.
-        self._metric_series: dict[tuple[str, str, str, int], _Series] = {}
+        self._metric_series: dict[tuple[str, str, str, int, str], _Series] = {}
+        self._node_labels: set[str] = set()
 
     def route(self, endpoint: str, path: str, raw: bytes) -> Routed:
         body = parse_object(raw)
@@ -174,21 +176,34 @@ class Forwarder:
             seen = dataclasses.replace(answer, body=b"".join(kept), usage=usage)
             self.record(routed, request_id, who, started, outcome_of(seen, status))
 
-    def _series(self, endpoint: str, model_label: str, provider: str, status: int) -> _Series:
-        """The metric children of one (endpoint, model, provider, status): looked up once,
-        not per request (prometheus_client's ``labels`` costs several microseconds a call)."""
-        key = (endpoint, model_label, provider, status)
+    def _series(self, endpoint: str, model_label: str, provider: str, status: int,
+                node: str | None) -> _Series:  # fmt: skip
+        """The metric children of one (endpoint, model, provider, status, node): looked up
+        once, not per request (prometheus_client's ``labels`` costs several microseconds a
+        call)."""
+        key = (endpoint, model_label, provider, status, node or "")
         series = self._metric_series.get(key)
         if series is None:
             m = self.metrics
+            node_label = self._node_label(node)
             series = _Series(
                 m.requests.labels(endpoint, model_label, provider, str(status)),
-                m.latency.labels(endpoint), m.ttft.labels(endpoint),
+                m.latency.labels(endpoint, provider, node_label),
+                m.ttft.labels(endpoint, provider, node_label),
                 m.tokens.labels(model_label, provider, "in"),
                 m.tokens.labels(model_label, provider, "out"),
             )  # fmt: skip
             self._metric_series[key] = series
         return series
+
+    def _node_label(self, node: str | None) -> str:
+        """A node's name as a label, bounded (MAX_NODE_LABELS: the rest are "other")."""
+        if node is None:
+            return "none"  # (refused before any node: no node's latency)
+        if node not in self._node_labels and len(self._node_labels) >= MAX_NODE_LABELS:
+            return "other"
+        self._node_labels.add(node)
+        return node
 
     def _model_label(self, model: str) -> str:
         """A metric label: a model the fleet or the catalog knows, or one fixed label."""
@@ -201,7 +216,7 @@ class Forwarder:
         latency = time.monotonic() - started
         status = outcome.status
         label = self._model_label(routed.model)
-        series = self._series(routed.endpoint, label, outcome.provider, status)
+        series = self._series(routed.endpoint, label, outcome.provider, status, outcome.node_name)
         series.requests.inc()
         series.latency.observe(latency)
         usage = outcome.usage
