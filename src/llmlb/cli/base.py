@@ -51,6 +51,8 @@ def common_options(func: F) -> F:
                      default=None, help="The certificate's private key (PEM)"),
         click.option("--tls-ca", type=click.Path(path_type=Path, dir_okay=False), default=None,
                      help="CA bundle to verify the routers and nodes called  [default: system]"),
+        click.option("--otlp-endpoint", default=None,
+                     help="Send traces to this OTLP/HTTP collector (or OTEL_EXPORTER_OTLP_ENDPOINT)  [default: off]"),
     ]  # fmt: skip
     for decorator in reversed(decorators):
         func = decorator(func)

@@ -119,6 +119,11 @@ class CommonSettings(BaseSettings):
     home: Path = Field(default_factory=default_home, description="State and model store folder")
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    otlp_endpoint: str | None = Field(
+        default=None, max_length=500,
+        description="Send traces over OTLP/HTTP to this collector (e.g. http://otel:4318); "
+        "OpenTelemetry's OTEL_EXPORTER_OTLP_ENDPOINT works too (default: no tracing)",
+    )  # fmt: skip
     # The HTTP server: no client may hold a connection it does not use.
     shutdown_grace_seconds: float = Field(default=30.0, description="In-flight requests' grace")
     header_timeout: float = Field(

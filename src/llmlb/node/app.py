@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from llmlb.common import tracing
 from llmlb.common.asgi import (
     EXCEPTION_HANDLERS,
     ClosingStreamingResponse,
@@ -28,6 +29,7 @@ from llmlb.common.departure import until_disconnected
 from llmlb.common.errors import AuthenticationFailed, BadRequest, LlmlbError, NotFound
 from llmlb.common.logs import level_change, levels, set_level
 from llmlb.common.openapi import document, routes_of
+from llmlb.common.tracing import TracedRequests
 from llmlb.node.assemble import Endpoint
 from llmlb.node.router_links import RouterLinks
 from llmlb.node.service import NodeService
@@ -39,6 +41,7 @@ MAX_LEVEL_CHANGE_BYTES = 4096
 
 
 NODE_PROBES = {"/health", "/startup", "/metrics", "/openapi.json"}
+TRACED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 
 
 def create_app(service: NodeService, links: RouterLinks | None = None) -> Starlette:
@@ -189,6 +192,9 @@ def create_app(service: NodeService, links: RouterLinks | None = None) -> Starle
             await service.pool.close()
             await service.resolver.close()
 
+    # A generation's span (common.tracing), a child of the router's attempt.
+    traced = [Middleware(TracedRequests, paths=TRACED_PATHS, prefix="llmlb.node")]
+    traced = traced if tracing.ENABLED else []
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", guarded(_generation("chat")), methods=["POST"]),
@@ -207,7 +213,7 @@ def create_app(service: NodeService, links: RouterLinks | None = None) -> Starle
             Route("/metrics", metrics, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
         ],
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[*traced, Middleware(RequestIdMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

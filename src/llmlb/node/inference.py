@@ -7,6 +7,7 @@ sequences (``node.stops``), a request for no output at all.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import secrets
@@ -17,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from llmlb.common import tracing
 from llmlb.common.errors import BadRequest, LlmlbError, error_body
 from llmlb.common.names import UNKNOWN_MODEL_LABEL
 from llmlb.common.settings import NodeSettings
@@ -57,6 +59,22 @@ async def _as_stream(answer: dict[str, Any], with_usage: bool) -> AsyncGenerator
 
 def sse(data: bytes) -> bytes:
     return b"data: " + data + b"\n\n"
+
+
+def _trace_timings(usage: dict[str, Any], timings: dict[str, Any]) -> None:
+    """llama.cpp's prompt processing and generation as spans placed by its own timings
+    (they end now, the generation last), with their token counts."""
+    prompt_ms = float(timings.get("prompt_ms") or 0)
+    predicted_ms = float(timings.get("predicted_ms") or 0)
+    end = time.time_ns()
+    generation_start = end - int(predicted_ms * 1e6)
+    tracing.interval("llmlb.prompt", generation_start - int(prompt_ms * 1e6), generation_start,
+                     tokens=usage.get("prompt_tokens"),
+                     cached_tokens=timings.get("cache_n"))  # fmt: skip
+    tracing.interval("llmlb.generation", generation_start, end,
+                     tokens=usage.get("completion_tokens"))  # fmt: skip
+    tracing.annotate(tokens_in=usage.get("prompt_tokens"), ttft_ms=round(prompt_ms, 2),
+                     tokens_out=usage.get("completion_tokens"))  # fmt: skip
 
 
 class Inference:
@@ -106,15 +124,33 @@ class Inference:
             body = with_stops(body, spec.template)
         return spec, body, shape
 
+    def _leased(self, spec: EngineSpec) -> contextlib.AbstractAsyncContextManager[LlamaEngine]:
+        """The pool's lease (a slot; a load if the model is not loaded), as a span."""
+        if not tracing.ENABLED:
+            return self.pool.lease(spec)
+        return _traced_lease(self.pool.lease(spec), spec.name)
+
+    async def _prepared(
+        self, endpoint: Endpoint, body: dict[str, Any]
+    ) -> tuple[EngineSpec, dict[str, Any], Shape | None]:
+        if not tracing.ENABLED:
+            return await self.prepare(endpoint, body)
+        with tracing.span("llmlb.prepare"):  # (validation, the model resolved)
+            prepared = await self.prepare(endpoint, body)
+        tracing.annotate(model=prepared[0].name)  # (on the request's span)
+        return prepared
+
     async def complete(self, endpoint: Endpoint, body: dict[str, Any]) -> dict[str, Any]:
-        spec, body, shape = await self.prepare(endpoint, body)
+        spec, body, shape = await self._prepared(endpoint, body)
         if _wants_nothing(body):
             return await self._nothing(endpoint, spec, body)
         started = time.monotonic()
-        async with self.pool.lease(spec) as engine:
+        async with self._leased(spec) as engine:
             response = await engine.complete(endpoint, {**body, "stream": False}, shape)
         timings = response.get("timings") or {}
         self.metrics.record_usage(spec.name, response.get("usage") or {}, timings)
+        if tracing.ENABLED:
+            _trace_timings(response.get("usage") or {}, timings)
         if "prompt_ms" in timings:
             self.metrics.ttft.labels(spec.name).observe(float(timings["prompt_ms"]) / 1000)
         self._finished(endpoint, spec.name, started)
@@ -128,7 +164,7 @@ class Inference:
         Returns SSE frames; a failure after the first frame ends the stream with one error
         event and ``[DONE]``.
         """
-        spec, body, shape = await self.prepare(endpoint, body)
+        spec, body, shape = await self._prepared(endpoint, body)
         options = body.get("stream_options") or {}
         wants_usage = bool(options.get("include_usage"))
         if _wants_nothing(body):
@@ -138,7 +174,7 @@ class Inference:
         started = time.monotonic()
         stack = AsyncExitStack()
         try:
-            engine = await stack.enter_async_context(self.pool.lease(spec))
+            engine = await stack.enter_async_context(self._leased(spec))
             chunks = engine.stream(endpoint, body)
             stack.push_async_callback(chunks.aclose)  # (closing the rewrite does not close it)
             if shape is not None:
@@ -149,6 +185,7 @@ class Inference:
             await stack.aclose()
             raise
         self.metrics.ttft.labels(spec.name).observe(time.monotonic() - started)
+        tracing.annotate(ttft_ms=round((time.monotonic() - started) * 1000, 2))
         return self._frames(spec.name, endpoint, first, chunks, stack, wants_usage, started)
 
     async def _frames(
@@ -188,6 +225,8 @@ class Inference:
         if not isinstance(usage, dict):
             return False
         self.metrics.record_usage(model, usage, data.get("timings") or {})
+        if tracing.ENABLED:
+            _trace_timings(usage, data.get("timings") or {})
         return not data.get("choices")
 
     async def _check_dimensions(self, name: str, dimensions: Any) -> None:
@@ -248,3 +287,18 @@ class Inference:
         self.metrics.tokens.labels(name, "in").inc(prompt_tokens)
         usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
         return {**response, "data": data, "usage": usage}
+
+
+@contextlib.asynccontextmanager
+async def _traced_lease(
+    lease: contextlib.AbstractAsyncContextManager[LlamaEngine], model: str
+) -> AsyncIterator[LlamaEngine]:
+    with tracing.span("llmlb.engine", model=model):
+        engine = await lease.__aenter__()
+    try:
+        yield engine
+    except BaseException as exc:
+        if not await lease.__aexit__(type(exc), exc, exc.__traceback__):
+            raise
+    else:
+        await lease.__aexit__(None, None, None)

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from llmlb.common import tracing
 from llmlb.common.errors import LlmlbError
 from llmlb.common.serving import bind, client_tls, serve, url_of
 from llmlb.common.settings import NodeSettings
@@ -56,6 +57,7 @@ def build_service(settings: NodeSettings) -> NodeService:
 
 
 async def run_node(settings: NodeSettings) -> None:
+    tracing.configure("llmlb-node", settings.otlp_endpoint)
     service = build_service(settings)
     sock = bind(settings.host, settings.port)
     links = None
@@ -89,4 +91,7 @@ async def run_node(settings: NodeSettings) -> None:
         if links is not None:
             await links.announce()
 
-    await serve(app, sock, settings, announce, on_stopping=draining)
+    try:
+        await serve(app, sock, settings, announce, on_stopping=draining)
+    finally:
+        tracing.shutdown()

@@ -15,9 +15,11 @@ from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.routing import Route
 
+from llmlb.common import tracing
 from llmlb.common.asgi import EXCEPTION_HANDLERS, RequestIdMiddleware
 from llmlb.common.compression import MIN_COMPRESSED
 from llmlb.common.logs import ACCESS_LOGGER, LogRing
+from llmlb.common.tracing import TracedRequests
 from llmlb.router.api import (
     accounts,
     admin as a,
@@ -128,9 +130,12 @@ def create_app(service: RouterService) -> Starlette:
         finally:
             await service.close()
 
+    # A client request's span (common.tracing), around everything else, when tracing is on.
+    traced = [Middleware(TracedRequests, paths=frozenset(client.ENDPOINTS), prefix="llmlb")]
     app = Starlette(
         routes=ROUTES,
         middleware=[
+            *(traced if tracing.ENABLED else []),
             Middleware(BrowserAccess, origins=service.settings.cors_origins),
             Middleware(client.ClientRoutes),
             # The rest (model lists, the admin API, the dashboard's files): Starlette's, which

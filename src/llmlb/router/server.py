@@ -7,6 +7,7 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 
+from llmlb.common import tracing
 from llmlb.common.errors import BadRequest, LlmlbError, Unavailable
 from llmlb.common.files import write_private
 from llmlb.common.serving import bind, serve, url_of
@@ -36,6 +37,7 @@ async def run_router(
         except LlmlbError:
             sock.close()
             raise
+    tracing.configure("llmlb-router", settings.otlp_endpoint)
     service = await RouterService.open(settings)
     app = create_app(service)
 
@@ -56,6 +58,7 @@ async def run_router(
     try:
         await serve(app, sock, settings, announce, extra=extra)
     finally:
+        tracing.shutdown()
         # Only our own URL: another router may have started on this home since.
         with contextlib.suppress(OSError):
             if url_file.read_text().strip() == url_of(sock, settings.tls_cert is not None):

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from llmlb.common import tracing
 from llmlb.common.asgi import ORJSONResponse, StreamRelay, error_response, read_body, request_id_of
 from llmlb.common.compression import MIN_COMPRESSED, accepts_gzip, gzipped
 from llmlb.common.departure import DEPARTURE_KEY, Departure
@@ -106,7 +107,11 @@ def _gzipped_if_accepted(response: Response, scope: Scope) -> Response:
 
 async def _forward(request: Request, endpoint: str, request_id: str) -> Response | StreamRelay:
     service = service_of(request)
-    principal = await authorize(request, "api")
+    if tracing.ENABLED:
+        with tracing.span("llmlb.auth"):
+            principal = await authorize(request, "api")
+    else:
+        principal = await authorize(request, "api")
     raw = await read_body(request, service.settings.max_body_bytes)
     # From here on, one watcher sees the client leave, through to the end of a stream.
     departure = request.scope[DEPARTURE_KEY] = Departure(request.receive)

@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from llmlb.common import tracing
 from llmlb.common.errors import (
     BadRequest,
     LlmlbError,
@@ -202,6 +203,15 @@ class Gateway:
         caller: Caller, started: float,
     ) -> CloudCall:  # fmt: skip
         try:
+            if tracing.ENABLED:
+                with tracing.span("llmlb.cloud", "client", provider=provider.name,
+                                  path=path) as current:  # fmt: skip
+                    try:
+                        call = await self._clouds.post(provider, path, orjson.dumps(payload))
+                    except LlmlbError as exc:
+                        tracing.failed(current, exc.message)
+                        raise
+                    return call
             return await self._clouds.post(provider, path, orjson.dumps(payload))
         except LlmlbError as exc:
             self._record(routed, caller, started, provider, exc.status, error=exc.message)

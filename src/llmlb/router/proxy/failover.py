@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from llmlb.common import tracing
 from llmlb.common.errors import (
     LlmlbError,
     ModelNotFound,
@@ -177,11 +178,17 @@ class Proxy:
             queue_wait += waited
             if attempt == 1:
                 self._metrics.queue_wait.observe(waited / 1000)
+            if waited and tracing.ENABLED:
+                now = time.time_ns()
+                tracing.interval("llmlb.queue", now - int(waited * 1e6), now, waited_ms=waited)
             tried.add(node.id)
             if attempt > 1:
                 self._metrics.retries.inc()
             try:
-                answer = await self._attempt(node, routed, headers)
+                if tracing.ENABLED:
+                    answer = await self._traced_attempt(node, routed, headers, attempt)
+                else:
+                    answer = await self._attempt(node, routed, headers)
             except BaseException as exc:
                 self._release(node)
                 if not should_try_next(exc):
@@ -210,6 +217,22 @@ class Proxy:
             return answered
         assert failed is not None
         raise failed
+
+    async def _traced_attempt(self, node: NodeRecord, routed: Routed, headers: dict[str, str],
+                              attempt: int) -> Answer:  # fmt: skip
+        """``_attempt`` as a client span, its context the node's ``traceparent``."""
+        with tracing.span("llmlb.attempt", "client", node=node.name, node_id=node.id,
+                          attempt=attempt) as current:  # fmt: skip
+            try:
+                answer = await self._attempt(node, routed, tracing.inject(headers))
+            except BaseException as exc:
+                tracing.failed(current, describe(exc))
+                raise
+            if current is not None:
+                current.set_attribute("llmlb.outcome", answer.status)
+                if answer.status >= 500:
+                    tracing.failed(current, f"the node answered {answer.status}")
+            return answer
 
     async def _attempt(self, node: NodeRecord, routed: Routed, headers: dict[str, str]) -> Answer:
         # Known to the fleet until the node's answer begins: a node that heartbeats but does

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from llmlb.common import tracing
 from llmlb.common.errors import BadRequest, LlmlbError
 from llmlb.common.logs import ACCESS_LOGGER
 from llmlb.common.names import UNKNOWN_MODEL_LABEL
@@ -231,6 +232,8 @@ class Forwarder:
             self.metrics.errors.labels(str(status)).inc()
         if access_log.isEnabledFor(logging.INFO):  # (one check when it is off)
             _log_access(routed, request_id, who, outcome, latency, ttft)
+        if tracing.ENABLED:
+            _trace(routed, request_id, outcome)
         log_bodies = self.settings.log_bodies
         self.history.add(
             RequestRecord(
@@ -273,3 +276,16 @@ def _log_access(routed: Routed, request_id: str, who: Who, outcome: Outcome, lat
     }  # fmt: skip
     access_log.info(" ".join(f"{k}={v}" for k, v in fields.items() if v is not None),
                     extra={"fields": fields})  # fmt: skip
+
+
+def _trace(routed: Routed, request_id: str, outcome: Outcome) -> None:
+    """The request's span told how it ended, and the relay (first byte to last) as a child."""
+    usage = outcome.usage
+    tokens = {"tokens_in": usage.get("prompt_tokens"), "tokens_out": usage.get("completion_tokens")}
+    tracing.annotate(request_id=request_id, endpoint=routed.endpoint,
+                     model=routed.model[:MAX_MODEL_NAME], node=outcome.node_name,
+                     provider=outcome.provider, status=outcome.status,
+                     attempts=outcome.attempts, **tokens)  # fmt: skip
+    if outcome.first_byte_at is not None:
+        tracing.interval("llmlb.relay", tracing.epoch_ns(outcome.first_byte_at), time.time_ns(),
+                         **tokens)  # fmt: skip
