@@ -91,6 +91,9 @@ def run(report: Report, quick: bool) -> None:
             against = os.environ.get("LLMLB_BENCH_AGAINST")
             if against:
                 sides[f"llmlb@{against}"] = _earlier_router(against, home, path, earlier)
+            traced = os.environ.get("LLMLB_BENCH_TRACED")
+            if traced:
+                sides["llmlb traced"] = _traced_router(home, path, earlier, traced)
             names = list(sides)
             results: dict[tuple[str, str, int], list[dict[str, float]]] = {}
             generator_share: list[tuple[str, int, float, float]] = []
@@ -141,6 +144,31 @@ def _earlier_router(
     started.append(router)
     upstream, _ = start_upstream("--router", router.url, "--token", node_token(old_home),
                                  log=home / "earlier-upstream.log")  # fmt: skip
+    started.append(upstream)
+    wait_for_line(upstream, "registered", 30)
+    return router.url + path, [], router.proc.pid
+
+
+def _traced_router(
+    home: Path, path: str, started: list[Any], ratio: str
+) -> tuple[str, list[str], int | None]:
+    """``LLMLB_BENCH_TRACED=<ratio>``: this router with tracing on (that share of requests
+    sampled, 1 for all; spans sent over OTLP/HTTP to a receiver in this process), with an
+    upstream of its own."""
+    from tests.otlp import Receiver
+
+    receiver = Receiver().start()
+    started.append(receiver)
+    traced_home = home / "traced"
+    traced_home.mkdir()
+    router = start_router(traced_home, home, "--no-auth", "--log-level", "warning",
+                          env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+                               "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                               "OTEL_TRACES_SAMPLER_ARG": ratio},
+                          name="traced-router")  # fmt: skip
+    started.append(router)
+    upstream, _ = start_upstream("--router", router.url, "--token", node_token(traced_home),
+                                 log=home / "traced-upstream.log")  # fmt: skip
     started.append(upstream)
     wait_for_line(upstream, "registered", 30)
     return router.url + path, [], router.proc.pid

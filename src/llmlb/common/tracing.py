@@ -28,6 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENABLED = False
+# Whether the request being served is sampled: its children are spans only then (an unsampled
+# request's would cost the SDK's work for spans nobody keeps).
+_sampled: ContextVar[bool] = ContextVar("llmlb_trace_sampled", default=True)
 _tracer: Tracer | None = None
 _provider: Any = None
 _ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -86,8 +90,9 @@ def epoch_ns(monotonic: float) -> int:
 
 @contextlib.contextmanager
 def span(name: str, kind: str = "internal", **attributes: Any) -> Iterator[Span | None]:
-    """A child of the current span while the block runs; nothing when tracing is off."""
-    if not ENABLED or _tracer is None:
+    """A child of the current span while the block runs; nothing when tracing is off or the
+    request is not sampled."""
+    if not ENABLED or _tracer is None or not _sampled.get():
         yield None
         return
     from opentelemetry.trace import SpanKind
@@ -100,7 +105,7 @@ def span(name: str, kind: str = "internal", **attributes: Any) -> Iterator[Span 
 def interval(name: str, start_ns: int, end_ns: int, **attributes: Any) -> None:
     """A finished child of the current span, placed by its own times (a queue wait, llama.cpp's
     prompt and generation)."""
-    if not ENABLED or _tracer is None:
+    if not ENABLED or _tracer is None or not _sampled.get():
         return
     child = _tracer.start_span(name, start_time=start_ns, attributes=_clean(attributes))
     child.end(end_time=max(end_ns, start_ns))
@@ -108,7 +113,7 @@ def interval(name: str, start_ns: int, end_ns: int, **attributes: Any) -> None:
 
 def annotate(**attributes: Any) -> None:
     """Attributes on the current span (the request's, where no child is open)."""
-    if not ENABLED:
+    if not ENABLED or not _sampled.get():
         return
     from opentelemetry import trace
 
@@ -168,6 +173,13 @@ class TracedRequests:
             name, context=extract(carrier), kind=SpanKind.SERVER,
             attributes={"http.request.method": scope["method"], "url.path": scope["path"]},
         ) as current:  # fmt: skip
+            if not current.is_recording():  # (not sampled: the context still goes on)
+                token = _sampled.set(False)
+                try:
+                    await self.app(scope, receive, send)
+                finally:
+                    _sampled.reset(token)
+                return
             try:
                 await self.app(scope, receive, sending)
             finally:
