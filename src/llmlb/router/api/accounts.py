@@ -28,7 +28,7 @@ from llmlb.router.api.common import (
     refuse_cross_site,
     service_of,
 )
-from llmlb.router.telemetry.history import Who
+from llmlb.router.telemetry import Who
 
 _BODY_LIMIT = 16 * 1024
 

@@ -21,7 +21,7 @@ from llmlb.router.access import (
     normalised_address,
 )
 from llmlb.router.service import RouterService
-from llmlb.router.telemetry.history import Who
+from llmlb.router.telemetry import Who
 
 Handler = Callable[[Request], Awaitable[Response]]
 _INTEGER = re.compile(r"-?[0-9]{1,18}")

@@ -36,7 +36,7 @@ from starlette.responses import Response
 from llmlb.common.asgi import ClosingStreamingResponse, read_json
 from llmlb.common.errors import BadRequest, Conflict, LlmlbError, ModelNotFound, Unavailable
 from llmlb.router.api.common import service_of
-from llmlb.router.distribution.tasks import ACTIVE
+from llmlb.router.distribution import ACTIVE
 
 if TYPE_CHECKING:
     from llmlb.router.service import RouterService

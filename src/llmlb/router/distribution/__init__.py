@@ -17,13 +17,17 @@ if TYPE_CHECKING:
     from llmlb.router.distribution.distributor import Distributor as Distributor
     from llmlb.router.distribution.model_store import RouterModels as RouterModels
     from llmlb.router.distribution.registrations import Registrations as Registrations
-    from llmlb.router.distribution.tasks import TaskManager as TaskManager, router_id as router_id
+    from llmlb.router.distribution.tasks import (
+        ACTIVE as ACTIVE,
+        TaskManager as TaskManager,
+        router_id as router_id,
+    )
 
 _OWNERS = {
     "distributor": ["Distributor"],
     "model_store": ["RouterModels"],
     "registrations": ["Registrations"],
-    "tasks": ["TaskManager", "router_id"],
+    "tasks": ["ACTIVE", "TaskManager", "router_id"],
 }
 __all__ = exported(_OWNERS)
 __getattr__ = lazy_exports(__name__, _OWNERS)

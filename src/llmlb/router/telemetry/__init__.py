@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         History as History,
         HistoryFilter as HistoryFilter,
         RequestRecord as RequestRecord,
+        Who as Who,
     )
     from llmlb.router.telemetry.metrics import RouterMetrics as RouterMetrics
     from llmlb.router.telemetry.overview import (
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 _OWNERS = {
     "audit": ["AuditFilter", "AuditTrail"],
     "events": ["EventBus"],
-    "history": ["History", "HistoryFilter", "RequestRecord"],
+    "history": ["History", "HistoryFilter", "RequestRecord", "Who"],
     "metrics": ["RouterMetrics"],
     "overview": ["PUBLISH_SECONDS", "SAMPLE_SECONDS", "Overview"],
 }
