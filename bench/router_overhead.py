@@ -137,16 +137,7 @@ def _earlier_router(
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), revision],
                    check=True, capture_output=True)  # fmt: skip
     started.append(tree)
-    old_home = home / "earlier"
-    old_home.mkdir()
-    router = start_router(old_home, home, "--no-auth", "--log-level", "warning",
-                          env={"PYTHONPATH": str(tree / "src")}, name="earlier-router")  # fmt: skip
-    started.append(router)
-    upstream, _ = start_upstream("--router", router.url, "--token", node_token(old_home),
-                                 log=home / "earlier-upstream.log")  # fmt: skip
-    started.append(upstream)
-    wait_for_line(upstream, "registered", 30)
-    return router.url + path, [], router.proc.pid
+    return _side_router(home, "earlier", path, started, {"PYTHONPATH": str(tree / "src")})
 
 
 def _traced_router(
@@ -159,16 +150,26 @@ def _traced_router(
 
     receiver = Receiver().start()
     started.append(receiver)
-    traced_home = home / "traced"
-    traced_home.mkdir()
-    router = start_router(traced_home, home, "--no-auth", "--log-level", "warning",
-                          env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
-                               "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-                               "OTEL_TRACES_SAMPLER_ARG": ratio},
-                          name="traced-router")  # fmt: skip
+    otel = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": ratio,
+    }
+    return _side_router(home, "traced", path, started, otel)
+
+
+def _side_router(
+    home: Path, name: str, path: str, started: list[Any], env: dict[str, str]
+) -> tuple[str, list[str], int | None]:
+    """One more router (in a home of its own, with ``env``) and an upstream registered with
+    it, as a side; what it started is added to ``started``."""
+    side_home = home / name
+    side_home.mkdir()
+    router = start_router(side_home, home, "--no-auth", "--log-level", "warning", env=env,
+                          name=f"{name}-router")  # fmt: skip
     started.append(router)
-    upstream, _ = start_upstream("--router", router.url, "--token", node_token(traced_home),
-                                 log=home / "traced-upstream.log")  # fmt: skip
+    upstream, _ = start_upstream("--router", router.url, "--token", node_token(side_home),
+                                 log=home / f"{name}-upstream.log")  # fmt: skip
     started.append(upstream)
     wait_for_line(upstream, "registered", 30)
     return router.url + path, [], router.proc.pid

@@ -528,6 +528,17 @@ function modelsPage(root) {
   };
 }
 
+// The filters, paging and export links of a table of rows (the history, the audit trail).
+function filterPanel(inputs, search, turn, info, exportLink) {
+  return h("div", { class: "panel" },
+    h("form", { class: "form-row", onsubmit: (e) => { e.preventDefault(); search(); } },
+      Object.entries(inputs).map(([k, el]) => h("label", {}, k.replace("_id", ""), el)),
+      h("button", { type: "submit" }, "Filter")),
+    h("div", { class: "actions" }, h("button", { class: "secondary", onclick: () => turn(-1) }, "← Newer"),
+      h("button", { class: "secondary", onclick: () => turn(1) }, "Older →"), info,
+      h("span", {}, "Export: ", exportLink("csv"), " · ", exportLink("json"))));
+}
+
 function requestsPage(root) {
   const inputs = {
     model: h("input", { name: "model", placeholder: "model" }),
@@ -571,13 +582,8 @@ function requestsPage(root) {
         h("pre", { class: "logs" }, r[k] || "(not kept: start the router with --log-bodies to keep bodies)")))));
   };
   const search = () => { offset = 0; load().catch((err) => toast(err.message)); };
-  root.append(h("div", { class: "panel" },
-    h("form", { class: "form-row", onsubmit: (e) => { e.preventDefault(); search(); } },
-      Object.entries(inputs).map(([k, el]) => h("label", {}, k.replace("_id", ""), el)),
-      h("button", { type: "submit" }, "Filter")),
-    h("div", { class: "actions" }, h("button", { class: "secondary", onclick: () => { offset = Math.max(0, offset - PAGE); load(); } }, "← Newer"),
-      h("button", { class: "secondary", onclick: () => { offset += PAGE; load(); } }, "Older →"), info,
-      h("span", {}, "Export: ", exportLink("csv"), " · ", exportLink("json")))),
+  const turn = (step) => { offset = Math.max(0, offset + step * PAGE); load(); };
+  root.append(filterPanel(inputs, search, turn, info, exportLink),
   h("div", { class: "panel scroll" }, h("table", { "aria-label": "requests" },
     h("thead", {}, h("tr", {}, ["Time", "Model", "Node", "Status", "Latency", "TTFT", "Tokens in / out", "Key or user"].map((t) => h("th", {}, t)))), body)),
   detail);
@@ -827,13 +833,8 @@ function auditPage(root) {
       h("td", { class: "mono" }, r.detail ? JSON.stringify(r.detail) : "–"))));
   };
   const search = () => { offset = 0; load().catch((err) => toast(err.message)); };
-  root.append(h("div", { class: "panel" },
-    h("form", { class: "form-row", onsubmit: (e) => { e.preventDefault(); search(); } },
-      Object.entries(inputs).map(([k, el]) => h("label", {}, k.replace("_id", ""), el)),
-      h("button", { type: "submit" }, "Filter")),
-    h("div", { class: "actions" }, h("button", { class: "secondary", onclick: () => { offset = Math.max(0, offset - PAGE); load(); } }, "← Newer"),
-      h("button", { class: "secondary", onclick: () => { offset += PAGE; load(); } }, "Older →"), info,
-      h("span", {}, "Export: ", exportLink("csv"), " · ", exportLink("json")))),
+  const turn = (step) => { offset = Math.max(0, offset + step * PAGE); load(); };
+  root.append(filterPanel(inputs, search, turn, info, exportLink),
   h("div", { class: "panel scroll" }, h("table", { "aria-label": "audit" },
     h("thead", {}, h("tr", {}, ["Time", "Who", "From", "Change", "Result", "Detail"].map((t) => h("th", {}, t)))), body)));
   search();
