@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,14 +23,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from playwright.sync_api import (
-    Browser,
-    ConsoleMessage,
-    Page,
-    Playwright,
-    expect,
-    sync_playwright,
-)
+from playwright.sync_api import Browser, Page, expect
 
 from llmlb.models.smallmodel import SMALL_MODEL_NAME
 from llmlb.models.store import ModelStore
@@ -124,40 +116,6 @@ def console(small_model_path: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def _ready_nodes(http: httpx.Client) -> int:
     return sum(n["status"] == "ready" for n in http.get("/api/nodes").json()["data"])
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail(
-            "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
-        )
-    with sync_playwright() as playwright:
-        yield _launch(playwright, chromium)
-
-
-def _launch(playwright: Playwright, chromium: str) -> Browser:
-    return playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, accept_downloads=True)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    # What the page's Content-Security-Policy blocks is a broken page too (chromium logs it).
-
-    def blocked(message: ConsoleMessage) -> None:
-        if "Content Security Policy" in message.text:
-            errors.append(message.text)
-
-    page.on("console", blocked)
-    page.on("dialog", lambda dialog: dialog.accept())
-    yield page
-    context.close()
-    assert not errors, f"the page raised: {errors}"
 
 
 def log_in(page: Page, console: Console, user: str = "admin", password: str = ADMIN_PASSWORD,

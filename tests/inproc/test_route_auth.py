@@ -21,7 +21,8 @@ PUBLIC = {
     ("GET", "/"), ("HEAD", "/"),  # (Ollama's clients probe it)
     ("GET", "/dashboard"), ("GET", "/dashboard/"),
     ("GET", "/dashboard/assets/{name}"), ("HEAD", "/dashboard/assets/{name}"),
-    ("POST", "/api/auth/login"), ("POST", "/api/auth/logout"),
+    ("POST", "/api/auth/login"), ("POST", "/api/auth/logout"), ("GET", "/api/auth/methods"),
+    ("GET", "/api/auth/oidc/login"), ("GET", "/api/auth/oidc/callback"),  # (browser redirects)
 }  # fmt: skip
 SCOPE_OF_PREFIX = [("/v1/", "api"), ("/v0/", "node"), ("/api/", "admin")]
 

@@ -17,9 +17,11 @@ setting's parts would live in two places.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
+import urllib.parse
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -294,6 +296,77 @@ class RoleLimits(BaseModel):
     cloud: bool = Field(default=False, description="May use openai:, anthropic:, google: models")
 
 
+class OidcSettings(BaseModel):
+    """Single sign-on for the dashboard with an OpenID Connect provider (router.access.sso).
+
+    The client secret is read from the environment variable ``client_secret_env`` names, so
+    that no secret sits in the settings; a provider's public client (PKCE alone) needs none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    issuer: str = Field(description="The provider's issuer URL (https; http on loopback only)")
+    client_id: str = Field(min_length=1, max_length=500)
+    client_secret: str | None = Field(default=None, exclude=True)  # refused: see below
+    client_secret_env: str = Field(
+        default="LLMLB_OIDC_CLIENT_SECRET",
+        description="The environment variable that holds the client secret",
+    )
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
+    role_claim: str = Field(
+        default="groups",
+        description="The claim that carries groups or roles; a dotted path reaches into "
+        "objects (Keycloak: realm_access.roles)",
+    )
+    admin_values: list[str] = Field(
+        default_factory=list, description="Values of the role claim that make an admin"
+    )
+    viewer_values: list[str] = Field(
+        default_factory=list, description="Values of the role claim that make a viewer"
+    )
+    default_role: Literal["none", "viewer"] = Field(
+        default="none", description="The role of a user with none of those values (none: refused)"
+    )
+    username_claim: str = Field(
+        default="preferred_username",
+        description="The claim that names the user here (else email, else sub)",
+    )
+    label: str = Field(default="single sign-on", max_length=60,
+                       description="What the login button says: Sign in with <label>")  # fmt: skip
+    redirect_url: str | None = Field(
+        default=None,
+        description="The callback URL registered with the provider, when the router is reached "
+        "through a proxy (default: <the router's URL>/api/auth/oidc/callback)",
+    )
+
+    @model_validator(mode="after")
+    def _checked(self) -> OidcSettings:
+        if self.client_secret is not None:
+            raise ValueError(
+                "oidc: name the environment variable that holds the client secret "
+                "(client_secret_env), so that no secret sits in the settings"
+            )
+        for url in (self.issuer, self.redirect_url):
+            if url is not None and not _secure_url(url):
+                raise ValueError(f"oidc: {url!r} must be https (http only on a loopback address)")
+        if "openid" not in self.scopes:
+            raise ValueError("oidc: scopes must include 'openid'")
+        return self
+
+
+def _secure_url(url: str) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return True
+    if parts.scheme != "http" or not parts.hostname:
+        return False
+    if parts.hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(parts.hostname).is_loopback
+    except ValueError:
+        return False
+
+
 BalancerStrategy = Literal["load", "round_robin", "least_busy", "prefix_affinity"]
 AutoDistribute = Literal["none", "recommended", "all-that-fit"]
 
@@ -341,6 +414,9 @@ class RouterSettings(CommonSettings):
     cors_origins: list[str] = Field(
         default_factory=list,
         description="Web origins whose pages may call /v1/* from a browser (* for any)",
+    )
+    oidc: OidcSettings | None = Field(
+        default=None, description="Single sign-on for the dashboard with an OpenID Connect provider"
     )
     key_sync_seconds: float = Field(
         default=0.5, gt=0, le=60,

@@ -31,6 +31,7 @@ from llmlb.router.api import (
     ollama,
     ollama_store,
     ops,
+    sso,
 )
 from llmlb.router.api.browsers import BrowserAccess
 from llmlb.router.api.common import admin
@@ -95,6 +96,9 @@ ROUTES = [
     Route("/api/auth/logout", accounts.logout, methods=POST),
     Route("/api/auth/me", accounts.me, methods=GET),
     Route("/api/auth/password", accounts.change_password, methods=POST),
+    Route("/api/auth/methods", sso.methods, methods=GET),
+    Route("/api/auth/oidc/login", sso.login, methods=GET),
+    Route("/api/auth/oidc/callback", sso.callback, methods=GET),
     # the dashboard's page and files (public: what they show comes from the API above)
     Route("/", ollama.root, methods=["GET", "HEAD"]),  # (a browser goes to the dashboard)
     Route("/dashboard", dashboard.page, methods=GET),

@@ -9,6 +9,7 @@ framework here.
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -58,6 +59,9 @@ from llmlb.router.telemetry import (
     RouterMetrics,
 )
 
+if TYPE_CHECKING:
+    from llmlb.router.access.sso import SingleSignOn
+
 FLEET_SYNC_SECONDS = 2.0
 AUDIT_PRUNE_SECONDS = 3600.0
 
@@ -77,6 +81,12 @@ class RouterService:
             admin_password=settings.admin_password, no_auth=settings.no_auth,
         )  # fmt: skip
         self.provisioning = Provisioning(settings, self.keys, self.accounts)
+        # Single sign-on's libraries load only where it is set up.
+        self.sso: SingleSignOn | None = None
+        if settings.oidc:
+            from llmlb.router.access import sso
+
+            self.sso = sso.SingleSignOn(settings.oidc)
         capacity = Capacity()
         self.registry = Registry(
             engine,

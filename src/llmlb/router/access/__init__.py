@@ -7,6 +7,7 @@
 - ``limits``: requests and tokens per minute per key, and per role (Allowances).
 - ``sharing``: those limits counted across routers on one database.
 - ``lockout``: failed logins counted per user and per address, shared by every router.
+- ``sso``: single sign-on with an OpenID Connect provider (authorization code with PKCE).
 - ``provisioning``: what a first start creates: the nodes" token and the first admin.
 """
 
@@ -41,6 +42,13 @@ if TYPE_CHECKING:
     from llmlb.router.access.lockout import normalised_address as normalised_address
     from llmlb.router.access.provisioning import Provisioning as Provisioning
     from llmlb.router.access.sharing import LimitSharing as LimitSharing
+    from llmlb.router.access.sso import (
+        PENDING_COOKIE as PENDING_COOKIE,
+        PENDING_SECONDS as PENDING_SECONDS,
+        Pending as Pending,
+        SingleSignOn as SingleSignOn,
+        SsoFailure as SsoFailure,
+    )
 
 _OWNERS = {
     "accounts": ["Accounts", "Session", "User", "check_password", "check_role", "check_username"],
@@ -50,6 +58,7 @@ _OWNERS = {
     "lockout": ["normalised_address"],
     "provisioning": ["Provisioning"],
     "sharing": ["LimitSharing"],
+    "sso": ["PENDING_COOKIE", "PENDING_SECONDS", "Pending", "SingleSignOn", "SsoFailure"],
 }
 __all__ = exported(_OWNERS)
 __getattr__ = lazy_exports(__name__, _OWNERS)

@@ -5,6 +5,9 @@
 - A session is a random secret in an HttpOnly, SameSite=Strict cookie; the database keeps
   its SHA-256 only, with a CSRF token that every cookie-authenticated write must echo in a
   header. Sessions end at logout, at expiry, and when the user's password changes.
+- A single sign-on account (``router.access.sso``) is made at its first login through the
+  identity provider and found again by its identity there, not by its name; it has no
+  password here, and its role is the provider's at each login.
 - Hashing is slow by design (argon2id: 64 MiB, about 50 ms), so it runs in threads, at most
   two at once: a burst of logins cannot take the router's memory or its event loop.
 """
@@ -19,7 +22,7 @@ import re
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
 from argon2 import PasswordHasher
@@ -55,6 +58,7 @@ class User:
     role: Role
     created_at: float
     password_changed_at: float
+    sso: bool = False  # signs in through the identity provider; no password here
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -63,6 +67,7 @@ class User:
             "role": self.role,
             "created_at": self.created_at,
             "password_changed_at": self.password_changed_at,
+            "sso": self.sso,
         }
 
 
@@ -97,7 +102,14 @@ def check_role(role: object) -> Role:
 
 
 def _user(row: Any) -> User:
-    return User(row.id, row.username, row.role, row.created_at, row.password_changed_at)
+    return User(
+        row.id, row.username, row.role, row.created_at, row.password_changed_at,
+        sso=row.sso_subject is not None,
+    )  # fmt: skip
+
+
+# A single sign-on account's password hash: no password verifies against it.
+_NO_PASSWORD = "!sso"
 
 
 def _digest(secret: str) -> str:
@@ -189,6 +201,11 @@ class Accounts:
         """A new password; every session of the user ends (a stolen cookie stops working)."""
         check_password(password)
         user = await self.get(username)
+        if user.sso:
+            raise BadRequest(
+                f"{username!r} signs in through single sign-on: its password is the identity "
+                "provider's", code="sso_account",
+            )  # fmt: skip
         password_hash = await self._hash(password)
         async with self._engine.begin() as connection:
             await connection.execute(
@@ -227,7 +244,7 @@ class Accounts:
             row = (
                 await connection.execute(select(users).where(users.c.username == username))
             ).first()
-        if row is None:
+        if row is None or row.sso_subject is not None:  # (the same time for either)
             await self._verify(_dummy_hash(), password)
             return None
         if not await self._verify(row.password_hash, password):
@@ -251,6 +268,42 @@ class Accounts:
         user = await self.check(username, password)
         if user is not None:
             await self.throttle.succeeded(*who)
+        return user
+
+    async def sso_account(self, subject: str, name: str, role: Role) -> User:
+        """The account of an identity-provider ``subject`` (already hashed with its issuer),
+        made at its first login under ``name`` (or ``name``-<6 hex of the subject> when a
+        local or another provider's user has that name), and given ``role``: the provider
+        decides it at every login."""
+        check_role(role)
+        async with self._engine.begin() as connection:
+            row = (
+                await connection.execute(select(users).where(users.c.sso_subject == subject))
+            ).first()
+            if row is not None:
+                if row.role != role:
+                    await connection.execute(
+                        update(users).where(users.c.id == row.id).values(role=role)
+                    )
+                    self._recent.clear()
+                return replace(_user(row), role=role)
+            for candidate in (name, f"{name[:57]}-{subject[:6]}"):
+                taken = await connection.execute(
+                    select(users.c.id).where(users.c.username == candidate)
+                )
+                if taken.first() is None:
+                    break
+            else:
+                raise Conflict(f"a user named {name!r} exists", code="user_exists")
+            now = time.time()
+            user = User(str(uuid.uuid4()), candidate, role, now, now, sso=True)
+            await connection.execute(
+                insert(users).values(
+                    id=user.id, username=user.username, password_hash=_NO_PASSWORD, role=role,
+                    created_at=now, password_changed_at=now, sso_subject=subject,
+                )
+            )  # fmt: skip
+        self._any_user = (time.monotonic(), True)
         return user
 
     # -- sessions ----------------------------------------------------------------------------

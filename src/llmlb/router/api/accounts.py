@@ -61,11 +61,15 @@ async def login(request: Request) -> Response:
 async def _new_session(request: Request, user: User) -> Response:
     secret, session = await service_of(request).accounts.open_session(user)
     response = ORJSONResponse(_session_answer(session))
+    set_session_cookie(request, response, secret)
+    return response
+
+
+def set_session_cookie(request: Request, response: Response, secret: str) -> None:
     response.set_cookie(
         SESSION_COOKIE, secret, max_age=int(service_of(request).settings.session_hours * 3600),
         path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https",
     )  # fmt: skip
-    return response
 
 
 async def logout(request: Request) -> Response:
@@ -96,6 +100,9 @@ async def change_password(request: Request) -> Response:
     principal = await authorize(request, "admin", own_account=True)
     if principal.user is None:
         raise BadRequest("only a logged-in user has a password to change")
+    if principal.user.sso:
+        raise BadRequest("you sign in through single sign-on: your password is the identity "
+                         "provider's", code="sso_account")  # fmt: skip
     body = await read_json(request, _BODY_LIMIT)
     current, new = body.get("current_password"), body.get("new_password")
     if not isinstance(current, str):

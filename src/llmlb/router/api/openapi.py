@@ -18,7 +18,8 @@ from llmlb.translate.chat import ChatRequest
 
 _PUBLIC = {"/health", "/ready", "/startup", "/metrics", "/openapi.json", "/", "/dashboard",
            "/dashboard/", "/dashboard/assets/{name}", "/api/auth/login",
-           "/api/auth/logout"}  # fmt: skip
+           "/api/auth/logout", "/api/auth/methods", "/api/auth/oidc/login",
+           "/api/auth/oidc/callback"}  # fmt: skip
 _NODE_PATHS = {"/api/nodes": {"post"}, "/api/nodes/{node_id}/heartbeat": {"post"}}
 _BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("post", "/v1/chat/completions"): ChatRequest,

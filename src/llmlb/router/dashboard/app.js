@@ -129,11 +129,39 @@ function login(message) {
         } finally { button.disabled = false; }
       },
     }, user, pass, button, error);
-    const overlay = h("div", { class: "overlay" }, h("div", { class: "dialog" }, h("h2", {}, "llmlb"), form));
+    const sso = h("div", { class: "sso" });
+    const overlay = h("div", { class: "overlay" }, h("div", { class: "dialog" }, h("h2", {}, "llmlb"), sso, form));
     document.body.append(overlay);
     user.focus();
+    offerSingleSignOn(sso, error);
   });
   return loginPromise;
+}
+
+// Why a single sign-on came back without a session (router.access.sso's codes).
+const SSO_ERRORS = {
+  provider_unreachable: "The identity provider could not be reached. Try again later, or log in with a local account.",
+  provider_misconfigured: "The identity provider's settings do not match this router's (see the router's log).",
+  denied: "The identity provider refused the sign-in.",
+  expired: "The sign-in took too long or was started in another window. Try again.",
+  invalid_answer: "The identity provider's answer could not be verified (see the router's log).",
+  no_role: "You signed in, but your account has no role here: ask an admin to add you to a group that maps to one.",
+  name_taken: "Your user name is taken by another account here: ask an admin.",
+};
+
+async function offerSingleSignOn(into, error) {
+  const failed = new URLSearchParams(location.search).get("sso_error");
+  if (failed) {
+    error.textContent = SSO_ERRORS[failed] || "The single sign-on did not complete.";
+    history.replaceState(null, "", location.pathname + location.hash);
+  }
+  try {
+    const methods = await (await fetch("/api/auth/methods", { credentials: "same-origin" })).json();
+    if (!methods.sso) return;
+    into.append(
+      h("a", { class: "button", href: methods.sso.url }, `Sign in with ${methods.sso.label}`),
+      h("p", { class: "muted" }, "or with a local account:"));
+  } catch { /* no single sign-on offered: the form alone */ }
 }
 
 async function logout() {
@@ -720,13 +748,13 @@ function usersPage(root) {
   const refresh = async () => {
     const users = (await api("GET", "/api/users")).data;
     body.replaceChildren(...users.map((u) => h("tr", { "data-user": u.username },
-      h("td", {}, u.username), h("td", {}, u.role), h("td", {}, fmt.time(u.created_at)),
+      h("td", {}, u.sso ? `${u.username} (single sign-on)` : u.username), h("td", {}, u.role), h("td", {}, fmt.time(u.created_at)),
       h("td", {}, canWrite() ? h("div", { class: "actions" },
         h("button", { class: "secondary", onclick: () => act(async () => { await api("PATCH", `/api/users/${encodeURIComponent(u.username)}`, { role: u.role === "admin" ? "viewer" : "admin" }); await refresh(); }, "role changed") }, u.role === "admin" ? "Make viewer" : "Make admin"),
-        h("button", { class: "secondary", onclick: () => { const p = prompt(`New password for ${u.username} (8 or more characters)`); if (p) act(() => api("PATCH", `/api/users/${encodeURIComponent(u.username)}`, { password: p }), "password set"); } }, "Reset password"),
+        u.sso ? null : h("button", { class: "secondary", onclick: () => { const p = prompt(`New password for ${u.username} (8 or more characters)`); if (p) act(() => api("PATCH", `/api/users/${encodeURIComponent(u.username)}`, { password: p }), "password set"); } }, "Reset password"),
         h("button", { class: "danger", onclick: () => confirm(`Delete ${u.username}?`) && act(async () => { await api("DELETE", `/api/users/${encodeURIComponent(u.username)}`); await refresh(); }, "deleted") }, "Delete")) : null))));
   };
-  if (state.me.user) {
+  if (state.me.user && !state.me.user.sso) {
     const current = h("input", { type: "password", name: "current_password", autocomplete: "current-password", placeholder: "current password" });
     const next = h("input", { type: "password", name: "new_password", autocomplete: "new-password", placeholder: "new password" });
     root.append(h("div", { class: "panel" }, h("h2", {}, `My password (${state.me.user.username})`),

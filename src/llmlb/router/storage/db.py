@@ -200,6 +200,9 @@ users = Table(
     Column("role", String(10), nullable=False),  # admin, viewer
     Column("created_at", Float, nullable=False),
     Column("password_changed_at", Float, nullable=False),
+    # sha256(issuer, subject) of a single sign-on account (router.access.sso); else NULL
+    Column("sso_subject", String(64), nullable=True),
+    Index("ix_users_sso_subject", "sso_subject", unique=True),
 )
 
 sessions = Table(

@@ -1,0 +1,133 @@
+"""Single sign-on's rules on plain values: roles from claims, user names, the pending login's
+cookie, and each way an ID token is refused (signed by keys made here with joserfc)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from joserfc import jwt
+from joserfc.jwk import KeySet, OctKey, RSAKey
+
+from llmlb.common.settings import OidcSettings
+from llmlb.router.access.sso import Pending, SingleSignOn, SsoFailure, role_for, username_for
+
+ISSUER = "https://idp.example.com"
+
+
+def settings(**overrides: Any) -> OidcSettings:
+    return OidcSettings(**{"issuer": ISSUER, "client_id": "llmlb", "admin_values": ["ops"],
+                           "viewer_values": ["dev"], **overrides})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("claims", "overrides", "role"),
+    [
+        ({"groups": ["dev", "ops"]}, {}, "admin"),  # admin wins
+        ({"groups": ["dev"]}, {}, "viewer"),
+        ({"groups": "ops"}, {}, "admin"),  # a single value
+        ({"groups": ["sales"]}, {}, None),
+        ({}, {}, None),
+        ({"groups": ["sales"]}, {"default_role": "viewer"}, "viewer"),
+        ({"realm_access": {"roles": ["ops"]}}, {"role_claim": "realm_access.roles"}, "admin"),
+        ({"realm_access": ["ops"]}, {"role_claim": "realm_access.roles"}, None),
+        ({"groups": [1, None, {"ops": 1}]}, {}, None),  # odd values are no role
+    ],
+)
+def test_the_role_comes_from_the_claim_and_admin_wins(
+    claims: dict[str, Any], overrides: dict[str, Any], role: str | None
+) -> None:
+    assert role_for(claims, settings(**overrides)) == role
+
+
+@pytest.mark.parametrize(
+    ("claims", "name"),
+    [
+        ({"preferred_username": "alice"}, "alice"),
+        ({"email": "bob@example.com"}, "bob@example.com"),
+        ({"preferred_username": "Zoë Smith / ops"}, "Zo-Smith-ops"),
+        ({"preferred_username": "../../etc"}, "etc"),
+        ({"preferred_username": "x" * 200}, "x" * 64),
+        ({"preferred_username": "///"}, "sso-0123456789ab"),
+        ({}, "sso-0123456789ab"),
+    ],
+)
+def test_user_names_keep_to_the_characters_names_may_hold(
+    claims: dict[str, Any], name: str
+) -> None:
+    assert username_for(claims, settings(), "0123456789abcdef") == name
+
+
+def test_the_pending_cookie_round_trips_and_expires() -> None:
+    pending = Pending("s", "n", "v", time.time())
+    assert Pending.from_cookie(pending.cookie()) == pending
+    old = Pending("s", "n", "v", time.time() - 3600)
+    assert Pending.from_cookie(old.cookie()) is None
+    for junk in (None, "", "!!!", "W10", "x" * 5000, Pending("s", "n", "v", 0).cookie()):
+        assert Pending.from_cookie(junk) is None
+
+
+# -- the ID token ---------------------------------------------------------------------------------
+
+KEY = RSAKey.generate_key(2048, parameters={"kid": "k1"})
+OTHER = RSAKey.generate_key(2048, parameters={"kid": "k1"})  # the same id, another key
+
+
+def provider() -> SingleSignOn:
+    sso = SingleSignOn(settings())
+    metadata = {"issuer": ISSUER, "authorization_endpoint": ISSUER + "/a",
+                "token_endpoint": ISSUER + "/t", "jwks_uri": ISSUER + "/k"}  # fmt: skip
+    sso._metadata = (time.monotonic(), metadata)
+    sso._keys = (time.monotonic(), KeySet([RSAKey.import_key(KEY.as_dict(private=False))]))
+    return sso
+
+
+def token(key: Any = KEY, alg: str = "RS256", **claims: Any) -> str:
+    now = int(time.time())
+    body = {"iss": ISSUER, "aud": "llmlb", "sub": "u1", "exp": now + 300, "iat": now,
+            "nonce": "n1", **claims}  # fmt: skip
+    return jwt.encode({"alg": alg, "kid": "k1"}, {k: v for k, v in body.items() if v is not None},
+                      key)  # fmt: skip
+
+
+def test_a_good_id_token_gives_its_claims() -> None:
+    claims = asyncio.run(provider()._verified_claims(token(groups=["ops"]), "n1"))
+    assert claims["sub"] == "u1" and claims["groups"] == ["ops"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(lambda: token(OTHER), id="another key signed it"),
+        pytest.param(lambda: token(nonce="n2"), id="another login's nonce"),
+        pytest.param(lambda: token(nonce=None), id="no nonce"),
+        pytest.param(lambda: token(aud="someone-else"), id="another client's"),
+        pytest.param(lambda: token(aud=["llmlb", "x"], azp="x"), id="several audiences, not ours"),
+        pytest.param(lambda: token(iss="https://evil.example.com"), id="another issuer"),
+        pytest.param(lambda: token(exp=int(time.time()) - 3600), id="expired"),
+        pytest.param(lambda: token(sub=None), id="no subject"),
+        pytest.param(lambda: token(OctKey.generate_key(256), "HS256"), id="HMAC-signed"),
+        pytest.param(lambda: "a.b.c", id="not a token"),
+        pytest.param(lambda: None, id="none at all"),
+    ],
+)
+def test_a_bad_id_token_is_refused(bad: Any) -> None:
+    with pytest.raises(SsoFailure) as failure:
+        asyncio.run(provider()._verified_claims(bad(), "n1"))
+    assert failure.value.code == "invalid_answer"
+
+
+def test_an_unsigned_token_is_refused() -> None:
+    import base64
+    import json
+
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    body = {"iss": ISSUER, "aud": "llmlb", "sub": "u1", "exp": int(time.time()) + 60,
+            "nonce": "n1"}  # fmt: skip
+    unsigned = f"{part({'alg': 'none', 'kid': 'k1'})}.{part(body)}."
+    with pytest.raises(SsoFailure):
+        asyncio.run(provider()._verified_claims(unsigned, "n1"))
