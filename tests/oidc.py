@@ -33,6 +33,7 @@ class IdentityProvider:
     def __init__(self, users: dict[str, dict[str, Any]]) -> None:
         self.users = users
         self.seen: list[tuple[str, dict[str, list[str]]]] = []  # (path, query and form)
+        self.broken: set[str] = set()  # paths that answer 500 (a provider in trouble)
         predefined = [User(sub=sub, claims=claims) for sub, claims in users.items()]
         self._app = app(require_nonce=True, user_claims=predefined)
         self._server = werkzeug.serving.make_server("127.0.0.1", 0, self._recording, threaded=True)
@@ -52,6 +53,9 @@ class IdentityProvider:
             fields.update(parse_qs(body.decode()))
             environ["wsgi.input"] = io.BytesIO(body)
         self.seen.append((environ["PATH_INFO"], fields))
+        if environ["PATH_INFO"] in self.broken:
+            start("500 Internal Server Error", [("content-type", "text/html")])
+            return [b"<h1>Internal Server Error</h1>"]
         return self._app(environ, start)  # type: ignore[no-any-return]
 
     def requests_to(self, path: str) -> list[dict[str, list[str]]]:

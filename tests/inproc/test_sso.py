@@ -16,9 +16,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from argon2 import PasswordHasher
+from sqlalchemy import update
 
 from llmlb.common.settings import OidcSettings, RouterSettings
 from llmlb.router.service import RouterService
+from llmlb.router.storage.db import users
 from llmlb.router.telemetry.audit import AuditFilter
 from tests.inproc.conftest import REMOTE, InProcessRouter
 from tests.oidc import ADMINS, CLIENT_ID, SECRET, SECRET_ENV, VIEWERS, IdentityProvider
@@ -175,9 +178,16 @@ async def test_a_provider_user_cannot_take_a_local_accounts_name(router: InProce
     assert me["user"]["username"].startswith("admin-") and me["role"] == "viewer"
     assert me["user"]["id"] != local.id
     assert (await router.service.accounts.get("admin")).role == "admin"
-    # Nor does the provider's account have a password here to guess or set.
+    # Nor does the provider's account have a password here: not even a hash planted in its
+    # row opens it (the row's provider subject is what refuses).
+    twin = me["user"]["username"]
+    async with router.service.engine.begin() as connection:
+        planted = PasswordHasher().hash("planted-pass-1")
+        await connection.execute(
+            update(users).where(users.c.username == twin).values(password_hash=planted)
+        )
     async with router.client(REMOTE) as client:
-        guess = {"username": me["user"]["username"], "password": "!sso"}
+        guess = {"username": twin, "password": "planted-pass-1"}
         guessed = await client.post("/api/auth/login", json=guess)
         assert guessed.status_code == 401
         await sign_in(client, "admin-twin")
@@ -208,9 +218,18 @@ async def test_a_refused_sign_in_and_a_forged_answer_open_no_session(
         await client.get("/api/auth/oidc/login")
         wrong = await client.get("/api/auth/oidc/callback?code=abc&state=not-it")
         assert sso_error(wrong) == "expired"
-        # A provider's error the router does not know is not shown back.
-        odd = await client.get("/api/auth/oidc/callback?error=%3Cscript%3E")
-        assert sso_error(odd) == "denied"
+
+
+async def test_what_the_provider_says_reaches_the_log_only_checked(
+    router: InProcessRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with router.client(REMOTE) as client:
+        odd = await client.get("/api/auth/oidc/callback?error=%3Cscript%3E%0Aforged+line")
+        plain = await client.get("/api/auth/oidc/callback?error=access_denied")
+    assert sso_error(odd) == sso_error(plain) == "denied"
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "access_denied" in logged and "(an unreadable error)" in logged
+    assert "<script>" not in logged and "\nforged" not in logged
 
 
 def _closed_port() -> int:
@@ -262,3 +281,58 @@ def test_settings_refuse_a_secret_in_the_file_and_plain_http(
 ) -> None:
     with pytest.raises(ValueError, match=complaint):
         OidcSettings(**{"issuer": "https://idp.example.com", "client_id": "x", **oidc})
+
+
+async def test_someone_the_provider_no_longer_gives_a_role_loses_their_account(
+    router: InProcessRouter, idp: IdentityProvider
+) -> None:
+    async with router.client(REMOTE) as earlier:
+        await sign_in(earlier, "victor")
+        assert (await earlier.get("/api/auth/me")).status_code == 200
+        async with httpx.AsyncClient() as http:
+            staff_only = {**USERS["victor"], "groups": ["staff"]}
+            assert (await http.put(f"{idp.issuer}/users/victor", json=staff_only)).is_success
+        try:
+            async with router.client(REMOTE) as client:
+                assert sso_error(await sign_in(client, "victor")) == "no_role"
+        finally:
+            async with httpx.AsyncClient() as http:
+                await http.put(f"{idp.issuer}/users/victor", json=USERS["victor"])
+        # The session opened before is over (the account and its sessions are gone).
+        assert (await earlier.get("/api/auth/me")).status_code == 401
+    assert "victor" not in [u.username for u in await router.service.accounts.list()]
+
+
+async def test_a_token_endpoint_that_fails_mid_login_sends_the_browser_back(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The provider answers discovery and its page, then goes away (or errs) before the
+    router trades the code: a redirect with the reason, never a 500."""
+    with IdentityProvider(USERS) as provider:
+        service = await _router(tmp_path, database_url, **provider.settings())
+        router = InProcessRouter(service, tmp_path)
+        client = router.client(REMOTE)
+        start = await client.get("/api/auth/oidc/login")
+        async with httpx.AsyncClient() as browser:
+            answer = await browser.post(start.headers["location"], data={"sub": "alice"})
+    try:
+        back = urlsplit(answer.headers["location"])  # the provider is down from here on
+        done = await client.get(f"{back.path}?{back.query}")
+        assert done.status_code == 303 and sso_error(done) == "provider_unreachable"
+        assert (await client.get("/api/auth/me")).status_code == 401
+    finally:
+        await client.aclose()
+        await service.close()
+
+
+async def test_a_token_endpoint_that_errs_sends_the_browser_back(
+    router: InProcessRouter, idp: IdentityProvider
+) -> None:
+    idp.broken.add("/oauth2/token")
+    try:
+        async with router.client(REMOTE) as client:
+            done = await sign_in(client, "alice")
+            # (a provider answering 500 is one in trouble: "try again later")
+            assert done.status_code == 303 and sso_error(done) == "provider_unreachable"
+    finally:
+        idp.broken.clear()

@@ -34,6 +34,14 @@ def settings(**overrides: Any) -> OidcSettings:
         ({"realm_access": {"roles": ["ops"]}}, {"role_claim": "realm_access.roles"}, "admin"),
         ({"realm_access": ["ops"]}, {"role_claim": "realm_access.roles"}, None),
         ({"groups": [1, None, {"ops": 1}]}, {}, None),  # odd values are no role
+        ({"groups": 7}, {}, None),
+        ({"groups": True}, {}, None),
+        ({"groups": ["/corp/ops"]}, {}, "admin"),  # a group's path (Keycloak's mapper)
+        (
+            {"https://acme.example/roles": ["ops"]},
+            {"role_claim": "https://acme.example/roles"},
+            "admin",
+        ),  # a namespaced claim (Auth0): its whole name, dots and all
     ],
 )
 def test_the_role_comes_from_the_claim_and_admin_wins(
@@ -46,7 +54,8 @@ def test_the_role_comes_from_the_claim_and_admin_wins(
     ("claims", "name"),
     [
         ({"preferred_username": "alice"}, "alice"),
-        ({"email": "bob@example.com"}, "bob@example.com"),
+        ({"email": "bob@example.com", "email_verified": True}, "bob@example.com"),
+        ({"email": "boss@example.com"}, "sso-0123456789ab"),  # an address nobody verified
         ({"preferred_username": "Zoë Smith / ops"}, "Zo-Smith-ops"),
         ({"preferred_username": "../../etc"}, "etc"),
         ({"preferred_username": "x" * 200}, "x" * 64),
@@ -73,6 +82,8 @@ def test_the_pending_cookie_round_trips_and_expires() -> None:
 
 KEY = RSAKey.generate_key(2048, parameters={"kid": "k1"})
 OTHER = RSAKey.generate_key(2048, parameters={"kid": "k1"})  # the same id, another key
+# A symmetric key in the provider's key set: a token it signs would verify, were HMAC allowed.
+SHARED = OctKey.generate_key(256, parameters={"kid": "h1"})
 
 
 def provider() -> SingleSignOn:
@@ -80,15 +91,16 @@ def provider() -> SingleSignOn:
     metadata = {"issuer": ISSUER, "authorization_endpoint": ISSUER + "/a",
                 "token_endpoint": ISSUER + "/t", "jwks_uri": ISSUER + "/k"}  # fmt: skip
     sso._metadata = (time.monotonic(), metadata)
-    sso._keys = (time.monotonic(), KeySet([RSAKey.import_key(KEY.as_dict(private=False))]))
+    public = RSAKey.import_key(KEY.as_dict(private=False))
+    sso._keys = (time.monotonic(), KeySet([public, SHARED]))
     return sso
 
 
-def token(key: Any = KEY, alg: str = "RS256", **claims: Any) -> str:
+def token(key: Any = KEY, alg: str = "RS256", kid: str = "k1", **claims: Any) -> str:
     now = int(time.time())
     body = {"iss": ISSUER, "aud": "llmlb", "sub": "u1", "exp": now + 300, "iat": now,
             "nonce": "n1", **claims}  # fmt: skip
-    return jwt.encode({"alg": alg, "kid": "k1"}, {k: v for k, v in body.items() if v is not None},
+    return jwt.encode({"alg": alg, "kid": kid}, {k: v for k, v in body.items() if v is not None},
                       key)  # fmt: skip
 
 
@@ -108,7 +120,7 @@ def test_a_good_id_token_gives_its_claims() -> None:
         pytest.param(lambda: token(iss="https://evil.example.com"), id="another issuer"),
         pytest.param(lambda: token(exp=int(time.time()) - 3600), id="expired"),
         pytest.param(lambda: token(sub=None), id="no subject"),
-        pytest.param(lambda: token(OctKey.generate_key(256), "HS256"), id="HMAC-signed"),
+        pytest.param(lambda: token(SHARED, "HS256", kid="h1"), id="HMAC-signed by a known key"),
         pytest.param(lambda: "a.b.c", id="not a token"),
         pytest.param(lambda: None, id="none at all"),
     ],
@@ -131,3 +143,50 @@ def test_an_unsigned_token_is_refused() -> None:
     unsigned = f"{part({'alg': 'none', 'kid': 'k1'})}.{part(body)}."
     with pytest.raises(SsoFailure):
         asyncio.run(provider()._verified_claims(unsigned, "n1"))
+
+
+def test_hmac_would_verify_but_for_the_algorithm_list() -> None:
+    """(So the refusal above is the algorithm list's, not a key that does not match.)"""
+    hmac_signed = token(SHARED, "HS256", kid="h1")
+    assert jwt.decode(hmac_signed, KeySet([SHARED]), algorithms=["HS256"]).claims["sub"] == "u1"
+
+
+def test_an_issuer_that_ends_with_a_slash_is_taken_as_the_provider_names_itself() -> None:
+    sso = provider()
+    assert sso._metadata is not None
+    sso._metadata[1]["issuer"] = ISSUER + "/"
+    claims = asyncio.run(sso._verified_claims(token(iss=ISSUER + "/"), "n1"))
+    assert claims["iss"] == ISSUER + "/"
+
+
+def test_a_new_signing_key_is_fetched_once_and_then_trusted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rotated = RSAKey.generate_key(2048, parameters={"kid": "k2"})
+    sso = provider()
+    assert sso._keys is not None
+    sso._keys = (time.monotonic() - 120, sso._keys[1])  # (older than the refresh interval)
+    fetched: list[str] = []
+
+    async def published(url: str) -> dict[str, Any]:
+        fetched.append(url)
+        return {"keys": [rotated.as_dict(private=False)]}
+
+    monkeypatch.setattr(sso, "_get", published)
+    claims = asyncio.run(sso._verified_claims(token(rotated, kid="k2"), "n1"))
+    assert claims["sub"] == "u1" and fetched == [ISSUER + "/k"]
+    asyncio.run(sso._verified_claims(token(rotated, kid="k2"), "n1"))
+    assert len(fetched) == 1  # known now: not fetched again
+    # A key id nobody publishes fetches again at most once a minute, however many ask.
+    for _ in range(3):
+        with pytest.raises(SsoFailure):
+            asyncio.run(sso._verified_claims(token(OTHER, kid="k9"), "n1"))
+    assert len(fetched) == 1
+
+
+@pytest.mark.parametrize("state", ["é", "\udcff", "x" * 10_000, ""])
+def test_an_odd_state_is_a_stale_login_not_an_error(state: str) -> None:
+    pending = Pending("s", "n", "v", time.time())
+    with pytest.raises(SsoFailure) as failure:
+        asyncio.run(provider().finish({"state": state, "code": "c"}, pending, "http://r/cb"))
+    assert failure.value.code == "expired"

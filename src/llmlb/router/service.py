@@ -247,6 +247,8 @@ class RouterService:
         await self.node_links.close()
         await self.cloud_session.close()
         await self.image_session.close()
+        if self.sso is not None:
+            await self.sso.close()
         await self.engine.dispose()
 
     async def ready(self) -> bool:

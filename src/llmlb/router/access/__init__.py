@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from llmlb.router.access.sharing import LimitSharing as LimitSharing
     from llmlb.router.access.sso import (
         PENDING_COOKIE as PENDING_COOKIE,
+        PENDING_COOKIE_SECURE as PENDING_COOKIE_SECURE,
         PENDING_SECONDS as PENDING_SECONDS,
         Pending as Pending,
         SingleSignOn as SingleSignOn,
@@ -58,7 +59,14 @@ _OWNERS = {
     "lockout": ["normalised_address"],
     "provisioning": ["Provisioning"],
     "sharing": ["LimitSharing"],
-    "sso": ["PENDING_COOKIE", "PENDING_SECONDS", "Pending", "SingleSignOn", "SsoFailure"],
+    "sso": [
+        "PENDING_COOKIE",
+        "PENDING_COOKIE_SECURE",
+        "PENDING_SECONDS",
+        "Pending",
+        "SingleSignOn",
+        "SsoFailure",
+    ],
 }
 __all__ = exported(_OWNERS)
 __getattr__ = lazy_exports(__name__, _OWNERS)

@@ -28,6 +28,7 @@ from typing import Any, Literal, get_args
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from llmlb.common.errors import BadRequest, Conflict, NotFound, Overloaded
@@ -276,6 +277,12 @@ class Accounts:
         local or another provider's user has that name), and given ``role``: the provider
         decides it at every login."""
         check_role(role)
+        try:
+            return await self._sso_account(subject, name, role)
+        except IntegrityError:  # the same user's first login on two routers at once
+            return await self._sso_account(subject, name, role)
+
+    async def _sso_account(self, subject: str, name: str, role: Role) -> User:
         async with self._engine.begin() as connection:
             row = (
                 await connection.execute(select(users).where(users.c.sso_subject == subject))
@@ -305,6 +312,21 @@ class Accounts:
             )  # fmt: skip
         self._any_user = (time.monotonic(), True)
         return user
+
+    async def forget_sso_account(self, subject: str) -> str | None:
+        """Remove the account of this provider ``subject`` with its sessions (the provider
+        no longer gives it a role); its name, or None when it had none."""
+        async with self._engine.begin() as connection:
+            row = (
+                await connection.execute(select(users).where(users.c.sso_subject == subject))
+            ).first()
+            if row is None:
+                return None
+            await connection.execute(delete(users).where(users.c.id == row.id))
+            await connection.execute(delete(sessions).where(sessions.c.user_id == row.id))
+        self._recent.clear()
+        self._any_user = (0.0, False)
+        return str(row.username)
 
     # -- sessions ----------------------------------------------------------------------------
 

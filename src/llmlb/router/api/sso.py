@@ -16,7 +16,14 @@ from starlette.responses import RedirectResponse, Response
 
 from llmlb.common.asgi import ORJSONResponse
 from llmlb.common.errors import Conflict, NotFound
-from llmlb.router.access import PENDING_COOKIE, PENDING_SECONDS, Pending, SsoFailure, User
+from llmlb.router.access import (
+    PENDING_COOKIE,
+    PENDING_COOKIE_SECURE,
+    PENDING_SECONDS,
+    Pending,
+    SsoFailure,
+    User,
+)
 from llmlb.router.api.accounts import set_session_cookie
 from llmlb.router.api.common import audited, client_address, service_of
 from llmlb.router.telemetry import Who
@@ -47,27 +54,37 @@ def _sso(request: Request) -> SingleSignOn:
     return sso
 
 
-def _failed(request: Request, failure: SsoFailure) -> Response:
-    log.warning("single sign-on from %s failed (%s): %s", client_address(request), failure.code,
-                failure)  # fmt: skip
+def _pending_cookie(redirect_uri: str) -> tuple[str, str, bool]:
+    """The pending login's cookie: name, path, Secure. Over https it is __Host- prefixed
+    (which needs Path=/ and Secure); over plain http (loopback) it is kept to its routes."""
+    if redirect_uri.startswith("https://"):
+        return PENDING_COOKIE_SECURE, "/", True
+    return PENDING_COOKIE, _PENDING_PATH, False
+
+
+def _failed(request: Request, failure: SsoFailure, redirect_uri: str) -> Response:
+    # (%r: what the provider said may hold line breaks, which must not forge log lines)
+    log.warning("single sign-on from %s failed (%s): %r", client_address(request), failure.code,
+                str(failure))  # fmt: skip
     response = RedirectResponse(f"{_DASHBOARD}?sso_error={failure.code}", status_code=303)
-    response.delete_cookie(PENDING_COOKIE, path=_PENDING_PATH, httponly=True, samesite="lax")
+    name, path, secure = _pending_cookie(redirect_uri)
+    response.delete_cookie(name, path=path, secure=secure, httponly=True, samesite="lax")
     return response
 
 
 async def login(request: Request) -> Response:
     """To the identity provider, with this browser's login in a cookie to check its answer."""
     sso = _sso(request)
+    redirect_uri = sso.redirect_uri(str(request.base_url))
     try:
-        url, pending = await sso.start(sso.redirect_uri(str(request.base_url)))
+        url, pending = await sso.start(redirect_uri)
     except SsoFailure as failure:
-        return _failed(request, failure)
+        return _failed(request, failure, redirect_uri)
     response = RedirectResponse(url, status_code=303)
     # SameSite=Lax: the provider's redirect back is a top-level navigation from its site.
-    response.set_cookie(
-        PENDING_COOKIE, pending.cookie(), max_age=PENDING_SECONDS, path=_PENDING_PATH,
-        httponly=True, samesite="lax", secure=request.url.scheme == "https",
-    )  # fmt: skip
+    name, path, secure = _pending_cookie(redirect_uri)
+    response.set_cookie(name, pending.cookie(), max_age=PENDING_SECONDS, path=path,
+                        httponly=True, samesite="lax", secure=secure)  # fmt: skip
     return response
 
 
@@ -75,23 +92,31 @@ async def callback(request: Request) -> Response:
     """The provider's answer: a session for the user it names, then the dashboard."""
     sso = _sso(request)
     service = service_of(request)
+    redirect_uri = sso.redirect_uri(str(request.base_url))
+    name, path, secure = _pending_cookie(redirect_uri)
     params = {k: v for k, v in request.query_params.items() if k in ("code", "state", "error")}
     try:
         identity = await sso.finish(
-            params, Pending.from_cookie(request.cookies.get(PENDING_COOKIE)),
-            sso.redirect_uri(str(request.base_url)),
-        )  # fmt: skip
+            params, Pending.from_cookie(request.cookies.get(name)), redirect_uri
+        )
+        if identity.role is None:
+            # Known to the provider but in no group that maps to a role (any more): an
+            # account made earlier goes, with its sessions, rather than keep its old role.
+            gone = await service.accounts.forget_sso_account(identity.subject)
+            raise SsoFailure("no_role", f"{identity.name}: the claim "
+                             f"{sso.settings.role_claim!r} maps to no role"
+                             + (" (its account was removed)" if gone else ""))  # fmt: skip
         user: User = await service.accounts.sso_account(
             identity.subject, identity.name, identity.role
         )
     except SsoFailure as failure:
-        return _failed(request, failure)
+        return _failed(request, failure, redirect_uri)
     except Conflict as exc:  # (two local users hold the name and its variant)
-        return _failed(request, SsoFailure("name_taken", str(exc)))
+        return _failed(request, SsoFailure("name_taken", str(exc)), redirect_uri)
     secret, _ = await service.accounts.open_session(user)
     response = RedirectResponse(_DASHBOARD, status_code=303)
     set_session_cookie(request, response, secret)
-    response.delete_cookie(PENDING_COOKIE, path=_PENDING_PATH, httponly=True, samesite="lax")
+    response.delete_cookie(name, path=path, secure=secure, httponly=True, samesite="lax")
     await audited(request, Who(user_id=user.id, user=user.username), response.status_code)
     log.info("%s signed in through single sign-on as %s", user.username, user.role)
     return response

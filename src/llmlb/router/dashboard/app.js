@@ -152,7 +152,7 @@ const SSO_ERRORS = {
 async function offerSingleSignOn(into, error) {
   const failed = new URLSearchParams(location.search).get("sso_error");
   if (failed) {
-    error.textContent = SSO_ERRORS[failed] || "The single sign-on did not complete.";
+    error.textContent = Object.hasOwn(SSO_ERRORS, failed) ? SSO_ERRORS[failed] : "The single sign-on did not complete.";
     history.replaceState(null, "", location.pathname + location.hash);
   }
   try {
