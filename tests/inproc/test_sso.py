@@ -336,3 +336,29 @@ async def test_a_token_endpoint_that_errs_sends_the_browser_back(
             assert done.status_code == 303 and sso_error(done) == "provider_unreachable"
     finally:
         idp.broken.clear()
+
+
+async def test_the_answer_may_come_back_to_another_router_on_the_same_database(
+    tmp_path: Path, database_url: str, idp: IdentityProvider
+) -> None:
+    """Two routers behind one address: the login starts on one, the provider's redirect
+    back lands on the other (the pending login is in the browser's cookie, not in memory)."""
+    first = await _router(tmp_path / "a", database_url, **idp.settings())
+    second = await _router(tmp_path / "b", database_url, **idp.settings())
+    try:
+        async with InProcessRouter(first, tmp_path).client(REMOTE) as on_first:
+            start = await on_first.get("/api/auth/oidc/login")
+            async with httpx.AsyncClient() as browser:
+                answer = await browser.post(start.headers["location"], data={"sub": "alice"})
+            async with InProcessRouter(second, tmp_path).client(REMOTE) as on_second:
+                on_second.cookies = on_first.cookies  # (one browser, one address)
+                back = urlsplit(answer.headers["location"])
+                done = await on_second.get(f"{back.path}?{back.query}")
+                assert sso_error(done) is None
+                assert (await on_second.get("/api/auth/me")).json()["role"] == "admin"
+            # The session is in the database: the first router knows it too.
+            on_first.cookies = on_second.cookies
+            assert (await on_first.get("/api/auth/me")).json()["user"]["username"] == "alice"
+    finally:
+        await first.close()
+        await second.close()

@@ -170,3 +170,70 @@ def test_a_cloud_call_is_a_span_of_its_own(traced: Traced) -> None:
     assert cloud.attributes["llmlb.provider"] == "openai"
     assert request.attributes["llmlb.provider"] == "openai"
     assert not [s for s in spans if s.name == "llmlb.attempt"]  # no node was asked
+
+
+def test_an_unsampled_client_trace_leaves_no_span_on_router_or_node(traced: Traced) -> None:
+    """The default sampler follows the caller's decision (parent based): a traceparent whose
+    flags say "not sampled" is kept so by the router and, through its traceparent, the node."""
+    skipped, _, _ = client_span()
+    kept, _, _ = client_span()
+    body = {"model": SMALL_MODEL_NAME, "max_tokens": 2,
+            "messages": [{"role": "user", "content": "Hi"}]}  # fmt: skip
+    with traced.router.client() as http:
+        for trace_id, flags in ((skipped, "00"), (kept, "01")):
+            headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-{flags}"}
+            assert http.post("/v1/chat/completions", json=body, headers=headers).is_success
+    # The sampled one, sent after, arrives from both parts; the other never does.
+    wait_until(lambda: {s.service for s in traced.receiver.trace(kept)}
+               >= {"llmlb-router", "llmlb-node"}, 30)  # fmt: skip
+    assert traced.receiver.trace(skipped) == []
+
+
+def test_a_sampling_ratio_from_opentelemetrys_variables_is_applied(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """OTEL_TRACES_SAMPLER=traceidratio at 0.5: a trace id's low 64 bits below half of their
+    range are sampled, the rest not (the sampler is deterministic by trace id)."""
+    receiver = Receiver().start()
+    clouds = FakeClouds().start()
+    home = tmp_path_factory.mktemp("sampled")
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100",
+           "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.5",
+           "LLMLB_AUTO_DISTRIBUTE": "none", **clouds.env()}  # fmt: skip
+    router = start_router(home, home, env=env)
+    try:
+        low = [secrets.token_hex(8) + "0" + secrets.token_hex(8)[:15] for _ in range(3)]
+        high = [secrets.token_hex(8) + "f" + secrets.token_hex(8)[:15] for _ in range(3)]
+        body = {"model": "openai:gpt-4o-mini",
+                "messages": [{"role": "user", "content": QUESTION}]}  # fmt: skip
+        with router.client() as http:
+            for trace_id in high + low:  # (the sampled last: once they are in, all are)
+                headers = {"traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+                answer = http.post("/v1/chat/completions", headers=headers, json=body)
+                assert answer.status_code == 200, answer.text
+        wait_until(lambda: all(receiver.trace(t) for t in low), 30)
+        assert not any(receiver.trace(t) for t in high)
+    finally:
+        router.stop()
+        clouds.stop()
+        receiver.stop()
+
+
+def test_the_engine_span_says_whether_it_loaded_the_model(traced: Traced) -> None:
+    body = {"model": SMALL_MODEL_NAME, "max_tokens": 2,
+            "messages": [{"role": "user", "content": "Hi"}]}  # fmt: skip
+    traces = []
+    with traced.router.client() as http:
+        for _ in range(2):  # the second finds the model loaded by the first (or earlier)
+            trace_id, _, headers = client_span()
+            assert http.post("/v1/chat/completions", json=body, headers=headers).is_success
+            traces.append(trace_id)
+
+    def engine(trace_id: str) -> Span | None:
+        found = [s for s in traced.receiver.trace(trace_id) if s.name == "llmlb.engine"]
+        return found[0] if found else None
+
+    wait_until(lambda: all(engine(t) for t in traces), 30)
+    first, second = (engine(t) for t in traces)
+    assert first is not None and isinstance(first.attributes["llmlb.model_load"], bool)
+    assert second is not None and second.attributes["llmlb.model_load"] is False

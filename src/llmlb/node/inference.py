@@ -128,7 +128,8 @@ class Inference:
         """The pool's lease (a slot; a load if the model is not loaded), as a span."""
         if not tracing.ENABLED:
             return self.pool.lease(spec)
-        return _traced_lease(self.pool.lease(spec), spec.name)
+        loads = spec.key not in self.pool.loaded()  # (a load, or a wait for one, is in the span)
+        return _traced_lease(self.pool.lease(spec), spec.name, loads)
 
     async def _prepared(
         self, endpoint: Endpoint, body: dict[str, Any]
@@ -291,9 +292,9 @@ class Inference:
 
 @contextlib.asynccontextmanager
 async def _traced_lease(
-    lease: contextlib.AbstractAsyncContextManager[LlamaEngine], model: str
+    lease: contextlib.AbstractAsyncContextManager[LlamaEngine], model: str, loads: bool
 ) -> AsyncIterator[LlamaEngine]:
-    with tracing.span("llmlb.engine", model=model):
+    with tracing.span("llmlb.engine", model=model, model_load=loads):
         engine = await lease.__aenter__()
     try:
         yield engine
