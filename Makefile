@@ -45,13 +45,15 @@ deploy-tools:
 
 # The container checks (tests/deploy): podman builds and runs the image and the compose stack;
 # mmdebstrap makes their base from Debian's packages, as this machine reaches no registry.
+# netavark (podman's network for RUN steps and containers) drives iptables, which a slim
+# machine may lack: without it every build fails with "netavark: No such file or directory".
 container-tools:
 	@command -v podman >/dev/null 2>&1 && command -v mmdebstrap >/dev/null 2>&1 \
-	&& command -v runc >/dev/null 2>&1 || { \
+	&& command -v runc >/dev/null 2>&1 && PATH="$$PATH:/usr/sbin:/sbin" command -v iptables >/dev/null 2>&1 || { \
 		echo "installing Debian's podman, mmdebstrap and runc for the image and compose tests"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q \
-			podman mmdebstrap runc uidmap slirp4netns netavark aardvark-dns; }
+			podman mmdebstrap runc uidmap slirp4netns netavark aardvark-dns iptables; }
 
 # The CPU image, localhost/llmlb:latest (over a Debian-made base where no registry answers:
 # tests/deploy/containers.py). `docker build -t llmlb .` is the same on a connected machine.
