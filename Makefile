@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser database deploy-tools container-tools clients run test lint fmt bench bench-quick native engine doctor gpu-check image image-test clean
+.PHONY: setup browser database deploy-tools container-tools network-tools clients run test lint fmt bench bench-quick native engine doctor gpu-check image image-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,15 @@ deploy-tools:
 		echo "installing Debian's systemd for the unit checks (systemd-analyze)"; \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q systemd; }
+
+# The network-fault tests (tests/network) put each process on a host of its own: network
+# namespaces joined by veth cables (iproute2), partitions made with nftables.
+network-tools:
+	@PATH="$$PATH:/usr/sbin:/sbin"; command -v ip >/dev/null 2>&1 && command -v nft >/dev/null 2>&1 || { \
+		echo "installing Debian's iproute2 and nftables for the network-fault tests"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q \
+			iproute2 nftables; }
 
 # The container checks (tests/deploy): podman builds and runs the image and the compose stack;
 # mmdebstrap makes their base from Debian's packages, as this machine reaches no registry.
@@ -87,7 +96,7 @@ clients: $(CLIENT_VENVS) tests/clients/node/node_modules/.installed
 run: setup
 	exec $(BIN)/llmlb up
 
-test: setup browser database deploy-tools container-tools clients
+test: setup browser database deploy-tools container-tools network-tools clients
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: setup

@@ -24,8 +24,9 @@ class Process:
 
     def __init__(
         self, args: list[str], home: Path, log_path: Path, env: dict[str, str],
-        python: str = sys.executable, module: str = "llmlb",
+        python: str = sys.executable, module: str = "llmlb", prefix: list[str] | None = None,
     ) -> None:  # fmt: skip
+        """``prefix``: what runs it (``ip netns exec NS``, which execs it: the same pid)."""
         self.log_path = log_path
         self._log: IO[bytes] = log_path.open("ab")
         # A cloud key in the developer's environment must never reach a test's router: the
@@ -34,7 +35,7 @@ class Process:
         full_env = {**inherited, "LLMLB_HOME": str(home), "PYTHONUNBUFFERED": "1", **env}
         self.announced: list[str] = []  # what it printed up to its URL
         self.proc = subprocess.Popen(
-            [python, "-m", module, *args],
+            [*(prefix or []), python, "-m", module, *args],
             stdout=subprocess.PIPE,
             stderr=self._log,
             env=full_env,

@@ -14,8 +14,8 @@ default), named by ``OTEL_SERVICE_NAME`` or ``llmlb-router`` / ``llmlb-node``.
   makes the request a child of the client's span.
 - The node: a server span per generation (a child of the router's attempt), with
   ``llmlb.prepare`` (validation, the model resolved), ``llmlb.engine`` (a slot, a load if the
-  model was not loaded: ``llmlb.model_load``), and ``llmlb.prompt`` and ``llmlb.generation`` placed by llama.cpp's
-  own timings, with token counts and the time to first token.
+  model was not loaded: ``llmlb.model_load``), and ``llmlb.prompt`` and ``llmlb.generation``
+  placed by llama.cpp's own timings, with token counts and the time to first token.
 
 No prompt or answer text goes into a span. When tracing is off, each point of the request
 path costs one test of ``ENABLED`` (the SDK is not even imported).

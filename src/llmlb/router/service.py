@@ -210,8 +210,9 @@ class RouterService:
         await self.keys.sync(wait=True)
 
     def _call_off(self, node: NodeRecord) -> None:
-        """A stalled node's exchanges waiting for an answer fail, to go to other nodes."""
-        self.node_links.call_off(node.base_url, f"node {node.name} is not receiving requests")
+        """The exchanges waiting for a stalled or silent node's answer fail, to go to other
+        nodes."""
+        self.node_links.call_off(node.base_url, f"node {node.name} is not answering")
 
     def _charge(self, record: RequestRecord) -> None:
         used = (record.tokens_in or 0) + (record.tokens_out or 0)

@@ -44,6 +44,7 @@ class Prober:
         self._control = control
 
     async def probe_all(self) -> None:
+        self._registry.call_off_silent()  # (those it takes off traffic are probed from now)
         for node in [n for n in self._registry.all() if n.unreachable]:
             # (An endpoint need not have /health: its model list says that it serves.)
             path = listing_path(node.kind) if node.is_endpoint else "/health"

@@ -423,6 +423,28 @@ class Registry:
             node.unreachable = node.stalled = False
             self.changed(node, models=False)
 
+    def call_off_silent(self) -> list[NodeRecord]:
+        """Nodes silent for MISSED_HEARTBEATS_OFFLINE heartbeats with exchanges still waiting
+        for their answer: cut off by the network or dead, where no connection error ever
+        comes (a partition drops packets; it resets nothing). They get no traffic until a
+        heartbeat or a probe gets through, and their waiting exchanges are called off to be
+        tried on another node, rather than wait out the request timeout. (A silent node with
+        nothing waiting needs nothing: it counts as offline already.)"""
+        limit = MISSED_HEARTBEATS_OFFLINE * self.heartbeat_interval
+        silent = [n for n in self._nodes.values()
+                  if not n.is_endpoint and not n.unreachable and n.sending
+                  and n.silent_for() > limit]  # fmt: skip
+        for node in silent:
+            log.warning(
+                "node %s has been silent for %.1f s with %d requests waiting on it; they go to "
+                "other nodes, and it gets none until it is heard again",
+                node.name, node.silent_for(), len(node.sending),
+            )  # fmt: skip
+            node.unreachable = True
+            self._on_stall(node)
+            self.changed(node, models=False)
+        return silent
+
     def _stall(self, node: NodeRecord) -> None:
         """No traffic to the node until a probe gets through (fleet.health); its exchanges
         waiting for an answer are called off, to be tried on another node."""

@@ -1,0 +1,112 @@
+"""A fleet placed on a lab's hosts: a router and its nodes, each on a host of its own, every
+part listening on all interfaces and nodes advertising the address their router sees them at;
+and a load of chat requests through the router, each one's outcome recorded."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from llmlb.models.smallmodel import SMALL_MODEL_NAME
+from tests.netlab import Host, Lab
+from tests.support import Process, node_token, wait_until
+
+ADMIN = ("admin", "lab-admin-pass")
+
+
+@dataclass
+class Outcome:
+    started: float
+    ended: float
+    status: int  # 0: no answer (a transport error)
+    node: str
+
+
+@dataclass
+class Load:
+    """``workers`` clients sending chat requests one after another until stopped."""
+
+    url: str
+    key: str
+    workers: int = 2
+    timeout: float = 60.0
+    outcomes: list[Outcome] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> Load:
+        for _ in range(self.workers):
+            thread = threading.Thread(target=self._client, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def _client(self) -> None:
+        body = {"model": SMALL_MODEL_NAME, "max_tokens": 4,
+                "messages": [{"role": "user", "content": "Name a colour."}]}  # fmt: skip
+        headers = {"authorization": f"Bearer {self.key}"}
+        with httpx.Client(base_url=self.url, timeout=self.timeout, headers=headers) as http:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    answer = http.post("/v1/chat/completions", json=body)
+                    status, node = answer.status_code, answer.headers.get("x-llmlb-node", "")
+                except httpx.HTTPError:
+                    status, node = 0, ""
+                self.outcomes.append(Outcome(started, time.monotonic(), status, node))
+
+    def served_by(self, node: str, after: float = 0.0) -> int:
+        return sum(o.node == node and o.status == 200 and o.started >= after
+                   for o in list(self.outcomes))  # fmt: skip
+
+    def stop(self) -> list[Outcome]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.timeout + 10)
+        return self.outcomes
+
+
+class Fleet:
+    def __init__(self, lab: Lab, home: Path, model_home: Path, *router_args: str) -> None:
+        self.lab, self.home, self.model_home = lab, home, model_home
+        self.router_host = lab.host("router")
+        env = {"LLMLB_AUTO_DISTRIBUTE": "none", "LLMLB_ADMIN_PASSWORD": ADMIN[1]}
+        self.router = lab.start(self.router_host,
+                                ["serve", "--host", "0.0.0.0", "--port", "0", "--allow-cpu-nodes",
+                                 *router_args], home, home / "router.log", env)  # fmt: skip
+        self.nodes: dict[str, tuple[Host, Process]] = {}
+        with self.admin() as http:
+            made = http.post("/api/keys", json={"name": "lab", "scopes": ["api"]})
+            made.raise_for_status()
+            self.key = str(made.json()["secret"])
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.router.url, timeout=30, auth=ADMIN)
+
+    def add_node(self, name: str, *extra: str) -> Host:
+        host = self.lab.host(name)
+        process = self.lab.start(
+            host, ["node", "--host", "0.0.0.0", "--port", "0", "--allow-cpu", "--router",
+                   self.router.url, "--name", name, "--parallel", "1", "--ctx-size", "512",
+                   *extra],
+            self.model_home, self.home / f"{name}.log",
+            {"LLMLB_NODE_TOKEN": node_token(self.home)},
+        )  # fmt: skip
+        self.nodes[name] = (host, process)
+        return host
+
+    def statuses(self) -> dict[str, str]:
+        with self.admin() as http:
+            return {n["name"]: n["status"] for n in http.get("/api/nodes").json()["data"]}
+
+    def wait_status(self, name: str, status: str, timeout: float = 60.0) -> float:
+        """When ``name`` reached ``status`` (monotonic), waiting at most ``timeout``."""
+        wait_until(lambda: self.statuses().get(name) == status, timeout, step=0.1)
+        return time.monotonic()
+
+    def load(self, workers: int = 2) -> Load:
+        return Load(self.router.url, self.key, workers).start()
