@@ -30,6 +30,7 @@ class FaultProxy:
         self.bandwidth: float | None = None
         self.connections = 0
         self._flowing: asyncio.Event | None = None  # cleared while half open
+        self._stopping = asyncio.Event()  # (replaced on the proxy's own loop)
         self._sock = socket.create_server((listen_host, 0))
         self.address = self._sock.getsockname()[:2]
         self._loop = asyncio.new_event_loop()
@@ -58,13 +59,18 @@ class FaultProxy:
         async def serve() -> None:
             self._flowing = asyncio.Event()
             self._flowing.set()
-            self._server = await asyncio.start_server(self._accepted, sock=self._sock)
+            self._stopping = asyncio.Event()
+            server = await asyncio.start_server(self._accepted, sock=self._sock)
             self._ready.set()
-            async with self._server:
-                await self._server.serve_forever()
+            await self._stopping.wait()
+            server.close()
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
-        with contextlib.suppress(asyncio.CancelledError, RuntimeError):
-            self._loop.run_until_complete(serve())
+        self._loop.run_until_complete(serve())
+        self._loop.close()
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -116,10 +122,5 @@ class FaultProxy:
             delivering.cancel()
 
     def close(self) -> None:
-        def stop() -> None:
-            self._server.close()
-            for task in asyncio.all_tasks(self._loop):
-                task.cancel()
-
-        self._loop.call_soon_threadsafe(stop)
-        self._thread.join(5)
+        self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(10)

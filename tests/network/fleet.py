@@ -87,10 +87,10 @@ class Fleet:
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.router.url, timeout=30, auth=ADMIN)
 
-    def add_node(self, name: str, *extra: str) -> Host:
+    def add_node(self, name: str, *extra: str, port: int = 0) -> Host:
         host = self.lab.host(name)
         process = self.lab.start(
-            host, ["node", "--host", "0.0.0.0", "--port", "0", "--allow-cpu", "--router",
+            host, ["node", "--host", "0.0.0.0", "--port", str(port), "--allow-cpu", "--router",
                    self.router.url, "--name", name, "--parallel", "1", "--ctx-size", "512",
                    *extra],
             self.model_home, self.home / f"{name}.log",
