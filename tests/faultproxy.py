@@ -29,6 +29,7 @@ class FaultProxy:
         self.retransmit = 0.2
         self.bandwidth: float | None = None
         self.connections = 0
+        self.carried = {"up": 0, "down": 0}  # bytes delivered toward the target, and back
         self._flowing: asyncio.Event | None = None  # cleared while half open
         self._stopping = asyncio.Event()  # (replaced on the proxy's own loop)
         self._sock = socket.create_server((listen_host, 0))
@@ -79,12 +80,15 @@ class FaultProxy:
         except OSError:
             writer.close()
             return
-        both = (self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer))
+        both = (self._pipe(reader, upstream_writer, "up"),
+                self._pipe(upstream_reader, writer, "down"))  # fmt: skip
         await asyncio.gather(*both, return_exceptions=True)
         for w in (writer, upstream_writer):
             w.close()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, direction: str
+    ) -> None:
         """Read as it comes; deliver each segment at its time, in order."""
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
@@ -104,6 +108,7 @@ class FaultProxy:
                 await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
+                self.carried[direction] += len(data)
                 rate = self.bandwidth
                 due_floor = time.monotonic() + len(data) / rate if rate else 0.0
 

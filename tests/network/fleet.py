@@ -4,12 +4,14 @@ and a load of chat requests through the router, each one's outcome recorded."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import trustme
 
 from llmlb.models.smallmodel import SMALL_MODEL_NAME
 from tests.netlab import Host, Lab
@@ -32,6 +34,7 @@ class Load:
 
     url: str
     key: str
+    verify: ssl.SSLContext | bool = True
     workers: int = 2
     timeout: float = 60.0
     outcomes: list[Outcome] = field(default_factory=list)
@@ -49,7 +52,8 @@ class Load:
         body = {"model": SMALL_MODEL_NAME, "max_tokens": 4,
                 "messages": [{"role": "user", "content": "Name a colour."}]}  # fmt: skip
         headers = {"authorization": f"Bearer {self.key}"}
-        with httpx.Client(base_url=self.url, timeout=self.timeout, headers=headers) as http:
+        with httpx.Client(base_url=self.url, timeout=self.timeout, headers=headers,
+                          verify=self.verify) as http:  # fmt: skip
             while not self._stop.is_set():
                 started = time.monotonic()
                 try:
@@ -71,29 +75,59 @@ class Load:
 
 
 class Fleet:
-    def __init__(self, lab: Lab, home: Path, model_home: Path, *router_args: str) -> None:
-        self.lab, self.home, self.model_home = lab, home, model_home
+    """``ca``: every part serves HTTPS with a certificate naming its host's address (from
+    this CA, which every part and the test trust)."""
+
+    def __init__(
+        self, lab: Lab, home: Path, model_home: Path, *router_args: str,
+        ca: trustme.CA | None = None,
+    ) -> None:  # fmt: skip
+        self.lab, self.home, self.model_home, self.ca = lab, home, model_home, ca
+        self.verify: ssl.SSLContext | bool = True
+        if ca is not None:
+            ca.cert_pem.write_to_path(str(home / "ca.pem"))
+            self.verify = ssl.create_default_context(cafile=str(home / "ca.pem"))
         self.router_host = lab.host("router")
         env = {"LLMLB_AUTO_DISTRIBUTE": "none", "LLMLB_ADMIN_PASSWORD": ADMIN[1]}
+        if ca is not None:
+            env["LLMLB_TLS_CA"] = str(home / "ca.pem")
         self.router = lab.start(self.router_host,
                                 ["serve", "--host", "0.0.0.0", "--port", "0", "--allow-cpu-nodes",
-                                 *router_args], home, home / "router.log", env)  # fmt: skip
+                                 *router_args, *self.tls("router", self.router_host.address)],
+                                home, home / "router.log", env)  # fmt: skip
         self.nodes: dict[str, tuple[Host, Process]] = {}
         with self.admin() as http:
             made = http.post("/api/keys", json={"name": "lab", "scopes": ["api"]})
             made.raise_for_status()
             self.key = str(made.json()["secret"])
 
-    def admin(self) -> httpx.Client:
-        return httpx.Client(base_url=self.router.url, timeout=30, auth=ADMIN)
+    def tls(self, part: str, *names: str) -> list[str]:
+        """The TLS arguments of a part whose certificate names ``names`` ([] without a CA)."""
+        if self.ca is None:
+            return []
+        issued = self.ca.issue_cert(*names)
+        cert, key = self.home / f"{part}.pem", self.home / f"{part}.key"
+        issued.cert_chain_pems[0].write_to_path(str(cert))
+        issued.private_key_pem.write_to_path(str(key))
+        trust = ["--tls-ca", str(self.home / "ca.pem")] if part != "router" else []
+        return ["--tls-cert", str(cert), "--tls-key", str(key), *trust]
 
-    def add_node(self, name: str, *extra: str, port: int = 0) -> Host:
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.router.url, timeout=30, auth=ADMIN, verify=self.verify)
+
+    def add_node(
+        self, name: str, *extra: str, port: int = 0, names: tuple[str, ...] = (),
+        home: Path | None = None, router_url: str | None = None,
+    ) -> Host:  # fmt: skip
+        """A node on a host of its own (its store: ``home``, else the small model's); with a
+        CA, its certificate names ``names`` (default: its host's address). ``router_url``:
+        where it finds the router (a proxy's address, say)."""
         host = self.lab.host(name)
         process = self.lab.start(
             host, ["node", "--host", "0.0.0.0", "--port", str(port), "--allow-cpu", "--router",
-                   self.router.url, "--name", name, "--parallel", "1", "--ctx-size", "512",
-                   *extra],
-            self.model_home, self.home / f"{name}.log",
+                   router_url or self.router.url, "--name", name, "--parallel", "1",
+                   "--ctx-size", "512", *self.tls(name, *(names or (host.address,))), *extra],
+            home or self.model_home, self.home / f"{name}.log",
             {"LLMLB_NODE_TOKEN": node_token(self.home)},
         )  # fmt: skip
         self.nodes[name] = (host, process)
@@ -109,4 +143,4 @@ class Fleet:
         return time.monotonic()
 
     def load(self, workers: int = 2) -> Load:
-        return Load(self.router.url, self.key, workers).start()
+        return Load(self.router.url, self.key, self.verify, workers).start()

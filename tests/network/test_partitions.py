@@ -5,15 +5,20 @@ docs/reliability.md)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 
 import pytest
+import trustme
 
+from llmlb.models.store import ModelStore
+from tests.fakehub import hub_entry
 from tests.faultproxy import FaultProxy
 from tests.netlab import Lab
 from tests.network.fleet import Fleet
-from tests.support import wait_until
+from tests.support import wait_until, write_tiny_gguf
 
 PARTITION_SECONDS = 30.0
 BAD_LINK_SECONDS = 20.0
@@ -92,3 +97,75 @@ def test_a_node_on_a_bad_link_serves_less_and_nothing_hangs(
     assert slow > 0  # the bad link still serves
     if fault == "latency":  # (5 % loss costs a request ~30 ms on average: too little to tell)
         assert slow < healthy
+
+
+def test_tls_between_hosts_with_certificates_naming_their_addresses(
+    lab: Lab, model_home: Path, tmp_path: Path
+) -> None:
+    """Router and nodes on hosts of their own, each serving HTTPS with a certificate for its
+    address; a node whose certificate names another address is not served through."""
+    fleet = Fleet(lab, tmp_path, model_home, "--heartbeat-interval", "1", ca=trustme.CA())
+    assert fleet.router.url.startswith(f"https://{fleet.router_host.address}:")
+    good = fleet.add_node("node-good")
+    fleet.add_node("node-misnamed", names=("127.0.0.1", "localhost"))
+    fleet.wait_status("node-good", "ready")
+    with fleet.admin() as http:
+        nodes = {n["name"]: n for n in http.get("/api/nodes").json()["data"]}
+        assert nodes["node-good"]["base_url"].startswith(f"https://{good.address}:")
+    load = fleet.load(workers=2)
+    try:
+        wait_until(lambda: load.served_by("node-good") >= 6, 60)
+    finally:
+        outcomes = load.stop()
+    assert {o.status for o in outcomes} == {200}
+    assert {o.node for o in outcomes} == {"node-good"}  # never through the misnamed one
+    router_log = (tmp_path / "router.log").read_text()
+    assert "CERTIFICATE_VERIFY_FAILED" in router_log or "IP address mismatch" in router_log
+
+
+def test_a_download_cut_by_a_partition_goes_on_from_where_it_stopped(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The node fetches a 16 MiB model from its router (through a proxy capped at 2 MB/s, so
+    that the cut lands midway); its cable is pulled for 10 s, then put back."""
+    data = write_tiny_gguf(tmp_path / "tiny.gguf", 16, seed=32).read_bytes()
+    router_home = tmp_path / "router"
+    router_home.mkdir()
+    entry = hub_entry("tiny-net", "test/net", data)
+    (router_home / "supported_models.json").write_text(json.dumps({"models": [entry]}))
+    ModelStore(router_home / "models").add("tiny-net", tmp_path / "tiny.gguf",
+                                           sha256=entry["sha256"])  # fmt: skip
+    fleet = Fleet(lab, router_home, router_home, "--heartbeat-interval", "1")
+    port = int(fleet.router.url.rsplit(":", 1)[1])
+    proxy = FaultProxy(lab.runner_address, (fleet.router_host.address, port))
+    proxy.bandwidth = 2e6
+    node_home = tmp_path / "node"
+    try:
+        node = fleet.add_node("node-a", home=node_home, router_url=proxy.url)
+        fleet.wait_status("node-a", "ready")
+        with fleet.admin() as http:
+            node_id = next(n["id"] for n in http.get("/api/nodes").json()["data"])
+            asked = http.post("/api/models/distribute", json={
+                "model": "tiny-net", "target": "specific", "node_ids": [node_id]})  # fmt: skip
+            assert asked.status_code == 202, asked.text
+            task = asked.json()["task_ids"][0]
+        partial = node_home / "models" / "tiny-net" / "model.gguf.partial"
+        wait_until(lambda: partial.exists() and partial.stat().st_size > 4 << 20, 60)
+        lab.cut(node)
+        at_cut = partial.stat().st_size
+        time.sleep(10)
+        assert partial.stat().st_size == at_cut  # nothing came through the cut
+        lab.mend(node)
+        done = node_home / "models" / "tiny-net" / "model.gguf"
+        wait_until(done.exists, 60)
+        with fleet.admin() as http:
+            wait_until(lambda: http.get(f"/api/tasks/{task}").json()["state"]
+                       in ("completed", "failed"), 60)  # fmt: skip
+            state = http.get(f"/api/tasks/{task}").json()
+    finally:
+        proxy.close()
+    print(f"\ncut at {at_cut / 2**20:.1f} MiB of 16; carried {proxy.carried['down'] / 2**20:.1f}"
+          f" MiB to the node in all; the task: {state['state']}")  # fmt: skip
+    assert hashlib.sha256(done.read_bytes()).hexdigest() == entry["sha256"]
+    assert proxy.carried["down"] < len(data) + (1 << 20)  # on from where it stopped, not again
+    assert state["state"] == "completed", state
