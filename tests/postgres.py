@@ -35,7 +35,10 @@ def _major(path: str) -> int:
 
 
 class PostgresServer:
-    def __init__(self) -> None:
+    """``host``/``namespace``: where it listens (a lab host's address, from inside its
+    network namespace: tests/netlab.py), trusting that address's /16; default loopback."""
+
+    def __init__(self, host: str = "127.0.0.1", namespace: str | None = None) -> None:
         bin_dir = postgres_bin()
         if bin_dir is None:
             raise RuntimeError(
@@ -47,20 +50,26 @@ class PostgresServer:
         self._as_root = os.geteuid() == 0
         if self._as_root:
             shutil.chown(self._root, "postgres", "postgres")
-        self.port = free_port()
+        self.host, self._namespace = host, namespace
+        self.port = free_port() if namespace is None else 5432  # (a fresh host's is free)
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         prefix = ["runuser", "-u", "postgres", "--"] if self._as_root else []
+        inside = ["ip", "netns", "exec", self._namespace] if self._namespace else []
         return subprocess.run(
-            [*prefix, *args], capture_output=True, text=True, timeout=120, check=True
+            [*inside, *prefix, *args], capture_output=True, text=True, timeout=120, check=True
         )
 
     def start(self) -> PostgresServer:
         self._run(str(self._bin / "initdb"), "-D", str(self._data), "-U", USER,
                   "--auth=trust", "--encoding=UTF8", "--no-instructions")  # fmt: skip
+        if self.host != "127.0.0.1":  # (initdb trusts loopback only)
+            network = ".".join(self.host.split(".")[:2]) + ".0.0/16"
+            with (self._data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {network} trust\n")
         # Durability is not under test here: no fsync makes each test's database cheap.
         options = (
-            f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories=''"
+            f"-c listen_addresses={self.host} -c port={self.port} -c unix_socket_directories=''"
             " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             " -c max_connections=300"
         )
@@ -78,7 +87,7 @@ class PostgresServer:
                   "-l", str(self._root / "server.log"), "-w", "-t", "60", "start")  # fmt: skip
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql+asyncpg://{USER}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql+asyncpg://{USER}@{self.host}:{self.port}/{database}"
 
     def new_database(self) -> str:
         """An empty database of its own; its SQLAlchemy URL."""
@@ -88,7 +97,7 @@ class PostgresServer:
 
     def _psql(self, sql: str) -> None:
         subprocess.run(
-            [str(self._bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", USER,
+            [str(self._bin / "psql"), "-h", self.host, "-p", str(self.port), "-U", USER,
              "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q", "-c", sql],
             capture_output=True, text=True, timeout=60, check=True,
         )  # fmt: skip

@@ -226,3 +226,16 @@ def ask_capital_of_france(http: httpx.Client, model: str) -> httpx.Response:
     assert reply.status_code == 200, reply.text
     assert "Paris" in reply.json()["choices"][0]["message"]["content"]
     return reply
+
+
+def own_model_home(model_home: Path, where: Path) -> Path:
+    """A home of its own at ``where`` whose store holds the small model (hard-linked from the
+    session's ``model_home``): for a node a test distributes models to, so that they do not
+    land in the store every other test's nodes share."""
+    from llmlb.models.store import ModelStore
+
+    shared = ModelStore(model_home / "models")
+    for model in shared.list():
+        ModelStore(where / "models").add(model.name, model.path, sha256=model.sha256,
+                                         metadata=model.metadata)  # fmt: skip
+    return where

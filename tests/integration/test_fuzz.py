@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.fakeclouds import FakeClouds
-from tests.support import node_token, start_fleet_node, start_router, wait_until
+from tests.support import node_token, own_model_home, start_fleet_node, start_router, wait_until
 
 MODEL = "gemma-3-270m"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))
@@ -210,8 +210,9 @@ def targets(model_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     fakes = FakeClouds().start()
     router = start_router(home, home, "--allow-cpu-nodes", "--heartbeat-interval", "1",
                           env={"LLMLB_AUTO_DISTRIBUTE": "none", **fakes.env()})  # fmt: skip
-    node = start_fleet_node(
-        model_home, home, router, home, "fuzz-node", "--parallel", "4", "--ctx-size", "1024",
+    node = start_fleet_node(  # (its own store: fuzzed pulls must not reach the session's)
+        own_model_home(model_home, home / "node"), home, router, home, "fuzz-node",
+        "--parallel", "4", "--ctx-size", "1024",
         env={"LLMLB_DEFAULT_MAX_TOKENS": "4"},
     )  # fmt: skip
     with httpx.Client(base_url=router.url) as http:

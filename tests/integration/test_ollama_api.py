@@ -16,7 +16,7 @@ import pytest
 
 from llmlb.models.smallmodel import SMALL_MODEL_NAME
 from tests.fakehub import FakeHub
-from tests.support import Process, start_fleet_node, start_router, wait_until
+from tests.support import Process, own_model_home, start_fleet_node, start_router, wait_until
 from tests.vision import write_tiny_vision
 
 QUESTION = "What is the capital of France?"
@@ -42,7 +42,8 @@ def router(
     env = {"LLMLB_AUTO_DISTRIBUTE": "none", "HF_ENDPOINT": hub.url}
     process = start_router(home, home, "--allow-cpu-nodes", "--heartbeat-interval", "1",
                            "--ollama-port", "0", env=env)  # fmt: skip
-    node = start_fleet_node(model_home, home, process, home, "ollama-node", "--parallel", "2",
+    node_home = own_model_home(model_home, home / "node")  # (pull lands models in its store)
+    node = start_fleet_node(node_home, home, process, home, "ollama-node", "--parallel", "2",
                             env={"HF_ENDPOINT": hub.url})  # fmt: skip
     with process.client() as http:
 

@@ -17,6 +17,7 @@ from tests.support import (
     Process,
     ask_capital_of_france,
     node_token,
+    own_model_home,
     start_router,
     wait_until,
     write_tiny_gguf,
@@ -48,7 +49,8 @@ def test_two_routers_on_one_database_serve_as_one(
     node = Process(
         ["node", "--host", "127.0.0.1", "--port", "0", "--allow-cpu", "--parallel", "2",
          "--router", f"{first.url},{second.url}", "--name", "shared", "--origin-first"],
-        model_home, tmp_path / "shared-node.log",
+        # (its own store: the model distributed below must not join the session's)
+        own_model_home(model_home, tmp_path / "node-home"), tmp_path / "shared-node.log",
         # A key of router A's, valid on both; the hub for the node's own downloads.
         {"LLMLB_NODE_TOKEN": node_token(homes[0]), "HF_ENDPOINT": hub.url},
     )  # fmt: skip

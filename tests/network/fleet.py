@@ -15,9 +15,10 @@ import trustme
 
 from llmlb.models.smallmodel import SMALL_MODEL_NAME
 from tests.netlab import Host, Lab
-from tests.support import Process, node_token, wait_until
+from tests.support import Process, wait_until
 
 ADMIN = ("admin", "lab-admin-pass")
+NODE_TOKEN = "lab-node-token-" + "0123456789abcdef" * 2  # (every router's, from its settings)
 
 
 @dataclass
@@ -76,25 +77,36 @@ class Load:
 
 class Fleet:
     """``ca``: every part serves HTTPS with a certificate naming its host's address (from
-    this CA, which every part and the test trust)."""
+    this CA, which every part and the test trust). ``database_url``: the routers' database
+    (PostgreSQL on a host of its own, for ``routers`` > 1); nodes join every router."""
 
     def __init__(
         self, lab: Lab, home: Path, model_home: Path, *router_args: str,
-        ca: trustme.CA | None = None,
+        ca: trustme.CA | None = None, database_url: str | None = None, routers: int = 1,
     ) -> None:  # fmt: skip
         self.lab, self.home, self.model_home, self.ca = lab, home, model_home, ca
         self.verify: ssl.SSLContext | bool = True
         if ca is not None:
             ca.cert_pem.write_to_path(str(home / "ca.pem"))
             self.verify = ssl.create_default_context(cafile=str(home / "ca.pem"))
-        self.router_host = lab.host("router")
-        env = {"LLMLB_AUTO_DISTRIBUTE": "none", "LLMLB_ADMIN_PASSWORD": ADMIN[1]}
+        env = {"LLMLB_AUTO_DISTRIBUTE": "none", "LLMLB_ADMIN_PASSWORD": ADMIN[1],
+               "LLMLB_NODE_TOKEN": NODE_TOKEN}  # fmt: skip
         if ca is not None:
             env["LLMLB_TLS_CA"] = str(home / "ca.pem")
-        self.router = lab.start(self.router_host,
-                                ["serve", "--host", "0.0.0.0", "--port", "0", "--allow-cpu-nodes",
-                                 *router_args, *self.tls("router", self.router_host.address)],
-                                home, home / "router.log", env)  # fmt: skip
+        if database_url is not None:
+            env["LLMLB_DATABASE_URL"] = database_url
+        self.routers: list[tuple[Host, Process]] = []
+        for number in range(1, routers + 1):
+            name = "router" if routers == 1 else f"router-{number}"
+            host = lab.host(name)
+            router_home = home if routers == 1 else home / name
+            router_home.mkdir(exist_ok=True)
+            process = lab.start(host, ["serve", "--host", "0.0.0.0", "--port", "0",
+                                       "--allow-cpu-nodes", *router_args,
+                                       *self.tls(name, host.address)],
+                                router_home, home / f"{name}.log", env)  # fmt: skip
+            self.routers.append((host, process))
+        self.router_host, self.router = self.routers[0]
         self.nodes: dict[str, tuple[Host, Process]] = {}
         with self.admin() as http:
             made = http.post("/api/keys", json={"name": "lab", "scopes": ["api"]})
@@ -109,11 +121,12 @@ class Fleet:
         cert, key = self.home / f"{part}.pem", self.home / f"{part}.key"
         issued.cert_chain_pems[0].write_to_path(str(cert))
         issued.private_key_pem.write_to_path(str(key))
-        trust = ["--tls-ca", str(self.home / "ca.pem")] if part != "router" else []
+        trust = [] if part.startswith("router") else ["--tls-ca", str(self.home / "ca.pem")]
         return ["--tls-cert", str(cert), "--tls-key", str(key), *trust]
 
-    def admin(self) -> httpx.Client:
-        return httpx.Client(base_url=self.router.url, timeout=30, auth=ADMIN, verify=self.verify)
+    def admin(self, router: int = 0) -> httpx.Client:
+        url = self.routers[router][1].url
+        return httpx.Client(base_url=url, timeout=30, auth=ADMIN, verify=self.verify)
 
     def add_node(
         self, name: str, *extra: str, port: int = 0, names: tuple[str, ...] = (),
@@ -125,22 +138,24 @@ class Fleet:
         host = self.lab.host(name)
         process = self.lab.start(
             host, ["node", "--host", "0.0.0.0", "--port", str(port), "--allow-cpu", "--router",
-                   router_url or self.router.url, "--name", name, "--parallel", "1",
+                   router_url or ",".join(p.url for _, p in self.routers), "--name", name,
+                   "--parallel", "1",
                    "--ctx-size", "512", *self.tls(name, *(names or (host.address,))), *extra],
             home or self.model_home, self.home / f"{name}.log",
-            {"LLMLB_NODE_TOKEN": node_token(self.home)},
+            {"LLMLB_NODE_TOKEN": NODE_TOKEN},
         )  # fmt: skip
         self.nodes[name] = (host, process)
         return host
 
-    def statuses(self) -> dict[str, str]:
-        with self.admin() as http:
+    def statuses(self, router: int = 0) -> dict[str, str]:
+        with self.admin(router) as http:
             return {n["name"]: n["status"] for n in http.get("/api/nodes").json()["data"]}
 
-    def wait_status(self, name: str, status: str, timeout: float = 60.0) -> float:
-        """When ``name`` reached ``status`` (monotonic), waiting at most ``timeout``."""
-        wait_until(lambda: self.statuses().get(name) == status, timeout, step=0.1)
+    def wait_status(self, name: str, status: str, timeout: float = 60.0, router: int = 0) -> float:
+        """When ``name`` reached ``status`` on a router (monotonic), waiting at most
+        ``timeout``."""
+        wait_until(lambda: self.statuses(router).get(name) == status, timeout, step=0.1)
         return time.monotonic()
 
-    def load(self, workers: int = 2) -> Load:
-        return Load(self.router.url, self.key, self.verify, workers).start()
+    def load(self, workers: int = 2, router: int = 0) -> Load:
+        return Load(self.routers[router][1].url, self.key, self.verify, workers).start()

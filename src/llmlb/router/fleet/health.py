@@ -8,10 +8,15 @@
 - A node that refused a connection, or stalled, is probed (``GET /health`` on a new
   connection) every second, not only at its next heartbeat: a restart or a blip costs it a
   second of traffic.
+- A node that heartbeated to this router and stopped, while other routers still hear it
+  (its database row keeps changing), may be cut off from this router alone: it is probed
+  too, and one that does not answer gets no traffic from here (rather than a client's
+  request finding out with a connect timeout) until it speaks or answers again.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -45,8 +50,19 @@ class Prober:
 
     async def probe_all(self) -> None:
         self._registry.call_off_silent()  # (those it takes off traffic are probed from now)
+        await self._check_heard_only_through_others()
         for node in [n for n in self._registry.all() if n.unreachable]:
             # (An endpoint need not have /health: its model list says that it serves.)
             path = listing_path(node.kind) if node.is_endpoint else "/health"
             if await self._control.probe(node, path):
                 self._registry.mark_reachable(node.id)
+
+    async def _check_heard_only_through_others(self) -> None:
+        interval = self._registry.heartbeat_interval
+        suspects = [n for n in self._registry.all()
+                    if not n.is_endpoint and not n.unreachable
+                    and n.heard_only_through_others(interval)]  # fmt: skip
+        answers = await asyncio.gather(*(self._control.probe(n) for n in suspects))
+        for node, answered in zip(suspects, answers, strict=True):
+            if not answered:
+                self._registry.mark_unreachable(node.id)

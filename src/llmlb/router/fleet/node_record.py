@@ -79,6 +79,10 @@ class NodeRecord:
     # so a wall clock stepped by hours, or another router's clock that differs from this
     # one's, neither takes a node offline nor keeps a dead one online.
     heard_at: float = field(default=float("-inf"))
+    # When the node last spoke to this router itself (a heartbeat or a registration), on the
+    # same clock. A node that did, and now is heard of only through the database (another
+    # router hears it), may be cut off from this router alone: fleet.health probes it.
+    spoke_at: float = field(default=float("-inf"))
 
     @property
     def is_endpoint(self) -> bool:
@@ -93,6 +97,18 @@ class NodeRecord:
 
     def heard(self, ago: float = 0.0) -> None:
         self.heard_at = time.monotonic() - max(ago, 0.0)
+
+    def spoke(self) -> None:
+        """The node spoke to this router itself (it is heard, too)."""
+        self.heard()
+        self.spoke_at = self.heard_at
+
+    def heard_only_through_others(self, interval: float) -> bool:
+        """It spoke to this router before, but not for MISSED_HEARTBEATS_OFFLINE heartbeats,
+        while other routers still hear it."""
+        now = time.monotonic()
+        limit = MISSED_HEARTBEATS_OFFLINE * interval
+        return self.spoke_at > float("-inf") and now - self.spoke_at > limit >= now - self.heard_at
 
     @property
     def first_seen_now(self) -> bool:

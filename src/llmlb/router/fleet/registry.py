@@ -170,7 +170,7 @@ class Registry:
             existing.last_seen, existing.load = now, request.load
             existing.unreachable = existing.stalled  # a stall ends with a probe, not a word
             existing.token, existing.live = token, True
-            existing.heard()
+            existing.spoke()
             log.info("node %s (%s) re-registered as %s", request.name, request.base_url, node_id)
             self.changed(existing)
             return existing
@@ -179,7 +179,7 @@ class Registry:
             approved=not self._require_approval, draining=False, registered_at=now,
             last_seen=now, load=request.load, token=token, live=True,
         )  # fmt: skip
-        record.heard()
+        record.spoke()
         self._add(record)
         log.info("node %s (%s) registered as %s", request.name, request.base_url, node_id)
         self.changed(record)
@@ -210,7 +210,7 @@ class Registry:
         node.last_seen, node.load = now, load
         node.unreachable = node.stalled  # only a probe that gets through clears a stall
         node.token, node.live = token, True
-        node.heard()
+        node.spoke()
         self.changed(node, models=not same_models)
         return node
 
