@@ -4,6 +4,8 @@ joins them (figures in docs/reliability.md)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,10 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from llmlb.models.store import ModelStore
+from tests.fakehub import hub_entry
 from tests.netlab import Host, Lab
 from tests.network.fleet import Fleet
 from tests.postgres import PostgresServer
-from tests.support import wait_until
+from tests.support import own_model_home, wait_until, write_tiny_gguf
 
 CUT_SECONDS = 20.0
 
@@ -112,3 +116,95 @@ def test_a_router_cut_off_from_a_node_leaves_it_to_the_other_router(
     assert refused.status_code == 503 and refused_in < 10, refused.text
     assert {o.status for o in second.outcomes} == {200}
     assert again.status_code == 200 and again.headers["x-llmlb-node"] == "node-a"
+
+
+def test_two_routers_each_seeing_half_the_fleet_then_healed(
+    lab: Lab, database: tuple[Host, str], model_home: Path, tmp_path: Path
+) -> None:
+    """Router 1 loses node-b, router 2 loses node-a; the database still joins them. Each
+    serves through the half it sees; a key revoked on one is refused by the other (how soon
+    is measured); a model for node-a is refused by router 2 and run once by router 1; after
+    the heal no node is forgotten and both routers serve through both nodes again."""
+    _, url = database
+    data = write_tiny_gguf(tmp_path / "tiny.gguf", 4, seed=9).read_bytes()
+    entry = hub_entry("tiny-split", "test/split", data)
+    for name in ("router-1", "router-2"):  # (the model in both routers' catalogs and stores)
+        (tmp_path / name / "models").mkdir(parents=True)
+        (tmp_path / name / "supported_models.json").write_text(json.dumps({"models": [entry]}))
+        ModelStore(tmp_path / name / "models").add("tiny-split", tmp_path / "tiny.gguf",
+                                                   sha256=entry["sha256"])  # fmt: skip
+    fleet = Fleet(lab, tmp_path, model_home, "--heartbeat-interval", "1", database_url=url,
+                  routers=2)  # fmt: skip
+    homes = {n: own_model_home(model_home, tmp_path / f"{n}-home") for n in ("node-a", "node-b")}
+    hosts = {n: fleet.add_node(n, home=homes[n]) for n in homes}
+    for router in (0, 1):
+        for name in hosts:
+            fleet.wait_status(name, "ready", router=router)
+    (first, _), (second, _) = fleet.routers
+    lab.block(first, hosts["node-b"])
+    lab.block(second, hosts["node-a"])
+    split = time.monotonic()
+    fleet.wait_status("node-b", "offline", timeout=30, router=0)
+    fleet.wait_status("node-a", "offline", timeout=30, router=1)
+    judged = time.monotonic() - split
+    loads = [fleet.load(workers=1, router=r) for r in (0, 1)]
+    try:
+        wait_until(lambda: all(load.served_by(n) >= 3 for load, n in
+                               zip(loads, ("node-a", "node-b"), strict=True)), 60)  # fmt: skip
+        # A key made and revoked on router 1 while split: router 2 refuses it, and how soon.
+        with fleet.admin(0) as one:
+            made = one.post("/api/keys", json={"name": "short-lived", "scopes": ["api"]}).json()
+        bearer = {"authorization": f"Bearer {made['secret']}"}
+        with httpx.Client(base_url=fleet.routers[1][1].url, headers=bearer, timeout=10) as key:
+            wait_until(lambda: key.get("/v1/models").status_code == 200, 30)
+            with fleet.admin(0) as one:
+                assert one.delete(f"/api/keys/{made['id']}").status_code in (200, 204)
+            revoked = time.monotonic()
+            wait_until(lambda: key.get("/v1/models").status_code == 401, 30, step=0.01)
+            reach = time.monotonic() - revoked
+        # A model for node-a: router 2, which cannot reach it, refuses at once; router 1
+        # takes it, and router 2 must not run it as well.
+        with fleet.admin(1) as two:
+            node_a = next(n["id"] for n in two.get("/api/nodes").json()["data"]
+                          if n["name"] == "node-a")  # fmt: skip
+            body = {"model": "tiny-split", "target": "specific", "node_ids": [node_a]}
+            refused = two.post("/api/models/distribute", json=body)
+            assert refused.status_code == 503 and "node-a" in refused.text, refused.text
+        with fleet.admin(0) as one:
+            asked = one.post("/api/models/distribute", json=body)
+            assert asked.status_code == 202, asked.text
+    finally:
+        split_outcomes = [load.stop() for load in loads]
+    lab.unblock(first, hosts["node-b"])
+    lab.unblock(second, hosts["node-a"])
+    healed = time.monotonic()
+    for router in (0, 1):
+        for name in hosts:
+            fleet.wait_status(name, "ready", timeout=60, router=router)
+    rejoined = time.monotonic() - healed
+    placed = homes["node-a"] / "models" / "tiny-split" / "model.gguf"
+    wait_until(placed.exists, 60)
+    with fleet.admin(0) as http:
+        wait_until(lambda: all(t["state"] == "completed" for t in http.get("/api/tasks").json()[
+            "data"] if t.get("model") == "tiny-split"), 60)  # fmt: skip
+        tasks = [t for t in http.get("/api/tasks").json()["data"] if t.get("model") == "tiny-split"]
+        listed = {n["name"]: n["status"] for n in http.get("/api/nodes").json()["data"]}
+    after = [fleet.load(workers=2, router=r) for r in (0, 1)]
+    try:
+        wait_until(lambda: all(load.served_by(n) > 0 for load in after
+                               for n in ("node-a", "node-b")), 60)  # fmt: skip
+    finally:
+        for load in after:
+            load.stop()
+    print(f"\nsplit: each router judged its lost node gone within {judged:.1f} s; served "
+          f"{[len(o) for o in split_outcomes]} requests, all through their own half; a key "
+          f"revoked on router 1 was refused by router 2 {reach * 1000:.0f} ms later; after the "
+          f"heal both routers had both nodes ready in {rejoined:.1f} s; the task: "
+          f"{[t['state'] for t in tasks]}")  # fmt: skip
+    for outcomes, own in zip(split_outcomes, ("node-a", "node-b"), strict=True):
+        assert {o.status for o in outcomes} == {200}
+        assert {o.node for o in outcomes} == {own}
+    assert reach < 2.0
+    assert listed == {"node-a": "ready", "node-b": "ready"}  # no node forgotten
+    assert len(tasks) == 1 and tasks[0]["state"] == "completed"  # not run twice
+    assert hashlib.sha256(placed.read_bytes()).hexdigest() == entry["sha256"]
