@@ -169,3 +169,39 @@ def test_a_download_cut_by_a_partition_goes_on_from_where_it_stopped(
     assert hashlib.sha256(done.read_bytes()).hexdigest() == entry["sha256"]
     assert proxy.carried["down"] < len(data) + (1 << 20)  # on from where it stopped, not again
     assert state["state"] == "completed", state
+
+
+def test_a_half_open_link_to_a_node_is_judged_a_black_hole(
+    lab: Lab, model_home: Path, tmp_path: Path
+) -> None:
+    """node-a's requests pass a proxy that goes half open (nothing more delivered, nothing
+    closed) while its heartbeats, on their own path, still arrive: the router sees that it
+    holds none of the requests sent to it, calls them off to node-b, and sends it no more
+    until a probe gets through."""
+    fleet = Fleet(lab, tmp_path, model_home, "--heartbeat-interval", "1",
+                  "--request-timeout", "60")  # fmt: skip
+    proxy = FaultProxy(lab.runner_address, (lab.address(len(lab.hosts) + 2), NODE_PORT))
+    try:
+        fleet.add_node("node-a", "--advertise-url", proxy.url, port=NODE_PORT)
+        fleet.add_node("node-b")
+        for name in ("node-a", "node-b"):
+            fleet.wait_status(name, "ready")
+        load = fleet.load(workers=2)
+        try:
+            wait_until(lambda: load.served_by("node-a") > 0 and load.served_by("node-b") > 0, 60)
+            proxy.half_open = True
+            opened = time.monotonic()
+            wait_until(lambda: load.served_by("node-b", after=opened) >= 10, 60)
+            settled = time.monotonic()
+            wait_until(lambda: load.served_by("node-b", after=settled) >= 5, 60)
+        finally:
+            outcomes = load.stop()
+    finally:
+        proxy.close()
+    lost = [o for o in outcomes if o.status != 200]
+    late = [o for o in outcomes if o.started >= settled and o.node == "node-a"]
+    slowest = max(o.ended - o.started for o in outcomes)
+    print(f"\nhalf open: {len(outcomes)} requests, lost {len(lost)}, slowest {slowest:.1f} s")
+    assert not lost, lost
+    assert not late  # no more requests to it once judged
+    assert slowest < 15  # those caught in it went to node-b, not the request timeout
