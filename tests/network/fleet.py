@@ -18,6 +18,9 @@ from tests.netlab import Host, Lab
 from tests.support import Process, wait_until
 
 ADMIN = ("admin", "lab-admin-pass")
+# Seconds between heartbeats: 2, not the 1 of loopback tests, since two nodes generating on a
+# busy 2-core machine can miss three heartbeats of 1 s without being cut off.
+HEARTBEAT = "2"
 NODE_TOKEN = "lab-node-token-" + "0123456789abcdef" * 2  # (every router's, from its settings)
 
 
@@ -139,7 +142,7 @@ class Fleet:
         process = self.lab.start(
             host, ["node", "--host", "0.0.0.0", "--port", str(port), "--allow-cpu", "--router",
                    router_url or ",".join(p.url for _, p in self.routers), "--name", name,
-                   "--parallel", "1",
+                   "--parallel", "1", "--threads", "1",
                    "--ctx-size", "512", *self.tls(name, *(names or (host.address,))), *extra],
             home or self.model_home, self.home / f"{name}.log",
             {"LLMLB_NODE_TOKEN": NODE_TOKEN},

@@ -16,7 +16,7 @@ import pytest
 from llmlb.models.store import ModelStore
 from tests.fakehub import hub_entry
 from tests.netlab import Host, Lab
-from tests.network.fleet import Fleet
+from tests.network.fleet import HEARTBEAT, Fleet
 from tests.postgres import PostgresServer
 from tests.support import own_model_home, wait_until, write_tiny_gguf
 
@@ -44,7 +44,7 @@ def test_a_router_cut_off_from_its_database_serves_and_writes_the_history_after(
     lab: Lab, database: tuple[Host, str], model_home: Path, tmp_path: Path
 ) -> None:
     db_host, url = database
-    fleet = Fleet(lab, tmp_path, model_home, "--heartbeat-interval", "1", database_url=url)
+    fleet = Fleet(lab, tmp_path, model_home, "--heartbeat-interval", HEARTBEAT, database_url=url)
     fleet.add_node("node-a")
     fleet.wait_status("node-a", "ready")
     load = fleet.load(workers=2)
@@ -78,7 +78,7 @@ def test_a_router_cut_off_from_a_node_leaves_it_to_the_other_router(
     database): it stops sending it work, the second keeps serving it, and after the heal the
     first serves through it again."""
     _, url = database
-    fleet = Fleet(lab, tmp_path, model_home, "--heartbeat-interval", "1", database_url=url,
+    fleet = Fleet(lab, tmp_path, model_home, "--heartbeat-interval", HEARTBEAT, database_url=url,
                   routers=2)  # fmt: skip
     node = fleet.add_node("node-a")
     for router in (0, 1):
@@ -133,7 +133,7 @@ def test_two_routers_each_seeing_half_the_fleet_then_healed(
         (tmp_path / name / "supported_models.json").write_text(json.dumps({"models": [entry]}))
         ModelStore(tmp_path / name / "models").add("tiny-split", tmp_path / "tiny.gguf",
                                                    sha256=entry["sha256"])  # fmt: skip
-    fleet = Fleet(lab, tmp_path, model_home, "--heartbeat-interval", "1", database_url=url,
+    fleet = Fleet(lab, tmp_path, model_home, "--heartbeat-interval", HEARTBEAT, database_url=url,
                   routers=2)  # fmt: skip
     homes = {n: own_model_home(model_home, tmp_path / f"{n}-home") for n in ("node-a", "node-b")}
     hosts = {n: fleet.add_node(n, home=homes[n]) for n in homes}

@@ -17,7 +17,7 @@ from llmlb.models.store import ModelStore
 from tests.fakehub import hub_entry
 from tests.faultproxy import FaultProxy
 from tests.netlab import Lab
-from tests.network.fleet import Fleet
+from tests.network.fleet import HEARTBEAT, Fleet
 from tests.support import wait_until, write_tiny_gguf
 
 PARTITION_SECONDS = 30.0
@@ -28,7 +28,7 @@ NODE_PORT = 32769  # (a fresh host's ports are all free: the proxy must know it 
 def test_a_node_cut_off_for_30_s_under_load_fails_over_and_comes_back(
     lab: Lab, model_home: Path, tmp_path: Path
 ) -> None:
-    fleet = Fleet(lab, tmp_path, model_home, "--heartbeat-interval", "1",
+    fleet = Fleet(lab, tmp_path, model_home, "--heartbeat-interval", HEARTBEAT,
                   "--request-timeout", "60")  # fmt: skip
     cut_off = fleet.add_node("node-a")
     fleet.add_node("node-b")
@@ -69,8 +69,9 @@ def test_a_node_on_a_bad_link_serves_less_and_nothing_hangs(
     lab: Lab, model_home: Path, tmp_path: Path, fault: str, setting: float
 ) -> None:
     """node-a's traffic passes a proxy on the runner (its advertised address) that adds the
-    fault; node-b's link is clean. Three clients keep both nodes' single slots busy."""
-    fleet = Fleet(lab, tmp_path, model_home, "--heartbeat-interval", "1",
+    fault; node-b's link is clean. With one client the clean link is preferred; three keep
+    both nodes' single slots busy, so the bad link serves too."""
+    fleet = Fleet(lab, tmp_path, model_home, "--heartbeat-interval", HEARTBEAT,
                   "--request-timeout", "30")  # fmt: skip
     slow_host_address = lab.address(len(lab.hosts) + 2)  # (the next host's, made below)
     proxy = FaultProxy(lab.runner_address, (slow_host_address, NODE_PORT))
@@ -80,6 +81,13 @@ def test_a_node_on_a_bad_link_serves_less_and_nothing_hangs(
         for name in ("node-a", "node-b"):
             fleet.wait_status(name, "ready")
         setattr(proxy, fault, setting)
+        # One client: both nodes are free for every request, and the ranking's word on a
+        # slow answer decides (after each node has answered a few).
+        alone = fleet.load(workers=1)
+        try:
+            time.sleep(BAD_LINK_SECONDS / 2)
+        finally:
+            one_at_a_time = alone.stop()
         load = fleet.load(workers=3)
         try:
             time.sleep(BAD_LINK_SECONDS)
@@ -87,16 +95,20 @@ def test_a_node_on_a_bad_link_serves_less_and_nothing_hangs(
             outcomes = load.stop()
     finally:
         proxy.close()
+    settled = one_at_a_time[len(one_at_a_time) // 2 :]
+    preferred = sum(o.node == "node-b" for o in settled) / max(len(settled), 1)
     slow, healthy = load.served_by("node-a"), load.served_by("node-b")
     lost = [o for o in outcomes if o.status != 200]
     slowest = max(o.ended - o.started for o in outcomes)
-    print(f"\n{fault} {setting}: {len(outcomes)} requests, node-a (bad link) served {slow}, "
-          f"node-b {healthy}, lost {len(lost)}, slowest {slowest:.1f} s")  # fmt: skip
+    print(f"\n{fault} {setting}: one client: node-b (clean link) took {preferred:.0%} of the "
+          f"last {len(settled)}; three: {len(outcomes)} requests, node-a (bad link) served "
+          f"{slow}, node-b {healthy}, lost {len(lost)}, slowest {slowest:.1f} s")  # fmt: skip
     assert not lost, lost
     assert slowest < 30  # nothing waits out the request timeout
     assert slow > 0  # the bad link still serves
     if fault == "latency":  # (5 % loss costs a request ~30 ms on average: too little to tell)
         assert slow < healthy
+        assert preferred >= 0.8  # free nodes alike: the clean link first
 
 
 def test_tls_between_hosts_with_certificates_naming_their_addresses(
@@ -104,7 +116,7 @@ def test_tls_between_hosts_with_certificates_naming_their_addresses(
 ) -> None:
     """Router and nodes on hosts of their own, each serving HTTPS with a certificate for its
     address; a node whose certificate names another address is not served through."""
-    fleet = Fleet(lab, tmp_path, model_home, "--heartbeat-interval", "1", ca=trustme.CA())
+    fleet = Fleet(lab, tmp_path, model_home, "--heartbeat-interval", HEARTBEAT, ca=trustme.CA())
     assert fleet.router.url.startswith(f"https://{fleet.router_host.address}:")
     good = fleet.add_node("node-good")
     fleet.add_node("node-misnamed", names=("127.0.0.1", "localhost"))
@@ -135,7 +147,7 @@ def test_a_download_cut_by_a_partition_goes_on_from_where_it_stopped(
     (router_home / "supported_models.json").write_text(json.dumps({"models": [entry]}))
     ModelStore(router_home / "models").add("tiny-net", tmp_path / "tiny.gguf",
                                            sha256=entry["sha256"])  # fmt: skip
-    fleet = Fleet(lab, router_home, router_home, "--heartbeat-interval", "1")
+    fleet = Fleet(lab, router_home, router_home, "--heartbeat-interval", HEARTBEAT)
     port = int(fleet.router.url.rsplit(":", 1)[1])
     proxy = FaultProxy(lab.runner_address, (fleet.router_host.address, port))
     proxy.bandwidth = 2e6
@@ -178,7 +190,7 @@ def test_a_half_open_link_to_a_node_is_judged_a_black_hole(
     closed) while its heartbeats, on their own path, still arrive: the router sees that it
     holds none of the requests sent to it, calls them off to node-b, and sends it no more
     until a probe gets through."""
-    fleet = Fleet(lab, tmp_path, model_home, "--heartbeat-interval", "1",
+    fleet = Fleet(lab, tmp_path, model_home, "--heartbeat-interval", HEARTBEAT,
                   "--request-timeout", "60")  # fmt: skip
     proxy = FaultProxy(lab.runner_address, (lab.address(len(lab.hosts) + 2), NODE_PORT))
     try:

@@ -17,7 +17,11 @@ Strategies:
     3. expected seconds until the request starts: the model's load time when it is only on
        disk (the node reports how long its loads took), plus, when every slot is taken, the
        wait for one: ``(overflow + 1) / slots * request_seconds``;
-    4. ``score``: utilisation plus GPU use, minus a small bonus for fast nodes.
+    4. ``score``: utilisation plus GPU use, minus a small bonus for fast nodes, plus a
+       small cost for a node slow to answer as this router sees it (``first_byte_seconds``:
+       its recent time to an answer's first byte, the network and the node's queue
+       included), so that of nodes equally free the one behind a slow link comes second,
+       and still takes what the others have no slot for.
 
     So a node with the model loaded wins while it has a free slot; once its slots run out an
     idle node with the model on disk takes the next request, and among nodes that are all
@@ -69,6 +73,7 @@ class NodeSnapshot:
     load_seconds: Mapping[str, float] = field(default_factory=dict)  # the node's last loads
     request_seconds: float = 0.0  # the node's recent mean request duration; 0: unknown
     fetches: bool = True  # fetches a catalog model it lacks (an endpoint never does)
+    first_byte_seconds: float = 0.0  # as this router measures it, recently; 0: unknown
 
     def has(self, model: str) -> bool:
         return model in self.models_loaded or model in self.models_on_disk
@@ -90,10 +95,21 @@ class NodeSnapshot:
         return self.slots - self.active - self.queued
 
 
+# A node this many seconds slow to answer has the whole (small) cost in ``score``; below
+# the floor, answers count as equally quick (so that equal nodes keep a stable order, and one
+# not yet measured is not favoured for it).
+SLOW_FIRST_BYTE_SECONDS = 1.0
+FIRST_BYTE_FLOOR_SECONDS = 0.1
+
+
 def score(node: NodeSnapshot) -> float:
     utilisation = (node.active + node.queued) / max(node.slots, 1)
     speed_bonus = 0.05 * min(node.tokens_per_second / 100.0, 1.0)
-    return utilisation + 0.25 * node.gpu_use - speed_bonus
+    # At most 0.2: more than the speed bonus can make up (a link that adds a second costs
+    # more than a node's faster generation gains), less than a slot of a node of 4.
+    slow = max(node.first_byte_seconds - FIRST_BYTE_FLOOR_SECONDS, 0.0)
+    slow_cost = 0.2 * min(slow / SLOW_FIRST_BYTE_SECONDS, 1.0)
+    return utilisation + 0.25 * node.gpu_use - speed_bonus + slow_cost
 
 
 def expected_start_seconds(node: NodeSnapshot, model: str) -> float:

@@ -47,10 +47,22 @@ class Prober:
     def __init__(self, registry: Registry, control: NodeControl) -> None:
         self._registry = registry
         self._control = control
+        self._last_round_end = time.monotonic()
 
     async def probe_all(self) -> None:
-        self._registry.call_off_silent()  # (those it takes off traffic are probed from now)
-        await self._check_heard_only_through_others()
+        # The supervisor sleeps PROBE_INTERVAL between rounds: a round that starts much later
+        # means this router was stalled itself (a starved machine), and the nodes'
+        # heartbeats may be waiting unread, so silence proves nothing this round.
+        on_time = time.monotonic() - self._last_round_end < 2 * PROBE_INTERVAL
+        try:
+            if on_time:
+                self._registry.call_off_silent()  # (those it takes off traffic: probed now)
+                await self._check_heard_only_through_others()
+            await self._probe_unreachable()
+        finally:
+            self._last_round_end = time.monotonic()
+
+    async def _probe_unreachable(self) -> None:
         for node in [n for n in self._registry.all() if n.unreachable]:
             # (An endpoint need not have /health: its model list says that it serves.)
             path = listing_path(node.kind) if node.is_endpoint else "/health"

@@ -83,6 +83,10 @@ class NodeRecord:
     # same clock. A node that did, and now is heard of only through the database (another
     # router hears it), may be cut off from this router alone: fleet.health probes it.
     spoke_at: float = field(default=float("-inf"))
+    # How long this router recently waited for the node's answers to begin (an average over
+    # the last few, seconds; 0 until the first): the network and the node's queue as the
+    # balancer sees them (router.balancer.ranking's score).
+    first_byte_seconds: float = 0.0
 
     @property
     def is_endpoint(self) -> bool:
@@ -97,6 +101,13 @@ class NodeRecord:
 
     def heard(self, ago: float = 0.0) -> None:
         self.heard_at = time.monotonic() - max(ago, 0.0)
+
+    def answered_after(self, seconds: float) -> None:
+        """An answer of the node's began ``seconds`` after its request was sent."""
+        if self.first_byte_seconds == 0.0:
+            self.first_byte_seconds = seconds
+        else:  # (an exponential average: the last ten or so count)
+            self.first_byte_seconds += 0.2 * (seconds - self.first_byte_seconds)
 
     def spoke(self) -> None:
         """The node spoke to this router itself (it is heard, too)."""

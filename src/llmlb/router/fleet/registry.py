@@ -428,17 +428,24 @@ class Registry:
         for their answer: cut off by the network or dead, where no connection error ever
         comes (a partition drops packets; it resets nothing). They get no traffic until a
         heartbeat or a probe gets through, and their waiting exchanges are called off to be
-        tried on another node, rather than wait out the request timeout. (A silent node with
-        nothing waiting needs nothing: it counts as offline already.)"""
+        tried on another node, rather than wait out the request timeout.
+
+        Only while another node still speaks to this router: when every node falls silent at
+        once, the likelier cause is this side (a starved machine, its own network), and with
+        no node to retry on, calling the exchanges off would only fail them. (A silent node
+        with nothing waiting needs nothing: it counts as offline already.)"""
         limit = MISSED_HEARTBEATS_OFFLINE * self.heartbeat_interval
-        silent = [n for n in self._nodes.values()
-                  if not n.is_endpoint and not n.unreachable and n.sending
-                  and n.silent_for() > limit]  # fmt: skip
+        now = time.monotonic()
+        nodes = [n for n in self._nodes.values() if not n.is_endpoint]
+        silent = [n for n in nodes if not n.unreachable and n.sending and n.silent_for(now) > limit]
+        speaking = [n for n in nodes if now - n.spoke_at <= limit and n not in silent]
+        if not speaking:
+            return []
         for node in silent:
             log.warning(
                 "node %s has been silent for %.1f s with %d requests waiting on it; they go to "
                 "other nodes, and it gets none until it is heard again",
-                node.name, node.silent_for(), len(node.sending),
+                node.name, node.silent_for(now), len(node.sending),
             )  # fmt: skip
             node.unreachable = True
             self._on_stall(node)

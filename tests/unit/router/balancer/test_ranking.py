@@ -145,3 +145,27 @@ def test_an_endpoint_is_never_chosen_to_fetch_a_catalog_model() -> None:
     fetcher = node("node", loaded=False, on_disk=False, active=3)
     assert ids(rank([endpoint, fetcher], M, fetchable=True)) == ["node"]
     assert rank([endpoint], M, fetchable=True) == []
+
+
+def slow(snapshot: NodeSnapshot, first_byte: float) -> NodeSnapshot:
+    snapshot.first_byte_seconds = first_byte
+    return snapshot
+
+
+def test_of_nodes_equally_free_the_one_slow_to_answer_comes_second() -> None:
+    """(The router's own measure of each node's time to first byte: a slow link.)"""
+    nodes = [slow(node("a-slow-link", slots=1), 0.6), slow(node("b", slots=1), 0.2)]
+    assert ids(rank(nodes, M)) == ["b", "a-slow-link"]
+    # The slow one still takes what the other has no slot for, and a busier node is never
+    # put ahead of a free one by this, however slow the free one is.
+    nodes[1].active = 1
+    assert ids(rank(nodes, M)) == ["a-slow-link", "b"]
+    busier = [slow(node("x", slots=4, active=1), 0.0), slow(node("y", slots=4), 60.0)]
+    assert ids(rank(busier, M)) == ["y", "x"]
+    assert score(busier[1]) - score(node("y", slots=4)) <= 0.2
+    # More than a faster generation can make up.
+    link = [slow(node("fast-gpu", slots=1, tps=500), 0.6), slow(node("slow-gpu", slots=1), 0.15)]
+    assert ids(rank(link, M)) == ["slow-gpu", "fast-gpu"]
+    # Answers quicker than the floor count alike: equal nodes keep their order.
+    quick = [slow(node("p", slots=1), 0.09), slow(node("q", slots=1), 0.0)]
+    assert ids(rank(quick, M)) == ["p", "q"]
