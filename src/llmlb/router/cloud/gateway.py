@@ -10,6 +10,11 @@ history and metrics like a node's, with the provider in the node's place.
 
 A little over 400 lines: the local and cloud halves share the recording and the reading of
 answers, and the provider-specific parts already live in ``llmlb.translate.providers``.
+
+Longer than most modules on purpose: it is the one path for every translated request (whole
+and streamed, to a provider or to a node), and the settling of each (history, limits,
+metrics, the client's abandonment) must be the same for all; split by destination, each
+copy would have to keep those in step.
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ send and relay.
   ``load_duration``, ``prompt_eval_count``, ``prompt_eval_duration``, ``eval_count``,
   ``eval_duration``, in nanoseconds) from the node's own timings (llama.cpp's ``timings``);
   streams as NDJSON, one object a line, the last with ``done: true``.
+
+Longer than the other dialects on purpose: Ollama's API is three endpoints with their own
+request, answer and NDJSON stream shapes, each the mirror of the other; the mapping of one
+field both ways stays in one place rather than in a request module and an answer module.
 """
 
 from __future__ import annotations
