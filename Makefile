@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser database deploy-tools container-tools network-tools clients run test lint fmt bench bench-quick native engine doctor gpu-check image image-test clean
+.PHONY: setup browser database deploy-tools container-tools network-tools clients run test lint fmt bench bench-quick bench-tools native engine doctor gpu-check image image-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -110,11 +110,20 @@ fmt: setup
 
 # The benchmark suite (about 30 min, half of it the soak; report in bench/results/<date>/).
 # bench-quick: about 3 min.
-bench: setup
+bench: setup bench-tools
 	$(BIN)/python -m bench all
 
-bench-quick: setup
+bench-quick: setup bench-tools
 	$(BIN)/python -m bench all --quick
+
+# nginx, a peer in the router benchmark (SGLang's gateway and LiteLLM install themselves from
+# PyPI into the bench cache).
+bench-tools:
+	@PATH="$$PATH:/usr/sbin:/sbin"; command -v nginx >/dev/null 2>&1 || { \
+		echo "installing Debian's nginx, a peer in the router benchmark"; \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q \
+			nginx-light; }
 
 # Rebuild the inference engine (xllamacpp, the same version) from its source for this
 # machine's CPU, naming the instruction sets the kernel lets processes use (AVX-512 and the

@@ -27,8 +27,13 @@ def rss_mib(pid: int) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+    """The process's CPU time and its live children's (nginx's worker is its master's child)."""
+    process = psutil.Process(pid)
+    total = 0.0
+    for each in (process, *process.children(recursive=True)):
+        times = each.cpu_times()
+        total += times.user + times.system
+    return total
 
 
 def start_upstream(*args: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from bench import litellm
+from bench import litellm, peers
 from bench.procs import (
     ROOT,
     cpu_seconds,
@@ -41,6 +41,7 @@ from tests.support import free_port, node_token, start_router
 BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 METRICS = ("rps", "p50_ms", "p99_ms", "ttfc_p50_ms", "ttfc_p99_ms", "cpu_us")
 WARMUP = 0.5  # seconds of load before each point's measured window
+CONCURRENCIES = (1, 16, 64, 256)  # (1, 64) with --quick
 
 
 def _children_cpu() -> float:
@@ -62,7 +63,7 @@ def load(
 
 
 def run(report: Report, quick: bool) -> None:
-    concurrencies = (1, 64) if quick else (1, 16, 64, 256)
+    concurrencies = (1, 64) if quick else CONCURRENCIES
     seconds, rounds = (1.5, 1) if quick else (3.0, 3)
     with tempfile.TemporaryDirectory(prefix="llmlb-bench-router-") as scratch:
         home = Path(scratch)
@@ -75,6 +76,7 @@ def run(report: Report, quick: bool) -> None:
                                         log=home / "upstream.log")  # fmt: skip
         proxy = None
         earlier: list[Any] = []  # an earlier llmlb's router and upstream, and its worktree
+        started: list[subprocess.Popen[bytes]] = []  # the peers
         try:
             wait_for_line(upstream, "registered", 30)
             path = "/v1/chat/completions"
@@ -82,6 +84,19 @@ def run(report: Report, quick: bool) -> None:
                 "direct": (f"http://127.0.0.1:{port}{path}", [], None),
                 "llmlb": (router.url + path, [], router.proc.pid),
             }
+            nginx_port = free_port()
+            nginx = peers.start_nginx(port, nginx_port, home)
+            if nginx is not None:
+                started.append(nginx)
+                sides["nginx"] = (f"http://127.0.0.1:{nginx_port}{path}", [], nginx.pid)
+            sglang = peers.install_sglang(home / "sglang-install.log")
+            if sglang is not None:
+                gateway_port = free_port()
+                # round_robin: the gateway's cheapest policy (cache_aware walks a tree a request)
+                started.append(peers.start_sglang(sglang, [f"http://127.0.0.1:{port}"],
+                                                  gateway_port, home, "round_robin"))  # fmt: skip
+                sides["SGLang"] = (f"http://127.0.0.1:{gateway_port}{path}", [],
+                                   started[-1].pid)  # fmt: skip
             executable = None if quick else litellm.install(home / "litellm-install.log")
             if executable is not None:
                 proxy_port = free_port()
@@ -122,6 +137,8 @@ def run(report: Report, quick: bool) -> None:
                     quick)  # fmt: skip
         finally:
             stop(upstream)
+            for peer in started:
+                stop(peer)
             if proxy is not None:
                 stop(proxy)
             _stop_earlier(earlier)
@@ -201,13 +218,17 @@ def _report(report: Report, sides: dict[str, tuple[str, list[str], int | None]],
     memory = {side: (rss_mib(pid), peak_rss_mib(pid)) for side, pid in pids.items()}
     report.section(
         "Router overhead",
-        f"One fast fake upstream (`bench/upstream.py`), called directly, through llmlb and "
-        f"through LiteLLM's proxy (one worker, master key set); closed-loop load from "
+        f"One fast fake upstream (`bench/upstream.py`), called directly, through llmlb, "
+        f"through nginx (one worker, keep-alive to the upstream), through SGLang's gateway "
+        f"(`sglang-router` {peers.SGLANG_VERSION}, Rust, `--policy round_robin`, a thread per "
+        f"core) and through LiteLLM's proxy (one worker, master key set); closed-loop load from "
         f"`bench/loadgen.py` in its own process; {seconds:g} s a point after {WARMUP:g} s of "
         f"warm-up (answers still in flight then get at most {2 * seconds:g} s more), the median "
         f"of {rounds} rounds whose side order rotates. Streams are 34 SSE events; `ttfc` is "
         f"the time to the first chunk. Latencies in ms; `CPU µs/req` is the proxy process's "
         f"CPU time per answer (all it answered, warm-up included)."
+        + "".join(f" {peer} was not measured in this run (not installed)."
+                  for peer in ("nginx", "SGLang") if peer not in sides)
         + ("" if "LiteLLM" in sides else " LiteLLM was not measured in this run"
            + (" (`--quick` skips it)." if quick else " (its install failed)."))
         + "".join(f" `{side}` is llmlb's router at that git revision (`LLMLB_BENCH_AGAINST`), "
@@ -234,6 +255,18 @@ def _report(report: Report, sides: dict[str, tuple[str, list[str], int | None]],
         for c in concurrencies
     ]
     report.add("Added p50 latency (llmlb − direct), ms: " + ", ".join(added))
+    if "nginx" in sides:
+        low, high = concurrencies[0], concurrencies[-1]
+
+        def gap(side: str, mode: str, key: str, c: int) -> float:
+            return _median(results[(side, mode, c)], key)
+
+        report.add("Against nginx: " + "; ".join(
+            f"{mode}: added p50 at c={low} "
+            f"{gap('llmlb', mode, 'p50_ms', low) - gap('nginx', mode, 'p50_ms', low):+.2f} ms "
+            f"over nginx's, p99 at c={high} "
+            f"{gap('llmlb', mode, 'p99_ms', high) / gap('nginx', mode, 'p99_ms', high):.2f}× "
+            f"nginx's" for mode in ("whole", "stream")) + ".")  # fmt: skip
     report.add("RSS after the run (peak): " + ", ".join(
         f"{s} {now:.0f} MiB ({peak:.0f})" for s, (now, peak) in memory.items()))  # fmt: skip
     report.add(

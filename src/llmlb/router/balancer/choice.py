@@ -48,15 +48,17 @@ class Chooser:
         could is busy (or none could)."""
         self._rotation += 1
         affinity = self.prefixes.match(prefix) if prefix else {}
+        hot = self.prefixes.hot(prefix, max(affinity.values(), default=0))
         holders = self._fleet.holders(model)
         passes = [SAMPLE, 0] if len(holders) > SAMPLE else [0]
         ranked: list[NodeSnapshot] = []
         for sample in passes:
             candidates = self._fleet.snapshots(_sampled(holders, sample, affinity))
-            if ranked := self._rank(candidates, model, prefix, tried, affinity, False):
+            if ranked := self._rank(candidates, model, prefix, tried, affinity, hot, False):
                 break
         if not ranked and fetchable:
-            ranked = self._rank(self._fleet.snapshots(), model, prefix, tried, affinity, True)
+            ranked = self._rank(self._fleet.snapshots(), model, prefix, tried, affinity, hot,
+                                True)  # fmt: skip
         if not ranked:
             return None
         if prefix:
@@ -65,10 +67,10 @@ class Chooser:
 
     def _rank(
         self, snapshots: list[NodeSnapshot], model: str, prefix: tuple[int, ...],
-        tried: frozenset[str], affinity: dict[str, int], fetchable: bool,
+        tried: frozenset[str], affinity: dict[str, int], hot: bool, fetchable: bool,
     ) -> list[NodeSnapshot]:  # fmt: skip
         return rank(
-            snapshots, model, self._strategy, rotation=self._rotation, affinity=affinity,
+            snapshots, model, self._strategy, rotation=self._rotation, affinity=affinity, hot=hot,
             cached=self.prefixes.blocks_of if prefix else None, exclude=tried,
             fetchable=fetchable,
         )  # fmt: skip

@@ -12,6 +12,13 @@ i's key stands for blocks 0..i, which is a prefix tree kept as a flat map, as ca
 do. The index remembers, for each key, the last few nodes that were sent it. The longest run of
 leading keys a node has is what it can reuse. Memory is bounded: at most ``capacity`` keys
 (least recently used out first) and ``MAX_BLOCKS`` per request.
+
+Each key also counts the requests that were sent through it. Where a request's match ends says
+what kind of prefix it shares: a turn of a conversation ends its match in its own last turn,
+which one request reached; a new conversation behind a long system prompt (agents, tools)
+ends it where the many conversations that share that prompt part ways, which ``HOT`` or more
+reached. A hot prefix is worth a copy on a second node (computed once there) rather than
+piling every newcomer onto the one node that has it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from collections.abc import Mapping
 BLOCK = 128  # characters: about 32 tokens
 MAX_BLOCKS = 512  # 64 KiB of prompt: the rest of a longer one is not indexed
 NODES_PER_BLOCK = 4
+HOT = 4  # requests through one key: from here on a shared prefix, no longer one conversation's
 
 
 def _text_of(content: object) -> str:
@@ -62,6 +70,7 @@ class PrefixIndex:
     def __init__(self, capacity: int = 65536) -> None:
         self._capacity = capacity
         self._holders: OrderedDict[int, tuple[str, ...]] = OrderedDict()
+        self._through: dict[int, int] = {}  # key -> requests sent through it
         # Blocks indexed per node: how much of the cache a node is already known to use.
         self.blocks_of: Counter[str] = Counter()
 
@@ -79,10 +88,17 @@ class PrefixIndex:
                 depth[node_id] = index + 1
         return depth
 
+    def hot(self, keys: tuple[int, ...], depth: int) -> bool:
+        """Whether the request's match (its first ``depth`` keys) ends in a prefix that ``HOT``
+        or more requests have shared."""
+        return depth > 0 and self._through.get(keys[depth - 1], 0) >= HOT
+
     def add(self, keys: tuple[int, ...], node_id: str) -> None:
         """``keys`` went to ``node_id``: its cache now holds them."""
         holders = self._holders
+        through = self._through
         for key in keys:
+            through[key] = through.get(key, 0) + 1
             seen = holders.get(key, ())
             if node_id not in seen:
                 kept = seen[-(NODES_PER_BLOCK - 1) :]
@@ -91,4 +107,6 @@ class PrefixIndex:
                 self.blocks_of[node_id] += 1
             holders.move_to_end(key)
         while len(holders) > self._capacity:
-            self.blocks_of.subtract(holders.popitem(last=False)[1])
+            key, gone = holders.popitem(last=False)
+            self.blocks_of.subtract(gone)
+            del through[key]

@@ -35,7 +35,12 @@ Strategies:
 ``prefix_affinity``
     The node that has seen the longest leading part of the request's prompt (``affinity``,
     from ``router.balancer.prefixes``), while it has a free slot, so llama.cpp reuses its cache of
-    that prefix; otherwise, and for a prompt no node has seen, the ``load`` order, where
+    that prefix. Unless that prefix is ``hot`` (its match ends in a prefix many requests have
+    shared: a system prompt that new conversations keep arriving behind): then, of the nodes
+    with a free slot, the one caching the least takes it and computes the prefix once, so a
+    popular prompt does not pile every conversation (and the load of all their later turns)
+    onto the first node that saw it. Otherwise, and for a prompt no node has seen, the
+    ``load`` order, where
     among nodes that would start it as soon the one with the fewest prompts cached
     (``cached``) comes first: new conversations spread even when the fleet is idle, and a busy
     home spills instead of queueing.
@@ -138,6 +143,16 @@ def _load_order(nodes: list[NodeSnapshot], model: str) -> list[NodeSnapshot]:
     return sorted(nodes, key=lambda n: _load_key(n, model))
 
 
+def _spread_key(
+    node: NodeSnapshot, model: str, cached: Mapping[str, int]
+) -> tuple[bool, bool, int, float, float, str]:
+    """The load order with the blocks a node caches before its expected start: behind a hot
+    prefix, conversations go where the fewest are kept, so that their homes (and the load
+    they bring for as long as they last) spread over the fleet."""
+    needs_fetch, full, start, load, name = _load_key(node, model)
+    return needs_fetch, full, cached.get(node.id, 0), start, load, name
+
+
 def rank(
     nodes: list[NodeSnapshot],
     model: str,
@@ -145,6 +160,7 @@ def rank(
     *,
     rotation: int = 0,
     affinity: Mapping[str, int] | None = None,
+    hot: bool = False,
     cached: Mapping[str, int] | None = None,
     exclude: frozenset[str] = frozenset(),
     fetchable: bool = False,
@@ -169,8 +185,10 @@ def rank(
     if strategy == "prefix_affinity":
         if affinity:
             home = max(ordered, key=lambda n: affinity.get(n.id, 0))  # ties: the load order's
-            if affinity.get(home.id, 0) and home.free_slots > 0:
+            if affinity.get(home.id, 0) and home.free_slots > 0 and not hot:
                 return [home] + [n for n in ordered if n is not home]
+        if hot:  # spread behind a hot prefix: the node caching the least takes it (a copy)
+            return sorted(ordered, key=lambda n: _spread_key(n, model, cached or {}))
         if cached:  # among nodes that can start it as soon, the one caching the least
             return sorted(ordered, key=lambda n: (*_load_key(n, model)[:3], cached.get(n.id, 0)))
     return ordered

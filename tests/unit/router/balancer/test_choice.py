@@ -3,9 +3,11 @@ database, no sockets, no registry."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 
 from llmlb.router.balancer.choice import SAMPLE, Chooser
+from llmlb.router.balancer.prefixes import HOT
 from llmlb.router.balancer.ranking import NodeSnapshot
 
 
@@ -71,3 +73,34 @@ def test_a_prefix_goes_back_to_the_node_that_has_it_cached() -> None:
     assert first is not None
     fleet.nodes[first].active = 2  # busier than the rest, but it has the prefix
     assert chooser.choose("m", prefix, frozenset(), fetchable=False) == first
+
+
+def test_conversations_behind_a_popular_system_prompt_spread_and_keep_their_homes() -> None:
+    """Agents: one long system prompt, then each conversation's own text. The first node
+    to see the prompt does not get every conversation (and every later turn of each): once
+    the prompt is hot, new conversations go where the least is cached; a turn of a
+    conversation goes back to the node that has the conversation."""
+    fleet = Fleet([snapshot("a"), snapshot("b"), snapshot("c")])
+    chooser = Chooser(fleet, "prefix_affinity")
+    system = tuple(range(100, 130))  # 30 blocks every conversation shares
+    homes = {}
+    for number in range(12):
+        opening = (*system, *range(1000 * number, 1000 * number + 8))
+        homes[number] = chooser.choose("m", opening, frozenset(), fetchable=False)
+    assert Counter(homes.values())["a"] <= 6  # the ones before the prompt was known as hot
+    assert set(homes.values()) == {"a", "b", "c"}
+    for number, home in homes.items():
+        later_turn = (*system, *range(1000 * number, 1000 * number + 12))
+        assert chooser.choose("m", later_turn, frozenset(), fetchable=False) == home
+
+
+def test_a_group_of_a_few_requests_keeps_its_home_while_other_nodes_idle() -> None:
+    """Fewer than HOT requests behind a prompt: they all go to the node that has it."""
+    fleet = Fleet([snapshot("a"), snapshot("b")])
+    chooser = Chooser(fleet, "prefix_affinity")
+    prompt = tuple(range(40))
+    first = chooser.choose("m", (*prompt, 1), frozenset(), fetchable=False)
+    assert first is not None
+    fleet.nodes[first].active = 1
+    for question in range(2, HOT):
+        assert chooser.choose("m", (*prompt, question), frozenset(), fetchable=False) == first
