@@ -1,6 +1,6 @@
 """The benchmark suite's one entry point: ``python -m bench [suite ...] [--quick]``.
 
-Suites: router, node, routing, scale, soak, distribution; ``all`` (the default) runs each
+Suites: router, node, routing, fleet, scale, soak, distribution; ``all`` (the default) runs each
 in that order. ``gpu`` (``make gpu-check``) runs only when named: it needs a GPU. The report
 (Markdown and PNG charts) goes to ``bench/results/<date>/``.
 """
@@ -21,6 +21,7 @@ SUITES = {
     "router": "bench.router_overhead",
     "node": "bench.node_throughput",
     "routing": "bench.routing_quality",
+    "fleet": "bench.fleet_sim",
     "scale": "bench.control_plane",
     "soak": "bench.soak",
     "distribution": "bench.distribution",
