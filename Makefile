@@ -97,7 +97,7 @@ run: setup
 	exec $(BIN)/llmlb up
 
 test: setup browser database deploy-tools container-tools network-tools clients
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q --durations=25 $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check src tests bench hatch_build.py

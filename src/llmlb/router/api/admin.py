@@ -20,6 +20,7 @@ from llmlb.common.wire import EndpointSpec
 from llmlb.router.access import KeyLimits, key_name, with_resolved_models
 from llmlb.router.api.common import Handler, int_param, service_of, validated
 from llmlb.router.api.console import history_filter
+from llmlb.router.telemetry import COUNT_CAP
 
 HISTORY_PAGE_MAX = 1000  # rows per page of /api/requests
 # An idle event stream sends a comment this often, so proxies and clients see it alive.
@@ -115,7 +116,9 @@ async def list_requests(request: Request) -> Response:
     total, rows = await service_of(request).history.query(
         history_filter(request), limit=limit, offset=offset
     )
-    return ORJSONResponse({"total": total, "limit": limit, "offset": offset, "data": rows})
+    # Past COUNT_CAP matches the count stops: "total" is then a floor ("100,000 or more").
+    return ORJSONResponse({"total": min(total, COUNT_CAP), "total_exact": total <= COUNT_CAP,
+                           "limit": limit, "offset": offset, "data": rows})  # fmt: skip
 
 
 # -- models -----------------------------------------------------------------------------------

@@ -594,7 +594,8 @@ function requestsPage(root) {
   const load = async () => {
     const q = query(); q.set("limit", PAGE); q.set("offset", offset);
     const page = await api("GET", `/api/requests?${q}`);
-    info.textContent = page.total ? `${offset + 1}–${offset + page.data.length} of ${page.total}` : "no requests match";
+    const of = page.total_exact === false ? `${page.total.toLocaleString()} or more` : page.total;
+    info.textContent = page.total ? `${offset + 1}–${offset + page.data.length} of ${of}` : "no requests match";
     body.replaceChildren(...page.data.map((r) => h("tr", { class: "clickable", onclick: () => showDetail(r.id) },
       h("td", {}, fmt.time(r.ts)), h("td", {}, r.model), h("td", { class: "mono" }, r.node_id || "–"),
       h("td", {}, h("span", { class: r.status < 400 ? "status ready" : "status failed" }, r.status)),

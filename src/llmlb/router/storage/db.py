@@ -139,7 +139,27 @@ requests = Table(
     Column("request_body", Text, nullable=True),
     Column("response_body", Text, nullable=True),
     Index("ix_requests_ts", "ts"),
+    # One per filter of /api/requests, each ending in the time: a filtered page, newest first,
+    # reads only its own rows, at hundreds of millions of rows.
     Index("ix_requests_model_ts", "model", "ts"),
+    Index("ix_requests_node_ts", "node_id", "ts"),
+    Index("ix_requests_key_ts", "key_id", "ts"),
+    Index("ix_requests_user_ts", "user", "ts"),
+    Index("ix_requests_status_ts", "status", "ts"),
+)
+
+# Each minute's requests summed as the history writes them (router.telemetry.history): the
+# dashboard's per-minute figures for a day read 1,440 of these, not a day of requests.
+request_minutes = Table(
+    "request_minutes",
+    metadata,
+    Column("minute", BigInteger, primary_key=True, autoincrement=False),  # unix time // 60
+    Column("requests", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("tokens_out", BigInteger, nullable=False),
+    Column("latency_ms_sum", Float, nullable=False),
+    Column("ttft_ms_sum", Float, nullable=False),
+    Column("ttft_count", BigInteger, nullable=False),
 )
 
 # Changes made through the admin API (router.telemetry.audit): who, what, when, from where,

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HEAD = "0012"  # the newest migration's revision (checked against the migrations by a test)
+HEAD = "0013"  # the newest migration's revision (checked against the migrations by a test)
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Any fixed number: the key of the advisory lock that routers migrate under.
 _MIGRATION_LOCK = 0x6C6D6C62  # "lmlb"

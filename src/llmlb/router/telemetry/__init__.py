@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     )
     from llmlb.router.telemetry.events import EventBus as EventBus
     from llmlb.router.telemetry.history import (
+        COUNT_CAP as COUNT_CAP,
         History as History,
         HistoryFilter as HistoryFilter,
         RequestRecord as RequestRecord,
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 _OWNERS = {
     "audit": ["AuditFilter", "AuditTrail"],
     "events": ["EventBus"],
-    "history": ["History", "HistoryFilter", "RequestRecord", "Who"],
+    "history": ["COUNT_CAP", "History", "HistoryFilter", "RequestRecord", "Who"],
     "metrics": ["RouterMetrics"],
     "overview": ["PUBLISH_SECONDS", "SAMPLE_SECONDS", "Overview"],
 }

@@ -1,4 +1,11 @@
-"""Request history: one row per request, written in batches off the request path."""
+"""Request history: one row per request, written in batches off the request path.
+
+Built to stay quick at hundreds of millions of rows: each batch also adds its requests to the
+per-minute sums (``request_minutes``) that the dashboard's series reads; each filter of a page
+has an index ending in the time; a page counts its matches only up to ``COUNT_CAP``; and the
+retention purge deletes ``PRUNE_BATCH`` rows a transaction, off the writer's path, so that
+writes go on between its batches.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +17,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, and_, bindparam, case, cast, delete, func, insert, or_, select
+from sqlalchemy import and_, bindparam, case, delete, func, insert, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from llmlb.common.errors import NotFound
-from llmlb.router.storage.db import ping, requests
+from llmlb.router.storage.db import ping, request_minutes, requests
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +71,11 @@ class RequestRecord:
 
 # Rows kept in memory while the database is away (about 1 KB each without bodies).
 MAX_PENDING = 100_000
+COUNT_CAP = 100_000  # a page's matches are counted up to this many ("100,000 or more")
+PRUNE_BATCH = 5_000  # rows the retention purge deletes a transaction
+PRUNE_PAUSE = 0.01  # seconds between its batches, for the writers
+PRUNE_EVERY = 3600.0
+_SUMS = ["requests", "errors", "tokens_out", "latency_ms_sum", "ttft_ms_sum", "ttft_count"]
 
 
 _COLUMNS = [column.name for column in requests.columns if column.name != "id"]
@@ -100,6 +113,20 @@ class History:
         compiled = statement.compile(dialect=engine.dialect)
         self._insert_sql = str(compiled)
         self._insert_order = compiled.positiontup  # None where the driver takes names
+        # Each minute's sums, added to what is there (several routers may share a minute).
+        dialect_insert = (postgresql.insert if engine.dialect.name == "postgresql"
+                          else sqlite.insert)  # fmt: skip
+        upsert = dialect_insert(request_minutes).values(
+            {name: bindparam(name) for name in ("minute", *_SUMS)}
+        )
+        upsert = upsert.on_conflict_do_update(
+            index_elements=["minute"],
+            set_={name: request_minutes.c[name] + upsert.excluded[name] for name in _SUMS},
+        )
+        compiled = upsert.compile(dialect=engine.dialect)
+        self._minutes_sql = str(compiled)
+        self._minutes_order = compiled.positiontup
+        self._pruning: asyncio.Task[int] | None = None
 
     def add(self, record: RequestRecord) -> None:
         self._on_record(record)
@@ -133,8 +160,7 @@ class History:
             if not batch:
                 return
             try:
-                async with self._engine.begin() as connection:
-                    await connection.exec_driver_sql(self._insert_sql, self._params(batch))
+                await self._write(batch)
             except Exception as exc:
                 refused = isinstance(exc, DBAPIError) and not exc.connection_invalidated
                 if refused and await ping(self._engine):
@@ -155,14 +181,42 @@ class History:
         refused = 0
         for record in batch:
             try:
-                async with self._engine.begin() as connection:
-                    await connection.exec_driver_sql(self._insert_sql, self._params([record]))
+                await self._write([record])
             except DBAPIError:
                 refused += 1
         if refused:
             self.dropped += refused
             log.error("request history: the database refused %d of %d rows; dropped them",
                       refused, len(batch))  # fmt: skip
+
+    async def _write(self, batch: list[RequestRecord]) -> None:
+        """The rows and their minutes' sums, in one transaction."""
+        async with self._engine.begin() as connection:
+            await connection.exec_driver_sql(self._insert_sql, self._params(batch))
+            await connection.exec_driver_sql(self._minutes_sql, self._minute_params(batch))
+
+    def _minute_params(
+        self, batch: list[RequestRecord]
+    ) -> list[tuple[Any, ...]] | list[dict[str, Any]]:
+        sums: dict[int, list[float]] = {}
+        for record in batch:
+            minute = int(record.ts // 60)
+            each = sums.get(minute)
+            if each is None:
+                each = sums[minute] = [0, 0, 0, 0.0, 0.0, 0]
+            each[0] += 1
+            each[1] += record.status >= 400
+            each[2] += record.tokens_out or 0
+            each[3] += record.latency_ms
+            if record.ttft_ms is not None:
+                each[4] += record.ttft_ms
+                each[5] += 1
+        # In the minutes' order, so that two routers' batches lock shared rows in one order.
+        rows = [{"minute": m, **dict(zip(_SUMS, sums[m], strict=True))} for m in sorted(sums)]
+        order = self._minutes_order
+        if order is None:
+            return rows
+        return [tuple(row[name] for name in order) for row in rows]
 
     def _params(self, batch: list[RequestRecord]) -> list[tuple[Any, ...]] | list[dict[str, Any]]:
         order = self._insert_order
@@ -180,8 +234,8 @@ class History:
             self._wake.clear()
             try:
                 await self.flush()
-                if time.time() - last_prune > 3600:
-                    await self.prune()
+                if time.time() - last_prune > PRUNE_EVERY and not self.pruning:
+                    self._pruning = asyncio.create_task(self.prune())  # beside the writes
                     last_prune = time.time()
             except Exception as exc:  # the history must never take the router down
                 if not failing:  # once per outage, not twice a second
@@ -193,21 +247,50 @@ class History:
                     log.info("request history written again")
                 failing = False
 
+    @property
+    def pruning(self) -> bool:
+        return self._pruning is not None and not self._pruning.done()
+
     async def prune(self) -> int:
+        """Deletes what is past the retention, ``PRUNE_BATCH`` rows a transaction: one delete
+        of millions of rows would hold SQLite's write lock (and every writer) for minutes."""
         cutoff = time.time() - self._retention
-        async with self._engine.begin() as connection:
-            result = await connection.execute(delete(requests).where(requests.c.ts < cutoff))
-        return int(result.rowcount or 0)
+        removed = 0
+        try:
+            while True:
+                doomed = (select(requests.c.id).where(requests.c.ts < cutoff)
+                          .limit(PRUNE_BATCH).scalar_subquery())  # fmt: skip
+                async with self._engine.begin() as connection:
+                    result = await connection.execute(
+                        delete(requests).where(requests.c.id.in_(doomed))
+                    )
+                removed += int(result.rowcount or 0)
+                if (result.rowcount or 0) < PRUNE_BATCH:
+                    break
+                await asyncio.sleep(PRUNE_PAUSE)
+            async with self._engine.begin() as connection:
+                await connection.execute(
+                    delete(request_minutes).where(request_minutes.c.minute < cutoff // 60)
+                )
+        except Exception:
+            log.exception("pruning the request history failed after %d rows", removed)
+            raise
+        if removed:
+            log.info("request history: %d rows past the retention deleted", removed)
+        return removed
 
     async def query(
         self, filters: HistoryFilter, *, limit: int = 100, offset: int = 0
     ) -> tuple[int, list[dict[str, Any]]]:
-        """(rows matching, the page of them), newest first."""
+        """(rows matching, the page of them), newest first. The count stops past
+        ``COUNT_CAP``: more than that many is ``COUNT_CAP + 1`` (counting all of a large
+        history would read all of it)."""
         await self.flush()  # what was just served is visible at once
         where = filters.where()
+        matching = select(requests.c.id).where(where).limit(COUNT_CAP + 1).subquery()
         async with self._engine.connect() as connection:
             total = (
-                await connection.execute(select(func.count()).select_from(requests).where(where))
+                await connection.execute(select(func.count()).select_from(matching))
             ).scalar_one()
             rows = await connection.execute(
                 select(requests)
@@ -280,21 +363,25 @@ class History:
             "tokens_out": int(row[4] or 0),
         }
 
-    async def series(self, since: float, bucket: int) -> list[dict[str, Any]]:
-        """Requests, errors and generated tokens per ``bucket`` seconds since ``since``."""
+    async def series(self, since: float, bucket: int = 60) -> list[dict[str, Any]]:
+        """Requests, errors and generated tokens per ``bucket`` seconds (a whole number of
+        minutes) since ``since``, from the per-minute sums."""
         await self.flush()
-        slot = cast(requests.c.ts / bucket, Integer).label("slot")
-        failed = case((requests.c.status >= 400, 1), else_=0)
+        minutes = request_minutes.c
         async with self._engine.connect() as connection:
             rows = await connection.execute(
-                select(slot, func.count(), func.sum(failed), func.sum(requests.c.tokens_out))
-                .where(requests.c.ts >= since).group_by(slot).order_by(slot)
+                select(minutes.minute, minutes.requests, minutes.errors, minutes.tokens_out)
+                .where(minutes.minute >= since // 60).order_by(minutes.minute)
             )  # fmt: skip
-            return [
-                {"ts": int(r[0]) * bucket, "requests": int(r[1]), "errors": int(r[2] or 0),
-                 "tokens_out": int(r[3] or 0)}
-                for r in rows
-            ]  # fmt: skip
+            slots: dict[int, dict[str, Any]] = {}
+            for minute, count, errors, tokens in rows:
+                ts = minute * 60 // bucket * bucket
+                slot = slots.setdefault(ts, {"ts": ts, "requests": 0, "errors": 0,
+                                             "tokens_out": 0})  # fmt: skip
+                slot["requests"] += int(count)
+                slot["errors"] += int(errors)
+                slot["tokens_out"] += int(tokens)
+            return list(slots.values())
 
 
 @dataclass(frozen=True)
