@@ -72,8 +72,8 @@ class RequestRecord:
 # Rows kept in memory while the database is away (about 1 KB each without bodies).
 MAX_PENDING = 100_000
 COUNT_CAP = 100_000  # a page's matches are counted up to this many ("100,000 or more")
-PRUNE_BATCH = 5_000  # rows the retention purge deletes a transaction
-PRUNE_PAUSE = 0.01  # seconds between its batches, for the writers
+PRUNE_BATCH = 1_000  # rows the retention purge deletes a transaction (SQLite locks all writers)
+PRUNE_PAUSE = 0.02  # seconds between its batches, for the writers
 PRUNE_EVERY = 3600.0
 _SUMS = ["requests", "errors", "tokens_out", "latency_ms_sum", "ttft_ms_sum", "ttft_count"]
 
@@ -138,10 +138,11 @@ class History:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._pruning):  # a purge cut short goes on at the next start
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         try:
             await self.flush()
         except Exception:
@@ -235,7 +236,7 @@ class History:
             try:
                 await self.flush()
                 if time.time() - last_prune > PRUNE_EVERY and not self.pruning:
-                    self._pruning = asyncio.create_task(self.prune())  # beside the writes
+                    self._pruning = asyncio.create_task(self._prune_beside())
                     last_prune = time.time()
             except Exception as exc:  # the history must never take the router down
                 if not failing:  # once per outage, not twice a second
@@ -250,6 +251,13 @@ class History:
     @property
     def pruning(self) -> bool:
         return self._pruning is not None and not self._pruning.done()
+
+    async def _prune_beside(self) -> int:
+        """The purge as a task beside the writes: a failure is logged (by ``prune``) and
+        tried again at the next round."""
+        with contextlib.suppress(Exception):
+            return await self.prune()
+        return 0
 
     async def prune(self) -> int:
         """Deletes what is past the retention, ``PRUNE_BATCH`` rows a transaction: one delete

@@ -75,7 +75,7 @@ async def test_the_purge_deletes_in_batches_and_the_minutes_with_them(
     monkeypatch.setattr(history_module, "PRUNE_BATCH", 3)
     engine = await open_database(database_url)
     history = History(engine, retention_days=1)
-    old = time.time() - 2 * 86400
+    old = (time.time() // 60 - 2 * 1440) * 60  # a minute's start: the ten rows share it
     for index in range(10):
         history.add(record(old + index))
     history.add(record(time.time()))
