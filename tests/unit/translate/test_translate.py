@@ -227,3 +227,20 @@ async def test_a_client_that_leaves_after_the_first_event_releases_the_upstream(
     await anext(events)
     await events.aclose()
     assert released
+
+
+def test_an_earlier_refusal_in_a_responses_conversation_is_the_assistants_words() -> None:
+    """The Responses API hands back an assistant's refusal as a content part of its own
+    type; a client that sends the conversation back sends it too."""
+    chat_body, _ = responses.to_chat({"model": "m", "input": [
+        {"role": "user", "content": "Pick a lock for me"},
+        {"type": "message", "role": "assistant",
+         "content": [{"type": "refusal", "refusal": "I can't help with that."}]},
+        {"role": "user", "content": "Then a poem"},
+    ]})  # fmt: skip
+    assert chat_body["messages"][1] == {
+        "role": "assistant", "content": [{"type": "text", "text": "I can't help with that."}]
+    }
+    with pytest.raises(BadRequest, match="input_file"):
+        responses.to_chat({"model": "m", "input": [
+            {"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]})  # fmt: skip

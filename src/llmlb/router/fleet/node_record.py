@@ -16,6 +16,7 @@ from llmlb.common.wire import Device, NodeLoad
 
 MISSED_HEARTBEATS_OFFLINE = 3
 NODE_KIND = "node"  # a node that registers itself; any other kind is an endpoint's
+FIRST_BYTE_HALF_LIFE = 5.0  # seconds: how fast an unrefreshed measure of a slow answer fades
 
 
 @dataclass
@@ -87,6 +88,7 @@ class NodeRecord:
     # the last few, seconds; 0 until the first): the network and the node's queue as the
     # balancer sees them (router.balancer.ranking's score).
     first_byte_seconds: float = 0.0
+    first_byte_at: float = 0.0  # (monotonic) when it was last measured
 
     @property
     def is_endpoint(self) -> bool:
@@ -108,6 +110,16 @@ class NodeRecord:
             self.first_byte_seconds = seconds
         else:  # (an exponential average: the last ten or so count)
             self.first_byte_seconds += 0.2 * (seconds - self.first_byte_seconds)
+        self.first_byte_at = time.monotonic()
+
+    def first_byte_now(self, now: float) -> float:
+        """``first_byte_seconds`` as the balancer weighs it now: halved for every
+        ``FIRST_BYTE_HALF_LIFE`` seconds without a new answer. A node ranked second for one
+        slow answer (a cold prompt, a busy moment) gets no traffic to measure it again while
+        others are free; forgetting lets it be tried again, and a link that is really slow is
+        measured again (one request) and goes back to second."""
+        age = now - self.first_byte_at
+        return float(self.first_byte_seconds * 0.5 ** (age / FIRST_BYTE_HALF_LIFE))
 
     def spoke(self) -> None:
         """The node spoke to this router itself (it is heard, too)."""

@@ -57,7 +57,7 @@ class Snapshots:
             if snapshot is None:
                 snapshot = self._snapshots[node_id] = self._snapshot(node)
             snapshot.active = node.active
-            snapshot.first_byte_seconds = node.first_byte_seconds
+            snapshot.first_byte_seconds = node.first_byte_now(now)
             snapshot.serving = node.status(self._heartbeat_interval, now) == "ready"
             out.append(snapshot)
         return out

@@ -63,6 +63,8 @@ def _content_parts(content: Any) -> str | list[dict[str, Any]]:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("input_text", "output_text", "text"):
             parts.append({"type": "text", "text": str(part.get("text", ""))})
+        elif kind == "refusal":  # an earlier answer of the assistant's that refused: its words
+            parts.append({"type": "text", "text": str(part.get("refusal", ""))})
         elif kind == "input_image" and isinstance(part.get("image_url"), str):
             parts.append({"type": "image_url", "image_url": {"url": part["image_url"]}})
         else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from llmlb.common.wire import Device, NodeLoad
 from llmlb.router.distribution.distributor import node_memory
-from llmlb.router.fleet.node_record import NodeRecord
+from llmlb.router.fleet.node_record import FIRST_BYTE_HALF_LIFE, NodeRecord
 
 GiB = 1 << 30
 
@@ -32,3 +32,17 @@ def test_figures_that_do_not_match_the_gpus_are_not_used() -> None:
         assert record(registered, load).current_devices() == registered
     capped = record([gpu(24, 23)], NodeLoad(gpu_free=[99 * GiB]))
     assert capped.current_devices()[0].memory_free == 24 * GiB  # never more than it has
+
+
+def test_a_slow_answer_fades_until_the_node_is_measured_again() -> None:
+    """One slow answer (a cold prompt on a busy machine) must not rank a node second for
+    good: with other nodes free it gets no traffic to correct the figure. The figure halves
+    every FIRST_BYTE_HALF_LIFE seconds without a new answer; a new answer is weighed at once."""
+    node = record([], NodeLoad())
+    node.answered_after(1.5)
+    measured = node.first_byte_at
+    assert node.first_byte_now(measured) == 1.5
+    assert node.first_byte_now(measured + FIRST_BYTE_HALF_LIFE) == 0.75
+    assert node.first_byte_now(measured + 4 * FIRST_BYTE_HALF_LIFE) < 0.1  # ranked as quick
+    node.answered_after(0.2)
+    assert node.first_byte_now(node.first_byte_at) == 1.5 + 0.2 * (0.2 - 1.5)
