@@ -241,6 +241,6 @@ def test_an_earlier_refusal_in_a_responses_conversation_is_the_assistants_words(
     assert chat_body["messages"][1] == {
         "role": "assistant", "content": [{"type": "text", "text": "I can't help with that."}]
     }
+    a_file = {"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}
     with pytest.raises(BadRequest, match="input_file"):
-        responses.to_chat({"model": "m", "input": [
-            {"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]})  # fmt: skip
+        responses.to_chat({"model": "m", "input": [a_file]})
