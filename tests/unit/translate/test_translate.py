@@ -239,7 +239,8 @@ def test_an_earlier_refusal_in_a_responses_conversation_is_the_assistants_words(
         {"role": "user", "content": "Then a poem"},
     ]})  # fmt: skip
     assert chat_body["messages"][1] == {
-        "role": "assistant", "content": [{"type": "text", "text": "I can't help with that."}]
+        "role": "assistant",
+        "content": [{"type": "text", "text": "I can't help with that."}],
     }
     a_file = {"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}
     with pytest.raises(BadRequest, match="input_file"):
