@@ -8,13 +8,12 @@ worker with a master key set (as a deployment would) in front of the same upstre
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from bench.procs import CACHE
+from bench.procs import CACHE, install_venv
 
 VENV = CACHE / "litellm-venv"
 MASTER_KEY = "sk-bench-master"
@@ -22,19 +21,7 @@ MASTER_KEY = "sk-bench-master"
 
 def install(log: Path) -> Path | None:
     """The proxy's executable, installing it when missing; None when that fails."""
-    executable = VENV / "bin" / "litellm"
-    if (VENV / ".ready").exists():
-        return executable
-    print("installing LiteLLM's proxy into", VENV, "(once; a few minutes)", flush=True)
-    with log.open("ab") as out:
-        made = subprocess.run([sys.executable, "-m", "venv", str(VENV)], stdout=out, stderr=out)
-        if made.returncode == 0:
-            made = subprocess.run([str(VENV / "bin" / "pip"), "install", "--quiet",
-                                   "litellm[proxy]"], stdout=out, stderr=out)  # fmt: skip
-    if made.returncode != 0:
-        return None
-    (VENV / ".ready").touch()
-    return executable
+    return VENV / "bin" / "litellm" if install_venv(VENV, "litellm[proxy]", log) else None
 
 
 def start(executable: Path, upstream_port: int, port: int, folder: Path) -> subprocess.Popen[bytes]:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from bench.procs import CACHE
+from bench.procs import CACHE, install_venv
 
 SGLANG_VENV = CACHE / "sglang-venv"
 SGLANG_VERSION = "0.3.2"  # the release the issue measured
@@ -61,21 +60,10 @@ def start_nginx(upstream_port: int, port: int, folder: Path) -> subprocess.Popen
 
 def install_sglang(log: Path) -> Path | None:
     """The gateway's executable, installing it when missing; None when that fails."""
-    executable = SGLANG_VENV / "bin" / "sglang-router"
-    if (SGLANG_VENV / ".ready").exists():
-        return executable
-    print("installing SGLang's gateway into", SGLANG_VENV, "(once)", flush=True)
-    with log.open("ab") as out:
-        made = subprocess.run([sys.executable, "-m", "venv", str(SGLANG_VENV)], stdout=out,
-                              stderr=out)  # fmt: skip
-        if made.returncode == 0:
-            pip = str(SGLANG_VENV / "bin" / "pip")
-            package = f"sglang-router=={SGLANG_VERSION}"
-            made = subprocess.run([pip, "install", "--quiet", package], stdout=out, stderr=out)
-    if made.returncode != 0:
-        return None
-    (SGLANG_VENV / ".ready").touch()
-    return executable
+    package = f"sglang-router=={SGLANG_VERSION}"
+    return (
+        SGLANG_VENV / "bin" / "sglang-router" if install_venv(SGLANG_VENV, package, log) else None
+    )
 
 
 def start_sglang(

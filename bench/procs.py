@@ -36,6 +36,23 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def install_venv(venv: Path, package: str, log: Path) -> bool:
+    """``package`` from PyPI into a virtualenv of its own (once: a ``.ready`` marker says it
+    is done), never llmlb's; whether it is there."""
+    if (venv / ".ready").exists():
+        return True
+    print(f"installing {package} into {venv} (once)", flush=True)
+    with log.open("ab") as out:
+        made = subprocess.run([sys.executable, "-m", "venv", str(venv)], stdout=out, stderr=out)
+        if made.returncode == 0:
+            made = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", package],
+                                  stdout=out, stderr=out)  # fmt: skip
+    if made.returncode != 0:
+        return False
+    (venv / ".ready").touch()
+    return True
+
+
 def start_upstream(*args: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     """``bench.upstream`` in a process of its own; (process, port)."""
     process = subprocess.Popen(

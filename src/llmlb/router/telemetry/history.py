@@ -5,6 +5,10 @@ per-minute sums (``request_minutes``) that the dashboard's series reads; each fi
 has an index ending in the time; a page counts its matches only up to ``COUNT_CAP``; and the
 retention purge deletes ``PRUNE_BATCH`` rows a transaction, off the writer's path, so that
 writes go on between its batches.
+
+One module (about 430 lines) on purpose: the writer, the per-minute sums, the purge and the
+reads all follow the same two tables' layout, and a change to one (a column, an index, the
+minute's key) has to be made in the others in the same place.
 """
 
 from __future__ import annotations
