@@ -95,12 +95,18 @@ class PostgresServer:
         self._psql(f"CREATE DATABASE {name}")
         return self.url(name)
 
-    def _psql(self, sql: str) -> None:
-        subprocess.run(
+    def _psql(self, sql: str, database: str = "postgres") -> str:
+        return subprocess.run(
             [str(self._bin / "psql"), "-h", self.host, "-p", str(self.port), "-U", USER,
-             "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-q", "-c", sql],
+             "-d", database, "-v", "ON_ERROR_STOP=1", "-q", "-A", "-t", "-c", sql],
             capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
+        ).stdout  # fmt: skip
+
+    def query(self, url: str, sql: str) -> list[list[str]]:
+        """The rows ``sql`` reads in the database of ``url`` (as ``new_database`` made it),
+        each a list of its columns as psql prints them."""
+        lines = self._psql(sql, database=url.rsplit("/", 1)[1]).splitlines()
+        return [line.split("|") for line in lines if line]
 
     def stop(self) -> None:
         try:  # a paused server is stopped already

@@ -4,8 +4,11 @@ every request the router accepted is answered, the ones it did not accept fail t
 
 from __future__ import annotations
 
+import signal
+import socket
 import threading
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -63,3 +66,47 @@ def test_a_router_restart_under_load_loses_no_accepted_request(tmp_path: Path) -
         stop.set()
         fake.stop()
         router.stop()
+
+
+def test_a_request_begun_on_a_kept_alive_connection_as_the_router_stops_is_answered(
+    tmp_path: Path,
+) -> None:
+    """uvicorn closes a connection between requests at once when it stops, and a request
+    that was already arriving on it was reset: its client saw an accepted request lost. Here
+    the next request's first bytes are on the wire when the router stops listening; the rest
+    follows, and it is answered, with the connection closed after."""
+    router = start_router(tmp_path, tmp_path, env=ENV)
+    host, port = router.url.rsplit("/", 1)[1].split(":")
+    request = f"GET /v1/models HTTP/1.1\r\nhost: {host}\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock, \
+            sock.makefile("rb") as reader:  # fmt: skip
+        sock.sendall(request)
+        assert _answer(reader)[0] == 200  # the connection is kept alive
+        sock.sendall(request[:10])
+        router.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: _refused(host, int(port)))  # stopping: the connections were told
+        sock.sendall(request[10:])
+        status, headers = _answer(reader)
+        assert status == 200
+        assert headers.get("connection") == "close"
+        assert reader.read() == b""  # and then closed
+    assert router.proc.wait(30) == 0
+
+
+def _answer(reader: IO[bytes]) -> tuple[int, dict[str, str]]:
+    """One response's status and headers; its body is read and dropped."""
+    status = int(reader.readline().split()[1])
+    headers: dict[str, str] = {}
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    reader.read(int(headers.get("content-length", "0")))
+    return status, headers
+
+
+def _refused(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False

@@ -19,7 +19,8 @@ LIMIT = 20
 def test_two_routers_grant_a_key_its_allowance_once(
     postgres: PostgresServer, tmp_path: Path
 ) -> None:
-    env = {"LLMLB_DATABASE_URL": postgres.new_database(), "LLMLB_AUTO_DISTRIBUTE": "none",
+    database = postgres.new_database()
+    env = {"LLMLB_DATABASE_URL": database, "LLMLB_AUTO_DISTRIBUTE": "none",
            "LLMLB_LIMIT_SHARE_SECONDS": "0.2"}  # fmt: skip
     homes = [tmp_path / "router-a", tmp_path / "router-b"]
     for home in homes:
@@ -43,6 +44,13 @@ def test_two_routers_grant_a_key_its_allowance_once(
             through_a = [a.post("/v1/chat/completions", json=BODY).status_code
                          for _ in range(LIMIT)]  # fmt: skip
             assert through_a == [200] * LIMIT
+            # A has shared what the key used (a round is 0.2 s)...
+            wait_until(lambda: postgres.query(database, "SELECT sum(requests) FROM key_usage")
+                       == [[str(LIMIT)]])  # fmt: skip
+            # ...and B reads it in its next round. Each answer through B takes 0.1 s, so
+            # the requests B lets in before that round are few, however fast this machine
+            # (without the wait and the delay, a fast machine sent all 20 in B's window).
+            fake.behaviour.delay = 0.1
             through_b: list[int] = []
 
             def b_refuses() -> bool:
@@ -50,8 +58,8 @@ def test_two_routers_grant_a_key_its_allowance_once(
                 return through_b[-1] == 429
 
             wait_until(b_refuses, 15)
-            # B let in at most what refilled plus the requests sent before its next round
-            # (a round is 0.2 s); on its own it would have let in all 20.
+            # B let in at most what refilled plus the requests sent before its next round;
+            # on its own it would have let in all 20.
             assert through_b.count(200) <= 5, through_b
             refused = b.post("/v1/chat/completions", json=BODY)
             assert refused.status_code == 429

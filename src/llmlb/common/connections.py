@@ -10,6 +10,12 @@ router from 95 to 151 MB of memory), so a request whose headers pass ``max_heade
 answered 431 and its connection closed before more is read. Bodies are
 bounded by ``read_body`` (``body_timeout``), idle connections by uvicorn's keep-alive timeout,
 and their number by ``limit_concurrency`` (a 503 beyond it, except for the probes).
+
+When the server stops, uvicorn closes every idle keep-alive connection at once. A client may
+have sent its next request on it already: closing a socket with unread bytes resets it, and
+the client sees a request it had sent lost (tests/integration/test_router_restart.py saw one
+in a few runs). An idle connection is kept ``IDLE_DRAIN_SECONDS`` instead: a request that
+arrives meanwhile is answered, with ``Connection: close``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from llmlb.common.errors import error_body
 
 PROBES = frozenset({b"/health", b"/startup", b"/ready"})
 ABORT_KEY = "llmlb.abort"  # in the ASGI scope: drops the connection without flushing
+# An idle connection's wait, once the server stops, for a request already on its way.
+IDLE_DRAIN_SECONDS = 0.5
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -41,6 +49,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_bytes: int | None = 0
         self._tail = b""
         self._refused = False
+        self._stopping = False  # the server stops: answer what comes, then close
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -106,6 +115,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         self._header_bytes = None
+        self._start_cycle()
+        if self._stopping:
+            self.cycle.keep_alive = False
+
+    def _start_cycle(self) -> None:
         if self.url.partition(b"?")[0] not in PROBES:
             super().on_headers_complete()
             # For a response that must end the connection at once (asgi.StreamRelay, a
@@ -121,6 +135,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             super().on_headers_complete()
         finally:
             self.limit_concurrency = limit
+
+    def shutdown(self) -> None:
+        self._stopping = True  # a request that begins from now on is the connection's last
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.keep_alive = False  # the answer under way closes the connection
+        else:
+            self.loop.call_later(IDLE_DRAIN_SECONDS, self._close_if_idle)
+
+    def _idle(self) -> bool:
+        """Between requests: the last answer is out and no next request has begun."""
+        answered = self.cycle is None or self.cycle.response_complete
+        return answered and self._header_bytes == 0 and not self.pipeline
+
+    def _close_if_idle(self) -> None:
+        if self._idle() and not self.transport.is_closing():
+            self.transport.close()
 
     def _drop(self) -> None:
         """Reset the connection: nothing still queued for the client is sent (a plain close,
