@@ -8,6 +8,13 @@ cache is an ideal one (a longest-prefix match over the same 128-character blocks
 indexes, least recently used out first), not llama.cpp's (whose slot choice loses a
 conversation behind a long shared prompt: see bench/RESULTS.md).
 
+Beside llmlb's strategies, ``SGLang cache_aware`` is SGLang's gateway's policy as its source
+describes it (``CacheAwarePolicy``, with its defaults): each node's tree of the prompts sent
+to it (never evicted at this size); when the busiest node has 64 requests more than the
+idlest and 1.5 × as many, the idlest; otherwise the node whose tree matches the most of the
+prompt where that is over 30 % of it, else the node whose tree is smallest. Its trees are kept
+here at the router's block granularity, not character by character.
+
 A node runs at most ``slots`` requests at once and queues the rest; the ones running share its
 compute, with the aggregate speed-up the node throughput benchmark measured for parallel
 streams. A request's work is its prompt (uncached tokens at the cold rate, cached ones at the
@@ -25,6 +32,7 @@ import sys
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 from bench.report import Report
 from llmlb.common.settings import BalancerStrategy
@@ -49,6 +57,45 @@ MAX_TOKENS = 8
 STRATEGIES: tuple[BalancerStrategy, ...] = ("round_robin", "least_busy", "load", "prefix_affinity")
 WORDS = ["harbour", "ferry", "ticket", "schedule", "weather", "tide", "captain", "cargo",
          "passenger", "dock", "lighthouse", "storm", "anchor", "rope", "deck", "cabin"]  # fmt: skip
+
+
+SGLANG = "SGLang cache_aware"
+CACHE_THRESHOLD, BALANCE_ABS, BALANCE_REL = 0.3, 64, 1.5  # sglang-router's defaults
+
+
+class CacheAwareChooser:
+    """SGLang's gateway's ``cache_aware`` choice over the simulated fleet (see above)."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self._fleet = fleet
+        self._trees: dict[str, set[int]] = {node: set() for node in fleet.nodes}
+
+    def choose(self, model: str, prefix: tuple[int, ...], tried: frozenset[str],
+               fetchable: bool) -> str | None:  # fmt: skip
+        loads = self._fleet.active
+        nodes = [node for node in self._fleet.nodes if node not in tried]
+        busiest = max(loads[node] for node in nodes)
+        idlest = min(loads[node] for node in nodes)
+        if busiest - idlest > BALANCE_ABS and busiest > idlest * BALANCE_REL:
+            chosen = min(nodes, key=lambda node: loads[node])
+        else:
+            matched = {node: _depth(self._trees[node], prefix) for node in nodes}
+            best = max(nodes, key=lambda node: matched[node])
+            if prefix and matched[best] / len(prefix) > CACHE_THRESHOLD:
+                chosen = best
+            else:
+                chosen = min(nodes, key=lambda node: len(self._trees[node]))
+        self._trees[chosen].update(prefix)
+        return chosen
+
+
+def _depth(tree: set[int], keys: tuple[int, ...]) -> int:
+    depth = 0
+    for key in keys:
+        if key not in tree:
+            break
+        depth += 1
+    return depth
 
 
 def words(seed: int, count: int) -> str:
@@ -168,11 +215,16 @@ def workload(kind: str, count: int, turns: int) -> list[Conversation]:
     return conversations
 
 
-def simulate(strategy: BalancerStrategy, nodes: int, conversations: list[Conversation],
+def simulate(strategy: BalancerStrategy | str, nodes: int, conversations: list[Conversation],
              in_flight: int) -> tuple[list[float], float, Counter[str]]:  # fmt: skip
-    """(times to first token, simulated seconds in all, requests per node)."""
+    """(times to first token, simulated seconds in all, requests per node); ``strategy``:
+    one of llmlb's, or SGLANG."""
     fleet = Fleet(nodes)
-    chooser = Chooser(fleet, strategy)
+    chooser: Chooser | CacheAwareChooser
+    if strategy == SGLANG:
+        chooser = CacheAwareChooser(fleet)
+    else:
+        chooser = Chooser(fleet, cast(BalancerStrategy, strategy))
     now = 0.0
     pending: deque[Request] = deque()
     next_turn = [0] * len(conversations)
@@ -251,7 +303,9 @@ def run(report: Report, quick: bool) -> None:
         f"{CALIBRATION['decode_s_per_token'] * 1000:.1f} ms; n requests running share it at "
         f"1 + {CALIBRATION['parallel_gain_per_stream']} (n − 1) the speed of one; an ideal "
         f"prompt cache of {CALIBRATION['cache_tokens']:,} tokens (least recently used out). "
-        "These are the real node's figures (gemma-3-270m, one thread). Conversations: 4.5 × "
+        "These are the real node's figures (gemma-3-270m, one thread). "
+        f"`{SGLANG}`: SGLang's gateway's policy with its defaults, from its source, at the "
+        "router's block granularity. Conversations: 4.5 × "
         "the nodes, 4 turns, as many in flight as nodes, 8 tokens an answer. `spread` is the "
         "busiest node's requests over the mean.",
     )
@@ -261,7 +315,7 @@ def run(report: Report, quick: bool) -> None:
         for kind in ("shared", "growing", "agents"):
             conversations = workload(kind, count, 4)
             base = None
-            for strategy in STRATEGIES:
+            for strategy in (*STRATEGIES, SGLANG):
                 firsts, wall, served = simulate(strategy, nodes, conversations, nodes)
                 mean = statistics.fmean(firsts)
                 base = base or mean

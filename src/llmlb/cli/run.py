@@ -84,6 +84,11 @@ from llmlb.common.settings import (
     "--prompt-cache-mib", type=int, default=None,
     help="Host memory per model for llama.cpp's prompt cache, 0 = off  [default: 512]",
 )  # fmt: skip
+@click.option(
+    "--slot-choice", type=click.Choice(["cache", "similarity"]), default=None,
+    help="A request's slot: cache (its best cached prompt restored) or similarity "
+    "(llama.cpp's)  [default: cache]",
+)  # fmt: skip
 @click.option("--max-body-bytes", default=None, help="Largest request body  [default: 8MiB]")
 @click.option("--router", default=None, help="Router URL to register with  [default: none]")
 @click.option(

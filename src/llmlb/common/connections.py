@@ -11,17 +11,18 @@ answered 431 and its connection closed before more is read. Bodies are
 bounded by ``read_body`` (``body_timeout``), idle connections by uvicorn's keep-alive timeout,
 and their number by ``limit_concurrency`` (a 503 beyond it, except for the probes).
 
-When the server stops, uvicorn closes every idle keep-alive connection at once. A client may
-have sent its next request on it already: closing a socket with unread bytes resets it, and
-the client sees a request it had sent lost (tests/integration/test_router_restart.py saw one
-in a few runs). An idle connection is kept ``IDLE_DRAIN_SECONDS`` instead: a request that
-arrives meanwhile is answered, with ``Connection: close``.
+When the server stops, uvicorn closes every connection between requests at once. A client
+may have sent its next request on it already: closing a socket with unread bytes resets it,
+and the client sees a request it had sent lost (tests/integration/test_router_restart.py saw
+one in a few runs). A connection whose next request has begun arriving (bytes read, or
+waiting in the socket) is kept instead: that request is answered, with ``Connection: close``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import struct
 from typing import Any
@@ -33,8 +34,6 @@ from llmlb.common.errors import error_body
 
 PROBES = frozenset({b"/health", b"/startup", b"/ready"})
 ABORT_KEY = "llmlb.abort"  # in the ASGI scope: drops the connection without flushing
-# An idle connection's wait, once the server stops, for a request already on its way.
-IDLE_DRAIN_SECONDS = 0.5
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -140,17 +139,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._stopping = True  # a request that begins from now on is the connection's last
         if self.cycle is not None and not self.cycle.response_complete:
             self.cycle.keep_alive = False  # the answer under way closes the connection
-        else:
-            self.loop.call_later(IDLE_DRAIN_SECONDS, self._close_if_idle)
-
-    def _idle(self) -> bool:
-        """Between requests: the last answer is out and no next request has begun."""
-        answered = self.cycle is None or self.cycle.response_complete
-        return answered and self._header_bytes == 0 and not self.pipeline
-
-    def _close_if_idle(self) -> None:
-        if self._idle() and not self.transport.is_closing():
+        elif self._header_bytes == 0 and not self.pipeline and not self._bytes_waiting():
             self.transport.close()
+        # else the next request has begun: answered, then closed (or late: header_timeout)
+
+    def _bytes_waiting(self) -> bool:
+        """Whether the client has sent bytes this process has not read yet."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        try:  # (uvloop's socket object reads nothing: a duplicate of its descriptor does)
+            with socket.socket(fileno=os.dup(sock.fileno())) as duplicate:
+                duplicate.setblocking(False)
+                return bool(duplicate.recv(1, socket.MSG_PEEK))
+        except OSError:  # nothing waiting (BlockingIOError), or the connection is gone
+            return False
 
     def _drop(self) -> None:
         """Reset the connection: nothing still queued for the client is sent (a plain close,

@@ -213,6 +213,20 @@ class NodeSettings(CommonSettings):
         default=512, ge=0, le=1 << 20,
         description="Host memory per generating model for llama.cpp's prompt cache (0: off)",
     )  # fmt: skip
+    # llama.cpp's own choice (similarity) gives a request the idle slot whose prompt shares
+    # most of it and saves what that slot held only when the request keeps less than half of
+    # it; and as each request starts it saves idle slots and empties them. Behind one long
+    # shared system prompt no conversation resumed its own turns: each request computed them
+    # again (tests/integration/test_node_slot_choice.py; bench/routing_quality.py's agents
+    # workload, prefix_affinity 2.3x slower than round robin). cache: the least recently used
+    # slot, what it held saved, and the request's best match restored from the prompt cache;
+    # idle slots keep their prompts. The cost is a copy of a slot's KV to host memory a
+    # request: nothing beside a prompt on a CPU, more on a GPU with long contexts.
+    slot_choice: Literal["cache", "similarity"] = Field(
+        default="cache",
+        description="How a request gets a slot: cache (its best match in the prompt cache "
+        "restored) or similarity (llama.cpp's: the slot whose prompt shares most)",
+    )
     max_body_bytes: ByteSize = 8 * 1024 * 1024
     load_wait_seconds: float = Field(
         default=120.0, description="How long a request waits for memory held by busy models"

@@ -54,6 +54,7 @@ class EngineSpec:
     # llama.cpp's default (every visible GPU). One non-zero share: that GPU alone.
     gpu_shares: tuple[float, ...] = ()
     prompt_cache_mib: int = 0  # llama.cpp's host-memory prompt cache; 0: off
+    slot_choice: Literal["cache", "similarity"] = "cache"  # (NodeSettings.slot_choice)
     # The multimodal projector (mmproj) that lets the model see images; None: text only.
     projector: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +82,13 @@ def _engine_params(spec: EngineSpec) -> Any:
     # llama.cpp keeps finished prompts' KV in host memory to reuse their prefixes (8 GiB a
     # model unless told): the node's setting, counted in its memory budget.
     params.cache_ram_mib = spec.prompt_cache_mib
+    # (NodeSettings.slot_choice) 0 turns llama.cpp's choice by similarity off: every request
+    # takes the least recently used slot and restores its best match from the prompt cache;
+    # idle slots are not emptied into the cache as requests start (that left nothing to
+    # restore: the empty slot a request took kept only the system prompt's match).
+    if spec.slot_choice == "cache" and spec.prompt_cache_mib:
+        params.slot_prompt_similarity = 0.0
+        params.cache_idle_slots = False
     params.verbosity = -1
     # xllamacpp always starts llama.cpp's own HTTP server as well. The node never uses it:
     # loopback only, behind a random key nobody is told, so no local process can reach the

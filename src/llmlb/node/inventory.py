@@ -110,6 +110,7 @@ class Inventory:
             purpose=purpose,
             memory_bytes=memory,
             prompt_cache_mib=prompt_cache_mib,
+            slot_choice=self.settings.slot_choice,
             template=template,
             ctx_size=ctx,
             # An embedding engine runs one sequence at a time (llama.cpp pools per slot).
