@@ -124,6 +124,7 @@ class Node:
     waiting: deque[Request] = field(default_factory=deque)
     cache: OrderedDict[int, None] = field(default_factory=OrderedDict)
     served: int = 0
+    request_seconds: float = 0.0  # moving average of its requests' durations, as nodes report
 
     def cached(self, keys: tuple[int, ...]) -> int:
         depth = 0
@@ -173,6 +174,7 @@ class Fleet:
                 queued=0,
                 slots=n.slots,
                 limit=n.slots * 4,
+                prompt_tokens_per_second=1 / c["prefill_s_per_token"],
             )
             for i, n in self.nodes.items()
         }
@@ -184,6 +186,7 @@ class Fleet:
         chosen = [self._snapshots[i] for i in (self.nodes if ids is None else ids)]
         for snapshot in chosen:
             snapshot.active = self.active[snapshot.id]
+            snapshot.request_seconds = self.nodes[snapshot.id].request_seconds
         return chosen
 
 
@@ -279,6 +282,8 @@ def simulate(strategy: BalancerStrategy | str, nodes: int, conversations: list[C
                 if request.to_end <= 1e-12:
                     done.append(request)
             for request in done:
+                seconds, previous = now - request.sent, node.request_seconds
+                node.request_seconds = seconds if not previous else 0.8 * previous + 0.2 * seconds
                 node.running.remove(request)
                 fleet.active[node.id] -= 1
                 outstanding -= 1
@@ -303,7 +308,8 @@ def run(report: Report, quick: bool) -> None:
         f"{CALIBRATION['decode_s_per_token'] * 1000:.1f} ms; n requests running share it at "
         f"1 + {CALIBRATION['parallel_gain_per_stream']} (n − 1) the speed of one; an ideal "
         f"prompt cache of {CALIBRATION['cache_tokens']:,} tokens (least recently used out). "
-        "These are the real node's figures (gemma-3-270m, one thread). "
+        "These are the real node's figures (gemma-3-270m, one thread); each node reports its "
+        "mean request time and its prompt speed, as real ones do. "
         f"`{SGLANG}`: SGLang's gateway's policy with its defaults, from its source, at the "
         "router's block granularity. Conversations: 4.5 × "
         "the nodes, 4 turns, as many in flight as nodes, 8 tokens an answer. `spread` is the "

@@ -123,6 +123,25 @@ def test_concurrent_requests_spread_over_both_nodes(fleet: Fleet) -> None:
     assert {r.headers["x-llmlb-node"] for r in responses} == {"node-a", "node-b"}
 
 
+def test_a_node_reports_how_fast_it_computes_prompts(fleet: Fleet) -> None:
+    """The balancer weighs the prefill a node's cache saves against a wait for its slots
+    (router.balancer.ranking): the node measures its prompt speed on real answers and says
+    it in its heartbeats."""
+    words = " ".join(f"ferry {n} leaves the harbour at dawn" for n in range(40))
+    with fleet.http() as http:
+        reply = ask(http, messages=[{"role": "user", "content": words}], max_tokens=1)
+        assert reply.status_code == 200
+        name = reply.headers["x-llmlb-node"]
+
+        def speed() -> float:
+            return float(next(n for n in fleet.node_list()
+                              if n["name"] == name)["prompt_tokens_per_second"])  # fmt: skip
+
+        wait_until(lambda: speed() > 0)
+    # This CPU computes hundreds of the small model's prompt tokens a second, not millions.
+    assert 10 < speed() < 100_000
+
+
 def test_models_is_the_union_of_the_fleet(fleet: Fleet) -> None:
     models = {m.id: m for m in client(fleet).models.list()}
     assert MODEL in models

@@ -131,6 +131,8 @@ class NodeLoad(BaseModel):
     )
     request_seconds: float = Field(default=0.0, ge=0)  # recent mean request duration
     tokens_per_second: float = Field(default=0.0, ge=0)
+    # Prompt tokens computed a second, recently (0: not measured yet).
+    prompt_tokens_per_second: float = Field(default=0.0, ge=0)
     cpu_percent: float = Field(default=0.0, ge=0)
     ram_percent: float = Field(default=0.0, ge=0)
     gpu_percent: float = Field(default=0.0, ge=0)

@@ -46,6 +46,10 @@ class _PoolCollector(Collector):
         )
 
 
+# Prompts shorter than this (mostly cached, or a word) say more about overheads than speed.
+MIN_MEASURED_PROMPT = 64
+
+
 class NodeMetrics:
     def __init__(self, read_pool: Callable[[], dict[str, Any]]) -> None:
         self.registry = CollectorRegistry()
@@ -74,6 +78,9 @@ class NodeMetrics:
         )
         r.register(_PoolCollector(read_pool))
         self._recent_speed: dict[str, tuple[float, float]] = {}
+        # Moving average of prompt tokens computed a second (the balancer weighs the prefill
+        # a cached prefix saves against a wait for a slot); 0 until a prompt was measured.
+        self.prompt_tokens_per_second = 0.0
 
     def record_usage(self, model: str, usage: dict[str, Any], timings: dict[str, Any]) -> None:
         self.tokens.labels(model, "in").inc(int(usage.get("prompt_tokens") or 0))
@@ -82,6 +89,13 @@ class NodeMetrics:
         if speed:
             self.tokens_per_second.labels(model).set(float(speed))
             self._recent_speed[model] = (float(speed), time.monotonic())
+        computed, prompt_ms = timings.get("prompt_n") or 0, timings.get("prompt_ms") or 0
+        if computed >= MIN_MEASURED_PROMPT and prompt_ms > 0:
+            prompt_speed = computed / prompt_ms * 1000
+            previous = self.prompt_tokens_per_second
+            self.prompt_tokens_per_second = (
+                prompt_speed if not previous else 0.8 * previous + 0.2 * prompt_speed
+            )
 
     def recent_tokens_per_second(self, window: float = 30.0) -> float:
         """Sum over models of the generation speed of their last request in ``window`` s."""

@@ -84,6 +84,7 @@ class RouterLink:
             load_seconds=service.model_load_seconds(),
             request_seconds=round(service.recent_request_seconds(), 3),
             tokens_per_second=service.recent_tokens_per_second(),
+            prompt_tokens_per_second=round(service.metrics.prompt_tokens_per_second, 1),
             cpu_percent=psutil.cpu_percent(None),
             ram_percent=psutil.virtual_memory().percent,
             gpu_percent=gpu_percent,

@@ -27,6 +27,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Mapping
 
 BLOCK = 128  # characters: about 32 tokens
+BLOCK_TOKENS = BLOCK // 4  # the balancer's estimate (4 characters a token)
 MAX_BLOCKS = 512  # 64 KiB of prompt: the rest of a longer one is not indexed
 NODES_PER_BLOCK = 4
 HOT = 4  # requests through one key: from here on a shared prefix, no longer one conversation's

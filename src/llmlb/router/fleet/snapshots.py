@@ -80,5 +80,6 @@ class Snapshots:
             gpu_use=load.gpu_percent / 100.0,
             load_seconds=load.load_seconds,
             request_seconds=load.request_seconds,
+            prompt_tokens_per_second=load.prompt_tokens_per_second,
             fetches=not node.is_endpoint,
         )

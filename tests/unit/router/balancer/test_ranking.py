@@ -131,7 +131,7 @@ def test_prefix_affinity_prefers_the_node_with_the_longest_prefix_while_it_has_a
     assert rank(nodes, M, "prefix_affinity", affinity={"b": 30, "c": 2})[0].id == "b"
     # No match: the load order (so new conversations spread by load).
     assert rank(nodes, M, "prefix_affinity", affinity={})[0].id == rank(nodes, M, "load")[0].id
-    # A full home spills to the load order instead of queueing behind its slots.
+    # A full home whose prompt speed is not known spills to the load order.
     busy = [node("a"), node("b", active=4), node("c")]
     assert rank(busy, M, "prefix_affinity", affinity={"b": 30})[0].id == "a"
     # A home that cannot serve at all is not ranked.
@@ -169,3 +169,25 @@ def test_of_nodes_equally_free_the_one_slow_to_answer_comes_second() -> None:
     # Answers quicker than the floor count alike: equal nodes keep their order.
     quick = [slow(node("p", slots=1), 0.09), slow(node("q", slots=1), 0.0)]
     assert ids(rank(quick, M)) == ["p", "q"]
+
+
+def test_a_full_home_keeps_a_turn_while_its_wait_is_shorter_than_the_prefill_it_saves() -> None:
+    """Home has 30 blocks (about 960 tokens) of the prompt cached; elsewhere a node with a free
+    slot has none of it, and would compute them at the home's 500 tokens a second: 1.9 s."""
+
+    def home(request_seconds: float, prompt_speed: float = 500.0) -> NodeSnapshot:
+        snapshot = node("home", active=4, request_seconds=request_seconds)  # every slot taken
+        snapshot.prompt_tokens_per_second = prompt_speed
+        return snapshot
+
+    def first(nodes: list[NodeSnapshot], affinity: dict[str, int]) -> str:
+        return rank(nodes, M, "prefix_affinity", affinity=affinity)[0].id
+
+    # Requests of 1 s on 4 slots: a slot frees in about 0.25 s. Worth the wait.
+    assert first([node("free"), home(1.0)], {"home": 30}) == "home"
+    # Requests of 20 s: about 5 s to wait, more than the prefill it saves.
+    assert first([node("free"), home(20.0)], {"home": 30}) == "free"
+    # The free node has most of the prompt too: 2 blocks saved (0.13 s) are not worth 0.25 s.
+    assert first([node("free"), home(1.0)], {"home": 30, "free": 28}) == "free"
+    # Where the home's prompt speed is not known (an older node, an endpoint): it spills.
+    assert first([node("free"), home(1.0, prompt_speed=0.0)], {"home": 30}) == "free"
