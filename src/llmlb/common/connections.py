@@ -25,6 +25,7 @@ import contextlib
 import os
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -34,6 +35,9 @@ from llmlb.common.errors import error_body
 
 PROBES = frozenset({b"/health", b"/startup", b"/ready"})
 ABORT_KEY = "llmlb.abort"  # in the ASGI scope: drops the connection without flushing
+# In the ASGI scope: ``hook(callback)`` calls ``callback`` once if the client leaves before
+# the answer is complete, and returns what stops that (common.departure: no watcher task).
+DEPARTURE_HOOK = "llmlb.on_departure"
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -49,6 +53,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._tail = b""
         self._refused = False
         self._stopping = False  # the server stops: answer what comes, then close
+        # The current request's departure callback (DEPARTURE_HOOK), with its cycle.
+        self._departure: tuple[Any, Callable[[], None]] | None = None
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -124,6 +130,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # For a response that must end the connection at once (asgi.StreamRelay, a
             # client that stopped reading): close() would wait to flush to that client.
             self.scope[ABORT_KEY] = self._drop  # type: ignore[literal-required]
+            self.scope[DEPARTURE_HOOK] = self._on_departure  # type: ignore[literal-required]
             if self.scope.get("http_version") == "1.0":
                 _close_delimited(self.cycle)
             return
@@ -164,9 +171,29 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.abort()
 
+    def _on_departure(self, callback: Callable[[], None]) -> Callable[[], None]:
+        cycle = self.cycle
+        if cycle.disconnected:
+            self.loop.call_soon(callback)
+            return _nothing
+        entry = self._departure = (cycle, callback)
+
+        def stop() -> None:
+            if self._departure is entry:
+                self._departure = None
+
+        return stop
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        departure, self._departure = self._departure, None
         super().connection_lost(exc)
+        if departure is not None and not departure[0].response_complete:
+            departure[1]()
+
+
+def _nothing() -> None:
+    return None
 
 
 def _close_delimited(cycle: Any) -> None:

@@ -114,7 +114,7 @@ async def _forward(request: Request, endpoint: str, request_id: str) -> Response
         principal = await authorize(request, "api")
     raw = await read_body(request, service.settings.max_body_bytes)
     # From here on, one watcher sees the client leave, through to the end of a stream.
-    departure = request.scope[DEPARTURE_KEY] = Departure(request.receive)
+    departure = request.scope[DEPARTURE_KEY] = Departure(request.receive, request.scope)
     allowance = service.allowances.of(principal)
     if allowance is not None and allowance.checked:
         model = _model_of(raw, service.fleet.resolve)
