@@ -14,6 +14,7 @@ router) in front of the same two nodes. Two workloads:
 
 Reported per side: mean and p90 time to the first token (streamed), wall time, requests/s,
 how the requests split over the nodes, and the bound no router can beat.
+``LLMLB_BENCH_ROUTING_ROUNDS=3`` runs each side three times and reports the median run.
 
     .venv/bin/python -m bench routing [--quick]
 """
@@ -21,6 +22,7 @@ how the requests split over the nodes, and the bound no router can beat.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import statistics
 import sys
@@ -245,15 +247,32 @@ def run(report: Report, quick: bool, only: tuple[str, ...] = ()) -> None:
             count,
         ),
     }
+    # LLMLB_BENCH_ROUTING_ROUNDS=n: each side n times (the sides alternating), and the run
+    # of median mean TTFT reported for each, with every run's figures under the table.
+    rounds = int(os.environ.get("LLMLB_BENCH_ROUTING_ROUNDS", "1"))
     with tempfile.TemporaryDirectory(prefix="llmlb-bench-routing-") as scratch:
         for title, (drive, what, firsts_count) in workloads.items():
             if only and title.split()[0] not in only:
                 continue
-            results = {}
-            for side in sides:
-                folder = Path(scratch) / f"{title.split()[0]}-{side.replace(' ', '-')}"
-                results[side] = one_side(side, drive, folder, sglang if side == SGLANG else None)
+            runs: dict[str, list[Outcome]] = {side: [] for side in sides}
+            for number in range(rounds):
+                for side in sides:
+                    folder = Path(scratch) / f"{title.split()[0]}-{side.replace(' ', '-')}-{number}"
+                    runs[side].append(one_side(side, drive, folder,
+                                               sglang if side == SGLANG else None))  # fmt: skip
+            results = {side: _median_run(outcomes) for side, outcomes in runs.items()}
             _report(report, title, what, results, firsts_count, sglang is not None, quick)
+            if rounds > 1:
+                report.add(f"{rounds} runs of each side, mean TTFT (s) / requests/s: " + "; ".join(
+                    f"{side} " + ", ".join(f"{statistics.fmean(f):.3f} / {len(f) / w:.2f}"
+                                           for f, _, w in outcomes)
+                    for side, outcomes in runs.items()
+                ) + ". The table shows each side's run of median mean TTFT.")  # fmt: skip
+
+
+def _median_run(outcomes: list[Outcome]) -> Outcome:
+    ordered = sorted(outcomes, key=lambda outcome: statistics.fmean(outcome[0]))
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def _report(report: Report, title: str, what: str, results: dict[str, Outcome],

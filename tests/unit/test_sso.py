@@ -190,3 +190,16 @@ def test_an_odd_state_is_a_stale_login_not_an_error(state: str) -> None:
     with pytest.raises(SsoFailure) as failure:
         asyncio.run(provider().finish({"state": state, "code": "c"}, pending, "http://r/cb"))
     assert failure.value.code == "expired"
+
+
+def test_a_router_without_single_sign_on_never_loads_its_libraries() -> None:
+    """Authlib and joserfc cost every router 14 MiB of memory: they load at a login."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, llmlb.router.app, llmlb.router.service\n"
+         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('authlib', 'joserfc')))"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    assert loaded.stdout.strip() == "[]", loaded.stderr

@@ -13,6 +13,10 @@ Every failure is an ``SsoFailure`` with a short code that the dashboard turns in
 sentence; nothing the provider or the browser sent is shown back unchecked. The provider is
 called over one client per router (one TLS context: making one costs ~25 ms of the event
 loop), each login's calls under one deadline, at most ``_AT_ONCE`` logins' at a time.
+
+Authlib and joserfc are imported where a login uses them, not with this module: the client
+API's routes import its names, and the two took 14 MiB of every router's memory, most of
+which never set single sign-on up.
 """
 
 from __future__ import annotations
@@ -27,20 +31,18 @@ import secrets
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import httpx
 import orjson
-from authlib.common.errors import AuthlibBaseError
-from authlib.integrations.httpx_client import AsyncOAuth2Client
-from authlib.oauth2.rfc7636 import create_s256_code_challenge
-from joserfc import jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
 
 from llmlb.common.settings import OidcSettings
 from llmlb.router.access.accounts import Role
+
+if TYPE_CHECKING:
+    from authlib.integrations.httpx_client import AsyncOAuth2Client
+    from joserfc.jwk import KeySet
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +214,9 @@ class SingleSignOn:
         return document
 
     async def _key_set(self, kid: str | None) -> KeySet:
+        from joserfc.errors import JoseError
+        from joserfc.jwk import KeySet
+
         url = (await self.metadata())["jwks_uri"]  # (an hourly refresh forgets the keys)
         now = time.monotonic()
         known = self._keys is not None and (kid is None or _has_key(self._keys[1], kid))
@@ -231,6 +236,8 @@ class SingleSignOn:
     def _client(self, metadata: dict[str, Any], redirect_uri: str) -> AsyncOAuth2Client:
         """A client for one login's token exchange (it keeps that login's token), on the
         shared TLS context."""
+        from authlib.integrations.httpx_client import AsyncOAuth2Client
+
         methods = metadata.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
         method = ("none" if self._secret is None
                   else "client_secret_basic" if "client_secret_basic" in methods
@@ -245,6 +252,8 @@ class SingleSignOn:
     async def start(self, redirect_uri: str) -> tuple[str, Pending]:
         """The provider's authorization URL for a new login, and what its answer is checked
         against."""
+        from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
         async with self._turns, asyncio.timeout(_DEADLINE_SECONDS):
             metadata = await self._guarded(self.metadata())
         pending = Pending(secrets.token_urlsafe(24), secrets.token_urlsafe(24),
@@ -262,6 +271,8 @@ class SingleSignOn:
     async def _guarded(self, work: Any) -> Any:
         """``work`` (a call to the provider) with what can go wrong on the way as an
         SsoFailure: the network (httpx, or httpx2 under Authlib), a refusal, an odd answer."""
+        from authlib.common.errors import AuthlibBaseError
+
         try:
             return await work
         except SsoFailure:
@@ -313,6 +324,9 @@ class SingleSignOn:
         return claims
 
     async def _verified_claims(self, id_token: object, nonce: str) -> dict[str, Any]:
+        from joserfc import jwt
+        from joserfc.errors import JoseError
+
         if not isinstance(id_token, str):
             raise SsoFailure("invalid_answer", "the token endpoint sent no ID token")
         try:
