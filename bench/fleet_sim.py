@@ -36,6 +36,7 @@ from typing import cast
 
 from bench.report import Report
 from llmlb.common.settings import BalancerStrategy
+from llmlb.node.metrics import moving_average
 from llmlb.router.balancer.choice import Chooser
 from llmlb.router.balancer.prefixes import BLOCK, prefix_blocks, prompt_text
 from llmlb.router.balancer.ranking import NodeSnapshot
@@ -282,8 +283,7 @@ def simulate(strategy: BalancerStrategy | str, nodes: int, conversations: list[C
                 if request.to_end <= 1e-12:
                     done.append(request)
             for request in done:
-                seconds, previous = now - request.sent, node.request_seconds
-                node.request_seconds = seconds if not previous else 0.8 * previous + 0.2 * seconds
+                node.request_seconds = moving_average(node.request_seconds, now - request.sent)
                 node.running.remove(request)
                 fleet.active[node.id] -= 1
                 outstanding -= 1

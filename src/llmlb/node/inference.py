@@ -25,7 +25,7 @@ from llmlb.common.settings import NodeSettings
 from llmlb.node.assemble import Endpoint
 from llmlb.node.engine import EngineSpec, LlamaEngine, Shape
 from llmlb.node.inventory import Inventory
-from llmlb.node.metrics import NodeMetrics
+from llmlb.node.metrics import NodeMetrics, moving_average
 from llmlb.node.pool import EnginePool
 from llmlb.node.stops import client_stops, honour_stops
 from llmlb.node.templates import with_stops
@@ -94,8 +94,7 @@ class Inference:
     def _finished(self, endpoint: Endpoint, model: str, started: float) -> None:
         seconds = time.monotonic() - started
         self.metrics.latency.labels(endpoint, model).observe(seconds)
-        previous = self.request_seconds
-        self.request_seconds = seconds if not previous else 0.8 * previous + 0.2 * seconds
+        self.request_seconds = moving_average(self.request_seconds, seconds)
         if model != UNKNOWN_MODEL_LABEL:
             self.inventory.used(model)
 

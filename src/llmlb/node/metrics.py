@@ -50,6 +50,12 @@ class _PoolCollector(Collector):
 MIN_MEASURED_PROMPT = 64
 
 
+def moving_average(previous: float, value: float) -> float:
+    """The figures a node reports recently: a fifth of each new value (the first value alone
+    while nothing was measured, ``previous`` 0)."""
+    return value if not previous else 0.8 * previous + 0.2 * value
+
+
 class NodeMetrics:
     def __init__(self, read_pool: Callable[[], dict[str, Any]]) -> None:
         self.registry = CollectorRegistry()
@@ -91,10 +97,8 @@ class NodeMetrics:
             self._recent_speed[model] = (float(speed), time.monotonic())
         computed, prompt_ms = timings.get("prompt_n") or 0, timings.get("prompt_ms") or 0
         if computed >= MIN_MEASURED_PROMPT and prompt_ms > 0:
-            prompt_speed = computed / prompt_ms * 1000
-            previous = self.prompt_tokens_per_second
-            self.prompt_tokens_per_second = (
-                prompt_speed if not previous else 0.8 * previous + 0.2 * prompt_speed
+            self.prompt_tokens_per_second = moving_average(
+                self.prompt_tokens_per_second, computed / prompt_ms * 1000
             )
 
     def recent_tokens_per_second(self, window: float = 30.0) -> float:
