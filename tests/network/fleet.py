@@ -160,5 +160,16 @@ class Fleet:
         wait_until(lambda: self.statuses(router).get(name) == status, timeout, step=0.1)
         return time.monotonic()
 
+    def wait_loaded(self, name: str, timeout: float = 60.0, router: int = 0) -> None:
+        """Until ``name`` says in a heartbeat that it has the small model loaded."""
+
+        def loaded() -> bool:
+            with self.admin(router) as http:
+                nodes = http.get("/api/nodes").json()["data"]
+            return any(n["name"] == name and SMALL_MODEL_NAME in n["models_loaded"]
+                       for n in nodes)  # fmt: skip
+
+        wait_until(loaded, timeout, step=0.1)
+
     def load(self, workers: int = 2, router: int = 0) -> Load:
         return Load(self.routers[router][1].url, self.key, self.verify, workers).start()

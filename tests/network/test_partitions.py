@@ -69,8 +69,9 @@ def test_a_node_on_a_bad_link_serves_less_and_nothing_hangs(
     lab: Lab, model_home: Path, tmp_path: Path, fault: str, setting: float
 ) -> None:
     """node-a's traffic passes a proxy on the runner (its advertised address) that adds the
-    fault; node-b's link is clean. With one client the clean link is preferred; three keep
-    both nodes' single slots busy, so the bad link serves too."""
+    fault; node-b's link is clean. With one client (both nodes free, the model loaded on
+    both) the clean link is preferred; three keep both nodes' single slots busy, so the bad
+    link serves too."""
     fleet = Fleet(lab, tmp_path, model_home, "--heartbeat-interval", HEARTBEAT,
                   "--request-timeout", "30")  # fmt: skip
     slow_host_address = lab.address(len(lab.hosts) + 2)  # (the next host's, made below)
@@ -80,6 +81,15 @@ def test_a_node_on_a_bad_link_serves_less_and_nothing_hangs(
         fleet.add_node("node-b")
         for name in ("node-a", "node-b"):
             fleet.wait_status(name, "ready")
+        # Each node loads the model first (two clients keep both single slots busy): a node
+        # with it loaded rightly comes before one that must load it, whatever its link.
+        warming = fleet.load(workers=2)
+        try:
+            wait_until(lambda: min(warming.served_by(n) for n in ("node-a", "node-b")) > 0, 60)
+        finally:
+            warming.stop()
+        for name in ("node-a", "node-b"):
+            fleet.wait_loaded(name)
         setattr(proxy, fault, setting)
         # One client: both nodes are free for every request, and the ranking's word on a
         # slow answer decides (after each node has answered a few).
@@ -96,6 +106,10 @@ def test_a_node_on_a_bad_link_serves_less_and_nothing_hangs(
     finally:
         proxy.close()
     settled = one_at_a_time[len(one_at_a_time) // 2 :]
+    print(
+        "one client, node and seconds in order:",
+        " ".join(f"{o.node[-1]}{o.ended - o.started:.2f}" for o in one_at_a_time),
+    )
     preferred = sum(o.node == "node-b" for o in settled) / max(len(settled), 1)
     slow, healthy = load.served_by("node-a"), load.served_by("node-b")
     lost = [o for o in outcomes if o.status != 200]

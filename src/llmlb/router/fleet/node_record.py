@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmlb.common.wire import Device, NodeLoad
+from llmlb.router.balancer.ranking import FIRST_BYTE_FLOOR_SECONDS, SLOW_FIRST_BYTE_SECONDS
 
 MISSED_HEARTBEATS_OFFLINE = 3
 NODE_KIND = "node"  # a node that registers itself; any other kind is an endpoint's
 FIRST_BYTE_HALF_LIFE = 5.0  # seconds: how fast an unrefreshed measure of a slow answer fades
+# Where a slow answer's cost in the ranking stops growing (router.balancer.ranking's score).
+FIRST_BYTE_CEILING = FIRST_BYTE_FLOOR_SECONDS + SLOW_FIRST_BYTE_SECONDS
 
 
 @dataclass
@@ -104,13 +107,22 @@ class NodeRecord:
     def heard(self, ago: float = 0.0) -> None:
         self.heard_at = time.monotonic() - max(ago, 0.0)
 
-    def answered_after(self, seconds: float) -> None:
-        """An answer of the node's began ``seconds`` after its request was sent."""
-        if self.first_byte_seconds == 0.0:
-            self.first_byte_seconds = seconds
-        else:  # (an exponential average: the last ten or so count)
-            self.first_byte_seconds += 0.2 * (seconds - self.first_byte_seconds)
-        self.first_byte_at = time.monotonic()
+    def answered_after(self, seconds: float, now: float | None = None) -> None:
+        """An answer of the node's began ``seconds`` after its request was sent.
+
+        An average over the last few answers, where the earlier figure counts for less the
+        older it is, as ``first_byte_now`` forgets it: a node tried again after a slow answer
+        is judged by the new one (were the old figure kept whole, one quick answer would put
+        back most of the slow one, and the node would be second again). A figure past
+        ``FIRST_BYTE_CEILING`` costs no more in the ranking, and would only take longer to
+        fade, so it counts as that."""
+        now = time.monotonic() if now is None else now
+        seconds = min(seconds, FIRST_BYTE_CEILING)
+        kept = 0.0
+        if self.first_byte_seconds:  # (0: none yet)
+            kept = 0.8 * 0.5 ** ((now - self.first_byte_at) / FIRST_BYTE_HALF_LIFE)
+        self.first_byte_seconds = seconds + kept * (self.first_byte_seconds - seconds)
+        self.first_byte_at = now
 
     def first_byte_now(self, now: float) -> float:
         """``first_byte_seconds`` as the balancer weighs it now: halved for every

@@ -264,13 +264,17 @@ class Proxy:
         body = routed.body
         if node.upstream:  # an endpoint: the model by its own name for it
             body = renamed(body, node.upstream.get(routed.model, routed.model))
+        # A model the node loads first answers after its load: that wait is the balancer's
+        # to weigh from the node's load times, not a slow link or queue, so it is not counted.
+        loaded = routed.model in node.load.models_loaded
         async with asyncio.timeout(self._settings.request_timeout):
             sent = time.monotonic()
             response = await self._transport.post(
                 node.base_url, routed.path, headers, body, fresh, echoes=node.echoes_ids
             )
             node.sending.pop(token, None)  # the node has the request: its answer began
-            node.answered_after(time.monotonic() - sent)
+            if loaded:
+                node.answered_after(time.monotonic() - sent)
             try:
                 content_type = response.headers.get("content-type", "application/json")
                 if routed.stream and response.status == 200:

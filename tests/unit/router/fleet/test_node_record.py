@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from llmlb.common.wire import Device, NodeLoad
 from llmlb.router.distribution.distributor import node_memory
-from llmlb.router.fleet.node_record import FIRST_BYTE_HALF_LIFE, NodeRecord
+from llmlb.router.fleet.node_record import FIRST_BYTE_CEILING, FIRST_BYTE_HALF_LIFE, NodeRecord
 
 GiB = 1 << 30
 
@@ -39,10 +39,26 @@ def test_a_slow_answer_fades_until_the_node_is_measured_again() -> None:
     good: with other nodes free it gets no traffic to correct the figure. The figure halves
     every FIRST_BYTE_HALF_LIFE seconds without a new answer; a new answer is weighed at once."""
     node = record([], NodeLoad())
-    node.answered_after(1.5)
-    measured = node.first_byte_at
-    assert node.first_byte_now(measured) == 1.5
-    assert node.first_byte_now(measured + FIRST_BYTE_HALF_LIFE) == 0.75
-    assert node.first_byte_now(measured + 4 * FIRST_BYTE_HALF_LIFE) < 0.1  # ranked as quick
-    node.answered_after(0.2)
-    assert node.first_byte_now(node.first_byte_at) == 1.5 + 0.2 * (0.2 - 1.5)
+    node.answered_after(1.0, now=100.0)
+    assert node.first_byte_now(100.0) == 1.0
+    assert node.first_byte_now(100.0 + FIRST_BYTE_HALF_LIFE) == 0.5
+    assert node.first_byte_now(100.0 + 4 * FIRST_BYTE_HALF_LIFE) < 0.1  # ranked as quick
+    # Answers in a row are averaged ...
+    node.answered_after(0.5, now=100.0)
+    assert node.first_byte_now(100.0) == 0.5 + 0.8 * (1.0 - 0.5)
+    # ... but a node tried again once its slow figure has faded is judged by its new answer,
+    # not put back to second by what was forgotten (the figure was 0.9 before, and the quick
+    # answer, averaged with it whole, would have left 0.76).
+    later = 100.0 + 4 * FIRST_BYTE_HALF_LIFE
+    node.answered_after(0.2, now=later)
+    assert node.first_byte_now(later) < 0.25
+
+
+def test_an_answer_slower_than_the_ranking_weighs_counts_as_its_ceiling() -> None:
+    """A first answer of 30 s (a cold node) costs the node no more in the ranking than one
+    of FIRST_BYTE_CEILING, so it fades as fast: a node free again is tried within a half-life
+    or so, not after minutes."""
+    node = record([], NodeLoad())
+    node.answered_after(30.0, now=0.0)
+    assert node.first_byte_now(0.0) == FIRST_BYTE_CEILING
+    assert node.first_byte_now(2 * FIRST_BYTE_HALF_LIFE) < 0.3

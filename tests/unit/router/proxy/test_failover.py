@@ -230,3 +230,21 @@ async def test_an_endpoint_gets_its_own_name_for_the_model_and_no_id_echo_is_req
     assert answer.status == 200 and answer.node.id == endpoint.id
     ((body, echoes),) = transport.sent
     assert orjson.loads(body) == {"model": "org/m"} and echoes is False
+
+
+async def test_an_answer_that_waited_for_a_models_load_does_not_make_the_node_look_slow(
+    registry: Registry, tmp_path: Path
+) -> None:
+    # The first byte's wait ranks nodes (a slow link, a queue); a load's seconds are the
+    # node's to report and the balancer's to weigh apart. Counted, a fleet's first answers
+    # (each node loading the model) ranked the one whose load took longest second, long after.
+    cold, warm = registry.all()
+    await registry.heartbeat(cold.id, NodeLoad(state="ready", models_on_disk=["m"], slots_total=4))
+    await registry.set_flags(warm.id, draining=True)  # only the cold node serves
+    transport = ScriptedTransport(Scripted(200, GOOD), Scripted(200, GOOD))
+    forwarder = proxy(registry, transport, tmp_path)
+    assert (await forwarder.forward(REQUEST, {})).status == 200
+    assert cold.first_byte_seconds == 0.0  # not measured: it loaded the model
+    await registry.heartbeat(cold.id, HOLDS)  # loaded now
+    assert (await forwarder.forward(REQUEST, {})).status == 200
+    assert cold.first_byte_seconds > 0.0
