@@ -53,6 +53,7 @@ class Member:
     url: str = ""
     node_id: str | None = None
     in_flight: int = 0  # requests in its hands now (heartbeats report it, as a node does)
+    peak_in_flight: int = 0  # the most it has held at once
     heartbeats: int = 0  # heartbeats the router answered 200
     _stop_heartbeats: threading.Event = field(default_factory=threading.Event)
 
@@ -137,6 +138,7 @@ class FakeNode(Member):
     async def _chat(self, request: Request) -> Response:
         self.requests += 1
         self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             return await self._answer(request)
         finally:

@@ -87,6 +87,7 @@ def router_options(func: F) -> F:
         click.option("--host", default=None, help="Address to bind  [default: 127.0.0.1]"),
         click.option("--port", type=int, default=None, help=f"Port (0 = any)  [default: {DEFAULT_ROUTER_PORT}]"),
         click.option("--ollama-port", type=int, default=None, help="Also listen here for Ollama's clients (Ollama's own: 11434)  [default: off]"),
+        click.option("--workers", type=click.IntRange(1, 64), default=None, help="Router processes on the same ports and database, one core each  [default: 1]"),
         click.option("--database-url", default=None, help="SQLAlchemy URL  [default: SQLite $LLMLB_HOME/llmlb.db]"),
         click.option("--allow-cpu-nodes", is_flag=True, default=None, help="Accept nodes without a GPU"),
         click.option("--require-node-approval", is_flag=True, default=None, help="New nodes wait as pending until approved"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from llmlb.cli.base import (
     common_options,
     engine_text,
     engine_warnings,
+    fail,
     main,
     remote_admin,
     remote_options,
@@ -25,6 +27,7 @@ from llmlb.cli.base import (
     sync_text,
     with_admin,
 )
+from llmlb.common.errors import LlmlbError
 from llmlb.common.settings import (
     DEFAULT_NODE_PORT,
     NodeSettings,
@@ -151,6 +154,13 @@ def node(config: Path | None, **cli: Any) -> None:
 def serve(config: Path | None, **cli: Any) -> None:
     """Run the router: one OpenAI-compatible endpoint over the registered nodes."""
     settings = cli_settings(RouterSettings, cli, config)
+    if settings.workers > 1:
+        from llmlb.router.workers.supervisor import run_workers
+
+        try:
+            sys.exit(run_workers(settings))
+        except LlmlbError as exc:  # (a port taken)
+            fail(exc.message)
     from llmlb.router.server import run_router
 
     serve_until_stopped(run_router(settings))
@@ -164,6 +174,8 @@ def up(config: Path | None, node_port: int, **cli: Any) -> None:
     """Run a router and one local node serving the small bundled model."""
     cli["allow_cpu_nodes"] = True if cli.get("allow_cpu_nodes") is None else cli["allow_cpu_nodes"]
     settings = cli_settings(RouterSettings, cli, config)
+    if settings.workers > 1:
+        fail("--workers is for llmlb serve: llmlb up runs the router and its node in one process")
     from llmlb.cli.up import run_up
 
     serve_until_stopped(run_up(settings, node_port))

@@ -395,6 +395,12 @@ class RouterSettings(CommonSettings):
         description="Also listen on this port (Ollama's is 11434), on the same host, so that "
         "clients set up for an Ollama server need no change (default: off)",
     )  # fmt: skip
+    # A router process uses one core (Python's); more cores answer more requests through
+    # several processes on the same ports and database (router.workers).
+    workers: int = Field(
+        default=1, ge=1, le=64,
+        description="Router processes sharing its ports and database, one core each (llmlb serve)",
+    )  # fmt: skip
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL (default: SQLite file <home>/llmlb.db)"
     )

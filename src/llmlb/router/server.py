@@ -14,6 +14,7 @@ from llmlb.common.serving import bind, serve, url_of
 from llmlb.common.settings import ROUTER_URL_FILE, RouterSettings
 from llmlb.router.app import create_app
 from llmlb.router.service import RouterService
+from llmlb.router.workers import WorkerPlace
 
 log = logging.getLogger(__name__)
 
@@ -21,35 +22,24 @@ log = logging.getLogger(__name__)
 async def run_router(
     settings: RouterSettings,
     on_started: Callable[[str, RouterService], Awaitable[None] | None] | None = None,
+    worker: WorkerPlace | None = None,
+    sockets: list[socket.socket] | None = None,
 ) -> None:
-    # The ports first: one that is taken is a clear error, before anything is opened.
-    sock = _listening(settings.host, settings.port, "--port")
-    # Ollama's port, for clients set up for an Ollama server: the same app (Ollama's routes
-    # are the router's), another socket.
-    extra = []
-    if settings.ollama_port is not None:
-        if settings.ollama_port == settings.port and settings.port != 0:
-            sock.close()
-            raise BadRequest(f"--ollama-port {settings.ollama_port} is the router's --port: "
-                             "give another", param="ollama_port")  # fmt: skip
-        try:
-            extra.append(_listening(settings.host, settings.ollama_port, "--ollama-port"))
-        except LlmlbError:
-            sock.close()
-            raise
+    """Serve until stopped. A worker (``--workers``, router.workers) is handed the ports
+    its supervisor bound (``sockets``: the router's, then Ollama's) and announces nothing:
+    the supervisor does, once every worker is up."""
+    sock, *extra = sockets if sockets is not None else listening_sockets(settings)
     tracing.configure("llmlb-router", settings.otlp_endpoint)
-    service = await RouterService.open(settings)
+    service = await RouterService.open(settings, worker)
     app = create_app(service)
 
     url_file = settings.home / ROUTER_URL_FILE
 
     async def announce(url: str) -> None:
         service.fleet.own_ports = frozenset(s.getsockname()[1] for s in (sock, *extra))
-        write_private(url_file, url + "\n")
-        for other in extra:  # (before the URL line, which scripts wait for)
-            print(f"Ollama's API also on {url_of(other, settings.tls_cert is not None)}",
-                  flush=True)  # fmt: skip
-        print(f"llmlb router listening on {url}", flush=True)
+        if worker is None:
+            write_private(url_file, url + "\n")
+            print_listening(url, extra, settings)
         if on_started is not None:
             result = on_started(url, service)
             if result is not None:
@@ -61,8 +51,36 @@ async def run_router(
         tracing.shutdown()
         # Only our own URL: another router may have started on this home since.
         with contextlib.suppress(OSError):
-            if url_file.read_text().strip() == url_of(sock, settings.tls_cert is not None):
+            if worker is None and url_file.read_text().strip() == url_of(
+                sock, settings.tls_cert is not None
+            ):
                 url_file.unlink()
+
+
+def listening_sockets(settings: RouterSettings) -> list[socket.socket]:
+    """The router's port, then Ollama's when set: a port that is taken is a clear error,
+    before anything is opened."""
+    sock = _listening(settings.host, settings.port, "--port")
+    # Ollama's port, for clients set up for an Ollama server: the same app (Ollama's routes
+    # are the router's), another socket.
+    if settings.ollama_port is None:
+        return [sock]
+    if settings.ollama_port == settings.port and settings.port != 0:
+        sock.close()
+        raise BadRequest(f"--ollama-port {settings.ollama_port} is the router's --port: "
+                         "give another", param="ollama_port")  # fmt: skip
+    try:
+        return [sock, _listening(settings.host, settings.ollama_port, "--ollama-port")]
+    except LlmlbError:
+        sock.close()
+        raise
+
+
+def print_listening(url: str, extra: list[socket.socket], settings: RouterSettings) -> None:
+    """The lines scripts wait for (the router's URL last)."""
+    for other in extra:
+        print(f"Ollama's API also on {url_of(other, settings.tls_cert is not None)}", flush=True)
+    print(f"llmlb router listening on {url}", flush=True)
 
 
 def _listening(host: str, port: int, option: str) -> socket.socket:

@@ -58,6 +58,7 @@ from llmlb.router.telemetry import (
     RequestRecord,
     RouterMetrics,
 )
+from llmlb.router.workers import Board, WorkerPlace
 
 if TYPE_CHECKING:
     from llmlb.router.access.sso import SingleSignOn
@@ -67,9 +68,18 @@ AUDIT_PRUNE_SECONDS = 3600.0
 
 
 class RouterService:
-    def __init__(self, settings: RouterSettings, engine: AsyncEngine) -> None:
+    def __init__(
+        self, settings: RouterSettings, engine: AsyncEngine, worker: WorkerPlace | None = None
+    ) -> None:
         self.settings = settings
         self.engine = engine
+        # One of several worker processes (``--workers``): what they have in flight is
+        # shared on the board, and its tasks are its own (a worker restarted in its place
+        # takes them up again).
+        self.worker = worker
+        self.board = Board(worker) if worker is not None else None
+        identity = router_id(settings.home)
+        task_owner = identity if worker is None else f"{identity}:{worker.index}"
         self.started = False  # start() finished: /startup
         # First: a broken catalog stops the start.
         self.catalog = Catalog.load(settings.home, tiers=tiers_from_setting(settings.model_tiers))
@@ -96,14 +106,19 @@ class RouterService:
             require_approval=settings.require_node_approval,
             node_max_concurrency=settings.node_max_concurrency,
             on_stall=self._call_off,
+            elsewhere=self.board.elsewhere if self.board is not None else None,
         )
         self.limiter = KeyLimiter()
-        self.limit_sharing = LimitSharing(engine, self.limiter)
+        self.limiter.board = self.board
+        # (48 bits of the router's id tell its workers' rows from other routers')
+        siblings = identity.replace("-", "")[:12] + ":" if worker is not None else ""
+        self.limit_sharing = LimitSharing(engine, self.limiter, siblings)
         # Every request's record passes here: its tokens count against its key's allowance.
         self.history = History(engine, settings.history_days, on_record=self._charge)
         self.audit = AuditTrail(engine, settings.history_days)
         self.metrics = RouterMetrics(self.registry.all, settings.heartbeat_interval,
-                                     settings.queue_size, settings.tls_cert)  # fmt: skip
+                                     settings.queue_size, settings.tls_cert,
+                                     self.registry.in_flight)  # fmt: skip
         # Requests to nodes go over the router's own HTTP/1.1 pool (proxy.nodelink); aiohttp
         # serves the rest: model transfers, probes, the clouds.
         self.node_links = NodeLinks(
@@ -131,19 +146,19 @@ class RouterService:
         self.registrations = Registrations(engine, self.catalog, Hub(self.session))
         self.proxy = Proxy(
             self.registry, settings, self.node_links, self.metrics, capacity,
-            lambda m: m in self.catalog,
+            lambda m: m in self.catalog, self.board,
         )  # fmt: skip
         self.events = EventBus()
-        self.metrics.event_streams.set_function(lambda: self.events.subscribers)
+        self.metrics.own.event_streams = lambda: self.events.subscribers
         self.tasks = TaskManager(
             engine, self.registry, self.models, self.control, self.events,
             max_concurrent=settings.max_concurrent_downloads,
-            owner=router_id(settings.home), lease_seconds=settings.task_lease_seconds,
+            owner=task_owner, lease_seconds=settings.task_lease_seconds,
         )  # fmt: skip
         self.distributor = Distributor(
             settings, self.registry, self.models, self.tasks, self.control
         )
-        self.endpoints = Endpoints(self.registry, self.control, router_id(settings.home))
+        self.endpoints = Endpoints(self.registry, self.control, identity)
         self.fleet = Fleet(settings, self.registry, self.distributor, self.catalog, self.endpoints)
         # And so do models in a role's limits that are no model's names.
         self.allowances = Allowances(
@@ -219,9 +234,11 @@ class RouterService:
         self.limiter.charge(record.key_id, used, record.request_id)
 
     @classmethod
-    async def open(cls, settings: RouterSettings) -> RouterService:
+    async def open(
+        cls, settings: RouterSettings, worker: WorkerPlace | None = None
+    ) -> RouterService:
         engine = await open_database(settings.db_url, settings.database_wait_seconds)
-        return cls(settings, engine)
+        return cls(settings, engine, worker)
 
     async def start(self) -> None:
         await self.registrations.sync()  # (the catalog is whole before anything reads it)
@@ -251,6 +268,8 @@ class RouterService:
         if self.sso is not None:
             await self.sso.close()
         await self.engine.dispose()
+        if self.board is not None:
+            self.board.close()
 
     async def ready(self) -> bool:
         return await ping(self.engine)

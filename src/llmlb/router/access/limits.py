@@ -19,7 +19,9 @@ reported gets past the allowance.
 The buckets live in each router's memory, and routers sharing a database share what keys
 use (router.access.sharing): every second each router writes what it took and takes what the
 others did from its own buckets. So over a minute a key gets its allowance once, whichever
-routers it calls; a burst within one sharing round may pass it on each router.
+routers it calls; a burst within one sharing round may pass it on each router. A router's
+worker processes (``--workers``) share it at each request instead, on their board
+(router.workers.board): a burst gets no more through two workers than through one.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from llmlb.common.settings import RoleLimits
 from llmlb.router.access.auth import Principal
 from llmlb.router.access.keys import ApiKey, KeyLimits, with_resolved_models
 from llmlb.router.cloud.clouds import prefix_of
+from llmlb.router.workers.board import Board
 
 
 @dataclass(frozen=True)
@@ -123,12 +126,16 @@ class KeyLimiter:
         # Other routers' use of keys that have no bucket here yet (the last minute of it):
         # a bucket made later starts without it.
         self._others: dict[str, deque[tuple[float, int, int]]] = {}
+        # With worker processes: what the others let each key use, at each request.
+        self.board: Board | None = None
 
     def _count(self, key_id: str, requests: int, tokens: int) -> None:
         counts = self.used.setdefault(key_id, [0, 0])
         counts[0] += requests
         counts[1] += tokens
         self.unshared.add(key_id)
+        if self.board is not None:
+            self.board.publish_used(key_id, counts[0], counts[1])
 
     def others_used(self, key_id: str, requests: int, tokens: int) -> None:
         """Another router's use of a key (read from the database), taken from its buckets,
@@ -167,6 +174,10 @@ class KeyLimiter:
                 f"{holder} may not use cloud models such as {model!r}",
                 param="model", code="model_not_allowed",
             )  # fmt: skip
+        if self.board is not None:  # (before the buckets: a new one starts without it)
+            by_others = self.board.used_elsewhere(subject)
+            if by_others != (0, 0):
+                self.others_used(subject, *by_others)
         now = time.monotonic()
         requests = self._bucket(self._requests, subject, limits.requests_per_minute)
         tokens = self._bucket(self._tokens, subject, limits.tokens_per_minute)

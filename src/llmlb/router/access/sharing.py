@@ -31,10 +31,17 @@ STALE_ROWS_SECONDS = 3600.0
 
 
 class LimitSharing:
-    def __init__(self, engine: AsyncEngine, limiter: KeyLimiter) -> None:
+    def __init__(self, engine: AsyncEngine, limiter: KeyLimiter, siblings: str = "") -> None:
+        """``siblings``: with worker processes, the prefix of every worker's process id
+        (from their router's id). Their rows are for other routers: the workers share what
+        keys use on their board, at each request (router.workers.board)."""
         self._engine = engine
         self._limiter = limiter
-        self.process = str(uuid.uuid4())
+        self._siblings = siblings
+        # (36 characters at most: the column's width)
+        self.process = (
+            siblings + uuid.uuid4().hex[: 36 - len(siblings)] if siblings else str(uuid.uuid4())
+        )
         # (process, key) -> (requests, tokens, updated_at) as read last, and since when
         # (monotonic) unchanged. None: no round yet.
         self._read: dict[tuple[str, str], tuple[int, int, float, float]] | None = None
@@ -85,6 +92,8 @@ class LimitSharing:
         first_round, self._read = self._read is None, self._read or {}
         read = self._read
         for row in others:
+            if self._siblings and row.process.startswith(self._siblings):
+                continue
             before = read.get((row.process, row.key_id))
             values = (row.requests, row.tokens, row.updated_at)
             since = before[3] if before is not None and before[:3] == values else monotonic

@@ -14,7 +14,11 @@ from llmlb.router.api.common import service_of
 
 
 async def health(request: Request) -> Response:
-    return ORJSONResponse({"status": "ok", "version": __version__, "time": time.time()})
+    answer = {"status": "ok", "version": __version__, "time": time.time()}
+    worker = service_of(request).worker
+    if worker is not None:  # which of the router's processes answered (``--workers``)
+        answer["worker"] = worker.index
+    return ORJSONResponse(answer)
 
 
 async def ready(request: Request) -> Response:

@@ -51,6 +51,7 @@ class Registry:
         started_at: float | None = None,
         on_change: Callable[[], None] = lambda: None,
         on_stall: Callable[[NodeRecord], None] = lambda node: None,
+        elsewhere: Callable[[str], int] | None = None,
     ) -> None:
         # Called whenever capacity may have appeared (a node registered, heartbeated, was
         # approved or undrained): queued requests look again.
@@ -65,7 +66,9 @@ class Registry:
         self._require_approval = require_approval
         self._nodes: dict[str, NodeRecord] = {}
         self._addresses: dict[tuple[str, str], str] = {}  # (name, base_url) -> node id
-        self._views = Snapshots(self._nodes, heartbeat_interval, node_max_concurrency)
+        # The other worker processes' requests in flight to a node (router.workers).
+        self._elsewhere = elsewhere
+        self._views = Snapshots(self._nodes, heartbeat_interval, node_max_concurrency, elsewhere)
         self._unwritten: set[str] = set()  # nodes whose last heartbeat is not in the database
         # Endpoints' own model ids -> the fleet's names for them (router.fleet.endpoints).
         self._upstream_names: dict[str, str] = {}
@@ -80,6 +83,11 @@ class Registry:
 
     def all(self) -> list[NodeRecord]:
         return sorted(self._nodes.values(), key=lambda n: (n.name, n.id))
+
+    def in_flight(self, node: NodeRecord) -> int:
+        """The router's requests in flight to the node: this process's, and with workers
+        (router.workers) the others' too."""
+        return node.active + (self._elsewhere(node.id) if self._elsewhere is not None else 0)
 
     def _add(self, record: NodeRecord) -> NodeRecord:
         self._nodes[record.id] = record

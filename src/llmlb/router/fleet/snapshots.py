@@ -8,7 +8,7 @@ than the requests themselves: only what changed is dropped.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from llmlb.router.balancer.ranking import NodeSnapshot
 from llmlb.router.fleet.node_record import NodeRecord
@@ -16,8 +16,12 @@ from llmlb.router.fleet.node_record import NodeRecord
 
 class Snapshots:
     def __init__(self, nodes: dict[str, NodeRecord], heartbeat_interval: float,
-                 node_max_concurrency: int | None) -> None:  # fmt: skip
+                 node_max_concurrency: int | None,
+                 elsewhere: Callable[[str], int] | None = None) -> None:  # fmt: skip
         self._nodes = nodes  # the registry's index, read (never written) here
+        # The other worker processes' requests in flight to a node (router.workers.board);
+        # None: this process is the whole router.
+        self._elsewhere = elsewhere
         self._heartbeat_interval = heartbeat_interval
         self._max_concurrency = node_max_concurrency
         self._snapshots: dict[str, NodeSnapshot] = {}
@@ -44,10 +48,12 @@ class Snapshots:
         return self._holders
 
     def of(self, ids: Iterable[str]) -> list[NodeSnapshot]:
-        """The nodes' cached snapshots with the router's in-flight counts and their statuses
+        """The nodes' cached snapshots with the router's in-flight counts (all its workers')
+        and their statuses
         (which age without any event) filled in now. Use them at once: the next call
         refreshes the same objects."""
         now = time.monotonic()
+        elsewhere = self._elsewhere
         out = []
         for node_id in ids:
             node = self._nodes.get(node_id)
@@ -56,7 +62,7 @@ class Snapshots:
             snapshot = self._snapshots.get(node_id)
             if snapshot is None:
                 snapshot = self._snapshots[node_id] = self._snapshot(node)
-            snapshot.active = node.active
+            snapshot.active = node.active if elsewhere is None else node.active + elsewhere(node_id)
             snapshot.first_byte_seconds = node.first_byte_now(now)
             snapshot.serving = node.status(self._heartbeat_interval, now) == "ready"
             out.append(snapshot)

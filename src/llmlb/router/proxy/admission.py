@@ -13,31 +13,43 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from llmlb.common.errors import Overloaded, UpstreamTimeout
+
+if TYPE_CHECKING:
+    from llmlb.router.workers.board import Board
 
 
 class WaitLine:
     """At most ``size`` waiting at once, each for at most ``timeout`` seconds; ``on_depth``
-    hears every change of the number waiting (a metric)."""
+    hears every change of the number waiting (a metric). With worker processes, ``board``:
+    the line is one for all of them (``size`` counts every worker's waiters)."""
 
     def __init__(self, size: int, timeout: float,
-                 on_depth: Callable[[int], None] = lambda depth: None) -> None:  # fmt: skip
+                 on_depth: Callable[[int], None] = lambda depth: None,
+                 board: Board | None = None) -> None:  # fmt: skip
         self.size = size
         self.timeout = timeout
         self.waiting = 0
         self._on_depth = on_depth
+        self._board = board
 
     def join(self, refusal: str) -> WaitPlace:
         """A place in the line; ``refusal`` is the 429's message when the line is full."""
-        if self.waiting >= self.size:
+        elsewhere = self._board.waiting_elsewhere() if self._board is not None else 0
+        if self.waiting + elsewhere >= self.size:
             raise Overloaded(refusal, headers={"Retry-After": "1"})
-        self.waiting += 1
-        self._on_depth(self.waiting)
+        self._count(1)
         return WaitPlace(self, time.monotonic() + self.timeout)
 
     def _left(self) -> None:
-        self.waiting -= 1
+        self._count(-1)
+
+    def _count(self, change: int) -> None:
+        self.waiting += change
+        if self._board is not None:
+            self._board.publish_waiting(self.waiting)
         self._on_depth(self.waiting)
 
 

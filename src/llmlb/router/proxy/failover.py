@@ -44,8 +44,13 @@ from llmlb.router.proxy.routing import Routed, forwarded_headers
 from llmlb.router.proxy.transport import NodeTransport
 from llmlb.router.proxy.usage import usage_in
 from llmlb.router.telemetry.metrics import RouterMetrics
+from llmlb.router.workers.board import Board
 
 log = logging.getLogger(__name__)
+
+# With worker processes, a slot freed by another worker wakes no waiter here: a queued
+# request looks again this often as well.
+OTHER_WORKERS_POLL_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -75,8 +80,10 @@ class Proxy:
         metrics: RouterMetrics,
         capacity: Capacity,
         in_catalog: Callable[[str], bool] = lambda model: False,
+        board: Board | None = None,
     ) -> None:
         self._transport = transport
+        self._board = board  # (with worker processes: what the others have in flight)
         self._in_catalog = in_catalog
         self._registry = registry
         self._settings = settings
@@ -84,12 +91,17 @@ class Proxy:
         self._capacity = capacity
         self._chooser = Chooser(registry, settings.balancer)
         self._line = WaitLine(settings.queue_size, settings.queue_timeout,
-                              on_depth=metrics.queue_depth.set)  # fmt: skip
+                              on_depth=self._queue_depth, board=board)  # fmt: skip
+        self._poll = OTHER_WORKERS_POLL_SECONDS if board is not None else float("inf")
 
     @property
     def waiting(self) -> int:
-        """Requests queued for a free node now."""
-        return self._line.waiting
+        """Requests queued for a free node now (by every worker)."""
+        elsewhere = self._board.waiting_elsewhere() if self._board is not None else 0
+        return self._line.waiting + elsewhere
+
+    def _queue_depth(self, depth: int) -> None:
+        self._metrics.queue_depth.set(depth)  # (summed over the workers: router.telemetry)
 
     # -- choosing a node -------------------------------------------------------------------
 
@@ -110,6 +122,8 @@ class Proxy:
                 node = self.choose(routed, tried, fetchable)
                 if node is not None:
                     node.active += 1
+                    if self._board is not None:
+                        self._board.publish(node.id, node.active)
                     return node, (time.monotonic() - started) * 1000
                 able = [
                     s for s in self._registry.snapshots()
@@ -126,7 +140,7 @@ class Proxy:
                 if remaining <= 0:
                     raise place.timed_out(f"waited {self._line.timeout:.0f} s for a free node "
                                           f"serving {routed.model!r}")  # fmt: skip
-                await self._capacity.wait(remaining)
+                await self._capacity.wait(min(remaining, self._poll))
         finally:
             if place is not None:
                 place.leave()
@@ -151,6 +165,8 @@ class Proxy:
 
     def _release(self, node: NodeRecord) -> None:
         node.active -= 1
+        if self._board is not None:
+            self._board.publish(node.id, node.active)
         self._capacity.changed()
 
     # -- forwarding ------------------------------------------------------------------------

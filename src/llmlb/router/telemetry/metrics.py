@@ -6,16 +6,24 @@ bounded: past ``MAX_NODE_LABELS`` they count as ``other``), how long requests wa
 node, queue depth against its capacity, each node up or down and its state, each device's
 GPU memory, how many ready nodes hold each model the fleet has, and when the router's TLS
 certificate expires. Model loads and evictions are the nodes' own metrics.
+
+With worker processes (``router.workers``) a scrape reaches one of them: the counters,
+histograms and the queue's depth are then kept in files every worker writes
+(prometheus_client's multiprocess mode, set up by the supervisor through
+``PROMETHEUS_MULTIPROC_DIR``) and summed at each scrape; what every worker knows alike (the
+fleet, read from the database) and its settings are answered from its own memory.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from llmlb.router.fleet.node_record import NodeRecord
@@ -26,9 +34,11 @@ MAX_NODE_LABELS = 512  # distinct node names in the latency series; the rest are
 
 
 class _FleetCollector(Collector):
-    def __init__(self, nodes: Callable[[], list[NodeRecord]], interval: float) -> None:
+    def __init__(self, nodes: Callable[[], list[NodeRecord]], interval: float,
+                 in_flight: Callable[[NodeRecord], int]) -> None:  # fmt: skip
         self._nodes = nodes
         self._interval = interval
+        self._in_flight = in_flight
 
     def collect(self) -> Iterator[Metric]:
         now = time.monotonic()
@@ -55,7 +65,7 @@ class _FleetCollector(Collector):
             current = node.status(self._interval, now)
             for name in NODE_STATES:
                 state.add_metric([node.name, name], 1.0 if name == current else 0.0)
-            active.add_metric([node.name], node.active)
+            active.add_metric([node.name], self._in_flight(node))
             busy.add_metric([node.name], node.load.slots_busy)
             total.add_metric([node.name], node.load.slots_total)
             up.add_metric([node.name], 0.0 if current == "offline" else 1.0)
@@ -71,10 +81,42 @@ class _FleetCollector(Collector):
         yield from (state, active, busy, total, up, memory, ready_nodes)
 
 
+class _SettingsCollector(Collector):
+    """What this process answers from its settings and its own state (never from the
+    workers' shared files): the queue's capacity, the TLS certificate's expiry, open
+    dashboard streams."""
+
+    def __init__(self, queue_size: int, tls_cert: Path | None) -> None:
+        self._queue_size = queue_size
+        self._tls_cert = tls_cert
+        self.event_streams: Callable[[], int] = lambda: 0
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("llmlb_queue_capacity",
+                                "Requests that may wait for a node (queue_size)",
+                                value=self._queue_size)  # fmt: skip
+        if self._tls_cert is not None:
+            yield GaugeMetricFamily("llmlb_tls_certificate_expiry_timestamp_seconds",
+                                    "When the router's TLS certificate expires (Unix time)",
+                                    value=certificate_expiry(self._tls_cert))  # fmt: skip
+        yield GaugeMetricFamily("llmlb_event_streams", "Open /api/events streams (dashboards)",
+                                value=self.event_streams())  # fmt: skip
+
+
 class RouterMetrics:
     def __init__(self, nodes: Callable[[], list[NodeRecord]], interval: float,
-                 queue_size: int = 0, tls_cert: Path | None = None) -> None:  # fmt: skip
-        self.registry = r = CollectorRegistry()
+                 queue_size: int = 0, tls_cert: Path | None = None,
+                 in_flight: Callable[[NodeRecord], int] = lambda node: node.active,
+                 ) -> None:  # fmt: skip
+        self.registry = CollectorRegistry()
+        # Worker processes: the counted metrics go to the shared files alone, and each scrape
+        # sums them (into ``_counted``); one process: they are in this registry.
+        shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self._counted: CollectorRegistry | None = None
+        r: CollectorRegistry | None = self.registry
+        if shared:
+            self._counted, r = CollectorRegistry(), None
+            MultiProcessCollector(self._counted, path=shared)  # type: ignore[no-untyped-call]
         self.requests = Counter(
             "llmlb_requests",
             "Client requests",
@@ -98,24 +140,18 @@ class RouterMetrics:
             "llmlb_tokens", "Tokens", ["model", "provider", "direction"], registry=r
         )
         self.retries = Counter("llmlb_retries", "Requests retried on another node", registry=r)
-        self.queue_depth = Gauge("llmlb_queue_depth", "Requests waiting for a node", registry=r)
-        Gauge("llmlb_queue_capacity", "Requests that may wait for a node (queue_size)",
-              registry=r).set(queue_size)  # fmt: skip
-        if tls_cert is not None:
-            expiry = Gauge("llmlb_tls_certificate_expiry_timestamp_seconds",
-                           "When the router's TLS certificate expires (Unix time)",
-                           registry=r)  # fmt: skip
-            expiry.set_function(lambda: certificate_expiry(tls_cert))
-        self.event_streams = Gauge(
-            "llmlb_event_streams", "Open /api/events streams (dashboards)", registry=r
-        )
+        self.queue_depth = Gauge("llmlb_queue_depth", "Requests waiting for a node",
+                                 registry=r, multiprocess_mode="livesum")  # fmt: skip
         self.blob_requests = Counter(
             "llmlb_blob_requests", "Model file requests from nodes", ["model"], registry=r
         )
-        r.register(_FleetCollector(nodes, interval))
+        self.own = _SettingsCollector(queue_size, tls_cert)
+        self.registry.register(self.own)
+        self.registry.register(_FleetCollector(nodes, interval, in_flight))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        own = generate_latest(self.registry)
+        return own if self._counted is None else own + generate_latest(self._counted)
 
 
 def certificate_expiry(path: Path) -> float:

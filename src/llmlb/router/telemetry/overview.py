@@ -61,7 +61,7 @@ def fleet_figures(registry: Registry, interval: float) -> dict[str, Any]:
     for node in registry.all():
         status = node.status(interval, now)
         statuses[status] = statuses.get(status, 0) + 1
-        in_flight += node.active
+        in_flight += registry.in_flight(node)
         if status == "offline":
             continue
         tokens_per_second += node.load.tokens_per_second

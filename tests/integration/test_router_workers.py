@@ -1,0 +1,167 @@
+"""``llmlb serve --workers 2``: two router processes on one port answer as one router. A
+node's slots and the queue for them, a key's allowance and the Prometheus counts are the
+router's, not each worker's; a worker that dies is replaced, and a stop stops them all
+after their requests.
+
+The kernel hands each new connection to one of the workers; the tests learn which from
+``/health`` and keep using that connection (keep-alive), so that every check has requests
+on both workers."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.fakenode import FakeNode
+from tests.support import Process, node_token, start_router, wait_until
+
+BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
+ADMIN = ("admin", "workers-admin-pass")
+
+
+def connections_by_worker(url: str, each: int) -> dict[int, list[http.client.HTTPConnection]]:
+    """``each`` keep-alive connections to every one of two workers (one that is starting
+    takes none until it serves)."""
+    where = urlsplit(url)
+    found: dict[int, list[http.client.HTTPConnection]] = {0: [], 1: []}
+
+    def connect() -> bool:
+        connection = http.client.HTTPConnection(where.hostname or "", where.port, timeout=30)
+        worker = int(ask(connection, "GET", "/health")[1]["worker"])
+        if len(found[worker]) < each:
+            found[worker].append(connection)
+        else:
+            connection.close()
+        return min(len(held) for held in found.values()) >= each
+
+    wait_until(connect, 60, step=0.01)
+    return found
+
+
+def ask(
+    connection: http.client.HTTPConnection, method: str, path: str,
+    body: object = None, headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, object]]:  # fmt: skip
+    payload = json.dumps(body).encode() if body is not None else None
+    connection.request(method, path, payload,
+                       {"content-type": "application/json", **(headers or {})})  # fmt: skip
+    answer = connection.getresponse()
+    text = answer.read()
+    return answer.status, json.loads(text) if text.startswith(b"{") else {"text": text.decode()}
+
+
+def serves_the_model(connection: http.client.HTTPConnection, headers: dict[str, str]) -> bool:
+    status, models = ask(connection, "GET", "/v1/models", headers=headers)
+    return status == 200 and any(m["id"] == "fake-model" for m in models["data"])  # type: ignore[attr-defined]
+
+
+def worker_pids(supervisor: Process) -> set[int]:
+    children = Path(f"/proc/{supervisor.proc.pid}/task/{supervisor.proc.pid}/children")
+    pids = {int(pid) for pid in children.read_text().split()}
+    # (multiprocessing's resource tracker is a child too: the workers run the router's loop)
+    return {pid for pid in pids if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()}
+
+
+@pytest.fixture
+def fake() -> FakeNode:
+    node = FakeNode("shared").start()
+    yield node
+    node.stop()
+
+
+def test_two_workers_share_a_nodes_slots_its_queue_and_their_metrics(
+    fake: FakeNode, tmp_path: Path
+) -> None:
+    env = {"LLMLB_AUTO_DISTRIBUTE": "none", "LLMLB_NODE_MAX_CONCURRENCY": "2"}
+    router = start_router(tmp_path, tmp_path, "--workers", "2", "--no-auth", env=env)
+    try:
+        fake.join(router.url, node_token(tmp_path))
+        fake.behaviour.delay = 0.4
+        by_worker = connections_by_worker(router.url, 3)
+        # The worker that heard the node's registration serves it at once; the other reads
+        # the node table within its sync (2 s).
+        for held in by_worker.values():
+            wait_until(lambda held=held: serves_the_model(held[0], {}))  # type: ignore[misc]
+        statuses: list[int] = []
+
+        def send(connection: http.client.HTTPConnection) -> None:
+            statuses.append(ask(connection, "POST", "/v1/chat/completions", BODY)[0])
+
+        senders = [threading.Thread(target=send, args=(c,))
+                   for held in by_worker.values() for c in held]  # fmt: skip
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(60)
+        assert statuses == [200] * 6
+        # The node's limit is 2. Each worker alone would have sent it 2 of its 3 at once
+        # (4); together they keep to 2, but for the instant two workers choose at once.
+        assert fake.requests == 6 and fake.peak_in_flight <= 3, fake.peak_in_flight
+        # Whichever worker answers a scrape counts every worker's requests.
+        for held in by_worker.values():
+            text = str(ask(held[0], "GET", "/metrics")[1]["text"])
+            answered = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                           if line.startswith("llmlb_requests_total{") and 'status="200"' in line)  # fmt: skip
+            assert answered == 6, text
+    finally:
+        router.stop()
+
+
+def test_two_workers_grant_a_key_its_allowance_once(fake: FakeNode, tmp_path: Path) -> None:
+    env = {"LLMLB_AUTO_DISTRIBUTE": "none", "LLMLB_ADMIN_PASSWORD": ADMIN[1]}
+    router = start_router(tmp_path, tmp_path, "--workers", "2", env=env)
+    try:
+        fake.join(router.url, node_token(tmp_path))
+        by_worker = connections_by_worker(router.url, 1)
+        basic = "Basic " + __import__("base64").b64encode(":".join(ADMIN).encode()).decode()
+        status, made = ask(by_worker[0][0], "POST", "/api/keys",
+                           {"limits": {"requests_per_minute": 10}}, {"authorization": basic})  # fmt: skip
+        assert status == 201
+        key = {"authorization": f"Bearer {made['secret']}"}
+        for held in by_worker.values():
+            wait_until(lambda held=held: serves_the_model(held[0], key))  # type: ignore[misc]
+        # Alternating, faster than routers on one database share usage (every second).
+        statuses = [ask(by_worker[n % 2][0], "POST", "/v1/chat/completions", BODY, key)[0]
+                    for n in range(30)]  # fmt: skip
+        # 10 a minute: a request's worth refills every 6 s, which 30 quick requests never take.
+        assert 10 <= statuses.count(200) <= 11, statuses
+        assert set(statuses) == {200, 429}
+    finally:
+        router.stop()
+
+
+def test_a_worker_that_dies_is_replaced_and_a_stop_waits_for_every_workers_requests(
+    fake: FakeNode, tmp_path: Path
+) -> None:
+    env = {"LLMLB_AUTO_DISTRIBUTE": "none"}
+    router = start_router(tmp_path, tmp_path, "--workers", "2", "--no-auth", env=env)
+    try:
+        fake.join(router.url, node_token(tmp_path))
+        first = worker_pids(router)
+        assert len(first) == 2
+        os.kill(min(first), signal.SIGKILL)
+        wait_until(lambda: len(worker_pids(router)) == 2 and min(first) not in worker_pids(router))
+        by_worker = connections_by_worker(router.url, 1)  # (both answer again)
+        for held in by_worker.values():
+            wait_until(lambda held=held: serves_the_model(held[0], {}))  # type: ignore[misc]
+        # A request in flight as the router is told to stop is answered; then all are gone.
+        fake.behaviour.delay = 1.0
+        answered: list[int] = []
+        sender = threading.Thread(target=lambda: answered.append(
+            ask(by_worker[1][0], "POST", "/v1/chat/completions", BODY)[0]))  # fmt: skip
+        sender.start()
+        wait_until(lambda: fake.in_flight == 1)
+        workers = worker_pids(router)
+        assert router.stop() == 0
+        sender.join(30)
+        assert answered == [200]
+        assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    finally:
+        router.stop()

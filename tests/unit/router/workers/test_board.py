@@ -1,0 +1,77 @@
+"""The workers' board (router.workers.board): two workers' views of one file, as two
+processes map it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llmlb.common.errors import RateLimited
+from llmlb.router.access.keys import KeyLimits
+from llmlb.router.access.limits import Allowance, KeyLimiter
+from llmlb.router.workers.board import Board, WorkerPlace
+
+
+@pytest.fixture
+def boards(tmp_path: Path) -> Iterator[list[Board]]:
+    path = tmp_path / "board"
+    Board.create(path, 3)
+    made = [Board(WorkerPlace(index, 3, path)) for index in range(3)]
+    yield made
+    for board in made:
+        board.close()
+
+
+def test_each_worker_sees_what_the_others_have_in_flight_to_a_node(boards: list[Board]) -> None:
+    first, second, third = boards
+    first.publish("node-a", 2)
+    second.publish("node-a", 1)
+    second.publish("node-b", 4)
+    assert (first.elsewhere("node-a"), second.elsewhere("node-a")) == (1, 2)
+    assert third.elsewhere("node-a") == 3 and third.elsewhere("node-b") == 4
+    assert first.elsewhere("node-c") == 0  # never met: nothing in flight
+    first.publish("node-a", 0)
+    assert third.elsewhere("node-a") == 1
+
+
+def test_a_worker_started_again_has_nothing_in_flight_or_queued(boards: list[Board]) -> None:
+    first, second, _ = boards
+    second.publish("node-a", 3)
+    second.publish_waiting(5)
+    assert (first.elsewhere("node-a"), first.waiting_elsewhere()) == (3, 5)
+    first.clear(1)  # (the supervisor's board, before it starts worker 1 again)
+    assert (first.elsewhere("node-a"), first.waiting_elsewhere()) == (0, 0)
+
+
+def test_what_a_key_used_through_one_worker_counts_once_in_the_others(
+    boards: list[Board],
+) -> None:
+    first, second, third = boards
+    second.publish_used("key", 3, 100)
+    assert first.used_elsewhere("key") == (3, 100)
+    assert first.used_elsewhere("key") == (0, 0)  # taken already
+    second.publish_used("key", 5, 100)
+    third.publish_used("key", 1, 7)
+    assert first.used_elsewhere("key") == (3, 7)
+    first.clear(1)  # worker 1 died; started again, it counts from zero
+    second.publish_used("key", 2, 0)
+    assert first.used_elsewhere("key") == (2, 0)
+
+
+def test_two_workers_grant_a_burst_a_keys_allowance_once(boards: list[Board]) -> None:
+    """Requests alternating over two workers, faster than any sharing round: together they
+    let in the key's requests per minute, not that much each."""
+    limiters = [KeyLimiter(), KeyLimiter()]
+    for limiter, board in zip(limiters, boards, strict=False):
+        limiter.board = board
+    allowance = Allowance("key", KeyLimits(requests_per_minute=10))
+    granted = 0
+    for attempt in range(40):
+        try:
+            limiters[attempt % 2].admit(allowance, "m")
+            granted += 1
+        except RateLimited:
+            pass
+    assert granted == 10
