@@ -106,6 +106,10 @@ def run(report: Report, quick: bool) -> None:
             against = os.environ.get("LLMLB_BENCH_AGAINST")
             if against:
                 sides[f"llmlb@{against}"] = _earlier_router(against, home, path, earlier)
+            workers = os.environ.get("LLMLB_BENCH_WORKERS")
+            if workers:
+                sides[f"llmlb ×{workers}"] = _side_router(home, "workers", path, earlier, {},
+                                                         "--workers", workers)  # fmt: skip
             traced = os.environ.get("LLMLB_BENCH_TRACED")
             if traced:
                 sides["llmlb traced"] = _traced_router(home, path, earlier, traced)
@@ -176,13 +180,14 @@ def _traced_router(
 
 
 def _side_router(
-    home: Path, name: str, path: str, started: list[Any], env: dict[str, str]
+    home: Path, name: str, path: str, started: list[Any], env: dict[str, str], *args: str
 ) -> tuple[str, list[str], int | None]:
-    """One more router (in a home of its own, with ``env``) and an upstream registered with
-    it, as a side; what it started is added to ``started``."""
+    """One more router (in a home of its own, with ``env`` and ``args``) and an upstream
+    registered with it, as a side; what it started is added to ``started``. (Its CPU is its
+    process tree's: with ``--workers``, the workers'.)"""
     side_home = home / name
     side_home.mkdir()
-    router = start_router(side_home, home, "--no-auth", "--log-level", "warning", env=env,
+    router = start_router(side_home, home, "--no-auth", "--log-level", "warning", *args, env=env,
                           name=f"{name}-router")  # fmt: skip
     started.append(router)
     upstream, _ = start_upstream("--router", router.url, "--token", node_token(side_home),
@@ -232,7 +237,10 @@ def _report(report: Report, sides: dict[str, tuple[str, list[str], int | None]],
         + ("" if "LiteLLM" in sides else " LiteLLM was not measured in this run"
            + (" (`--quick` skips it)." if quick else " (its install failed)."))
         + "".join(f" `{side}` is llmlb's router at that git revision (`LLMLB_BENCH_AGAINST`), "
-                  f"for a before/after in the same run." for side in sides if "@" in side),
+                  f"for a before/after in the same run." for side in sides if "@" in side)
+        + "".join(f" `{side}` is llmlb's router with `--workers {side.split('×')[1]}` "
+                  f"(`LLMLB_BENCH_WORKERS`; its CPU is all its processes')."
+                  for side in sides if "×" in side),
     )  # fmt: skip
     headers = ["mode", "conc", "side", "req/s", "p50", "p99", "ttfc p50", "ttfc p99",
                "CPU µs/req", "errors", "÷ direct", "llmlb ÷ side"]  # fmt: skip

@@ -9,12 +9,16 @@ on both workers."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
 import signal
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -48,7 +52,7 @@ def connections_by_worker(url: str, each: int) -> dict[int, list[http.client.HTT
 def ask(
     connection: http.client.HTTPConnection, method: str, path: str,
     body: object = None, headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, object]]:  # fmt: skip
+) -> tuple[int, dict[str, Any]]:  # fmt: skip
     payload = json.dumps(body).encode() if body is not None else None
     connection.request(method, path, payload,
                        {"content-type": "application/json", **(headers or {})})  # fmt: skip
@@ -59,7 +63,7 @@ def ask(
 
 def serves_the_model(connection: http.client.HTTPConnection, headers: dict[str, str]) -> bool:
     status, models = ask(connection, "GET", "/v1/models", headers=headers)
-    return status == 200 and any(m["id"] == "fake-model" for m in models["data"])  # type: ignore[attr-defined]
+    return status == 200 and any(m["id"] == "fake-model" for m in models["data"])
 
 
 def worker_pids(supervisor: Process) -> set[int]:
@@ -70,7 +74,7 @@ def worker_pids(supervisor: Process) -> set[int]:
 
 
 @pytest.fixture
-def fake() -> FakeNode:
+def fake() -> Iterator[FakeNode]:
     node = FakeNode("shared").start()
     yield node
     node.stop()
@@ -107,8 +111,10 @@ def test_two_workers_share_a_nodes_slots_its_queue_and_their_metrics(
         # Whichever worker answers a scrape counts every worker's requests.
         for held in by_worker.values():
             text = str(ask(held[0], "GET", "/metrics")[1]["text"])
-            answered = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                           if line.startswith("llmlb_requests_total{") and 'status="200"' in line)  # fmt: skip
+            ok = 'status="200"'
+            counted = [line for line in text.splitlines()
+                       if line.startswith("llmlb_requests_total{") and ok in line]  # fmt: skip
+            answered = sum(float(line.rsplit(" ", 1)[1]) for line in counted)
             assert answered == 6, text
     finally:
         router.stop()
@@ -120,9 +126,9 @@ def test_two_workers_grant_a_key_its_allowance_once(fake: FakeNode, tmp_path: Pa
     try:
         fake.join(router.url, node_token(tmp_path))
         by_worker = connections_by_worker(router.url, 1)
-        basic = "Basic " + __import__("base64").b64encode(":".join(ADMIN).encode()).decode()
-        status, made = ask(by_worker[0][0], "POST", "/api/keys",
-                           {"limits": {"requests_per_minute": 10}}, {"authorization": basic})  # fmt: skip
+        basic = {"authorization": "Basic " + base64.b64encode(":".join(ADMIN).encode()).decode()}
+        limits = {"limits": {"requests_per_minute": 10}}
+        status, made = ask(by_worker[0][0], "POST", "/api/keys", limits, basic)
         assert status == 201
         key = {"authorization": f"Bearer {made['secret']}"}
         for held in by_worker.values():
@@ -163,5 +169,30 @@ def test_a_worker_that_dies_is_replaced_and_a_stop_waits_for_every_workers_reque
         sender.join(30)
         assert answered == [200]
         assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    finally:
+        router.stop()
+
+
+def test_a_node_heard_by_one_worker_serves_through_every_worker_from_its_first_word(
+    fake: FakeNode, tmp_path: Path
+) -> None:
+    """A node heartbeats over one connection, so to one worker. The others serve it from
+    its registration on (no 404 while their periodic read of the node table is seconds
+    away), and never take it for gone between those reads (at 1 s heartbeats, three missed
+    make a node offline: sooner than the reads)."""
+    env = {"LLMLB_AUTO_DISTRIBUTE": "none"}
+    router = start_router(tmp_path, tmp_path, "--workers", "2", "--no-auth",
+                          "--heartbeat-interval", "1", env=env)  # fmt: skip
+    try:
+        by_worker = connections_by_worker(router.url, 1)
+        fake.join(router.url, node_token(tmp_path), interval=1.0)
+        statuses = [ask(held[0], "POST", "/v1/chat/completions", BODY)[0]
+                    for held in by_worker.values()]  # fmt: skip
+        assert statuses == [200, 200]
+        deadline = time.monotonic() + 8  # (eight heartbeats)
+        while time.monotonic() < deadline:
+            for held in by_worker.values():
+                statuses.append(ask(held[0], "POST", "/v1/chat/completions", BODY)[0])
+        assert set(statuses) == {200}, statuses
     finally:
         router.stop()

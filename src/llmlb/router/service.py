@@ -106,7 +106,7 @@ class RouterService:
             require_approval=settings.require_node_approval,
             node_max_concurrency=settings.node_max_concurrency,
             on_stall=self._call_off,
-            elsewhere=self.board.elsewhere if self.board is not None else None,
+            board=self.board,
         )
         self.limiter = KeyLimiter()
         self.limiter.board = self.board

@@ -33,8 +33,9 @@ from llmlb.router.fleet.node_record import (
     NodeRecord,
     record_of,
 )
-from llmlb.router.fleet.snapshots import Snapshots
+from llmlb.router.fleet.snapshots import Snapshots, heard_by_a_worker
 from llmlb.router.fleet.table import NodeTable
+from llmlb.router.workers.board import Board
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class Registry:
         started_at: float | None = None,
         on_change: Callable[[], None] = lambda: None,
         on_stall: Callable[[NodeRecord], None] = lambda node: None,
-        elsewhere: Callable[[str], int] | None = None,
+        board: Board | None = None,
     ) -> None:
         # Called whenever capacity may have appeared (a node registered, heartbeated, was
         # approved or undrained): queued requests look again.
@@ -66,9 +67,9 @@ class Registry:
         self._require_approval = require_approval
         self._nodes: dict[str, NodeRecord] = {}
         self._addresses: dict[tuple[str, str], str] = {}  # (name, base_url) -> node id
-        # The other worker processes' requests in flight to a node (router.workers).
-        self._elsewhere = elsewhere
-        self._views = Snapshots(self._nodes, heartbeat_interval, node_max_concurrency, elsewhere)
+        # With worker processes (router.workers): what the others have in flight, and hear.
+        self.board = board
+        self._views = Snapshots(self._nodes, heartbeat_interval, node_max_concurrency, board)
         self._unwritten: set[str] = set()  # nodes whose last heartbeat is not in the database
         # Endpoints' own model ids -> the fleet's names for them (router.fleet.endpoints).
         self._upstream_names: dict[str, str] = {}
@@ -82,12 +83,23 @@ class Registry:
         return node
 
     def all(self) -> list[NodeRecord]:
+        if self.board is not None:
+            for node in self._nodes.values():
+                heard_by_a_worker(node, self.board)
         return sorted(self._nodes.values(), key=lambda n: (n.name, n.id))
 
     def in_flight(self, node: NodeRecord) -> int:
         """The router's requests in flight to the node: this process's, and with workers
         (router.workers) the others' too."""
-        return node.active + (self._elsewhere(node.id) if self._elsewhere is not None else 0)
+        return node.active + (self.board.elsewhere(node.id) if self.board is not None else 0)
+
+    def _told(self, node: NodeRecord, fleet_changed: bool) -> None:
+        """With workers: the others learn at once that the node spoke (and, when it joined or
+        changed what it serves, that the node table is worth reading)."""
+        if self.board is not None:
+            self.board.hear(node.id, node.heard_at)
+            if fleet_changed:
+                self.board.fleet_changed()
 
     def _add(self, record: NodeRecord) -> NodeRecord:
         self._nodes[record.id] = record
@@ -179,6 +191,7 @@ class Registry:
             existing.unreachable = existing.stalled  # a stall ends with a probe, not a word
             existing.token, existing.live = token, True
             existing.spoke()
+            self._told(existing, fleet_changed=True)
             log.info("node %s (%s) re-registered as %s", request.name, request.base_url, node_id)
             self.changed(existing)
             return existing
@@ -189,6 +202,7 @@ class Registry:
         )  # fmt: skip
         record.spoke()
         self._add(record)
+        self._told(record, fleet_changed=True)
         log.info("node %s (%s) registered as %s", request.name, request.base_url, node_id)
         self.changed(record)
         return record
@@ -213,12 +227,14 @@ class Registry:
             load.models_loaded == node.load.models_loaded
             and load.models_on_disk == node.load.models_on_disk
         )
+        same_state = load.state == node.load.state
         if black_holed(node, load, self.heartbeat_interval):
             self._stall(node)
         node.last_seen, node.load = now, load
         node.unreachable = node.stalled  # only a probe that gets through clears a stall
         node.token, node.live = token, True
         node.spoke()
+        self._told(node, fleet_changed=not (same_models and same_state))
         self.changed(node, models=not same_models)
         return node
 

@@ -8,20 +8,20 @@ than the requests themselves: only what changed is dropped.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from llmlb.router.balancer.ranking import NodeSnapshot
 from llmlb.router.fleet.node_record import NodeRecord
+from llmlb.router.workers.board import Board
 
 
 class Snapshots:
     def __init__(self, nodes: dict[str, NodeRecord], heartbeat_interval: float,
-                 node_max_concurrency: int | None,
-                 elsewhere: Callable[[str], int] | None = None) -> None:  # fmt: skip
+                 node_max_concurrency: int | None, board: Board | None = None) -> None:  # fmt: skip
         self._nodes = nodes  # the registry's index, read (never written) here
-        # The other worker processes' requests in flight to a node (router.workers.board);
-        # None: this process is the whole router.
-        self._elsewhere = elsewhere
+        # With worker processes (router.workers.board): what the others have in flight and
+        # heard; None: this process is the whole router.
+        self._board = board
         self._heartbeat_interval = heartbeat_interval
         self._max_concurrency = node_max_concurrency
         self._snapshots: dict[str, NodeSnapshot] = {}
@@ -53,7 +53,7 @@ class Snapshots:
         (which age without any event) filled in now. Use them at once: the next call
         refreshes the same objects."""
         now = time.monotonic()
-        elsewhere = self._elsewhere
+        board = self._board
         out = []
         for node_id in ids:
             node = self._nodes.get(node_id)
@@ -62,7 +62,11 @@ class Snapshots:
             snapshot = self._snapshots.get(node_id)
             if snapshot is None:
                 snapshot = self._snapshots[node_id] = self._snapshot(node)
-            snapshot.active = node.active if elsewhere is None else node.active + elsewhere(node_id)
+            if board is None:
+                snapshot.active = node.active
+            else:
+                snapshot.active = node.active + board.elsewhere(node_id)
+                heard_by_a_worker(node, board)
             snapshot.first_byte_seconds = node.first_byte_now(now)
             snapshot.serving = node.status(self._heartbeat_interval, now) == "ready"
             out.append(snapshot)
@@ -89,3 +93,11 @@ class Snapshots:
             prompt_tokens_per_second=load.prompt_tokens_per_second,
             fetches=not node.is_endpoint,
         )
+
+
+def heard_by_a_worker(node: NodeRecord, board: Board) -> None:
+    """Another worker heard the node more recently than this one: so did this router (the
+    workers are one router, on one host)."""
+    heard = board.heard_at(node.id)
+    if heard > node.heard_at:
+        node.heard_at = node.spoke_at = heard

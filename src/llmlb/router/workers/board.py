@@ -52,11 +52,13 @@ def _layout(workers: int) -> list[tuple[str, int, Literal["B", "i", "q"]]]:
     return [
         ("node_keys", MAX_NODES * KEY_BYTES, "B"),
         ("in_flight", MAX_NODES * workers * 4, "i"),  # row x worker
+        ("heard", MAX_NODES * 8, "q"),  # a node's last heartbeat, heard by any worker (ns)
         ("subject_keys", MAX_SUBJECTS * KEY_BYTES, "B"),
         # row x worker x (requests, tokens, when last written: monotonic ns, one clock for all)
         ("used", MAX_SUBJECTS * workers * _USED * 8, "q"),
         ("waiting", workers * 4, "i"),
         ("generation", workers * 4, "i"),  # +1 each time a worker is started again
+        ("fleet_revision", 8, "q"),  # +1 as a worker hears a node join or change its models
     ]
 
 
@@ -114,6 +116,8 @@ class Board:
         self._used = self._views["used"]
         self._waiting = self._views["waiting"]
         self._generation = self._views["generation"]
+        self._heard = self._views["heard"]
+        self._fleet_revision = self._views["fleet_revision"]
         self._nodes = _Rows(self._fd, self._views["node_keys"], MAX_NODES, "nodes")
         self._subjects = _Rows(self._fd, self._views["subject_keys"], MAX_SUBJECTS, "keys")
         # What each other worker had used of each key as this one last looked, and in which
@@ -142,6 +146,30 @@ class Board:
         start = row * self.workers
         counts = self._in_flight[start : start + self.workers]
         return sum(counts) - counts[self.me]
+
+    # -- nodes heard ---------------------------------------------------------------------
+
+    def hear(self, node_id: str, at: float) -> None:
+        """This worker heard the node at ``at`` (monotonic seconds: one clock for all the
+        workers). A node heartbeats over one connection, so to one worker; the others would
+        hear of it only as the database's row changes, seconds later."""
+        row = self._nodes.row(node_id)
+        if row >= 0:
+            self._heard[row] = max(self._heard[row], int(at * 1e9))
+
+    def heard_at(self, node_id: str) -> float:
+        """When any worker last heard the node (monotonic seconds; -inf: never)."""
+        row = self._nodes.row(node_id)
+        heard = self._heard[row] if row >= 0 else 0
+        return heard / 1e9 if heard else float("-inf")
+
+    def fleet_changed(self) -> None:
+        """A node joined or changed what it serves: a worker that finds no node for a model
+        reads the node table before it says so."""
+        self._fleet_revision[0] += 1
+
+    def fleet_revision(self) -> int:
+        return self._fleet_revision[0]
 
     # -- requests queued -------------------------------------------------------------------
 

@@ -75,3 +75,14 @@ def test_two_workers_grant_a_burst_a_keys_allowance_once(boards: list[Board]) ->
         except RateLimited:
             pass
     assert granted == 10
+
+
+def test_a_node_heard_by_one_worker_is_heard_by_all(boards: list[Board]) -> None:
+    first, second, _ = boards
+    assert second.heard_at("node-a") == float("-inf")
+    first.hear("node-a", 100.5)
+    first.hear("node-a", 99.0)  # (an older word changes nothing)
+    assert second.heard_at("node-a") == 100.5
+    revision = second.fleet_revision()
+    first.fleet_changed()
+    assert second.fleet_revision() == revision + 1
