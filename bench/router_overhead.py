@@ -208,6 +208,12 @@ def _stop_earlier(started: list[Any]) -> None:
             thing.stop()
 
 
+def _tree(pid: int) -> list[int]:
+    import psutil
+
+    return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+
+
 def _median(runs: list[dict[str, float]], key: str) -> float:
     """The median over the rounds that measured ``key`` (a round whose every answer came
     after its window has no latencies); NaN, shown as "–", when none did."""
@@ -220,7 +226,9 @@ def _report(report: Report, sides: dict[str, tuple[str, list[str], int | None]],
             generator_share: list[tuple[str, int, float, float]], concurrencies: tuple[int, ...],
             seconds: float, rounds: int, quick: bool) -> None:  # fmt: skip
     pids = {side: pid for side, (_, _, pid) in sides.items() if pid is not None}
-    memory = {side: (rss_mib(pid), peak_rss_mib(pid)) for side, pid in pids.items()}
+    # Per process, the largest of the side's (nginx's worker, llmlb's router workers).
+    memory = {side: max((rss_mib(p), peak_rss_mib(p)) for p in _tree(pid))
+              for side, pid in pids.items()}  # fmt: skip
     report.section(
         "Router overhead",
         f"One fast fake upstream (`bench/upstream.py`), called directly, through llmlb, "
@@ -275,7 +283,7 @@ def _report(report: Report, sides: dict[str, tuple[str, list[str], int | None]],
             f"over nginx's, p99 at c={high} "
             f"{gap('llmlb', mode, 'p99_ms', high) / gap('nginx', mode, 'p99_ms', high):.2f}× "
             f"nginx's" for mode in ("whole", "stream")) + ".")  # fmt: skip
-    report.add("RSS after the run (peak): " + ", ".join(
+    report.add("RSS after the run (peak), of the side's largest process: " + ", ".join(
         f"{s} {now:.0f} MiB ({peak:.0f})" for s, (now, peak) in memory.items()))  # fmt: skip
     report.add(
         "The load generator is faster than what it measures: during the direct runs it used "

@@ -14,6 +14,9 @@ import http.client
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -196,3 +199,20 @@ def test_a_node_heard_by_one_worker_serves_through_every_worker_from_its_first_w
         assert set(statuses) == {200}, statuses
     finally:
         router.stop()
+
+
+def test_workers_refuse_a_taken_port_and_llmlb_up_at_once(tmp_path: Path) -> None:
+    """Told before any worker starts: a port that is taken (the supervisor binds it first),
+    and ``llmlb up``, which runs its router and node in one process."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "LLMLB_HOME": str(tmp_path)}
+        for args in (["serve", "--port", str(port), "--workers", "2"], ["up", "--workers", "2"]):
+            done = subprocess.run([sys.executable, "-m", "llmlb", *args], capture_output=True,
+                                  text=True, env=env, timeout=60)  # fmt: skip
+            said = done.stdout + done.stderr
+            assert done.returncode == 1, done
+            assert ("cannot listen on" in said) == (args[0] == "serve")
+            assert ("--workers is for llmlb serve" in said) == (args[0] == "up")

@@ -44,6 +44,7 @@ from llmlb.common.files import write_private
 from llmlb.common.logs import configure_logging
 from llmlb.common.serving import run_async, url_of
 from llmlb.common.settings import ROUTER_URL_FILE, RouterSettings
+from llmlb.router.listening import listening_sockets, print_listening
 from llmlb.router.workers.board import Board, WorkerPlace
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,6 @@ _PR_SET_PDEATHSIG = 1
 
 def run_workers(settings: RouterSettings) -> int:
     """Serve with ``settings.workers`` processes until SIGTERM or SIGINT; the exit status."""
-    from llmlb.router.server import listening_sockets, print_listening
-
     if sys.platform == "win32":  # (the board's file lock, the workers' process groups)
         raise BadRequest("--workers needs Linux or macOS: run one router per port on Windows",
                          param="workers")  # fmt: skip
