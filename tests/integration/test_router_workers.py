@@ -10,6 +10,7 @@ on both workers."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -24,9 +25,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psutil
 import pytest
 
+from tests.fakehub import hub_entry
 from tests.fakenode import FakeNode
+from tests.postgres import PostgresServer
 from tests.support import Process, node_token, start_router, wait_until
 
 BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}
@@ -70,10 +74,13 @@ def serves_the_model(connection: http.client.HTTPConnection, headers: dict[str, 
 
 
 def worker_pids(supervisor: Process) -> set[int]:
-    children = Path(f"/proc/{supervisor.proc.pid}/task/{supervisor.proc.pid}/children")
-    pids = {int(pid) for pid in children.read_text().split()}
-    # (multiprocessing's resource tracker is a child too: the workers run the router's loop)
-    return {pid for pid in pids if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()}
+    # (multiprocessing's resource tracker is a child too: the workers are the spawned ones)
+    pids = set()
+    for child in psutil.Process(supervisor.proc.pid).children():
+        with contextlib.suppress(psutil.NoSuchProcess):  # (one that ended as we looked)
+            if "spawn_main" in " ".join(child.cmdline()):
+                pids.add(child.pid)
+    return pids
 
 
 @pytest.fixture
@@ -216,3 +223,39 @@ def test_workers_refuse_a_taken_port_and_llmlb_up_at_once(tmp_path: Path) -> Non
             assert done.returncode == 1, done
             assert ("cannot listen on" in said) == (args[0] == "serve")
             assert ("--workers is for llmlb serve" in said) == (args[0] == "up")
+
+
+def test_workers_on_postgresql_keep_their_tasks_and_share_keys_usage_within_its_columns(
+    postgres: PostgresServer, fake: FakeNode, tmp_path: Path
+) -> None:
+    """PostgreSQL holds names to their columns' widths (SQLite does not): a worker's name as
+    a task's owner, and its process id in the keys' usage shared with other routers."""
+    database = postgres.new_database()
+    data = b"not a model, never fetched"
+    (tmp_path / "supported_models.json").write_text(
+        json.dumps({"models": [hub_entry("tiny", "test/tiny", data)]})
+    )
+    env = {"LLMLB_AUTO_DISTRIBUTE": "none", "LLMLB_ADMIN_PASSWORD": ADMIN[1],
+           "LLMLB_DATABASE_URL": database}  # fmt: skip
+    router = start_router(tmp_path, tmp_path, "--workers", "2", env=env)
+    try:
+        fake.join(router.url, node_token(tmp_path))
+        by_worker = connections_by_worker(router.url, 1)
+        basic = {"authorization": "Basic " + base64.b64encode(":".join(ADMIN).encode()).decode()}
+        to_the_node = {"model": "tiny", "target": "specific", "node_ids": [fake.node_id]}
+        sent = ask(by_worker[0][0], "POST", "/api/models/distribute", to_the_node, basic)
+        assert sent[0] == 202, sent
+        (task,) = sent[1]["task_ids"]
+        owner = ask(by_worker[1][0], "GET", f"/api/tasks/{task}", headers=basic)[1]["owner"]
+        assert owner.endswith(":0") and len(owner) <= 36
+        limits = {"limits": {"requests_per_minute": 100}}
+        made = ask(by_worker[0][0], "POST", "/api/keys", limits, basic)[1]
+        key = {"authorization": f"Bearer {made['secret']}"}
+        for held in by_worker.values():
+            wait_until(lambda held=held: serves_the_model(held[0], key))  # type: ignore[misc]
+            assert ask(held[0], "POST", "/v1/chat/completions", BODY, key)[0] == 200
+        # Each worker writes its row for other routers (every second).
+        sql = "SELECT count(DISTINCT process) FROM key_usage"
+        wait_until(lambda: postgres.query(database, sql) == [["2"]])
+    finally:
+        router.stop()

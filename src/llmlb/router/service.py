@@ -79,7 +79,7 @@ class RouterService:
         self.worker = worker
         self.board = Board(worker) if worker is not None else None
         identity = router_id(settings.home)
-        task_owner = identity if worker is None else f"{identity}:{worker.index}"
+        task_owner = identity if worker is None else worker.owner(identity)
         self.started = False  # start() finished: /startup
         # First: a broken catalog stops the start.
         self.catalog = Catalog.load(settings.home, tiers=tiers_from_setting(settings.model_tiers))

@@ -137,6 +137,14 @@ class KeyLimiter:
         if self.board is not None:
             self.board.publish_used(key_id, counts[0], counts[1])
 
+    def take_workers_use(self) -> None:
+        """With worker processes: what the others let every key use since the last look
+        (router.access.sharing's round, each second), so that a key's use counts within the
+        minute it happened, even here where its client may not come."""
+        if self.board is not None:
+            for subject, requests, tokens in self.board.used_elsewhere_by_all():
+                self.others_used(subject, requests, tokens)
+
     def others_used(self, key_id: str, requests: int, tokens: int) -> None:
         """Another router's use of a key (read from the database), taken from its buckets,
         at most a minute's allowance at once (a router's whole count, should its row ever

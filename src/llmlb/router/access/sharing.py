@@ -49,6 +49,7 @@ class LimitSharing:
 
     async def share(self) -> None:
         """One round: write this process's changed counters, take the others' growth."""
+        self._limiter.take_workers_use()  # (sibling workers: from their board, not here)
         limiter, now, monotonic = self._limiter, time.time(), time.monotonic()
         changed, limiter.unshared = limiter.unshared, set()
         if monotonic - self._rewritten_at > STALE_ROWS_SECONDS / 4:  # show this process lives
@@ -92,14 +93,14 @@ class LimitSharing:
         first_round, self._read = self._read is None, self._read or {}
         read = self._read
         for row in others:
-            if self._siblings and row.process.startswith(self._siblings):
-                continue
             before = read.get((row.process, row.key_id))
             values = (row.requests, row.tokens, row.updated_at)
             since = before[3] if before is not None and before[:3] == values else monotonic
-            read[(row.process, row.key_id)] = (*values, since)
+            read[(row.process, row.key_id)] = (*values, since)  # (a gone worker's, deleted too)
             if before is None and first_round:
                 continue  # from before this router started
+            if self._siblings and row.process.startswith(self._siblings):
+                continue  # a sibling worker's: taken from the board already
             requests = row.requests - (before[0] if before else 0)
             tokens = row.tokens - (before[1] if before else 0)
             if requests or tokens:

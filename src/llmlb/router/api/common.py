@@ -87,6 +87,8 @@ def admin(handler: Handler) -> Handler:
 
     async def guarded(request: Request) -> Response:
         request.state.principal = principal = await authorize(request, "admin")
+        # With workers: a node that joined through another one is known here too.
+        await service_of(request).registry.caught_up()
         if request.method in ("GET", "HEAD"):
             return await handler(request)
         status = 500

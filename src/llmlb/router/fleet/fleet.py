@@ -97,12 +97,11 @@ class Fleet:
         reachable)."""
         self._refuse_own_address(spec.url)
         node = await self.endpoints.add(spec)
-        return node.to_dict(self.settings.heartbeat_interval)
+        return self._view(node)
 
     def endpoint_list(self) -> list[dict[str, Any]]:
         now = time.monotonic()
-        interval = self.settings.heartbeat_interval
-        return [n.to_dict(interval, now) for n in self.registry.all() if n.is_endpoint]
+        return [self._view(n, now) for n in self.registry.all() if n.is_endpoint]
 
     async def heartbeat(self, node_id: str, load: NodeLoad, token: str | None) -> dict[str, Any]:
         node = await self.registry.heartbeat(node_id, load, token)
@@ -113,10 +112,13 @@ class Fleet:
 
     def nodes(self) -> list[dict[str, Any]]:
         now = time.monotonic()
-        return [n.to_dict(self.settings.heartbeat_interval, now) for n in self.registry.all()]
+        return [self._view(n, now) for n in self.registry.all()]
 
     def node(self, node_id: str) -> dict[str, Any]:
-        return self.registry.get(node_id).to_dict(self.settings.heartbeat_interval)
+        return self._view(self.registry.get(node_id))
+
+    def _view(self, node: NodeRecord, now: float | None = None) -> dict[str, Any]:
+        return node.to_dict(self.settings.heartbeat_interval, now, self.registry.in_flight(node))
 
     def record(self, node_id: str) -> NodeRecord:
         """The node's record (NotFound for an id the fleet does not hold)."""

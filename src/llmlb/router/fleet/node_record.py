@@ -182,7 +182,9 @@ class NodeRecord:
             return "draining"
         return self.load.state
 
-    def to_dict(self, interval: float, now: float | None = None) -> dict[str, Any]:
+    def to_dict(
+        self, interval: float, now: float | None = None, in_flight: int | None = None
+    ) -> dict[str, Any]:
         return {
             "id": self.id,
             "name": self.name,
@@ -201,7 +203,8 @@ class NodeRecord:
             # slots, ...) and, beside it, what this router has in flight to it right now.
             **self.load.model_dump(),
             "assigned_models": self.assigned,
-            "router_in_flight": self.active,
+            # (``in_flight``: with workers, every worker's: registry.in_flight)
+            "router_in_flight": self.active if in_flight is None else in_flight,
             **({"endpoint": self.endpoint.to_dict(), "has_key": self.token is not None}
                if self.endpoint is not None else {}),
         }  # fmt: skip

@@ -14,6 +14,7 @@ be kept in two places.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -71,6 +72,8 @@ class Registry:
         self.board = board
         self._views = Snapshots(self._nodes, heartbeat_interval, node_max_concurrency, board)
         self._unwritten: set[str] = set()  # nodes whose last heartbeat is not in the database
+        self._loading = asyncio.Lock()
+        self._fleet_read = 0  # (with workers) the board's fleet revision as last read
         # Endpoints' own model ids -> the fleet's names for them (router.fleet.endpoints).
         self._upstream_names: dict[str, str] = {}
 
@@ -323,7 +326,24 @@ class Registry:
     # -- the table, read back --------------------------------------------------------------
 
     async def load(self) -> None:
-        """Fill the memory copy from the database (start, and the periodic sync)."""
+        """Fill the memory copy from the database (start, and the periodic sync; with
+        workers, ``caught_up`` too: one read at a time)."""
+        async with self._loading:
+            if self.board is not None:
+                self._fleet_read = self.board.fleet_revision()  # (what this read includes)
+            await self._load()
+
+    async def caught_up(self) -> bool:
+        """With workers: whether another worker heard a node join or change what it serves
+        since this one last read the node table, which it has read now. (The periodic read
+        is seconds away: meanwhile a model a new node brings would be a 404 here, and the
+        node itself unknown to the admin API.)"""
+        if self.board is None or self.board.fleet_revision() == self._fleet_read:
+            return False
+        await self.load()
+        return True
+
+    async def _load(self) -> None:
         await self.write_heartbeats()  # first, so the rows are at least as new as memory
         # A node that registers while the SELECT runs is not in its rows: only records that
         # were here before it started can have been removed by someone else.

@@ -93,8 +93,6 @@ class Proxy:
         self._line = WaitLine(settings.queue_size, settings.queue_timeout,
                               on_depth=self._queue_depth, board=board)  # fmt: skip
         self._poll = OTHER_WORKERS_POLL_SECONDS if board is not None else float("inf")
-        self._fleet_read = 0  # (with workers) the board's fleet revision as last read here
-        self._reading_fleet = asyncio.Lock()
 
     @property
     def waiting(self) -> int:
@@ -119,6 +117,7 @@ class Proxy:
         started = time.monotonic()
         fetchable = self._in_catalog(routed.model)
         place: WaitPlace | None = None
+        caught_up = False  # (the node table read at most once per request)
         try:
             while True:
                 node = self.choose(routed, tried, fetchable)
@@ -132,7 +131,9 @@ class Proxy:
                     if s.serving and s.can_serve(routed.model, fetchable) and s.id not in tried
                 ]  # fmt: skip
                 if not able:
-                    if await self._caught_up():
+                    # (with workers: a node that joined through another one, read now)
+                    if not caught_up and await self._registry.caught_up():
+                        caught_up = True
                         continue
                     raise self._no_node(routed.model, tried, routed.asked)
                 if place is None:
@@ -148,19 +149,6 @@ class Proxy:
         finally:
             if place is not None:
                 place.leave()
-
-    async def _caught_up(self) -> bool:
-        """With workers: whether a node joined or changed through another worker since this
-        one last read the node table, which it has read now (the periodic read is seconds
-        away: without this, a model a new node brings would be a 404 here meanwhile)."""
-        if self._board is None or self._board.fleet_revision() == self._fleet_read:
-            return False
-        async with self._reading_fleet:  # (one read for every request that needs it)
-            revision = self._board.fleet_revision()
-            if revision != self._fleet_read:
-                await self._registry.load()
-                self._fleet_read = revision
-        return True
 
     def _no_node(self, model: str, tried: frozenset[str], asked: str = "") -> LlmlbError:
         if tried:

@@ -98,7 +98,7 @@ class _Supervisor:
 
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: self.stopping.set())
+            signal.signal(signum, self._on_signal)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)  # (the workers inherit)
         url = url_of(self.sockets[0], self.settings.tls_cert is not None)
         url_file = self.settings.home / ROUTER_URL_FILE
@@ -116,6 +116,15 @@ class _Supervisor:
             with contextlib.suppress(OSError):
                 if url_file.read_text().strip() == url:
                     url_file.unlink()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        """The first stops every worker gracefully; a second, now (as uvicorn takes a second
+        Ctrl-C)."""
+        if self.stopping.is_set():
+            for process in self.workers.values():
+                with contextlib.suppress(ProcessLookupError, TypeError):
+                    os.kill(process.pid, signal.SIGINT)  # type: ignore[arg-type]
+        self.stopping.set()
 
     def _start(self, index: int) -> Event:
         started = self.context.Event()
@@ -215,7 +224,11 @@ def _worker_main(
 
 
 def _end_with_parent() -> None:
-    """A supervisor killed outright (SIGKILL) takes its workers with it (Linux)."""
+    """A supervisor killed outright (SIGKILL) takes its workers with it (Linux), even one
+    that died as this worker started."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        sys.exit(0)

@@ -81,8 +81,35 @@ def test_a_node_heard_by_one_worker_is_heard_by_all(boards: list[Board]) -> None
     first, second, _ = boards
     assert second.heard_at("node-a") == float("-inf")
     first.hear("node-a", 100.5)
-    first.hear("node-a", 99.0)  # (an older word changes nothing)
+    second.hear("node-a", 99.0)  # (the latest word of any worker's counts)
     assert second.heard_at("node-a") == 100.5
     revision = second.fleet_revision()
     first.fleet_changed()
     assert second.fleet_revision() == revision + 1
+
+
+def test_a_worker_started_later_takes_what_keys_used_before_it_as_counted(
+    tmp_path: Path,
+) -> None:
+    """Use from before a worker's start was counted where it happened (its buckets start
+    full, as a router's do); use since, by any worker, and keys first used since, count."""
+    path = tmp_path / "board"
+    Board.create(path, 2)
+    first = Board(WorkerPlace(0, 2, path))
+    first.publish_used("old-key", 50, 0)
+    second = Board(WorkerPlace(1, 2, path))  # (a worker started again, say)
+    assert second.used_elsewhere("old-key") == (0, 0)
+    first.publish_used("old-key", 52, 0)
+    first.publish_used("new-key", 4, 9)
+    assert sorted(second.used_elsewhere_by_all()) == [("new-key", 4, 9), ("old-key", 2, 0)]
+    assert second.used_elsewhere_by_all() == []  # taken already
+    first.close()
+    second.close()
+
+
+def test_a_worker_names_its_tasks_within_their_column_and_the_same_after_a_restart() -> None:
+    place = WorkerPlace(12, 16, Path("board"))
+    owner = place.owner("0f6a8d8e-3b1c-4c55-9d3e-2a6f7b1c9e01")
+    assert len(owner) <= 36 and owner == WorkerPlace(12, 16, Path("other")).owner(
+        "0f6a8d8e-3b1c-4c55-9d3e-2a6f7b1c9e01"
+    )
