@@ -4,7 +4,9 @@ The hot copy lives in memory (the balancer reads it on every request, through
 ``fleet.snapshots``); every change is written through to the node table (``fleet.table``),
 and operator flags (approved, draining, removed) are read back from it periodically, so the
 management CLI and other routers sharing the database are seen within a few seconds. Whether
-a node that heartbeats really serves is ``fleet.health``'s to say.
+a node that heartbeats really serves is ``fleet.health``'s to say. With worker processes
+(``router.workers``) it tells the others, on their board, when a node speaks or joins, and
+reads the table at once when another worker heard one join (``caught_up``).
 
 Longer than most modules on purpose: it is the one writer of the in-memory index (nodes,
 endpoints, their addresses and the endpoints' model names), and every change to it is here,
