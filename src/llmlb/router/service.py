@@ -110,8 +110,7 @@ class RouterService:
         )
         self.limiter = KeyLimiter()
         self.limiter.board = self.board
-        # (48 bits of the router's id tell its workers' rows from other routers')
-        siblings = identity.replace("-", "")[:12] + ":" if worker is not None else ""
+        siblings = WorkerPlace.siblings(identity) if worker is not None else ""
         self.limit_sharing = LimitSharing(engine, self.limiter, siblings)
         # Every request's record passes here: its tokens count against its key's allowance.
         self.history = History(engine, settings.history_days, on_record=self._charge)

@@ -49,9 +49,8 @@ class Snapshots:
 
     def of(self, ids: Iterable[str]) -> list[NodeSnapshot]:
         """The nodes' cached snapshots with the router's in-flight counts (all its workers')
-        and their statuses
-        (which age without any event) filled in now. Use them at once: the next call
-        refreshes the same objects."""
+        and their statuses (which age without any event) filled in now. Use them at once:
+        the next call refreshes the same objects."""
         now = time.monotonic()
         board = self._board
         out = []

@@ -91,7 +91,7 @@ class Proxy:
         self._capacity = capacity
         self._chooser = Chooser(registry, settings.balancer)
         self._line = WaitLine(settings.queue_size, settings.queue_timeout,
-                              on_depth=self._queue_depth, board=board)  # fmt: skip
+                              on_depth=metrics.queue_depth.set, board=board)  # fmt: skip
         self._poll = OTHER_WORKERS_POLL_SECONDS if board is not None else float("inf")
 
     @property
@@ -99,9 +99,6 @@ class Proxy:
         """Requests queued for a free node now (by every worker)."""
         elsewhere = self._board.waiting_elsewhere() if self._board is not None else 0
         return self._line.waiting + elsewhere
-
-    def _queue_depth(self, depth: int) -> None:
-        self._metrics.queue_depth.set(depth)  # (summed over the workers: router.telemetry)
 
     # -- choosing a node -------------------------------------------------------------------
 

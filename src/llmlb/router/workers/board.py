@@ -50,6 +50,12 @@ class WorkerPlace:
         most), the same across its restarts."""
         return f"{router_id.replace('-', '')[:32]}:{self.index}"
 
+    @staticmethod
+    def siblings(router_id: str) -> str:
+        """What every worker of the router begins its usage rows' process ids with (48 bits
+        of its id: router.access.sharing tells its workers' rows from other routers')."""
+        return router_id.replace("-", "")[:12] + ":"
+
 
 def _layout(workers: int) -> list[tuple[str, int, Literal["B", "i", "q"]]]:
     """The board's regions in order: (name, bytes, memoryview format)."""
