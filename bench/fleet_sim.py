@@ -296,8 +296,35 @@ def simulate(strategy: BalancerStrategy | str, nodes: int, conversations: list[C
     return firsts, now, served
 
 
+def bound_rps(conversations: list[Conversation], nodes: int) -> float:
+    """Requests/s no router can beat in this model: every request does the least work it
+    could (its prompt cold only where no earlier request had that prefix: each conversation's
+    first turn, and each later turn's newest part) and every node runs one request at a time,
+    never idle. (``nodes`` in flight: one on each node is the most the fleet can do at once; two
+    on one node run at 1.17 the speed of one while another node has none.)"""
+    c = CALIBRATION
+    seen: set[int] = set()
+    work = 0.0
+    # In the order the simulation sends them: every conversation's first turn, then the second...
+    for turn in range(max(len(conversation) for conversation in conversations)):
+        for conversation in conversations:
+            if turn >= len(conversation):
+                continue
+            body = {"messages": conversation[turn]}
+            keys = prefix_blocks(MODEL, body)
+            tokens = len(prompt_text(body)) // CHARS_PER_TOKEN
+            depth = next((i for i, key in enumerate(keys) if key not in seen), len(keys))
+            hit = min(depth * BLOCK // CHARS_PER_TOKEN, tokens)
+            work += ((tokens - hit) * c["prefill_s_per_token"] + hit * c["cached_s_per_token"]
+                     + MAX_TOKENS * c["decode_s_per_token"])  # fmt: skip
+            seen.update(keys)
+    requests = sum(len(conversation) for conversation in conversations)
+    return requests / (work / nodes)
+
+
 def run(report: Report, quick: bool) -> None:
-    sizes = (16,) if quick else (16, 64)
+    # Two nodes: the routing suite's real pair, as a check of the model against measurement.
+    sizes = (2, 16) if quick else (2, 16, 64)
     report.section(
         "Routing at fleet scale (a calibrated simulation)",
         "Not measured: llmlb's own choice (`Chooser`, each strategy) over simulated nodes in "
@@ -312,25 +339,31 @@ def run(report: Report, quick: bool) -> None:
         "mean request time and its prompt speed, as real ones do. "
         f"`{SGLANG}`: SGLang's gateway's policy with its defaults, from its source, at the "
         "router's block granularity. Conversations: 4.5 × "
-        "the nodes, 4 turns, as many in flight as nodes, 8 tokens an answer. `spread` is the "
-        "busiest node's requests over the mean.",
+        "the nodes (9 for 2 nodes, as in the routing suite), 4 turns, as many in flight as "
+        "nodes, 8 tokens an answer. `spread` is the busiest node's requests over the mean. "
+        "`bound` is the requests/s no router can beat in this model (every request doing the "
+        "least work it could, every node busy with one request at a time).",
     )
     rows = []
     for nodes in sizes:
         count = nodes * 9 // 2 | 1  # odd: see the routing suite
         for kind in ("shared", "growing", "agents"):
             conversations = workload(kind, count, 4)
-            base = None
+            base = base_rate = 0.0  # round robin's, the first side's
             for strategy in (*STRATEGIES, SGLANG):
                 firsts, wall, served = simulate(strategy, nodes, conversations, nodes)
                 mean = statistics.fmean(firsts)
                 base = base or mean
+                base_rate = base_rate or len(firsts) / wall
                 ordered = sorted(firsts)
                 rows.append([nodes, kind, strategy, mean, ordered[int(0.9 * (len(ordered) - 1))],
-                             base / mean, len(firsts) / wall,
+                             base / mean, len(firsts) / wall, len(firsts) / wall / base_rate,
                              max(served.values()) / statistics.fmean(served.values())])  # fmt: skip
+            bound = bound_rps(conversations, nodes)
+            rows.append([nodes, kind, "bound", "–", "–", "–", bound, bound / base_rate, "–"])
     report.table(["nodes", "workload", "strategy", "mean TTFT (s)", "p90 TTFT (s)",
-                  "round robin ÷ this", "requests/s", "spread"], rows)  # fmt: skip
+                  "round robin ÷ this", "requests/s", "÷ round robin (req/s)", "spread"],
+                 rows)  # fmt: skip
 
 
 if __name__ == "__main__":
