@@ -271,18 +271,26 @@ def _report(report: Report, sides: dict[str, tuple[str, list[str], int | None]],
         for c in concurrencies
     ]
     report.add("Added p50 latency (llmlb − direct), ms: " + ", ".join(added))
+
+    def gap(side: str, mode: str, key: str, c: int) -> float:
+        return _median(results[(side, mode, c)], key)
+
     if "nginx" in sides:
         low, high = concurrencies[0], concurrencies[-1]
-
-        def gap(side: str, mode: str, key: str, c: int) -> float:
-            return _median(results[(side, mode, c)], key)
-
         report.add("Against nginx: " + "; ".join(
             f"{mode}: added p50 at c={low} "
             f"{gap('llmlb', mode, 'p50_ms', low) - gap('nginx', mode, 'p50_ms', low):+.2f} ms "
             f"over nginx's, p99 at c={high} "
             f"{gap('llmlb', mode, 'p99_ms', high) / gap('nginx', mode, 'p99_ms', high):.2f}× "
             f"nginx's" for mode in ("whole", "stream")) + ".")  # fmt: skip
+    # A closed loop keeps ``c`` requests in flight, so a side's p50 is about c over its
+    # requests/s: p99 against another side's is the requests/s ratio times the ratio of the
+    # spreads (p99 ÷ p50), which is what a side's own tail adds.
+    high = concurrencies[-1] if 64 not in concurrencies else 64
+    report.add(f"Tail spread (p99 ÷ p50) at c={high}, whole / stream: " + ", ".join(
+        f"{side} " + " / ".join(
+            f"{gap(side, mode, 'p99_ms', high) / gap(side, mode, 'p50_ms', high):.2f}"
+            for mode in ("whole", "stream")) for side in sides) + ".")  # fmt: skip
     report.add("RSS after the run (peak), of the side's largest process: " + ", ".join(
         f"{s} {now:.0f} MiB ({peak:.0f})" for s, (now, peak) in memory.items()))  # fmt: skip
     report.add(
