@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-import httpx
 import orjson
 
 from llmlb.common.settings import OidcSettings
@@ -161,6 +160,10 @@ class SingleSignOn:
         self._keys: tuple[float, KeySet] | None = None
         # The system's CAs (SSL_CERT_FILE and SSL_CERT_DIR apply), made once.
         self._tls = ssl.create_default_context()
+        # httpx (Authlib's client too) loads here, with single sign-on configured: it brings
+        # rich and pygments, megabytes a router without it has no use for.
+        import httpx
+
         self._http = httpx.AsyncClient(timeout=_TIMEOUT_SECONDS, verify=self._tls)
         self._turns = asyncio.Semaphore(_AT_ONCE)
 
@@ -177,14 +180,20 @@ class SingleSignOn:
     # -- the provider's documents -------------------------------------------------------------
 
     async def _get(self, url: str) -> dict[str, Any]:
-        async with self._http.stream("GET", url) as r:
-            if r.status_code != 200:
-                raise SsoFailure("provider_unreachable", f"{url} answered {r.status_code}")
-            body = bytearray()
-            async for chunk in r.aiter_bytes():
-                body += chunk
-                if len(body) > _MAX_DOCUMENT:
-                    raise SsoFailure("provider_unreachable", f"{url}: over {_MAX_DOCUMENT} bytes")
+        import httpx
+
+        body = bytearray()
+        try:
+            async with self._http.stream("GET", url) as r:
+                if r.status_code != 200:
+                    raise SsoFailure("provider_unreachable", f"{url} answered {r.status_code}")
+                async for chunk in r.aiter_bytes():
+                    body += chunk
+                    if len(body) > _MAX_DOCUMENT:
+                        raise SsoFailure("provider_unreachable",
+                                         f"{url}: over {_MAX_DOCUMENT} bytes")  # fmt: skip
+        except httpx.HTTPError as exc:
+            raise SsoFailure("provider_unreachable", f"{url}: {exc!r}") from None
         try:
             document = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -199,10 +208,7 @@ class SingleSignOn:
         if self._metadata and time.monotonic() - self._metadata[0] < _METADATA_SECONDS:
             return self._metadata[1]
         url = self.issuer + "/.well-known/openid-configuration"
-        try:
-            document = await self._get(url)
-        except httpx.HTTPError as exc:
-            raise SsoFailure("provider_unreachable", f"{url}: {exc!r}") from None
+        document = await self._get(url)
         named = document.get("issuer")
         if not isinstance(named, str) or named.rstrip("/") != self.issuer:  # Discovery 4.3
             raise SsoFailure("provider_misconfigured", f"{url} names issuer {named!r}")
@@ -224,8 +230,6 @@ class SingleSignOn:
             return self._keys[1]
         try:
             keys = KeySet.import_key_set(await self._get(url))  # type: ignore[arg-type]
-        except httpx.HTTPError as exc:
-            raise SsoFailure("provider_unreachable", f"{url}: {exc!r}") from None
         except (JoseError, ValueError, TypeError, KeyError) as exc:
             raise SsoFailure("provider_misconfigured", f"{url}: {exc}") from None
         self._keys = (now, keys)
