@@ -137,42 +137,58 @@ class StreamRelay:
     async def _pump(self, send: Send, seconds_per_write: float) -> None:
         """Send every chunk. A write waits only while the client's connection is full
         (uvicorn's drain); one that waits longer than ``seconds_per_write`` ends the stream
-        (noticed within half as long again). One timer a stream, checking every half
-        ``seconds_per_write``, not one per chunk (a timer per chunk cost the relay a tenth)."""
-        loop = asyncio.get_running_loop()
+        (noticed within half as long again)."""
         current = asyncio.current_task()
         assert current is not None
-        writing_since: float | None = None
-        stalled = False
-        check: asyncio.TimerHandle | None = None
-
-        def watch() -> None:
-            nonlocal check, stalled
-            if writing_since is not None and loop.time() - writing_since > seconds_per_write:
-                stalled = True
-                current.cancel()
-                return
-            check = loop.call_later(seconds_per_write / 2, watch)
-
-        check = loop.call_later(seconds_per_write / 2, watch)
+        loop = asyncio.get_running_loop()
+        watch = _WriteWatch(loop, current, seconds_per_write)
         ended = False
         try:
             async for chunk in self.chunks:
                 if ended:
                     continue  # nothing goes after the end; the source is drained to its finish
                 ended = type(chunk) is LastChunk
-                writing_since = loop.time()
+                watch.writing_since = loop.time()
                 await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
-                writing_since = None
+                watch.writing_since = None
             if not ended:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if stalled and current.uncancel() == 0:
+            if watch.stalled and current.uncancel() == 0:
                 raise TimeoutError from None
             raise
         finally:
-            if check is not None:
-                check.cancel()
+            watch.stop()
+
+
+class _WriteWatch:
+    """Cancels ``task`` when one write has waited longer than ``seconds``: one timer a
+    stream, checking every half ``seconds``, not one per chunk (a timer per chunk cost the
+    relay a tenth). ``stop`` drops the timer, and with it the cycle (timer, its callback, this
+    watch) that would otherwise keep the stream's objects until a full collection, rare under
+    serving.GC_THRESHOLDS (a closure that named itself did, and held the router's memory up)."""
+
+    __slots__ = ("_loop", "_seconds", "_task", "_timer", "stalled", "writing_since")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any],
+                 seconds: float) -> None:  # fmt: skip
+        self._loop, self._task, self._seconds = loop, task, seconds
+        self.writing_since: float | None = None
+        self.stalled = False
+        self._timer: asyncio.TimerHandle | None = loop.call_later(seconds / 2, self._check)
+
+    def _check(self) -> None:
+        since = self.writing_since
+        if since is not None and self._loop.time() - since > self._seconds:
+            self.stalled, self._timer = True, None
+            self._task.cancel()
+            return
+        self._timer = self._loop.call_later(self._seconds / 2, self._check)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def exchange_of(scope: Scope) -> bytes | None:
