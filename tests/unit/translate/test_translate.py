@@ -245,3 +245,16 @@ def test_an_earlier_refusal_in_a_responses_conversation_is_the_assistants_words(
     a_file = {"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}
     with pytest.raises(BadRequest, match="input_file"):
         responses.to_chat({"model": "m", "input": [a_file]})
+
+
+def test_a_responses_input_of_reasoning_alone_is_refused_by_its_own_name() -> None:
+    """Reasoning items are passed over; with nothing else, there is nothing to answer, and
+    the client hears that of its 'input' (not of chat's 'messages' list being empty)."""
+    thoughts = {"type": "reasoning", "id": "rs_1", "summary": []}
+    with pytest.raises(BadRequest, match="holds no message") as refused:
+        responses.to_chat({"model": "m", "instructions": "", "input": [thoughts]})
+    assert refused.value.param == "input"
+    chat_body, _ = responses.to_chat(
+        {"model": "m", "input": [thoughts, {"role": "user", "content": "Hi"}]}
+    )
+    assert chat_body["messages"] == [{"role": "user", "content": "Hi"}]

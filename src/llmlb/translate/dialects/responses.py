@@ -111,6 +111,9 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         elif kind != "reasoning":
             raise BadRequest(f"input items of type {kind!r} are not supported here",
                              param="input")  # fmt: skip
+    if not messages:  # reasoning items alone, and no instructions
+        raise BadRequest("'input' holds no message, call or call output to answer (reasoning "
+                         "items carry none)", param="input")  # fmt: skip
     return messages
 
 
