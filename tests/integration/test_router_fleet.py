@@ -214,7 +214,10 @@ def test_a_stopping_node_is_draining_at_once_and_finishes_its_answer(fleet: Flee
     """SIGTERM (a pod deleted, a rolling update): the routers hear "draining" as the signal
     arrives, while the answer in flight is still being written, so new requests go elsewhere;
     that answer then ends whole."""
-    story = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 500,
+    # 200 tokens: long enough to still be writing when the router hears "draining" (it hears
+    # it at the signal), short enough to end within the node's 30 s grace on a busy machine
+    # (500 ran past it with both cores taken: the answer was cut, as the grace says it is).
+    story = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 200,
              "ignore_eos": True, "stream": True}  # fmt: skip
     lines: list[str] = []
     started, finished = threading.Event(), threading.Event()
@@ -242,7 +245,7 @@ def test_a_stopping_node_is_draining_at_once_and_finishes_its_answer(fleet: Flee
         assert other.status_code == 200 and other.headers["x-llmlb-node"] != name
         reader.join(120)
         assert lines[-1] == "data: [DONE]"
-        assert '"finish_reason":"length"' in lines[-2].replace(" ", "")  # all 500 tokens
+        assert '"finish_reason":"length"' in lines[-2].replace(" ", "")  # all 200 tokens
     finally:
         fleet.nodes[name].stop()
         fleet.start_node(name)
