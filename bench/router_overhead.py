@@ -42,6 +42,8 @@ BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], 
 METRICS = ("rps", "p50_ms", "p99_ms", "ttfc_p50_ms", "ttfc_p99_ms", "cpu_us")
 WARMUP = 0.5  # seconds of load before each point's measured window
 CONCURRENCIES = (1, 16, 64, 256)  # (1, 64) with --quick
+# After the points: runs of many clients, each on new connections, for llmlb's sides.
+CHURN_RUNS, CHURN_CLIENTS, CHURN_SECONDS = 8, 256, 0.3
 
 
 def _children_cpu() -> float:
@@ -137,8 +139,11 @@ def run(report: Report, quick: bool) -> None:
                                 fake = (cpu_seconds(upstream.pid) - before[1]) / wall
                                 generator_share.append((mode, concurrency, generator, fake))
                             results.setdefault((side, mode, concurrency), []).append(result)
+            memory = _memory(sides)  # before the churn below, which adds its own line
+            churn = {side: _churn(sides[side], bodies["whole"], quick)
+                     for side in names if side.startswith("llmlb")}  # fmt: skip
             _report(report, sides, results, generator_share, concurrencies, seconds, rounds,
-                    quick)  # fmt: skip
+                    quick, memory, churn)  # fmt: skip
         finally:
             stop(upstream)
             for peer in started:
@@ -221,14 +226,30 @@ def _median(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(measured) if measured else float("nan")
 
 
+def _memory(sides: dict[str, tuple[str, list[str], int | None]]) -> dict[str, tuple[float, float]]:
+    """Each side's RSS now and its peak, of its largest process (nginx's worker, one of
+    llmlb's router workers)."""
+    pids = {side: pid for side, (_, _, pid) in sides.items() if pid is not None}
+    return {side: max((rss_mib(p), peak_rss_mib(p)) for p in _tree(pid))
+            for side, pid in pids.items()}  # fmt: skip
+
+
+def _churn(side: tuple[str, list[str], int | None], body: Path, quick: bool) -> tuple[float, float]:
+    """The side's RSS (largest process) before and after CHURN_RUNS runs of CHURN_CLIENTS
+    clients, each run on new connections: what connections that come and go leave behind."""
+    url, headers, pid = side
+    assert pid is not None
+    before = max(rss_mib(p) for p in _tree(pid))
+    for _ in range(2 if quick else CHURN_RUNS):
+        load(url, body, CHURN_CLIENTS, CHURN_SECONDS, headers)
+    return before, max(rss_mib(p) for p in _tree(pid))
+
+
 def _report(report: Report, sides: dict[str, tuple[str, list[str], int | None]],
             results: dict[tuple[str, str, int], list[dict[str, float]]],
             generator_share: list[tuple[str, int, float, float]], concurrencies: tuple[int, ...],
-            seconds: float, rounds: int, quick: bool) -> None:  # fmt: skip
-    pids = {side: pid for side, (_, _, pid) in sides.items() if pid is not None}
-    # Per process, the largest of the side's (nginx's worker, llmlb's router workers).
-    memory = {side: max((rss_mib(p), peak_rss_mib(p)) for p in _tree(pid))
-              for side, pid in pids.items()}  # fmt: skip
+            seconds: float, rounds: int, quick: bool, memory: dict[str, tuple[float, float]],
+            churn: dict[str, tuple[float, float]]) -> None:  # fmt: skip
     report.section(
         "Router overhead",
         f"One fast fake upstream (`bench/upstream.py`), called directly, through llmlb, "
@@ -293,6 +314,11 @@ def _report(report: Report, sides: dict[str, tuple[str, list[str], int | None]],
             for mode in ("whole", "stream")) for side in sides) + ".")  # fmt: skip
     report.add("RSS after the run (peak), of the side's largest process: " + ", ".join(
         f"{s} {now:.0f} MiB ({peak:.0f})" for s, (now, peak) in memory.items()))  # fmt: skip
+    churn_runs = 2 if quick else CHURN_RUNS
+    report.add(f"RSS across {churn_runs * CHURN_CLIENTS:,} connections that come and go "
+               f"({churn_runs} runs "
+               f"of {CHURN_CLIENTS} clients, each on new connections, whole answers): " + ", ".join(
+        f"{s} {before:.0f} → {after:.0f} MiB" for s, (before, after) in churn.items()))  # fmt: skip
     report.add(
         "The load generator is faster than what it measures: during the direct runs it used "
         + ", ".join(f"{m} c={c} {g:.0%}" for m, c, g, _ in generator_share[:: max(1, rounds)])
